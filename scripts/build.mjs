@@ -1,0 +1,26 @@
+// Builds the library (tsc: JavaScript and type declarations in dist/) and the CLI bundle
+// (esbuild: one file, dist/cli.mjs, so `ringfence --version` loads one module, not the tree).
+import { build } from "esbuild";
+import { spawnSync } from "node:child_process";
+import { writeFileSync, mkdirSync } from "node:fs";
+
+const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
+if (tsc.status !== 0) process.exit(tsc.status ?? 1);
+
+await build({
+  entryPoints: ["src/cli/main.ts"],
+  outfile: "dist/cli.mjs",
+  bundle: true,
+  platform: "node",
+  target: "node20",
+  format: "esm",
+  sourcemap: true,
+  logLevel: "warning",
+  // pino and some dependencies still call require(); give the ESM bundle one.
+  banner: { js: "import { createRequire as __ringfenceCreateRequire } from 'node:module'; const require = __ringfenceCreateRequire(import.meta.url);" },
+});
+
+// The published JSON Schema is generated from the zod schema so the two cannot drift.
+const { policyJsonSchema } = await import("../dist/policy/schema.js");
+mkdirSync("schema", { recursive: true });
+writeFileSync("schema/ringfence.schema.json", `${JSON.stringify(policyJsonSchema(), null, 2)}\n`);

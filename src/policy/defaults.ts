@@ -1,0 +1,89 @@
+/**
+ * Workspace globs that stay read-only even in rw mode: the places an attacker writes to get code
+ * run later, outside the box (git hooks and config, CI workflows, editor and agent settings,
+ * shell start-up files, build tool configs that run code), and the policy file itself.
+ */
+export const DEFAULT_PROTECT: readonly string[] = [
+  ".git/hooks/**",
+  ".git/config",
+  ".git/info/**",
+  ".gitmodules",
+  ".gitattributes",
+  ".github/workflows/**",
+  ".github/actions/**",
+  ".gitlab-ci.yml",
+  ".circleci/**",
+  ".husky/**",
+  ".vscode/**",
+  ".idea/**",
+  ".devcontainer/**",
+  ".claude/**",
+  ".cursor/**",
+  ".codex/**",
+  ".gemini/**",
+  ".aider*",
+  ".mcp.json",
+  ".envrc",
+  ".bashrc",
+  ".bash_profile",
+  ".profile",
+  ".zshrc",
+  ".zprofile",
+  ".npmrc",
+  ".yarnrc",
+  ".yarnrc.yml",
+  ".pypirc",
+  "ringfence.yaml",
+  "ringfence-crew.yaml",
+];
+
+/**
+ * Host secret stores, hidden unless a policy names the store (or a path inside it) in
+ * filesystem.read. Naming a parent such as `~` does not reveal them.
+ */
+export const SECRET_STORES: readonly string[] = [
+  "~/.ssh",
+  "~/.gnupg",
+  "~/.aws",
+  "~/.azure",
+  "~/.config/gcloud",
+  "~/.config/gh",
+  "~/.config/op",
+  "~/.docker",
+  "~/.kube",
+  "~/.npmrc",
+  "~/.yarnrc",
+  "~/.pypirc",
+  "~/.netrc",
+  "~/.git-credentials",
+  "~/.password-store",
+  "~/.vault-token",
+  "~/.terraform.d",
+  "~/.local/share/keyrings",
+  "~/.bash_history",
+  "~/.zsh_history",
+  "/etc/shadow",
+  "/etc/gshadow",
+  "/etc/sudoers",
+  "/etc/sudoers.d",
+  "/etc/ssh",
+];
+
+/** Host system directories visible read-only, so the user's toolchain works inside the box. */
+export const SYSTEM_READ: readonly string[] = [
+  "/usr",
+  "/bin",
+  "/sbin",
+  "/lib",
+  "/lib32",
+  "/lib64",
+  "/libx32",
+  "/etc",
+  "/opt",
+];
+
+/** Host directories that are hidden unless the policy names them (listed for explain output). */
+export const SYSTEM_HIDDEN: readonly string[] = ["/home", "/root", "/run", "/var", "/srv", "/mnt", "/media"];
+
+/** Ports a network rule covers when it names none. */
+export const DEFAULT_PORTS: readonly number[] = [443, 80];
