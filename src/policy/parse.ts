@@ -83,6 +83,7 @@ function issueDiagnostics(issue: z.core.$ZodIssue, data: unknown, source: Source
       if (value === undefined) return [source.diagnostic(path, `${field} is required (expected ${issue.expected})`)];
       return [source.diagnostic(path, `${field} must be ${issue.expected}, not ${show(value)}`)];
     case "invalid_value":
+      if (value === undefined) return [source.diagnostic(path, `${field} is required; allowed values: ${issue.values.map((v) => show(v)).join(", ")}`)];
       return [source.diagnostic(path, `${field} is ${show(value)}; allowed values: ${issue.values.map((v) => show(v)).join(", ")}`)];
     case "invalid_format":
       return [source.diagnostic(path, `${field} is ${show(value)}, which is not ${formatHint(field)}`)];
