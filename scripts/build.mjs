@@ -2,7 +2,9 @@
 // (esbuild: one file, dist/cli.mjs, so `ringfence --version` loads one module, not the tree).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
-import { writeFileSync, mkdirSync } from "node:fs";
+import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+
+const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
 
 const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
 if (tsc.status !== 0) process.exit(tsc.status ?? 1);
@@ -16,6 +18,7 @@ await build({
   format: "esm",
   sourcemap: true,
   logLevel: "warning",
+  define: { RINGFENCE_VERSION: JSON.stringify(packageVersion) },
   // pino and some dependencies still call require(); give the ESM bundle one.
   banner: { js: "import { createRequire as __ringfenceCreateRequire } from 'node:module'; const require = __ringfenceCreateRequire(import.meta.url);" },
 });

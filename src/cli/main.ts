@@ -1,1 +1,50 @@
-console.log("0.1.0");
+import { Command, Option } from "commander";
+import { init } from "./init.js";
+import { EXIT_USAGE, policyCheck, policyExplain, policySchema, policyTest } from "./policy.js";
+import { PRESET_NAMES } from "../policy/init.js";
+
+// Replaced at build time with package.json's version.
+declare const RINGFENCE_VERSION: string;
+
+function exitWith(code: number): never {
+  process.exit(code);
+}
+
+const program = new Command()
+  .name("ringfence")
+  .description("Run AI agents and other untrusted programs in a box whose walls come from infrastructure.")
+  .version(typeof RINGFENCE_VERSION === "string" ? RINGFENCE_VERSION : "dev", "-V, --version", "print the version")
+  .showHelpAfterError()
+  .exitOverride((error) => exitWith(error.exitCode === 0 ? 0 : EXIT_USAGE));
+
+const policy = program.command("policy").description("check, explain and test ringfence.yaml");
+policy
+  .command("check")
+  .argument("[file]", "policy file", "ringfence.yaml")
+  .description("validate a policy; prints FILE:LINE:COLUMN: messages and exits 1 on errors")
+  .action((file: string) => exitWith(policyCheck(file)));
+policy
+  .command("explain")
+  .argument("[file]", "policy file (default: ./ringfence.yaml, else the built-in default)")
+  .description("describe the effective policy after defaults and extends")
+  .action((file: string | undefined) => exitWith(policyExplain(file)));
+policy
+  .command("test")
+  .argument("[file]", "policy file (default: ./ringfence.yaml, else the built-in default)")
+  .requiredOption("--cases <file>", "YAML file of expected network and filesystem decisions")
+  .description("check expected decisions against a policy; exits 1 on any mismatch")
+  .action((file: string | undefined, options: { cases: string }) => exitWith(policyTest(file, options.cases)));
+policy
+  .command("schema")
+  .description("print the JSON Schema of ringfence.yaml")
+  .action(() => exitWith(policySchema()));
+
+program
+  .command("init")
+  .description("write a commented starter ringfence.yaml")
+  .addOption(new Option("--preset <name...>", "add hosts and credentials for a tool").choices([...PRESET_NAMES]).default([]))
+  .option("-o, --output <file>", "where to write", "ringfence.yaml")
+  .option("-f, --force", "overwrite an existing file")
+  .action((options: { preset: string[]; output: string; force?: boolean }) => exitWith(init(options)));
+
+await program.parseAsync(process.argv);
