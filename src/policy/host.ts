@@ -3,7 +3,7 @@ import { isIPv4, isIPv6 } from "node:net";
 
 /** A host after canonicalisation: a DNS name or an IP address, never both. */
 export type CanonicalHost =
-  | { kind: "name"; name: string }
+  | { kind: "name"; name: string; labels?: readonly string[] }
   | { kind: "ip"; address: string; family: 4 | 6 };
 
 export type HostParseResult =
@@ -93,7 +93,8 @@ function checkName(ascii: string, raw: string): HostParseResult {
   if (/^[0-9]+$/.test(labels[labels.length - 1] ?? "")) {
     return { ok: false, reason: `host ${JSON.stringify(raw)} ends in a numeric label but is not a valid IPv4 address` };
   }
-  return { ok: true, host: { kind: "name", name: ascii } };
+  // The labels are kept so rule lookups need not split the name again on every decision.
+  return { ok: true, host: { kind: "name", name: ascii, labels } };
 }
 
 /** Formats a canonical host for messages and URLs: IPv6 in brackets. */

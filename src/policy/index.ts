@@ -11,3 +11,7 @@ export * from "./parse.js";
 export * from "./schema.js";
 export * from "./types.js";
 export * from "./units.js";
+export * from "./cases.js";
+export * from "./explain.js";
+export * from "./init.js";
+export * from "./path-decision.js";

@@ -129,26 +129,6 @@ function nodeFor(root: TrieNode, name: string): TrieNode {
   return node;
 }
 
-/** Collects the rules of one layer whose host pattern matches, in no particular order. */
-function hostCandidates(layer: CompiledLayer, host: CanonicalHost, out: CompiledRule[]): void {
-  if (host.kind === "ip") {
-    const list = layer.ips.get(host.address);
-    if (list !== undefined) out.push(...list);
-    return;
-  }
-
-  const labels = host.name.split(".");
-  let node: TrieNode | undefined = layer.root;
-  for (let i = labels.length - 1; i >= 0 && node !== undefined; i--) {
-    node = node.children.get(labels[i] as string);
-    if (node === undefined) return;
-    if (node.domainAndSubdomains.length > 0) out.push(...node.domainAndSubdomains);
-    // "*.x" matches only when at least one more label remains to the left of x.
-    if (i > 0 && node.subdomains.length > 0) out.push(...node.subdomains);
-  }
-  if (node !== undefined && node.exact.length > 0) out.push(...node.exact);
-}
-
 type RuleFit = "match" | "no-match" | "unknown";
 
 // Whether a rule covers the query. "unknown" means host and port match but the rule restricts
@@ -171,6 +151,7 @@ function fit(rule: CompiledRule, query: NetworkQuery): RuleFit {
 /** A policy's network rules compiled for fast decisions. Build once per policy. */
 export class NetworkRules {
   readonly #layers: CompiledLayer[];
+  readonly #scan: LayerScan = { deny: null, allows: null, inspect: false };
 
   constructor(policy: Pick<Policy, "network">) {
     this.#layers = policy.network.layers.map(compileLayer);
@@ -182,58 +163,95 @@ export class NetworkRules {
    * anywhere the default (deny) applies.
    */
   decide(query: NetworkQuery): NetworkDecision {
-    const candidates: CompiledRule[] = [];
+    const labels = query.host.kind === "name" ? (query.host.labels ?? query.host.name.split(".")) : null;
     let inspect = false;
-    const allowsPerLayer: CompiledRule[][] = [];
+    let allowsPerLayer: CompiledRule[][] | null = null;
     let innermostAllow: CompiledRule | null = null;
-    let anyAllowLayer = false;
 
+    // decide() is synchronous, so one scan record per instance is reused across calls.
+    const scan = this.#scan;
     for (const layer of this.#layers) {
-      candidates.length = 0;
-      hostCandidates(layer, query.host, candidates);
+      scan.deny = null;
+      scan.allows = null;
+      scan.inspect = false;
+      if (labels === null) scanRules(layer.ips.get((query.host as { address: string }).address), query, scan, true);
+      else scanTrie(layer.root, labels, query, scan);
+      if (scan.inspect) inspect = true;
 
-      const allows: CompiledRule[] = [];
-      let denyRule: CompiledRule | null = null;
-      for (const candidate of candidates) {
-        const result = fit(candidate, query);
-        if (result === "no-match") continue;
-        if (result === "unknown") inspect = true;
-
-        if (candidate.rule.action === "deny") {
-          // A deny rule that depends on an unknown method or path does not deny the connection;
-          // `inspect` makes the gateway check each request in it, or refuse when it cannot.
-          if (result === "match" && (denyRule === null || ruleOrder(candidate, denyRule) < 0)) denyRule = candidate;
-        } else {
-          allows.push(candidate);
-        }
-      }
-
-      if (denyRule !== null) {
-        const reason = denyRule.rule.reason ?? `denied by ${denyRule.rule.label}`;
-        return { action: "deny", rule: denyRule.rule, reason };
+      if (scan.deny !== null) {
+        const rule = scan.deny.rule;
+        return { action: "deny", rule, reason: rule.reason ?? `denied by ${rule.label}` };
       }
       if (!layer.hasAllow) continue;
+      if (scan.allows === null) return NO_ALLOW;
 
-      anyAllowLayer = true;
-      if (allows.length === 0) return { action: "deny", rule: null, reason: "no allow rule matches" };
-      allows.sort(ruleOrder);
-      allowsPerLayer.push(allows);
-      innermostAllow = allows[0] as CompiledRule;
+      if (scan.allows.length > 1) scan.allows.sort(ruleOrder);
+      (allowsPerLayer ??= []).push(scan.allows);
+      innermostAllow = scan.allows[0] as CompiledRule;
     }
 
-    if (!anyAllowLayer || innermostAllow === null) {
-      return { action: "deny", rule: null, reason: "no allow rule matches" };
-    }
-
-    const pinned = pinsOf(allowsPerLayer[allowsPerLayer.length - 1] as CompiledRule[]);
-    return {
-      action: "allow",
-      rule: innermostAllow.rule,
-      inspect,
-      pinned,
-      permitsAddress: (address) => permitsAddress(allowsPerLayer, address),
-    };
+    if (allowsPerLayer === null || innermostAllow === null) return NO_ALLOW;
+    return new AllowDecision(innermostAllow.rule, inspect, allowsPerLayer);
   }
+}
+
+const NO_ALLOW: NetworkDecision = Object.freeze({ action: "deny", rule: null, reason: "no allow rule matches" });
+
+class AllowDecision {
+  readonly action = "allow" as const;
+  readonly rule: NetworkRule;
+  readonly inspect: boolean;
+  readonly #allowsPerLayer: readonly (readonly CompiledRule[])[];
+
+  constructor(rule: NetworkRule, inspect: boolean, allowsPerLayer: readonly (readonly CompiledRule[])[]) {
+    this.rule = rule;
+    this.inspect = inspect;
+    this.#allowsPerLayer = allowsPerLayer;
+  }
+
+  get pinned(): readonly string[] | null {
+    return pinsOf(this.#allowsPerLayer[this.#allowsPerLayer.length - 1] as readonly CompiledRule[]);
+  }
+
+  permitsAddress(address: string): AddressVerdict {
+    return permitsAddress(this.#allowsPerLayer, address);
+  }
+}
+
+interface LayerScan {
+  deny: CompiledRule | null;
+  allows: CompiledRule[] | null;
+  inspect: boolean;
+}
+
+function scanRules(rules: readonly CompiledRule[] | undefined, query: NetworkQuery, scan: LayerScan, applies: boolean): void {
+  if (rules === undefined || !applies) return;
+  for (let i = 0; i < rules.length; i++) {
+    const candidate = rules[i] as CompiledRule;
+    const result = fit(candidate, query);
+    if (result === "no-match") continue;
+    if (result === "unknown") scan.inspect = true;
+
+    if (candidate.rule.action === "deny") {
+      // A deny rule that depends on an unknown method or path does not deny the connection;
+      // `inspect` makes the gateway check each request in it, or refuse when it cannot.
+      if (result === "match" && (scan.deny === null || candidate.order < scan.deny.order)) scan.deny = candidate;
+    } else {
+      (scan.allows ??= []).push(candidate);
+    }
+  }
+}
+
+// Walks the label trie from the last label; "*.x" applies only when a label remains left of x.
+function scanTrie(root: TrieNode, labels: readonly string[], query: NetworkQuery, scan: LayerScan): void {
+  let node: TrieNode | undefined = root;
+  for (let i = labels.length - 1; i >= 0; i--) {
+    node = node.children.get(labels[i] as string);
+    if (node === undefined) return;
+    if (node.domainAndSubdomains.length > 0) scanRules(node.domainAndSubdomains, query, scan, true);
+    if (node.subdomains.length > 0) scanRules(node.subdomains, query, scan, i > 0);
+  }
+  if (node.exact.length > 0) scanRules(node.exact, query, scan, true);
 }
 
 function ruleOrder(a: CompiledRule, b: CompiledRule): number {
