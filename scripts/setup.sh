@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what ringfence and its tests need on a Debian machine: the Debian packages listed in
-# scripts/apt-packages (only those missing; needs root or sudo), then the npm dependencies, then
+# .ci/apt-packages (only those missing; needs root or sudo), then the npm dependencies, then
 # the build. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=$(grep -v '^\s*#' scripts/apt-packages | grep -v '^\s*$' | tr '\n' ' ')
+packages=$(grep -v '^\s*#' .ci/apt-packages | grep -v '^\s*$' | tr '\n' ' ')
 missing=""
 for package in $packages; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
