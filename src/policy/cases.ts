@@ -30,6 +30,8 @@ const CasesSchema = z.strictObject({
     .optional(),
 });
 
+const CASE_ACCESS = { hidden: "hidden", read: "readonly", write: "writable" } as const;
+
 export interface CaseResult {
   line: number;
   passed: boolean;
@@ -89,7 +91,7 @@ export function runPolicyCases(policy: Policy, text: string, file: string, home:
     const line = source.position(["filesystem", index]).line;
     const absolute = expandHostPath(row.path, home) ?? row.path;
     const decision = paths.decide(absolute);
-    const actual = decision.access === "hidden" ? "hidden" : decision.access === "read" ? "readonly" : "writable";
+    const actual = CASE_ACCESS[decision.access];
     const passed = row.expect === "visible" ? actual !== "hidden" : actual === row.expect;
     results.push({ line, passed, description: `path ${absolute}`, expected: row.expect, actual, why: decision.reason });
   }

@@ -1,5 +1,5 @@
 import { DEFAULT_PROTECT, SECRET_STORES, SYSTEM_HIDDEN, SYSTEM_READ } from "./defaults.js";
-import type { NetworkRule, Policy } from "./types.js";
+import type { CredentialInjection, CredentialSource, NetworkRule, Policy } from "./types.js";
 import { formatDuration, formatSize } from "./units.js";
 
 function ruleText(rule: NetworkRule): string {
@@ -9,6 +9,18 @@ function ruleText(rule: NetworkRule): string {
   const pins = rule.addresses === null ? "" : ` pinned to ${rule.addresses.join(", ")}`;
   const reason = rule.reason === null ? "" : ` (reason: ${rule.reason})`;
   return `${rule.action} ${rule.pattern.text} port ${ports}${methods}${paths}${pins}${reason}`;
+}
+
+function sourceText(source: CredentialSource): string {
+  if (source.kind === "env") return `host variable ${source.name}`;
+  if (source.kind === "file") return `file ${source.path}`;
+  return `command ${source.argv.join(" ")}`;
+}
+
+function injectionText(inject: CredentialInjection): string {
+  if (inject.kind === "header") return `header ${inject.header}: ${inject.format}`;
+  if (inject.kind === "query") return `query parameter ${inject.parameter}`;
+  return "wherever the placeholder appears in headers";
 }
 
 /** Describes the effective policy in words a reviewer can read: visible, writable, reachable, injected. */
@@ -51,8 +63,8 @@ export function explainPolicy(policy: Policy): string {
   push("Credentials");
   if (policy.credentials.length === 0) push("  None: no secret leaves the host.");
   for (const credential of policy.credentials) {
-    const source = credential.source.kind === "env" ? `host variable ${credential.source.name}` : credential.source.kind === "file" ? `file ${credential.source.path}` : `command ${credential.source.argv.join(" ")}`;
-    const inject = credential.inject.kind === "header" ? `header ${credential.inject.header}: ${credential.inject.format}` : credential.inject.kind === "query" ? `query parameter ${credential.inject.parameter}` : "wherever the placeholder appears in headers";
+    const source = sourceText(credential.source);
+    const inject = injectionText(credential.inject);
     const holder = credential.placeholderEnv === null ? "no placeholder in the sandbox" : `the sandbox sees only a placeholder in ${credential.placeholderEnv}`;
     push(`  ${credential.name}: read from ${source}; sent only over TLS to ${credential.hosts.map((host) => host.text).join(", ")} in ${inject}; ${holder}`);
   }

@@ -25,9 +25,9 @@ const RAW_NAME_CHARS = /^[A-Za-z0-9._\-\u0080-\uFFFF]+$/;
 const CANONICAL_LABEL = /^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$/;
 
 /**
- * Canonicalises a host as a client could have spelled it: lower case, one trailing dot removed,
- * IDN converted to punycode, and IPv4 literals in any spelling (decimal, octal, hex, short forms)
- * or IPv6 literals (with or without brackets) recognised as addresses.
+ * Canonicalises a host as a client could have spelled it: lower case, one trailing dot removed
+ * and IDN converted to punycode. IPv4 literals in any spelling (decimal, octal, hex, short forms)
+ * and IPv6 literals (with or without brackets) become addresses.
  */
 export function canonicalHost(raw: string): HostParseResult {
   if (raw.length === 0) return { ok: false, reason: "host is empty" };
@@ -103,7 +103,7 @@ export function formatHost(host: CanonicalHost): string {
   return host.family === 6 ? `[${host.address}]` : host.address;
 }
 
-/** The host's key for rule lookups: the name, or the address text. */
+/** Returns the host's key for rule lookups: the name, or the address text. */
 export function hostKey(host: CanonicalHost): string {
   return host.kind === "name" ? host.name : host.address;
 }

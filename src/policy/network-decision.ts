@@ -4,7 +4,7 @@ import type { CanonicalHost } from "./host.js";
 import type { NetworkRule, Policy } from "./types.js";
 
 /**
- * What the gateway knows when it decides. `method` and `path` are absent for a CONNECT or SOCKS5
+ * The facts the gateway has when it decides. `method` and `path` are absent for a CONNECT or SOCKS5
  * request whose bytes the gateway does not read; `path` is canonical (see canonicalPath).
  */
 export interface NetworkQuery {
@@ -104,7 +104,8 @@ function compileLayer(rules: readonly NetworkRule[]): CompiledLayer {
       continue;
     }
 
-    const name = pattern.kind === "exact" ? (pattern.host.kind === "name" ? pattern.host.name : "") : pattern.suffix;
+    let name = pattern.kind === "exact" ? "" : pattern.suffix;
+    if (pattern.kind === "exact" && pattern.host.kind === "name") name = pattern.host.name;
     const node = nodeFor(layer.root, name);
     if (pattern.kind === "exact") node.exact.push(compiled);
     else if (pattern.kind === "subdomains") node.subdomains.push(compiled);
@@ -159,8 +160,8 @@ export class NetworkRules {
 
   /**
    * Decides one request. Deny rules in any layer win. Otherwise every layer that has allow rules
-   * must allow the request, so a child policy can only narrow its parent; with no allow rule
-   * anywhere the default (deny) applies.
+   * must allow the request, so a child policy can only narrow its parent. With no allow rule
+   * anywhere, the default (deny) applies.
    */
   decide(query: NetworkQuery): NetworkDecision {
     const labels = query.host.kind === "name" ? (query.host.labels ?? query.host.name.split(".")) : null;
@@ -233,8 +234,8 @@ function scanRules(rules: readonly CompiledRule[] | undefined, query: NetworkQue
     if (result === "unknown") scan.inspect = true;
 
     if (candidate.rule.action === "deny") {
-      // A deny rule that depends on an unknown method or path does not deny the connection;
-      // `inspect` makes the gateway check each request in it, or refuse when it cannot.
+      // A deny rule that depends on an unknown method or path does not deny the connection.
+      // Instead `inspect` makes the gateway check each request in it, or reject it when it cannot.
       if (result === "match" && (scan.deny === null || candidate.order < scan.deny.order)) scan.deny = candidate;
     } else {
       (scan.allows ??= []).push(candidate);

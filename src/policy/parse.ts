@@ -19,8 +19,8 @@ export function parsePolicyText(text: string, file: string): ParseResult {
     return { ok: false, diagnostics: [source.diagnostic([], `policy file is larger than ${MAX_POLICY_BYTES} bytes`)] };
   }
 
-  // uniqueKeys: a repeated key is an error, not "last one wins". No custom tags, no merge keys,
-  // so the document means exactly what it says.
+  // uniqueKeys: a repeated key is an error, not "last one wins". No custom tags and no merge
+  // keys, so the document means exactly what it reads as.
   const document = parseDocument(text, { lineCounter: lines, uniqueKeys: true, merge: false, prettyErrors: false, strict: true });
   const source = new SourceMap(file, document, lines);
 

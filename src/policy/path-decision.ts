@@ -4,7 +4,7 @@ import { SECRET_STORES, SYSTEM_READ } from "./defaults.js";
 import { expandHostPath } from "./normalise.js";
 import type { Policy } from "./types.js";
 
-/** How a host path appears inside the sandbox. */
+/** The access a host path has inside the sandbox. */
 export type PathAccess = "hidden" | "read" | "write";
 
 export interface PathDecision {
