@@ -179,16 +179,18 @@ export class NetworkRules {
       else scanTrie(layer.root, labels, query, scan);
       if (scan.inspect) inspect = true;
 
-      if (scan.deny !== null) {
-        const rule = scan.deny.rule;
+      // Read back through the interface type: the scan functions set these fields.
+      const { deny, allows } = scan as LayerScan;
+      if (deny !== null) {
+        const rule = deny.rule;
         return { action: "deny", rule, reason: rule.reason ?? `denied by ${rule.label}` };
       }
       if (!layer.hasAllow) continue;
-      if (scan.allows === null) return NO_ALLOW;
+      if (allows === null) return NO_ALLOW;
 
-      if (scan.allows.length > 1) scan.allows.sort(ruleOrder);
-      (allowsPerLayer ??= []).push(scan.allows);
-      innermostAllow = scan.allows[0] as CompiledRule;
+      if (allows.length > 1) allows.sort(ruleOrder);
+      (allowsPerLayer ??= []).push(allows);
+      innermostAllow = allows[0] as CompiledRule;
     }
 
     if (allowsPerLayer === null || innermostAllow === null) return NO_ALLOW;
