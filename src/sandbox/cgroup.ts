@@ -1,0 +1,161 @@
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { CgroupSupport, CgroupWrite, LimitEvents, LimitPlan } from "./limits.js";
+
+const CGROUP_ROOT = "/sys/fs/cgroup";
+
+/** Parses /proc/self/cgroup into controller name → path ("" is the cgroup v2 entry). */
+export function parseProcCgroup(text: string): Map<string, string> {
+  const paths = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const match = /^\d+:([^:]*):(.*)$/.exec(line);
+    if (match === null) continue;
+    for (const controller of (match[1] as string).split(",")) paths.set(controller.replace(/^name=/, "name:"), match[2] as string);
+  }
+  return paths;
+}
+
+/** Finds which cgroup controllers this process can use for a child group. */
+export function probeCgroups(): CgroupSupport {
+  const root = process.getuid?.() === 0;
+  const none: CgroupSupport = { v2: null, v1: { memory: null, pids: null, cpu: null, memsw: false }, root };
+  let paths: Map<string, string>;
+  try {
+    paths = parseProcCgroup(readFileSync("/proc/self/cgroup", "utf8"));
+  } catch {
+    return none;
+  }
+
+  let v2: CgroupSupport["v2"] = null;
+  const unifiedPath = paths.get("");
+  const unifiedBase = existsSync(join(CGROUP_ROOT, "cgroup.controllers")) ? CGROUP_ROOT : existsSync(join(CGROUP_ROOT, "unified", "cgroup.controllers")) ? join(CGROUP_ROOT, "unified") : null;
+  if (unifiedPath !== undefined && unifiedBase !== null) {
+    const dir = join(unifiedBase, unifiedPath);
+    const enabled = readWords(join(dir, "cgroup.subtree_control"));
+    if (writable(dir) && enabled.length > 0) v2 = { dir, controllers: enabled };
+  }
+
+  const v1Dir = (controller: string): string | null => {
+    const path = paths.get(controller);
+    if (path === undefined) return null;
+    for (const mount of [controller, controller === "cpu" ? "cpu,cpuacct" : controller]) {
+      const dir = join(CGROUP_ROOT, mount, path);
+      if (existsSync(join(dir, "cgroup.procs")) && writable(dir)) return dir;
+    }
+    return null;
+  };
+  const memory = v1Dir("memory");
+  return {
+    v2,
+    v1: { memory, pids: v1Dir("pids"), cpu: v1Dir("cpu"), memsw: memory !== null && existsSync(join(memory, "memory.memsw.limit_in_bytes")) },
+    root,
+  };
+}
+
+/** The cgroup directories of one run, created before the box starts and removed after. */
+export class RunCgroups {
+  readonly #dirs = new Map<CgroupWrite["controller"], string>();
+
+  private constructor() {}
+
+  /**
+   * Creates one child group per controller the plan uses and writes the limits. Throws with the
+   * file that failed, so the run stops instead of running without a limit it promised.
+   */
+  static create(plan: LimitPlan, support: CgroupSupport, runId: string): RunCgroups {
+    const groups = new RunCgroups();
+    const name = `ringfence-${runId}`;
+    for (const write of plan.writes) {
+      let dir = groups.#dirs.get(write.controller);
+      if (dir === undefined) {
+        const parent = write.controller === "unified" ? support.v2?.dir : support.v1[write.controller];
+        if (parent === undefined || parent === null) throw new Error(`cgroup for ${write.controller} is not available`);
+        dir = join(parent, name);
+        mkdirSync(dir);
+        groups.#dirs.set(write.controller, dir);
+      }
+      try {
+        writeFileSync(join(dir, write.file), write.value);
+      } catch (cause) {
+        throw new Error(`writing ${write.value} to ${join(dir, write.file)} failed: ${(cause as Error).message}`);
+      }
+    }
+    return groups;
+  }
+
+  /** Files the box's first process writes its PID to, so all its descendants start inside. */
+  procsFiles(): string[] {
+    return [...this.#dirs.values()].map((dir) => join(dir, "cgroup.procs"));
+  }
+
+  events(): LimitEvents {
+    const events: LimitEvents = { memoryLimitHits: 0, oomKills: 0, processLimitHits: 0 };
+    for (const [controller, dir] of this.#dirs) {
+      if (controller === "unified") {
+        const memory = readKeyed(join(dir, "memory.events"));
+        events.memoryLimitHits += memory.get("max") ?? 0;
+        events.oomKills += memory.get("oom_kill") ?? 0;
+        events.processLimitHits += readKeyed(join(dir, "pids.events")).get("max") ?? 0;
+      } else if (controller === "memory") {
+        events.memoryLimitHits += Number(readText(join(dir, "memory.failcnt")) || 0);
+        events.oomKills += readKeyed(join(dir, "memory.oom_control")).get("oom_kill") ?? 0;
+      } else if (controller === "pids") {
+        events.processLimitHits += readKeyed(join(dir, "pids.events")).get("max") ?? 0;
+      }
+    }
+    return events;
+  }
+
+  /** Kills anything left in the groups and removes them. */
+  async remove(): Promise<void> {
+    for (const dir of this.#dirs.values()) {
+      for (let attempt = 0; attempt < 50; attempt += 1) {
+        const pids = readText(join(dir, "cgroup.procs")).split("\n").filter((line) => line !== "");
+        for (const pid of pids) {
+          try {
+            process.kill(Number(pid), "SIGKILL");
+          } catch {
+            // Already gone.
+          }
+        }
+        try {
+          rmdirSync(dir);
+          break;
+        } catch {
+          // A killed process leaves the group a moment after it dies.
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      }
+    }
+  }
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function readText(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
+}
+
+function readWords(path: string): string[] {
+  return readText(path).split(/\s+/).filter((word) => word !== "");
+}
+
+function readKeyed(path: string): Map<string, number> {
+  const values = new Map<string, number>();
+  for (const line of readText(path).split("\n")) {
+    const [key, value] = line.trim().split(/\s+/);
+    if (key !== undefined && value !== undefined) values.set(key, Number(value));
+  }
+  return values;
+}

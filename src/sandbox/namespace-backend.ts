@@ -1,0 +1,277 @@
+import { spawn, spawnSync } from "node:child_process";
+import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
+import { bwrapArguments, describeMounts } from "./bwrap-args.js";
+import { probeCgroups, RunCgroups } from "./cgroup.js";
+import { boxEnvironment } from "./environment.js";
+import { BOX_PROXY_PORT, prepareForwarder } from "./forwarder.js";
+import { diskView } from "./host-view.js";
+import { describeLimitEvents, planLimits } from "./limits.js";
+import { BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
+import { planProtection, type ProtectPlan } from "./protect-plan.js";
+import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, seccompArchFor } from "./seccomp.js";
+
+/** Finds an executable on PATH, or returns null. */
+export function findExecutable(name: string, path: string = process.env.PATH ?? ""): string | null {
+  for (const dir of path.split(":")) {
+    if (dir === "") continue;
+    try {
+      const candidate = join(dir, name);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return null;
+}
+
+function readSysctl(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Reasons unprivileged user namespaces are off on this host, each with the setting to change. */
+export function userNamespaceProblems(isRoot: boolean): string[] {
+  const problems: string[] = [];
+  if (readSysctl("/proc/sys/user/max_user_namespaces") === "0") {
+    problems.push("user namespaces are disabled (user.max_user_namespaces = 0); enable them with: sudo sysctl -w user.max_user_namespaces=15000");
+  }
+  if (isRoot) return problems;
+  if (readSysctl("/proc/sys/kernel/unprivileged_userns_clone") === "0") {
+    problems.push("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0); enable them with: sudo sysctl -w kernel.unprivileged_userns_clone=1");
+  }
+  if (readSysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") === "1") {
+    problems.push(
+      "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1); allow bwrap with an AppArmor profile for /usr/bin/bwrap, or run: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+    );
+  }
+  return problems;
+}
+
+/** The Linux namespace backend: bubblewrap builds the box from a mount plan and a seccomp filter. */
+export class NamespaceBackend implements SandboxBackend {
+  readonly name = "namespace" as const;
+
+  check(): SandboxError[] {
+    const errors: SandboxError[] = [];
+    if (findExecutable("bwrap") === null) {
+      errors.push(new SandboxError("bwrap-missing", "bubblewrap (bwrap) is not installed; install it with: sudo apt-get install bubblewrap (Debian, Ubuntu), sudo dnf install bubblewrap (Fedora), or sudo pacman -S bubblewrap (Arch)"));
+    }
+    for (const problem of userNamespaceProblems(process.getuid?.() === 0)) errors.push(new SandboxError("userns-disabled", problem));
+    if (seccompArchFor(process.arch) === null) {
+      errors.push(new SandboxError("seccomp-arch", `no seccomp filter is built in for ${process.arch}; the namespace backend runs on x64 and arm64 only`));
+    }
+    return errors;
+  }
+
+  async prepare(request: BoxRequest): Promise<PreparedBox> {
+    const { policy } = request;
+    const workspace = policy.workspace;
+    if (diskView.facts(workspace.path).kind !== "dir") {
+      throw new SandboxError("workspace-missing", `workspace ${workspace.path} does not exist or is not a directory; create it, or choose another with --workspace DIR`);
+    }
+
+    // Overlay mode: the box writes to a copy in the run directory, and the host copy stays as it
+    // was until the changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
+    let workspaceSource = workspace.path;
+    if (workspace.mode === "overlay") {
+      workspaceSource = join(request.runDir, "overlay", "workspace");
+    }
+    if (workspace.mode === "overlay" && request.dryRun !== true) {
+      mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
+      const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
+      if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
+    }
+
+    const protect: ProtectPlan = workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] } : planProtection(workspaceSource, workspace.protect, diskView);
+    if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
+
+    const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
+    const forwarderTarget = forwarder === null ? null : forwarder.kind === "native" ? `${BOX_RUNTIME_DIR}/forwarder` : `${BOX_RUNTIME_DIR}/forwarder.mjs`;
+    const mounts = planMounts({
+      policy,
+      home: request.home,
+      view: diskView,
+      workspaceSource,
+      protect,
+      forwarder: forwarder === null || forwarderTarget === null ? null : { source: forwarder.path, target: forwarderTarget },
+      gatewaySocket: request.gatewaySocket,
+      privatePaths: request.privatePaths,
+    });
+
+    const arch = seccompArchFor(process.arch);
+    if (arch === null) throw new SandboxError("seccomp-arch", `no seccomp filter is built in for ${process.arch}`);
+    const seccompPath = join(request.runDir, "seccomp.bpf");
+    writeFileSync(seccompPath, encodeSeccompProgram(buildSeccompProgram(arch)), { mode: 0o600 });
+
+    const env = boxEnvironment({ policy, hostEnv: request.hostEnv, home: request.home, user: request.user, proxyPort: forwarder === null ? null : BOX_PROXY_PORT, extra: request.extraEnv ?? {} });
+    const commandArgv =
+      forwarder === null || forwarderTarget === null
+        ? [...request.command]
+        : forwarder.kind === "native"
+          ? [forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command]
+          : [forwarder.node, forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command];
+
+    const SECCOMP_FD = 3;
+    const cwd = boxWorkingDirectory(policy, request.cwd);
+    const bwrapArgs = bwrapArguments({ mounts, cwd, seccompFd: SECCOMP_FD, hostname: "ringfence", argv: commandArgv });
+
+    const support = probeCgroups();
+    const limits = planLimits(policy.resources, support);
+
+    let cgroups: RunCgroups | null = null;
+    let cleaned = false;
+    const cleanup = async () => {
+      if (cleaned) return;
+      cleaned = true;
+      await cgroups?.remove();
+      removePlaceholders(protect);
+    };
+
+    return {
+      describe: () => [
+        "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
+        `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags`,
+        `network: ${forwarder === null ? "none" : `forwarder (${forwarder.kind}) on 127.0.0.1:${BOX_PROXY_PORT} -> gateway socket`}`,
+        `limits (${limits.mechanism}):${limits.report.length === 0 ? " none set" : ""}`,
+        ...limits.report.map((line) => `  ${line}`),
+        ...limits.unenforced.map((line) => `  NOT ENFORCED: ${line}`),
+        ...(protect.uncovered.length > 0 ? [`protected globs checked after the run only: ${protect.uncovered.join(", ")}`] : []),
+        `working directory: ${cwd}`,
+        "environment:",
+        ...Object.keys(env)
+          .sort()
+          .map((name) => `  ${name}=${env[name]}`),
+        "filesystem:",
+        ...describeMounts(mounts).map((line) => `  ${line}`),
+        `bwrap ${bwrapArgs.join(" ")}`,
+      ],
+
+      run: async ({ timeoutMs }) => {
+        if (limits.unenforced.length > 0) {
+          throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
+        }
+        for (const placeholder of protect.placeholders) {
+          if (placeholder.kind === "dir") mkdirSync(placeholder.path);
+          else closeSync(openSync(placeholder.path, "wx", 0o444));
+        }
+        if (limits.writes.length > 0) cgroups = RunCgroups.create(limits, support, request.runId);
+
+        // The first process writes its own PID into the run's cgroups before exec'ing bwrap, so
+        // every process of the box starts inside them.
+        const prefix: string[] = [];
+        const procsFiles = cgroups?.procsFiles() ?? [];
+        if (procsFiles.length > 0) prefix.push("/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-cgroup", ...procsFiles, "--");
+        if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
+        const argv = [...prefix, "bwrap", ...bwrapArgs];
+
+        const seccompFd = openSync(seccompPath, "r");
+        const before = new Set(protect.readOnly);
+        try {
+          const exit = await runChild(argv, env, seccompFd, timeoutMs);
+          const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
+          if (workspace.mode !== "ro") {
+            const after = planProtection(workspaceSource, workspace.protect, diskView).readOnly;
+            const created = after.filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+            const moved = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
+            if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+          }
+          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
+        } finally {
+          closeSync(seccompFd);
+          await cleanup();
+        }
+      },
+
+      cleanup,
+    };
+  }
+}
+
+/**
+ * Moves protected paths that appeared during the run into the run directory, keeping their
+ * workspace-relative layout, so nothing on the host picks them up. Returns the relative paths.
+ */
+function quarantine(paths: readonly string[], workspaceSource: string, into: string): string[] {
+  const moved: string[] = [];
+  for (const path of paths) {
+    const relativePath = path.slice(workspaceSource.length + 1);
+    const destination = join(into, relativePath);
+    mkdirSync(dirname(destination), { recursive: true, mode: 0o700 });
+    try {
+      renameSync(path, destination);
+    } catch (cause) {
+      if ((cause as NodeJS.ErrnoException).code !== "EXDEV") throw cause;
+      cpSync(path, destination, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+      rmSync(path, { recursive: true, force: true });
+    }
+    moved.push(relativePath);
+  }
+  return moved;
+}
+
+function removePlaceholders(protect: ProtectPlan): void {
+  for (const placeholder of protect.placeholders) {
+    try {
+      if (placeholder.kind === "dir") {
+        if (readdirSync(placeholder.path).length === 0) rmdirSync(placeholder.path);
+      } else if (statSync(placeholder.path).size === 0) {
+        rmSync(placeholder.path);
+      }
+    } catch {
+      // Already gone, or no longer empty: leave it for the user to see.
+    }
+  }
+}
+
+/** Signal numbers for exit statuses (Linux, x86_64 and arm64). */
+const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
+
+function runChild(argv: readonly string[], env: Record<string, string>, seccompFd: number, timeoutMs: number | null): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["inherit", "inherit", "inherit", seccompFd], env });
+    let stoppedBy: string | null = null;
+
+    // The terminal sends Ctrl-C and Ctrl-\ to the whole foreground process group, the box's
+    // processes included; ringfence lets the box decide and waits for it to end.
+    const ignore = () => {};
+    const forward = (signal: NodeJS.Signals) => () => {
+      stoppedBy = `ringfence received ${signal}`;
+      child.kill(signal);
+    };
+    const forwarders = { SIGTERM: forward("SIGTERM"), SIGHUP: forward("SIGHUP") };
+    process.on("SIGINT", ignore);
+    process.on("SIGQUIT", ignore);
+    process.on("SIGTERM", forwarders.SIGTERM);
+    process.on("SIGHUP", forwarders.SIGHUP);
+
+    const timer =
+      timeoutMs === null
+        ? null
+        : setTimeout(() => {
+            stoppedBy = `the run reached its timeout of ${timeoutMs} ms`;
+            child.kill("SIGKILL");
+          }, timeoutMs);
+
+    const finish = () => {
+      if (timer !== null) clearTimeout(timer);
+      process.off("SIGINT", ignore);
+      process.off("SIGQUIT", ignore);
+      process.off("SIGTERM", forwarders.SIGTERM);
+      process.off("SIGHUP", forwarders.SIGHUP);
+    };
+    child.on("error", (error) => {
+      finish();
+      reject(new SandboxError("spawn", `starting ${argv[0]} failed: ${error.message}`));
+    });
+    child.on("exit", (code, signal) => {
+      finish();
+      const status = code ?? 128 + (signal === null ? 0 : (SIGNAL_NUMBERS[signal] ?? 0));
+      resolve({ status, stoppedBy, warnings: [] });
+    });
+  });
+}

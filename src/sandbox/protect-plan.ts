@@ -1,0 +1,128 @@
+import { join } from "node:path";
+import picomatch from "picomatch";
+import type { HostView } from "./host-view.js";
+
+/**
+ * How the box keeps workspace.protect globs read-only in a writable workspace, as host paths
+ * under the directory that is mounted at the workspace path.
+ *
+ * - `readOnly`: existing protected paths, bind-mounted read-only onto themselves. A mount point
+ *   cannot be renamed, unlinked or replaced from inside (EBUSY), and link() across mounts fails
+ *   (EXDEV), so no new hard link to a protected file can be made in the box.
+ * - `placeholders`: protected directories (and files below the root) that do not exist yet but
+ *   whose parent directory does. The run creates them empty before the box starts, mounts them
+ *   read-only, and removes them afterwards if still empty, so a new `.git/hooks/pre-commit`
+ *   cannot be written.
+ * - `pins`: directories between the workspace root and a protected path, bind-mounted onto
+ *   themselves (still writable) so they cannot be renamed away: without that, `mv .git x` and a
+ *   fresh `.git/hooks/` would sidestep the read-only mount.
+ * - `problems`: cases the box cannot protect, which stop the run (fail closed).
+ * - `uncovered`: globs whose new matches cannot be blocked in advance (a wildcard in a name,
+ *   a missing parent, a missing file at the root); the run moves matches that appear during the
+ *   run out of the workspace afterwards.
+ */
+export interface ProtectPlan {
+  readOnly: string[];
+  placeholders: { path: string; kind: "dir" | "file" }[];
+  pins: string[];
+  problems: string[];
+  uncovered: string[];
+}
+
+/** Files inside protected directories checked for extra hard links, at most. */
+export const MAX_PROTECTED_ENTRIES = 20_000;
+
+const GLOB_CHARACTERS = /[*?[\]{}()!+@]/;
+
+/**
+ * Plans protection for `globs` (workspace-relative, matched without regard to case) inside
+ * `root`, the host directory mounted at the workspace path.
+ */
+export function planProtection(root: string, globs: readonly string[], view: HostView): ProtectPlan {
+  const plan: ProtectPlan = { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] };
+
+  for (const glob of globs) {
+    const segments = glob.split("/").filter((segment) => segment !== "" && segment !== ".");
+    const wholeDirectory = segments[segments.length - 1] === "**";
+    const named = wholeDirectory ? segments.slice(0, -1) : segments;
+    if (named.length === 0) continue;
+
+    walk(plan, view, root, root, named, wholeDirectory, glob);
+  }
+
+  plan.readOnly = unique(plan.readOnly);
+  plan.pins = unique(plan.pins).filter((pin) => !plan.readOnly.some((path) => isWithin(pin, path)));
+  plan.placeholders = plan.placeholders.filter((entry, index, all) => all.findIndex((other) => other.path === entry.path) === index);
+  plan.problems = unique(plan.problems);
+  plan.uncovered = unique(plan.uncovered);
+  return plan;
+}
+
+function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, remaining: readonly string[], wholeDirectory: boolean, glob: string): void {
+  const [segment, ...rest] = remaining as [string, ...string[]];
+  const isLast = rest.length === 0;
+  const matches = picomatch(segment, { dot: true, nocase: true });
+  const entries = view.list(dir).filter((name) => matches(name));
+
+  if (entries.length === 0) {
+    if (GLOB_CHARACTERS.test(segment)) {
+      plan.uncovered.push(glob);
+      return;
+    }
+    // Missing: reserve the name with an empty read-only mount point so the box cannot create
+    // it. Not for a file at the workspace root: an empty `.mcp.json` or `.npmrc` would be
+    // read by tools as a broken config. Those, and deeper missing levels, which have no parent
+    // to hold a mount point, are checked after the run.
+    if (isLast && (wholeDirectory || dir !== root)) plan.placeholders.push({ path: join(dir, segment), kind: wholeDirectory ? "dir" : "file" });
+    else plan.uncovered.push(glob);
+    return;
+  }
+  if (GLOB_CHARACTERS.test(segment)) plan.uncovered.push(glob);
+
+  for (const name of entries) {
+    const path = join(dir, name);
+    const facts = view.facts(path);
+
+    if (facts.kind === "symlink") {
+      plan.problems.push(
+        `protected path ${path} is a symlink to ${view.readlink(path) ?? "?"}; a symlink cannot be mounted read-only in place, so replace it with a copy of its target or remove it`,
+      );
+      continue;
+    }
+    if (isLast) {
+      plan.readOnly.push(path);
+      checkHardLinks(plan, view, path);
+      continue;
+    }
+    if (facts.kind !== "dir") continue;
+    plan.pins.push(path);
+    walk(plan, view, root, path, rest, wholeDirectory, glob);
+  }
+}
+
+/** A protected file with another name elsewhere could be changed through that name. */
+function checkHardLinks(plan: ProtectPlan, view: HostView, path: string): void {
+  const pending = [path];
+  let seen = 0;
+  while (pending.length > 0 && seen < MAX_PROTECTED_ENTRIES) {
+    const current = pending.pop() as string;
+    const facts = view.facts(current);
+    seen += 1;
+    if (facts.kind === "file" && facts.links > 1) {
+      plan.problems.push(`protected file ${current} has ${facts.links} hard links, so it could be changed through another name; replace it with a copy of itself (cp -p FILE FILE.new && mv FILE.new FILE) or delete the other links`);
+    }
+    if (facts.kind === "dir") for (const name of view.list(current)) pending.push(join(current, name));
+  }
+}
+
+function isWithin(path: string, parent: string): boolean {
+  return path === parent || path.startsWith(`${parent}/`);
+}
+
+function unique(values: readonly string[]): string[] {
+  return [...new Set(values)].sort((a, b) => depth(a) - depth(b) || a.localeCompare(b));
+}
+
+function depth(path: string): number {
+  return path.split("/").length;
+}
