@@ -1,0 +1,73 @@
+import type { IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
+import type { GatewayContext } from "./context.js";
+import { rawDenialResponse, type Denial } from "./deny-response.js";
+import { dialTarget } from "./dial.js";
+import { parseAuthority } from "./target.js";
+import { runTunnel } from "./tunnel.js";
+import { parentFor } from "./upstream-proxy.js";
+import { decideRequest } from "./verdict.js";
+
+const ESTABLISHED = Buffer.from("HTTP/1.1 200 Connection Established\r\n\r\n", "latin1");
+
+/** Handles one CONNECT request: decide, dial a checked address, answer 200, then run the tunnel. */
+export async function handleConnect(context: GatewayContext, request: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
+  const record = context.startEvent({ protocol: "connect", host: "", port: 0 });
+  const refuse = (denial: Denial, what: string) => {
+    if (!client.destroyed) client.end(rawDenialResponse(denial, what));
+  };
+  client.on("error", (error) => context.logger.debug({ err: error }, "CONNECT client socket error"));
+
+  const parsed = parseAuthority(request.url ?? "", null);
+  if (!parsed.ok) {
+    record.update({ host: parsed.rawHost });
+    record.deny(`invalid CONNECT target: ${parsed.reason}`);
+    refuse({ status: 400, reason: `the CONNECT target is invalid: ${parsed.reason}`, rule: null, hint: null }, "CONNECT");
+    return;
+  }
+
+  const target = parsed.target;
+  const what = `CONNECT to ${target.display}:${target.port}`;
+  record.update({ host: target.display, port: target.port });
+
+  const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept);
+  if (verdict.action === "deny") {
+    record.deny(verdict.denial.reason, verdict.denial.rule);
+    refuse(verdict.denial, what);
+    return;
+  }
+
+  // The client may hang up while the gateway resolves and connects.
+  client.pause();
+  const dialed = await dialTarget({
+    target,
+    decision: verdict.decision,
+    resolve: context.resolve,
+    connectTimeoutMs: context.limits.connectTimeoutMs,
+    parent: parentFor(context.parents, target, "tunnel"),
+    mode: "tunnel",
+  });
+
+  if (!dialed.ok) {
+    record.update({ address: dialed.address });
+    if (dialed.decision === "deny") record.deny(dialed.denial.reason, dialed.denial.rule);
+    else {
+      record.allow(verdict.decision.rule.label);
+      record.finish(dialed.denial.reason);
+    }
+    refuse(dialed.denial, what);
+    return;
+  }
+  if (client.destroyed) {
+    dialed.socket.destroy();
+    record.allow(verdict.decision.rule.label);
+    record.finish("client closed the connection before the tunnel was established");
+    return;
+  }
+
+  record.update({ address: dialed.address });
+  record.allow(verdict.decision.rule.label);
+  client.write(ESTABLISHED);
+  runTunnel(context, { client, upstream: dialed.socket, head, target, record, rule: verdict.decision.rule.label });
+  client.resume();
+}

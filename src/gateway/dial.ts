@@ -1,0 +1,198 @@
+import { connect, isIP, type Socket } from "node:net";
+import { classifyAddress } from "../policy/address.js";
+import { hintForAddress, type Denial } from "./deny-response.js";
+import type { Target } from "./target.js";
+import { connectToParent, connectViaParent, type ParentProxy } from "./upstream-proxy.js";
+import type { AllowDecision } from "./verdict.js";
+
+/** Host resolver: all addresses of a name, as IP literals. */
+export type Resolver = (name: string) => Promise<string[]>;
+
+export type DialResult =
+  | {
+      ok: true;
+      socket: Socket;
+      /** The checked address connected to, or null when the parent proxy resolved the name. */
+      address: string | null;
+      /** The parent proxy the socket goes through, or null for a direct connection. */
+      parent: ParentProxy | null;
+    }
+  | {
+      ok: false;
+      denial: Denial;
+      /** "deny" when policy refused an address; "allow" when the policy allowed but the connection failed. */
+      decision: "allow" | "deny";
+      /** The address that was refused or failed, when there was one. */
+      address: string | null;
+    };
+
+export interface DialOptions {
+  target: Target;
+  decision: AllowDecision;
+  resolve: Resolver;
+  connectTimeoutMs: number;
+  /** Parent proxy for this target, or null to connect directly. */
+  parent: ParentProxy | null;
+  /** "tunnel" sends CONNECT to the parent; "http" returns a plain connection for absolute-form requests. */
+  mode: "http" | "tunnel";
+}
+
+/**
+ * Finds the addresses for an allowed target, checks every one against the policy, and connects
+ * to one of those checked addresses. The name is resolved exactly once: the socket goes to an
+ * address from that answer, never to a second lookup, so an answer that changes between lookups
+ * (DNS rebinding) cannot move the connection to an address that was not checked.
+ */
+export async function dialTarget(options: DialOptions): Promise<DialResult> {
+  const { target, decision } = options;
+
+  // With a parent proxy, the parent resolves the name, so the host's DNS is not asked. Targets
+  // whose addresses the policy fixes and which are not public (a pinned loopback service, say)
+  // still go direct, because a parent proxy cannot reach the host's own networks.
+  const known = knownAddresses(options);
+  if (options.parent !== null && !(known !== null && known.every((address) => classifyAddress(address) !== null))) {
+    return dialViaParent(options, options.parent, known);
+  }
+
+  const found = known !== null ? { ok: true as const, addresses: known } : await resolveTarget(options);
+  if (!found.ok) return found;
+
+  const refused = checkAddresses(options, found.addresses);
+  if (refused !== null) return refused;
+
+  let lastError = "no address";
+  let timedOut = false;
+  for (const address of found.addresses) {
+    try {
+      const socket = await connectAddress(address, target.port, options.connectTimeoutMs);
+      return { ok: true, socket, address, parent: null };
+    } catch (cause) {
+      lastError = `${address}: ${describeError(cause)}`;
+      timedOut = cause instanceof ConnectTimeoutError;
+    }
+  }
+
+  return {
+    ok: false,
+    decision: "allow",
+    address: found.addresses[found.addresses.length - 1] ?? null,
+    denial: {
+      status: timedOut ? 504 : 502,
+      reason: `could not connect to ${target.display} port ${target.port} (${lastError})`,
+      rule: decision.rule.label,
+      hint: null,
+    },
+  };
+}
+
+// Checks the whole answer before connecting to any of it: a name that resolves to a public
+// address and to a private one is refused outright, so connection order cannot matter.
+function checkAddresses(options: DialOptions, addresses: readonly string[]): Extract<DialResult, { ok: false }> | null {
+  const { target, decision } = options;
+  for (const address of addresses) {
+    const verdict = decision.permitsAddress(address);
+    if (verdict.ok) continue;
+
+    const what = verdict.addressClass === "not-pinned" ? "an address its allow rule does not pin" : `a ${verdict.addressClass} address`;
+    const source = target.host.kind === "ip" ? `${target.display} is` : `${target.display} resolved to ${address}, which is`;
+    return {
+      ok: false,
+      decision: "deny",
+      address,
+      denial: {
+        status: 403,
+        reason: `${source} ${what}; such addresses are refused unless a rule pins them`,
+        rule: decision.rule.label,
+        hint: target.host.kind === "name" ? hintForAddress(target, address) : null,
+      },
+    };
+  }
+
+  return null;
+}
+
+async function dialViaParent(options: DialOptions, parent: ParentProxy, known: string[] | null): Promise<DialResult> {
+  const { target } = options;
+  if (known !== null) {
+    const refused = checkAddresses(options, known);
+    if (refused !== null) return refused;
+  }
+
+  // A pinned name is sent to the parent as its pinned address, so the pin holds there too.
+  const pinned = known?.[0];
+  const host = pinned === undefined ? target.display : isIP(pinned) === 6 ? `[${pinned}]` : pinned;
+  try {
+    const socket = options.mode === "tunnel" ? await connectViaParent(parent, `${host}:${target.port}`, options.connectTimeoutMs) : await connectToParent(parent, options.connectTimeoutMs);
+    return { ok: true, socket, address: pinned ?? null, parent };
+  } catch (cause) {
+    return failure(options, `could not reach ${target.display} port ${target.port} through the parent proxy (${describeError(cause)})`);
+  }
+}
+
+function knownAddresses(options: DialOptions): string[] | null {
+  const { target, decision } = options;
+  if (target.host.kind === "ip") return [target.host.address];
+  return decision.pinned === null ? null : [...decision.pinned];
+}
+
+type AddressesResult = { ok: true; addresses: string[] } | Extract<DialResult, { ok: false }>;
+
+async function resolveTarget(options: DialOptions): Promise<AddressesResult> {
+  const { target } = options;
+  if (target.host.kind !== "name") return { ok: true, addresses: [target.host.address] };
+
+  let answer: string[];
+  try {
+    answer = await options.resolve(target.host.name);
+  } catch (cause) {
+    return failure(options, `DNS lookup of ${target.display} failed (${describeError(cause)})`);
+  }
+
+  const addresses = [...new Set(answer)];
+  if (addresses.length === 0) return failure(options, `DNS lookup of ${target.display} returned no addresses`);
+
+  const invalid = addresses.find((address) => isIP(address) === 0);
+  if (invalid !== undefined) return failure(options, `DNS lookup of ${target.display} returned ${JSON.stringify(invalid)}, which is not an IP address`);
+  return { ok: true, addresses };
+}
+
+function failure(options: DialOptions, reason: string): Extract<DialResult, { ok: false }> {
+  return { ok: false, decision: "allow", address: null, denial: { status: 502, reason, rule: options.decision.rule.label, hint: null } };
+}
+
+class ConnectTimeoutError extends Error {
+  constructor(timeoutMs: number) {
+    super(`connection timed out after ${timeoutMs} ms`);
+  }
+}
+
+/**
+ * Opens a TCP connection to an IP literal, so no name lookup can happen on the way. The caller
+ * must add an error listener to the returned socket before its next tick.
+ */
+export function connectAddress(address: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: address, port, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new ConnectTimeoutError(timeoutMs));
+    }, timeoutMs);
+
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      resolve(socket);
+    });
+    socket.once("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+  });
+}
+
+/** Formats an error for a message: the errno code when there is one, otherwise the message. */
+export function describeError(cause: unknown): string {
+  const error = cause as NodeJS.ErrnoException;
+  if (typeof error?.code === "string") return error.code;
+  return error instanceof Error ? error.message : String(cause);
+}

@@ -1,0 +1,123 @@
+/** Protocol a client used to reach the gateway. */
+export type GatewayProtocol = "http" | "connect" | "socks5";
+
+/**
+ * One decision of the gateway, for the audit layer. Emitted once per plain HTTP request, CONNECT
+ * tunnel or SOCKS5 connection, when it ends; a denied request is emitted as soon as it is denied.
+ */
+export interface NetworkEvent {
+  type: "network";
+  /** Schema version of this record. */
+  version: 1;
+  /** Time the request arrived, as an ISO 8601 UTC timestamp. */
+  time: string;
+  runId: string;
+  sandboxId: string;
+  protocol: GatewayProtocol;
+  /** Canonical host (IPv6 in brackets), or the raw text when it could not be canonicalised; "" when unknown. */
+  host: string;
+  /** Destination port; 0 when unknown. */
+  port: number;
+  /** The address the gateway connected to, or null when it did not connect. */
+  address: string | null;
+  /** HTTP method for plain HTTP requests; null for tunnels. */
+  method: string | null;
+  /** URL path without the query string for plain HTTP requests; null for tunnels. */
+  path: string | null;
+  decision: "allow" | "deny";
+  /** Label of the rule that decided, or null when no rule matched. */
+  rule: string | null;
+  /** Why the request was denied or failed; null for an allowed request that completed. */
+  reason: string | null;
+  /** Bytes sent from the client towards the upstream server (request bodies, or tunnel payload). */
+  bytesUp: number;
+  /** Bytes sent from the upstream server towards the client (response bodies, or tunnel payload). */
+  bytesDown: number;
+  /** Time from arrival of the request to the end of the exchange, in milliseconds. */
+  durationMs: number;
+}
+
+/** The fields of an event known when the request arrives. */
+export interface EventStart {
+  protocol: GatewayProtocol;
+  host: string;
+  port: number;
+  method?: string | null;
+  path?: string | null;
+}
+
+/**
+ * Collects the fields of one event while a request runs, and emits it exactly once. Later calls
+ * to finish() are ignored, so every exit path may call it.
+ */
+export class EventRecord {
+  readonly #emit: (event: NetworkEvent) => void;
+  readonly #startedAt: number;
+  readonly #event: NetworkEvent;
+  #finished = false;
+
+  constructor(ids: { runId: string; sandboxId: string }, start: EventStart, emit: (event: NetworkEvent) => void) {
+    this.#emit = emit;
+    this.#startedAt = performance.now();
+    this.#event = {
+      type: "network",
+      version: 1,
+      time: new Date().toISOString(),
+      runId: ids.runId,
+      sandboxId: ids.sandboxId,
+      protocol: start.protocol,
+      host: start.host,
+      port: start.port,
+      address: null,
+      method: start.method ?? null,
+      path: start.path ?? null,
+      decision: "deny",
+      rule: null,
+      reason: null,
+      bytesUp: 0,
+      bytesDown: 0,
+      durationMs: 0,
+    };
+  }
+
+  get finished(): boolean {
+    return this.#finished;
+  }
+
+  /** Sets fields learned after the start, such as the canonical host or the method. */
+  update(fields: Partial<Pick<NetworkEvent, "host" | "port" | "method" | "path" | "address" | "rule">>): void {
+    Object.assign(this.#event, fields);
+  }
+
+  /** Marks the request as allowed by `rule`; the event is emitted later by finish(). */
+  allow(rule: string): void {
+    this.#event.decision = "allow";
+    this.#event.rule = rule;
+  }
+
+  addBytesUp(count: number): void {
+    this.#event.bytesUp += count;
+  }
+
+  addBytesDown(count: number): void {
+    this.#event.bytesDown += count;
+  }
+
+  /** Emits a deny event now. */
+  deny(reason: string, rule: string | null = null): void {
+    if (this.#finished) return;
+    this.#event.decision = "deny";
+    this.#event.rule = rule;
+    this.#event.reason = reason;
+    this.finish();
+  }
+
+  /** Emits the event; `reason` records why an allowed exchange failed, if it did. */
+  finish(reason: string | null = null): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    if (reason !== null && this.#event.reason === null) this.#event.reason = reason;
+    this.#event.durationMs = Math.round((performance.now() - this.#startedAt) * 1000) / 1000;
+    this.#emit({ ...this.#event });
+  }
+}

@@ -1,0 +1,237 @@
+import { lookup } from "node:dns/promises";
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
+import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
+import { pino, type Logger } from "pino";
+import type { CanonicalHost } from "../policy/host.js";
+import { NetworkRules } from "../policy/network-decision.js";
+import type { Policy } from "../policy/types.js";
+import { handleConnect } from "./connect.js";
+import { eventFactory, type GatewayContext } from "./context.js";
+import { rawDenialResponse, type Denial } from "./deny-response.js";
+import type { Resolver } from "./dial.js";
+import type { NetworkEvent } from "./events.js";
+import { handleHttpRequest } from "./http-proxy.js";
+import { resolveLimits, type GatewayLimits } from "./limits.js";
+import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
+import { parentProxiesFrom } from "./upstream-proxy.js";
+
+export interface GatewayOptions {
+  policy: Policy;
+  runId: string;
+  /** Sandbox the gateway serves, for events. Default: "main". */
+  sandboxId?: string;
+  /** Unix socket path to listen on, for sandbox backends. It must not exist yet. */
+  socketPath?: string;
+  /** Loopback TCP listener; port 0 picks a free port. */
+  tcp?: { host: "127.0.0.1"; port: number };
+  /** Receives one event per decision. Without it, events go to the logger at info level. */
+  onEvent?: (event: NetworkEvent) => void;
+  /** Host resolver. Default: dns.lookup with all: true, which follows the host's resolver configuration. */
+  resolve?: (name: string) => Promise<string[]>;
+  limits?: Partial<GatewayLimits>;
+  /** Whether the gateway should terminate TLS for a host and port. Default: never. */
+  intercept?: (host: CanonicalHost, port: number) => boolean;
+  /** Logger for the gateway's own operation. Default: pino at warn level on standard error. */
+  logger?: Logger;
+}
+
+export interface Gateway {
+  /** Path of the Unix socket, or null when there is none. */
+  socketPath: string | null;
+  /** Port of the loopback TCP listener, or null when there is none. */
+  tcpPort: number | null;
+  /** Stops listening and closes every open connection. */
+  close(): Promise<void>;
+}
+
+const defaultResolve: Resolver = async (name) => {
+  const answers = await lookup(name, { all: true, verbatim: true });
+  return answers.map((answer) => answer.address);
+};
+
+/**
+ * Starts a gateway for one sandbox. One listener speaks HTTP/1.1 proxy requests (absolute-form
+ * and CONNECT) and SOCKS5, told apart by the first byte. Rejects when the options are invalid or
+ * a listener cannot be opened.
+ */
+export async function startGateway(options: GatewayOptions): Promise<Gateway> {
+  if (options.socketPath === undefined && options.tcp === undefined) {
+    throw new Error("startGateway needs socketPath, tcp, or both; it has no listener to open");
+  }
+  if (options.tcp !== undefined && options.tcp.host !== "127.0.0.1") {
+    throw new Error(`gateway TCP listener host is ${JSON.stringify(options.tcp.host)}; only 127.0.0.1 is allowed`);
+  }
+
+  const limits = resolveLimits(options.limits);
+  const sandboxId = options.sandboxId ?? "main";
+  const logger = (options.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ component: "gateway", runId: options.runId, sandboxId });
+  const context: GatewayContext = {
+    rules: new NetworkRules(options.policy),
+    limits,
+    logger,
+    resolve: options.resolve ?? defaultResolve,
+    intercept: options.intercept ?? (() => false),
+    parents: parentProxiesFrom(options.policy.network.upstreamProxy),
+    startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger),
+  };
+
+  const http = createHttpDispatcher(context);
+  const sockets = new Set<Socket>();
+  const accept = (socket: Socket) => acceptConnection(context, http, sockets, socket);
+
+  const servers: NetServer[] = [];
+  let socketPath: string | null = null;
+  let tcpPort: number | null = null;
+  try {
+    if (options.socketPath !== undefined) {
+      const server = createNetServer({ allowHalfOpen: true, pauseOnConnect: false }, accept);
+      servers.push(server);
+      await listen(server, { path: options.socketPath });
+      socketPath = options.socketPath;
+    }
+    if (options.tcp !== undefined) {
+      const server = createNetServer({ allowHalfOpen: true, pauseOnConnect: false }, accept);
+      servers.push(server);
+      await listen(server, { host: "127.0.0.1", port: options.tcp.port });
+      const address = server.address();
+      tcpPort = typeof address === "object" && address !== null ? address.port : null;
+    }
+  } catch (error) {
+    await Promise.all(servers.map((server) => closeServer(server)));
+    throw error;
+  }
+  logger.info({ socketPath, tcpPort }, "gateway listening");
+
+  let closing: Promise<void> | null = null;
+  return {
+    socketPath,
+    tcpPort,
+    close() {
+      closing ??= (async () => {
+        const closed = Promise.all(servers.map((server) => closeServer(server)));
+        for (const socket of sockets) socket.destroy();
+        http.closeAllConnections();
+        await closed;
+        logger.info("gateway stopped");
+      })();
+      return closing;
+    },
+  };
+}
+
+function createHttpDispatcher(context: GatewayContext): HttpServer {
+  const { limits, logger } = context;
+  const server = createHttpServer({
+    maxHeaderSize: limits.maxHeaderBytes,
+    requireHostHeader: false,
+    joinDuplicateHeaders: false,
+    headersTimeout: limits.handshakeTimeoutMs,
+    // Bodies can be large and slow; the idle timeout below governs them instead.
+    requestTimeout: 0,
+    keepAliveTimeout: limits.idleTimeoutMs,
+  });
+  server.timeout = limits.idleTimeoutMs;
+
+  const guard = (what: string, work: Promise<void>) => {
+    work.catch((error: unknown) => logger.error({ err: error }, `${what} handler failed`));
+  };
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => guard("HTTP request", handleHttpRequest(context, request, response)));
+  server.on("connect", (request: IncomingMessage, socket: Socket, head: Buffer) => guard("CONNECT", handleConnect(context, request, socket, head)));
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => rejectMalformed(context, error, socket));
+  return server;
+}
+
+// Answers requests that Node's HTTP parser rejected before any handler saw them.
+function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException, socket: Socket): void {
+  const record = context.startEvent({ protocol: "http", host: "", port: 0 });
+  let denial: Denial;
+  if (error.code === "HPE_HEADER_OVERFLOW") {
+    denial = { status: 431, reason: `the request head is larger than the gateway's limit of ${context.limits.maxHeaderBytes} bytes`, rule: null, hint: null };
+  } else if (error.code === "ERR_HTTP_REQUEST_TIMEOUT" || error.code === "ECONNRESET") {
+    record.deny(`client connection ended before a complete request head (${error.code})`);
+    socket.destroy();
+    return;
+  } else {
+    denial = { status: 400, reason: `the request is not valid HTTP/1.1 (${error.code ?? error.message})`, rule: null, hint: null };
+  }
+
+  record.deny(denial.reason);
+  if (socket.writable) socket.end(rawDenialResponse(denial, "the request"));
+  else socket.destroy();
+}
+
+function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Set<Socket>, socket: Socket): void {
+  const { limits, logger } = context;
+  const overLimit = sockets.size >= limits.maxConnections;
+  sockets.add(socket);
+  socket.once("close", () => sockets.delete(socket));
+  socket.on("error", (error) => logger.debug({ err: error }, "client socket error"));
+
+  if (limits.totalTimeoutMs > 0) {
+    const timer = setTimeout(() => {
+      logger.warn({ limitMs: limits.totalTimeoutMs }, "client connection reached the total time limit; closing it");
+      socket.destroy();
+    }, limits.totalTimeoutMs);
+    timer.unref();
+    socket.once("close", () => clearTimeout(timer));
+  }
+
+  const handshakeTimer = setTimeout(() => socket.destroy(), limits.handshakeTimeoutMs);
+  socket.once("close", () => clearTimeout(handshakeTimer));
+
+  // The first byte tells the protocols apart: 0x05 is a SOCKS5 greeting, anything else is HTTP.
+  socket.once("data", (chunk: Buffer) => {
+    clearTimeout(handshakeTimer);
+    socket.pause();
+    socket.unshift(chunk);
+
+    if (overLimit) {
+      rejectOverLimit(context, socket, chunk[0] === SOCKS_VERSION);
+      return;
+    }
+    if (chunk[0] === SOCKS_VERSION) {
+      handleSocks5(context, socket).catch((error: unknown) => {
+        logger.error({ err: error }, "SOCKS5 handler failed");
+        socket.destroy();
+      });
+      return;
+    }
+
+    http.emit("connection", socket);
+    // Node's HTTP server reads from the stream buffer on resume, so the unshifted bytes come first.
+    process.nextTick(() => socket.resume());
+  });
+}
+
+function rejectOverLimit(context: GatewayContext, socket: Socket, socks: boolean): void {
+  const reason = `the sandbox already has ${context.limits.maxConnections} open connections through the gateway, the maximum`;
+  context.startEvent({ protocol: socks ? "socks5" : "http", host: "", port: 0 }).deny(reason);
+  context.logger.warn({ maxConnections: context.limits.maxConnections }, "connection limit reached; rejecting a connection");
+
+  if (socks) {
+    // Method selection reply "no acceptable methods" ends a SOCKS5 client's attempt at once.
+    socket.end(Buffer.from([SOCKS_VERSION, 0xff]));
+    return;
+  }
+  socket.end(rawDenialResponse({ status: 503, reason, rule: null, hint: "close idle connections, or raise the gateway's maxConnections limit" }, "the connection"));
+}
+
+function listen(server: NetServer, address: { path: string } | { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(address, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+function closeServer(server: NetServer): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) {
+      resolve();
+      return;
+    }
+    server.close(() => resolve());
+  });
+}

@@ -1,0 +1,186 @@
+import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import type { GatewayContext } from "./context.js";
+import { denialBody, type Denial } from "./deny-response.js";
+import { dialTarget, describeError } from "./dial.js";
+import type { EventRecord } from "./events.js";
+import { parseAbsoluteUrl, parseAuthority, type Target } from "./target.js";
+import { parentFor } from "./upstream-proxy.js";
+import { decideRequest } from "./verdict.js";
+
+// Hop-by-hop headers (RFC 9110, section 7.6.1) and proxy credentials, which belong to the
+// connection between the client and the gateway and must not reach the upstream server.
+// Transfer-Encoding is kept on requests: Node's client then re-chunks the streamed body.
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer", "upgrade"]);
+
+/** Handles one plain HTTP request in absolute-form: decide, dial a checked address, stream both ways. */
+export async function handleHttpRequest(context: GatewayContext, request: IncomingMessage, response: ServerResponse): Promise<void> {
+  const method = request.method ?? "GET";
+  const record = context.startEvent({ protocol: "http", host: "", port: 0, method });
+  const refuse = (denial: Denial, what: string, decision: "allow" | "deny" = "deny") => {
+    if (decision === "deny") record.deny(denial.reason, denial.rule);
+    else record.finish(denial.reason);
+    sendDenial(response, denial, what);
+  };
+
+  const parsed = parseAbsoluteUrl(request.url ?? "");
+  if (!parsed.ok) {
+    record.update({ host: parsed.rawHost });
+    refuse({ status: 400, reason: parsed.reason, rule: null, hint: null }, `${method} request`);
+    return;
+  }
+
+  const { target, originForm, path } = parsed;
+  const what = `${method} http://${target.display}:${target.port}${path.slice(0, 200)}`;
+  record.update({ host: target.display, port: target.port, path });
+
+  const hostProblem = checkHostHeader(request, target);
+  if (hostProblem !== null) {
+    refuse({ status: 400, reason: hostProblem, rule: null, hint: null }, what);
+    return;
+  }
+
+  const verdict = decideRequest(context.rules, target, { kind: "http", method, path }, context.intercept);
+  if (verdict.action === "deny") {
+    refuse(verdict.denial, what);
+    return;
+  }
+  const rule = verdict.decision.rule.label;
+
+  const dialed = await dialTarget({
+    target,
+    decision: verdict.decision,
+    resolve: context.resolve,
+    connectTimeoutMs: context.limits.connectTimeoutMs,
+    parent: parentFor(context.parents, target, "http"),
+    mode: "http",
+  });
+  if (!dialed.ok) {
+    record.update({ address: dialed.address });
+    if (dialed.decision === "allow") record.allow(rule);
+    refuse(dialed.denial, what, dialed.decision);
+    return;
+  }
+
+  record.update({ address: dialed.address });
+  record.allow(rule);
+  const socket = dialed.socket;
+  socket.setTimeout(context.limits.idleTimeoutMs, () => socket.destroy(new Error(`upstream sent nothing for ${context.limits.idleTimeoutMs} ms`)));
+
+  const headers = forwardedHeaders(request.rawHeaders);
+  let requestTarget = originForm;
+  if (dialed.parent !== null) {
+    // A parent proxy needs absolute-form and its own credentials.
+    requestTarget = `http://${target.display}:${target.port}${originForm}`;
+    if (dialed.parent.authorization !== null) headers.push("Proxy-Authorization", dialed.parent.authorization);
+  }
+
+  const upstream = httpRequest({
+    method,
+    path: requestTarget,
+    headers: headers as unknown as OutgoingHttpHeaders,
+    createConnection: () => socket,
+    setHost: false,
+  });
+
+  forward(context, request, response, upstream, record, what);
+}
+
+function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, what: string): void {
+  const fail = (message: string) => {
+    record.finish(message);
+    if (!response.headersSent) {
+      sendDenial(response, { status: 502, reason: message, rule: null, hint: null }, what);
+    } else {
+      response.destroy();
+    }
+  };
+
+  upstream.on("error", (error) => {
+    context.logger.debug({ err: error }, "upstream HTTP request failed");
+    fail(`upstream request failed (${describeError(error)})`);
+  });
+
+  upstream.on("response", (upstreamResponse) => {
+    upstreamResponse.on("data", (chunk: Buffer) => record.addBytesDown(chunk.length));
+    upstreamResponse.on("error", () => response.destroy());
+    response.writeHead(upstreamResponse.statusCode ?? 502, upstreamResponse.statusMessage, responseHeaders(upstreamResponse.rawHeaders));
+    upstreamResponse.pipe(response);
+    upstreamResponse.on("end", () => record.finish());
+  });
+
+  request.on("data", (chunk: Buffer) => record.addBytesUp(chunk.length));
+  request.pipe(upstream);
+
+  // A client that goes away takes the upstream request with it.
+  response.on("close", () => {
+    if (!response.writableFinished) {
+      upstream.destroy();
+      record.finish("client closed the connection before the response was complete");
+    }
+  });
+}
+
+/** Checks that the Host header names the same host and port as the absolute-form target. */
+function checkHostHeader(request: IncomingMessage, target: Target): string | null {
+  const values: string[] = [];
+  for (let i = 0; i < request.rawHeaders.length; i += 2) {
+    if ((request.rawHeaders[i] as string).toLowerCase() === "host") values.push(request.rawHeaders[i + 1] as string);
+  }
+  if (values.length === 0) return "the request has no Host header; HTTP/1.1 requires one that matches the request target";
+  if (values.length > 1) return `the request has ${values.length} Host headers; send exactly one`;
+
+  const host = parseAuthority(values[0] as string, 80);
+  const shown = JSON.stringify((values[0] as string).slice(0, 300));
+  if (!host.ok) return `Host header ${shown} is invalid: ${host.reason}`;
+  if (host.target.display !== target.display || host.target.port !== target.port) {
+    return `Host header ${shown} does not match the request target ${target.display}:${target.port}`;
+  }
+  return null;
+}
+
+// Returns raw headers (name, value, name, value, ...) without hop-by-hop headers, including any
+// that the Connection header names.
+function forwardedHeaders(rawHeaders: readonly string[]): string[] {
+  const drop = new Set(HOP_BY_HOP);
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if ((rawHeaders[i] as string).toLowerCase() !== "connection") continue;
+    for (const token of (rawHeaders[i + 1] as string).split(",")) drop.add(token.trim().toLowerCase());
+  }
+  // The request framing headers stay: Node's parser has validated them.
+  drop.delete("content-length");
+  drop.delete("transfer-encoding");
+  drop.delete("host");
+
+  const out: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (!drop.has(name.toLowerCase())) out.push(name, rawHeaders[i + 1] as string);
+  }
+  return out;
+}
+
+// Response framing is the gateway's own: the server response re-frames the streamed body.
+function responseHeaders(rawHeaders: readonly string[]): string[] {
+  const out = forwardedHeaders(rawHeaders);
+  const kept: string[] = [];
+  for (let i = 0; i < out.length; i += 2) {
+    if ((out[i] as string).toLowerCase() === "transfer-encoding") continue;
+    kept.push(out[i] as string, out[i + 1] as string);
+  }
+  return kept;
+}
+
+/** Sends a denial as the response to one request, keeping the client connection usable. */
+export function sendDenial(response: ServerResponse, denial: Denial, what: string): void {
+  if (response.headersSent) {
+    response.destroy();
+    return;
+  }
+  const body = denialBody(denial, what);
+  response.writeHead(denial.status, {
+    "Content-Type": "text/plain; charset=utf-8",
+    "Content-Length": Buffer.byteLength(body),
+    "X-Ringfence-Decision": "deny",
+  });
+  response.end(body);
+}

@@ -1,0 +1,142 @@
+import type { Socket } from "node:net";
+import { canonicalHost } from "../policy/host.js";
+import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.js";
+import type { GatewayContext } from "./context.js";
+import type { EventRecord } from "./events.js";
+import type { Target } from "./target.js";
+
+/** A TLS fatal alert, unrecognized_name (RFC 8446, section 6.2), sent before closing a tunnel whose SNI is refused. */
+const ALERT_UNRECOGNIZED_NAME = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]);
+/** Bytes held back from the upstream server while waiting for a complete ClientHello. */
+const MAX_SNIFF_BYTES = MAX_CLIENT_HELLO_BYTES + 1024;
+
+export interface TunnelOptions {
+  client: Socket;
+  upstream: Socket;
+  /** Client bytes that arrived with the tunnel request, to be inspected and sent first. */
+  head: Buffer;
+  target: Target;
+  record: EventRecord;
+  /** Label of the rule that allowed the tunnel, for the event of a refused SNI. */
+  rule: string;
+}
+
+/**
+ * Connects an accepted client socket to an upstream socket. Bytes from upstream flow at once;
+ * bytes from the client are held until the start of the stream shows whether it is TLS, and a
+ * TLS ClientHello must name the tunnel's own target in SNI. After that the sockets are piped.
+ */
+export function runTunnel(context: GatewayContext, options: TunnelOptions): void {
+  const { client, upstream, record, target } = options;
+  const { limits, logger } = context;
+  let closed = 0;
+
+  const onClose = () => {
+    closed += 1;
+    if (closed < 2) return;
+    record.addBytesUp(upstream.bytesWritten);
+    record.addBytesDown(upstream.bytesRead);
+    record.finish();
+  };
+  const destroyBoth = (reason: string | null) => {
+    if (reason !== null) record.finish(reason);
+    client.destroy();
+    upstream.destroy();
+  };
+
+  client.on("close", onClose);
+  upstream.on("close", onClose);
+
+  // A client that is gone cannot receive anything more. An upstream that closes first has
+  // already ended the client through pipe(), which still flushes what is buffered.
+  client.on("close", () => upstream.destroy());
+  client.on("error", (error) => {
+    logger.debug({ err: error, host: target.display }, "tunnel client socket error");
+    destroyBoth(null);
+  });
+  upstream.on("error", (error: NodeJS.ErrnoException) => {
+    logger.debug({ err: error, host: target.display }, "tunnel upstream socket error");
+    destroyBoth(`upstream connection failed (${error.code ?? error.message})`);
+  });
+
+  // Socket timeouts count reads and writes, so a long one-way download keeps both sockets alive.
+  const onIdle = () => destroyBoth(`tunnel carried no data for ${limits.idleTimeoutMs} ms`);
+  client.setTimeout(limits.idleTimeoutMs, onIdle);
+  upstream.setTimeout(limits.idleTimeoutMs, onIdle);
+
+  upstream.pipe(client);
+
+  let held: Buffer = options.head;
+  const handshakeTimer = setTimeout(() => destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`), limits.handshakeTimeoutMs);
+
+  const inspect = (): boolean => {
+    const verdict = checkClientHello(held, target);
+    if (verdict === "wait") return false;
+
+    clearTimeout(handshakeTimer);
+    client.off("data", onData);
+    client.off("end", onEndBeforeInspection);
+    if (verdict !== "ok") {
+      record.deny(verdict, options.rule);
+      upstream.destroy();
+      client.end(ALERT_UNRECOGNIZED_NAME);
+      return true;
+    }
+
+    if (held.length > 0) upstream.write(held);
+    held = Buffer.alloc(0);
+    client.pipe(upstream);
+    return true;
+  };
+  const onData = (chunk: Buffer) => {
+    held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+    inspect();
+  };
+  const onEndBeforeInspection = () => {
+    clearTimeout(handshakeTimer);
+    destroyBoth(held.length === 0 ? null : "client closed the tunnel before its first message was complete");
+  };
+
+  if (held.length > 0 && inspect()) return;
+  client.on("data", onData);
+  client.once("end", onEndBeforeInspection);
+  client.once("close", () => clearTimeout(handshakeTimer));
+}
+
+/**
+ * Checks the held start of a client stream. Returns "wait" for more bytes, "ok" to pass the
+ * stream on, or the reason to refuse it.
+ */
+export function checkClientHello(held: Buffer, target: Target): "wait" | "ok" | string {
+  const parsed = parseClientHello(held);
+
+  switch (parsed.kind) {
+    case "incomplete":
+      return held.length > MAX_SNIFF_BYTES ? `TLS ClientHello is larger than ${MAX_SNIFF_BYTES} bytes` : "wait";
+
+    case "not-tls":
+      // Other protocols pass unchecked: their destination is fixed by the allowed target.
+      return "ok";
+
+    case "invalid":
+      return parsed.reason;
+
+    case "client-hello": {
+      if (parsed.encryptedClientHello) {
+        return `TLS ClientHello uses Encrypted Client Hello, which hides the server name from the gateway; disable ECH for ${target.display}`;
+      }
+      if (parsed.serverName === null) {
+        // Without SNI the server picks its default site, so only an IP literal target (allowed
+        // by a rule that names that address) may omit it.
+        return target.host.kind === "ip" ? "ok" : `TLS ClientHello has no SNI, but the tunnel target is the name ${target.display}`;
+      }
+
+      const sni = canonicalHost(parsed.serverName);
+      if (!sni.ok) return `TLS SNI ${JSON.stringify(parsed.serverName.slice(0, 300))} is invalid: ${sni.reason}`;
+      if (sni.host.kind !== "name" || target.host.kind !== "name" || sni.host.name !== target.host.name) {
+        return `TLS SNI ${JSON.stringify(parsed.serverName.slice(0, 300))} does not match the tunnel target ${target.display}`;
+      }
+      return "ok";
+    }
+  }
+}
