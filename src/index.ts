@@ -1,2 +1,3 @@
 export * from "./policy/index.js";
 export * from "./gateway/index.js";
+export * from "./audit/index.js";

@@ -1,0 +1,160 @@
+import { createHash } from "node:crypto";
+
+/** Version of the audit record schema, stored in every record as `v`. */
+export const AUDIT_SCHEMA_VERSION = 1;
+
+/** Fields every audit record carries; event-specific fields sit beside them. */
+export interface AuditRecordBase {
+  v: number;
+  /** Sequence number, starting at 0 for the first record of a run. */
+  seq: number;
+  time: string;
+  run: string;
+  type: string;
+  /** SHA-256 (hex) of the previous record's line, or of the run's genesis string for seq 0. */
+  prev: string;
+}
+
+export type AuditRecord = AuditRecordBase & Record<string, unknown>;
+
+/** The `prev` value of a run's first record, so a log cannot be moved to another run id. */
+export function genesisHash(runId: string): string {
+  return sha256Hex(`ringfence-audit-v1:${runId}`);
+}
+
+export function sha256Hex(text: string | Buffer): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+const RESERVED = new Set(["v", "seq", "time", "run", "type", "prev"]);
+
+/**
+ * Builds the line for the next record. The record's own hash is the SHA-256 of exactly this
+ * line (without the newline), which the next record stores as `prev`.
+ */
+export function encodeRecord(base: Omit<AuditRecordBase, "v">, fields: Record<string, unknown>): string {
+  const record: Record<string, unknown> = { v: AUDIT_SCHEMA_VERSION, seq: base.seq, time: base.time, run: base.run, type: base.type };
+  for (const [key, value] of Object.entries(fields)) {
+    if (RESERVED.has(key)) throw new Error(`audit event field ${JSON.stringify(key)} is reserved for the record envelope; rename it`);
+    record[key] = value;
+  }
+  record.prev = base.prev;
+  return JSON.stringify(record);
+}
+
+/** Why a log fails verification, with the 0-based line where it was found. */
+export type ChainProblem =
+  | { kind: "altered"; line: number; detail: string }
+  | { kind: "removed"; line: number; detail: string }
+  | { kind: "reordered"; line: number; detail: string }
+  | { kind: "inserted"; line: number; detail: string }
+  | { kind: "malformed"; line: number; detail: string };
+
+export interface ChainResult {
+  /** Records that verify, from the start. */
+  validCount: number;
+  /** Hash of the last valid record's line, or the genesis hash when there is none. */
+  lastHash: string;
+  problem: ChainProblem | null;
+}
+
+/**
+ * Verifies the record lines of one run, one at a time, and stops at the first problem. It
+ * classifies a problem from the sequence numbers and hashes: a gap in `seq` means records were
+ * removed, a lower `seq` means reordered, a repeated `seq` means inserted, and a `prev` that does
+ * not match the previous line's hash with `seq` in order means the previous record was altered.
+ */
+export class ChainVerifier {
+  readonly #runId: string;
+  readonly #runField: Buffer;
+  #count = 0;
+  #lastHash: string;
+  #problem: ChainProblem | null = null;
+
+  constructor(runId: string) {
+    this.#runId = runId;
+    this.#runField = Buffer.from(`","run":${JSON.stringify(runId)},"type":`);
+    this.#lastHash = genesisHash(runId);
+  }
+
+  get result(): ChainResult {
+    return { validCount: this.#count, lastHash: this.#lastHash, problem: this.#problem };
+  }
+
+  /** Checks the next line (without its newline); returns false once a problem is found. */
+  push(line: Buffer): boolean {
+    if (this.#problem !== null) return false;
+
+    // Fast path for lines exactly as encodeRecord writes them: check the envelope bytes in place
+    // instead of parsing JSON. Any other line takes the slow path, which parses and classifies.
+    const prev = this.#envelopePrev(line);
+    if (prev !== null && prev === this.#lastHash) {
+      this.#lastHash = createHash("sha256").update(line).digest("hex");
+      this.#count++;
+      return true;
+    }
+    return this.#slowPath(line.toString("utf8"));
+  }
+
+  #envelopePrev(line: Buffer): string | null {
+    const prefix = `{"v":${AUDIT_SCHEMA_VERSION},"seq":${this.#count},"time":"`;
+    const timeEnd = prefix.length + ISO_TIME_LENGTH;
+    const length = line.length;
+    if (length < timeEnd + this.#runField.length + PREV_SUFFIX_LENGTH) return null;
+    if (line.toString("latin1", 0, prefix.length) !== prefix) return null;
+    if (line.compare(this.#runField, 0, this.#runField.length, timeEnd, timeEnd + this.#runField.length) !== 0) return null;
+    if (line.toString("latin1", length - PREV_SUFFIX_LENGTH, length - 66) !== ',"prev":"' || line[length - 2] !== 0x22 || line[length - 1] !== 0x7d) return null;
+    return line.toString("latin1", length - 66, length - 2);
+  }
+
+  #slowPath(line: string): boolean {
+    const index = this.#count;
+    const fail = (problem: ChainProblem) => {
+      this.#problem = problem;
+      return false;
+    };
+
+    let record: Partial<AuditRecordBase>;
+    try {
+      record = JSON.parse(line) as Partial<AuditRecordBase>;
+    } catch {
+      return fail({ kind: "malformed", line: index, detail: "not valid JSON" });
+    }
+    if (typeof record !== "object" || record === null || typeof record.seq !== "number" || typeof record.prev !== "string") {
+      return fail({ kind: "malformed", line: index, detail: "missing seq or prev" });
+    }
+    if (record.v !== AUDIT_SCHEMA_VERSION) {
+      return fail({ kind: "malformed", line: index, detail: `schema version ${String(record.v)} is not ${AUDIT_SCHEMA_VERSION}` });
+    }
+    if (record.run !== this.#runId) {
+      return fail({ kind: "altered", line: index, detail: `record names run ${JSON.stringify(record.run)}, not ${this.#runId}` });
+    }
+    if (record.seq !== index) {
+      const kind = record.seq > index ? "removed" : record.seq === index - 1 ? "inserted" : "reordered";
+      return fail({ kind, line: index, detail: `sequence number ${record.seq} where ${index} was expected` });
+    }
+    if (record.prev !== this.#lastHash) {
+      // The sequence is in order, so the previous line changed after this record was written
+      // (or, for the first record, the log was moved from another run).
+      if (index === 0) return fail({ kind: "altered", line: 0, detail: "first record does not start this run's chain" });
+      this.#count--;
+      return fail({ kind: "altered", line: index - 1, detail: `record ${index - 1} was changed after record ${index} was written` });
+    }
+
+    this.#lastHash = sha256Hex(line);
+    this.#count++;
+    return true;
+  }
+}
+
+/** Length of Date.toISOString() output for years 0 to 9999. */
+const ISO_TIME_LENGTH = 24;
+/** Length of `,"prev":"` + 64 hex digits + `"}`. */
+const PREV_SUFFIX_LENGTH = 75;
+
+/** Verifies a whole log given as lines; see ChainVerifier. */
+export function verifyChain(lines: readonly string[], runId: string): ChainResult {
+  const verifier = new ChainVerifier(runId);
+  for (const line of lines) if (!verifier.push(Buffer.from(line))) break;
+  return verifier.result;
+}

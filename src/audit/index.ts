@@ -1,0 +1,4 @@
+export * from "./audit-log.js";
+export * from "./hash-chain.js";
+export * from "./host-key.js";
+export * from "./verify.js";

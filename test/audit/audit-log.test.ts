@@ -1,0 +1,191 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog } from "../../src/audit/audit-log.js";
+import { loadOrCreateHostKey, signHead } from "../../src/audit/host-key.js";
+import { verifyRunLog } from "../../src/audit/verify.js";
+
+const RUN = "run-test-1";
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), "ringfence-audit-test-"));
+}
+
+const keyDir = join(tempDir(), "keys");
+const key = loadOrCreateHostKey(keyDir);
+
+/** Writes a closed log of `count` network events and returns its directory. */
+function writeLog(count = 6): string {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("run.start", { backend: "namespace" });
+  for (let i = 1; i < count - 1; i++) log.append("network", { host: `h${i}.example.com`, port: 443, decision: i % 2 === 0 ? "deny" : "allow" });
+  log.append("run.end", { exitCode: 0 });
+  log.close();
+  return dir;
+}
+
+function lines(dir: string): string[] {
+  return readFileSync(join(dir, AUDIT_LOG_FILE), "utf8").split("\n").slice(0, -1);
+}
+
+function rewrite(dir: string, rows: string[], trailingNewline = true): void {
+  writeFileSync(join(dir, AUDIT_LOG_FILE), rows.join("\n") + (trailingNewline ? "\n" : ""));
+}
+
+test("audit log: untouched log verifies", () => {
+  const dir = writeLog();
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "valid", report.problem ?? "");
+  assert.equal(report.validCount, 6);
+  assert.equal(report.signedCount, 6);
+});
+
+test("audit log: files are owner-only", () => {
+  const dir = writeLog();
+  assert.equal(statSync(join(dir, AUDIT_LOG_FILE)).mode & 0o777, 0o600);
+  assert.equal(statSync(join(dir, AUDIT_HEAD_FILE)).mode & 0o777, 0o600);
+  assert.equal(statSync(join(keyDir, "audit-ed25519.pem")).mode & 0o777, 0o600);
+});
+
+// Each row: a tampering, and words the report's problem must contain.
+const TAMPERING: readonly [string, (dir: string) => void, string][] = [
+  ["one byte of a middle record edited", (dir) => {
+    const rows = lines(dir);
+    rows[2] = (rows[2] as string).replace('"deny"', '"allo"');
+    rewrite(dir, rows);
+  }, "altered at record 2"],
+  ["one byte of the last record edited", (dir) => {
+    const rows = lines(dir);
+    rows[5] = (rows[5] as string).replace('"exitCode":0', '"exitCode":1');
+    rewrite(dir, rows);
+  }, "changed after the head was signed"],
+  ["a middle record deleted", (dir) => {
+    const rows = lines(dir);
+    rows.splice(3, 1);
+    rewrite(dir, rows);
+  }, "removed at record 3"],
+  ["two records swapped", (dir) => {
+    const rows = lines(dir);
+    [rows[2], rows[3]] = [rows[3] as string, rows[2] as string];
+    rewrite(dir, rows);
+  }, "removed at record 2"],
+  ["a record duplicated", (dir) => {
+    const rows = lines(dir);
+    rows.splice(3, 0, rows[2] as string);
+    rewrite(dir, rows);
+  }, "inserted at record 3"],
+  ["the log truncated", (dir) => rewrite(dir, lines(dir).slice(0, 4)), "truncated"],
+  ["a record appended", (dir) => {
+    const rows = lines(dir);
+    rewrite(dir, [...rows, rows[5] as string]);
+  }, "inserted at record 6"],
+  ["the signature replaced", (dir) => {
+    const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), "utf8"));
+    head.signature = Buffer.alloc(64, 1).toString("base64");
+    writeFileSync(join(dir, AUDIT_HEAD_FILE), JSON.stringify(head));
+  }, "signature does not match"],
+  ["the head count lowered", (dir) => {
+    const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), "utf8"));
+    head.count = 4;
+    writeFileSync(join(dir, AUDIT_HEAD_FILE), JSON.stringify(head));
+  }, "signature does not match"],
+  ["the head re-signed with another key", (dir) => {
+    const other = loadOrCreateHostKey(join(tempDir(), "other-keys"));
+    const head = JSON.parse(readFileSync(join(dir, AUDIT_HEAD_FILE), "utf8"));
+    head.signature = signHead(other, RUN, head.count, head.lastHash);
+    head.keyFingerprint = other.fingerprint;
+    writeFileSync(join(dir, AUDIT_HEAD_FILE), JSON.stringify(head));
+  }, "different key"],
+  ["garbage appended without newline", (dir) => {
+    writeFileSync(join(dir, AUDIT_LOG_FILE), `${readFileSync(join(dir, AUDIT_LOG_FILE), "utf8")}{"v":1`);
+  }, "follow the last signed record"],
+  ["a line that is not JSON", (dir) => {
+    const rows = lines(dir);
+    rows[1] = "not json";
+    rewrite(dir, rows);
+  }, "malformed at record 1"],
+];
+
+for (const [note, tamper, words] of TAMPERING) {
+  test(`audit verify catches ${note}`, () => {
+    const dir = writeLog();
+    tamper(dir);
+    const report = verifyRunLog(dir, RUN, key.publicKey);
+    assert.equal(report.status, "tampered", JSON.stringify(report));
+    assert.ok(report.problem?.includes(words), `"${words}" missing from: ${report.problem}`);
+  });
+}
+
+test("audit verify rejects a log moved to another run id", () => {
+  const dir = writeLog();
+  const report = verifyRunLog(dir, "run-other", key.publicKey);
+  assert.equal(report.status, "tampered");
+});
+
+test("audit log: append after close is an error", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.close();
+  assert.throws(() => log.append("network"), /closed/);
+});
+
+test("audit log: envelope fields cannot be overridden", () => {
+  const log = AuditLog.create(tempDir(), RUN, key);
+  assert.throws(() => log.append("network", { seq: 99 }), /reserved/);
+  log.close();
+});
+
+test("audit log: killed writer leaves a verifiable prefix", async () => {
+  const dir = tempDir();
+  const script = `
+    import { AuditLog } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/audit-log.ts"))};
+    import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
+    const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
+    let i = 0;
+    setInterval(() => { for (let j = 0; j < 50; j++) log.append("network", { n: i++ }); if (i === 500) process.stdout.write("ready\\n"); }, 1);
+  `;
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolveReady, reject) => {
+    child.stdout.on("data", (chunk: Buffer) => {
+      if (chunk.toString().includes("ready")) resolveReady();
+    });
+    child.on("exit", (code) => reject(new Error(`writer exited early with ${code}`)));
+  });
+  child.kill("SIGKILL");
+  await new Promise((done) => child.on("close", done));
+
+  assert.equal(existsSync(join(dir, AUDIT_HEAD_FILE)), false);
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "incomplete", JSON.stringify(report));
+  assert.ok(report.validCount >= 500, `only ${report.validCount} records verified`);
+  assert.match(report.problem ?? "", /did not end cleanly/);
+});
+
+test("audit log: torn last line is reported, not accepted", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("run.start");
+  log.append("network", { host: "a.example.com" });
+  // Simulate a crash mid-write: no head, and half a record at the end.
+  writeFileSync(join(dir, AUDIT_LOG_FILE), `${readFileSync(join(dir, AUDIT_LOG_FILE), "utf8")}{"v":1,"seq":2,`);
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "incomplete");
+  assert.equal(report.validCount, 2);
+  assert.match(report.problem ?? "", /torn/);
+});
+
+test("host key: a group-readable key is rejected", () => {
+  const dir = join(tempDir(), "keys");
+  loadOrCreateHostKey(dir);
+  chmodSync(join(dir, "audit-ed25519.pem"), 0o640);
+  assert.throws(() => loadOrCreateHostKey(dir), /chmod 600/);
+});
+
+test("host key: the same key is loaded again", () => {
+  const again = loadOrCreateHostKey(keyDir);
+  assert.equal(again.fingerprint, key.fingerprint);
+});
