@@ -1,0 +1,106 @@
+// Upstream servers on loopback that report what they received, so tests can check what the
+// gateway forwarded and where it connected.
+import { createHash } from "node:crypto";
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: Record<string, string | string[] | undefined>;
+  bodyBytes: number;
+  bodySha256: string;
+  /** SNI the client sent, for HTTPS servers. */
+  servername: string | null;
+}
+
+export interface Upstream {
+  port: number;
+  host: string;
+  /** Requests received, in order. */
+  seen: SeenRequest[];
+  /** TCP connections accepted. */
+  connections: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Answers every request with JSON describing it. GET /bytes/N streams N bytes instead, and
+ * POST bodies are hashed, so tests can check streaming both ways.
+ */
+function handler(upstream: Upstream, name: string) {
+  return (request: IncomingMessage, response: ServerResponse) => {
+    const hash = createHash("sha256");
+    let bodyBytes = 0;
+    request.on("data", (chunk: Buffer) => {
+      hash.update(chunk);
+      bodyBytes += chunk.length;
+    });
+    request.on("end", () => {
+      const seen: SeenRequest = {
+        method: request.method ?? "",
+        url: request.url ?? "",
+        headers: request.headers,
+        bodyBytes,
+        bodySha256: hash.digest("hex"),
+        servername: (request.socket as TLSSocket).servername || null,
+      };
+      upstream.seen.push(seen);
+
+      const bytes = /^\/bytes\/([0-9]+)$/.exec(request.url ?? "");
+      if (bytes !== null) {
+        const total = Number(bytes[1]);
+        response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": total });
+        const block = Buffer.alloc(64 * 1024, 0x61);
+        let sent = 0;
+        const pump = () => {
+          while (sent < total) {
+            const size = Math.min(block.length, total - sent);
+            sent += size;
+            if (!response.write(size === block.length ? block : block.subarray(0, size))) {
+              response.once("drain", pump);
+              return;
+            }
+          }
+          response.end();
+        };
+        pump();
+        return;
+      }
+
+      const body = JSON.stringify({ server: name, ...seen });
+      response.writeHead(200, { "Content-Type": "application/json", "X-Upstream": name, Connection: "keep-alive", "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic" });
+      response.end(body);
+    });
+  };
+}
+
+async function listen(server: Server, upstream: Upstream, host: string, port: number): Promise<Upstream> {
+  server.on("connection", () => {
+    upstream.connections += 1;
+  });
+  await new Promise<void>((resolve) => server.listen(port, host, resolve));
+  upstream.port = (server.address() as AddressInfo).port;
+  upstream.close = () =>
+    new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return upstream;
+}
+
+function emptyUpstream(host: string): Upstream {
+  return { port: 0, host, seen: [], connections: 0, close: async () => {} };
+}
+
+export async function startHttpUpstream(name = "http", host = "127.0.0.1", port = 0): Promise<Upstream> {
+  const upstream = emptyUpstream(host);
+  return listen(createHttpServer(handler(upstream, name)), upstream, host, port);
+}
+
+export async function startHttpsUpstream(tls: { certPem: string; keyPem: string }, name = "https", host = "127.0.0.1", port = 0): Promise<Upstream> {
+  const upstream = emptyUpstream(host);
+  return listen(createHttpsServer({ cert: tls.certPem, key: tls.keyPem }, handler(upstream, name)), upstream, host, port);
+}
