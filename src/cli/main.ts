@@ -1,4 +1,5 @@
 import { Command, Option } from "commander";
+import { auditExport, auditShow, auditVerify, runsCommand } from "./audit.js";
 import { init } from "./init.js";
 import { EXIT_USAGE, policyCheck, policyExplain, policySchema, policyTest } from "./policy.js";
 import { PRESET_NAMES } from "../policy/init.js";
@@ -46,5 +47,35 @@ program
   .option("-o, --output <file>", "where to write", "ringfence.yaml")
   .option("-f, --force", "overwrite an existing file")
   .action((options: { preset: string[]; output: string; force?: boolean }) => exitWith(init(options)));
+
+program
+  .command("runs")
+  .description("list runs, newest first")
+  .option("--json", "print JSON")
+  .option("--root <dir>", "runs directory (default: $XDG_STATE_HOME/ringfence/runs)")
+  .action((options: { json?: boolean; root?: string }) => exitWith(runsCommand(options)));
+
+const audit = program.command("audit").description("read and verify run records");
+audit
+  .command("verify")
+  .argument("<run>", "run id, unique prefix, or last")
+  .option("--root <dir>", "runs directory")
+  .description("check the hash chain and signature; exit 0 valid, 1 tampered, 3 incomplete")
+  .action((run: string, options: { root?: string }) => exitWith(auditVerify(run, options)));
+audit
+  .command("show")
+  .argument("<run>", "run id, unique prefix, or last")
+  .option("--type <type...>", "only these event types (network, credential, run, ...)")
+  .option("--json", "print the records as JSON lines")
+  .option("--root <dir>", "runs directory")
+  .description("print the run's timeline")
+  .action((run: string, options: { type?: string[]; json?: boolean; root?: string }) => exitWith(auditShow(run, options)));
+audit
+  .command("export")
+  .argument("<run>", "run id, unique prefix, or last")
+  .requiredOption("--format <format>", "output format: ocsf")
+  .option("--root <dir>", "runs directory")
+  .description("export the run's events for security tooling")
+  .action((run: string, options: { format: string; root?: string }) => exitWith(auditExport(run, options)));
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,32 @@
+import type { AuditRecord } from "./hash-chain.js";
+
+function text(value: unknown): string {
+  return typeof value === "string" ? value : value === null || value === undefined ? "" : JSON.stringify(value);
+}
+
+/** Formats one audit record as a line of a readable timeline. */
+export function formatRecord(record: AuditRecord): string {
+  const time = record.time.slice(11, 23);
+  const prefix = `${time} #${record.seq} ${record.type}`;
+
+  switch (record.type) {
+    case "network": {
+      const target = `${text(record.host)}:${text(record.port)}`;
+      const request = record.method !== null && record.method !== undefined ? `${text(record.method)} ${target}${text(record.path)}` : `${text(record.protocol).toUpperCase()} ${target}`;
+      const address = record.address ? ` via ${text(record.address)}` : "";
+      const why = record.decision === "deny" ? ` (${text(record.reason) || "denied"})` : record.rule ? ` by ${text(record.rule)}` : "";
+      const bytes = record.decision === "allow" ? ` ${text(record.bytesUp)}B up ${text(record.bytesDown)}B down` : "";
+      return `${prefix} ${text(record.decision)} ${request}${address}${why}${bytes}`;
+    }
+    case "credential":
+      return `${prefix} ${text(record.action)} ${text(record.credential)} for ${text(record.host)}${record.reason ? ` (${text(record.reason)})` : ""}`;
+    case "run.start":
+      return `${prefix} ${text(record.backend)} backend, workspace ${text(record.workspace)} (${text(record.mode)}): ${Array.isArray(record.command) ? record.command.join(" ") : text(record.command)}`;
+    case "run.end":
+      return `${prefix} status ${text(record.status)} after ${text(record.durationMs)} ms, ${text(record.blocked)} blocked${record.stoppedBy ? `, stopped: ${text(record.stoppedBy)}` : ""}`;
+    default: {
+      const { v: _v, seq: _seq, time: _time, run: _run, type: _type, prev: _prev, ...rest } = record;
+      return `${prefix} ${JSON.stringify(rest)}`;
+    }
+  }
+}

@@ -1,0 +1,95 @@
+import { formatDuration } from "../policy/units.js";
+import { loadOrCreateHostKey } from "../audit/host-key.js";
+import { toOcsf } from "../audit/ocsf.js";
+import { auditKeyDir, defaultRunsRoot, findRun, listRuns, readAuditRecords, type RunListing } from "../audit/run-record.js";
+import { formatRecord } from "../audit/timeline.js";
+import { verifyRunLog } from "../audit/verify.js";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
+
+/** Exit status of `audit verify` for a log whose prefix verifies but whose run did not end cleanly. */
+export const EXIT_INCOMPLETE = 3;
+
+export interface RunsRootOption {
+  root?: string;
+}
+
+function locate(reference: string, options: RunsRootOption): RunListing | null {
+  try {
+    return findRun(options.root ?? defaultRunsRoot(), reference);
+  } catch (cause) {
+    process.stderr.write(`ringfence: ${(cause as Error).message}\n`);
+    return null;
+  }
+}
+
+/** `ringfence runs`: lists runs, newest first. */
+export function runsCommand(options: RunsRootOption & { json?: boolean }): number {
+  const runs = listRuns(options.root ?? defaultRunsRoot());
+  if (options.json === true) {
+    process.stdout.write(`${JSON.stringify(runs.map((run) => ({ ...(run.summary ?? { status: null }), id: run.id, dir: run.dir })), null, 2)}\n`);
+    return EXIT_OK;
+  }
+  if (runs.length === 0) {
+    process.stdout.write("no runs yet; start one with: ringfence run -- COMMAND\n");
+    return EXIT_OK;
+  }
+  const rows = runs.map((run) => {
+    const summary = run.summary;
+    if (summary === null) return [run.id, "-", "-", "incomplete", "-", "-", "(no summary: the run did not end cleanly)"];
+    const duration = summary.durationMs === null ? "-" : formatDuration(Math.round(summary.durationMs / 1000) * 1000);
+    return [run.id, summary.start.replace("T", " ").slice(0, 19), duration, summary.status === null ? "running?" : String(summary.status), String(summary.blocked), summary.backend, summary.command.join(" ")];
+  });
+  const header = ["ID", "START (UTC)", "DURATION", "STATUS", "BLOCKED", "BACKEND", "COMMAND"];
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)));
+  for (const row of [header, ...rows]) {
+    process.stdout.write(`${row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] as number))).join("  ")}\n`);
+  }
+  return EXIT_OK;
+}
+
+/** `ringfence audit verify RUN`: 0 valid, 1 tampered, 3 incomplete (prefix verifies, no signed head). */
+export function auditVerify(reference: string, options: RunsRootOption): number {
+  const run = locate(reference, options);
+  if (run === null) return EXIT_USAGE;
+  const key = loadOrCreateHostKey(auditKeyDir());
+
+  let report;
+  try {
+    report = verifyRunLog(run.dir, run.id, key.publicKey);
+  } catch (cause) {
+    process.stderr.write(`ringfence: audit log of run ${run.id} could not be read: ${(cause as Error).message}\n`);
+    return EXIT_FAILED;
+  }
+  if (report.status === "valid") {
+    process.stdout.write(`run ${run.id}: audit log valid: ${report.validCount} records, chain and signature hold\n`);
+    return EXIT_OK;
+  }
+  const where = report.line === null ? "" : ` (line ${report.line + 1})`;
+  process.stdout.write(`run ${run.id}: audit log ${report.status}${where}: ${report.problem}\n`);
+  return report.status === "tampered" ? EXIT_FAILED : EXIT_INCOMPLETE;
+}
+
+/** `ringfence audit show RUN`: a readable timeline, optionally filtered by event type. */
+export function auditShow(reference: string, options: RunsRootOption & { type?: string[]; json?: boolean }): number {
+  const run = locate(reference, options);
+  if (run === null) return EXIT_USAGE;
+  const types = options.type ?? [];
+  const records = readAuditRecords(run.dir).filter((record) => types.length === 0 || types.some((type) => record.type === type || record.type.startsWith(`${type}.`)));
+  for (const record of records) process.stdout.write(`${options.json === true ? JSON.stringify(record) : formatRecord(record)}\n`);
+  return EXIT_OK;
+}
+
+/** `ringfence audit export RUN --format ocsf`: one OCSF event per line. */
+export function auditExport(reference: string, options: RunsRootOption & { format: string }): number {
+  if (options.format !== "ocsf") {
+    process.stderr.write(`ringfence: export format ${JSON.stringify(options.format)} is not supported; use --format ocsf\n`);
+    return EXIT_USAGE;
+  }
+  const run = locate(reference, options);
+  if (run === null) return EXIT_USAGE;
+  for (const record of readAuditRecords(run.dir)) {
+    const event = toOcsf(record);
+    if (event !== null) process.stdout.write(`${JSON.stringify(event)}\n`);
+  }
+  return EXIT_OK;
+}
