@@ -1,5 +1,6 @@
 import { connect, isIP, type Socket } from "node:net";
 import { classifyAddress } from "../policy/address.js";
+import { canonicalHost } from "../policy/host.js";
 import { hintForAddress, type Denial } from "./deny-response.js";
 import type { Target } from "./target.js";
 import { connectToParent, connectViaParent, type ParentProxy } from "./upstream-proxy.js";
@@ -148,11 +149,17 @@ async function resolveTarget(options: DialOptions): Promise<AddressesResult> {
     return failure(options, `DNS lookup of ${target.display} failed (${describeError(cause)})`);
   }
 
-  const addresses = [...new Set(answer)];
+  // Pins are stored in canonical form (RFC 5952 for IPv6), so answers are compared in that form:
+  // a resolver may write ::ffff:127.0.0.1 where the policy has ::ffff:7f00:1.
+  const addresses: string[] = [];
+  for (const raw of answer) {
+    const parsed = isIP(raw) === 0 ? null : canonicalHost(raw);
+    if (parsed === null || !parsed.ok || parsed.host.kind !== "ip") {
+      return failure(options, `DNS lookup of ${target.display} returned ${JSON.stringify(String(raw).slice(0, 100))}, which is not an IP address`);
+    }
+    if (!addresses.includes(parsed.host.address)) addresses.push(parsed.host.address);
+  }
   if (addresses.length === 0) return failure(options, `DNS lookup of ${target.display} returned no addresses`);
-
-  const invalid = addresses.find((address) => isIP(address) === 0);
-  if (invalid !== undefined) return failure(options, `DNS lookup of ${target.display} returned ${JSON.stringify(invalid)}, which is not an IP address`);
   return { ok: true, addresses };
 }
 

@@ -142,8 +142,9 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
 }
 
 // Answers requests that Node's HTTP parser rejected before any handler saw them.
-function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException, socket: Socket): void {
-  const record = context.startEvent({ protocol: "http", host: "", port: 0 });
+function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket): void {
+  const isConnect = error.rawPacket?.subarray(0, 8).toString("latin1") === "CONNECT ";
+  const record = context.startEvent({ protocol: isConnect ? "connect" : "http", host: "", port: 0 });
   let denial: Denial;
   if (error.code === "HPE_HEADER_OVERFLOW") {
     denial = { status: 431, reason: `the request head is larger than the gateway's limit of ${context.limits.maxHeaderBytes} bytes`, rule: null, hint: null };

@@ -15,6 +15,8 @@ export interface CountingDns {
   total(): number;
   /** A resolver for GatewayOptions.resolve that asks only this server, for A records. */
   resolve(name: string): Promise<string[]>;
+  /** Like resolve, but asks for A and AAAA records and returns both. */
+  resolveAll(name: string): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -47,6 +49,11 @@ export async function startCountingDns(table: Record<string, Answer>, host = "12
     queries,
     total: () => [...queries.values()].reduce((sum, value) => sum + value, 0),
     resolve: (name) => resolver.resolve4(name),
+    resolveAll: async (name) => {
+      const [v4, v6] = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
+      if (v4.status === "rejected" && v6.status === "rejected") throw v4.reason;
+      return [...(v4.status === "fulfilled" ? v4.value : []), ...(v6.status === "fulfilled" ? v6.value : [])];
+    },
     close: () => new Promise((resolve) => socket.close(() => resolve())),
   };
 }

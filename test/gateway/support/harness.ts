@@ -187,6 +187,7 @@ export async function getOverTls(tls: TLSSocket, host: string, path = "/"): Prom
 export async function socks5Connect(port: number, name: Buffer | string, targetPort: number): Promise<{ reply: number; socket: Socket }> {
   const socket = await openSocket(port);
   const nameBytes = typeof name === "string" ? Buffer.from(name, "utf8") : name;
+  if (nameBytes.length > 255) throw new RangeError(`a SOCKS5 name holds at most 255 bytes, not ${nameBytes.length}`);
   const received: Buffer[] = [];
   let total = 0;
 

@@ -71,7 +71,9 @@ function handler(upstream: Upstream, name: string) {
       }
 
       const body = JSON.stringify({ server: name, ...seen });
-      response.writeHead(200, { "Content-Type": "application/json", "X-Upstream": name, Connection: "keep-alive", "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic" });
+      // /headers also answers with hop-by-hop headers, which the gateway must strip.
+      const hopByHop = request.url === "/headers" ? { "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic" } : {};
+      response.writeHead(200, { "Content-Type": "application/json", "X-Upstream": name, ...hopByHop });
       response.end(body);
     });
   };
