@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** Longest path a Unix socket address holds (sun_path is 108 bytes with the NUL). */
@@ -10,12 +10,6 @@ export const MAX_SOCKET_PATH = 107;
 export function newRunId(now: Date = new Date()): string {
   const stamp = now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
   return `${stamp}-${randomBytes(3).toString("hex")}`;
-}
-
-/** The directory that holds every run's directory: $XDG_STATE_HOME/ringfence/runs. */
-export function runsRoot(env: Readonly<Record<string, string | undefined>> = process.env, home: string = homedir()): string {
-  const state = env.XDG_STATE_HOME !== undefined && env.XDG_STATE_HOME !== "" ? env.XDG_STATE_HOME : join(home, ".local", "state");
-  return join(state, "ringfence", "runs");
 }
 
 /**

@@ -1,0 +1,76 @@
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { formatDiagnostic } from "../policy/diagnostic.js";
+import { checkPolicyFile, defaultPolicy } from "../policy/load.js";
+import type { Policy } from "../policy/types.js";
+import { SandboxError } from "../sandbox/backend.js";
+import { applyRunFlags, type RunFlags } from "../sandbox/overrides.js";
+import { runSandbox } from "../sandbox/run.js";
+
+/** Exit status when ringfence itself fails before or around the command, as `env` and docker use. */
+export const EXIT_RINGFENCE_FAILED = 125;
+
+/** Parsed options of `ringfence run [options] -- COMMAND...`. */
+export interface RunCommandOptions extends RunFlags {
+  /** `--policy FILE`; default ./ringfence.yaml when it exists, else the built-in default policy. */
+  policy?: string;
+  /** `--dry-run`: print the effective box and exit without running anything. */
+  dryRun?: boolean;
+}
+
+interface Output {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+const stdio: Output = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+/**
+ * `ringfence run`: loads the policy, applies the flags, runs the command in a box and returns the
+ * command's exit status, or 125 when ringfence could not run it.
+ */
+export async function runCommand(command: readonly string[], options: RunCommandOptions, io: Output = stdio, cwd: string = process.cwd()): Promise<number> {
+  if (command.length === 0 && options.dryRun !== true) {
+    io.err("ringfence: no command given; usage: ringfence run [options] -- COMMAND [ARG...]\n");
+    return EXIT_RINGFENCE_FAILED;
+  }
+
+  const loaded = loadRunPolicy(options.policy, cwd, io);
+  if (loaded === null) return EXIT_RINGFENCE_FAILED;
+
+  const applied = applyRunFlags(loaded, options, cwd);
+  if (!applied.ok) {
+    for (const error of applied.errors) io.err(`ringfence: ${error}\n`);
+    return EXIT_RINGFENCE_FAILED;
+  }
+
+  try {
+    const result = await runSandbox({ policy: applied.policy, command, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
+    if (options.dryRun === true) {
+      io.out(`policy: ${applied.policy.files.length === 0 ? "built-in default" : applied.policy.files.join(" -> ")}\n`);
+      io.out(`workspace: ${applied.policy.workspace.path} (mode ${applied.policy.workspace.mode})\n`);
+      io.out(`${result.description.join("\n")}\n`);
+    }
+    return result.status;
+  } catch (cause) {
+    if (cause instanceof SandboxError) {
+      io.err(`ringfence: ${cause.message}\n`);
+      return EXIT_RINGFENCE_FAILED;
+    }
+    throw cause;
+  }
+}
+
+/** Loads `--policy FILE`, else ./ringfence.yaml, else the built-in default; prints diagnostics. */
+function loadRunPolicy(file: string | undefined, cwd: string, io: Output): Policy | null {
+  const path = file ?? (existsSync(resolve(cwd, "ringfence.yaml")) ? "ringfence.yaml" : null);
+  if (path === null) return defaultPolicy({ cwd });
+
+  const result = checkPolicyFile(path, { cwd });
+  for (const diagnostic of result.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
+  if (result.policy === null) io.err(`ringfence: policy ${path} is invalid; fix the errors above (ringfence policy check ${path})\n`);
+  return result.policy;
+}

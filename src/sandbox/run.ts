@@ -1,0 +1,150 @@
+import { rmSync, writeFileSync } from "node:fs";
+import { homedir, userInfo } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { startGateway, type Gateway, type NetworkEvent } from "../gateway/index.js";
+import type { Policy } from "../policy/types.js";
+import { SandboxError, type SandboxBackend } from "./backend.js";
+import { BlockedSummary } from "./blocked-summary.js";
+import { NamespaceBackend } from "./namespace-backend.js";
+import { defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
+import { RunDirectory } from "./run-dir.js";
+
+export interface RunSandboxOptions {
+  policy: Policy;
+  /** The command and its arguments, run inside the box. */
+  command: readonly string[];
+  /** The caller's working directory. Default: process.cwd(). */
+  cwd?: string;
+  /** The host environment that env.pass reads from. Default: process.env. */
+  hostEnv?: Readonly<Record<string, string | undefined>>;
+  home?: string;
+  /** Directory holding every run's directory. Default: policy audit.dir, else $XDG_STATE_HOME/ringfence/runs. */
+  runsRoot?: string;
+  /** A backend to use instead of the one policy.backend selects (tests, the SDK). */
+  backend?: SandboxBackend;
+  /** Build the box and return its description without starting anything. */
+  dryRun?: boolean;
+  /** Receives ringfence's short human lines (run id, blocked summary, hints). Default: stderr. */
+  message?: (line: string) => void;
+  /** Host resolver for the gateway. Default: the system resolver. */
+  resolve?: (name: string) => Promise<string[]>;
+}
+
+export interface RunSandboxResult {
+  runId: string;
+  runDir: string;
+  /** Exit status as a shell reports it: the command's code, or 128 + signal number. */
+  status: number;
+  /** Requests the gateway denied. */
+  blocked: number;
+  /** The effective box, for a dry run; empty otherwise. */
+  description: string[];
+}
+
+/** Picks the backend for policy.backend: `auto` is the namespace backend until the VM backend exists. */
+export function selectBackend(choice: Policy["backend"]): SandboxBackend {
+  if (choice === "vm") {
+    throw new SandboxError("backend-unavailable", "backend vm is not available in this version of ringfence; set backend: namespace or auto in the policy");
+  }
+  return new NamespaceBackend();
+}
+
+/**
+ * Runs one command in a box: starts the gateway on a socket in a private run directory, builds
+ * the box, runs the command with the caller's terminal, and tears everything down. The gateway's
+ * events go to events.jsonl in the run directory. Throws SandboxError for problems the user can
+ * fix before the command starts.
+ */
+export async function runSandbox(options: RunSandboxOptions): Promise<RunSandboxResult> {
+  const message = options.message ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const home = options.home ?? homedir();
+  const hostEnv = options.hostEnv ?? process.env;
+  const policy = options.policy;
+  const backend = options.backend ?? selectBackend(policy.backend);
+
+  const problems = backend.check();
+  if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));
+
+  const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
+  const runDir = new RunDirectory(root);
+  const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
+  const blocked = new BlockedSummary({ hint: policy.files.length === 0 });
+  let gateway: Gateway | null = null;
+
+  const started = new Date();
+  const summary: RunSummary = {
+    v: 1,
+    id: runDir.id,
+    start: started.toISOString(),
+    end: null,
+    durationMs: null,
+    command: [...options.command],
+    status: null,
+    blocked: 0,
+    backend: backend.name,
+    workspace: policy.workspace.path,
+    mode: policy.workspace.mode,
+  };
+  const writeSummary = () => writeFileSync(join(runDir.path, RUN_SUMMARY_FILE), `${JSON.stringify(summary, null, 2)}\n`, { mode: 0o600 });
+
+  try {
+    writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
+    writeSummary();
+    runDir.appendEvent({ type: "run", event: "start", command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode });
+
+    if (options.dryRun !== true) {
+      gateway = await startGateway({
+        policy,
+        runId: runDir.id,
+        socketPath: runDir.socketPath,
+        logger,
+        ...(options.resolve === undefined ? {} : { resolve: options.resolve }),
+        onEvent: (event: NetworkEvent) => {
+          runDir.appendEvent({ ...event });
+          const hint = blocked.record(event);
+          if (hint !== null) message(hint);
+        },
+      });
+    }
+
+    const box = await backend.prepare({
+      policy,
+      command: options.command,
+      cwd: options.cwd ?? process.cwd(),
+      home,
+      user: userInfo().username,
+      hostEnv,
+      runId: runDir.id,
+      runDir: runDir.path,
+      privatePaths: [root],
+      gatewaySocket: options.dryRun === true ? runDir.socketPath : (gateway?.socketPath ?? null),
+      dryRun: options.dryRun === true,
+    });
+
+    if (options.dryRun === true) {
+      await box.cleanup();
+      // A dry run leaves no run record behind.
+      rmSync(runDir.path, { recursive: true, force: true });
+      return { runId: runDir.id, runDir: runDir.path, status: 0, blocked: 0, description: box.describe() };
+    }
+
+    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs });
+    runDir.appendEvent({ type: "run", event: "end", status: exit.status, stoppedBy: exit.stoppedBy, limit: exit.limitMessage, blocked: blocked.total });
+
+    const ended = new Date();
+    Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status: exit.status, blocked: blocked.total });
+    writeSummary();
+
+    if (exit.stoppedBy !== null) message(`ringfence: stopped the box: ${exit.stoppedBy}`);
+    if (exit.limitMessage !== null) message(`ringfence: ${exit.limitMessage}`);
+    for (const warning of exit.warnings) message(`ringfence: ${warning}`);
+    const blockedLine = blocked.summary();
+    message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${runDir.eventsPath}`);
+    return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
+  } finally {
+    await gateway?.close();
+    runDir.close();
+    logger.flush();
+  }
+}

@@ -1,0 +1,350 @@
+// Conformance suite: the same cases for every backend, run as root and as an ordinary user.
+// Each case starts real boxes; network cases use servers on the host's loopback, reached only
+// through the gateway by names pinned to 127.0.0.1.
+import assert from "node:assert/strict";
+import { createSocket } from "node:dgram";
+import { existsSync, linkSync, readFileSync, readdirSync, symlinkSync } from "node:fs";
+import { createServer as createHttpServer, type Server } from "node:http";
+import { createServer as createNetServer } from "node:net";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
+
+const BACKENDS = ["namespace"] as const;
+
+let httpServer: Server;
+let httpPort = 0;
+let rawConnections = 0;
+let rawPort = 0;
+let udpPort = 0;
+let udpDatagrams = 0;
+const closers: (() => void)[] = [];
+
+before(async () => {
+  httpServer = createHttpServer((request, response) => {
+    response.setHeader("content-type", "text/plain");
+    response.end(`hello from loopback ${request.method} ${request.url}\n`);
+  });
+  await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
+  httpPort = (httpServer.address() as { port: number }).port;
+  closers.push(() => httpServer.close());
+
+  const raw = createNetServer((socket) => {
+    rawConnections += 1;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => raw.listen(0, "127.0.0.1", resolve));
+  rawPort = (raw.address() as { port: number }).port;
+  closers.push(() => raw.close());
+
+  const udp = createSocket("udp4");
+  udp.on("message", () => {
+    udpDatagrams += 1;
+  });
+  await new Promise<void>((resolve) => udp.bind(0, "127.0.0.1", resolve));
+  udpPort = udp.address().port;
+  closers.push(() => udp.close());
+});
+
+after(() => {
+  for (const close of closers) close();
+});
+
+/** Writes a policy outside the workspace, owned by the user, and returns its path. */
+function policyFile(user: BoxUser, text: string): string {
+  const dir = makeWorkspace(user);
+  const path = join(dir, "policy.yaml");
+  writeOwned(user, path, text);
+  return path;
+}
+
+/** Whether the box enforces limits with cgroups here (the message names the limit), from --dry-run. */
+async function usesCgroups(user: BoxUser, workspace: string, policy: string): Promise<boolean> {
+  const plan = await runBox(user, workspace, ["--policy", policy, "--dry-run"], []);
+  return /^limits \(cgroup[12]\)/m.test(plan.stdout);
+}
+
+for (const backend of BACKENDS) {
+  for (const user of boxUsers()) {
+    describe(`${backend} backend as ${user.name}`, () => {
+      test("workspace visible and writable", async () => {
+        const workspace = makeWorkspace(user, { "notes.txt": "from the host\n" });
+        const run = await runBox(user, workspace, [], ["sh", "-c", 'pwd; cat notes.txt; echo from-the-box > out.txt; test -x /usr/bin/env && echo system-ok']);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, new RegExp(`^${workspace}$`, "m"));
+        assert.match(run.stdout, /from the host/);
+        assert.match(run.stdout, /system-ok/);
+        assert.equal(readFileSync(join(workspace, "out.txt"), "utf8"), "from-the-box\n");
+      });
+
+      test("host paths hidden", async () => {
+        writeOwned(user, join(user.home, ".ssh", "id_conformance"), "PRIVATE KEY\n");
+        writeOwned(user, join(user.home, "outside-workspace.txt"), "home file\n");
+        const workspace = makeWorkspace(user);
+        const elsewhere = makeWorkspace(user, { "secret.txt": "other tmp dir\n" });
+        const script = [
+          `cat ${user.home}/.ssh/id_conformance 2>/dev/null && echo LEAK-ssh`,
+          `cat ${user.home}/outside-workspace.txt 2>/dev/null && echo LEAK-home`,
+          `cat ${elsewhere}/secret.txt 2>/dev/null && echo LEAK-tmp`,
+          // The box's own home is an empty directory; /run holds only ringfence's forwarder and socket.
+          `find /home /root /var /srv /mnt /media -mindepth 1 2>/dev/null | grep -v '^${user.home}$' | sed 's/^/LEAK-/'`,
+          "ls -A /run | grep -v '^ringfence$' | sed 's/^/LEAK-run-/'",
+          `find ${user.home} -mindepth 1 | sed 's/^/LEAK-home-/'`,
+          "test -s /etc/shadow && echo LEAK-shadow",
+          "ls /etc/ssh 2>/dev/null | grep -q . && echo LEAK-etc-ssh",
+          "echo done",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+        assert.match(run.stdout, /done/);
+      });
+
+      test("home as workspace hides secrets", async () => {
+        // With the home directory as the workspace, secret stores and ringfence's own run
+        // records inside it must still be hidden.
+        writeOwned(user, join(user.home, ".ssh", "id_conformance"), "PRIVATE KEY\n");
+        writeOwned(user, join(user.home, "visible-note.txt"), "note\n");
+        const script = "cat visible-note.txt; cat .ssh/id_conformance 2>/dev/null && echo LEAK-ssh; ls -A .local/state/ringfence/runs 2>/dev/null | grep -q . && echo LEAK-runs; echo done";
+        const run = await runBox(user, user.home, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^note$/m);
+        assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+      });
+
+      test("read-only mode and system directories", async () => {
+        const workspace = makeWorkspace(user, { "file.txt": "keep\n" });
+        const run = await runBox(user, workspace, ["--mode", "ro"], ["sh", "-c", "echo x > file.txt || echo ws-denied; echo x > new.txt || echo new-denied; touch /usr/x 2>/dev/null || echo usr-denied; touch /x 2>/dev/null || echo root-denied; echo tmp > /tmp/t && cat /tmp/t"]);
+        assert.equal(run.status, 0, show(run));
+        for (const marker of ["ws-denied", "new-denied", "usr-denied", "root-denied", "tmp"]) assert.match(run.stdout, new RegExp(marker), show(run));
+        assert.equal(readFileSync(join(workspace, "file.txt"), "utf8"), "keep\n");
+        assert.equal(existsSync(join(workspace, "new.txt")), false);
+      });
+
+      test("overlay mode keeps host untouched", async () => {
+        const workspace = makeWorkspace(user, { "file.txt": "original\n" });
+        const run = await runBox(user, workspace, ["--mode", "overlay"], ["sh", "-c", "echo changed > file.txt; echo new > added.txt; cat file.txt"]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /changed/);
+        assert.equal(readFileSync(join(workspace, "file.txt"), "utf8"), "original\n");
+        assert.equal(existsSync(join(workspace, "added.txt")), false);
+        const runDir = /events in (.*)\/events\.jsonl/.exec(run.stderr)?.[1];
+        assert.ok(runDir !== undefined, show(run));
+        assert.equal(readFileSync(join(runDir, "overlay", "workspace", "file.txt"), "utf8"), "changed\n");
+      });
+
+      test("protected paths stay read-only", async () => {
+        const workspace = makeWorkspace(user, { ".git/config": "[core]\n", ".git/HEAD": "ref: refs/heads/main\n", ".git/hooks/pre-push.sample": "#!/bin/sh\n", "src/app.js": "1\n" });
+        const script = [
+          "echo evil > .git/hooks/pre-commit 2>/dev/null && echo WROTE-new-hook",
+          "echo evil >> .git/hooks/pre-push.sample 2>/dev/null && echo WROTE-old-hook",
+          "echo evil >> .git/config 2>/dev/null && echo WROTE-config",
+          "ln -s .git/hooks/pre-commit link 2>/dev/null; echo evil > link 2>/dev/null && echo WROTE-symlink",
+          "ln .git/config hardlink 2>/dev/null && echo LINKED-config",
+          "mv .git/hooks hooks-moved 2>/dev/null && echo MOVED-hooks",
+          "mv .git git-moved 2>/dev/null && echo MOVED-git",
+          "rm -rf .git/hooks 2>/dev/null; test -d .git/hooks || echo REMOVED-hooks",
+          "mkdir -p .GIT/hooks && echo evil > .GIT/hooks/pre-commit",
+          "echo evil > .envrc",
+          "echo ok > src/app.js && echo src-written",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /WROTE|LINKED|MOVED|REMOVED/, show(run));
+        assert.match(run.stdout, /src-written/);
+        assert.equal(existsSync(join(workspace, ".git", "hooks", "pre-commit")), false);
+        assert.equal(readFileSync(join(workspace, ".git", "config"), "utf8"), "[core]\n");
+        // Names in another case and new protected files are moved out of the workspace after the run.
+        assert.equal(existsSync(join(workspace, ".GIT", "hooks")), false, show(run));
+        assert.equal(existsSync(join(workspace, ".envrc")), false, show(run));
+        assert.match(run.stderr, /protected paths created during the run/);
+      });
+
+      test("protected path created without parent", async () => {
+        const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
+        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit; echo made"]);
+        assert.equal(run.status, 0, show(run));
+        assert.equal(existsSync(join(workspace, ".git", "hooks", "pre-commit")), false, show(run));
+      });
+
+      test("pre-existing hard link rejected", async () => {
+        const workspace = makeWorkspace(user, { ".git/config": "[core]\n" });
+        linkSync(join(workspace, ".git", "config"), join(workspace, "config-alias"));
+        const run = await runBox(user, workspace, [], ["true"]);
+        assert.equal(run.status, 125, show(run));
+        assert.match(run.stderr, /hard links/);
+      });
+
+      test("protected symlink rejected", async () => {
+        const workspace = makeWorkspace(user, { "target.sh": "echo\n" });
+        symlinkSync("target.sh", join(workspace, ".envrc"));
+        const run = await runBox(user, workspace, [], ["true"]);
+        assert.equal(run.status, 125, show(run));
+        assert.match(run.stderr, /is a symlink/);
+      });
+
+      test("allowed host through gateway", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
+        const node = `const http=require("node:http");const u=new URL(process.env.HTTP_PROXY);http.get({host:u.hostname,port:u.port,path:"http://api.test:${httpPort}/node",headers:{host:"api.test:${httpPort}"}},(r)=>{let b="";r.on("data",(c)=>b+=c);r.on("end",()=>console.log("node",r.statusCode,b.trim()))}).on("error",(e)=>console.log("node-error",e.message))`;
+        const script = [
+          `curl -sS -m 10 http://api.test:${httpPort}/plain`,
+          `curl -sS -m 10 --proxytunnel http://api.test:${httpPort}/tunnel`,
+          `curl -sS -m 10 --proxy socks5h://127.0.0.1:3128 http://api.test:${httpPort}/socks`,
+          `node -e '${node}'`,
+        ].join("; ");
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /hello from loopback GET \/plain/);
+        assert.match(run.stdout, /hello from loopback GET \/tunnel/);
+        assert.match(run.stdout, /hello from loopback GET \/socks/);
+        assert.match(run.stdout, /node 200 hello from loopback GET \/node/);
+      });
+
+      test("denied host gets hint", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, [], ["sh", "-c", `curl -s -m 10 -o /dev/null -w "%{http_code}\\n" http://blocked.test:${httpPort}/; curl -sS -m 10 https://blocked.invalid/ 2>&1 | head -1`]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^403$/m);
+        assert.match(run.stderr, /ringfence: blocked blocked\.test:\d+ .*--allow blocked\.test:\d+/);
+        assert.match(run.stderr, /2 requests blocked/);
+        const eventsPath = /events in (\S+events\.jsonl)/.exec(run.stderr)?.[1] as string;
+        const events = readFileSync(eventsPath, "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; decision?: string; host?: string });
+        assert.ok(events.some((event) => event.type === "network" && event.decision === "deny" && event.host === "blocked.test"));
+      });
+
+      test("--allow flag opens host", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
+        const run = await runBox(user, workspace, ["--policy", policy, "--allow", `other.test:${httpPort}`], ["sh", "-c", `curl -s -m 10 -o /dev/null -w "%{http_code}\\n" http://other.test:${httpPort}/`]);
+        // other.test is allowed but not pinned, and the suite's resolver is the system one, so
+        // the gateway cannot resolve the made-up name: it answers with an error, not 403.
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /^403$/m, show(run));
+      });
+
+      test("direct network paths fail", async () => {
+        const workspace = makeWorkspace(user);
+        const before = { raw: rawConnections, udp: udpDatagrams };
+        const script = [
+          `curl -sS -m 5 --noproxy '*' http://127.0.0.1:${httpPort}/ 2>/dev/null && echo LEAK-noproxy`,
+          `node -e 'require("node:net").connect(${rawPort},"127.0.0.1").on("connect",()=>console.log("LEAK-tcp")).on("error",(e)=>console.log("tcp",e.code))'`,
+          `node -e 'const s=require("node:dgram").createSocket("udp4");s.send("x",${udpPort},"127.0.0.1",(e)=>{console.log("udp-sent-locally",e?e.code:"ok");s.close()})'`,
+          "getent hosts ringfence-conformance.invalid && echo LEAK-dns",
+          "cat /proc/net/route | tail -n +2 | grep -q . && echo LEAK-route",
+          "ls /sys/class/net 2>/dev/null",
+          "echo done",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+        assert.match(run.stdout, /tcp ECONNREFUSED/);
+        assert.equal(rawConnections, before.raw, "the host's TCP server saw a connection from the box");
+        assert.equal(udpDatagrams, before.udp, "the host's UDP server saw a datagram from the box");
+      });
+
+      test("environment scrubbed", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, ["--env", "LANG"], ["sh", "-c", "env"]);
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, new RegExp(HOST_SECRET_NAME));
+        assert.doesNotMatch(run.stdout, new RegExp(HOST_SECRET_VALUE));
+        for (const name of ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]) assert.match(run.stdout, new RegExp(`^${name}=`, "m"), name);
+        assert.match(run.stdout, /^PATH=\/usr\/local\/sbin:/m);
+        assert.match(run.stdout, /^LANG=C.UTF-8$/m);
+      });
+
+      test("process isolation and cleanup", async () => {
+        const workspace = makeWorkspace(user);
+        const marker = `ringfence-orphan-${process.pid}-${user.uid}`;
+        const script = `ps -e -o pid=,comm= | wc -l; ps -e -o comm= | grep -c node || true; (setsid sh -c 'exec -a ${marker} sleep 300' &) ; sleep 0.2; echo started`;
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        const [count] = run.stdout.trim().split("\n");
+        assert.ok(Number(count) < 10, `box sees ${count} processes:\n${show(run)}`);
+        assert.match(run.stdout, /^0$/m, "the box sees the host's node processes");
+        const left = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+          } catch {
+            return false;
+          }
+        });
+        assert.deepEqual(left, [], "a process started in the box survived the run");
+      });
+
+      test("seccomp and privileges", async () => {
+        const workspace = makeWorkspace(user);
+        const script = [
+          "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status",
+          `perl -e 'for my $n (101, 250, 248, 321, 323, 165, 272, 308) { my $r = syscall($n, 0, 0, 0, 0, 0); print "syscall $n: ", ($r == -1 ? "$!" : "ok"), "\\n" }'`,
+          `perl -e 'my $c = "x"; print "TIOCSTI: ", (ioctl(STDIN, 0x5412, $c) ? "ok" : "$!"), "\\n"'`,
+          "unshare -U true 2>/dev/null && echo LEAK-unshare",
+          "echo done",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^CapEff:\s+0+$/m);
+        assert.match(run.stdout, /^CapBnd:\s+0+$/m);
+        assert.match(run.stdout, /^NoNewPrivs:\s+1$/m);
+        assert.match(run.stdout, /^Seccomp:\s+2$/m);
+        for (const number of [101, 250, 248, 321, 323, 165, 272, 308]) assert.match(run.stdout, new RegExp(`^syscall ${number}: Operation not permitted$`, "m"), show(run));
+        assert.match(run.stdout, /^TIOCSTI: Operation not permitted$/m);
+        assert.doesNotMatch(run.stdout, /LEAK/);
+      });
+
+      test("exit status and signals", async () => {
+        const workspace = makeWorkspace(user);
+        assert.equal((await runBox(user, workspace, [], ["sh", "-c", "exit 7"])).status, 7);
+        assert.equal((await runBox(user, workspace, [], ["sh", "-c", "kill -TERM $$"])).status, 143);
+        assert.equal((await runBox(user, workspace, [], ["sh", "-c", "kill -KILL $$"])).status, 137);
+        const missing = await runBox(user, workspace, [], ["no-such-command-ringfence"]);
+        assert.equal(missing.status, 127, show(missing));
+      });
+
+      test("stdin stdout stderr pass", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, [], ["sh", "-c", "tr a-z A-Z; echo to-stderr >&2"], { input: "hello box\n" });
+        assert.equal(run.status, 0, show(run));
+        assert.equal(run.stdout, "HELLO BOX\n");
+        assert.match(run.stderr, /^to-stderr$/m);
+      });
+
+      test("real terminal attached", async () => {
+        const workspace = makeWorkspace(user);
+        // script(1) gives the run a pseudo-terminal, as an interactive shell would.
+        const run = await runBox(user, workspace, [], ["sh", "-c", "test -t 0 && test -t 1 && echo TTY-OK; stty size"], {
+          wrap: (argv) => ["script", "-qec", argv.map((arg) => `'${arg.replace(/'/g, "'\\''")}'`).join(" "), "/dev/null"],
+        });
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /TTY-OK/, show(run));
+      });
+
+      test("timeout stops box", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, "version: 1\nresources:\n  timeout: 2s\n");
+        const run = await runBox(user, workspace, ["--policy", policy], ["sleep", "60"]);
+        assert.equal(run.status, 137, show(run));
+        assert.match(run.stderr, /timeout of 2000 ms/);
+      });
+
+      test("process limit holds", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, "version: 1\nresources:\n  processes: 20\n");
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", "i=0; while [ $i -lt 60 ]; do sleep 3 & i=$((i+1)); done 2>/dev/null; echo spawned; jobs -p | wc -l"]);
+        const count = Number(run.stdout.trim().split("\n").pop());
+        assert.ok(count < 60, `all 60 processes started:\n${show(run)}`);
+        if (await usesCgroups(user, workspace, policy)) assert.match(run.stderr, /reached its process limit \(20\)/, show(run));
+      });
+
+      test("memory limit stops hog", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, "version: 1\nresources:\n  memory: 96MiB\n");
+        const run = await runBox(user, workspace, ["--policy", policy], ["node", "-e", "const a=[];for(let i=0;i<2000;i++)a.push(Buffer.alloc(1<<20,1));console.log('ALLOCATED')"]);
+        assert.notEqual(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /ALLOCATED/);
+        if (await usesCgroups(user, workspace, policy)) assert.match(run.stderr, /reached its memory limit/, show(run));
+      });
+    });
+  }
+}

@@ -1,0 +1,113 @@
+// Starts boxes for the conformance suite through the run CLI handler, as root or as an ordinary
+// user, and prepares workspaces that user owns.
+import { spawn, spawnSync } from "node:child_process";
+import { chownSync, mkdirSync, mkdtempSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir, userInfo } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Ordinary user the suite creates when it runs as root, so both kinds of caller are covered. */
+export const TEST_USER = "ringfence-test";
+
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+const DRIVER = join(REPO, "test", "sandbox", "driver.ts");
+const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.mjs")}`;
+
+/** A host variable the box must never see. */
+export const HOST_SECRET_NAME = "RINGFENCE_TEST_HOST_SECRET";
+export const HOST_SECRET_VALUE = "host-secret-4d1c";
+
+export interface BoxUser {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+}
+
+export const isRoot = process.getuid?.() === 0;
+
+/** The users to run the suite as: root and TEST_USER when running as root, else the caller. */
+export function boxUsers(): BoxUser[] {
+  const current = userInfo();
+  const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: current.homedir };
+  if (!isRoot) return [me];
+
+  if (spawnSync("id", ["-u", TEST_USER]).status !== 0) {
+    const created = spawnSync("useradd", ["--create-home", "--shell", "/bin/sh", TEST_USER], { encoding: "utf8" });
+    if (created.status !== 0) throw new Error(`useradd ${TEST_USER} failed: ${created.stderr}`);
+  }
+  const uid = Number(spawnSync("id", ["-u", TEST_USER], { encoding: "utf8" }).stdout.trim());
+  const gid = Number(spawnSync("id", ["-g", TEST_USER], { encoding: "utf8" }).stdout.trim());
+  const home = spawnSync("getent", ["passwd", TEST_USER], { encoding: "utf8" }).stdout.split(":")[5] ?? `/home/${TEST_USER}`;
+  return [me, { name: TEST_USER, uid, gid, home }];
+}
+
+/** Creates a workspace directory owned by `user`, with `files` (relative path → content). */
+export function makeWorkspace(user: BoxUser, files: Readonly<Record<string, string>> = {}): string {
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-conformance-"));
+  for (const [relativePath, content] of Object.entries(files)) {
+    const path = join(dir, relativePath);
+    mkdirSync(join(path, ".."), { recursive: true });
+    writeFileSync(path, content);
+  }
+  chownTree(dir, user);
+  return dir;
+}
+
+/** Writes a file owned by `user`. */
+export function writeOwned(user: BoxUser, path: string, content: string): void {
+  mkdirSync(join(path, ".."), { recursive: true });
+  writeFileSync(path, content);
+  chownSync(path, user.uid, user.gid);
+}
+
+export function chownTree(path: string, user: BoxUser): void {
+  if (!isRoot) return;
+  chownSync(path, user.uid, user.gid);
+  if (statSync(path).isDirectory()) for (const name of readdirSync(path)) chownTree(join(path, name), user);
+}
+
+export interface BoxRun {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `ringfence run [flags] -- command` as `user` in `cwd`. The host environment carries
+ * HOST_SECRET_NAME so tests can check that the box does not.
+ */
+export function runBox(user: BoxUser, cwd: string, flags: readonly string[], command: readonly string[], options: { input?: string; wrap?: (argv: string[]) => string[] } = {}): Promise<BoxRun> {
+  let argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
+  if (options.wrap !== undefined) argv = options.wrap(argv);
+  const env = {
+    PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    HOME: user.home,
+    USER: user.name,
+    LANG: "C.UTF-8",
+    [HOST_SECRET_NAME]: HOST_SECRET_VALUE,
+  };
+  const current = userInfo().username;
+  const full = user.name === current ? argv : ["runuser", "-u", user.name, "--", ...argv];
+
+  // Asynchronous, because the suite's loopback servers run in this process's event loop.
+  return new Promise((resolve, reject) => {
+    const child = spawn(full[0] as string, full.slice(1), { cwd, env, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    child.on("error", reject);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? "");
+  });
+}
+
+/** Formats a run for assertion messages. */
+export function show(run: BoxRun): string {
+  return `status ${run.status}\n--- stdout\n${run.stdout}\n--- stderr\n${run.stderr}`;
+}
