@@ -1,6 +1,7 @@
 import { Command, Option } from "commander";
 import { auditExport, auditShow, auditVerify, runsCommand } from "./audit.js";
 import { init } from "./init.js";
+import { applyCommand, diffCommand, discardCommand } from "./review.js";
 import { EXIT_USAGE, policyCheck, policyExplain, policySchema, policyTest } from "./policy.js";
 import { PRESET_NAMES } from "../policy/init.js";
 
@@ -77,5 +78,27 @@ audit
   .option("--root <dir>", "runs directory")
   .description("export the run's events for security tooling")
   .action((run: string, options: { format: string; root?: string }) => exitWith(auditExport(run, options)));
+
+program
+  .command("diff")
+  .argument("<run>", "run id, unique prefix, or last")
+  .option("--stat", "list changed paths only")
+  .option("--root <dir>", "runs directory")
+  .description("show an overlay run's changes as a unified diff")
+  .action((run: string, options: { stat?: boolean; root?: string }) => exitWith(diffCommand(run, options)));
+program
+  .command("apply")
+  .argument("<run>", "run id, unique prefix, or last")
+  .option("--include-protected <path...>", "apply these protected workspace paths too, after reviewing them")
+  .option("-n, --dry-run", "show what would be applied")
+  .option("--root <dir>", "runs directory")
+  .description("write an overlay run's changes to the host workspace")
+  .action((run: string, options: { includeProtected?: string[]; dryRun?: boolean; root?: string }) => exitWith(applyCommand(run, options)));
+program
+  .command("discard")
+  .argument("<run>", "run id, unique prefix, or last")
+  .option("--root <dir>", "runs directory")
+  .description("drop an overlay run's changes")
+  .action((run: string, options: { root?: string }) => exitWith(discardCommand(run, options)));
 
 await program.parseAsync(process.argv);

@@ -18,30 +18,41 @@ function isWithin(path: string, parent: string): boolean {
   return path === parent || path.startsWith(`${parent}/`);
 }
 
+/**
+ * Compiles workspace protect globs into a function that returns the glob covering a
+ * workspace-relative path, or null. A glob covers what it matches and everything below that.
+ * Matching ignores case, for case-insensitive filesystems and tools (git on macOS treats
+ * .GIT/hooks as .git/hooks).
+ */
+export function compileProtect(globs: readonly string[]): (relativePath: string) => string | null {
+  const matchers = globs.map((glob) => {
+    const exact = picomatch(glob, { dot: true, nocase: true });
+    const inside = picomatch(`${glob}/**`, { dot: true, nocase: true });
+    return (path: string) => exact(path) || inside(path);
+  });
+  return (relativePath) => {
+    for (const [index, matches] of matchers.entries()) {
+      if (matches(relativePath)) return globs[index] as string;
+    }
+    return null;
+  };
+}
+
 /** Decides filesystem visibility for host paths under one policy. Build once per policy. */
 export class PathRules {
   readonly #policy: Policy;
   readonly #secretStores: string[];
-  readonly #protect: ((path: string) => boolean)[];
+  readonly #protectedBy: (relativePath: string) => string | null;
 
   constructor(policy: Policy, home: string) {
     this.#policy = policy;
     this.#secretStores = SECRET_STORES.map((store) => expandHostPath(store, home) as string);
-    // nocase: a protected name in another case is protected too, for case-insensitive filesystems
-    // and tools (git on macOS treats .GIT/hooks as .git/hooks).
-    this.#protect = policy.workspace.protect.map((glob) => {
-      const exact = picomatch(glob, { dot: true, nocase: true });
-      const inside = picomatch(`${glob}/**`, { dot: true, nocase: true });
-      return (path: string) => exact(path) || inside(path);
-    });
+    this.#protectedBy = compileProtect(policy.workspace.protect);
   }
 
   /** The protect glob that covers a workspace-relative path, or null. */
   protectedBy(relativePath: string): string | null {
-    for (const [index, matches] of this.#protect.entries()) {
-      if (matches(relativePath)) return this.#policy.workspace.protect[index] as string;
-    }
-    return null;
+    return this.#protectedBy(relativePath);
   }
 
   /**

@@ -1,0 +1,71 @@
+import { applyOverlay } from "../workspace/apply.js";
+import { diffManifests } from "../workspace/changes.js";
+import { buildManifest } from "../workspace/manifest.js";
+import { readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../workspace/overlay-record.js";
+import { renderDiff } from "../workspace/review.js";
+import { defaultRunsRoot, findRun, type RunListing } from "../audit/run-record.js";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
+
+interface ReviewTarget {
+  run: RunListing;
+  record: OverlayRecord;
+}
+
+function open(reference: string, root: string | undefined): ReviewTarget | null {
+  try {
+    const run = findRun(root ?? defaultRunsRoot(), reference);
+    return { run, record: readOverlayRecord(run.dir, run.id) };
+  } catch (cause) {
+    process.stderr.write(`ringfence: ${(cause as Error).message}\n`);
+    return null;
+  }
+}
+
+/** `ringfence diff RUN`: the overlay run's changes as a unified diff against the host workspace. */
+export function diffCommand(reference: string, options: { root?: string; stat?: boolean }): number {
+  const target = open(reference, options.root);
+  if (target === null) return EXIT_USAGE;
+  const changes = diffManifests(target.record.baseline, buildManifest(target.record.workspaceCopy));
+  if (changes.length === 0) {
+    process.stdout.write(`run ${target.run.id} changed nothing in ${target.record.review.workspace}\n`);
+    return EXIT_OK;
+  }
+  if (options.stat === true) {
+    for (const change of changes) process.stdout.write(`${change.kind.padEnd(8)} ${change.path}\n`);
+    return EXIT_OK;
+  }
+  process.stdout.write(renderDiff(changes, target.record.review.workspace, target.record.workspaceCopy));
+  return EXIT_OK;
+}
+
+/** `ringfence apply RUN`: writes the changes to the host workspace; exit 1 when any was not applied. */
+export function applyCommand(reference: string, options: { root?: string; includeProtected?: string[]; dryRun?: boolean }): number {
+  const target = open(reference, options.root);
+  if (target === null) return EXIT_USAGE;
+  const outcomes = applyOverlay({
+    workspace: target.record.review.workspace,
+    overlayRoot: target.record.workspaceCopy,
+    baseline: target.record.baseline,
+    protect: target.record.review.protect,
+    includeProtected: options.includeProtected ?? [],
+    dryRun: options.dryRun === true,
+  });
+
+  for (const outcome of outcomes) {
+    const verb = options.dryRun === true && outcome.result === "applied" ? "would apply" : outcome.result;
+    process.stdout.write(`${verb.padEnd(15)} ${outcome.kind.padEnd(8)} ${outcome.path}${outcome.reason === null ? "" : `: ${outcome.reason}`}\n`);
+  }
+  const left = outcomes.filter((outcome) => outcome.result !== "applied" && outcome.result !== "already-applied");
+  if (options.dryRun !== true) recordOverlayOutcome(target.run.dir, "applied", outcomes);
+  process.stdout.write(`${outcomes.length - left.length} of ${outcomes.length} changes ${options.dryRun === true ? "would be " : ""}applied to ${target.record.review.workspace}${left.length > 0 ? `; ${left.length} not applied (see above)` : ""}\n`);
+  return left.length === 0 ? EXIT_OK : EXIT_FAILED;
+}
+
+/** `ringfence discard RUN`: drops the overlay run's changes. */
+export function discardCommand(reference: string, options: { root?: string }): number {
+  const target = open(reference, options.root);
+  if (target === null) return EXIT_USAGE;
+  recordOverlayOutcome(target.run.dir, "discarded");
+  process.stdout.write(`discarded the changes of run ${target.run.id}\n`);
+  return EXIT_OK;
+}

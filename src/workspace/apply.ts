@@ -1,0 +1,222 @@
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmdirSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { dirname, isAbsolute, join, normalize } from "node:path";
+import { compileProtect } from "../policy/path-decision.js";
+import { diffManifests, sameEntry, type WorkspaceChange } from "./changes.js";
+import { buildManifest, describeEntry, type Manifest, type ManifestEntry } from "./manifest.js";
+
+export interface ApplyOptions {
+  /** Host workspace the changes go to. */
+  workspace: string;
+  /** The overlay copy the box wrote to. */
+  overlayRoot: string;
+  /** The overlay copy as the run started. */
+  baseline: Manifest;
+  /** Protect globs of the run's policy. */
+  protect: readonly string[];
+  /** Protected workspace-relative paths the user names to apply anyway. */
+  includeProtected?: readonly string[];
+  /** Report what would happen without writing. */
+  dryRun?: boolean;
+}
+
+export interface ApplyOutcome {
+  path: string;
+  kind: WorkspaceChange["kind"];
+  result: "applied" | "already-applied" | "refused" | "conflict" | "failed";
+  /** Why a change was not applied; null when it was. */
+  reason: string | null;
+}
+
+/**
+ * Writes an overlay run's changes to the host workspace. A change is refused when it touches a
+ * protected path (unless named in includeProtected), when reaching it on the host would pass
+ * through a symlink, when it adds a symlink that points outside the workspace, or when it is a
+ * special file. A change whose host path differs from the state at run start is a conflict and
+ * is left alone. Nothing is ever written through a symlink: files are replaced by rename, and
+ * modes are set on descriptors opened with O_NOFOLLOW.
+ */
+export function applyOverlay(options: ApplyOptions): ApplyOutcome[] {
+  const changes = diffManifests(options.baseline, buildManifest(options.overlayRoot));
+  const protectedBy = compileProtect(options.protect);
+  const include = new Set(options.includeProtected ?? []);
+  const outcomes = new Map<string, ApplyOutcome>();
+  const blocked = new Set<string>();
+
+  const settle = (change: WorkspaceChange, result: ApplyOutcome["result"], reason: string | null) => {
+    outcomes.set(change.path, { path: change.path, kind: change.kind, result, reason });
+    if (result !== "applied" && result !== "already-applied") blocked.add(change.path);
+  };
+
+  // Decide every change before writing anything, so a refusal is reported even in a dry run.
+  const accepted: WorkspaceChange[] = [];
+  for (const change of changes) {
+    const reason = refusal(change, options.workspace, protectedBy, include, blocked);
+    if (reason !== null) {
+      settle(change, "refused", reason);
+      continue;
+    }
+    const host = hostEntry(join(options.workspace, change.path));
+    if (sameEntry(host, change.after)) {
+      settle(change, "already-applied", null);
+      continue;
+    }
+    if (!sameEntry(host, change.before)) {
+      settle(change, "conflict", `the host copy changed since the run started (now ${host === null ? "absent" : host.type}); merge it by hand from ${join(options.overlayRoot, change.path)}`);
+      continue;
+    }
+    accepted.push(change);
+  }
+
+  if (options.dryRun === true) {
+    for (const change of accepted) settle(change, "applied", null);
+    return changes.map((change) => outcomes.get(change.path) as ApplyOutcome);
+  }
+
+  // Removals deepest first (a directory empties before it goes), then additions parents first.
+  const removals = accepted.filter((change) => change.kind === "deleted" || change.kind === "type").reverse();
+  for (const change of removals) {
+    try {
+      remove(join(options.workspace, change.path), change.before as ManifestEntry);
+      if (change.kind === "deleted") settle(change, "applied", null);
+    } catch (cause) {
+      settle(change, "failed", (cause as Error).message);
+    }
+  }
+  for (const change of accepted) {
+    if (change.kind === "deleted" || outcomes.get(change.path)?.result === "failed") continue;
+    if (blocked.has(parentOf(change.path))) {
+      settle(change, "refused", `its parent directory ${parentOf(change.path)} was not applied`);
+      continue;
+    }
+    try {
+      write(options.workspace, options.overlayRoot, change);
+      settle(change, "applied", null);
+    } catch (cause) {
+      settle(change, "failed", (cause as Error).message);
+    }
+  }
+  return changes.map((change) => outcomes.get(change.path) as ApplyOutcome);
+}
+
+function parentOf(path: string): string {
+  const parent = dirname(path);
+  return parent === "." ? "" : parent;
+}
+
+function hostEntry(path: string): ManifestEntry | null {
+  try {
+    return describeEntry(path);
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw cause;
+  }
+}
+
+function refusal(change: WorkspaceChange, workspace: string, protectedBy: (path: string) => string | null, include: ReadonlySet<string>, blocked: ReadonlySet<string>): string | null {
+  const glob = protectedBy(change.path);
+  if (glob !== null && !include.has(change.path)) {
+    return `protected by ${glob}; review it, then pass --include-protected ${change.path} to apply it`;
+  }
+  if (change.after?.type === "other") return "special files (devices, FIFOs, sockets) are never applied";
+  if (change.after?.type === "symlink") {
+    const target = change.after.target;
+    const resolved = normalize(join(dirname(change.path), target));
+    if (isAbsolute(target) || resolved === ".." || resolved.startsWith("../")) return `symlink to ${target} points outside the workspace`;
+    const targetGlob = protectedBy(resolved);
+    if (targetGlob !== null && !include.has(change.path)) return `symlink to ${target} points into a path protected by ${targetGlob}; review it, then pass --include-protected ${change.path}`;
+  }
+
+  // Every ancestor on the host must be a real directory (or absent and created by this apply),
+  // so that no write goes through a symlink to somewhere else.
+  const parts = change.path.split("/");
+  for (let depth = 1; depth < parts.length; depth++) {
+    const ancestor = parts.slice(0, depth).join("/");
+    let stats = null;
+    try {
+      stats = lstatSync(join(workspace, ancestor));
+    } catch {
+      // Absent on the host: an earlier change in this apply creates it.
+    }
+    if (stats?.isSymbolicLink() === true) return `${ancestor} is a symlink on the host; applying would write through it`;
+    if (stats !== null && !stats.isDirectory()) return `${ancestor} is not a directory on the host`;
+    if (blocked.has(ancestor)) return `its parent directory ${ancestor} was not applied`;
+  }
+  return null;
+}
+
+function remove(path: string, entry: ManifestEntry): void {
+  if (entry.type === "dir") rmdirSync(path);
+  else unlinkSync(path);
+}
+
+function write(workspace: string, overlayRoot: string, change: WorkspaceChange): void {
+  const target = join(workspace, change.path);
+  const after = change.after as ManifestEntry;
+
+  if (after.type === "dir") {
+    if (change.kind === "mode") setMode(target, after.mode, constants.O_DIRECTORY);
+    else mkdirSync(target, { mode: after.mode });
+    return;
+  }
+  if (after.type === "symlink") {
+    symlinkSync(after.target, target);
+    return;
+  }
+  if (after.type !== "file") throw new Error(`unexpected entry type ${after.type}`);
+  if (change.kind === "mode") {
+    setMode(target, after.mode, 0);
+    return;
+  }
+
+  // Copy into a new file beside the target, then rename over it: rename replaces a directory
+  // entry and never follows a symlink at the destination.
+  const temporary = join(dirname(target), `.ringfence-apply-${randomBytes(6).toString("hex")}`);
+  const source = openSync(join(overlayRoot, change.path), constants.O_RDONLY | constants.O_NOFOLLOW);
+  let destination: number;
+  try {
+    destination = openSync(temporary, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  } catch (cause) {
+    closeSync(source);
+    throw cause;
+  }
+  try {
+    const buffer = Buffer.allocUnsafe(1024 * 1024);
+    for (;;) {
+      const read = readSync(source, buffer, 0, buffer.length, null);
+      if (read === 0) break;
+      let written = 0;
+      while (written < read) written += writeSync(destination, buffer, written, read - written);
+    }
+    fchmodSync(destination, after.mode);
+  } catch (cause) {
+    unlinkSync(temporary);
+    throw cause;
+  } finally {
+    closeSync(source);
+    closeSync(destination);
+  }
+  renameSync(temporary, target);
+}
+
+function setMode(path: string, mode: number, extraFlags: number): void {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | extraFlags);
+  try {
+    fchmodSync(fd, mode);
+  } finally {
+    closeSync(fd);
+  }
+}

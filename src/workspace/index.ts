@@ -1,0 +1,5 @@
+export * from "./apply.js";
+export * from "./changes.js";
+export * from "./manifest.js";
+export * from "./overlay-record.js";
+export * from "./review.js";

@@ -1,0 +1,64 @@
+import { createHash } from "node:crypto";
+import { closeSync, constants, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from "node:fs";
+import { join } from "node:path";
+
+/** One entry of a workspace tree, keyed by its path relative to the tree's root. */
+export type ManifestEntry =
+  | { type: "file"; mode: number; size: number; sha256: string }
+  | { type: "dir"; mode: number }
+  | { type: "symlink"; target: string }
+  | { type: "other"; mode: number };
+
+/** A snapshot of a tree: relative path (with '/' separators) to entry. The root itself is "". */
+export type Manifest = Record<string, ManifestEntry>;
+
+const HASH_CHUNK_BYTES = 1024 * 1024;
+
+/** Hashes a regular file without following a symlink that replaced it (O_NOFOLLOW). */
+export function hashFile(path: string): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const hash = createHash("sha256");
+    const buffer = Buffer.allocUnsafe(HASH_CHUNK_BYTES);
+    for (;;) {
+      const read = readSync(fd, buffer, 0, buffer.length, null);
+      if (read === 0) break;
+      hash.update(buffer.subarray(0, read));
+    }
+    return hash.digest("hex");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Describes one path with lstat, so a symlink is recorded as a link and never followed. */
+export function describeEntry(path: string, stats: Stats = lstatSync(path)): ManifestEntry {
+  const mode = stats.mode & 0o7777;
+  if (stats.isSymbolicLink()) return { type: "symlink", target: readlinkSync(path) };
+  if (stats.isDirectory()) return { type: "dir", mode };
+  if (stats.isFile()) return { type: "file", mode, size: stats.size, sha256: hashFile(path) };
+  return { type: "other", mode };
+}
+
+/**
+ * Walks `root` without following symlinks and records every entry. `skip` names relative paths
+ * whose subtrees are not recorded (for example a nested run directory).
+ */
+export function buildManifest(root: string, skip: ReadonlySet<string> = new Set()): Manifest {
+  const manifest: Manifest = {};
+  const pending: string[] = [""];
+
+  while (pending.length > 0) {
+    const relative = pending.pop() as string;
+    const absolute = relative === "" ? root : join(root, relative);
+    const entry = describeEntry(absolute);
+    manifest[relative] = entry;
+    if (entry.type !== "dir") continue;
+
+    for (const name of readdirSync(absolute)) {
+      const child = relative === "" ? name : `${relative}/${name}`;
+      if (!skip.has(child)) pending.push(child);
+    }
+  }
+  return manifest;
+}
