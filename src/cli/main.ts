@@ -1,6 +1,8 @@
 import { Command, Option } from "commander";
 import { auditExport, auditShow, auditVerify, runsCommand } from "./audit.js";
+import { doctorCommand } from "./doctor.js";
 import { init } from "./init.js";
+import { runCommand, type RunCommandOptions } from "./run.js";
 import { applyCommand, diffCommand, discardCommand } from "./review.js";
 import { EXIT_USAGE, policyCheck, policyExplain, policySchema, policyTest } from "./policy.js";
 import { PRESET_NAMES } from "../policy/init.js";
@@ -17,6 +19,7 @@ const program = new Command()
   .description("Run AI agents and other untrusted programs in a box whose walls come from infrastructure.")
   .version(typeof RINGFENCE_VERSION === "string" ? RINGFENCE_VERSION : "dev", "-V, --version", "print the version")
   .showHelpAfterError()
+  .enablePositionalOptions()
   .exitOverride((error) => exitWith(error.exitCode === 0 ? 0 : EXIT_USAGE));
 
 const policy = program.command("policy").description("check, explain and test ringfence.yaml");
@@ -48,6 +51,31 @@ program
   .option("-o, --output <file>", "where to write", "ringfence.yaml")
   .option("-f, --force", "overwrite an existing file")
   .action((options: { preset: string[]; output: string; force?: boolean }) => exitWith(init(options)));
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+program
+  .command("run")
+  .usage("[options] -- COMMAND [ARG...]")
+  .description("run a command in a sandbox; exits with the command's status, or 125 when ringfence fails")
+  .argument("[command...]", "the command and its arguments, after --")
+  .option("-p, --policy <file>", "policy file (default: ./ringfence.yaml, else the built-in default)")
+  .option("-a, --allow <host[:port]>", "allow a host for this run; without a port, 443 and 80 (repeatable)", collect)
+  .option("-w, --workspace <dir>", "workspace directory for this run")
+  .addOption(new Option("-m, --mode <mode>", "workspace mode for this run").choices(["rw", "overlay", "ro"]))
+  .addOption(new Option("-b, --backend <backend>", "isolation backend").choices(["auto", "namespace", "vm"]))
+  .option("-e, --env <name>", "pass this host environment variable into the box (repeatable)", collect)
+  .option("-n, --dry-run", "print the effective box and exit")
+  .passThroughOptions()
+  .action(async (command: string[], options: RunCommandOptions) => exitWith(await runCommand(command, options)));
+
+program
+  .command("doctor")
+  .description("report what this machine can enforce and which backend auto picks")
+  .option("--json", "print JSON")
+  .action((options: { json?: boolean }) => exitWith(doctorCommand(options)));
 
 program
   .command("runs")
