@@ -42,6 +42,8 @@ interface CompiledRule {
   rule: NetworkRule;
   /** Position in the layer, for "first matching rule" reporting. */
   order: number;
+  /** Cached decision for a request that only this rule allows, in a one-layer policy. */
+  soleDecision: AllowDecision | null;
   ports: ReadonlySet<number>;
   methods: ReadonlySet<string> | null;
   pathMatchers: ((path: string) => boolean) | null;
@@ -82,6 +84,7 @@ function compileRule(rule: NetworkRule, order: number): CompiledRule {
   return {
     rule,
     order,
+    soleDecision: null,
     ports: new Set(rule.ports),
     methods: rule.methods === null ? null : new Set(rule.methods),
     pathMatchers,
@@ -194,6 +197,12 @@ export class NetworkRules {
     }
 
     if (allowsPerLayer === null || innermostAllow === null) return NO_ALLOW;
+
+    // The common case, one layer and one matching rule, gets a decision object made once per
+    // rule; decisions are immutable, so sharing them is safe.
+    if (allowsPerLayer.length === 1 && !inspect && (allowsPerLayer[0] as CompiledRule[]).length === 1) {
+      return (innermostAllow.soleDecision ??= new AllowDecision(innermostAllow.rule, false, allowsPerLayer));
+    }
     return new AllowDecision(innermostAllow.rule, inspect, allowsPerLayer);
   }
 }
