@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import type { Logger } from "pino";
 import type { NetworkRules } from "../policy/network-decision.js";
 import type { Resolver } from "./dial.js";
@@ -14,6 +15,8 @@ export interface GatewayContext {
   resolve: Resolver;
   intercept: InterceptHook;
   parents: ParentProxies;
+  /** Registers an upstream socket, so that closing the gateway closes it too. */
+  trackUpstream(socket: Socket): void;
   /** Starts the event for one request; the handler must finish or deny it on every path. */
   startEvent(start: EventStart): EventRecord;
 }

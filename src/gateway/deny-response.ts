@@ -4,7 +4,7 @@ import type { Target } from "./target.js";
 /** Why the gateway did not pass a request on, in the words the sandboxed program receives. */
 export interface Denial {
   /** HTTP status for HTTP and CONNECT clients. */
-  status: 400 | 403 | 431 | 501 | 502 | 503 | 504;
+  status: 400 | 403 | 408 | 431 | 501 | 502 | 503 | 504;
   /** One sentence on what was blocked and why. */
   reason: string;
   /** Label of the rule that denied the request, or null when no rule matched. */
@@ -16,6 +16,7 @@ export interface Denial {
 const STATUS_TEXT: Readonly<Record<Denial["status"], string>> = {
   400: "Bad Request",
   403: "Forbidden",
+  408: "Request Timeout",
   431: "Request Header Fields Too Large",
   501: "Not Implemented",
   502: "Bad Gateway",

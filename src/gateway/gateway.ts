@@ -63,6 +63,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   const limits = resolveLimits(options.limits);
+  const upstreams = new Set<Socket>();
   const sandboxId = options.sandboxId ?? "main";
   const logger = (options.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ component: "gateway", runId: options.runId, sandboxId });
   const context: GatewayContext = {
@@ -72,6 +73,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     resolve: options.resolve ?? defaultResolve,
     intercept: options.intercept ?? (() => false),
     parents: parentProxiesFrom(options.policy.network.upstreamProxy),
+    trackUpstream: (socket) => {
+      upstreams.add(socket);
+      socket.once("close", () => upstreams.delete(socket));
+    },
     startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger),
   };
 
@@ -109,14 +114,26 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     close() {
       closing ??= (async () => {
         const closed = Promise.all(servers.map((server) => closeServer(server)));
-        for (const socket of sockets) socket.destroy();
+        const open = [...sockets, ...upstreams];
+        const allClosed = Promise.all(open.map((socket) => (socket.closed ? null : new Promise((resolve) => socket.once("close", resolve)))));
+        for (const socket of open) socket.destroy();
         http.closeAllConnections();
-        await closed;
+        await Promise.all([closed, allClosed]);
         logger.info("gateway stopped");
       })();
       return closing;
     },
   };
+}
+
+// Timers for the first request head of each HTTP connection, cleared when the head is parsed.
+const headTimers = new WeakMap<Socket, NodeJS.Timeout>();
+
+function headArrived(socket: Socket): void {
+  const timer = headTimers.get(socket);
+  if (timer === undefined) return;
+  clearTimeout(timer);
+  headTimers.delete(socket);
 }
 
 function createHttpDispatcher(context: GatewayContext): HttpServer {
@@ -125,8 +142,9 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
     maxHeaderSize: limits.maxHeaderBytes,
     requireHostHeader: false,
     joinDuplicateHeaders: false,
-    headersTimeout: limits.handshakeTimeoutMs,
-    // Bodies can be large and slow; the idle timeout below governs them instead.
+    // Node enforces headersTimeout and requestTimeout only on servers that listen themselves, and
+    // this one is fed sockets by the gateway's listeners, so acceptConnection times the first
+    // request head and the idle timeout below governs the rest.
     requestTimeout: 0,
     keepAliveTimeout: limits.idleTimeoutMs,
   });
@@ -135,8 +153,14 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
   const guard = (what: string, work: Promise<void>) => {
     work.catch((error: unknown) => logger.error({ err: error }, `${what} handler failed`));
   };
-  server.on("request", (request: IncomingMessage, response: ServerResponse) => guard("HTTP request", handleHttpRequest(context, request, response)));
-  server.on("connect", (request: IncomingMessage, socket: Socket, head: Buffer) => guard("CONNECT", handleConnect(context, request, socket, head)));
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+    headArrived(request.socket);
+    guard("HTTP request", handleHttpRequest(context, request, response));
+  });
+  server.on("connect", (request: IncomingMessage, socket: Socket, head: Buffer) => {
+    headArrived(socket);
+    guard("CONNECT", handleConnect(context, request, socket, head));
+  });
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => rejectMalformed(context, error, socket));
   return server;
 }
@@ -148,8 +172,8 @@ function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException &
   let denial: Denial;
   if (error.code === "HPE_HEADER_OVERFLOW") {
     denial = { status: 431, reason: `the request head is larger than the gateway's limit of ${context.limits.maxHeaderBytes} bytes`, rule: null, hint: null };
-  } else if (error.code === "ERR_HTTP_REQUEST_TIMEOUT" || error.code === "ECONNRESET") {
-    record.deny(`client connection ended before a complete request head (${error.code})`);
+  } else if (error.code === "ECONNRESET") {
+    record.deny("client connection ended before a complete request head");
     socket.destroy();
     return;
   } else {
@@ -198,6 +222,15 @@ function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Se
       return;
     }
 
+    headTimers.set(
+      socket,
+      setTimeout(() => {
+        const reason = `the request head did not arrive within ${limits.handshakeTimeoutMs} ms`;
+        context.startEvent({ protocol: "http", host: "", port: 0 }).deny(reason);
+        socket.end(rawDenialResponse({ status: 408, reason, rule: null, hint: null }, "the request"));
+      }, limits.handshakeTimeoutMs),
+    );
+    socket.once("close", () => headArrived(socket));
     http.emit("connection", socket);
     // Node's HTTP server reads from the stream buffer on resume, so the unshifted bytes come first.
     process.nextTick(() => socket.resume());

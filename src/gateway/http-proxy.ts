@@ -64,6 +64,7 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
   record.update({ address: dialed.address });
   record.allow(rule);
   const socket = dialed.socket;
+  context.trackUpstream(socket);
   socket.setTimeout(context.limits.idleTimeoutMs, () => socket.destroy(new Error(`upstream sent nothing for ${context.limits.idleTimeoutMs} ms`)));
 
   const headers = forwardedHeaders(request.rawHeaders);
@@ -120,8 +121,11 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
   });
 }
 
-/** Checks that the Host header names the same host and port as the absolute-form target. */
-function checkHostHeader(request: IncomingMessage, target: Target): string | null {
+/**
+ * Checks that the Host header names the same host and port as the request target; a Host
+ * without a port means `defaultPort` (80 for http, 443 inside intercepted TLS).
+ */
+export function checkHostHeader(request: IncomingMessage, target: Target, defaultPort = 80): string | null {
   const values: string[] = [];
   for (let i = 0; i < request.rawHeaders.length; i += 2) {
     if ((request.rawHeaders[i] as string).toLowerCase() === "host") values.push(request.rawHeaders[i + 1] as string);
@@ -129,7 +133,7 @@ function checkHostHeader(request: IncomingMessage, target: Target): string | nul
   if (values.length === 0) return "the request has no Host header; HTTP/1.1 requires one that matches the request target";
   if (values.length > 1) return `the request has ${values.length} Host headers; send exactly one`;
 
-  const host = parseAuthority(values[0] as string, 80);
+  const host = parseAuthority(values[0] as string, defaultPort);
   const shown = JSON.stringify((values[0] as string).slice(0, 300));
   if (!host.ok) return `Host header ${shown} is invalid: ${host.reason}`;
   if (host.target.display !== target.display || host.target.port !== target.port) {
@@ -140,7 +144,7 @@ function checkHostHeader(request: IncomingMessage, target: Target): string | nul
 
 // Returns raw headers (name, value, name, value, ...) without hop-by-hop headers, including any
 // that the Connection header names.
-function forwardedHeaders(rawHeaders: readonly string[]): string[] {
+export function forwardedHeaders(rawHeaders: readonly string[]): string[] {
   const drop = new Set(HOP_BY_HOP);
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if ((rawHeaders[i] as string).toLowerCase() !== "connection") continue;
@@ -160,7 +164,7 @@ function forwardedHeaders(rawHeaders: readonly string[]): string[] {
 }
 
 // Response framing is the gateway's own: the server response re-frames the streamed body.
-function responseHeaders(rawHeaders: readonly string[]): string[] {
+export function responseHeaders(rawHeaders: readonly string[]): string[] {
   const out = forwardedHeaders(rawHeaders);
   const kept: string[] = [];
   for (let i = 0; i < out.length; i += 2) {

@@ -29,6 +29,7 @@ export interface TunnelOptions {
 export function runTunnel(context: GatewayContext, options: TunnelOptions): void {
   const { client, upstream, record, target } = options;
   const { limits, logger } = context;
+  context.trackUpstream(upstream);
   let closed = 0;
 
   const onClose = () => {

@@ -1,0 +1,205 @@
+import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { startGateway } from "../../src/gateway/gateway.js";
+import { connectThrough, curl, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, type TestGateway } from "./support/harness.js";
+import { startHttpUpstream, type Upstream } from "./support/upstream.js";
+import { pino } from "pino";
+import type { NetworkEvent } from "../../src/gateway/events.js";
+
+let upstream: Upstream;
+const policyYaml = () => `version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: api.example.com
+      ports: [${upstream.port}]
+      addresses: [127.0.0.1]
+      action: allow
+`;
+
+before(async () => {
+  upstream = await startHttpUpstream();
+});
+after(async () => {
+  await upstream.close();
+});
+
+describe("unix socket listener", () => {
+  it("serves HTTP and SOCKS5 on a Unix socket", async () => {
+    const socketPath = join(mkdtempSync(join(tmpdir(), "ringfence-gw-")), "gateway.sock");
+    const events: NetworkEvent[] = [];
+    const gateway = await startGateway({ policy: policyFromYaml(policyYaml()), runId: "unix", sandboxId: "box-1", socketPath, onEvent: (event) => events.push(event), logger: pino({ level: "silent" }) });
+    assert.equal(gateway.socketPath, socketPath);
+    assert.equal(gateway.tcpPort, null);
+
+    const socket = await new Promise<Socket>((resolve) => {
+      const s = connect({ path: socketPath }, () => resolve(s));
+    });
+    const done = readToEnd(socket);
+    socket.write(`GET http://api.example.com:${upstream.port}/unix HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\nConnection: close\r\n\r\n`);
+    assert.match((await done).toString(), /^HTTP\/1\.1 200/);
+
+    const socksEvent = new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (events.length < 2) return;
+        clearInterval(check);
+        resolve();
+      }, 10);
+    });
+    const socks = await curl(["--proxy", `socks5h://localhost${socketPath}`, `http://api.example.com:${upstream.port}/unix-socks`]);
+    assert.equal(socks.status, 200, socks.stderr);
+    await socksEvent;
+
+    await gateway.close();
+    assert.deepEqual(
+      events.map((event) => [event.protocol, event.decision, event.sandboxId, event.runId]),
+      [
+        ["http", "allow", "box-1", "unix"],
+        ["socks5", "allow", "box-1", "unix"],
+      ],
+    );
+  });
+
+  it("refuses to start without a listener", async () => {
+    await assert.rejects(startGateway({ policy: policyFromYaml(policyYaml()), runId: "x" }), /needs socketPath, tcp, or both/);
+  });
+
+  it("refuses invalid limits", async () => {
+    await assert.rejects(startGateway({ policy: policyFromYaml(policyYaml()), runId: "x", tcp: { host: "127.0.0.1", port: 0 }, limits: { maxConnections: 0 } }), /maxConnections is 0/);
+  });
+});
+
+describe("SOCKS5 with curl", () => {
+  let gw: TestGateway;
+  before(async () => {
+    gw = await startTestGateway(policyFromYaml(policyYaml()));
+  });
+  after(async () => {
+    await gw.close();
+  });
+
+  it("connects an allowed name", async () => {
+    const result = await curl(["--proxy", `socks5h://127.0.0.1:${gw.port}`, `http://api.example.com:${upstream.port}/socks`]);
+    assert.equal(result.status, 200, result.stderr);
+    const event = await gw.nextEvent((e) => e.protocol === "socks5");
+    assert.equal(event.decision, "allow");
+    assert.equal(event.host, "api.example.com");
+    assert.equal(event.address, "127.0.0.1");
+    assert.ok(event.bytesDown > 0);
+  });
+
+  it("refuses an unlisted name with reply 2", async () => {
+    const result = await curl(["--proxy", `socks5h://127.0.0.1:${gw.port}`, `http://evil.example.org:${upstream.port}/`]);
+    assert.notEqual(result.code, 0);
+    assert.match(result.stderr, /\(2\)|not allowed/i);
+    const event = await gw.nextEvent((e) => e.protocol === "socks5" && e.host === "evil.example.org");
+    assert.equal(event.decision, "deny");
+  });
+
+  it("refuses an IP address that no rule names", async () => {
+    // socks5:// (without h) makes curl send the address it resolved itself.
+    const result = await curl(["--proxy", `socks5://127.0.0.1:${gw.port}`, `http://127.0.0.1:${upstream.port}/`]);
+    assert.notEqual(result.code, 0);
+    const event = await gw.nextEvent((e) => e.protocol === "socks5" && e.host === "127.0.0.1");
+    assert.equal(event.decision, "deny");
+  });
+
+  it("refuses a client without the no-authentication method", async () => {
+    const socket = await openSocket(gw.port);
+    const done = readToEnd(socket);
+    socket.write(Buffer.from([5, 1, 2]));
+    assert.deepEqual([...(await done)], [5, 0xff]);
+    const event = await gw.nextEvent((e) => e.protocol === "socks5" && /no method the gateway supports/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+  });
+
+  it("refuses the UDP ASSOCIATE command", async () => {
+    const socket = await openSocket(gw.port);
+    const done = readToEnd(socket);
+    socket.write(Buffer.from([5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 1, 0, 53]));
+    const reply = await done;
+    assert.equal(reply[3], 7);
+    const event = await gw.nextEvent((e) => e.protocol === "socks5" && /command 3 is not supported/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+  });
+});
+
+describe("connection limit", () => {
+  let gw: TestGateway;
+  before(async () => {
+    gw = await startTestGateway(policyFromYaml(policyYaml()), { limits: { maxConnections: 2 } });
+  });
+  after(async () => {
+    await gw.close();
+  });
+
+  it("rejects connections over the maximum", async () => {
+    const first = await openSocket(gw.port);
+    const second = await openSocket(gw.port);
+    // Keep both accepted connections busy with an unfinished request head.
+    first.write("GET http://api.example.com/ HTTP/1.1\r\n");
+    second.write("GET http://api.example.com/ HTTP/1.1\r\n");
+
+    const third = await openSocket(gw.port);
+    const response = readResponseHead(third);
+    third.write(`GET http://api.example.com:${upstream.port}/ HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\n\r\n`);
+    assert.equal((await response).status, 503);
+    const event = await gw.nextEvent((e) => /open connections through the gateway, the maximum/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+    for (const socket of [first, second, third]) socket.destroy();
+  });
+});
+
+describe("timeouts", () => {
+  let gw: TestGateway;
+  before(async () => {
+    gw = await startTestGateway(policyFromYaml(policyYaml()), { limits: { handshakeTimeoutMs: 300, idleTimeoutMs: 1000 } });
+  });
+  after(async () => {
+    await gw.close();
+  });
+
+  it("answers 408 to a request head that never completes", async () => {
+    const socket = await openSocket(gw.port);
+    const done = readToEnd(socket);
+    socket.write("GET http://api.example.com/ HTTP/1.1\r\nHost: api.exa");
+    assert.match((await done).toString(), /^HTTP\/1\.1 408/);
+    const event = await gw.nextEvent((e) => /request head did not arrive within 300 ms/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+  });
+
+  it("ends a SOCKS5 handshake that stalls", async () => {
+    const socket = await openSocket(gw.port);
+    const done = readToEnd(socket);
+    socket.write(Buffer.from([5, 1, 0]));
+    await done;
+    const event = await gw.nextEvent((e) => /SOCKS5 handshake did not complete within 300 ms/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+  });
+
+  it("ends a tunnel whose client never sends a first message", async () => {
+    const { response, socket } = await connectThrough(gw.port, `api.example.com:${upstream.port}`);
+    assert.equal(response.status, 200);
+    const done = readToEnd(socket);
+    socket.resume();
+    await done;
+    const event = await gw.nextEvent((e) => e.protocol === "connect" && /no complete TLS ClientHello or other data within 300 ms/.test(e.reason ?? ""));
+    assert.equal(event.host, "api.example.com");
+  });
+
+  it("ends an idle tunnel", async () => {
+    const { response, socket } = await connectThrough(gw.port, `api.example.com:${upstream.port}`);
+    assert.equal(response.status, 200);
+    const done = readToEnd(socket);
+    socket.resume();
+    // A complete request on a keep-alive connection: the upstream answers, then both sides go quiet.
+    socket.write(`GET /idle HTTP/1.1\r\nHost: api.example.com\r\n\r\n`);
+    assert.match((await done).toString(), /^HTTP\/1\.1 200/);
+    const event = await gw.nextEvent((e) => e.protocol === "connect" && /tunnel carried no data for 1000 ms/.test(e.reason ?? ""));
+    assert.equal(event.decision, "allow");
+  });
+});
