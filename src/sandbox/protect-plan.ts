@@ -40,6 +40,20 @@ const GLOB_CHARACTERS = /[*?[\]{}()!+@]/;
  */
 export function planProtection(root: string, globs: readonly string[], view: HostView): ProtectPlan {
   const plan: ProtectPlan = { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] };
+  // Most globs start in the same few directories; list each once.
+  const listings = new Map<string, string[]>();
+  const cached: HostView = {
+    facts: (path) => view.facts(path),
+    readlink: (path) => view.readlink(path),
+    list: (dir) => {
+      let names = listings.get(dir);
+      if (names === undefined) {
+        names = view.list(dir);
+        listings.set(dir, names);
+      }
+      return names;
+    },
+  };
 
   for (const glob of globs) {
     const segments = glob.split("/").filter((segment) => segment !== "" && segment !== ".");
@@ -47,7 +61,7 @@ export function planProtection(root: string, globs: readonly string[], view: Hos
     const named = wholeDirectory ? segments.slice(0, -1) : segments;
     if (named.length === 0) continue;
 
-    walk(plan, view, root, root, named, wholeDirectory, glob);
+    walk(plan, cached, root, root, named, wholeDirectory, glob);
   }
 
   plan.readOnly = unique(plan.readOnly);
@@ -61,8 +75,7 @@ export function planProtection(root: string, globs: readonly string[], view: Hos
 function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, remaining: readonly string[], wholeDirectory: boolean, glob: string): void {
   const [segment, ...rest] = remaining as [string, ...string[]];
   const isLast = rest.length === 0;
-  const matches = picomatch(segment, { dot: true, nocase: true });
-  const entries = view.list(dir).filter((name) => matches(name));
+  const entries = view.list(dir).filter(segmentMatcher(segment));
 
   if (entries.length === 0) {
     if (GLOB_CHARACTERS.test(segment)) {
@@ -98,6 +111,16 @@ function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, rema
     plan.pins.push(path);
     walk(plan, view, root, path, rest, wholeDirectory, glob);
   }
+}
+
+/** Matches one path segment without regard to case; literal segments skip picomatch, which is slow to compile. */
+function segmentMatcher(segment: string): (name: string) => boolean {
+  if (!GLOB_CHARACTERS.test(segment)) {
+    const lower = segment.toLowerCase();
+    return (name) => name.toLowerCase() === lower;
+  }
+  const matches = picomatch(segment, { dot: true, nocase: true });
+  return (name) => matches(name);
 }
 
 /** A protected file with another name elsewhere could be changed through that name. */
