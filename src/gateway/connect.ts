@@ -30,10 +30,17 @@ export async function handleConnect(context: GatewayContext, request: IncomingMe
   const what = `CONNECT to ${target.display}:${target.port}`;
   record.update({ host: target.display, port: target.port });
 
-  const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept);
+  const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept, context.interception != null);
   if (verdict.action === "deny") {
     record.deny(verdict.denial.reason, verdict.denial.rule);
     refuse(verdict.denial, what);
+    return;
+  }
+  if (verdict.action === "intercept" && context.interception != null) {
+    // Upstream connections are opened per request by the interception layer, with the same checks.
+    record.allow(verdict.decision.rule.label);
+    client.write(ESTABLISHED);
+    context.interception.accept({ client, head, target, decision: verdict.decision, record });
     return;
   }
 

@@ -2,7 +2,9 @@ import type { Socket } from "node:net";
 import type { Logger } from "pino";
 import type { NetworkRules } from "../policy/network-decision.js";
 import type { Resolver } from "./dial.js";
-import { EventRecord, type EventStart, type NetworkEvent } from "./events.js";
+import { EventRecord, type CredentialEvent, type CredentialEventFields, type EventStart, type NetworkEvent } from "./events.js";
+import type { Interception } from "./interception.js";
+import type { Interceptor } from "./interceptor.js";
 import type { GatewayLimits } from "./limits.js";
 import type { ParentProxies } from "./upstream-proxy.js";
 import type { InterceptHook } from "./verdict.js";
@@ -17,8 +19,14 @@ export interface GatewayContext {
   parents: ParentProxies;
   /** Registers an upstream socket, so that closing the gateway closes it too. */
   trackUpstream(socket: Socket): void;
+  /** The TLS interceptor and request examiner (the credential broker), or null for none. */
+  interceptor: Interceptor | null;
+  /** The machinery that terminates intercepted TLS; set once the context is built, null without an interceptor. */
+  interception?: Interception | null;
   /** Starts the event for one request; the handler must finish or deny it on every path. */
   startEvent(start: EventStart): EventRecord;
+  /** Emits one credential event. */
+  credentialEvent(fields: CredentialEventFields): void;
 }
 
 /** Builds the event factory for one gateway; a throwing onEvent callback is logged, never fatal. */
@@ -35,4 +43,20 @@ export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent:
     }
   };
   return (start) => new EventRecord(ids, start, emit);
+}
+
+/** Builds the credential event emitter for one gateway; a throwing callback is logged, never fatal. */
+export function credentialEventEmitter(ids: { runId: string; sandboxId: string }, onEvent: ((event: CredentialEvent) => void) | undefined, logger: Logger): (fields: CredentialEventFields) => void {
+  return (fields) => {
+    const event: CredentialEvent = { type: "credential", version: 1, time: new Date().toISOString(), runId: ids.runId, sandboxId: ids.sandboxId, ...fields };
+    if (onEvent === undefined) {
+      logger.info({ event }, "credential event");
+      return;
+    }
+    try {
+      onEvent(event);
+    } catch (error) {
+      logger.error({ err: error, credential: event.credential, host: event.host }, "onCredentialEvent callback threw; the event is dropped");
+    }
+  };
 }

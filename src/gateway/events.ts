@@ -1,5 +1,8 @@
-/** Protocol a client used to reach the gateway. */
-export type GatewayProtocol = "http" | "connect" | "socks5";
+/**
+ * Protocol a client used to reach the gateway. "https" is one request inside a CONNECT or SOCKS5
+ * tunnel whose TLS the gateway terminated; the tunnel itself has its own "connect" or "socks5" event.
+ */
+export type GatewayProtocol = "http" | "https" | "connect" | "socks5";
 
 /**
  * One decision of the gateway, for the audit layer. Emitted once per plain HTTP request, CONNECT
@@ -20,9 +23,9 @@ export interface NetworkEvent {
   port: number;
   /** The address the gateway connected to, or null when it did not connect. */
   address: string | null;
-  /** HTTP method for plain HTTP requests; null for tunnels. */
+  /** HTTP method for plain HTTP and intercepted requests; null for tunnels. */
   method: string | null;
-  /** URL path without the query string for plain HTTP requests; null for tunnels. */
+  /** URL path without the query string for plain HTTP and intercepted requests; null for tunnels. */
   path: string | null;
   decision: "allow" | "deny";
   /** Label of the rule that decided, or null when no rule matched. */
@@ -121,3 +124,43 @@ export class EventRecord {
     this.#emit({ ...this.#event });
   }
 }
+
+/**
+ * One use of a credential by the gateway, for the audit layer. It names the credential and where
+ * in the request it was found or put, never the secret or the placeholder.
+ */
+export interface CredentialEvent {
+  type: "credential";
+  /** Schema version of this record. */
+  version: 1;
+  /** Time of the event, as an ISO 8601 UTC timestamp. */
+  time: string;
+  runId: string;
+  sandboxId: string;
+  /**
+   * "injected": the secret was put into a request to a bound host. "blocked": a placeholder or
+   * secret was found in a request to a host it is not bound to, or over plain HTTP, and the
+   * request was refused. "scrubbed": the secret was found in a response and replaced by its
+   * placeholder.
+   */
+  action: "injected" | "blocked" | "scrubbed";
+  /** Credential name from the policy. */
+  credential: string;
+  /** Canonical host of the request (IPv6 in brackets). */
+  host: string;
+  port: number;
+  /** "http" for plain HTTP, "https" for TLS the gateway terminated. */
+  protocol: "http" | "https";
+  method: string;
+  /** URL path without the query string. */
+  path: string;
+  /** Where the credential was found or put: "header x-api-key", "query key", "path", "body", "response". */
+  location: string;
+  /** Replacements made, for "scrubbed"; 1 otherwise. */
+  count: number;
+  /** Why a request was blocked; null for other actions. */
+  reason: string | null;
+}
+
+/** The fields of a credential event that its emitter supplies. */
+export type CredentialEventFields = Omit<CredentialEvent, "type" | "version" | "time" | "runId" | "sandboxId">;

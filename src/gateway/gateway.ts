@@ -6,10 +6,12 @@ import type { CanonicalHost } from "../policy/host.js";
 import { NetworkRules } from "../policy/network-decision.js";
 import type { Policy } from "../policy/types.js";
 import { handleConnect } from "./connect.js";
-import { eventFactory, type GatewayContext } from "./context.js";
+import { credentialEventEmitter, eventFactory, type GatewayContext } from "./context.js";
 import { rawDenialResponse, type Denial } from "./deny-response.js";
 import type { Resolver } from "./dial.js";
-import type { NetworkEvent } from "./events.js";
+import type { CredentialEvent, NetworkEvent } from "./events.js";
+import { Interception } from "./interception.js";
+import type { Interceptor } from "./interceptor.js";
 import { handleHttpRequest } from "./http-proxy.js";
 import { resolveLimits, type GatewayLimits } from "./limits.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
@@ -29,8 +31,19 @@ export interface GatewayOptions {
   /** Host resolver. Default: dns.lookup with all: true, which follows the host's resolver configuration. */
   resolve?: (name: string) => Promise<string[]>;
   limits?: Partial<GatewayLimits>;
-  /** Whether the gateway should terminate TLS for a host and port. Default: never. */
+  /**
+   * Whether the gateway should terminate TLS for a host and port. Default: the interceptor's
+   * choice, or never without an interceptor, in which case such tunnels are refused with 501.
+   */
   intercept?: (host: CanonicalHost, port: number) => boolean;
+  /**
+   * TLS interceptor and request examiner, normally the credential broker's. With one, tunnels to
+   * the hosts it wants and to hosts whose rules restrict methods or paths are intercepted, and
+   * plain HTTP requests are checked for leaked credentials.
+   */
+  interceptor?: Interceptor;
+  /** Receives one event per credential injection, leak block and response scrub. Without it, they go to the logger at info level. */
+  onCredentialEvent?: (event: CredentialEvent) => void;
   /** Logger for the gateway's own operation. Default: pino at warn level on standard error. */
   logger?: Logger;
 }
@@ -71,14 +84,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     limits,
     logger,
     resolve: options.resolve ?? defaultResolve,
-    intercept: options.intercept ?? (() => false),
+    intercept: options.intercept ?? options.interceptor?.wants.bind(options.interceptor) ?? (() => false),
     parents: parentProxiesFrom(options.policy.network.upstreamProxy),
     trackUpstream: (socket) => {
       upstreams.add(socket);
       socket.once("close", () => upstreams.delete(socket));
     },
+    interceptor: options.interceptor ?? null,
     startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger),
+    credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger),
   };
+  const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
+  context.interception = interception;
 
   const http = createHttpDispatcher(context);
   const sockets = new Set<Socket>();
@@ -118,6 +135,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         const allClosed = Promise.all(open.map((socket) => (socket.closed ? null : new Promise((resolve) => socket.once("close", resolve)))));
         for (const socket of open) socket.destroy();
         http.closeAllConnections();
+        interception?.close();
         await Promise.all([closed, allClosed]);
         logger.info("gateway stopped");
       })();

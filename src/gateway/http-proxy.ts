@@ -1,4 +1,5 @@
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import type { Transform } from "node:stream";
 import type { GatewayContext } from "./context.js";
 import { denialBody, type Denial } from "./deny-response.js";
 import { dialTarget, describeError } from "./dial.js";
@@ -11,6 +12,12 @@ import { decideRequest } from "./verdict.js";
 // connection between the client and the gateway and must not reach the upstream server.
 // Transfer-Encoding is kept on requests: Node's client then re-chunks the streamed body.
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer", "upgrade"]);
+
+/** A request body check and what to do when it finds a credential. */
+interface BodyCheck {
+  transform: Transform;
+  block(credential: string): void;
+}
 
 /** Handles one plain HTTP request in absolute-form: decide, dial a checked address, stream both ways. */
 export async function handleHttpRequest(context: GatewayContext, request: IncomingMessage, response: ServerResponse): Promise<void> {
@@ -45,6 +52,26 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     return;
   }
   const rule = verdict.decision.rule.label;
+
+  // Over plain HTTP no credential may travel: a placeholder or secret anywhere blocks the request.
+  let bodyCheck: BodyCheck | null = null;
+  if (context.interceptor !== null) {
+    const examined = context.interceptor.examine({ tls: false, host: target.host, port: target.port, method, target: originForm, rawHeaders: request.rawHeaders });
+    if (examined.action === "block") {
+      context.credentialEvent({ action: "blocked", credential: examined.leak.credential, host: target.display, port: target.port, protocol: "http", method, path, location: examined.leak.location, count: 1, reason: examined.reason });
+      refuse({ status: 403, reason: examined.reason, rule: null, hint: null }, what);
+      return;
+    }
+    const transform = examined.requestBody?.() ?? null;
+    if (transform !== null) {
+      const block = (credential: string) => {
+        const reason = `the request body carries a placeholder or secret of credential ${credential}, which may only be sent over TLS to its bound hosts`;
+        context.credentialEvent({ action: "blocked", credential, host: target.display, port: target.port, protocol: "http", method, path, location: "body", count: 1, reason });
+        refuse({ status: 403, reason, rule: null, hint: null }, what);
+      };
+      bodyCheck = { transform, block };
+    }
+  }
 
   const dialed = await dialTarget({
     target,
@@ -83,11 +110,13 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     setHost: false,
   });
 
-  forward(context, request, response, upstream, record, what);
+  forward(context, request, response, upstream, record, what, bodyCheck);
 }
 
-function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, what: string): void {
+function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, what: string, bodyCheck: BodyCheck | null): void {
   const fail = (message: string) => {
+    // A response already sent in full (a 403 for a leak in the body) stays as it is.
+    if (response.writableEnded) return;
     record.finish(message);
     if (!response.headersSent) {
       sendDenial(response, { status: 502, reason: message, rule: null, hint: null }, what);
@@ -110,7 +139,23 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
   });
 
   request.on("data", (chunk: Buffer) => record.addBytesUp(chunk.length));
-  request.pipe(upstream);
+  if (bodyCheck === null) {
+    request.pipe(upstream);
+  } else {
+    // A leak stops the body before the matching bytes leave the gateway, and aborts the upstream request.
+    const { transform } = bodyCheck;
+    transform.on("error", (error: Error & { credential?: string }) => {
+      request.unpipe(transform);
+      request.resume();
+      upstream.destroy();
+      if (error.credential === undefined) {
+        fail(`request body check failed (${error.message})`);
+        return;
+      }
+      bodyCheck.block(error.credential);
+    });
+    request.pipe(transform).pipe(upstream);
+  }
 
   // A client that goes away takes the upstream request with it.
   response.on("close", () => {

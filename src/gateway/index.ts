@@ -1,5 +1,6 @@
 export { startGateway, type Gateway, type GatewayOptions } from "./gateway.js";
-export type { GatewayProtocol, NetworkEvent } from "./events.js";
+export type { CredentialEvent, GatewayProtocol, NetworkEvent } from "./events.js";
+export type { Interceptor, InterceptedRequestHead, RequestExamination, ResponseScrubber } from "./interceptor.js";
 export { DEFAULT_LIMITS, type GatewayLimits } from "./limits.js";
 export { parseClientHello, type ClientHelloResult } from "./client-hello.js";
 export { parseGreeting, parseRequest as parseSocksRequest, encodeReply as encodeSocksReply, SocksReply } from "./socks5.js";

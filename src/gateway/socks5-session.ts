@@ -70,9 +70,17 @@ export async function handleSocks5(context: GatewayContext, client: Socket): Pro
     return;
   }
 
-  const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept);
+  const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept, context.interception != null);
   if (verdict.action === "deny") {
     refuse(SocksReply.notAllowedByRuleset, verdict.denial.reason, verdict.denial.rule);
+    return;
+  }
+  if (verdict.action === "intercept" && context.interception != null) {
+    client.off("close", onCloseDuringHandshake);
+    clearTimeout(timer);
+    record.allow(verdict.decision.rule.label);
+    client.write(encodeReply(SocksReply.succeeded));
+    context.interception.accept({ client, head: rest, target, decision: verdict.decision, record });
     return;
   }
 

@@ -5,7 +5,11 @@ import type { Target } from "./target.js";
 
 export type AllowDecision = Extract<NetworkDecision, { action: "allow" }>;
 
-export type Verdict = { action: "allow"; decision: AllowDecision } | { action: "deny"; denial: Denial };
+/**
+ * "intercept" allows a tunnel on condition that the gateway terminates its TLS and checks every
+ * request inside it.
+ */
+export type Verdict = { action: "allow"; decision: AllowDecision } | { action: "intercept"; decision: AllowDecision } | { action: "deny"; denial: Denial };
 
 /** What the gateway can see of a request: method and path for plain HTTP, nothing for a tunnel. */
 export type RequestView = { kind: "http"; method: string; path: string } | { kind: "tunnel" };
@@ -15,22 +19,26 @@ export type InterceptHook = (host: CanonicalHost, port: number) => boolean;
 
 /**
  * Decides one request from its target alone, before any DNS query. Address checks come later,
- * in dial, once the name is resolved.
+ * in dial, once the name is resolved. `canIntercept` says whether this gateway has a TLS
+ * interceptor: with one, a tunnel to a host whose rules restrict methods or paths is intercepted
+ * instead of refused.
  */
-export function decideRequest(rules: NetworkRules, target: Target, view: RequestView, intercept: InterceptHook): Verdict {
+export function decideRequest(rules: NetworkRules, target: Target, view: RequestView, intercept: InterceptHook, canIntercept = false): Verdict {
   if (view.kind === "http") return decideHttp(rules, target, view.method, view.path);
 
   const decision = rules.decide({ host: target.host, port: target.port });
   if (decision.action === "deny") return deny(decision, target);
 
+  if (canIntercept && (decision.inspect || intercept(target.host, target.port))) return { action: "intercept", decision };
+
   if (intercept(target.host, target.port)) {
-    // TODO: hand the tunnel to the TLS interception layer once it exists. Until then a tunnel
-    // marked for interception is refused, so that no host meant to be inspected passes unread.
+    // Without an interceptor, a tunnel marked for interception is refused, so that no host
+    // meant to be inspected passes unread.
     return {
       action: "deny",
       denial: {
         status: 501,
-        reason: `TLS interception of ${target.display}:${target.port} was requested, but this gateway cannot intercept TLS yet`,
+        reason: `TLS interception of ${target.display}:${target.port} was requested, but this gateway cannot intercept TLS yet, because it was started without an interceptor`,
         rule: decision.rule.label,
         hint: null,
       },

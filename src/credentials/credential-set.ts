@@ -1,0 +1,65 @@
+import type { CanonicalHost } from "../policy/host.js";
+import { hostPatternMatches } from "../policy/host-pattern.js";
+import type { Credential } from "../policy/types.js";
+import { base64Fragments, percentEncoded } from "./encodings.js";
+import type { Needle } from "./stream-matcher.js";
+
+/** A credential of one run: its policy entry, its secret and its placeholder. */
+export interface RunCredential {
+  credential: Credential;
+  name: string;
+  secret: string;
+  placeholder: string;
+}
+
+/** The credentials of one run, with the needle lists the gateway searches for. Build once per run. */
+export class CredentialSet {
+  readonly all: readonly RunCredential[];
+  readonly #leakNeedles = new Map<RunCredential, Needle[]>();
+  readonly #boundCache = new Map<string, readonly RunCredential[]>();
+
+  constructor(credentials: readonly RunCredential[]) {
+    this.all = credentials;
+    for (const entry of credentials) this.#leakNeedles.set(entry, leakNeedlesOf(entry));
+  }
+
+  /** Credentials whose secret may go to this host. Over plain HTTP no credential is bound. */
+  boundTo(host: CanonicalHost): readonly RunCredential[] {
+    const key = host.kind === "name" ? host.name : `[${host.address}]`;
+    let bound = this.#boundCache.get(key);
+    if (bound === undefined) {
+      bound = this.all.filter((entry) => entry.credential.hosts.some((pattern) => hostPatternMatches(pattern, host)));
+      // The cache is bounded by the hosts a sandbox may reach; clear it rather than grow without end.
+      if (this.#boundCache.size > 4096) this.#boundCache.clear();
+      this.#boundCache.set(key, bound);
+    }
+    return bound;
+  }
+
+  /** Needles whose presence in a request is a leak: every form of the placeholder and secret of each credential given. */
+  leakNeedles(credentials: readonly RunCredential[]): Needle[] {
+    return credentials.flatMap((entry) => this.#leakNeedles.get(entry) ?? []);
+  }
+}
+
+function leakNeedlesOf(entry: RunCredential): Needle[] {
+  const texts = new Set<string>([entry.placeholder, entry.secret]);
+  for (const value of [entry.placeholder, entry.secret]) {
+    for (const fragment of base64Fragments(value)) texts.add(fragment);
+  }
+  const encodedSecret = percentEncoded(entry.secret);
+  if (encodedSecret !== null) texts.add(encodedSecret);
+
+  return [...texts].map((text) => ({ pattern: Buffer.from(text, "utf8"), replacement: null, tag: entry.name }));
+}
+
+/** Needles that turn each bound secret in a response back into its placeholder. */
+export function scrubNeedles(bound: readonly RunCredential[]): Needle[] {
+  const needles: Needle[] = [];
+  for (const entry of bound) {
+    needles.push({ pattern: Buffer.from(entry.secret, "utf8"), replacement: Buffer.from(entry.placeholder, "utf8"), tag: entry.name });
+    const encoded = percentEncoded(entry.secret);
+    if (encoded !== null) needles.push({ pattern: Buffer.from(encoded, "utf8"), replacement: Buffer.from(entry.placeholder, "utf8"), tag: entry.name });
+  }
+  return needles;
+}

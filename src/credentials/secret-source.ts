@@ -1,0 +1,117 @@
+import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import type { Credential } from "../policy/types.js";
+
+/** Time a `command` source may run before it is killed, in milliseconds. */
+export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
+/** Largest secret read from a file or a command's standard output, in bytes. */
+const MAX_SECRET_BYTES = 64 * 1024;
+/**
+ * Shortest secret accepted, in characters. Response scrubbing replaces every occurrence of a
+ * secret, and a value this short would also match ordinary text.
+ */
+export const MIN_SECRET_LENGTH = 8;
+
+/** A secret that could not be resolved. The message names the credential and its source, never a value. */
+export class CredentialError extends Error {
+  readonly credential: string;
+
+  constructor(credential: string, message: string) {
+    super(`credential ${credential}: ${message}`);
+    this.name = "CredentialError";
+    this.credential = credential;
+  }
+}
+
+export interface ResolveOptions {
+  /** Host environment used for `env` sources and passed to `command` sources. */
+  env: NodeJS.ProcessEnv;
+  /** Time limit for each `command` source, in milliseconds. */
+  commandTimeoutMs?: number;
+}
+
+/** Describes where a credential's secret comes from, for messages. */
+export function describeSource(credential: Credential): string {
+  const source = credential.source;
+  if (source.kind === "env") return `host environment variable ${source.name}`;
+  if (source.kind === "file") return `file ${source.path}`;
+  return `command ${JSON.stringify(source.argv.join(" "))}`;
+}
+
+/**
+ * Reads one credential's secret on the host: a host environment variable, a file (trimmed), or
+ * a command's standard output (trimmed). Rejects with a CredentialError when the secret is
+ * missing, empty, too short, or contains a line break or NUL (which no header value may carry).
+ */
+export async function resolveSecret(credential: Credential, options: ResolveOptions): Promise<string> {
+  const raw = await readSource(credential, options);
+  const secret = raw.trim();
+  const where = describeSource(credential);
+
+  if (secret.length === 0) throw new CredentialError(credential.name, `${where} is empty`);
+  if (/[\r\n\0]/.test(secret)) {
+    throw new CredentialError(credential.name, `the secret from ${where} contains a line break or NUL byte, which cannot be sent in an HTTP header`);
+  }
+  if (secret.length < MIN_SECRET_LENGTH) {
+    throw new CredentialError(credential.name, `the secret from ${where} is shorter than ${MIN_SECRET_LENGTH} characters, too short to scrub from responses safely`);
+  }
+  return secret;
+}
+
+/** Resolves every credential of a policy, in order; the first failure rejects with its CredentialError. */
+export async function resolveSecrets(credentials: readonly Credential[], options: ResolveOptions): Promise<Map<string, string>> {
+  const secrets = new Map<string, string>();
+  for (const credential of credentials) secrets.set(credential.name, await resolveSecret(credential, options));
+  return secrets;
+}
+
+async function readSource(credential: Credential, options: ResolveOptions): Promise<string> {
+  const source = credential.source;
+  switch (source.kind) {
+    case "env": {
+      const value = options.env[source.name];
+      if (value === undefined) throw new CredentialError(credential.name, `host environment variable ${source.name} is not set; export it before the run or change the credential's source`);
+      return value;
+    }
+    case "file":
+      return readSecretFile(credential, source.path);
+    case "command":
+      return runSecretCommand(credential, source.argv, options);
+  }
+}
+
+async function readSecretFile(credential: Credential, path: string): Promise<string> {
+  let content: Buffer;
+  try {
+    content = await readFile(path);
+  } catch (cause) {
+    const code = (cause as NodeJS.ErrnoException).code ?? "error";
+    throw new CredentialError(credential.name, `cannot read file ${path} (${code})`);
+  }
+  if (content.length > MAX_SECRET_BYTES) throw new CredentialError(credential.name, `file ${path} is larger than ${MAX_SECRET_BYTES} bytes; point the source at a file that holds only the secret`);
+  return content.toString("utf8");
+}
+
+// Neither standard output nor standard error goes into a message: either may hold the secret.
+function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
+  const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const shown = JSON.stringify(argv.join(" "));
+  const [file, ...args] = argv as [string, ...string[]];
+
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { env: options.env, timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
+      if (error === null) {
+        resolve(stdout);
+        return;
+      }
+      const failure = error as NodeJS.ErrnoException & { killed?: boolean; code?: string | number | null; signal?: NodeJS.Signals | null };
+      let why: string;
+      if (failure.code === "ENOENT") why = `command ${shown} was not found`;
+      else if (failure.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") why = `command ${shown} wrote more than ${MAX_SECRET_BYTES} bytes`;
+      else if (failure.killed === true && failure.signal === "SIGKILL") why = `command ${shown} timed out after ${timeoutMs} ms`;
+      else if (typeof failure.code === "number") why = `command ${shown} failed with exit status ${failure.code}`;
+      else why = `command ${shown} failed (${String(failure.code ?? failure.signal ?? "unknown error")})`;
+      reject(new CredentialError(credential.name, why));
+    });
+  });
+}

@@ -1,0 +1,90 @@
+// Finds needles (placeholders, secrets and their encodings) in a byte stream that arrives in
+// chunks of any size. A needle can straddle two chunks, so the matcher holds back the end of
+// each chunk, but only the bytes that begin some needle: text that cannot start a match passes
+// at once, which keeps server-sent events and other streamed responses flowing.
+
+/** One byte sequence to look for. */
+export interface Needle {
+  pattern: Buffer;
+  /** Bytes written in place of the pattern, or null when finding the pattern stops the stream. */
+  replacement: Buffer | null;
+  /** Caller's label for the needle, returned with a hit (a credential name, never the value). */
+  tag: string;
+}
+
+export type MatchResult =
+  /** Bytes that may be passed on now. */
+  | { kind: "pass"; output: Buffer }
+  /** A needle without replacement was found; nothing from this chunk may be passed on. */
+  | { kind: "hit"; needle: Needle };
+
+const EMPTY = Buffer.alloc(0);
+
+/** Streaming search and replace over a fixed set of needles. */
+export class StreamMatcher {
+  readonly #needles: readonly Needle[];
+  #carry: Buffer = EMPTY;
+  /** Number of replacements made so far, by tag. */
+  readonly replaced = new Map<string, number>();
+
+  constructor(needles: readonly Needle[]) {
+    this.#needles = needles.filter((needle) => needle.pattern.length > 0);
+  }
+
+  /** Processes one chunk. After a hit the matcher must not be used again. */
+  write(chunk: Buffer): MatchResult {
+    const buffer = this.#carry.length === 0 ? chunk : Buffer.concat([this.#carry, chunk]);
+    const parts: Buffer[] = [];
+    let position = 0;
+
+    for (;;) {
+      const found = this.#earliest(buffer, position);
+      if (found === null) break;
+      if (found.needle.replacement === null) return { kind: "hit", needle: found.needle };
+
+      parts.push(buffer.subarray(position, found.index), found.needle.replacement);
+      position = found.index + found.needle.pattern.length;
+      this.replaced.set(found.needle.tag, (this.replaced.get(found.needle.tag) ?? 0) + 1);
+    }
+
+    const hold = Math.max(position, this.#partialStart(buffer, position));
+    parts.push(buffer.subarray(position, hold));
+    // Copy the held bytes: the caller may reuse the chunk's memory.
+    this.#carry = hold === buffer.length ? EMPTY : Buffer.from(buffer.subarray(hold));
+    return { kind: "pass", output: parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts) };
+  }
+
+  /** Returns the held-back bytes at the end of the stream; they contain no complete needle. */
+  end(): Buffer {
+    const rest = this.#carry;
+    this.#carry = EMPTY;
+    return rest;
+  }
+
+  #earliest(buffer: Buffer, from: number): { index: number; needle: Needle } | null {
+    let best: { index: number; needle: Needle } | null = null;
+    for (const needle of this.#needles) {
+      const index = buffer.indexOf(needle.pattern, from);
+      if (index === -1) continue;
+      // At the same position the longer needle wins, so an encoded form is not cut in two.
+      if (best === null || index < best.index || (index === best.index && needle.pattern.length > best.needle.pattern.length)) best = { index, needle };
+    }
+    return best;
+  }
+
+  // Returns where the earliest proper prefix of a needle starts among the buffer's last bytes,
+  // or the buffer length when no needle begins there.
+  #partialStart(buffer: Buffer, from: number): number {
+    let start = buffer.length;
+    for (const needle of this.#needles) {
+      const first = needle.pattern[0] as number;
+      const lowest = Math.max(from, buffer.length - needle.pattern.length + 1);
+      for (let index = buffer.length - 1; index >= lowest && index < start; index--) {
+        if (buffer[index] !== first) continue;
+        const length = buffer.length - index;
+        if (buffer.compare(needle.pattern, 0, length, index, buffer.length) === 0) start = index;
+      }
+    }
+    return start;
+  }
+}

@@ -1,0 +1,212 @@
+// TLS interception of one gateway: a tunnel that the verdict marks for interception is answered
+// by the gateway itself with a leaf certificate from the interceptor, and the HTTP/1.1 requests
+// inside it go through intercepted-request.ts, each checked and forwarded over a verified
+// upstream TLS connection.
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import { parseClientHello } from "./client-hello.js";
+import type { GatewayContext } from "./context.js";
+import { rawDenialResponse } from "./deny-response.js";
+import { dialTarget } from "./dial.js";
+import type { EventRecord } from "./events.js";
+import { handleInterceptedRequest } from "./intercepted-request.js";
+import type { Interceptor } from "./interceptor.js";
+import type { Target } from "./target.js";
+import { checkClientHello, runTunnel } from "./tunnel.js";
+import { UpstreamAgents } from "./upstream-tls.js";
+import { parentFor } from "./upstream-proxy.js";
+import type { AllowDecision } from "./verdict.js";
+
+/** A TLS fatal alert, unrecognized_name (RFC 8446, section 6.2), sent before closing a tunnel whose SNI is refused. */
+const ALERT_UNRECOGNIZED_NAME = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]);
+
+/** One client connection whose TLS the gateway terminated. */
+export interface InterceptSession {
+  target: Target;
+  decision: AllowDecision;
+  interceptor: Interceptor;
+  agents: UpstreamAgents;
+}
+
+export interface AcceptOptions {
+  client: Socket;
+  /** Client bytes that arrived with the tunnel request. */
+  head: Buffer;
+  target: Target;
+  decision: AllowDecision;
+  /** The tunnel's event, already marked allowed; finished when the client connection closes. */
+  record: EventRecord;
+}
+
+/** The interception machinery of one gateway: one HTTP server for decrypted connections and the upstream agents. */
+export class Interception {
+  readonly #context: GatewayContext;
+  readonly #interceptor: Interceptor;
+  readonly #server: HttpServer;
+  readonly #agents: UpstreamAgents;
+  readonly #sessions = new WeakMap<Socket, InterceptSession>();
+
+  constructor(context: GatewayContext, interceptor: Interceptor) {
+    this.#context = context;
+    this.#interceptor = interceptor;
+    this.#agents = new UpstreamAgents(context, interceptor.upstreamTrust);
+
+    const { limits, logger } = context;
+    this.#server = createHttpServer({
+      maxHeaderSize: limits.maxHeaderBytes,
+      requireHostHeader: false,
+      joinDuplicateHeaders: false,
+      headersTimeout: limits.handshakeTimeoutMs,
+      requestTimeout: 0,
+      keepAliveTimeout: limits.idleTimeoutMs,
+    });
+    this.#server.timeout = limits.idleTimeoutMs;
+    this.#server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+      const session = this.#sessions.get(request.socket);
+      if (session === undefined) {
+        response.destroy();
+        return;
+      }
+      handleInterceptedRequest(context, session, request, response).catch((error: unknown) => {
+        logger.error({ err: error }, "intercepted request handler failed");
+        response.destroy();
+      });
+    });
+    this.#server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+      const session = this.#sessions.get(socket);
+      const record = context.startEvent({ protocol: "https", host: session?.target.display ?? "", port: session?.target.port ?? 0 });
+      const reason = error.code === "HPE_HEADER_OVERFLOW" ? `the request head is larger than the gateway's limit of ${limits.maxHeaderBytes} bytes` : `the request inside TLS is not valid HTTP/1.1 (${error.code ?? error.message})`;
+      record.deny(reason);
+      if (socket.writable && error.code !== "ECONNRESET") socket.end(rawDenialResponse({ status: error.code === "HPE_HEADER_OVERFLOW" ? 431 : 400, reason, rule: null, hint: null }, "the request"));
+      else socket.destroy();
+    });
+    // WebSocket and other upgrades are not forwarded through interception yet.
+    this.#server.on("upgrade", (request: IncomingMessage, socket: Socket) => {
+      const session = this.#sessions.get(socket);
+      const record = context.startEvent({ protocol: "https", host: session?.target.display ?? "", port: session?.target.port ?? 0, method: request.method ?? null });
+      const reason = "the gateway does not forward protocol upgrades (such as WebSocket) on hosts whose TLS it intercepts";
+      record.deny(reason);
+      socket.end(rawDenialResponse({ status: 501, reason, rule: null, hint: null }, "the upgrade request"));
+    });
+  }
+
+  /**
+   * Takes over an allowed tunnel. The first client bytes decide: a TLS ClientHello whose SNI
+   * matches the target is answered with a minted leaf certificate; a stream that is not TLS
+   * becomes an ordinary tunnel, unless the host's rules restrict methods or paths.
+   */
+  accept(options: AcceptOptions): void {
+    const { client, target, record } = options;
+    const { limits, logger } = this.#context;
+    let held = options.head;
+
+    client.on("error", (error) => logger.debug({ err: error, host: target.display }, "intercepted client socket error"));
+    client.setTimeout(limits.idleTimeoutMs, () => client.destroy());
+    const timer = setTimeout(() => {
+      record.finish(`client sent no complete TLS ClientHello within ${limits.handshakeTimeoutMs} ms`);
+      client.destroy();
+    }, limits.handshakeTimeoutMs);
+
+    const onClose = () => {
+      clearTimeout(timer);
+      record.addBytesUp(client.bytesRead);
+      record.addBytesDown(client.bytesWritten);
+      record.finish();
+    };
+    client.once("close", onClose);
+
+    const inspect = () => {
+      const first = parseClientHello(held);
+      if (first.kind === "incomplete" && checkClientHello(held, target) === "wait") return false;
+
+      clearTimeout(timer);
+      client.off("data", onData);
+      if (first.kind === "not-tls") {
+        client.off("close", onClose);
+        this.#tunnelPlain(options, held);
+        return true;
+      }
+
+      const verdict = checkClientHello(held, target);
+      if (verdict !== "ok") {
+        record.deny(verdict, options.decision.rule.label);
+        client.end(ALERT_UNRECOGNIZED_NAME);
+        return true;
+      }
+
+      client.pause();
+      client.unshift(held);
+      held = Buffer.alloc(0);
+      this.#startTls(options).catch((error: unknown) => {
+        logger.error({ err: error, host: target.display }, "TLS interception failed to start");
+        record.finish(`TLS interception failed to start (${error instanceof Error ? error.message : String(error)})`);
+        client.destroy();
+      });
+      return true;
+    };
+    const onData = (chunk: Buffer) => {
+      held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+      inspect();
+    };
+
+    if (held.length > 0 && inspect()) return;
+    client.on("data", onData);
+    client.resume();
+  }
+
+  async #startTls(options: AcceptOptions): Promise<void> {
+    const { client, target } = options;
+    const secureContext = await this.#interceptor.secureContextFor(target.host);
+    if (client.destroyed) return;
+
+    // TLSSocket reads the bytes held in the client socket's buffer (the unshifted ClientHello) first.
+    const tls = new TLSSocket(client, { isServer: true, secureContext, ALPNProtocols: ["http/1.1"] });
+    tls.on("error", (error) => this.#context.logger.debug({ err: error, host: target.display }, "intercepted TLS error"));
+    this.#sessions.set(tls, { target, decision: options.decision, interceptor: this.#interceptor, agents: this.#agents });
+    this.#server.emit("connection", tls);
+  }
+
+  // A stream that is not TLS passes as an ordinary tunnel: interception exists for HTTPS, and
+  // other protocols to a credential host (SSH to a Git host, say) carry no HTTP credentials.
+  #tunnelPlain(options: AcceptOptions, held: Buffer): void {
+    const { client, target, record, decision } = options;
+    if (decision.inspect) {
+      record.deny(`rules for ${target.display}:${target.port} restrict methods or paths, and the tunnel does not carry TLS the gateway can intercept`, decision.rule.label);
+      client.destroy();
+      return;
+    }
+
+    client.pause();
+    void dialTarget({
+      target,
+      decision,
+      resolve: this.#context.resolve,
+      connectTimeoutMs: this.#context.limits.connectTimeoutMs,
+      parent: parentFor(this.#context.parents, target, "tunnel"),
+      mode: "tunnel",
+    }).then((dialed) => {
+      if (!dialed.ok) {
+        record.update({ address: dialed.address });
+        if (dialed.decision === "deny") record.deny(dialed.denial.reason, dialed.denial.rule);
+        else record.finish(dialed.denial.reason);
+        client.destroy();
+        return;
+      }
+      if (client.destroyed) {
+        dialed.socket.destroy();
+        record.finish("client closed the connection before the tunnel was established");
+        return;
+      }
+      record.update({ address: dialed.address });
+      runTunnel(this.#context, { client, upstream: dialed.socket, head: held, target, record, rule: decision.rule.label });
+      client.resume();
+    });
+  }
+
+  /** Closes decrypted client connections and pooled upstream connections. */
+  close(): void {
+    this.#server.closeAllConnections();
+    this.#agents.close();
+  }
+}

@@ -1,0 +1,61 @@
+// The contract between the gateway and whatever decides what intercepted and plain HTTP requests
+// may carry (the credential broker). The gateway owns sockets, TLS and HTTP framing; the
+// interceptor owns certificates, request rewriting, leak checks and response scrubbing.
+import type { Transform } from "node:stream";
+import type { SecureContext } from "node:tls";
+import type { CanonicalHost } from "../policy/host.js";
+
+/** The parts of a request an interceptor examines. */
+export interface InterceptedRequestHead {
+  /** True inside TLS that the gateway terminated; false for plain HTTP. */
+  tls: boolean;
+  host: CanonicalHost;
+  port: number;
+  method: string;
+  /** Origin-form request target: path and query. */
+  target: string;
+  /** Header names and values, alternating, without hop-by-hop headers. */
+  rawHeaders: readonly string[];
+}
+
+/** A credential and where in a request it was found or put. */
+export interface CredentialLocation {
+  credential: string;
+  location: string;
+}
+
+export type RequestExamination =
+  | { action: "block"; leak: CredentialLocation; reason: string }
+  | {
+      action: "pass";
+      target: string;
+      rawHeaders: string[];
+      /** Credentials put into the request. */
+      injected: readonly CredentialLocation[];
+      /**
+       * Makes the transform the request body flows through, or null when there is nothing to
+       * look for. On a leak the transform fails with an error whose `credential` property names
+       * the credential.
+       */
+      requestBody: (() => Transform) | null;
+      /** Scrubs the response, or null when the host is bound to no credential. */
+      response: ResponseScrubber | null;
+    };
+
+export interface ResponseScrubber {
+  /** Rewrites header values in place; returns replacements per credential. */
+  headers(rawHeaders: string[]): ReadonlyMap<string, number>;
+  /** Transforms for a body with this Content-Encoding, or the reason it cannot be scrubbed. */
+  body(contentEncoding: string | undefined): { ok: true; transforms: Transform[]; replaced(): ReadonlyMap<string, number> } | { ok: false; reason: string };
+}
+
+export interface Interceptor {
+  /** Whether TLS to this host and port must be terminated (credential and capture hosts). */
+  wants(host: CanonicalHost, port: number): boolean;
+  /** TLS context with a leaf certificate for the host, minted on first use. */
+  secureContextFor(host: CanonicalHost): Promise<SecureContext>;
+  /** Trust store for upstream TLS: the host's CA bundle plus any extra CAs. */
+  upstreamTrust: SecureContext;
+  /** Examines and rewrites one request head. */
+  examine(head: InterceptedRequestHead): RequestExamination;
+}
