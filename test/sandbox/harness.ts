@@ -26,10 +26,14 @@ export interface BoxUser {
 
 export const isRoot = process.getuid?.() === 0;
 
-/** The users to run the suite as: root and TEST_USER when running as root, else the caller. */
+/**
+ * The users to run the suite as: root and TEST_USER when running as root, else the caller. Each
+ * gets a fresh home directory under /tmp, so no test touches a real ~/.ssh or run history.
+ */
 export function boxUsers(): BoxUser[] {
   const current = userInfo();
-  const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: current.homedir };
+  const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: "" };
+  me.home = makeHome(me);
   if (!isRoot) return [me];
 
   if (spawnSync("id", ["-u", TEST_USER]).status !== 0) {
@@ -38,8 +42,15 @@ export function boxUsers(): BoxUser[] {
   }
   const uid = Number(spawnSync("id", ["-u", TEST_USER], { encoding: "utf8" }).stdout.trim());
   const gid = Number(spawnSync("id", ["-g", TEST_USER], { encoding: "utf8" }).stdout.trim());
-  const home = spawnSync("getent", ["passwd", TEST_USER], { encoding: "utf8" }).stdout.split(":")[5] ?? `/home/${TEST_USER}`;
-  return [me, { name: TEST_USER, uid, gid, home }];
+  const other: BoxUser = { name: TEST_USER, uid, gid, home: "" };
+  other.home = makeHome(other);
+  return [me, other];
+}
+
+function makeHome(user: BoxUser): string {
+  const home = mkdtempSync(join(tmpdir(), "ringfence-home-"));
+  chownTree(home, user);
+  return home;
 }
 
 /** Creates a workspace directory owned by `user`, with `files` (relative path → content). */
@@ -88,7 +99,8 @@ export function runBox(user: BoxUser, cwd: string, flags: readonly string[], com
     [HOST_SECRET_NAME]: HOST_SECRET_VALUE,
   };
   const current = userInfo().username;
-  const full = user.name === current ? argv : ["runuser", "-u", user.name, "--", ...argv];
+  // runuser resets HOME to the account's home, so env sets it again after the switch.
+  const full = user.name === current ? argv : ["runuser", "-u", user.name, "--", "env", `HOME=${user.home}`, ...argv];
 
   // Asynchronous, because the suite's loopback servers run in this process's event loop.
   return new Promise((resolve, reject) => {
