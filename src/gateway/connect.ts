@@ -53,6 +53,7 @@ export async function handleConnect(context: GatewayContext, request: IncomingMe
     connectTimeoutMs: context.limits.connectTimeoutMs,
     parent: parentFor(context.parents, target, "tunnel"),
     mode: "tunnel",
+    relay: true,
   });
 
   if (!dialed.ok) {

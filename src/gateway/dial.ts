@@ -2,6 +2,7 @@ import { connect, isIP, type Socket } from "node:net";
 import { classifyAddress } from "../policy/address.js";
 import { canonicalHost } from "../policy/host.js";
 import { hintForAddress, type Denial } from "./deny-response.js";
+import { ReadRelay } from "./relay.js";
 import type { Target } from "./target.js";
 import { connectToParent, connectViaParent, type ParentProxy } from "./upstream-proxy.js";
 import type { AllowDecision } from "./verdict.js";
@@ -36,6 +37,11 @@ export interface DialOptions {
   parent: ParentProxy | null;
   /** "tunnel" sends CONNECT to the parent; "http" returns a plain connection for absolute-form requests. */
   mode: "http" | "tunnel";
+  /**
+   * Reads a direct connection through a ReadRelay, for a tunnel that runTunnel copies as raw
+   * bytes. Leave it unset for a socket that HTTP or TLS code reads itself.
+   */
+  relay?: boolean;
 }
 
 /**
@@ -65,7 +71,7 @@ export async function dialTarget(options: DialOptions): Promise<DialResult> {
   let timedOut = false;
   for (const address of found.addresses) {
     try {
-      const socket = await connectAddress(address, target.port, options.connectTimeoutMs);
+      const socket = await connectAddress(address, target.port, options.connectTimeoutMs, options.relay === true ? new ReadRelay() : null);
       return { ok: true, socket, address, parent: null };
     } catch (cause) {
       lastError = `${address}: ${describeError(cause)}`;
@@ -177,9 +183,10 @@ class ConnectTimeoutError extends Error {
  * Opens a TCP connection to an IP literal, so no name lookup can happen on the way. The caller
  * must add an error listener to the returned socket before its next tick.
  */
-export function connectAddress(address: string, port: number, timeoutMs: number): Promise<Socket> {
+export function connectAddress(address: string, port: number, timeoutMs: number, relay: ReadRelay | null = null): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: address, port, noDelay: true });
+    const socket = relay === null ? connect({ host: address, port, noDelay: true }) : connect({ host: address, port, noDelay: true, onread: relay.onread });
+    relay?.bind(socket);
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new ConnectTimeoutError(timeoutMs));

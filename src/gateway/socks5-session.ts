@@ -92,6 +92,7 @@ export async function handleSocks5(context: GatewayContext, client: Socket): Pro
     connectTimeoutMs: context.limits.connectTimeoutMs,
     parent: parentFor(context.parents, target, "tunnel"),
     mode: "tunnel",
+    relay: true,
   });
   clearTimeout(timer);
   const rule = verdict.decision.rule.label;

@@ -3,6 +3,7 @@ import { canonicalHost } from "../policy/host.js";
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.js";
 import type { GatewayContext } from "./context.js";
 import type { EventRecord } from "./events.js";
+import { relayFor } from "./relay.js";
 import type { Target } from "./target.js";
 
 /** A TLS fatal alert, unrecognized_name (RFC 8446, section 6.2), sent before closing a tunnel whose SNI is refused. */
@@ -49,8 +50,15 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   upstream.on("close", onClose);
 
   // A client that is gone cannot receive anything more. An upstream that closes first has
-  // already ended the client through pipe(), which still flushes what is buffered.
+  // already ended the client's side through pipe() or the relay; once that has flushed, the
+  // client socket closes too, because nothing it sends could reach the upstream any more and a
+  // client that never closes its side would otherwise hold a connection slot until the idle
+  // timeout.
   client.on("close", () => upstream.destroy());
+  upstream.on("close", () => {
+    if (client.writableFinished) client.destroy();
+    else client.once("finish", () => client.destroy());
+  });
   client.on("error", (error) => {
     logger.debug({ err: error, host: target.display }, "tunnel client socket error");
     destroyBoth(null);
@@ -65,7 +73,9 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   client.setTimeout(limits.idleTimeoutMs, onIdle);
   upstream.setTimeout(limits.idleTimeoutMs, onIdle);
 
-  upstream.pipe(client);
+  const relay = relayFor(upstream);
+  if (relay !== undefined) relay.pipeTo(client);
+  else upstream.pipe(client);
 
   let held: Buffer = options.head;
   const handshakeTimer = setTimeout(() => destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`), limits.handshakeTimeoutMs);
