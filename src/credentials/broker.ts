@@ -25,7 +25,7 @@ import { CredentialSet, type RunCredential } from "./credential-set.js";
 import { makePlaceholder } from "./placeholder.js";
 import { planRequest } from "./request-rewrite.js";
 import { resolveSecrets } from "./secret-source.js";
-import type { Needle } from "./stream-matcher.js";
+import { StreamMatcher, type Needle } from "./stream-matcher.js";
 
 /** Host CA bundles, in the order they are tried: Debian and Ubuntu, Fedora and RHEL, Alpine and macOS, openSUSE. */
 export const SYSTEM_CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem", "/etc/ssl/ca-bundle.pem"] as const;
@@ -155,6 +155,13 @@ function examine(credentials: CredentialSet, head: InterceptedRequestHead): Requ
 function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
   return {
     headers: (rawHeaders) => scrubHeaderValues(rawHeaders, needles),
+    wholeBody(body) {
+      const matcher = new StreamMatcher(needles);
+      const result = matcher.write(body);
+      // Scrub needles all have replacements, so the matcher never reports a hit here.
+      const output = result.kind === "pass" ? Buffer.concat([result.output, matcher.end()]) : Buffer.alloc(0);
+      return { body: output, replaced: matcher.replaced };
+    },
     body(contentEncoding) {
       const pipeline = scrubPipeline(contentEncoding, needles);
       if (!pipeline.ok) return pipeline;

@@ -12,6 +12,9 @@ import type { ResponseScrubber } from "./interceptor.js";
 import { UpstreamDialError } from "./upstream-tls.js";
 import { decideRequest } from "./verdict.js";
 
+/** Largest response body that is read whole before scrubbing, in bytes; larger ones stream. */
+const MAX_WHOLE_BODY_BYTES = 64 * 1024;
+
 /** Checks one decrypted request and forwards it upstream. */
 export async function handleInterceptedRequest(context: GatewayContext, session: InterceptSession, request: IncomingMessage, response: ServerResponse): Promise<void> {
   const { target } = session;
@@ -148,8 +151,14 @@ function relayResponse(exchange: Exchange, upstreamResponse: IncomingMessage, sc
 
   if (scrubber !== null) {
     scrubbed(scrubber.headers(headers), "response header");
+    const encoding = upstreamResponse.headers["content-encoding"];
+    const length = Number(upstreamResponse.headers["content-length"] ?? Number.NaN);
+    if (hasBody && (encoding === undefined || encoding === "identity") && length <= MAX_WHOLE_BODY_BYTES) {
+      relayWholeBody(exchange, upstreamResponse, scrubber, headers, scrubbed);
+      return;
+    }
     if (hasBody) {
-      const body = scrubber.body(upstreamResponse.headers["content-encoding"]);
+      const body = scrubber.body(encoding);
       if (!body.ok) {
         upstreamResponse.destroy();
         record.finish(body.reason);
@@ -164,6 +173,13 @@ function relayResponse(exchange: Exchange, upstreamResponse: IncomingMessage, sc
   }
 
   response.writeHead(status, upstreamResponse.statusMessage, headers);
+  if (transforms.length === 0) {
+    upstreamResponse.pipe(response);
+    upstreamResponse.on("error", () => response.destroy());
+    upstreamResponse.on("end", () => record.finish());
+    return;
+  }
+
   const streams = [upstreamResponse, ...transforms, response] as unknown as [NodeJS.ReadableStream, NodeJS.WritableStream];
   pipeline(...streams, (error: NodeJS.ErrnoException | null | undefined) => {
     if (bodyCounts !== null) scrubbed(bodyCounts(), "response body");
@@ -172,6 +188,24 @@ function relayResponse(exchange: Exchange, upstreamResponse: IncomingMessage, sc
       record.finish(`response stream failed (${describeError(error)})`);
       return;
     }
+    record.finish();
+  });
+}
+
+// A small body of known length is read whole (at most MAX_WHOLE_BODY_BYTES), scrubbed, and sent
+// with a corrected Content-Length in one write, which saves the chunked framing and a TLS record.
+function relayWholeBody(exchange: Exchange, upstreamResponse: IncomingMessage, scrubber: ResponseScrubber, headers: string[], scrubbed: (counts: ReadonlyMap<string, number>, location: string) => void): void {
+  const { response, record } = exchange;
+  const chunks: Buffer[] = [];
+  upstreamResponse.on("data", (chunk: Buffer) => chunks.push(chunk));
+  upstreamResponse.on("error", () => response.destroy());
+  upstreamResponse.on("end", () => {
+    const result = scrubber.wholeBody(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
+    scrubbed(result.replaced, "response body");
+    removeHeader(headers, "content-length");
+    headers.push("Content-Length", String(result.body.length));
+    response.writeHead(upstreamResponse.statusCode ?? 502, upstreamResponse.statusMessage, headers);
+    response.end(result.body);
     record.finish();
   });
 }

@@ -102,6 +102,9 @@ export class Interception {
     let held = options.head;
 
     client.on("error", (error) => logger.debug({ err: error, host: target.display }, "intercepted client socket error"));
+    // The gateway writes each response in several TLS records (head, body chunks, last chunk);
+    // with Nagle's algorithm the last one would wait for the client's delayed ACK.
+    client.setNoDelay(true);
     client.setTimeout(limits.idleTimeoutMs, () => client.destroy());
     const timer = setTimeout(() => {
       record.finish(`client sent no complete TLS ClientHello within ${limits.handshakeTimeoutMs} ms`);

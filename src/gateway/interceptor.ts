@@ -45,6 +45,8 @@ export type RequestExamination =
 export interface ResponseScrubber {
   /** Rewrites header values in place; returns replacements per credential. */
   headers(rawHeaders: string[]): ReadonlyMap<string, number>;
+  /** Scrubs a whole uncompressed body at once, for small bodies of known length. */
+  wholeBody(body: Buffer): { body: Buffer; replaced: ReadonlyMap<string, number> };
   /** Transforms for a body with this Content-Encoding, or the reason it cannot be scrubbed. */
   body(contentEncoding: string | undefined): { ok: true; transforms: Transform[]; replaced(): ReadonlyMap<string, number> } | { ok: false; reason: string };
 }
