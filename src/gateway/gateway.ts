@@ -106,13 +106,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   let tcpPort: number | null = null;
   try {
     if (options.socketPath !== undefined) {
-      const server = createNetServer({ allowHalfOpen: true, pauseOnConnect: false }, accept);
+      const server = createNetServer({ allowHalfOpen: true, noDelay: true }, accept);
       servers.push(server);
       await listen(server, { path: options.socketPath });
       socketPath = options.socketPath;
     }
     if (options.tcp !== undefined) {
-      const server = createNetServer({ allowHalfOpen: true, pauseOnConnect: false }, accept);
+      const server = createNetServer({ allowHalfOpen: true, noDelay: true }, accept);
       servers.push(server);
       await listen(server, { host: "127.0.0.1", port: options.tcp.port });
       const address = server.address();

@@ -142,6 +142,9 @@ export function checkClientHello(held: Buffer, target: Target): "wait" | "ok" | 
         return target.host.kind === "ip" ? "ok" : `TLS ClientHello has no SNI, but the tunnel target is the name ${target.display}`;
       }
 
+      // A server name that already equals the canonical target (ignoring ASCII case and one
+      // trailing dot) needs no further canonicalisation; anything else is canonicalised first.
+      if (target.host.kind === "name" && parsed.serverName.toLowerCase().replace(/\.$/, "") === target.host.name) return "ok";
       const sni = canonicalHost(parsed.serverName);
       if (!sni.ok) return `TLS SNI ${JSON.stringify(parsed.serverName.slice(0, 300))} is invalid: ${sni.reason}`;
       if (sni.host.kind !== "name" || target.host.kind !== "name" || sni.host.name !== target.host.name) {
