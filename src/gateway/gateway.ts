@@ -219,7 +219,10 @@ function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Se
     socket.once("close", () => clearTimeout(timer));
   }
 
-  const handshakeTimer = setTimeout(() => socket.destroy(), limits.handshakeTimeoutMs);
+  const handshakeTimer = setTimeout(() => {
+    context.startEvent({ protocol: "http", host: "", port: 0 }).deny(`client sent no request within ${limits.handshakeTimeoutMs} ms`);
+    socket.destroy();
+  }, limits.handshakeTimeoutMs);
   socket.once("close", () => clearTimeout(handshakeTimer));
 
   // The first byte tells the protocols apart: 0x05 is a SOCKS5 greeting, anything else is HTTP.

@@ -163,6 +163,13 @@ describe("timeouts", () => {
     await gw.close();
   });
 
+  it("closes a connection that sends nothing", async () => {
+    const socket = await openSocket(gw.port);
+    await readToEnd(socket);
+    const event = await gw.nextEvent((e) => /client sent no request within 300 ms/.test(e.reason ?? ""));
+    assert.equal(event.decision, "deny");
+  });
+
   it("answers 408 to a request head that never completes", async () => {
     const socket = await openSocket(gw.port);
     const done = readToEnd(socket);
