@@ -136,6 +136,11 @@ int main(int argc, char **argv) {
   }
 
   close(listener);
+  /* ringfence starts bwrap with SIGINT and SIGQUIT ignored, so Ctrl-C at the terminal cannot end
+   * bwrap (and with it the whole box) behind the command's back. The command gets the usual
+   * dispositions back; the accept loop above keeps ignoring them. */
+  signal(SIGINT, SIG_DFL);
+  signal(SIGQUIT, SIG_DFL);
   execvp(argv[3], &argv[3]);
   fprintf(stderr, "ringfence: %s: %s\n", argv[3], strerror(errno));
   return errno == ENOENT ? 127 : 126;

@@ -161,11 +161,12 @@ export class NamespaceBackend implements SandboxBackend {
         }
         if (limits.writes.length > 0) cgroups = RunCgroups.create(limits, support, request.runId);
 
-        // The first process writes its own PID into the run's cgroups before exec'ing bwrap, so
-        // every process of the box starts inside them.
-        const prefix: string[] = [];
+        // A shell starts bwrap: it writes its own PID into the run's cgroups first, so every
+        // process of the box starts inside them, and it ignores SIGINT and SIGQUIT, which the
+        // terminal sends to the whole foreground process group, so Ctrl-C reaches the command
+        // but cannot end bwrap itself. The in-box forwarder restores both for the command.
         const procsFiles = cgroups?.procsFiles() ?? [];
-        if (procsFiles.length > 0) prefix.push("/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-cgroup", ...procsFiles, "--");
+        const prefix = ["/bin/sh", "-c", 'trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-box", ...procsFiles, "--"];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
         const argv = [...prefix, "bwrap", ...bwrapArgs];
 

@@ -2,13 +2,14 @@
 // Each case starts real boxes; network cases use servers on the host's loopback, reached only
 // through the gateway by names pinned to 127.0.0.1.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { existsSync, linkSync, readFileSync, readdirSync, symlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
+import { boxCommand, boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 const BACKENDS = ["namespace"] as const;
 
@@ -56,6 +57,15 @@ function policyFile(user: BoxUser, text: string): string {
   const path = join(dir, "policy.yaml");
   writeOwned(user, path, text);
   return path;
+}
+
+/** Polls `condition` every 100 ms, at most 300 times; returns whether it became true. */
+async function waitFor(condition: () => boolean): Promise<boolean> {
+  for (let attempt = 0; attempt < 300; attempt += 1) {
+    if (condition()) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
 }
 
 /** Whether the box enforces limits with cgroups here (the message names the limit), from --dry-run. */
@@ -318,6 +328,36 @@ for (const backend of BACKENDS) {
         });
         assert.equal(run.status, 0, show(run));
         assert.match(run.stdout, /TTY-OK/, show(run));
+      });
+
+      test("Ctrl-C reaches command", async () => {
+        const workspace = makeWorkspace(user);
+        // Each marker is split by "" in the source so the echoed command line does not match it.
+        const script = 'trap "echo got\"\"-INT" INT; echo RE""ADY; sleep 30; echo after""-sleep; read line; echo "re""ad=$line"';
+        const { argv, env } = boxCommand(user, [], ["sh", "-c", script]);
+        const quote = (text: string) => `'${text.replace(/'/g, "'\\''")}'`;
+        const line = `cd ${quote(workspace)} && env -i ${Object.entries(env).map(([name, value]) => quote(`${name}=${value}`)).join(" ")} ${argv.map(quote).join(" ")}; echo host""-status=$?`;
+        const session = `ringfence-${process.pid}-${user.uid}`;
+        const tmux = (...args: string[]) => spawnSync("tmux", args, { encoding: "utf8" });
+        const screen = () => tmux("capture-pane", "-p", "-t", session).stdout;
+
+        // An interactive shell with job control runs the command, as a user's terminal would.
+        assert.equal(tmux("new-session", "-d", "-s", session, "-x", "250", "-y", "50", "bash", "--norc", "--noprofile", "-i").status, 0);
+        try {
+          tmux("send-keys", "-t", session, "-l", line);
+          tmux("send-keys", "-t", session, "Enter");
+          assert.ok(await waitFor(() => screen().includes("READY")), screen());
+          tmux("send-keys", "-t", session, "C-c");
+          assert.ok(await waitFor(() => screen().includes("after-sleep")), screen());
+          tmux("send-keys", "-t", session, "typed-line", "Enter");
+          assert.ok(await waitFor(() => screen().includes("host-status=")), screen());
+          const text = screen();
+          assert.match(text, /got-INT/);
+          assert.match(text, /read=typed-line/);
+          assert.match(text, /host-status=0/);
+        } finally {
+          tmux("kill-session", "-t", session);
+        }
       });
 
       test("timeout stops box", async () => {

@@ -85,12 +85,11 @@ export interface BoxRun {
 }
 
 /**
- * Runs `ringfence run [flags] -- command` as `user` in `cwd`. The host environment carries
- * HOST_SECRET_NAME so tests can check that the box does not.
+ * The argv and environment that run `ringfence run [flags] -- command` as `user`. The host
+ * environment carries HOST_SECRET_NAME so tests can check that the box does not.
  */
-export function runBox(user: BoxUser, cwd: string, flags: readonly string[], command: readonly string[], options: { input?: string; wrap?: (argv: string[]) => string[] } = {}): Promise<BoxRun> {
-  let argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
-  if (options.wrap !== undefined) argv = options.wrap(argv);
+export function boxCommand(user: BoxUser, flags: readonly string[], command: readonly string[]): { argv: string[]; env: Record<string, string> } {
+  const argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
   const env = {
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     HOME: user.home,
@@ -98,9 +97,15 @@ export function runBox(user: BoxUser, cwd: string, flags: readonly string[], com
     LANG: "C.UTF-8",
     [HOST_SECRET_NAME]: HOST_SECRET_VALUE,
   };
-  const current = userInfo().username;
   // runuser resets HOME to the account's home, so env sets it again after the switch.
-  const full = user.name === current ? argv : ["runuser", "-u", user.name, "--", "env", `HOME=${user.home}`, ...argv];
+  const full = user.name === userInfo().username ? argv : ["runuser", "-u", user.name, "--", "env", `HOME=${user.home}`, ...argv];
+  return { argv: full, env };
+}
+
+/** Runs `ringfence run [flags] -- command` as `user` in `cwd` and collects its output. */
+export function runBox(user: BoxUser, cwd: string, flags: readonly string[], command: readonly string[], options: { input?: string; wrap?: (argv: string[]) => string[] } = {}): Promise<BoxRun> {
+  const { argv: base, env } = boxCommand(user, flags, command);
+  const full = options.wrap === undefined ? base : options.wrap(base);
 
   // Asynchronous, because the suite's loopback servers run in this process's event loop.
   return new Promise((resolve, reject) => {
