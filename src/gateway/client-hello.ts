@@ -68,7 +68,7 @@ export function parseClientHello(data: Uint8Array): ClientHelloResult {
 }
 
 function parseClientHelloBody(body: Uint8Array): ClientHelloResult {
-  const invalid = (what: string): ClientHelloResult => ({ kind: "invalid", reason: `ClientHello is malformed: ${what}` });
+  const invalid = (problem: string): ClientHelloResult => ({ kind: "invalid", reason: `ClientHello is malformed: ${problem}` });
   let pos = 0;
 
   // legacy_version (2) and random (32)
@@ -108,7 +108,7 @@ function parseClientHelloBody(body: Uint8Array): ClientHelloResult {
     const end = start + length;
     if (end > extensionsEnd) return invalid(`extension ${type} runs past the end of the message`);
 
-    // TLS forbids repeating an extension; a parser that took the first of two server_name
+    // TLS forbids repeating an extension. A parser that took the first of two server_name
     // extensions while the server took the second would check the wrong name.
     if (seen.has(type)) return invalid(`extension ${type} appears twice`);
     seen.add(type);
@@ -128,7 +128,7 @@ function parseClientHelloBody(body: Uint8Array): ClientHelloResult {
 
 // Returns the host_name, or an invalid result. RFC 6066 allows one name per name type.
 function parseServerName(extension: Uint8Array): string | ClientHelloResult {
-  const invalid = (what: string): ClientHelloResult => ({ kind: "invalid", reason: `server_name extension is malformed: ${what}` });
+  const invalid = (problem: string): ClientHelloResult => ({ kind: "invalid", reason: `server_name extension is malformed: ${problem}` });
   if (extension.length < 2) return invalid("too short");
   const listEnd = 2 + readU16(extension, 0);
   if (listEnd !== extension.length) return invalid("list length does not match the extension length");

@@ -10,11 +10,11 @@ import { decideRequest } from "./verdict.js";
 
 const ESTABLISHED = Buffer.from("HTTP/1.1 200 Connection Established\r\n\r\n", "latin1");
 
-/** Handles one CONNECT request: decide, dial a checked address, answer 200, then run the tunnel. */
+/** Handles one CONNECT request: decide, dial a checked address, send 200, then run the tunnel. */
 export async function handleConnect(context: GatewayContext, request: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
   const record = context.startEvent({ protocol: "connect", host: "", port: 0 });
-  const refuse = (denial: Denial, what: string) => {
-    if (!client.destroyed) client.end(rawDenialResponse(denial, what));
+  const rejectRequest = (denial: Denial, description: string) => {
+    if (!client.destroyed) client.end(rawDenialResponse(denial, description));
   };
   client.on("error", (error) => context.logger.debug({ err: error }, "CONNECT client socket error"));
 
@@ -22,18 +22,18 @@ export async function handleConnect(context: GatewayContext, request: IncomingMe
   if (!parsed.ok) {
     record.update({ host: parsed.rawHost });
     record.deny(`invalid CONNECT target: ${parsed.reason}`);
-    refuse({ status: 400, reason: `the CONNECT target is invalid: ${parsed.reason}`, rule: null, hint: null }, "CONNECT");
+    rejectRequest({ status: 400, reason: `the CONNECT target is invalid: ${parsed.reason}`, rule: null, hint: null }, "CONNECT");
     return;
   }
 
   const target = parsed.target;
-  const what = `CONNECT to ${target.display}:${target.port}`;
+  const description = `CONNECT to ${target.display}:${target.port}`;
   record.update({ host: target.display, port: target.port });
 
   const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept, context.interception != null);
   if (verdict.action === "deny") {
     record.deny(verdict.denial.reason, verdict.denial.rule);
-    refuse(verdict.denial, what);
+    rejectRequest(verdict.denial, description);
     return;
   }
   if (verdict.action === "intercept" && context.interception != null) {
@@ -63,7 +63,7 @@ export async function handleConnect(context: GatewayContext, request: IncomingMe
       record.allow(verdict.decision.rule.label);
       record.finish(dialed.denial.reason);
     }
-    refuse(dialed.denial, what);
+    rejectRequest(dialed.denial, description);
     return;
   }
   if (client.destroyed) {

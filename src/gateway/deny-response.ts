@@ -1,7 +1,7 @@
 import { DEFAULT_PORTS } from "../policy/defaults.js";
 import type { Target } from "./target.js";
 
-/** Why the gateway did not pass a request on, in the words the sandboxed program receives. */
+/** A refusal by the gateway, in the words the sandboxed program receives. */
 export interface Denial {
   /** HTTP status for HTTP and CONNECT clients. */
   status: 400 | 403 | 408 | 431 | 501 | 502 | 503 | 504;
@@ -9,7 +9,7 @@ export interface Denial {
   reason: string;
   /** Label of the rule that denied the request, or null when no rule matched. */
   rule: string | null;
-  /** How a human would allow the request, or null when there is nothing to allow (malformed input). */
+  /** Instructions for a human to allow the request, or null when there is nothing to allow (malformed input). */
   hint: string | null;
 }
 
@@ -43,16 +43,16 @@ export function hintForAddress(target: Target, address: string): string {
 }
 
 /** Formats the plain-text body sent with a denial. */
-export function denialBody(denial: Denial, what: string): string {
-  const lines = [`ringfence gateway: ${what} was blocked.`, `Reason: ${denial.reason}`];
+export function denialBody(denial: Denial, description: string): string {
+  const lines = [`ringfence gateway: ${description} was blocked.`, `Reason: ${denial.reason}`];
   if (denial.rule !== null) lines.push(`Rule: ${denial.rule}`);
   if (denial.hint !== null) lines.push(`To allow it: ${denial.hint}`);
   return `${lines.join("\n")}\n`;
 }
 
 /** Serialises a complete HTTP/1.1 response for a denial, for sockets that no HTTP server owns. */
-export function rawDenialResponse(denial: Denial, what: string): Buffer {
-  const body = Buffer.from(denialBody(denial, what), "utf8");
+export function rawDenialResponse(denial: Denial, description: string): Buffer {
+  const body = Buffer.from(denialBody(denial, description), "utf8");
   const head = [
     `HTTP/1.1 ${denial.status} ${STATUS_TEXT[denial.status]}`,
     "Content-Type: text/plain; charset=utf-8",

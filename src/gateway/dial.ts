@@ -64,8 +64,8 @@ export async function dialTarget(options: DialOptions): Promise<DialResult> {
   const found = known !== null ? { ok: true as const, addresses: known } : await resolveTarget(options);
   if (!found.ok) return found;
 
-  const refused = checkAddresses(options, found.addresses);
-  if (refused !== null) return refused;
+  const rejection = checkAddresses(options, found.addresses);
+  if (rejection !== null) return rejection;
 
   let lastError = "no address";
   let timedOut = false;
@@ -92,15 +92,15 @@ export async function dialTarget(options: DialOptions): Promise<DialResult> {
   };
 }
 
-// Checks the whole answer before connecting to any of it: a name that resolves to a public
-// address and to a private one is refused outright, so connection order cannot matter.
+// Checks every resolved address before connecting to any of them. A name that resolves to a
+// public address and to a private one is refused outright, so connection order cannot matter.
 function checkAddresses(options: DialOptions, addresses: readonly string[]): Extract<DialResult, { ok: false }> | null {
   const { target, decision } = options;
   for (const address of addresses) {
     const verdict = decision.permitsAddress(address);
     if (verdict.ok) continue;
 
-    const what = verdict.addressClass === "not-pinned" ? "an address its allow rule does not pin" : `a ${verdict.addressClass} address`;
+    const addressKind = verdict.addressClass === "not-pinned" ? "an address its allow rule does not pin" : `a ${verdict.addressClass} address`;
     const source = target.host.kind === "ip" ? `${target.display} is` : `${target.display} resolved to ${address}, which is`;
     return {
       ok: false,
@@ -108,7 +108,7 @@ function checkAddresses(options: DialOptions, addresses: readonly string[]): Ext
       address,
       denial: {
         status: 403,
-        reason: `${source} ${what}; such addresses are refused unless a rule pins them`,
+        reason: `${source} ${addressKind}; such addresses are refused unless a rule pins them`,
         rule: decision.rule.label,
         hint: target.host.kind === "name" ? hintForAddress(target, address) : null,
       },
@@ -121,11 +121,11 @@ function checkAddresses(options: DialOptions, addresses: readonly string[]): Ext
 async function dialViaParent(options: DialOptions, parent: ParentProxy, known: string[] | null): Promise<DialResult> {
   const { target } = options;
   if (known !== null) {
-    const refused = checkAddresses(options, known);
-    if (refused !== null) return refused;
+    const rejection = checkAddresses(options, known);
+    if (rejection !== null) return rejection;
   }
 
-  // A pinned name is sent to the parent as its pinned address, so the pin holds there too.
+  // A pinned name is sent to the parent as its pinned address, so the pin applies there too.
   const pinned = known?.[0];
   const host = pinned === undefined ? target.display : isIP(pinned) === 6 ? `[${pinned}]` : pinned;
   try {
@@ -155,7 +155,7 @@ async function resolveTarget(options: DialOptions): Promise<AddressesResult> {
     return failure(options, `DNS lookup of ${target.display} failed (${describeError(cause)})`);
   }
 
-  // Pins are stored in canonical form (RFC 5952 for IPv6), so answers are compared in that form:
+  // Pins are stored in canonical form (RFC 5952 for IPv6), so resolved addresses are compared in that form:
   // a resolver may write ::ffff:127.0.0.1 where the policy has ::ffff:7f00:1.
   const addresses: string[] = [];
   for (const raw of answer) {

@@ -30,7 +30,7 @@ export interface NetworkEvent {
   decision: "allow" | "deny";
   /** Label of the rule that decided, or null when no rule matched. */
   rule: string | null;
-  /** Why the request was denied or failed; null for an allowed request that completed. */
+  /** Reason the request was denied or failed; null for an allowed request that completed. */
   reason: string | null;
   /** Bytes sent from the client towards the upstream server (request bodies, or tunnel payload). */
   bytesUp: number;

@@ -64,7 +64,7 @@ const defaultResolve: Resolver = async (name) => {
 
 /**
  * Starts a gateway for one sandbox. One listener speaks HTTP/1.1 proxy requests (absolute-form
- * and CONNECT) and SOCKS5, told apart by the first byte. Rejects when the options are invalid or
+ * and CONNECT) and SOCKS5, distinguished by the first byte. Rejects when the options are invalid or
  * a listener cannot be opened.
  */
 export async function startGateway(options: GatewayOptions): Promise<Gateway> {
@@ -168,8 +168,8 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
   });
   server.timeout = limits.idleTimeoutMs;
 
-  const guard = (what: string, work: Promise<void>) => {
-    work.catch((error: unknown) => logger.error({ err: error }, `${what} handler failed`));
+  const guard = (handlerName: string, work: Promise<void>) => {
+    work.catch((error: unknown) => logger.error({ err: error }, `${handlerName} handler failed`));
   };
   server.on("request", (request: IncomingMessage, response: ServerResponse) => {
     headArrived(request.socket);
@@ -183,7 +183,7 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
   return server;
 }
 
-// Answers requests that Node's HTTP parser rejected before any handler saw them.
+// Responds to requests that Node's HTTP parser rejected before any handler saw them.
 function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket): void {
   const isConnect = error.rawPacket?.subarray(0, 8).toString("latin1") === "CONNECT ";
   const record = context.startEvent({ protocol: isConnect ? "connect" : "http", host: "", port: 0 });
@@ -225,7 +225,7 @@ function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Se
   }, limits.handshakeTimeoutMs);
   socket.once("close", () => clearTimeout(handshakeTimer));
 
-  // The first byte tells the protocols apart: 0x05 is a SOCKS5 greeting, anything else is HTTP.
+  // The first byte identifies the protocol: 0x05 starts a SOCKS5 greeting, anything else is HTTP.
   socket.once("data", (chunk: Buffer) => {
     clearTimeout(handshakeTimer);
     socket.pause();

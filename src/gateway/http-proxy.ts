@@ -10,7 +10,7 @@ import { decideRequest } from "./verdict.js";
 
 // Hop-by-hop headers (RFC 9110, section 7.6.1) and proxy credentials, which belong to the
 // connection between the client and the gateway and must not reach the upstream server.
-// Transfer-Encoding is kept on requests: Node's client then re-chunks the streamed body.
+// Transfer-Encoding is withoutFraming on requests: Node's client then re-chunks the streamed body.
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "trailer", "upgrade"]);
 
 /** A request body check and what to do when it finds a credential. */
@@ -23,32 +23,32 @@ interface BodyCheck {
 export async function handleHttpRequest(context: GatewayContext, request: IncomingMessage, response: ServerResponse): Promise<void> {
   const method = request.method ?? "GET";
   const record = context.startEvent({ protocol: "http", host: "", port: 0, method });
-  const refuse = (denial: Denial, what: string, decision: "allow" | "deny" = "deny") => {
+  const rejectRequest = (denial: Denial, description: string, decision: "allow" | "deny" = "deny") => {
     if (decision === "deny") record.deny(denial.reason, denial.rule);
     else record.finish(denial.reason);
-    sendDenial(response, denial, what);
+    sendDenial(response, denial, description);
   };
 
   const parsed = parseAbsoluteUrl(request.url ?? "");
   if (!parsed.ok) {
     record.update({ host: parsed.rawHost });
-    refuse({ status: 400, reason: parsed.reason, rule: null, hint: null }, `${method} request`);
+    rejectRequest({ status: 400, reason: parsed.reason, rule: null, hint: null }, `${method} request`);
     return;
   }
 
   const { target, originForm, path } = parsed;
-  const what = `${method} http://${target.display}:${target.port}${path.slice(0, 200)}`;
+  const description = `${method} http://${target.display}:${target.port}${path.slice(0, 200)}`;
   record.update({ host: target.display, port: target.port, path });
 
   const hostProblem = checkHostHeader(request, target);
   if (hostProblem !== null) {
-    refuse({ status: 400, reason: hostProblem, rule: null, hint: null }, what);
+    rejectRequest({ status: 400, reason: hostProblem, rule: null, hint: null }, description);
     return;
   }
 
   const verdict = decideRequest(context.rules, target, { kind: "http", method, path }, context.intercept);
   if (verdict.action === "deny") {
-    refuse(verdict.denial, what);
+    rejectRequest(verdict.denial, description);
     return;
   }
   const rule = verdict.decision.rule.label;
@@ -59,7 +59,7 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     const examined = context.interceptor.examine({ tls: false, host: target.host, port: target.port, method, target: originForm, rawHeaders: request.rawHeaders });
     if (examined.action === "block") {
       context.credentialEvent({ action: "blocked", credential: examined.leak.credential, host: target.display, port: target.port, protocol: "http", method, path, location: examined.leak.location, count: 1, reason: examined.reason });
-      refuse({ status: 403, reason: examined.reason, rule: null, hint: null }, what);
+      rejectRequest({ status: 403, reason: examined.reason, rule: null, hint: null }, description);
       return;
     }
     const transform = examined.requestBody?.() ?? null;
@@ -67,7 +67,7 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
       const block = (credential: string) => {
         const reason = `the request body carries a placeholder or secret of credential ${credential}, which may only be sent over TLS to its bound hosts`;
         context.credentialEvent({ action: "blocked", credential, host: target.display, port: target.port, protocol: "http", method, path, location: "body", count: 1, reason });
-        refuse({ status: 403, reason, rule: null, hint: null }, what);
+        rejectRequest({ status: 403, reason, rule: null, hint: null }, description);
       };
       bodyCheck = { transform, block };
     }
@@ -84,7 +84,7 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
   if (!dialed.ok) {
     record.update({ address: dialed.address });
     if (dialed.decision === "allow") record.allow(rule);
-    refuse(dialed.denial, what, dialed.decision);
+    rejectRequest(dialed.denial, description, dialed.decision);
     return;
   }
 
@@ -110,16 +110,16 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     setHost: false,
   });
 
-  forward(context, request, response, upstream, record, what, bodyCheck);
+  forward(context, request, response, upstream, record, description, bodyCheck);
 }
 
-function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, what: string, bodyCheck: BodyCheck | null): void {
+function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null): void {
   const fail = (message: string) => {
     // A response already sent in full (a 403 for a leak in the body) stays as it is.
     if (response.writableEnded) return;
     record.finish(message);
     if (!response.headersSent) {
-      sendDenial(response, { status: 502, reason: message, rule: null, hint: null }, what);
+      sendDenial(response, { status: 502, reason: message, rule: null, hint: null }, description);
     } else {
       response.destroy();
     }
@@ -179,10 +179,10 @@ export function checkHostHeader(request: IncomingMessage, target: Target, defaul
   if (values.length > 1) return `the request has ${values.length} Host headers; send exactly one`;
 
   const host = parseAuthority(values[0] as string, defaultPort);
-  const shown = JSON.stringify((values[0] as string).slice(0, 300));
-  if (!host.ok) return `Host header ${shown} is invalid: ${host.reason}`;
+  const quotedHost = JSON.stringify((values[0] as string).slice(0, 300));
+  if (!host.ok) return `Host header ${quotedHost} is invalid: ${host.reason}`;
   if (host.target.display !== target.display || host.target.port !== target.port) {
-    return `Host header ${shown} does not match the request target ${target.display}:${target.port}`;
+    return `Host header ${quotedHost} does not match the request target ${target.display}:${target.port}`;
   }
   return null;
 }
@@ -211,21 +211,21 @@ export function forwardedHeaders(rawHeaders: readonly string[]): string[] {
 // Response framing is the gateway's own: the server response re-frames the streamed body.
 export function responseHeaders(rawHeaders: readonly string[]): string[] {
   const out = forwardedHeaders(rawHeaders);
-  const kept: string[] = [];
+  const withoutFraming: string[] = [];
   for (let i = 0; i < out.length; i += 2) {
     if ((out[i] as string).toLowerCase() === "transfer-encoding") continue;
-    kept.push(out[i] as string, out[i + 1] as string);
+    withoutFraming.push(out[i] as string, out[i + 1] as string);
   }
-  return kept;
+  return withoutFraming;
 }
 
 /** Sends a denial as the response to one request, keeping the client connection usable. */
-export function sendDenial(response: ServerResponse, denial: Denial, what: string): void {
+export function sendDenial(response: ServerResponse, denial: Denial, description: string): void {
   if (response.headersSent) {
     response.destroy();
     return;
   }
-  const body = denialBody(denial, what);
+  const body = denialBody(denial, description);
   response.writeHead(denial.status, {
     "Content-Type": "text/plain; charset=utf-8",
     "Content-Length": Buffer.byteLength(body),

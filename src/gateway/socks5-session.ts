@@ -39,7 +39,7 @@ export async function handleSocks5(context: GatewayContext, client: Socket): Pro
   };
   client.once("close", onCloseDuringHandshake);
 
-  const refuse = (reply: SocksReplyCode, reason: string, rule: string | null = null) => {
+  const rejectRequest = (reply: SocksReplyCode, reason: string, rule: string | null = null) => {
     clearTimeout(timer);
     record.deny(reason, rule);
     client.end(encodeReply(reply));
@@ -59,20 +59,20 @@ export async function handleSocks5(context: GatewayContext, client: Socket): Pro
   const parsed = makeTarget(request.rawHost, request.port);
   if (!parsed.ok) {
     record.update({ host: parsed.rawHost, port: request.port });
-    refuse(SocksReply.notAllowedByRuleset, `invalid SOCKS5 target: ${parsed.reason}`);
+    rejectRequest(SocksReply.notAllowedByRuleset, `invalid SOCKS5 target: ${parsed.reason}`);
     return;
   }
   const target = parsed.target;
   record.update({ host: target.display, port: target.port });
 
   if (request.command !== COMMAND_CONNECT) {
-    refuse(SocksReply.commandNotSupported, `SOCKS5 command ${request.command} is not supported; only CONNECT (1) is`);
+    rejectRequest(SocksReply.commandNotSupported, `SOCKS5 command ${request.command} is not supported; only CONNECT (1) is`);
     return;
   }
 
   const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept, context.interception != null);
   if (verdict.action === "deny") {
-    refuse(SocksReply.notAllowedByRuleset, verdict.denial.reason, verdict.denial.rule);
+    rejectRequest(SocksReply.notAllowedByRuleset, verdict.denial.reason, verdict.denial.rule);
     return;
   }
   if (verdict.action === "intercept" && context.interception != null) {
@@ -100,7 +100,7 @@ export async function handleSocks5(context: GatewayContext, client: Socket): Pro
   if (!dialed.ok) {
     record.update({ address: dialed.address });
     if (dialed.decision === "deny") {
-      refuse(SocksReply.notAllowedByRuleset, dialed.denial.reason, dialed.denial.rule);
+      rejectRequest(SocksReply.notAllowedByRuleset, dialed.denial.reason, dialed.denial.rule);
       return;
     }
     record.allow(rule);
@@ -127,7 +127,7 @@ type Handshake =
   | { kind: "done"; request: Extract<ReturnType<typeof parseRequest>, { kind: "request" }>; rest: Buffer }
   | { kind: "invalid"; reason: string; reply: SocksReplyCode; rawHost: string; greetingDone: boolean };
 
-// Reads the greeting, answers it, and reads the request. Returns null when the client went away.
+// Reads the greeting, replies to it, and reads the request. Returns null when the client went away.
 function readHandshake(client: Socket): Promise<Handshake | null> {
   return new Promise((resolve) => {
     let buffer: Buffer = Buffer.alloc(0);

@@ -108,8 +108,8 @@ function decodeName(bytes: Uint8Array): string | null {
 }
 
 /**
- * Encodes a reply. The bound address is always 0.0.0.0:0: clients of CONNECT ignore it, and the
- * gateway's own addresses are none of the sandbox's business.
+ * Encodes a reply. The bound address is always 0.0.0.0:0, because CONNECT clients ignore it and
+ * the sandbox has no use for the gateway's own addresses.
  */
 export function encodeReply(code: SocksReplyCode): Buffer {
   return Buffer.from([SOCKS_VERSION, code, 0x00, ADDRESS_IPV4, 0, 0, 0, 0, 0, 0]);

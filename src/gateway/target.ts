@@ -10,7 +10,7 @@ export interface Target {
 
 export type TargetResult = { ok: true; target: Target } | { ok: false; reason: string; rawHost: string };
 
-/** Longest raw host kept in events and messages, so a hostile name cannot flood the audit log. */
+/** Maximum length of a raw host kept in events and messages, so a hostile name cannot flood the audit log. */
 const MAX_SHOWN_HOST = 300;
 
 /** Cuts raw client text to a length that is safe to put in events and messages. */

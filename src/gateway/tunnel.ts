@@ -23,8 +23,8 @@ export interface TunnelOptions {
 }
 
 /**
- * Connects an accepted client socket to an upstream socket. Bytes from upstream flow at once;
- * bytes from the client are held until the start of the stream shows whether it is TLS, and a
+ * Connects an accepted client socket to an upstream socket. Bytes from upstream flow at once.
+ * Bytes from the client are held until the start of the stream shows whether it is TLS, and a
  * TLS ClientHello must name the tunnel's own target in SNI. After that the sockets are piped.
  */
 export function runTunnel(context: GatewayContext, options: TunnelOptions): void {
@@ -50,8 +50,8 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   upstream.on("close", onClose);
 
   // A client that is gone cannot receive anything more. An upstream that closes first has
-  // already ended the client's side through pipe() or the relay; once that has flushed, the
-  // client socket closes too, because nothing it sends could reach the upstream any more and a
+  // already ended the client's side through pipe() or the relay. Once that has flushed, the
+  // client socket closes too, because nothing it sends could reach the upstream any more. A
   // client that never closes its side would otherwise hold a connection slot until the idle
   // timeout.
   client.on("close", () => upstream.destroy());
@@ -77,11 +77,11 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   if (relay !== undefined) relay.pipeTo(client);
   else upstream.pipe(client);
 
-  let held: Buffer = options.head;
+  let firstBytes: Buffer = options.head;
   const handshakeTimer = setTimeout(() => destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`), limits.handshakeTimeoutMs);
 
   const inspect = (): boolean => {
-    const verdict = checkClientHello(held, target);
+    const verdict = checkClientHello(firstBytes, target);
     if (verdict === "wait") return false;
 
     clearTimeout(handshakeTimer);
@@ -94,21 +94,21 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
       return true;
     }
 
-    if (held.length > 0) upstream.write(held);
-    held = Buffer.alloc(0);
+    if (firstBytes.length > 0) upstream.write(firstBytes);
+    firstBytes = Buffer.alloc(0);
     client.pipe(upstream);
     return true;
   };
   const onData = (chunk: Buffer) => {
-    held = held.length === 0 ? chunk : Buffer.concat([held, chunk]);
+    firstBytes = firstBytes.length === 0 ? chunk : Buffer.concat([firstBytes, chunk]);
     inspect();
   };
   const onEndBeforeInspection = () => {
     clearTimeout(handshakeTimer);
-    destroyBoth(held.length === 0 ? null : "client closed the tunnel before its first message was complete");
+    destroyBoth(firstBytes.length === 0 ? null : "client closed the tunnel before its first message was complete");
   };
 
-  if (held.length > 0 && inspect()) return;
+  if (firstBytes.length > 0 && inspect()) return;
   client.on("data", onData);
   client.once("end", onEndBeforeInspection);
   client.once("close", () => clearTimeout(handshakeTimer));
@@ -118,12 +118,12 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
  * Checks the held start of a client stream. Returns "wait" for more bytes, "ok" to pass the
  * stream on, or the reason to refuse it.
  */
-export function checkClientHello(held: Buffer, target: Target): "wait" | "ok" | string {
-  const parsed = parseClientHello(held);
+export function checkClientHello(firstBytes: Buffer, target: Target): "wait" | "ok" | string {
+  const parsed = parseClientHello(firstBytes);
 
   switch (parsed.kind) {
     case "incomplete":
-      return held.length > MAX_SNIFF_BYTES ? `TLS ClientHello is larger than ${MAX_SNIFF_BYTES} bytes` : "wait";
+      return firstBytes.length > MAX_SNIFF_BYTES ? `TLS ClientHello is larger than ${MAX_SNIFF_BYTES} bytes` : "wait";
 
     case "not-tls":
       // Other protocols pass unchecked: their destination is fixed by the allowed target.

@@ -24,7 +24,7 @@ export interface ParentProxies {
 
 export const NO_PARENT: ParentProxies = { http: null, tunnel: null, noProxy: [] };
 
-/** Longest response head accepted from a parent proxy. */
+/** Maximum size of a response head from a parent proxy, in bytes. */
 const MAX_PARENT_RESPONSE_HEAD = 16 * 1024;
 
 /**
@@ -113,7 +113,7 @@ function bypassesParent(noProxy: readonly string[], target: Target): boolean {
 
 /**
  * Opens a tunnel to `authority` (host:port) through a parent proxy with CONNECT, and returns
- * the socket once the parent has answered 2xx. Bytes the parent sent after its response head are
+ * the socket once the parent has responded 2xx. Bytes the parent sent after its response head are
  * put back into the socket.
  */
 export function connectViaParent(parent: ParentProxy, authority: string, timeoutMs: number): Promise<Socket> {

@@ -11,10 +11,10 @@ export type AllowDecision = Extract<NetworkDecision, { action: "allow" }>;
  */
 export type Verdict = { action: "allow"; decision: AllowDecision } | { action: "intercept"; decision: AllowDecision } | { action: "deny"; denial: Denial };
 
-/** What the gateway can see of a request: method and path for plain HTTP, nothing for a tunnel. */
+/** The parts of a request the gateway can see: method and path for plain HTTP, nothing for a tunnel. */
 export type RequestView = { kind: "http"; method: string; path: string } | { kind: "tunnel" };
 
-/** Hook that says whether the gateway would terminate TLS for a host and port. */
+/** Hook that decides whether the gateway would terminate TLS for a host and port. */
 export type InterceptHook = (host: CanonicalHost, port: number) => boolean;
 
 /**
