@@ -1,6 +1,6 @@
-// The upstream HTTPS server for the gateway benchmark, run in its own process so that its TLS
-// work does not share an event loop with the client or the gateway. Prints its port on stdout.
-// GET /bytes/N streams N bytes; any other path answers "ok".
+// The upstream HTTPS server for the gateway benchmark. It runs in its own process so that its TLS
+// work does not share an event loop with the client or the gateway, and prints its port on
+// stdout. GET /bytes/N streams N bytes, and any other path returns "ok".
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";

@@ -5,7 +5,7 @@
 // Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200]
 // Needs curl and Squid (Debian package "squid") on PATH. Everything listens on 127.0.0.1.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,7 +27,7 @@ const sizeMiB = option("size-mib", 256);
 const repetitions = option("repetitions", 5);
 const connectionsPerRound = option("connections", 200);
 
-const here = fileURLToPath(new URL(".", import.meta.url));
+const benchDir = fileURLToPath(new URL(".", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "ringfence-bench-gateway-"));
 const children: ChildProcess[] = [];
 
@@ -78,12 +78,13 @@ async function freePort(): Promise<number> {
 async function startSquid(serverPort: number): Promise<{ port: number; pid: number | undefined }> {
   const port = await freePort();
   const squidDir = join(dir, "squid");
-  const { mkdirSync } = await import("node:fs");
   mkdirSync(squidDir);
+
   // Squid drops root privileges to its proxy user, which must be able to reach and write here.
   chmodSync(dir, 0o711);
   chmodSync(squidDir, 0o777);
   writeFileSync(join(squidDir, "hosts"), `127.0.0.1 ${HOST}\n`);
+
   writeFileSync(
     join(squidDir, "squid.conf"),
     [
@@ -107,6 +108,7 @@ async function startSquid(serverPort: number): Promise<{ port: number; pid: numb
       "",
     ].join("\n"),
   );
+
   const child = spawn("squid", ["-N", "-f", join(squidDir, "squid.conf")], { stdio: "ignore" });
   children.push(child);
   await waitForPort(port);
@@ -148,7 +150,7 @@ function connectTunnel(socket: Socket, serverPort: number): Promise<void> {
       socket.off("data", onData);
       socket.pause();
       if (/^HTTP\/1\.[01] 200/.test(received)) resolve();
-      else reject(new Error(`CONNECT refused: ${received.split("\r\n")[0]}`));
+      else reject(new Error(`CONNECT failed: ${received.split("\r\n")[0]}`));
     };
     socket.on("data", onData);
     socket.write(`CONNECT ${HOST}:${serverPort} HTTP/1.1\r\nHost: ${HOST}:${serverPort}\r\n\r\n`);
@@ -205,9 +207,9 @@ async function main(): Promise<void> {
   writeFileSync(join(dir, "key.pem"), leaf.keyPem);
 
   const tsx = ["--import", "tsx"];
-  const server = await startChild(process.execPath, [...tsx, join(here, "https-server.ts"), join(dir, "cert.pem"), join(dir, "key.pem")]);
+  const server = await startChild(process.execPath, [...tsx, join(benchDir, "https-server.ts"), join(dir, "cert.pem"), join(dir, "key.pem")]);
   const serverPort = Number(server.line);
-  const gateway = await startChild(process.execPath, [...tsx, join(here, "gateway-process.ts"), HOST, String(serverPort)]);
+  const gateway = await startChild(process.execPath, [...tsx, join(benchDir, "gateway-process.ts"), HOST, String(serverPort)]);
   const squid = await startSquid(serverPort);
   const ports: Record<Mode, number> = { direct: serverPort, gateway: Number(gateway.line), squid: squid.port };
   // The proxy process whose CPU time each mode adds; direct has none.

@@ -1,6 +1,6 @@
 // The host canonicalisation bypass table, sent as real requests through all three protocols.
-// Every spelling must reach the rule its canonical form reaches, and nothing else; every
-// refusal must be recorded as a deny event; and a name refused before DNS must cause no query.
+// Every spelling must reach the rule its canonical form reaches, and nothing else. Every
+// refusal must be recorded as a deny event, and a name refused before DNS must cause no query.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { startCountingDns, type CountingDns } from "./support/dns-server.js";
@@ -20,7 +20,7 @@ interface BypassCase {
   dns?: boolean;
   /** Protocols that can carry this host; default all three. */
   protocols?: readonly Protocol[];
-  /** Which upstream must answer an allowed request. */
+  /** Upstream that must serve an allowed request. */
   upstream?: "first" | "second";
 }
 
@@ -78,7 +78,7 @@ const cases: BypassCase[] = [
   { host: "[::127.0.0.2]", expect: { reason: NO_ALLOW }, eventHost: "[::7f00:2]" },
   { host: "[fe80::1%25lo]", expect: { reason: /zone index|not a valid/ }, protocols: ["http", "connect"] },
 
-  // Allowed names whose answers are not public addresses.
+  // Allowed names that resolve to addresses that are not public.
   { host: "loop.example.com", expect: { reason: /resolved to 127\.0\.0\.1, which is a loopback address/ }, eventHost: "loop.example.com", dns: true },
   { host: "meta.example.com", expect: { reason: /resolved to 169\.254\.169\.254, which is a metadata address/ }, eventHost: "meta.example.com", dns: true },
   { host: "private.example.com", expect: { reason: /resolved to 10\.1\.2\.3, which is a private address/ }, eventHost: "private.example.com", dns: true },
@@ -139,7 +139,7 @@ after(async () => {
   await dns.close();
 });
 
-// Sends one request for `host` and returns whether an upstream answered 200, with the response text.
+// Sends one request for `host` and returns whether an upstream responded 200, with the response text.
 async function send(protocol: Protocol, host: string): Promise<{ reached: boolean; text: string }> {
   const authority = `${host}:${port}`;
   const inner = (hostHeader: string) => `GET /bypass HTTP/1.1\r\nHost: ${hostHeader}\r\nConnection: close\r\n\r\n`;

@@ -203,7 +203,7 @@ describe("timeouts", () => {
     assert.equal(response.status, 200);
     const done = readToEnd(socket);
     socket.resume();
-    // A complete request on a keep-alive connection: the upstream answers, then both sides go quiet.
+    // A complete request on a keep-alive connection: the upstream responds, then both sides go quiet.
     socket.write(`GET /idle HTTP/1.1\r\nHost: api.example.com\r\n\r\n`);
     assert.match((await done).toString(), /^HTTP\/1\.1 200/);
     const event = await gw.nextEvent((e) => e.protocol === "connect" && /tunnel carried no data for 1000 ms/.test(e.reason ?? ""));

@@ -7,9 +7,9 @@ import { connectThrough, curl, policyFromYaml, readToEnd, socks5Connect, startTe
 import { startHttpUpstream, type Upstream } from "./support/upstream.js";
 
 function target(host: string, port = 443): Target {
-  const made = makeTarget(host, port);
-  assert.ok(made.ok);
-  return made.target;
+  const result = makeTarget(host, port);
+  assert.ok(result.ok);
+  return result.target;
 }
 
 describe("parentProxiesFrom", () => {
@@ -86,7 +86,7 @@ describe("gateway behind a parent proxy", () => {
 
   before(async () => {
     upstream = await startHttpUpstream();
-    // The parent is a second gateway that knows where api.example.com lives.
+    // The parent is a second gateway whose policy pins api.example.com to loopback.
     parent = await startTestGateway(
       policyFromYaml(`version: 1
 network:

@@ -1,6 +1,6 @@
-// A DNS server on loopback that answers A and AAAA queries from a table and counts every query,
-// so tests can prove that a denied name was never looked up. Answers have TTL 0 so no resolver
-// caches them, and a table entry may be a function to change the answer between queries.
+// A DNS server on loopback that resolves A and AAAA queries from a table and counts every query,
+// so tests can prove that a denied name was never looked up. Records have TTL 0 so no resolver
+// caches them, and a table entry may be a function that changes the addresses between queries.
 import { createSocket, type Socket } from "node:dgram";
 import { Resolver } from "node:dns/promises";
 import { isIPv4, isIPv6 } from "node:net";
@@ -13,9 +13,9 @@ export interface CountingDns {
   queries: Map<string, number>;
   /** Total queries received. */
   total(): number;
-  /** A resolver for GatewayOptions.resolve that asks only this server, for A records. */
+  /** A resolver for GatewayOptions.resolve that queries only this server, for A records. */
   resolve(name: string): Promise<string[]>;
-  /** Like resolve, but asks for A and AAAA records and returns both. */
+  /** Like resolve, but queries A and AAAA records and returns both. */
   resolveAll(name: string): Promise<string[]>;
   close(): Promise<void>;
 }
@@ -34,8 +34,14 @@ export async function startCountingDns(table: Record<string, Answer>, host = "12
     queries.set(question.name, count);
 
     const entry = table[question.name];
-    const addresses = entry === undefined ? null : typeof entry === "function" ? entry(count) : entry;
-    const matching = (addresses ?? []).filter((address) => (question.type === TYPE_A ? isIPv4(address) : question.type === TYPE_AAAA ? isIPv6(address) : false));
+    let addresses: readonly string[] | null = null;
+    if (typeof entry === "function") addresses = entry(count);
+    else if (entry !== undefined) addresses = entry;
+
+    let matchesType: (address: string) => boolean = () => false;
+    if (question.type === TYPE_A) matchesType = isIPv4;
+    else if (question.type === TYPE_AAAA) matchesType = isIPv6;
+    const matching = (addresses ?? []).filter((address) => matchesType(address));
     socket.send(buildResponse(message, question.end, addresses === null, question.type, matching), remote.port, remote.address);
   });
 

@@ -24,7 +24,7 @@ export interface TestGateway {
   gateway: Gateway;
   port: number;
   events: NetworkEvent[];
-  /** Resolves with the next event that matches, including one already recorded and not yet taken. */
+  /** Resolves with the next event that matches, including one already recorded and not yet consumed. */
   nextEvent(predicate?: (event: NetworkEvent) => boolean): Promise<NetworkEvent>;
   close(): Promise<void>;
 }
@@ -32,7 +32,7 @@ export interface TestGateway {
 /** Starts a gateway on an ephemeral loopback port; `resolve` defaults to one that fails every lookup. */
 export async function startTestGateway(policy: Policy, options: Partial<GatewayOptions> = {}): Promise<TestGateway> {
   const events: NetworkEvent[] = [];
-  const taken = new Set<NetworkEvent>();
+  const consumed = new Set<NetworkEvent>();
   const waiters: { predicate: (event: NetworkEvent) => boolean; resolve: (event: NetworkEvent) => void }[] = [];
 
   const gateway = await startGateway({
@@ -49,7 +49,7 @@ export async function startTestGateway(policy: Policy, options: Partial<GatewayO
       options.onEvent?.(event);
       const index = waiters.findIndex((waiter) => waiter.predicate(event));
       if (index !== -1) {
-        taken.add(event);
+        consumed.add(event);
         const [waiter] = waiters.splice(index, 1);
         waiter?.resolve(event);
       }
@@ -61,9 +61,9 @@ export async function startTestGateway(policy: Policy, options: Partial<GatewayO
     port: gateway.tcpPort as number,
     events,
     nextEvent(predicate = () => true) {
-      const existing = events.find((event) => !taken.has(event) && predicate(event));
+      const existing = events.find((event) => !consumed.has(event) && predicate(event));
       if (existing !== undefined) {
-        taken.add(existing);
+        consumed.add(existing);
         return Promise.resolve(existing);
       }
       return new Promise((resolve) => waiters.push({ predicate, resolve }));
@@ -84,7 +84,8 @@ export interface CurlResult {
 export function curl(args: readonly string[]): Promise<CurlResult> {
   return new Promise((resolve) => {
     execFile("curl", ["--silent", "--show-error", "--max-time", "20", "--write-out", "\n%{http_code}", ...args], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } }, (error, stdout, stderr) => {
-      const code = error === null ? 0 : typeof error.code === "number" ? error.code : 1;
+      let code = 0;
+      if (error !== null) code = typeof error.code === "number" ? error.code : 1;
       const lines = stdout.split("\n");
       const status = Number(lines.pop());
       resolve({ code, stdout: lines.join("\n"), stderr, status: Number.isFinite(status) ? status : 0 });

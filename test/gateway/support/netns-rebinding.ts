@@ -15,7 +15,7 @@ const PORT = 8080;
 const publicServer = await startHttpUpstream("public", PUBLIC_ADDRESS, PORT);
 const internalServer = await startHttpUpstream("internal", "127.0.0.1", PORT);
 
-// Each rebinding name answers the public address to its first query and loopback afterwards.
+// Each rebinding name resolves to the public address on its first query and to loopback afterwards.
 const rebinding = (query: number) => (query === 1 ? [PUBLIC_ADDRESS] : ["127.0.0.1"]);
 const dns = await startCountingDns({
   "public.example.com": [PUBLIC_ADDRESS],

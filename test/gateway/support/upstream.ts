@@ -27,7 +27,7 @@ export interface Upstream {
 }
 
 /**
- * Answers every request with JSON describing it. GET /bytes/N streams N bytes instead, and
+ * Responds to every request with JSON describing it. GET /bytes/N streams N bytes instead, and
  * POST bodies are hashed, so tests can check streaming both ways.
  */
 function handler(upstream: Upstream, name: string) {
@@ -71,7 +71,7 @@ function handler(upstream: Upstream, name: string) {
       }
 
       const body = JSON.stringify({ server: name, ...seen });
-      // /headers also answers with hop-by-hop headers, which the gateway must strip.
+      // /headers also responds with hop-by-hop headers, which the gateway must strip.
       const hopByHop = request.url === "/headers" ? { "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic" } : {};
       response.writeHead(200, { "Content-Type": "application/json", "X-Upstream": name, ...hopByHop });
       response.end(body);
