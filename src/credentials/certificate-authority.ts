@@ -50,7 +50,8 @@ export async function createRunCertificateAuthority(label: string): Promise<RunC
       await x509.SubjectKeyIdentifierExtension.create(caKeys.publicKey),
     ],
   });
-  const certPem = caCert.toString("pem");
+  // A trailing newline lets callers concatenate PEM files safely.
+  const certPem = `${caCert.toString("pem").trimEnd()}\n`;
   const authorityKeyIdentifier = await x509.AuthorityKeyIdentifierExtension.create(caCert);
 
   const leafKeys = (await webcrypto.subtle.generateKey(KEY_ALGORITHM, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;

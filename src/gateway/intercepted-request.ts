@@ -3,6 +3,7 @@
 // verified upstream TLS connection, with the response scrubbed where the interceptor asks.
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import { pipeline, type Transform } from "node:stream";
+import { CoalescingTransform } from "./coalesce.js";
 import type { GatewayContext } from "./context.js";
 import { describeError } from "./dial.js";
 import type { EventRecord } from "./events.js";
@@ -173,6 +174,7 @@ function relayResponse(exchange: Exchange, upstreamResponse: IncomingMessage, sc
   }
 
   response.writeHead(status, upstreamResponse.statusMessage, headers);
+  if (hasBody) transforms.push(new CoalescingTransform());
   if (transforms.length === 0) {
     upstreamResponse.pipe(response);
     upstreamResponse.on("error", () => response.destroy());

@@ -171,6 +171,14 @@ describe("response scrubbing", () => {
     assert.equal(event?.credential, "anthropic");
   });
 
+  it("streams a large body intact", async () => {
+    const size = 3 * 1024 * 1024 + 17;
+    const [response] = await nodeRequestsOverOneTunnel(rig.gw.port, "api.example.com", port, readFileSync(cafile, "utf8"), [{ path: `/bytes/${size}` }]);
+    assert.equal(response?.status, 200);
+    assert.equal(response?.body.length, size);
+    assert.equal(response?.body, "a".repeat(size));
+  });
+
   it("refuses a coding it cannot scrub", async () => {
     const result = await via(`https://api.example.com:${port}/echo/unknown-encoding`);
     assert.equal(result.status, 502);

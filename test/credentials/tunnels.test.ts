@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { connectThrough, curl, readToEnd } from "../gateway/support/harness.js";
+import { startHttpUpstream, type Upstream } from "../gateway/support/upstream.js";
+import { startBrokerRig, type BrokerRig } from "./support/setup.js";
+
+const SECRET = "sk-socks-REAL-0123456789";
+
+let rig: BrokerRig;
+let plain: Upstream;
+
+before(async () => {
+  plain = await startHttpUpstream("plain");
+  rig = await startBrokerRig(
+    (port) => `version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: api.example.com
+      ports: [${port}, ${plain.port}]
+      addresses: [127.0.0.1]
+      action: allow
+    - host: readonly.example.com
+      ports: [${plain.port}]
+      addresses: [127.0.0.1]
+      methods: [GET]
+      action: allow
+credentials:
+  - name: api
+    source: {env: API_SECRET}
+    hosts: [api.example.com]
+    inject: {header: x-api-key}
+`,
+    { API_SECRET: SECRET },
+  );
+});
+
+after(async () => {
+  await rig.close();
+  await plain.close();
+});
+
+describe("tunnels to intercepted hosts", () => {
+  it("intercepts SOCKS5 to a credential host", async () => {
+    const result = await curl(["--proxy", `socks5h://127.0.0.1:${rig.gw.port}`, "--cacert", rig.broker.caCertPath, `https://api.example.com:${rig.upstream.port}/echo`]);
+    assert.equal(result.status, 200, result.stderr);
+    assert.equal(rig.upstream.requests.at(-1)?.headers["x-api-key"], SECRET);
+    assert.equal(result.stdout.includes(SECRET), false);
+    const event = await rig.gw.nextEvent((candidate) => candidate.protocol === "https" && candidate.host === "api.example.com");
+    assert.equal(event.decision, "allow");
+  });
+
+  it("passes a stream that is not TLS as a plain tunnel", async () => {
+    const { response, socket } = await connectThrough(rig.gw.port, `api.example.com:${plain.port}`);
+    assert.equal(response.status, 200);
+    const received = readToEnd(socket);
+    socket.resume();
+    socket.write("GET /not-tls HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n");
+    assert.match((await received).toString(), /^HTTP\/1\.1 200/);
+    assert.equal(plain.seen.at(-1)?.url, "/not-tls");
+    // Nothing is injected into a stream the gateway does not read.
+    assert.equal(plain.seen.at(-1)?.headers["x-api-key"], undefined);
+  });
+
+  it("refuses a stream that is not TLS where methods are restricted", async () => {
+    const before = plain.seen.length;
+    const { response, socket } = await connectThrough(rig.gw.port, `readonly.example.com:${plain.port}`);
+    assert.equal(response.status, 200);
+    const received = readToEnd(socket);
+    socket.resume();
+    socket.write("DELETE /x HTTP/1.1\r\nHost: readonly.example.com\r\nConnection: close\r\n\r\n");
+    assert.equal((await received).length, 0);
+    assert.equal(plain.seen.length, before);
+    const event = await rig.gw.nextEvent((candidate) => candidate.protocol === "connect" && candidate.host === "readonly.example.com");
+    assert.equal(event.decision, "deny");
+    assert.match(event.reason ?? "", /does not carry TLS the gateway can intercept/);
+  });
+});
