@@ -6,8 +6,8 @@ const COALESCE_BYTES = 256 * 1024;
 /**
  * Merges the chunks that arrive within one turn of the event loop (up to COALESCE_BYTES) into
  * one. TLS delivers at most 16 KiB per record, and writing each record's worth separately costs
- * a TLS record and a system call downstream; merged, a fast download is written in large pieces
- * while a slow stream, such as server-sent events, is passed on without waiting.
+ * a TLS record and a system call downstream. Merged, a fast download is written in large pieces,
+ * while a slow stream such as server-sent events is passed on without waiting.
  */
 export class CoalescingTransform extends Transform {
   #pending: Buffer[] = [];

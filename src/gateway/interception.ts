@@ -1,7 +1,7 @@
-// TLS interception of one gateway: a tunnel that the verdict marks for interception is answered
-// by the gateway itself with a leaf certificate from the interceptor, and the HTTP/1.1 requests
-// inside it go through intercepted-request.ts, each checked and forwarded over a verified
-// upstream TLS connection.
+// TLS interception of one gateway. The gateway terminates the TLS of a tunnel that the verdict
+// marks for interception, with a leaf certificate from the interceptor. Each HTTP/1.1 request
+// inside it goes through intercepted-request.ts, which checks it and forwards it over a
+// verified upstream TLS connection.
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
@@ -92,9 +92,9 @@ export class Interception {
   }
 
   /**
-   * Takes over an allowed tunnel. The first client bytes decide: a TLS ClientHello whose SNI
-   * matches the target is answered with a minted leaf certificate; a stream that is not TLS
-   * becomes an ordinary tunnel, unless the host's rules restrict methods or paths.
+   * Takes over an allowed tunnel. The first client bytes decide. A TLS ClientHello whose SNI
+   * matches the target gets a handshake with a minted leaf certificate, and a stream that is not
+   * TLS becomes an ordinary tunnel, unless the host's rules restrict methods or paths.
    */
   accept(options: AcceptOptions): void {
     const { client, target, record } = options;
@@ -102,8 +102,8 @@ export class Interception {
     let held = options.head;
 
     client.on("error", (error) => logger.debug({ err: error, host: target.display }, "intercepted client socket error"));
-    // The gateway writes each response in several TLS records (head, body chunks, last chunk);
-    // with Nagle's algorithm the last one would wait for the client's delayed ACK.
+    // Each response goes out in several TLS records (head, body chunks, last chunk), and with
+    // Nagle's algorithm the last one would wait for the client's delayed ACK.
     client.setNoDelay(true);
     client.setTimeout(limits.idleTimeoutMs, () => client.destroy());
     const timer = setTimeout(() => {
