@@ -6,16 +6,24 @@ const RELAY_BUFFER_BYTES = 64 * 1024;
 const relays = new WeakMap<Socket, ReadRelay>();
 
 /**
- * Copies bytes read from an upstream socket to a client socket through one reused buffer, with
+ * Copies bytes read from an upstream socket to a client socket through two reused buffers, with
  * the socket's `onread` option instead of 'data' events. A 'data' event allocates a new buffer
  * per read, and in a measured 256 MiB CONNECT download on loopback that allocation and its
  * garbage collection cost the gateway more CPU time than the server's TLS encryption.
  *
- * The buffer is read into again only after the previous chunk has left it: when a write cannot
- * finish at once, Node queues the chunk by reference, so reading stops until 'drain'.
+ * A buffer is read into again only after the chunk written from it has left it: when a write
+ * cannot finish at once, Node queues the chunk by reference, and the write callback says when it
+ * is flushed. While one chunk waits, the next read goes into the other buffer; with both
+ * waiting, reading stops until one is free.
  */
 export class ReadRelay {
-  readonly #buffer = Buffer.allocUnsafe(RELAY_BUFFER_BYTES);
+  readonly #buffers = [Buffer.allocUnsafe(RELAY_BUFFER_BYTES), Buffer.allocUnsafe(RELAY_BUFFER_BYTES)] as const;
+  /** Index of the buffer the next read goes into. */
+  #current: 0 | 1 = 0;
+  /** Per buffer, the id of the queued write that still points into it, or 0 when it is free. */
+  readonly #queuedWrite: [number, number] = [0, 0];
+  #lastWrite = 0;
+  #paused = false;
   #source: Socket | null = null;
   #destination: Socket | null = null;
   /** Copies of bytes that arrived before a destination was attached, such as a server banner. */
@@ -24,7 +32,7 @@ export class ReadRelay {
 
   /** The `onread` option to pass to net.connect. */
   readonly onread: OnReadOpts = {
-    buffer: this.#buffer,
+    buffer: () => this.#buffers[this.#current],
     callback: (bytesRead: number) => this.#onRead(bytesRead),
   };
 
@@ -47,7 +55,8 @@ export class ReadRelay {
   }
 
   #onRead(bytesRead: number): boolean {
-    const chunk = this.#buffer.subarray(0, bytesRead);
+    const index = this.#current;
+    const chunk = this.#buffers[index].subarray(0, bytesRead);
     const destination = this.#destination;
     if (destination === null) {
       this.#early.push(Buffer.from(chunk));
@@ -55,12 +64,27 @@ export class ReadRelay {
     }
     if (destination.destroyed) return false;
 
-    destination.write(chunk);
+    const id = ++this.#lastWrite;
+    destination.write(chunk, () => this.#flushed(index, id));
     if (destination.writableLength === 0) return true;
 
-    // The chunk still points into the shared buffer, so read nothing until it is sent.
-    destination.once("drain", () => this.#source?.resume());
+    // The chunk still points into this buffer, so the next read goes into the other one.
+    this.#queuedWrite[index] = id;
+    this.#current = index === 0 ? 1 : 0;
+    if (this.#queuedWrite[this.#current] === 0) return true;
+
+    this.#paused = true;
     return false;
+  }
+
+  #flushed(index: 0 | 1, id: number): void {
+    if (this.#queuedWrite[index] !== id) return;
+    this.#queuedWrite[index] = 0;
+    if (!this.#paused) return;
+
+    this.#paused = false;
+    this.#current = index;
+    this.#source?.resume();
   }
 }
 

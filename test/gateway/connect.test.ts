@@ -7,7 +7,7 @@ import { connect as tlsConnect } from "node:tls";
 import { after, before, describe, it } from "node:test";
 import { connectThrough, curl, getOverTls, policyFromYaml, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
-import { startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
+import { patternBytes, startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
 
 let ca: TestCa;
 let caFile: string;
@@ -161,6 +161,51 @@ describe("CONNECT with Node clients", () => {
     await closed;
     const event = await gw.nextEvent((e) => e.protocol === "connect" && e.decision === "deny" && /ClientHello/.test(e.reason ?? ""));
     assert.match(event.reason ?? "", /larger than|malformed/);
+  });
+
+  it("relays a large download intact", { timeout: 120_000 }, async () => {
+    const size = 64 * 1024 * 1024 + 7;
+    const { response, socket } = await connectThrough(gw.port, `api.example.com:${http.port}`);
+    assert.equal(response.status, 200);
+    const done = readToEnd(socket);
+    socket.resume();
+    socket.write(`GET /bytes/${size} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`);
+    const received = await done;
+    const headEnd = received.indexOf("\r\n\r\n");
+    assert.match(received.subarray(0, headEnd).toString("latin1"), new RegExp(`Content-Length: ${size}`));
+    const body = received.subarray(headEnd + 4);
+    assert.equal(body.length, size);
+    assert.ok(body.equals(patternBytes(0, size)), "the body differs from the pattern the server sent");
+
+    const event = await gw.nextEvent((e) => e.protocol === "connect" && e.port === http.port && e.bytesDown > size);
+    assert.equal(event.decision, "allow");
+    assert.equal(event.bytesDown, received.length);
+  });
+
+  it("relays intact to a client that reads slowly", { timeout: 120_000 }, async () => {
+    const size = 16 * 1024 * 1024 + 3;
+    const { response, socket } = await connectThrough(gw.port, `api.example.com:${http.port}`);
+    assert.equal(response.status, 200);
+
+    // Pausing after every chunk lets the kernel buffers fill, so the gateway's writes queue up.
+    const chunks: Buffer[] = [];
+    const done = new Promise<Buffer>((resolve) => {
+      socket.on("data", (chunk: Buffer) => {
+        chunks.push(chunk);
+        socket.pause();
+        setImmediate(() => socket.resume());
+      });
+      socket.on("close", () => resolve(Buffer.concat(chunks)));
+    });
+    socket.resume();
+    socket.write(`GET /bytes/${size} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`);
+    const received = await done;
+    const body = received.subarray(received.indexOf("\r\n\r\n") + 4);
+    assert.equal(body.length, size);
+    assert.ok(body.equals(patternBytes(0, size)), "the body differs from the pattern the server sent");
+
+    const event = await gw.nextEvent((e) => e.protocol === "connect" && e.port === http.port && e.bytesDown === received.length);
+    assert.equal(event.decision, "allow");
   });
 
   it("passes a tunnel that does not start with TLS", async () => {

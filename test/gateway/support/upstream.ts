@@ -27,7 +27,20 @@ export interface Upstream {
 }
 
 /**
- * Responds to every request with JSON describing it. GET /bytes/N streams N bytes instead, and
+ * Returns `length` bytes of the test body pattern starting at byte `offset`: each 4-byte word is
+ * its own word index, big-endian. A relay that drops, repeats or reorders bytes breaks it.
+ */
+export function patternBytes(offset: number, length: number): Buffer {
+  const firstWord = Math.floor(offset / 4);
+  const words = Buffer.alloc((Math.ceil((offset + length) / 4) - firstWord) * 4);
+  for (let i = 0; i < words.length / 4; i++) words.writeUInt32BE((firstWord + i) >>> 0, i * 4);
+  const start = offset - firstWord * 4;
+  return words.subarray(start, start + length);
+}
+
+/**
+ * Responds to every request with JSON describing it. GET /bytes/N streams N bytes of the test
+ * pattern instead, and
  * POST bodies are hashed, so tests can check streaming both ways.
  */
 function handler(upstream: Upstream, name: string) {
@@ -53,13 +66,13 @@ function handler(upstream: Upstream, name: string) {
       if (bytes !== null) {
         const total = Number(bytes[1]);
         response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": total });
-        const block = Buffer.alloc(64 * 1024, 0x61);
         let sent = 0;
         const pump = () => {
           while (sent < total) {
-            const size = Math.min(block.length, total - sent);
+            const size = Math.min(64 * 1024, total - sent);
+            const block = patternBytes(sent, size);
             sent += size;
-            if (!response.write(size === block.length ? block : block.subarray(0, size))) {
+            if (!response.write(block)) {
               response.once("drain", pump);
               return;
             }
