@@ -6,7 +6,8 @@
 //    the gateway intercepting a credential host (decrypt, scrub, encrypt), and through mitmdump
 //    with streamed bodies.
 // 3. First-request cost for a new host: a new connection and one request to a name never seen
-//    (leaf certificate minted) against a name already minted; and the mint alone, in process.
+//    (leaf certificate minted) against the same for a name already minted. The mint alone is
+//    also timed in process.
 // Modes are interleaved within each repetition, so ratios come from the same run.
 //
 // Usage: node --import tsx bench/credentials/run.ts [--size-mib 256] [--repetitions 3] [--seconds 5] [--concurrency 8]
@@ -117,7 +118,7 @@ function connectTunnel(socket: Socket, authority: string): Promise<void> {
       socket.off("data", onData);
       socket.pause();
       if (/^HTTP\/1\.[01] 200/.test(received)) resolve();
-      else reject(new Error(`CONNECT refused: ${received.split("\r\n")[0]}`));
+      else reject(new Error(`CONNECT rejected: ${received.split("\r\n")[0]}`));
     };
     socket.on("data", onData);
     socket.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
@@ -245,7 +246,7 @@ async function main(): Promise<void> {
     repeatMs.push(await oneConnection(routes.gateway, host, serverPort, bundlePem, gateway.placeholder));
   }
 
-  // The mint alone: leaf certificates per second for distinct names, in this process.
+  // The mint alone: mean milliseconds per leaf certificate for distinct names, in this process.
   const authority = await createRunCertificateAuthority("bench");
   const mintStart = performance.now();
   const mints = 500;
@@ -263,8 +264,11 @@ async function main(): Promise<void> {
     settings: { sizeMiB, repetitions, seconds, concurrency, newHosts },
     requestsPerSecond: Object.fromEntries(Object.entries(rates).map(([mode, values]) => [mode, Math.round(median(values))])),
     gatewayOverMitmproxy: round(median(rates.gateway ?? []) / median(rates.mitmproxy ?? [])),
+    // Ratios within each repetition, which cancel load that changed between repetitions.
+    gatewayOverMitmproxyPerRepetition: (rates.gateway ?? []).map((value, index) => round(value / (rates.mitmproxy?.[index] ?? Number.NaN))),
     downloadMiBps: Object.fromEntries(Object.entries(throughput).map(([mode, values]) => [mode, mib(median(values))])),
     interceptedOverTunnel: round(median(throughput["gateway intercepted"] ?? []) / median(throughput["gateway tunnel"] ?? [])),
+    interceptedOverTunnelPerRepetition: (throughput["gateway intercepted"] ?? []).map((value, index) => round(value / (throughput["gateway tunnel"]?.[index] ?? Number.NaN))),
     newHostMs: { firstRequestP50: round(median(firstMs)), repeatRequestP50: round(median(repeatMs)), mintOnlyMean: round(mintMs) },
     raw: { rates, throughput },
   };
