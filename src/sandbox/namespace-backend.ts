@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { recordOverlayBaseline } from "../workspace/overlay-record.js";
 import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
 import { bwrapArguments, describeMounts } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
@@ -85,6 +86,8 @@ export class NamespaceBackend implements SandboxBackend {
       mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
       const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
       if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
+      // The baseline lets `ringfence diff` and `apply` tell the run's changes from host edits.
+      recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
     }
 
     const protect: ProtectPlan = workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] } : planProtection(workspaceSource, workspace.protect, diskView);

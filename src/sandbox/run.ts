@@ -139,6 +139,9 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     if (exit.stoppedBy !== null) message(`ringfence: stopped the box: ${exit.stoppedBy}`);
     if (exit.limitMessage !== null) message(`ringfence: ${exit.limitMessage}`);
     for (const warning of exit.warnings) message(`ringfence: ${warning}`);
+    if (policy.workspace.mode === "overlay") {
+      message(`ringfence: the host workspace is unchanged; review the run's changes with: ringfence diff ${runDir.id}, then ringfence apply ${runDir.id} or ringfence discard ${runDir.id}`);
+    }
     const blockedLine = blocked.summary();
     message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${runDir.eventsPath}`);
     return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Benchmarks `ringfence run`: start-up against Node, bare bwrap with the same namespaces, bwrap
+# with each candidate forwarder, and srt (@anthropic-ai/sandbox-runtime); then workspace I/O
+# inside the box against the host. Each group is one hyperfine invocation, so its ratios come
+# from the same run. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
+# is installed into a temporary directory, not into the project.
+#
+#   npm run bench:run            # prints markdown tables
+#   RUNS=30 npm run bench:run    # more repetitions
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+runs=${RUNS:-20}
+ringfence="$repo/bin/ringfence"
+
+for tool in hyperfine bwrap socat rg cc; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install hyperfine bubblewrap socat ripgrep gcc)" >&2; exit 1; }
+done
+(cd "$repo" && npm run build >/dev/null)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ringfence-bench-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+export XDG_STATE_HOME="$work/state" XDG_CACHE_HOME="$work/cache"
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(bwrap --version), node $(node --version), $(date -u +%Y-%m-%d)"
+
+# srt from npm, outside the project.
+(cd "$work" && npm install --silent --no-audit --no-fund --prefix "$work/srt" @anthropic-ai/sandbox-runtime >/dev/null)
+srt="$work/srt/node_modules/.bin/srt"
+echo "srt: $(node -p "require('$work/srt/node_modules/@anthropic-ai/sandbox-runtime/package.json').version")"
+
+ws="$work/workspace"
+mkdir -p "$ws" && git -C "$ws" init -q
+
+# The forwarder ringfence compiles on first use, and its Node fallback.
+(cd "$ws" && "$ringfence" run -- true 2>/dev/null)
+native=$(ls "$XDG_CACHE_HOME"/ringfence/forwarder-* | head -1)
+RINGFENCE_FORWARDER=node "$ringfence" run -- true 2>/dev/null || true
+node_forwarder="$XDG_CACHE_HOME/ringfence/forwarder.mjs"
+
+# Bare bwrap with the namespaces and system mounts a ringfence box has, minus the policy work.
+bare="bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/sbin /sbin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --tmpfs /tmp --bind $ws $ws --chdir $ws"
+runtime="--ro-bind /dev/null /run/ringfence/gateway.sock"
+
+echo
+echo "## start-up: \`true\` in a box"
+(cd "$ws" && hyperfine -N --warmup 3 --runs "$runs" --style none --export-markdown "$work/startup.md" \
+  -n "node -e 0" "node -e 0" \
+  -n "bare bwrap" "$bare true" \
+  -n "bwrap + C forwarder" "$bare $runtime --ro-bind $native /run/ringfence/forwarder /run/ringfence/forwarder 3128 /run/ringfence/gateway.sock true" \
+  -n "bwrap + Node forwarder" "$bare $runtime --ro-bind $node_forwarder /run/ringfence/forwarder.mjs node /run/ringfence/forwarder.mjs 3128 /run/ringfence/gateway.sock true" \
+  -n "bwrap + socat forwarder" "$bare $runtime sh -c 'socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/run/ringfence/gateway.sock & exec true'" \
+  -n "ringfence run -- true" "$ringfence run -- true" \
+  -n "srt true" "$srt true" >/dev/null)
+cat "$work/startup.md"
+
+echo
+echo "## workspace I/O: host against box, interleaved rounds"
+node -e '
+const fs = require("node:fs");
+for (let i = 0; i < 5000; i += 1) {
+  const dir = `${process.argv[1]}/src/d${i % 50}`;
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(`${dir}/f${i}.txt`, `line ${i}\n`.repeat(20));
+}' "$ws"
+git -C "$ws" add -A && git -C "$ws" -c user.email=bench@example.invalid -c user.name=bench commit -qm tree
+tar -C "$ws" -cf "$ws/tree.tar" src
+printf 'tree.tar\nout/\n' >> "$ws/.git/info/exclude"
+node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}"
