@@ -155,7 +155,7 @@ function fit(rule: CompiledRule, query: NetworkQuery): RuleFit {
 /** A policy's network rules compiled for fast decisions. Build once per policy. */
 export class NetworkRules {
   readonly #layers: CompiledLayer[];
-  readonly #scan: LayerScan = { deny: null, allows: null, inspect: false };
+  readonly #scan: LayerScan = { deny: null, first: null, more: null, inspect: false };
 
   constructor(policy: Pick<Policy, "network">) {
     this.#layers = policy.network.layers.map(compileLayer);
@@ -171,38 +171,40 @@ export class NetworkRules {
     let inspect = false;
     let allowsPerLayer: CompiledRule[][] | null = null;
     let innermostAllow: CompiledRule | null = null;
+    const single = this.#layers.length === 1;
 
     // decide() is synchronous, so one scan record per instance is reused across calls.
     const scan = this.#scan;
     for (const layer of this.#layers) {
       scan.deny = null;
-      scan.allows = null;
+      scan.first = null;
+      scan.more = null;
       scan.inspect = false;
       if (labels === null) scanRules(layer.ips.get((query.host as { address: string }).address), query, scan, true);
       else scanTrie(layer.root, labels, query, scan);
       if (scan.inspect) inspect = true;
 
       // Read back through the interface type: the scan functions set these fields.
-      const { deny, allows } = scan as LayerScan;
+      const { deny, first, more } = scan as LayerScan;
       if (deny !== null) {
         const rule = deny.rule;
         return { action: "deny", rule, reason: rule.reason ?? `denied by ${rule.label}` };
       }
       if (!layer.hasAllow) continue;
-      if (allows === null) return NO_ALLOW;
+      if (first === null) return NO_ALLOW;
 
-      if (allows.length > 1) allows.sort(ruleOrder);
+      // The common case, one layer and one matching rule, gets a decision object made once per
+      // rule and no allocation; decisions are immutable, so sharing them is safe.
+      if (single && more === null && !inspect) {
+        return (first.soleDecision ??= new AllowDecision(first.rule, false, [[first]]));
+      }
+
+      const allows = more === null ? [first] : [first, ...more].sort(ruleOrder);
       (allowsPerLayer ??= []).push(allows);
       innermostAllow = allows[0] as CompiledRule;
     }
 
     if (allowsPerLayer === null || innermostAllow === null) return NO_ALLOW;
-
-    // The common case, one layer and one matching rule, gets a decision object made once per
-    // rule; decisions are immutable, so sharing them is safe.
-    if (allowsPerLayer.length === 1 && !inspect && (allowsPerLayer[0] as CompiledRule[]).length === 1) {
-      return (innermostAllow.soleDecision ??= new AllowDecision(innermostAllow.rule, false, allowsPerLayer));
-    }
     return new AllowDecision(innermostAllow.rule, inspect, allowsPerLayer);
   }
 }
@@ -232,7 +234,9 @@ class AllowDecision {
 
 interface LayerScan {
   deny: CompiledRule | null;
-  allows: CompiledRule[] | null;
+  /** The first matching allow rule found; `more` holds any others, unsorted. */
+  first: CompiledRule | null;
+  more: CompiledRule[] | null;
   inspect: boolean;
 }
 
@@ -248,8 +252,10 @@ function scanRules(rules: readonly CompiledRule[] | undefined, query: NetworkQue
       // A deny rule that depends on an unknown method or path does not deny the connection.
       // Instead `inspect` makes the gateway check each request in it, or reject it when it cannot.
       if (result === "match" && (scan.deny === null || candidate.order < scan.deny.order)) scan.deny = candidate;
+    } else if (scan.first === null) {
+      scan.first = candidate;
     } else {
-      (scan.allows ??= []).push(candidate);
+      (scan.more ??= []).push(candidate);
     }
   }
 }
