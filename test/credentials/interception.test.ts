@@ -3,7 +3,10 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { curl } from "../gateway/support/harness.js";
+import { PassThrough, type Writable } from "node:stream";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { createGunzip } from "node:zlib";
+import { connectThrough, curl } from "../gateway/support/harness.js";
 import { startHttpUpstream, type Upstream } from "../gateway/support/upstream.js";
 import { nodeRequestsOverOneTunnel } from "./support/clients.js";
 import { startBrokerRig, tempFile, type BrokerRig } from "./support/setup.js";
@@ -179,6 +182,46 @@ describe("response scrubbing", () => {
     assert.equal(response?.body, "a".repeat(size));
   });
 
+  for (const path of ["/stream", "/stream/gzip"]) {
+    it(`passes ${path} events before the response ends`, async () => {
+      // The upstream holds the response open after its first event, so a gateway that
+      // buffered the body would never deliver it and the test would time out.
+      const { socket } = await connectThrough(rig.gw.port, `api.example.com:${port}`);
+      const tls = tlsConnect({ socket, servername: "api.example.com", ca: readFileSync(cafile, "utf8") });
+      socket.resume();
+      const decoded = path.endsWith("gzip") ? createGunzip() : new PassThrough();
+      let text = "";
+      decoded.on("data", (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      const bodyStart = new Promise<void>((resolve) => {
+        let head = Buffer.alloc(0);
+        const onData = (chunk: Buffer) => {
+          head = Buffer.concat([head, chunk]);
+          const end = head.indexOf("\r\n\r\n");
+          if (end === -1) return;
+          tls.off("data", onData);
+          feedChunked(tls, head.subarray(end + 4), decoded);
+          resolve();
+        };
+        tls.on("data", onData);
+      });
+      tls.write(`GET ${path} HTTP/1.1\r\nHost: api.example.com:${port}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n`);
+      await bodyStart;
+
+      await new Promise<void>((resolve) => {
+        const check = () => (text.includes("data: first") ? resolve() : decoded.once("data", check));
+        check();
+      });
+      assert.equal(text, `data: first ${anthropic}\n\n`);
+      rig.upstream.release();
+
+      await new Promise<void>((resolve) => decoded.once("end", () => resolve()));
+      assert.equal(text, `data: first ${anthropic}\n\ndata: last\n\n`);
+      tls.destroy();
+    });
+  }
+
   it("refuses a coding it cannot scrub", async () => {
     const result = await via(`https://api.example.com:${port}/echo/unknown-encoding`);
     assert.equal(result.status, 502);
@@ -277,3 +320,28 @@ describe("interception checks", () => {
     assert.notEqual(result.code, 0);
   });
 });
+
+// Decodes a chunked HTTP/1.1 body from `first` and the rest of the socket into `out`, and ends
+// `out` at the last chunk. Enough for the tests' own responses, not a general parser.
+function feedChunked(tls: TLSSocket, first: Buffer, out: Writable): void {
+  let buffer = first;
+  const drain = () => {
+    for (;;) {
+      const lineEnd = buffer.indexOf("\r\n");
+      if (lineEnd === -1) return;
+      const size = parseInt(buffer.subarray(0, lineEnd).toString("latin1"), 16);
+      if (size === 0) {
+        out.end();
+        return;
+      }
+      if (buffer.length < lineEnd + 2 + size + 2) return;
+      out.write(buffer.subarray(lineEnd + 2, lineEnd + 2 + size));
+      buffer = buffer.subarray(lineEnd + 2 + size + 2);
+    }
+  };
+  tls.on("data", (chunk: Buffer) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    drain();
+  });
+  drain();
+}

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";
-import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
+import { brotliCompressSync, createGzip, deflateSync, gzipSync } from "node:zlib";
 
 export interface RecordedRequest {
   method: string;
@@ -21,13 +21,27 @@ export interface ReflectUpstream {
   requests: RecordedRequest[];
   /** TCP connections accepted. */
   connections: number;
+  /** Ends the streamed responses of /stream and /stream/gzip, which stay open until then. */
+  release(): void;
   close(): Promise<void>;
 }
 
 const MAX_RECORDED_BODY = 1024 * 1024;
+/** Streamed responses waiting for release(), per upstream. */
+const held = new WeakMap<ReflectUpstream, (() => void)[]>();
 
 export async function startReflectUpstream(tls: { certPem: string; keyPem: string }): Promise<ReflectUpstream> {
-  const upstream: ReflectUpstream = { port: 0, requests: [], connections: 0, close: async () => {} };
+  const waiting: (() => void)[] = [];
+  const upstream: ReflectUpstream = {
+    port: 0,
+    requests: [],
+    connections: 0,
+    release: () => {
+      for (const end of waiting.splice(0)) end();
+    },
+    close: async () => {},
+  };
+  held.set(upstream, waiting);
   const server = createServer({ cert: tls.certPem, key: tls.keyPem }, (request, response) => handle(upstream, request, response));
   server.on("connection", () => {
     upstream.connections += 1;
@@ -63,11 +77,11 @@ function handle(upstream: ReflectUpstream, request: IncomingMessage, response: S
       servername: (request.socket as { servername?: string }).servername ?? null,
     };
     upstream.requests.push(recorded);
-    respond(recorded, request, response);
+    respond(recorded, request, response, held.get(upstream) ?? []);
   });
 }
 
-function respond(recorded: RecordedRequest, request: IncomingMessage, response: ServerResponse): void {
+function respond(recorded: RecordedRequest, request: IncomingMessage, response: ServerResponse, waiting: (() => void)[]): void {
   const url = new URL(recorded.url, "https://upstream.invalid");
   const reflected = Buffer.from(JSON.stringify({ method: recorded.method, url: recorded.url, headers: recorded.headers }));
 
@@ -94,6 +108,22 @@ function respond(recorded: RecordedRequest, request: IncomingMessage, response: 
         setImmediate(next);
       };
       next();
+      return;
+    }
+    case "/stream": {
+      // A server-sent event with the reflected key, then nothing until release().
+      response.writeHead(200, { "Content-Type": "text/event-stream" });
+      response.write(`data: first ${String(request.headers["x-api-key"])}\n\n`);
+      waiting.push(() => response.end("data: last\n\n"));
+      return;
+    }
+    case "/stream/gzip": {
+      response.writeHead(200, { "Content-Type": "text/event-stream", "Content-Encoding": "gzip" });
+      const gzip = createGzip();
+      gzip.pipe(response);
+      gzip.write(`data: first ${String(request.headers["x-api-key"])}\n\n`);
+      gzip.flush();
+      waiting.push(() => gzip.end("data: last\n\n"));
       return;
     }
     case "/echo/gzip":
