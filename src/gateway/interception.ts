@@ -57,6 +57,9 @@ export class Interception {
       maxHeaderSize: limits.maxHeaderBytes,
       requireHostHeader: false,
       joinDuplicateHeaders: false,
+      // NOTE: Node enforces headersTimeout only on servers that listen themselves, and this one is
+      // fed TLS sockets, so a slow request head inside intercepted TLS is bounded by the idle
+      // timeout and the connection limit only.
       headersTimeout: limits.handshakeTimeoutMs,
       requestTimeout: 0,
       keepAliveTimeout: limits.idleTimeoutMs,
@@ -81,7 +84,7 @@ export class Interception {
       if (socket.writable && error.code !== "ECONNRESET") socket.end(rawDenialResponse({ status: error.code === "HPE_HEADER_OVERFLOW" ? 431 : 400, reason, rule: null, hint: null }, "the request"));
       else socket.destroy();
     });
-    // WebSocket and other upgrades are not forwarded through interception yet.
+    // TODO: forward WebSocket and other upgrades on intercepted hosts; until then they get a 501.
     this.#server.on("upgrade", (request: IncomingMessage, socket: Socket) => {
       const session = this.#sessions.get(socket);
       const record = context.startEvent({ protocol: "https", host: session?.target.display ?? "", port: session?.target.port ?? 0, method: request.method ?? null });
