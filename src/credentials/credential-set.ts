@@ -4,6 +4,9 @@ import type { Credential } from "../policy/types.js";
 import { base64Fragments, percentEncoded } from "./encodings.js";
 import type { Needle } from "./stream-matcher.js";
 
+/** The bound list for plain HTTP, where no credential is bound; a constant so caches keyed by it hit. */
+export const NONE_BOUND: readonly RunCredential[] = Object.freeze([]);
+
 /** A credential of one run: its policy entry, its secret and its placeholder. */
 export interface RunCredential {
   credential: Credential;
@@ -17,6 +20,7 @@ export class CredentialSet {
   readonly all: readonly RunCredential[];
   readonly #leakNeedles = new Map<RunCredential, Needle[]>();
   readonly #boundCache = new Map<string, readonly RunCredential[]>();
+  readonly #othersCache = new WeakMap<readonly RunCredential[], Needle[]>();
 
   constructor(credentials: readonly RunCredential[]) {
     this.all = credentials;
@@ -39,6 +43,19 @@ export class CredentialSet {
   /** Needles whose presence in a request is a leak: every form of the placeholder and secret of each credential given. */
   leakNeedles(credentials: readonly RunCredential[]): Needle[] {
     return credentials.flatMap((entry) => this.#leakNeedles.get(entry) ?? []);
+  }
+
+  /**
+   * Leak needles of every credential not in `bound`, a list returned by boundTo (or NONE_BOUND).
+   * The result is cached per list, so the same array comes back for the same host.
+   */
+  leakNeedlesExcept(bound: readonly RunCredential[]): Needle[] {
+    let needles = this.#othersCache.get(bound);
+    if (needles === undefined) {
+      needles = this.leakNeedles(this.all.filter((entry) => !bound.includes(entry)));
+      this.#othersCache.set(bound, needles);
+    }
+    return needles;
   }
 }
 

@@ -1,7 +1,7 @@
 // Pure request-head logic of the credential broker: leak detection, placeholder replacement in
 // headers (including inside Authorization: Basic), "add this header" and query injection.
 import type { CanonicalHost } from "../policy/host.js";
-import { scrubNeedles, type CredentialSet, type RunCredential } from "./credential-set.js";
+import { NONE_BOUND, scrubNeedles, type CredentialSet, type RunCredential } from "./credential-set.js";
 import { decodeBasic, encodeBasic, percentDecoded } from "./encodings.js";
 import type { Needle } from "./stream-matcher.js";
 
@@ -47,9 +47,8 @@ export const SCRUBBABLE_ENCODINGS: ReadonlySet<string> = new Set(["gzip", "x-gzi
  * are applied.
  */
 export function planRequest(credentials: CredentialSet, view: RequestHeadView): RequestPlan {
-  const bound = view.tls ? credentials.boundTo(view.host) : [];
-  const others = bound.length === 0 ? credentials.all : credentials.all.filter((entry) => !bound.includes(entry));
-  const leakNeedles = credentials.leakNeedles(others);
+  const bound = view.tls ? credentials.boundTo(view.host) : NONE_BOUND;
+  const leakNeedles = credentials.leakNeedlesExcept(bound);
 
   const leak = findLeakInHead(view, leakNeedles);
   if (leak !== null) return { action: "block", leak };
@@ -79,9 +78,8 @@ export function planRequest(credentials: CredentialSet, view: RequestHeadView): 
 /** Finds the first leak needle in the path, query or headers of a request, raw and decoded. */
 export function findLeakInHead(view: Pick<RequestHeadView, "target" | "rawHeaders">, needles: readonly Needle[]): CredentialUse | null {
   if (needles.length === 0) return null;
-  const texts = needles.map((needle) => ({ text: needle.pattern.toString("utf8"), tag: needle.tag }));
   const search = (value: string, location: string): CredentialUse | null => {
-    for (const { text, tag } of texts) if (value.includes(text)) return { credential: tag, location };
+    for (const needle of needles) if (value.includes(needleText(needle))) return { credential: needle.tag, location };
     return null;
   };
 
@@ -99,6 +97,17 @@ export function findLeakInHead(view: Pick<RequestHeadView, "target" | "rawHeader
     if (hit !== null) return hit;
   }
   return null;
+}
+
+const needleTexts = new WeakMap<Needle, string>();
+
+function needleText(needle: Needle): string {
+  let text = needleTexts.get(needle);
+  if (text === undefined) {
+    text = needle.pattern.toString("utf8");
+    needleTexts.set(needle, text);
+  }
+  return text;
 }
 
 function replaceInHeaders(rawHeaders: string[], entry: RunCredential, injected: CredentialUse[], responseNeedles: Needle[]): void {
