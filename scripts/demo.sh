@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # npm run demo: a fresh npm project installs a real package from the npm registry inside a
-# ringfence box, through the egress gateway, then the same box tries to read ~/.ssh, reach a host
-# that is not allowed, and write a git hook. All three are refused.
+# ringfence box, through the egress gateway. Then the same box tries to read ~/.ssh, reach a
+# host that is not allowed, and write a git hook, and all three are refused.
 #
 # The registry host comes from `npm config get registry` at run time. The demo uses a temporary
 # home directory with a made-up key in ~/.ssh, so no real secret is involved.
@@ -54,7 +54,7 @@ echo "host: ls ~/.ssh -> $(ls "$demo/home/.ssh")"
 echo
 echo "\$ ringfence run --allow $registry_host -- sh steps.sh"
 status=0
-# npm_config_registry carries the registry setting, because the box cannot see ~/.npmrc; the
+# npm_config_registry carries the registry setting, because the box cannot see ~/.npmrc. The
 # CA bundle variable is passed when the host sets one, for registries behind a TLS proxy.
 env_flags=(--env npm_config_registry)
 if [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then env_flags+=(--env NODE_EXTRA_CA_CERTS); fi

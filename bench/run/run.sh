@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks `ringfence run`: start-up against Node, bare bwrap with the same namespaces, bwrap
-# with each candidate forwarder, and srt (@anthropic-ai/sandbox-runtime); then workspace I/O
-# inside the box against the host. Each group is one hyperfine invocation, so its ratios come
-# from the same run. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
+# Benchmarks `ringfence run`. Start-up is compared with Node, bare bwrap with the same
+# namespaces, bwrap with each candidate forwarder, and srt (@anthropic-ai/sandbox-runtime) in one
+# hyperfine invocation, so its ratios come from the same run. Workspace I/O inside the box is
+# compared with the host in interleaved rounds. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
 # is installed into a temporary directory, not into the project.
 #
 #   npm run bench:run            # prints markdown tables

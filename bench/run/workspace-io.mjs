@@ -1,6 +1,6 @@
-// Workspace I/O inside a ringfence box against the host, interleaved: each round times the
-// workload once on the host and once in a fresh box, where the box's own clock measures it, so
-// start-up is excluded and disk contention from other programs hits both sides alike.
+// Times workspace I/O inside a ringfence box against the host. Each round runs the workload
+// once on the host and once in a fresh box, where the box's own clock measures it, so start-up
+// is excluded. Interleaving makes disk contention from other programs hit both sides alike.
 //   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS
 import { spawnSync } from "node:child_process";
 

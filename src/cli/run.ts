@@ -67,8 +67,8 @@ export async function runCommand(command: readonly string[], options: RunCommand
 /** Loads `--policy FILE`, else ./ringfence.yaml, else the built-in default; prints diagnostics. */
 async function loadRunPolicy(file: string | undefined, cwd: string, io: Output): Promise<Policy | null> {
   const path = file ?? (existsSync(resolve(cwd, "ringfence.yaml")) ? "ringfence.yaml" : null);
-  // The built-in default is composed from no layers, like defaultPolicy(); the file parser and
-  // its schema load only when there is a file, because they take most of a run's start-up time.
+  // The built-in default is composed from no layers, as defaultPolicy() does. The file parser
+  // and its schema load only when there is a file, because they take most of the start-up time.
   if (path === null) return composeLayers([], cwd, []);
 
   const { checkPolicyFile } = await import("../policy/load.js");

@@ -36,7 +36,7 @@ export interface BoxRequest {
   extraEnv?: Readonly<Record<string, string>>;
 }
 
-/** How the box's command ended. */
+/** The outcome of the box's command. */
 export interface BoxExit {
   /** The exit status as a shell reports it: the command's code, or 128 + signal number. */
   status: number;

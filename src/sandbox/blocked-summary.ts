@@ -11,8 +11,8 @@ export interface DecisionEvent {
 export const MAX_SUMMARY_DESTINATIONS = 5;
 
 /**
- * Counts the requests the gateway denied in one run, for the line printed when the run ends,
- * and produces the one-time hint that tells a user of the default policy how to allow a host.
+ * Counts the requests the gateway denied in one run, for the line printed when the run ends.
+ * It also builds the one-time hint that shows a user of the default policy how to allow a host.
  */
 export class BlockedSummary {
   readonly #hint: boolean;
@@ -39,7 +39,7 @@ export class BlockedSummary {
     return `ringfence: blocked ${destination} (${event.reason ?? "no rule allows it"}); to allow it, run again with --allow ${flag}, or add an allow rule for it to ringfence.yaml`;
   }
 
-  /** One line such as "3 requests blocked: a.example:443 (2), b.example:80", or null when none were. */
+  /** Formats one line such as "3 requests blocked: a.example:443 (2), b.example:80"; null when none were. */
   summary(): string | null {
     if (this.#total === 0) return null;
     const sorted = [...this.#counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));

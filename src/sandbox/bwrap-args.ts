@@ -13,7 +13,7 @@ export interface BwrapOptions {
 
 /**
  * Turns a mount plan into bubblewrap's argument list. Namespaces: a new user namespace (so the
- * box needs no privileges and holds none on the host), PID, IPC, UTS, network (loopback only)
+ * box needs no privileges and has none on the host), PID, IPC, UTS, network (loopback only)
  * and cgroup where the kernel has it. bwrap drops every capability for an unprivileged caller
  * itself; `--cap-drop ALL` does the same when the caller is root. bwrap always sets
  * no_new_privs, so setuid binaries inside gain nothing.

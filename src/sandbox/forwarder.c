@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
   }
   if (pid == 0) {
     if (fork() != 0) _exit(0);
-    /* The accept loop must not hold the terminal's stdin, or a shell reading it sees a second reader. */
+    /* The accept loop closes the terminal's stdin, so the command is its only reader. */
     close(STDIN_FILENO);
     serve(listener, socket_path);
     _exit(0);

@@ -5,7 +5,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** How the in-box forwarder runs: a compiled C binary, or Node running a script. */
+/** The in-box forwarder: a compiled C binary, or a script that Node runs. */
 export type Forwarder = { kind: "native"; path: string } | { kind: "node"; path: string; node: string };
 
 /** Loopback port inside the box that the forwarder listens on; the box's network is its own. */

@@ -1,6 +1,6 @@
 import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 
-/** What a host path is, as lstat sees it (symlinks are not followed). */
+/** The type of a host path as lstat reports it (symlinks are not followed). */
 export type PathKind = "dir" | "file" | "symlink" | "other" | "missing";
 
 export interface PathFacts {
@@ -48,7 +48,7 @@ export const diskView: HostView = {
   },
 };
 
-/** A HostView over a table of paths, for tests: `{ "/a": "dir", "/a/b": "file", "/l": "->/a" }`. */
+/** Builds a HostView over a table of paths, for tests: `{ "/a": "dir", "/a/b": "file", "/l": "->/a" }`. */
 export function tableView(table: Readonly<Record<string, string>>, links: Readonly<Record<string, number>> = {}): HostView {
   return {
     facts(path) {

@@ -3,7 +3,7 @@ import type { Policy } from "../policy/types.js";
 /** CPU bandwidth period written with every CPU quota, in microseconds (the kernel default). */
 export const CPU_PERIOD_US = 100_000;
 
-/** What the host offers for resource limits, found by probeCgroups. */
+/** The cgroup controllers and rlimit rules available on this host, as probeCgroups finds them. */
 export interface CgroupSupport {
   /** A cgroup v2 directory this process may create children in, with its enabled controllers. */
   v2: { dir: string; controllers: readonly string[] } | null;
@@ -40,10 +40,10 @@ export interface LimitPlan {
  */
 export function planLimits(resources: Policy["resources"], support: CgroupSupport): LimitPlan {
   const { memoryBytes, processes, cpus } = resources;
-  const wanted = memoryBytes !== null || processes !== null || cpus !== null;
+  const anyLimit = memoryBytes !== null || processes !== null || cpus !== null;
   const plan: LimitPlan = { mechanism: "none", writes: [], rlimits: [], report: [], unenforced: [] };
   if (resources.timeoutMs !== null) plan.report.push(`timeout ${resources.timeoutMs} ms: enforced by ringfence (the box is killed)`);
-  if (!wanted) return plan;
+  if (!anyLimit) return plan;
 
   const v2 = support.v2;
   if (v2 !== null && (memoryBytes === null || v2.controllers.includes("memory")) && (processes === null || v2.controllers.includes("pids")) && (cpus === null || v2.controllers.includes("cpu"))) {

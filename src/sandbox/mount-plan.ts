@@ -13,7 +13,7 @@ export type MountOp =
   | { kind: "symlink"; linkTarget: string; path: string; reason: string }
   | { kind: "proc" | "dev" | "remount-ro"; target: string; reason: string };
 
-/** Directory inside the box that holds the forwarder and the gateway's socket. */
+/** Directory inside the box that contains the forwarder and the gateway's socket. */
 export const BOX_RUNTIME_DIR = "/run/ringfence";
 export const BOX_GATEWAY_SOCKET = `${BOX_RUNTIME_DIR}/gateway.sock`;
 
@@ -35,10 +35,10 @@ export interface MountContext {
 }
 
 /**
- * Plans the box's filesystem from the policy: system directories read-only, everything else of
- * the host absent unless the policy shows it, an empty private home and /tmp, the workspace at
- * its host path with its mode, protected paths read-only, secret stores and filesystem.deny
- * covered, then the root made read-only.
+ * Plans the box's filesystem from the policy. System directories are read-only, and the rest of
+ * the host is absent unless the policy shows it. Home and /tmp are empty and private. The
+ * workspace appears at its host path with its mode, protected paths read-only. Secret stores
+ * and filesystem.deny are covered, and the root is made read-only last.
  */
 export function planMounts(context: MountContext): MountOp[] {
   const { policy, view } = context;
@@ -121,7 +121,7 @@ export function planMounts(context: MountContext): MountOp[] {
   return ops;
 }
 
-/** The directory the command starts in: the caller's if the box shows it, else the workspace. */
+/** Returns the directory the command starts in: the caller's if the box shows it, else the workspace. */
 export function boxWorkingDirectory(policy: Policy, cwd: string): string {
   const visible = [policy.workspace.path, ...policy.filesystem.read, ...policy.filesystem.write];
   return visible.some((path) => isWithin(cwd, path)) ? cwd : policy.workspace.path;

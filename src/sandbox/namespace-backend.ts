@@ -94,7 +94,8 @@ export class NamespaceBackend implements SandboxBackend {
     if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
 
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
-    const forwarderTarget = forwarder === null ? null : forwarder.kind === "native" ? `${BOX_RUNTIME_DIR}/forwarder` : `${BOX_RUNTIME_DIR}/forwarder.mjs`;
+    let forwarderTarget: string | null = null;
+    if (forwarder !== null) forwarderTarget = forwarder.kind === "native" ? `${BOX_RUNTIME_DIR}/forwarder` : `${BOX_RUNTIME_DIR}/forwarder.mjs`;
     const mounts = planMounts({
       policy,
       home: request.home,
@@ -164,10 +165,10 @@ export class NamespaceBackend implements SandboxBackend {
         }
         if (limits.writes.length > 0) cgroups = RunCgroups.create(limits, support, request.runId);
 
-        // A shell starts bwrap: it writes its own PID into the run's cgroups first, so every
-        // process of the box starts inside them, and it ignores SIGINT and SIGQUIT, which the
-        // terminal sends to the whole foreground process group, so Ctrl-C reaches the command
-        // but cannot end bwrap itself. The in-box forwarder restores both for the command.
+        // A shell starts bwrap. It writes its own PID into the run's cgroups first, so every
+        // process of the box starts inside them. It also ignores SIGINT and SIGQUIT: the
+        // terminal sends them to the whole foreground process group, and Ctrl-C must reach the
+        // command without ending bwrap. The in-box forwarder restores both for the command.
         const procsFiles = cgroups?.procsFiles() ?? [];
         const prefix = ["/bin/sh", "-c", 'trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-box", ...procsFiles, "--"];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
@@ -241,7 +242,7 @@ function runChild(argv: readonly string[], env: Record<string, string>, seccompF
     let stoppedBy: string | null = null;
 
     // The terminal sends Ctrl-C and Ctrl-\ to the whole foreground process group, the box's
-    // processes included; ringfence lets the box decide and waits for it to end.
+    // processes included. ringfence ignores both and waits for the box to end.
     const ignore = () => {};
     const forward = (signal: NodeJS.Signals) => () => {
       stoppedBy = `ringfence received ${signal}`;

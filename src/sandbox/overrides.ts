@@ -29,8 +29,8 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  *   layer's check. It widens on purpose, because the operator typed it; a deny rule still wins.
  * - `--env NAME` passes one more host variable, also an explicit widening.
  * - `--workspace` replaces the workspace path (resolved against `cwd`).
- * - `--mode` may only narrow (rw → overlay → ro) a mode that a policy file set; with the built-in
- *   default policy any mode may be chosen.
+ * - `--mode` may only narrow (rw → overlay → ro) a mode that a policy file set. With the
+ *   built-in default policy any mode may be chosen.
  * - `--backend` may not replace a policy's `vm` with a weaker backend.
  */
 export function applyRunFlags(policy: Policy, flags: RunFlags, cwd: string): OverrideResult {

@@ -18,7 +18,7 @@ import type { HostView } from "./host-view.js";
  *   fresh `.git/hooks/` would sidestep the read-only mount.
  * - `problems`: cases the box cannot protect, which stop the run (fail closed).
  * - `uncovered`: globs whose new matches cannot be blocked in advance (a wildcard in a name,
- *   a missing parent, a missing file at the root); the run moves matches that appear during the
+ *   a missing parent, a missing file at the root). The run moves matches that appear during the
  *   run out of the workspace afterwards.
  */
 export interface ProtectPlan {
@@ -123,7 +123,7 @@ function segmentMatcher(segment: string): (name: string) => boolean {
   return (name) => matches(name);
 }
 
-/** A protected file with another name elsewhere could be changed through that name. */
+/** Reports protected files with more than one hard link, since the other name could change them. */
 function checkHardLinks(plan: ProtectPlan, view: HostView, path: string): void {
   const pending = [path];
   let seen = 0;

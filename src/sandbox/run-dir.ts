@@ -3,7 +3,7 @@ import { closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-/** Longest path a Unix socket address holds (sun_path is 108 bytes with the NUL). */
+/** Maximum length of a Unix socket path (sun_path is 108 bytes, including the NUL). */
 export const MAX_SOCKET_PATH = 107;
 
 /** Creates a run id: UTC time to the second and 6 random hex digits, sortable by start time. */

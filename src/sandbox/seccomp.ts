@@ -46,11 +46,11 @@ export const AUDIT_ARCH: Readonly<Record<SeccompArch, number>> = {
 };
 
 /**
- * Syscalls that fail with EPERM inside the box: debugging other processes, the kernel keyring,
- * eBPF, userfaultfd (a common exploit primitive), mounting and namespace changes, kernel modules
- * and kexec, host clock and swap changes, perf events, and file handles (open_by_handle_at
- * escapes a bind mount). Numbers come from asm/unistd_64.h (x86_64) and asm-generic/unistd.h
- * (aarch64) of Linux 6.1 headers.
+ * Syscalls that fail with EPERM inside the box. They cover debugging other processes, the kernel
+ * keyring, eBPF, userfaultfd (a common exploit primitive), mounting and namespace changes, kernel
+ * modules and kexec, host clock and swap changes, and perf events. open_by_handle_at is here
+ * because it can escape a bind mount. Numbers come from asm/unistd_64.h (x86_64) and
+ * asm-generic/unistd.h (aarch64) of the Linux 6.1 headers in Debian 12.
  */
 const DENIED_SYSCALLS: Readonly<Record<string, Readonly<Record<SeccompArch, number>>>> = {
   ptrace: { x86_64: 101, aarch64: 117 },
@@ -98,9 +98,9 @@ const DENIED_SYSCALLS: Readonly<Record<string, Readonly<Record<SeccompArch, numb
 };
 
 /**
- * Syscalls that fail with ENOSYS, so callers fall back instead of giving up: clone3 passes its
- * flags in memory a filter cannot read (glibc then retries with clone, whose flags are checked),
- * and io_uring runs file and socket operations outside the syscall filter.
+ * Syscalls that fail with ENOSYS, so callers fall back instead of giving up. clone3 passes its
+ * flags in memory a filter cannot read, and glibc then retries with clone, whose flags are
+ * checked. io_uring runs file and socket operations outside the syscall filter.
  */
 const UNSUPPORTED_SYSCALLS: Readonly<Record<string, Readonly<Record<SeccompArch, number>>>> = {
   clone3: { x86_64: 435, aarch64: 435 },
@@ -201,7 +201,7 @@ export function encodeSeccompProgram(program: readonly BpfInstruction[]): Buffer
   return buffer;
 }
 
-/** The inputs a filter sees for one syscall; `args` holds the low 32 bits of each argument. */
+/** The input of a filter for one syscall. `args` contains the low 32 bits of each argument. */
 export interface SeccompInput {
   arch: number;
   nr: number;

@@ -68,7 +68,7 @@ async function waitFor(condition: () => boolean): Promise<boolean> {
   return false;
 }
 
-/** Whether the box enforces limits with cgroups here (the message names the limit), from --dry-run. */
+/** Returns whether --dry-run reports cgroup limits here, in which case the run names the limit reached. */
 async function usesCgroups(user: BoxUser, workspace: string, policy: string): Promise<boolean> {
   const plan = await runBox(user, workspace, ["--policy", policy, "--dry-run"], []);
   return /^limits \(cgroup[12]\)/m.test(plan.stdout);
@@ -227,8 +227,8 @@ for (const backend of BACKENDS) {
         const workspace = makeWorkspace(user);
         const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
         const run = await runBox(user, workspace, ["--policy", policy, "--allow", `other.test:${httpPort}`], ["sh", "-c", `curl -s -m 10 -o /dev/null -w "%{http_code}\\n" http://other.test:${httpPort}/`]);
-        // other.test is allowed but not pinned, and the suite's resolver is the system one, so
-        // the gateway cannot resolve the made-up name: it answers with an error, not 403.
+        // other.test is allowed but not pinned, and the gateway resolves it with the system
+        // resolver, which has no such name. The gateway returns an error status, not 403.
         assert.equal(run.status, 0, show(run));
         assert.doesNotMatch(run.stdout, /^403$/m, show(run));
       });

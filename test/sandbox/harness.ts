@@ -27,8 +27,8 @@ export interface BoxUser {
 export const isRoot = process.getuid?.() === 0;
 
 /**
- * The users to run the suite as: root and TEST_USER when running as root, else the caller. Each
- * gets a fresh home directory under /tmp, so no test touches a real ~/.ssh or run history.
+ * Returns the users to run the suite as: root and TEST_USER when running as root, else the
+ * caller. Each gets a fresh home directory under /tmp, so no test touches a real ~/.ssh.
  */
 export function boxUsers(): BoxUser[] {
   const current = userInfo();
@@ -85,8 +85,8 @@ export interface BoxRun {
 }
 
 /**
- * The argv and environment that run `ringfence run [flags] -- command` as `user`. The host
- * environment carries HOST_SECRET_NAME so tests can check that the box does not.
+ * Builds the argv and environment that run `ringfence run [flags] -- command` as `user`. The
+ * host environment contains HOST_SECRET_NAME, so tests can check that the box's does not.
  */
 export function boxCommand(user: BoxUser, flags: readonly string[], command: readonly string[]): { argv: string[]; env: Record<string, string> } {
   const argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
