@@ -18,6 +18,14 @@ import { UpstreamAgents } from "./upstream-tls.js";
 import { parentFor } from "./upstream-proxy.js";
 import type { AllowDecision } from "./verdict.js";
 
+/**
+ * Time to wait for the client's first byte before treating the tunnel as a protocol in which the
+ * server speaks first (SSH, SMTP). TLS clients send their ClientHello as soon as the tunnel is
+ * up, so they never wait this long.
+ * NOTE: an estimate; a TLS client slower than this gets an end-to-end tunnel, not interception.
+ */
+const SERVER_FIRST_GRACE_MS = 250;
+
 /** A TLS fatal alert, unrecognized_name (RFC 8446, section 6.2), sent before closing a tunnel whose SNI is refused. */
 const ALERT_UNRECOGNIZED_NAME = Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]);
 
@@ -97,7 +105,9 @@ export class Interception {
   /**
    * Takes over an allowed tunnel. The first client bytes decide. A TLS ClientHello whose SNI
    * matches the target gets a handshake with a minted leaf certificate, and a stream that is not
-   * TLS becomes an ordinary tunnel, unless the host's rules restrict methods or paths.
+   * TLS becomes an ordinary tunnel, unless the host's rules restrict methods or paths. A client
+   * that sends nothing for SERVER_FIRST_GRACE_MS also gets an ordinary tunnel, for protocols in
+   * which the server speaks first.
    */
   accept(options: AcceptOptions): void {
     const { client, target, record } = options;
@@ -114,8 +124,20 @@ export class Interception {
       client.destroy();
     }, limits.handshakeTimeoutMs);
 
+    // Hosts whose rules restrict methods or paths never get a plain tunnel, so they need no grace.
+    const grace = options.decision.inspect
+      ? null
+      : setTimeout(() => {
+          if (held.length > 0) return;
+          clearTimeout(timer);
+          client.off("data", onData);
+          client.off("close", onClose);
+          this.#tunnelPlain(options, held);
+        }, SERVER_FIRST_GRACE_MS);
+
     const onClose = () => {
       clearTimeout(timer);
+      if (grace !== null) clearTimeout(grace);
       record.addBytesUp(client.bytesRead);
       record.addBytesDown(client.bytesWritten);
       record.finish();
@@ -127,6 +149,7 @@ export class Interception {
       if (first.kind === "incomplete" && checkClientHello(held, target) === "wait") return false;
 
       clearTimeout(timer);
+      if (grace !== null) clearTimeout(grace);
       client.off("data", onData);
       if (first.kind === "not-tls") {
         client.off("close", onClose);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createServer, type AddressInfo, type Server } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { connectThrough, curl, readToEnd } from "../gateway/support/harness.js";
 import { startHttpUpstream, type Upstream } from "../gateway/support/upstream.js";
@@ -8,16 +9,25 @@ const SECRET = "sk-socks-REAL-0123456789";
 
 let rig: BrokerRig;
 let plain: Upstream;
+let banner: Server;
+let bannerPort: number;
 
 before(async () => {
   plain = await startHttpUpstream("plain");
+  // A server that speaks first, as SSH does: it sends a banner, then echoes one line back.
+  banner = createServer((socket) => {
+    socket.write("SSH-2.0-ringfence-test\r\n");
+    socket.once("data", (chunk: Buffer) => socket.end(`echo ${chunk.toString()}`));
+  });
+  await new Promise<void>((resolve) => banner.listen(0, "127.0.0.1", resolve));
+  bannerPort = (banner.address() as AddressInfo).port;
   rig = await startBrokerRig(
     (port) => `version: 1
 network:
   upstream_proxy: none
   rules:
     - host: api.example.com
-      ports: [${port}, ${plain.port}]
+      ports: [${port}, ${plain.port}, ${bannerPort}]
       addresses: [127.0.0.1]
       action: allow
     - host: readonly.example.com
@@ -38,6 +48,7 @@ credentials:
 after(async () => {
   await rig.close();
   await plain.close();
+  banner.close();
 });
 
 describe("tunnels to intercepted hosts", () => {
@@ -60,6 +71,19 @@ describe("tunnels to intercepted hosts", () => {
     assert.equal(plain.seen.at(-1)?.url, "/not-tls");
     // Nothing is injected into a stream the gateway does not read.
     assert.equal(plain.seen.at(-1)?.headers["x-api-key"], undefined);
+  });
+
+  it("tunnels a protocol where the server speaks first", async () => {
+    const { response, socket } = await connectThrough(rig.gw.port, `api.example.com:${bannerPort}`);
+    assert.equal(response.status, 200);
+    const received = readToEnd(socket);
+    const first = await new Promise<string>((resolve) => {
+      socket.once("data", (chunk: Buffer) => resolve(chunk.toString()));
+      socket.resume();
+    });
+    assert.equal(first, "SSH-2.0-ringfence-test\r\n");
+    socket.write("SSH-2.0-client\r\n");
+    assert.match((await received).toString(), /echo SSH-2\.0-client/);
   });
 
   it("refuses a stream that is not TLS where methods are restricted", async () => {
