@@ -17,7 +17,7 @@ export interface RequestHeadView {
   rawHeaders: readonly string[];
 }
 
-/** Where a credential was found or put, such as "header authorization" or "query key". */
+/** A credential and its place in a request, such as "header authorization" or "query key". */
 export interface CredentialUse {
   credential: string;
   location: string;
