@@ -5,7 +5,7 @@ import { formatDiagnostic } from "../policy/diagnostic.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError } from "../sandbox/backend.js";
 import { applyRunFlags, type RunFlags } from "../sandbox/overrides.js";
-import { runSandbox } from "../sandbox/run.js";
+import { runSandbox, type RunSandboxOptions } from "../sandbox/run.js";
 
 /** Exit status when ringfence itself fails before or around the command, as `env` and docker use. */
 export const EXIT_RINGFENCE_FAILED = 125;
@@ -32,7 +32,13 @@ const stdio: Output = {
  * `ringfence run`: loads the policy, applies the flags, runs the command in a box and returns the
  * command's exit status, or 125 when ringfence could not run it.
  */
-export async function runCommand(command: readonly string[], options: RunCommandOptions, io: Output = stdio, cwd: string = process.cwd()): Promise<number> {
+export async function runCommand(
+  command: readonly string[],
+  options: RunCommandOptions,
+  io: Output = stdio,
+  cwd: string = process.cwd(),
+  extra: Pick<RunSandboxOptions, "upstreamCaPems"> = {},
+): Promise<number> {
   if (command.length === 0 && options.dryRun !== true) {
     io.err("ringfence: no command given; usage: ringfence run [options] -- COMMAND [ARG...]\n");
     return EXIT_RINGFENCE_FAILED;
@@ -48,7 +54,7 @@ export async function runCommand(command: readonly string[], options: RunCommand
   }
 
   try {
-    const result = await runSandbox({ policy: applied.policy, command, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
+    const result = await runSandbox({ ...extra, policy: applied.policy, command, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
     if (options.dryRun === true) {
       io.out(`policy: ${applied.policy.files.length === 0 ? "built-in default" : applied.policy.files.join(" -> ")}\n`);
       io.out(`workspace: ${applied.policy.workspace.path} (mode ${applied.policy.workspace.mode})\n`);

@@ -30,6 +30,8 @@ export interface BoxRequest {
   privatePaths: readonly string[];
   /** The gateway's Unix socket on the host, or null for a box with no way out. */
   gatewaySocket: string | null;
+  /** Host path of a CA bundle the box's TLS clients must trust (the gateway's run CA), or null. */
+  caBundle?: string | null;
   /** Plan only: describe() works, run() must not be called, and nothing is copied. */
   dryRun?: boolean;
   /** Extra variables for the command, such as trust-store paths. */

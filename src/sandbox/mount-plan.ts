@@ -16,6 +16,7 @@ export type MountOp =
 /** Directory inside the box that contains the forwarder and the gateway's socket. */
 export const BOX_RUNTIME_DIR = "/run/ringfence";
 export const BOX_GATEWAY_SOCKET = `${BOX_RUNTIME_DIR}/gateway.sock`;
+export const BOX_CA_BUNDLE = `${BOX_RUNTIME_DIR}/ca-bundle.pem`;
 
 export interface MountContext {
   policy: Policy;
@@ -32,6 +33,8 @@ export interface MountContext {
   gatewaySocket: string | null;
   /** Host directories hidden even inside a visible mount, such as the runs root. */
   privatePaths: readonly string[];
+  /** Host path of the CA bundle with the gateway's run CA, or null when nothing is intercepted. */
+  caBundle?: string | null;
 }
 
 /**
@@ -117,6 +120,7 @@ export function planMounts(context: MountContext): MountOp[] {
 
   if (context.forwarder !== null) ops.push({ kind: "ro-bind", source: context.forwarder.source, target: context.forwarder.target, reason: "in-box forwarder to the gateway" });
   if (context.gatewaySocket !== null) ops.push({ kind: "ro-bind", source: context.gatewaySocket, target: BOX_GATEWAY_SOCKET, reason: "the gateway's socket, the box's only way out" });
+  if (context.caBundle !== undefined && context.caBundle !== null) ops.push({ kind: "ro-bind", source: context.caBundle, target: BOX_CA_BUNDLE, reason: "host CA bundle plus the gateway's run CA, for intercepted TLS" });
   ops.push({ kind: "remount-ro", target: "/", reason: "the box's root holds only mount points; nothing new may appear there" });
   return ops;
 }

@@ -105,6 +105,7 @@ export class NamespaceBackend implements SandboxBackend {
       forwarder: forwarder === null || forwarderTarget === null ? null : { source: forwarder.path, target: forwarderTarget },
       gatewaySocket: request.gatewaySocket,
       privatePaths: request.privatePaths,
+      caBundle: request.caBundle ?? null,
     });
 
     const arch = seccompArchFor(process.arch);

@@ -2,10 +2,12 @@ import { rmSync, writeFileSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { startGateway, type Gateway, type NetworkEvent } from "../gateway/index.js";
+import { createCredentialBroker, type CredentialBroker } from "../credentials/index.js";
+import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
+import { BOX_CA_BUNDLE } from "./mount-plan.js";
 import { NamespaceBackend } from "./namespace-backend.js";
 import { defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
 import { RunDirectory } from "./run-dir.js";
@@ -29,6 +31,8 @@ export interface RunSandboxOptions {
   message?: (line: string) => void;
   /** Host resolver for the gateway. Default: the system resolver. */
   resolve?: (name: string) => Promise<string[]>;
+  /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
+  upstreamCaPems?: readonly string[];
 }
 
 export interface RunSandboxResult {
@@ -48,6 +52,12 @@ export function selectBackend(choice: Policy["backend"]): SandboxBackend {
     throw new SandboxError("backend-unavailable", "backend vm is not available in this version of ringfence; set backend: namespace or auto in the policy");
   }
   return new NamespaceBackend();
+}
+
+/** Returns whether the gateway must terminate TLS for some request this policy allows. */
+export function needsInterception(policy: Policy): boolean {
+  if (policy.credentials.length > 0 || policy.audit.capture.length > 0) return true;
+  return policy.network.layers.some((layer) => layer.some((rule) => rule.methods !== null || rule.paths !== null));
 }
 
 /**
@@ -71,6 +81,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
   const blocked = new BlockedSummary({ hint: policy.files.length === 0 });
   let gateway: Gateway | null = null;
+  let broker: CredentialBroker | null = null;
 
   const started = new Date();
   const summary: RunSummary = {
@@ -93,6 +104,12 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     writeSummary();
     runDir.appendEvent({ type: "run", event: "start", command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode });
 
+    // The credential broker terminates TLS where the policy needs it: for credentials, captured
+    // hosts, and rules that restrict methods or paths. Its run CA is the only CA the box must add.
+    if (options.dryRun !== true && needsInterception(policy)) {
+      broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, ...(options.upstreamCaPems === undefined ? {} : { upstreamCaPems: options.upstreamCaPems }) });
+    }
+
     if (options.dryRun !== true) {
       gateway = await startGateway({
         policy,
@@ -105,6 +122,8 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
           const hint = blocked.record(event);
           if (hint !== null) message(hint);
         },
+        ...(broker === null ? {} : { interceptor: broker.interceptor }),
+        onCredentialEvent: (event: CredentialEvent) => runDir.appendEvent({ ...event }),
       });
     }
 
@@ -120,6 +139,8 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       privatePaths: [root],
       gatewaySocket: options.dryRun === true ? runDir.socketPath : (gateway?.socketPath ?? null),
       dryRun: options.dryRun === true,
+      caBundle: broker?.caBundlePath ?? null,
+      extraEnv: broker === null ? {} : { ...broker.trustEnv(BOX_CA_BUNDLE), ...broker.placeholders },
     });
 
     if (options.dryRun === true) {
@@ -147,6 +168,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
   } finally {
     await gateway?.close();
+    broker?.close();
     runDir.close();
     logger.flush();
   }

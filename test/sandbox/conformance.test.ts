@@ -6,14 +6,19 @@ import { spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { existsSync, linkSync, readFileSync, readdirSync, symlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { createServer as createNetServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { createTestCa, type TestCa } from "../gateway/support/test-ca.js";
 import { boxCommand, boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 const BACKENDS = ["namespace"] as const;
 
 let httpServer: Server;
+let httpsPort = 0;
+let testCa: TestCa;
+const TEST_TOKEN = "conformance-secret-7f3a9c";
 let httpPort = 0;
 let rawConnections = 0;
 let rawPort = 0;
@@ -29,6 +34,15 @@ before(async () => {
   await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
   httpPort = (httpServer.address() as { port: number }).port;
   closers.push(() => httpServer.close());
+
+  testCa = await createTestCa();
+  const serverCert = await testCa.issue(["api.test"]);
+  const httpsServer = createHttpsServer({ cert: serverCert.certPem, key: serverCert.keyPem }, (request, response) => {
+    response.end(request.headers.authorization === `Bearer ${TEST_TOKEN}` ? "upstream saw the real secret\n" : "upstream saw no secret\n");
+  });
+  await new Promise<void>((resolve) => httpsServer.listen(0, "127.0.0.1", resolve));
+  httpsPort = (httpsServer.address() as { port: number }).port;
+  closers.push(() => httpsServer.close());
 
   const raw = createNetServer((socket) => {
     rawConnections += 1;
@@ -209,6 +223,36 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /hello from loopback GET \/tunnel/);
         assert.match(run.stdout, /hello from loopback GET \/socks/);
         assert.match(run.stdout, /node 200 hello from loopback GET \/node/);
+      });
+
+      test("credential injected over TLS", async () => {
+        const workspace = makeWorkspace(user);
+        const caFile = join(makeWorkspace(user), "upstream-ca.pem");
+        writeOwned(user, caFile, testCa.certPem);
+        const policy = policyFile(
+          user,
+          [
+            "version: 1",
+            "network:",
+            "  upstream_proxy: none",
+            "  rules:",
+            `    - {host: api.test, ports: [${httpsPort}], addresses: ["127.0.0.1"], action: allow}`,
+            "credentials:",
+            "  - name: api-token",
+            "    source: {env: RINGFENCE_TEST_TOKEN}",
+            "    hosts: [api.test]",
+            '    inject: {header: Authorization, format: "Bearer {secret}"}',
+            "    placeholder_env: API_TOKEN",
+            "",
+          ].join("\n"),
+        );
+        const script = `echo "placeholder=$API_TOKEN"; env | grep -c ${TEST_TOKEN} || true; curl -sS -m 10 -H "Authorization: Bearer $API_TOKEN" https://api.test:${httpsPort}/`;
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", script], { env: { RINGFENCE_TEST_TOKEN: TEST_TOKEN, RINGFENCE_TEST_UPSTREAM_CA: caFile } });
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^placeholder=\S+$/m);
+        assert.doesNotMatch(run.stdout, new RegExp(`placeholder=${TEST_TOKEN}`));
+        assert.match(run.stdout, /^0$/m, "the secret is in the box's environment");
+        assert.match(run.stdout, /upstream saw the real secret/, show(run));
       });
 
       test("denied host gets hint", async () => {

@@ -2,6 +2,7 @@
 // suite can start boxes as another user without the bundled CLI.
 //   node --import tsx test/sandbox/driver.ts [--policy F] [--allow H]... [--env N]... [--workspace D]
 //        [--mode M] [--backend B] [--dry-run] -- COMMAND [ARG...]
+import { readFileSync } from "node:fs";
 import { runCommand, type RunCommandOptions } from "../../src/cli/run.js";
 
 const args = process.argv.slice(2);
@@ -30,4 +31,8 @@ for (let index = 0; index < flags.length; index += 1) {
   else throw new Error(`unknown flag ${flag}`);
 }
 
-process.exitCode = await runCommand(command, options);
+// A CA the gateway trusts for upstream TLS, for tests with HTTPS servers on loopback.
+const upstreamCa = process.env.RINGFENCE_TEST_UPSTREAM_CA;
+const extra = upstreamCa === undefined ? {} : { upstreamCaPems: [readFileSync(upstreamCa, "utf8")] };
+
+process.exitCode = await runCommand(command, options, undefined, process.cwd(), extra);

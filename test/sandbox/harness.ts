@@ -88,7 +88,7 @@ export interface BoxRun {
  * Builds the argv and environment that run `ringfence run [flags] -- command` as `user`. The
  * host environment contains HOST_SECRET_NAME, so tests can check that the box's does not.
  */
-export function boxCommand(user: BoxUser, flags: readonly string[], command: readonly string[]): { argv: string[]; env: Record<string, string> } {
+export function boxCommand(user: BoxUser, flags: readonly string[], command: readonly string[], extraEnv: Readonly<Record<string, string>> = {}): { argv: string[]; env: Record<string, string> } {
   const argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
   const env = {
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -96,6 +96,7 @@ export function boxCommand(user: BoxUser, flags: readonly string[], command: rea
     USER: user.name,
     LANG: "C.UTF-8",
     [HOST_SECRET_NAME]: HOST_SECRET_VALUE,
+    ...extraEnv,
   };
   // runuser resets HOME to the account's home, so env sets it again after the switch.
   const full = user.name === userInfo().username ? argv : ["runuser", "-u", user.name, "--", "env", `HOME=${user.home}`, ...argv];
@@ -103,8 +104,8 @@ export function boxCommand(user: BoxUser, flags: readonly string[], command: rea
 }
 
 /** Runs `ringfence run [flags] -- command` as `user` in `cwd` and collects its output. */
-export function runBox(user: BoxUser, cwd: string, flags: readonly string[], command: readonly string[], options: { input?: string; wrap?: (argv: string[]) => string[] } = {}): Promise<BoxRun> {
-  const { argv: base, env } = boxCommand(user, flags, command);
+export function runBox(user: BoxUser, cwd: string, flags: readonly string[], command: readonly string[], options: { input?: string; wrap?: (argv: string[]) => string[]; env?: Readonly<Record<string, string>> } = {}): Promise<BoxRun> {
+  const { argv: base, env } = boxCommand(user, flags, command, options.env);
   const full = options.wrap === undefined ? base : options.wrap(base);
 
   // Asynchronous, because the suite's loopback servers run in this process's event loop.
