@@ -178,7 +178,15 @@ export class NamespaceBackend implements SandboxBackend {
         const seccompFd = openSync(seccompPath, "r");
         const before = new Set(protect.readOnly);
         try {
-          const exit = await runChild(argv, env, seccompFd, timeoutMs);
+          const groups = cgroups as RunCgroups | null;
+          const checkLimits =
+            groups === null || policy.resources.processes === null
+              ? null
+              : () => {
+                  const failures = groups.events().processLimitHits;
+                  return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
+                };
+          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, workspace.protect, diskView).readOnly;
@@ -237,7 +245,23 @@ function removePlaceholders(protect: ProtectPlan): void {
 /** Signal numbers for exit statuses (Linux, x86_64 and arm64). */
 const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
 
-function runChild(argv: readonly string[], env: Record<string, string>, seccompFd: number, timeoutMs: number | null): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
+/** Failed forks after which the box counts as runaway (a fork bomb) and is stopped. */
+export const RUNAWAY_FORK_FAILURES = 100;
+
+/** How often the run reads its cgroup counters while the box runs, in milliseconds. */
+const LIMIT_POLL_MS = 250;
+
+/**
+ * Runs bwrap with the caller's stdio. `checkLimits`, polled while the box runs, returns a reason
+ * to stop the box early, or null.
+ */
+function runChild(
+  argv: readonly string[],
+  env: Record<string, string>,
+  seccompFd: number,
+  timeoutMs: number | null,
+  checkLimits: (() => string | null) | null,
+): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["inherit", "inherit", "inherit", seccompFd], env });
     let stoppedBy: string | null = null;
@@ -263,8 +287,19 @@ function runChild(argv: readonly string[], env: Record<string, string>, seccompF
             child.kill("SIGKILL");
           }, timeoutMs);
 
+    const poller =
+      checkLimits === null
+        ? null
+        : setInterval(() => {
+            const reason = checkLimits();
+            if (reason === null || stoppedBy !== null) return;
+            stoppedBy = reason;
+            child.kill("SIGKILL");
+          }, LIMIT_POLL_MS);
+
     const finish = () => {
       if (timer !== null) clearTimeout(timer);
+      if (poller !== null) clearInterval(poller);
       process.off("SIGINT", ignore);
       process.off("SIGQUIT", ignore);
       process.off("SIGTERM", forwarders.SIGTERM);

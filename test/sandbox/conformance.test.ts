@@ -421,6 +421,17 @@ for (const backend of BACKENDS) {
         if (await usesCgroups(user, workspace, policy)) assert.match(run.stderr, /reached its process limit \(20\)/, show(run));
       });
 
+      test("fork bomb contained", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, "version: 1\nresources:\n  processes: 100\n  timeout: 60s\n");
+        const run = await runBox(user, workspace, ["--policy", policy], ["bash", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3; echo main-finished"]);
+        assert.notEqual(run.status, null, show(run));
+        if (await usesCgroups(user, workspace, policy)) {
+          assert.equal(run.status, 137, show(run));
+          assert.match(run.stderr, /looks like a fork bomb/, show(run));
+        }
+      });
+
       test("memory limit stops hog", async () => {
         const workspace = makeWorkspace(user);
         const policy = policyFile(user, "version: 1\nresources:\n  memory: 96MiB\n");
