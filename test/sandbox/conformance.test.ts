@@ -255,6 +255,24 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /upstream saw the real secret/, show(run));
       });
 
+      test("Node forwarder carries traffic", async () => {
+        const workspace = makeWorkspace(user);
+        const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", `ls /run/ringfence; curl -sS -m 10 http://api.test:${httpPort}/via-node`], { env: { RINGFENCE_FORWARDER: "node" } });
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /forwarder\.mjs/);
+        assert.match(run.stdout, /hello from loopback GET \/via-node/);
+      });
+
+      test("dry run prints box", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, ["--dry-run"], []);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, new RegExp(`^workspace: ${workspace} \\(mode rw\\)$`, "m"));
+        assert.match(run.stdout, /^bwrap --unshare-user /m);
+        assert.match(run.stdout, /^ {2}hide {6}\/etc\/shadow/m);
+      });
+
       test("denied host gets hint", async () => {
         const workspace = makeWorkspace(user);
         const run = await runBox(user, workspace, [], ["sh", "-c", `curl -s -m 10 -o /dev/null -w "%{http_code}\\n" http://blocked.test:${httpPort}/; curl -sS -m 10 https://blocked.invalid/ 2>&1 | head -1`]);
