@@ -66,3 +66,7 @@ git -C "$ws" add -A && git -C "$ws" -c user.email=bench@example.invalid -c user.
 tar -C "$ws" -cf "$ws/tree.tar" src
 printf 'tree.tar\nout/\n' >> "$ws/.git/info/exclude"
 node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}"
+
+echo
+echo "## throughput: 256 MiB from a loopback HTTP server"
+node "$repo/bench/run/throughput.mjs" "$ringfence" "$ws" "${ROUNDS_THROUGHPUT:-5}"
