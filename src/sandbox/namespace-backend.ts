@@ -76,6 +76,13 @@ export class NamespaceBackend implements SandboxBackend {
       throw new SandboxError("workspace-missing", `workspace ${workspace.path} does not exist or is not a directory; create it, or choose another with --workspace DIR`);
     }
 
+    // A bind of / would cover the box's own /proc, /dev and /tmp with the host's and show
+    // everything the policy hides, so the backend rejects it rather than build a box that leaks.
+    const whole = [workspace.path, ...policy.filesystem.read, ...policy.filesystem.write].find((path) => path === "/");
+    if (whole !== undefined) {
+      throw new SandboxError("whole-host", "the policy shows / (as the workspace or in filesystem.read or filesystem.write), which would give the box the whole host; name the directories the command needs instead");
+    }
+
     // Overlay mode: the box writes to a copy in the run directory, and the host copy stays as it
     // was until the changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
     let workspaceSource = workspace.path;

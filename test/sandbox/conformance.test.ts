@@ -191,6 +191,20 @@ for (const backend of BACKENDS) {
         assert.equal(existsSync(join(workspace, ".git", "hooks", "pre-commit")), false, show(run));
       });
 
+      test("whole host as workspace rejected", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, ["--workspace", "/"], ["true"]);
+        assert.equal(run.status, 125, show(run));
+        assert.match(run.stderr, /would give the box the whole host/);
+      });
+
+      test("missing workspace rejected", async () => {
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, ["--workspace", join(workspace, "no-such-dir")], ["true"]);
+        assert.equal(run.status, 125, show(run));
+        assert.match(run.stderr, /does not exist or is not a directory; create it, or choose another with --workspace DIR/);
+      });
+
       test("pre-existing hard link rejected", async () => {
         const workspace = makeWorkspace(user, { ".git/config": "[core]\n" });
         linkSync(join(workspace, ".git", "config"), join(workspace, "config-alias"));
