@@ -33,7 +33,8 @@ export interface GatewayOptions {
   limits?: Partial<GatewayLimits>;
   /**
    * Whether the gateway should terminate TLS for a host and port. Default: the interceptor's
-   * choice, or never without an interceptor, in which case such tunnels are refused with 501.
+   * choice, or never without an interceptor. A tunnel this hook marks while no interceptor is
+   * given is refused with 501.
    */
   intercept?: (host: CanonicalHost, port: number) => boolean;
   /**
