@@ -21,6 +21,8 @@ function isWithin(path: string, parent: string): boolean {
  *   the parent makes writable;
  * - env.pass may only name variables the parent passes; env.set and credentials may be added,
  *   because they bring in no host state beyond what the network rules already allow;
+ * - network.upstream_ca lists add up: trusting an internal CA lets the gateway reach a service
+ *   the rules already allow;
  * - resources may only be lowered; backend vm cannot be replaced by a weaker one.
  */
 export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagnostics: Diagnostic[]): Policy {
@@ -33,6 +35,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
   const deny: string[] = [];
   let backend: BackendChoice = "auto";
   let upstreamProxy: Policy["network"]["upstreamProxy"] = { kind: "env" };
+  const upstreamCa: string[] = [];
   const credentials: Policy["credentials"][number][] = [];
   let pass: string[] | null = null;
   const set: Record<string, string> = {};
@@ -81,6 +84,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
       } else backend = layer.backend;
     }
     if (layer.upstreamProxy !== null) upstreamProxy = layer.upstreamProxy;
+    for (const path of layer.upstreamCa) if (!upstreamCa.includes(path)) upstreamCa.push(path);
 
     for (const credential of layer.credentials) {
       const index = credentials.findIndex((existing) => existing.name === credential.name);
@@ -119,7 +123,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
     backend,
     workspace: { path: workspacePath, mode, protect: protectDefaults ? [...DEFAULT_PROTECT, ...protect.filter((glob) => !DEFAULT_PROTECT.includes(glob))] : protect },
     filesystem: { read, write, deny },
-    network: { layers: layers.length === 0 ? [[]] : layers.map((layer) => layer.rules), upstreamProxy },
+    network: { layers: layers.length === 0 ? [[]] : layers.map((layer) => layer.rules), upstreamProxy, upstreamCa },
     credentials,
     env: { pass: pass ?? [], set },
     resources,

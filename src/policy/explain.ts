@@ -58,6 +58,7 @@ export function explainPolicy(policy: Policy): string {
   push("  Names are resolved on the host; private, loopback, link-local, CGNAT and metadata addresses are refused unless a rule pins them.");
   const proxy = policy.network.upstreamProxy;
   push(`  Upstream proxy: ${proxy.kind === "url" ? proxy.url : proxy.kind === "env" ? "from the host's proxy variables, if set" : "none"}`);
+  if (policy.network.upstreamCa.length > 0) push(`  Extra CAs trusted for upstream TLS: ${policy.network.upstreamCa.join(", ")}`);
   push();
 
   push("Credentials");
@@ -66,7 +67,8 @@ export function explainPolicy(policy: Policy): string {
     const source = sourceText(credential.source);
     const inject = injectionText(credential.inject);
     const holder = credential.placeholderEnv === null ? "no placeholder in the sandbox" : `the sandbox sees only a placeholder in ${credential.placeholderEnv}`;
-    push(`  ${credential.name}: read from ${source}; sent only over TLS to ${credential.hosts.map((host) => host.text).join(", ")} in ${inject}; ${holder}`);
+    const leak = credential.onLeak === "end-run" ? "a leak blocks the request and ends the run" : "a leak blocks the request";
+    push(`  ${credential.name}: read from ${source}; sent only over TLS to ${credential.hosts.map((host) => host.text).join(", ")} in ${inject}; ${holder}; ${leak}`);
   }
   push();
 

@@ -18,6 +18,7 @@ export interface PolicyLayer {
   filesystem: { read: string[]; write: string[]; deny: string[] };
   rules: NetworkRule[];
   upstreamProxy: UpstreamProxy | null;
+  upstreamCa: string[];
   credentials: Credential[];
   env: { pass: string[] | null; set: Record<string, string> };
   resources: { cpus: number | null; memoryBytes: number | null; processes: number | null; timeoutMs: number | null; tmpBytes: number | null };
@@ -89,6 +90,8 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
   else if (upstream === "env") upstreamProxy = { kind: "env" };
   else if (upstream !== undefined) upstreamProxy = { kind: "url", url: upstream };
 
+  const upstreamCa = collectPaths(file.network?.upstream_ca, ["network", "upstream_ca"], hostPath);
+
   // Credentials, environment, resources, audit
   const credentials = normaliseCredentials(file, context, error);
   const envSet = { ...(file.env?.set ?? {}) };
@@ -121,6 +124,7 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
     filesystem: { read, write, deny },
     rules,
     upstreamProxy,
+    upstreamCa,
     credentials,
     env: { pass: file.env?.pass === undefined ? null : [...new Set(file.env.pass)], set: envSet },
     resources,
@@ -189,9 +193,6 @@ function normaliseRules(file: PolicyFile, source: SourceMap, context: NormaliseC
       } catch (cause) {
         error(at("paths", pathIndex), `path glob ${JSON.stringify(glob)} is invalid: ${(cause as Error).message}`);
       }
-    }
-    if (raw.methods !== undefined || raw.paths !== undefined) {
-      warn(at(), `${label} restricts methods or paths, which the gateway checks on plain HTTP only; HTTPS and SOCKS5 connections to this host are refused because their requests cannot be read`);
     }
 
     fileIndices.push(index);
@@ -274,7 +275,7 @@ function normaliseCredentials(file: PolicyFile, context: NormaliseContext, error
       placeholderEnvs.set(placeholderEnv, raw.name);
     }
 
-    credentials.push({ name: raw.name, source, hosts, inject, placeholderEnv });
+    credentials.push({ name: raw.name, source, hosts, inject, placeholderEnv, onLeak: raw.on_leak ?? "block" });
   }
   return credentials;
 }

@@ -67,6 +67,10 @@ const network = z
     default: z.literal("deny").optional().describe("What happens when no rule matches. Only 'deny' exists."),
     rules: z.array(networkRule).optional().describe("Ordered allow and deny rules."),
     upstream_proxy: upstreamProxy.optional(),
+    upstream_ca: z
+      .array(z.string().min(1))
+      .optional()
+      .describe("PEM files of extra certificate authorities the gateway trusts for upstream TLS, for internal services. Added to the host's trust store."),
   })
   .describe("Egress through the host-side gateway.");
 
@@ -97,6 +101,10 @@ const credential = z
     hosts: z.array(z.string().min(1)).min(1).describe("Host patterns the secret may be sent to, over TLS only."),
     inject: credentialInjection.optional().describe("Where the secret is injected. Without it, the placeholder is replaced wherever it appears in headers."),
     placeholder_env: envName.optional().describe("Sandbox environment variable that holds the placeholder."),
+    on_leak: z
+      .enum(["block", "end-run"])
+      .optional()
+      .describe("What a leak of this credential does: block the request, or block it and end the run. Default: block."),
   })
   .describe("A secret that stays on the host; the sandbox holds a placeholder.");
 

@@ -37,6 +37,8 @@ export interface Credential {
   hosts: readonly HostPattern[];
   inject: CredentialInjection;
   placeholderEnv: string | null;
+  /** What a leak of this credential does. */
+  onLeak: "block" | "end-run";
 }
 
 export type WorkspaceMode = "rw" | "overlay" | "ro";
@@ -66,6 +68,8 @@ export interface Policy {
   network: {
     layers: readonly (readonly NetworkRule[])[];
     upstreamProxy: UpstreamProxy;
+    /** Absolute paths of PEM files with extra CAs trusted for upstream TLS. */
+    upstreamCa: readonly string[];
   };
   credentials: readonly Credential[];
   env: {

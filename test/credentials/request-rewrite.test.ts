@@ -23,6 +23,7 @@ function credential(name: string, hosts: string[], inject: CredentialInjection, 
     }),
     inject,
     placeholderEnv: null,
+    onLeak: "block",
   };
   return { credential: entry, name, secret, placeholder: `rfph_${name}_${"0".repeat(31)}${name.length}` };
 }

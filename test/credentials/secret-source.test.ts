@@ -8,7 +8,7 @@ import { tempFile } from "./support/setup.js";
 const SECRET = "s3cr3t-value-from-host-0042";
 
 function credential(source: CredentialSource): Credential {
-  return { name: "svc", source, hosts: [], inject: { kind: "placeholder" }, placeholderEnv: null };
+  return { name: "svc", source, hosts: [], inject: { kind: "placeholder" }, placeholderEnv: null, onLeak: "block" };
 }
 
 describe("resolveSecret sources", () => {

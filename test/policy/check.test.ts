@@ -64,11 +64,12 @@ test("policy check reports every error, not just the first", () => {
   assert.ok(result.errors.length >= 2, JSON.stringify(result.errors));
 });
 
-test("policy check warns about method rules it cannot see on TLS", () => {
-  const result = check("version: 1\nnetwork:\n  rules:\n    - host: a.com\n      methods: [GET]\n      action: allow\n");
+test("policy check warns about repeated rules", () => {
+  const result = check("version: 1\nnetwork:\n  rules:\n    - host: a.com\n      action: allow\n    - host: a.com\n      ports: [443]\n      action: allow\n");
   assert.ok(result.policy);
   const warning = result.diagnostics.find((d) => d.severity === "warning");
-  assert.ok(warning && warning.message.includes("plain HTTP only"));
+  assert.ok(warning && warning.message.includes("repeats"));
+  assert.equal(warning.line, 6);
 });
 
 test("policy check accepts a full policy", () => {
