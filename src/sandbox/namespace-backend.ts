@@ -97,7 +97,7 @@ export class NamespaceBackend implements SandboxBackend {
       recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
     }
 
-    const protect: ProtectPlan = workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] } : planProtection(workspaceSource, workspace.protect, diskView);
+    const protect: ProtectPlan = workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : planProtection(workspaceSource, workspace.protect, diskView);
     if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
 
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
@@ -183,7 +183,7 @@ export class NamespaceBackend implements SandboxBackend {
         const argv = [...prefix, "bwrap", ...bwrapArgs];
 
         const seccompFd = openSync(seccompPath, "r");
-        const before = new Set(protect.readOnly);
+        const before = new Set([...protect.readOnly, ...protect.redirects]);
         try {
           const groups = cgroups as RunCgroups | null;
           const checkLimits =
@@ -196,9 +196,10 @@ export class NamespaceBackend implements SandboxBackend {
           const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
-            const after = planProtection(workspaceSource, workspace.protect, diskView).readOnly;
-            const created = after.filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
-            const moved = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
+            const after = planProtection(workspaceSource, workspace.protect, diskView);
+            const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+            const { moved, failed } = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
+            exit.warnings.push(...failed);
             if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
           }
           return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
@@ -215,24 +216,34 @@ export class NamespaceBackend implements SandboxBackend {
 
 /**
  * Moves protected paths that appeared during the run into the run directory, keeping their
- * workspace-relative layout, so nothing on the host picks them up. Returns the relative paths.
+ * workspace-relative layout, so nothing on the host picks them up. Returns the relative paths
+ * moved and one message per path that could not be moved.
  */
-function quarantine(paths: readonly string[], workspaceSource: string, into: string): string[] {
+function quarantine(paths: readonly string[], workspaceSource: string, into: string): { moved: string[]; failed: string[] } {
   const moved: string[] = [];
+  const failed: string[] = [];
   for (const path of paths) {
     const relativePath = path.slice(workspaceSource.length + 1);
     const destination = join(into, relativePath);
-    mkdirSync(dirname(destination), { recursive: true, mode: 0o700 });
     try {
-      renameSync(path, destination);
+      mkdirSync(dirname(destination), { recursive: true, mode: 0o700 });
+      moveAcrossFilesystems(path, destination);
+      moved.push(relativePath);
     } catch (cause) {
-      if ((cause as NodeJS.ErrnoException).code !== "EXDEV") throw cause;
-      cpSync(path, destination, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
-      rmSync(path, { recursive: true, force: true });
+      failed.push(`moving ${path} out of the workspace failed (${(cause as Error).message}); delete it before anything on the host uses it`);
     }
-    moved.push(relativePath);
   }
-  return moved;
+  return { moved, failed };
+}
+
+function moveAcrossFilesystems(source: string, destination: string): void {
+  try {
+    renameSync(source, destination);
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code !== "EXDEV") throw cause;
+    cpSync(source, destination, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+    rmSync(source, { recursive: true, force: true });
+  }
 }
 
 function removePlaceholders(protect: ProtectPlan): void {

@@ -17,6 +17,10 @@ import type { HostView } from "./host-view.js";
  *   themselves (still writable) so they cannot be renamed away: without that, `mv .git x` and a
  *   fresh `.git/hooks/` would sidestep the read-only mount.
  * - `problems`: cases the box cannot protect, which stop the run (fail closed).
+ * - `redirects`: protected paths, or directories on the way to one, that are symlinks, and files
+ *   where a directory is expected (a `.git` file names another git directory). Symlinks are
+ *   problems before a run, and such files are mounted read-only. After a run, new redirects are moved out like other new protected
+ *   paths, because `ln -s planted .git` or a `.git` file would give git hooks the box wrote.
  * - `uncovered`: globs whose new matches cannot be blocked in advance (a wildcard in a name,
  *   a missing parent, a missing file at the root). The run moves matches that appear during the
  *   run out of the workspace afterwards.
@@ -26,6 +30,7 @@ export interface ProtectPlan {
   placeholders: { path: string; kind: "dir" | "file" }[];
   pins: string[];
   problems: string[];
+  redirects: string[];
   uncovered: string[];
 }
 
@@ -39,7 +44,7 @@ const GLOB_CHARACTERS = /[*?[\]{}()!+@]/;
  * `root`, the host directory mounted at the workspace path.
  */
 export function planProtection(root: string, globs: readonly string[], view: HostView): ProtectPlan {
-  const plan: ProtectPlan = { readOnly: [], placeholders: [], pins: [], problems: [], uncovered: [] };
+  const plan: ProtectPlan = { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] };
   // Most globs start in the same few directories; list each once.
   const listings = new Map<string, string[]>();
   const cached: HostView = {
@@ -68,6 +73,7 @@ export function planProtection(root: string, globs: readonly string[], view: Hos
   plan.pins = unique(plan.pins).filter((pin) => !plan.readOnly.some((path) => isWithin(pin, path)));
   plan.placeholders = plan.placeholders.filter((entry, index, all) => all.findIndex((other) => other.path === entry.path) === index);
   plan.problems = unique(plan.problems);
+  plan.redirects = unique(plan.redirects);
   plan.uncovered = unique(plan.uncovered);
   return plan;
 }
@@ -97,6 +103,7 @@ function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, rema
     const facts = view.facts(path);
 
     if (facts.kind === "symlink") {
+      plan.redirects.push(path);
       plan.problems.push(
         `protected path ${path} is a symlink to ${view.readlink(path) ?? "?"}; a symlink cannot be mounted read-only in place, so replace it with a copy of its target or remove it`,
       );
@@ -107,7 +114,13 @@ function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, rema
       checkHardLinks(plan, view, path);
       continue;
     }
-    if (facts.kind !== "dir") continue;
+    if (facts.kind !== "dir") {
+      // A file where a directory is expected, such as a worktree's `.git` file, stays read-only:
+      // rewritten, it would point git at hooks the box planted.
+      plan.redirects.push(path);
+      plan.readOnly.push(path);
+      continue;
+    }
     plan.pins.push(path);
     walk(plan, view, root, path, rest, wholeDirectory, glob);
   }

@@ -184,6 +184,29 @@ for (const backend of BACKENDS) {
         assert.match(run.stderr, /protected paths created during the run/);
       });
 
+      test("planted .git symlink moved out", async () => {
+        const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
+        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && ln -s planted .git && echo planted"]);
+        assert.equal(run.status, 0, show(run));
+        assert.equal(existsSync(join(workspace, ".git")), false, show(run));
+        assert.match(run.stderr, /protected paths created during the run were moved/);
+      });
+
+      test("planted .git file moved out", async () => {
+        const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
+        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && echo 'gitdir: planted' > .git"]);
+        assert.equal(run.status, 0, show(run));
+        assert.equal(existsSync(join(workspace, ".git")), false, show(run));
+      });
+
+      test("worktree .git file read-only", async () => {
+        const workspace = makeWorkspace(user, { ".git": "gitdir: /elsewhere/.git/worktrees/w\n" });
+        const run = await runBox(user, workspace, [], ["sh", "-c", "echo 'gitdir: planted' > .git 2>/dev/null && echo REWROTE; true"]);
+        assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /REWROTE/);
+        assert.equal(readFileSync(join(workspace, ".git"), "utf8"), "gitdir: /elsewhere/.git/worktrees/w\n");
+      });
+
       test("protected path created without parent", async () => {
         const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
         const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit; echo made"]);

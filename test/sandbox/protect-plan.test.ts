@@ -67,12 +67,22 @@ describe("planProtection", () => {
     const plan = planProtection(ROOT, [".envrc"], view);
     assert.equal(plan.problems.length, 1);
     assert.match(plan.problems[0] as string, /\/ws\/\.envrc is a symlink to \/home\/user\/secret/);
+    assert.deepEqual(plan.redirects, ["/ws/.envrc"]);
   });
 
   test("symlinked parent is a problem", () => {
     const view = tableView({ "/ws": "dir", "/ws/.git": "->/elsewhere/git" });
     const plan = planProtection(ROOT, [".git/hooks/**"], view);
     assert.equal(plan.problems.length, 1);
+    assert.deepEqual(plan.redirects, ["/ws/.git"]);
+  });
+
+  test("git file is a redirect", () => {
+    const view = tableView({ "/ws": "dir", "/ws/.git": "file" });
+    const plan = planProtection(ROOT, [".git/hooks/**"], view);
+    assert.deepEqual(plan.problems, []);
+    assert.deepEqual(plan.redirects, ["/ws/.git"]);
+    assert.deepEqual(plan.readOnly, ["/ws/.git"]);
   });
 
   test("hard link is a problem", () => {
