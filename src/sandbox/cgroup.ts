@@ -106,6 +106,27 @@ export class RunCgroups {
     return events;
   }
 
+  /**
+   * Kills anything left in the groups and tries once to remove them, for a process that is
+   * exiting and cannot wait.
+   */
+  removeNow(): void {
+    for (const dir of this.#dirs.values()) {
+      for (const pid of readText(join(dir, "cgroup.procs")).split("\n").filter((line) => line !== "")) {
+        try {
+          process.kill(Number(pid), "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Still busy for a moment after the kill; the kernel frees an empty group's memory anyway.
+      }
+    }
+  }
+
   /** Kills anything left in the groups and removes them. */
   async remove(): Promise<void> {
     for (const dir of this.#dirs.values()) {

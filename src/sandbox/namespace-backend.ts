@@ -182,6 +182,14 @@ export class NamespaceBackend implements SandboxBackend {
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
         const argv = [...prefix, "bwrap", ...bwrapArgs];
 
+        // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
+        // (--die-with-parent); this removes what was made on the host for the box.
+        const onExit = () => {
+          cgroups?.removeNow();
+          removePlaceholders(protect);
+        };
+        process.once("exit", onExit);
+
         const seccompFd = openSync(seccompPath, "r");
         const before = new Set([...protect.readOnly, ...protect.redirects]);
         try {
@@ -204,6 +212,7 @@ export class NamespaceBackend implements SandboxBackend {
           }
           return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
         } finally {
+          process.off("exit", onExit);
           closeSync(seccompFd);
           await cleanup();
         }
