@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { after, before, describe, it } from "node:test";
-import { connectThrough, curl, getOverTls, policyFromYaml, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
+import { connectThrough, curl, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { patternBytes, startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
 
@@ -229,6 +229,42 @@ describe("CONNECT refusals before the tunnel", () => {
     { name: "port out of range", authority: () => "api.example.com:70000", status: 400, reason: /not a number from 1 to 65535/ },
     { name: "unlisted host", authority: () => `evil.example.org:${https.port}`, status: 403, reason: /no allow rule matches evil\.example\.org/ },
   ];
+
+  const rawCases: { name: string; request: () => string; status: number; reason: RegExp }[] = [
+    { name: "invalid header line", request: () => `CONNECT api.example.com:${https.port} HTTP/1.1\r\nbroken header\r\n\r\n`, status: 400, reason: /not valid HTTP\/1\.1/ },
+    { name: "oversized head", request: () => `CONNECT api.example.com:${https.port} HTTP/1.1\r\nX-Big: ${"a".repeat(40 * 1024)}\r\n\r\n`, status: 431, reason: /larger than the gateway's limit of 32768 bytes/ },
+  ];
+  for (const testCase of rawCases) {
+    it(`refuses a CONNECT with ${testCase.name}`, async () => {
+      const before = gw.events.length;
+      const socket = await openSocket(gw.port);
+      const response = readResponseHead(socket);
+      socket.write(testCase.request());
+      assert.equal((await response).status, testCase.status);
+      socket.destroy();
+
+      const event = await gw.nextEvent((e) => gw.events.indexOf(e) >= before);
+      assert.equal(event.protocol, "connect");
+      assert.equal(event.decision, "deny");
+      assert.match(event.reason ?? "", testCase.reason);
+    });
+  }
+
+  it("accepts a CONNECT head sent byte by byte", async () => {
+    const socket = await openSocket(gw.port);
+    const response = readResponseHead(socket);
+    for (const byte of Buffer.from(`CONNECT api.example.com:${http.port} HTTP/1.1\r\nHost: api.example.com\r\n\r\n`)) {
+      socket.write(Buffer.from([byte]));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.equal((await response).status, 200);
+    const done = readToEnd(socket);
+    socket.resume();
+    socket.write(`GET /bytewise HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`);
+    assert.match((await done).toString(), /^HTTP\/1\.1 200/);
+    const event = await gw.nextEvent((e) => e.protocol === "connect" && e.port === http.port && e.decision === "allow");
+    assert.equal(event.host, "api.example.com");
+  });
 
   for (const testCase of cases) {
     it(`refuses ${testCase.name}`, async () => {
