@@ -2,7 +2,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { createCredentialBroker, type CredentialBroker } from "../credentials/index.js";
+import type { CredentialBroker } from "../credentials/index.js";
 import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
@@ -107,6 +107,8 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     // The credential broker terminates TLS where the policy needs it: for credentials, captured
     // hosts, and rules that restrict methods or paths. Its run CA is the only CA the box must add.
     if (options.dryRun !== true && needsInterception(policy)) {
+      // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
+      const { createCredentialBroker } = await import("../credentials/index.js");
       broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, ...(options.upstreamCaPems === undefined ? {} : { upstreamCaPems: options.upstreamCaPems }) });
     }
 
