@@ -183,7 +183,7 @@ export class NamespaceBackend implements SandboxBackend {
         const argv = [...prefix, "bwrap", ...bwrapArgs];
 
         // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
-        // (--die-with-parent); this removes what was made on the host for the box.
+        // through --die-with-parent. This handler removes what was made on the host for the box.
         const onExit = () => {
           cgroups?.removeNow();
           removePlaceholders(protect);

@@ -3,7 +3,7 @@ import picomatch from "picomatch";
 import type { HostView } from "./host-view.js";
 
 /**
- * How the box keeps workspace.protect globs read-only in a writable workspace, as host paths
+ * The plan that keeps workspace.protect globs read-only in a writable workspace, as host paths
  * under the directory that is mounted at the workspace path.
  *
  * - `readOnly`: existing protected paths, bind-mounted read-only onto themselves. A mount point
