@@ -20,6 +20,7 @@ let httpsPort = 0;
 let testCa: TestCa;
 const TEST_TOKEN = "conformance-secret-7f3a9c";
 let httpPort = 0;
+let httpRequests = 0;
 let rawConnections = 0;
 let rawPort = 0;
 let udpPort = 0;
@@ -28,6 +29,7 @@ const closers: (() => void)[] = [];
 
 before(async () => {
   httpServer = createHttpServer((request, response) => {
+    httpRequests += 1;
     response.setHeader("content-type", "text/plain");
     response.end(`hello from loopback ${request.method} ${request.url}\n`);
   });
@@ -308,6 +310,29 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, new RegExp(`^workspace: ${workspace} \\(mode rw\\)$`, "m"));
         assert.match(run.stdout, /^bwrap --unshare-user /m);
         assert.match(run.stdout, /^ {2}hide {6}\/etc\/shadow/m);
+      });
+
+      test("proxy bypass attempts denied", async () => {
+        const workspace = makeWorkspace(user);
+        // api.test is allowed only on the server's port and pinned to 127.0.0.1; every other
+        // spelling of the same server must be refused by the gateway.
+        const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
+        const targets = [
+          `http://127.0.0.1:${httpPort}/ip-literal`,
+          `http://localhost:${httpPort}/localhost`,
+          `http://[::1]:${httpPort}/ipv6-loopback`,
+          `http://2130706433:${httpPort}/decimal-ip`,
+          `http://api.test:${httpPort + 1 === 65536 ? 1 : httpPort + 1}/other-port`,
+          `http://API.TEST.:${httpPort}/case-and-dot`,
+        ];
+        const before = httpRequests;
+        const lines = targets.flatMap((url) => [`curl -s -m 10 -o /dev/null -w "%{http_code} ${url}\\n" --noproxy '' -x http://127.0.0.1:3128 '${url}'`, `curl -s -m 10 -o /dev/null -w "%{http_code} socks ${url}\\n" --noproxy '' --socks5-hostname 127.0.0.1:3128 '${url}'`]);
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", lines.join("; ")]);
+        assert.equal(run.status, 0, show(run));
+        const reached = httpRequests - before;
+        // The canonical spelling API.TEST. is the allowed host itself, so that request may pass.
+        assert.ok(reached <= 2, `the loopback server was reached ${reached} times:\n${show(run)}`);
+        for (const url of targets.slice(0, 5)) assert.match(run.stdout, new RegExp(`^(403|000) ${url.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`, "m"), show(run));
       });
 
       test("denied host gets hint", async () => {
