@@ -15,7 +15,11 @@ export function parseProcCgroup(text: string): Map<string, string> {
   return paths;
 }
 
-/** Finds which cgroup controllers this process can use for a child group. */
+/**
+ * Finds which cgroup controllers this process can use for a child group.
+ * NOTE: the cgroup v2 branch is covered by planner tests only; the machines this was developed
+ * and tested on have a hybrid hierarchy with every controller on v1.
+ */
 export function probeCgroups(): CgroupSupport {
   const root = process.getuid?.() === 0;
   const none: CgroupSupport = { v2: null, v1: { memory: null, pids: null, cpu: null, memsw: false }, root };

@@ -97,7 +97,11 @@ export class NamespaceBackend implements SandboxBackend {
       recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
     }
 
-    const protect: ProtectPlan = workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : planProtection(workspaceSource, workspace.protect, diskView);
+    // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
+    // the copy would have, and shows the paths the copy would have.
+    const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+    const protect: ProtectPlan =
+      workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, workspace.protect, diskView), planRoot, workspaceSource);
     if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
 
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
@@ -253,6 +257,19 @@ function moveAcrossFilesystems(source: string, destination: string): void {
     cpSync(source, destination, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
     rmSync(source, { recursive: true, force: true });
   }
+}
+
+/** Moves a protection plan from one root directory to another with the same content. */
+function rebaseProtection(plan: ProtectPlan, from: string, to: string): ProtectPlan {
+  if (from === to) return plan;
+  const move = (path: string) => join(to, path.slice(from.length));
+  return {
+    ...plan,
+    readOnly: plan.readOnly.map(move),
+    placeholders: plan.placeholders.map((entry) => ({ ...entry, path: move(entry.path) })),
+    pins: plan.pins.map(move),
+    redirects: plan.redirects.map(move),
+  };
 }
 
 function removePlaceholders(protect: ProtectPlan): void {
