@@ -9,6 +9,22 @@ export interface BwrapOptions {
   hostname: string;
   /** The command as bwrap runs it (after the forwarder, if any). */
   argv: readonly string[];
+  /** Whether this bwrap has `--disable-userns` (0.8.0 and later). Default: true. */
+  disableUserns?: boolean;
+}
+
+/** Parses `bwrap --version` output ("bubblewrap 0.8.0") into [major, minor, patch], or null. */
+export function parseBwrapVersion(output: string): [number, number, number] | null {
+  const match = /(\d+)\.(\d+)\.(\d+)/.exec(output);
+  if (match === null) return null;
+  return [Number(match[1]), Number(match[2]), Number(match[3])];
+}
+
+/** Returns whether a bwrap version has `--disable-userns`, which 0.8.0 added. */
+export function supportsDisableUserns(version: readonly [number, number, number] | null): boolean {
+  if (version === null) return false;
+  const [major, minor] = version;
+  return major > 0 || minor >= 8;
 }
 
 /**
@@ -26,15 +42,17 @@ export function bwrapArguments(options: BwrapOptions): string[] {
     "--unshare-uts",
     "--unshare-net",
     "--unshare-cgroup-try",
-    // A new user namespace inside would give the box back the capabilities to mount over what
-    // it hides; the seccomp filter blocks this too.
-    "--disable-userns",
     "--die-with-parent",
     "--cap-drop",
     "ALL",
     "--hostname",
     options.hostname,
   ];
+
+  // A new user namespace inside would give the box back the capabilities to mount over what it
+  // hides. The seccomp filter blocks creating one on every bwrap version; this adds the kernel's
+  // own limit where bwrap supports it.
+  if (options.disableUserns !== false) args.push("--disable-userns");
 
   for (const op of options.mounts) args.push(...mountArguments(op));
 

@@ -105,7 +105,7 @@ export function planMounts(context: MountContext): MountOp[] {
     const hostPath = isWithin(path, workspace.path) ? join(context.workspaceSource, path.slice(workspace.path.length)) : path;
     const facts = view.facts(hostPath);
     if (facts.kind === "dir") {
-      ops.push({ kind: "tmpfs", target: path, sizeBytes: 4096, reason: `hidden: ${decision.reason}` });
+      ops.push({ kind: "tmpfs", target: path, sizeBytes: null, reason: `hidden: ${decision.reason}` });
       ops.push({ kind: "remount-ro", target: path, reason: `hidden: ${decision.reason}` });
     } else if (facts.kind === "file" || facts.kind === "other") {
       ops.push({ kind: "ro-bind", source: "/dev/null", target: path, reason: `hidden: ${decision.reason}` });
@@ -114,7 +114,7 @@ export function planMounts(context: MountContext): MountOp[] {
 
   for (const path of context.privatePaths) {
     if (!targets.some((target) => isWithin(path, target)) || view.facts(path).kind !== "dir") continue;
-    ops.push({ kind: "tmpfs", target: path, sizeBytes: 4096, reason: "hidden: ringfence's own run records" });
+    ops.push({ kind: "tmpfs", target: path, sizeBytes: null, reason: "hidden: ringfence's own run records" });
     ops.push({ kind: "remount-ro", target: path, reason: "hidden: ringfence's own run records" });
   }
 

@@ -3,7 +3,7 @@ import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, rena
 import { dirname, join } from "node:path";
 import { recordOverlayBaseline } from "../workspace/overlay-record.js";
 import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
-import { bwrapArguments, describeMounts } from "./bwrap-args.js";
+import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
 import { BOX_PROXY_PORT, prepareForwarder } from "./forwarder.js";
@@ -25,6 +25,14 @@ export function findExecutable(name: string, path: string = process.env.PATH ?? 
     }
   }
   return null;
+}
+
+let cachedBwrapVersion: [number, number, number] | null | undefined;
+
+/** Returns the installed bwrap's version, asked once per process. */
+function bwrapVersion(): [number, number, number] | null {
+  if (cachedBwrapVersion === undefined) cachedBwrapVersion = parseBwrapVersion(spawnSync("bwrap", ["--version"], { encoding: "utf8" }).stdout ?? "");
+  return cachedBwrapVersion;
 }
 
 function readSysctl(path: string): string | null {
@@ -134,7 +142,7 @@ export class NamespaceBackend implements SandboxBackend {
 
     const SECCOMP_FD = 3;
     const cwd = boxWorkingDirectory(policy, request.cwd);
-    const bwrapArgs = bwrapArguments({ mounts, cwd, seccompFd: SECCOMP_FD, hostname: "ringfence", argv: commandArgv });
+    const bwrapArgs = bwrapArguments({ mounts, cwd, seccompFd: SECCOMP_FD, hostname: "ringfence", argv: commandArgv, disableUserns: supportsDisableUserns(bwrapVersion()) });
 
     const support = probeCgroups();
     const limits = planLimits(policy.resources, support);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { defaultPolicy } from "../../src/policy/load.js";
 import type { Policy } from "../../src/policy/types.js";
-import { bwrapArguments, describeMounts } from "../../src/sandbox/bwrap-args.js";
+import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "../../src/sandbox/bwrap-args.js";
 import { tableView } from "../../src/sandbox/host-view.js";
 import { boxWorkingDirectory, planMounts, type MountContext, type MountOp } from "../../src/sandbox/mount-plan.js";
 import { planProtection } from "../../src/sandbox/protect-plan.js";
@@ -160,6 +160,15 @@ describe("bwrapArguments", () => {
   test("seccomp fd and command last", () => {
     assert.deepEqual(args.slice(-6), ["--seccomp", "3", "--", "sh", "-c", "true"]);
     assert.deepEqual(args.slice(args.indexOf("--chdir"), args.indexOf("--chdir") + 2), ["--chdir", WORKSPACE]);
+  });
+
+  test("disable-userns only where supported", () => {
+    const old = bwrapArguments({ mounts: [], cwd: "/", seccompFd: 3, hostname: "h", argv: ["true"], disableUserns: false });
+    assert.ok(!old.includes("--disable-userns"));
+    assert.equal(supportsDisableUserns(parseBwrapVersion("bubblewrap 0.8.0")), true);
+    assert.equal(supportsDisableUserns(parseBwrapVersion("bubblewrap 0.6.1")), false);
+    assert.equal(supportsDisableUserns(parseBwrapVersion("bubblewrap 1.0.0")), true);
+    assert.equal(supportsDisableUserns(parseBwrapVersion("garbage")), false);
   });
 
   test("tmpfs size passed", () => {
