@@ -17,7 +17,7 @@ export function parseProcCgroup(text: string): Map<string, string> {
 
 /**
  * Finds which cgroup controllers this process can use for a child group.
- * NOTE: the cgroup v2 branch is covered by planner tests only; the machines this was developed
+ * NOTE: only planner tests cover the cgroup v2 branch, because the machines this was developed
  * and tested on have a hybrid hierarchy with every controller on v1.
  */
 export function probeCgroups(): CgroupSupport {
