@@ -78,25 +78,39 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   else upstream.pipe(client);
 
   let firstBytes: Buffer = options.head;
-  const handshakeTimer = setTimeout(() => destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`), limits.handshakeTimeoutMs);
+  const handshakeTimer = setTimeout(() => {
+    // A TLS server never speaks before the ClientHello, so a tunnel whose upstream has sent bytes
+    // carries a server-first protocol (SSH, SMTP) whose client may stay silent for a while.
+    if (upstream.bytesRead > 0 && firstBytes.length === 0) {
+      passThrough();
+      return;
+    }
+    destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`);
+  }, limits.handshakeTimeoutMs);
+
+  const passThrough = () => {
+    client.off("data", onData);
+    client.off("end", onEndBeforeInspection);
+    if (firstBytes.length > 0) upstream.write(firstBytes);
+    firstBytes = Buffer.alloc(0);
+    client.pipe(upstream);
+  };
 
   const inspect = (): boolean => {
     const verdict = checkClientHello(firstBytes, target);
     if (verdict === "wait") return false;
 
     clearTimeout(handshakeTimer);
-    client.off("data", onData);
-    client.off("end", onEndBeforeInspection);
     if (verdict !== "ok") {
+      client.off("data", onData);
+      client.off("end", onEndBeforeInspection);
       record.deny(verdict, options.rule);
       upstream.destroy();
       client.end(ALERT_UNRECOGNIZED_NAME);
       return true;
     }
 
-    if (firstBytes.length > 0) upstream.write(firstBytes);
-    firstBytes = Buffer.alloc(0);
-    client.pipe(upstream);
+    passThrough();
     return true;
   };
   const onData = (chunk: Buffer) => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -196,6 +196,47 @@ describe("timeouts", () => {
     await done;
     const event = await gw.nextEvent((e) => e.protocol === "connect" && /no complete TLS ClientHello or other data within 300 ms/.test(e.reason ?? ""));
     assert.equal(event.host, "api.example.com");
+  });
+
+  it("keeps a tunnel whose server speaks first", async () => {
+    // A server-first protocol: the upstream sends a banner and the client stays silent at first.
+    const banner = createServer((socket) => {
+      socket.write("SSH-2.0-banner-test\r\n");
+      socket.on("data", (chunk: Buffer) => socket.end(`echo:${chunk.toString()}`));
+    });
+    await new Promise<void>((resolve) => banner.listen(0, "127.0.0.1", resolve));
+    const bannerPort = (banner.address() as AddressInfo).port;
+    const bannerGateway = await startTestGateway(
+      policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: ssh.example.com
+      ports: [${bannerPort}]
+      addresses: [127.0.0.1]
+      action: allow
+`),
+      { limits: { handshakeTimeoutMs: 300 } },
+    );
+
+    const { response, socket } = await connectThrough(bannerGateway.port, `ssh.example.com:${bannerPort}`);
+    assert.equal(response.status, 200);
+    // The banner may arrive in the same read as the 200 response.
+    const firstLine = response.rest.length > 0 ? Promise.resolve(response.rest.toString()) : new Promise<string>((resolve) => socket.once("data", (chunk: Buffer) => resolve(chunk.toString())));
+    const done = readToEnd(socket);
+    socket.resume();
+    assert.equal(await firstLine, "SSH-2.0-banner-test\r\n");
+
+    // Stay silent past the handshake limit, then speak.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    socket.write("hello");
+    assert.match((await done).toString(), /echo:hello$/);
+
+    const event = await bannerGateway.nextEvent((e) => e.host === "ssh.example.com");
+    assert.equal(event.decision, "allow");
+    assert.equal(event.reason, null);
+    await bannerGateway.close();
+    await new Promise((resolve) => banner.close(resolve));
   });
 
   it("ends an idle tunnel", async () => {
