@@ -21,9 +21,9 @@ function takeBuffer(): Buffer {
  * per read, and in a measured 256 MiB CONNECT download on loopback that allocation and its
  * garbage collection cost the gateway more CPU time than the server's TLS encryption.
  *
- * A buffer is read into again only after the chunk written from it has left it: when a write
- * cannot finish at once, Node queues the chunk by reference, and the write callback says when it
- * is flushed. While one chunk waits, the next read goes into the other buffer; with both
+ * A buffer is read into again only after the chunk written from it has left it. When a write
+ * cannot finish at once, Node queues the chunk by reference, and its write callback runs once it
+ * is flushed. While one chunk waits, the next read goes into the other buffer, and with both
  * waiting, reading stops until one is free.
  */
 export class ReadRelay {
