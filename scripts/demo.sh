@@ -64,10 +64,8 @@ echo
 echo "== after the run, on the host"
 if [ -d node_modules/ms ]; then echo "node_modules/ms installed: yes"; else echo "node_modules/ms installed: NO"; status=1; fi
 if [ -e .git/hooks/pre-commit ]; then echo ".git/hooks/pre-commit exists: YES (the box wrote it)"; status=1; else echo ".git/hooks/pre-commit exists: no"; fi
-echo "denied requests in the run's events.jsonl:"
-node -e '
-const lines = require("node:fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((line) => JSON.parse(line));
-for (const event of lines.filter((event) => event.type === "network" && event.decision === "deny")) {
-  console.log(`  ${event.protocol} ${event.host}:${event.port} rule=${event.rule} reason=${JSON.stringify(event.reason)}`);
-}' "$(ls -d "$demo"/home/.local/state/ringfence/runs/*/events.jsonl | head -1)"
+echo
+echo "== the run's audit record (ringfence audit show last; ringfence audit verify last)"
+HOME="$demo/home" "$ringfence" audit show last --type network run || status=1
+HOME="$demo/home" "$ringfence" audit verify last || status=1
 exit "$status"

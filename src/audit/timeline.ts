@@ -20,6 +20,13 @@ export function formatRecord(record: AuditRecord): string {
     }
     case "credential":
       return `${prefix} ${text(record.action)} ${text(record.credential)} for ${text(record.host)}${record.reason ? ` (${text(record.reason)})` : ""}`;
+    case "workspace.change": {
+      const size = record.size === null || record.size === undefined ? "" : ` ${text(record.size)}B`;
+      const hash = typeof record.sha256 === "string" ? ` sha256 ${record.sha256.slice(0, 12)}` : "";
+      return `${prefix} ${text(record.change)} ${text(record.path)}${record.entry && record.entry !== "file" ? ` (${text(record.entry)})` : ""}${size}${hash}`;
+    }
+    case "limit":
+      return `${prefix} ${text(record.message)}`;
     case "run.start":
       return `${prefix} ${text(record.backend)} backend, workspace ${text(record.workspace)} (${text(record.mode)}): ${Array.isArray(record.command) ? record.command.join(" ") : text(record.command)}`;
     case "run.end":

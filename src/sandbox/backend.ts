@@ -55,7 +55,7 @@ export interface PreparedBox {
   /** The effective box for `--dry-run`: namespaces, mounts, environment, limits. */
   describe(): string[];
   /** Runs the command with the caller's stdio and resolves when every process in the box is gone. */
-  run(options: { timeoutMs: number | null }): Promise<BoxExit>;
+  run(options: { timeoutMs: number | null; stop?: AbortSignal }): Promise<BoxExit>;
   /** Removes what prepare created on the host (placeholders, cgroups); idempotent. */
   cleanup(): Promise<void>;
 }

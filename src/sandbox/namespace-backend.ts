@@ -175,7 +175,7 @@ export class NamespaceBackend implements SandboxBackend {
         `bwrap ${bwrapArgs.join(" ")}`,
       ],
 
-      run: async ({ timeoutMs }) => {
+      run: async ({ timeoutMs, stop }) => {
         if (limits.unenforced.length > 0) {
           throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
         }
@@ -213,7 +213,7 @@ export class NamespaceBackend implements SandboxBackend {
                   const failures = groups.events().processLimitHits;
                   return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
                 };
-          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits);
+          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, workspace.protect, diskView);
@@ -313,6 +313,7 @@ function runChild(
   seccompFd: number,
   timeoutMs: number | null,
   checkLimits: (() => string | null) | null,
+  stop?: AbortSignal,
 ): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["inherit", "inherit", "inherit", seccompFd], env });
@@ -349,7 +350,17 @@ function runChild(
             child.kill("SIGKILL");
           }, LIMIT_POLL_MS);
 
+    // The caller stops the box early, for example when a credential leak must end the run.
+    const onStop = () => {
+      if (stoppedBy !== null) return;
+      stoppedBy = String(stop?.reason ?? "ringfence stopped the box");
+      child.kill("SIGKILL");
+    };
+    stop?.addEventListener("abort", onStop);
+    if (stop?.aborted === true) onStop();
+
     const finish = () => {
+      stop?.removeEventListener("abort", onStop);
       if (timer !== null) clearTimeout(timer);
       if (poller !== null) clearInterval(poller);
       process.off("SIGINT", ignore);

@@ -1,4 +1,4 @@
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -9,7 +9,11 @@ import { SandboxError, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
 import { BOX_CA_BUNDLE } from "./mount-plan.js";
 import { NamespaceBackend } from "./namespace-backend.js";
-import { defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
+import { AUDIT_LOG_FILE, AuditLog } from "../audit/audit-log.js";
+import { sha256Hex } from "../audit/hash-chain.js";
+import { loadOrCreateHostKey } from "../audit/host-key.js";
+import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, stateDir, type RunSummary } from "../audit/run-record.js";
+import { recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { RunDirectory } from "./run-dir.js";
 
 export interface RunSandboxOptions {
@@ -62,9 +66,10 @@ export function needsInterception(policy: Policy): boolean {
 
 /**
  * Runs one command in a box: starts the gateway on a socket in a private run directory, builds
- * the box, runs the command with the caller's terminal, and tears everything down. The gateway's
- * events go to events.jsonl in the run directory. Throws SandboxError for problems the user can
- * fix before the command starts.
+ * the box, runs the command with the caller's terminal, and tears everything down. Every event
+ * (run start and end, network decisions, credential use, limits, workspace changes) goes to the
+ * run's hash-chained audit log, audit.jsonl, signed when the run ends. Throws SandboxError for
+ * problems the user can fix before the command starts.
  */
 export async function runSandbox(options: RunSandboxOptions): Promise<RunSandboxResult> {
   const message = options.message ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -77,7 +82,12 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));
 
   const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
+  const privatePaths = ringfencePrivatePaths(root, hostEnv, home);
+  checkPrivatePathsOutsideWritable(policy, privatePaths);
+  const upstreamCaPems = [...(options.upstreamCaPems ?? []), ...readUpstreamCas(policy)];
   const runDir = new RunDirectory(root);
+  const audit = AuditLog.create(runDir.path, runDir.id, loadOrCreateHostKey(auditKeyDir(hostEnv, home)));
+  const leakStop = new AbortController();
   const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
   const blocked = new BlockedSummary({ hint: policy.files.length === 0 });
   let gateway: Gateway | null = null;
@@ -102,14 +112,14 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   try {
     writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
     writeSummary();
-    runDir.appendEvent({ type: "run", event: "start", command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode });
+    audit.append("run.start", { command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(backend.name) });
 
     // The credential broker terminates TLS where the policy needs it: for credentials, captured
     // hosts, and rules that restrict methods or paths. Its run CA is the only CA the box must add.
     if (options.dryRun !== true && needsInterception(policy)) {
       // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
       const { createCredentialBroker } = await import("../credentials/index.js");
-      broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, ...(options.upstreamCaPems === undefined ? {} : { upstreamCaPems: options.upstreamCaPems }) });
+      broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, upstreamCaPems });
     }
 
     if (options.dryRun !== true) {
@@ -120,12 +130,19 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
         logger,
         ...(options.resolve === undefined ? {} : { resolve: options.resolve }),
         onEvent: (event: NetworkEvent) => {
-          runDir.appendEvent({ ...event });
+          audit.append("network", eventFields(event));
           const hint = blocked.record(event);
           if (hint !== null) message(hint);
         },
         ...(broker === null ? {} : { interceptor: broker.interceptor }),
-        onCredentialEvent: (event: CredentialEvent) => runDir.appendEvent({ ...event }),
+        onCredentialEvent: (event: CredentialEvent) => {
+          audit.append("credential", eventFields(event));
+          // on_leak: end-run stops the box at the first blocked leak of that credential.
+          const credential = policy.credentials.find((entry) => entry.name === event.credential);
+          if (event.action === "blocked" && credential?.onLeak === "end-run" && !leakStop.signal.aborted) {
+            leakStop.abort(`credential ${credential.name} leaked towards ${event.host}, and its policy says on_leak: end-run`);
+          }
+        },
       });
     }
 
@@ -138,7 +155,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       hostEnv,
       runId: runDir.id,
       runDir: runDir.path,
-      privatePaths: [root],
+      privatePaths,
       gatewaySocket: options.dryRun === true ? runDir.socketPath : (gateway?.socketPath ?? null),
       dryRun: options.dryRun === true,
       caBundle: broker?.caBundlePath ?? null,
@@ -148,14 +165,18 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     if (options.dryRun === true) {
       await box.cleanup();
       // A dry run leaves no run record behind.
+      audit.close();
       rmSync(runDir.path, { recursive: true, force: true });
       return { runId: runDir.id, runDir: runDir.path, status: 0, blocked: 0, description: box.describe() };
     }
 
-    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs });
-    runDir.appendEvent({ type: "run", event: "end", status: exit.status, stoppedBy: exit.stoppedBy, limit: exit.limitMessage, blocked: blocked.total });
-
+    const tracker = WorkspaceTracker.start(policy, runDir.path);
+    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop: leakStop.signal });
     const ended = new Date();
+    if (exit.limitMessage !== null) audit.append("limit", { message: exit.limitMessage });
+    recordWorkspaceChanges(tracker, (fields) => audit.append("workspace.change", fields), message);
+    audit.append("run.end", { status: exit.status, durationMs: ended.getTime() - started.getTime(), stoppedBy: exit.stoppedBy, blocked: blocked.total, warnings: exit.warnings });
+
     Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status: exit.status, blocked: blocked.total });
     writeSummary();
 
@@ -166,12 +187,72 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       message(`ringfence: the host workspace is unchanged; review the run's changes with: ringfence diff ${runDir.id}, then ringfence apply ${runDir.id} or ringfence discard ${runDir.id}`);
     }
     const blockedLine = blocked.summary();
-    message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${runDir.eventsPath}`);
+    message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${join(runDir.path, AUDIT_LOG_FILE)}`);
     return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
   } finally {
     await gateway?.close();
     broker?.close();
+    audit.close();
     runDir.close();
     logger.flush();
+  }
+}
+
+// The audit record's envelope carries the type, time and run id; the event's own copies go.
+function eventFields(event: NetworkEvent | CredentialEvent): Record<string, unknown> {
+  const { type: _type, time, runId: _runId, version: _version, ...fields } = event as unknown as Record<string, unknown>;
+  return { ...fields, startedAt: time };
+}
+
+/** Reads the PEM files of policy network.upstream_ca; an unreadable file stops the run. */
+function readUpstreamCas(policy: Policy): string[] {
+  return policy.network.upstreamCa.map((path) => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (cause) {
+      throw new SandboxError("upstream-ca", `network.upstream_ca file ${path} could not be read (${(cause as NodeJS.ErrnoException).code ?? String(cause)}); fix the path in the policy`);
+    }
+  });
+}
+
+/** What enforces each policy section on a backend, recorded at run start for reviewers. */
+export function enforcementOf(backend: SandboxBackend["name"]): Record<string, string> {
+  if (backend === "vm") return { note: "the vm backend records its own enforcement" };
+  return {
+    workspace: "bubblewrap bind mounts (read-only binds for protected paths; overlay mode writes to a copy in the run directory)",
+    filesystem: "bubblewrap mount namespace: only named paths are mounted; deny and secret stores are not mounted or are covered",
+    network: "network namespace with loopback only; the in-box forwarder reaches the host-side gateway's Unix socket",
+    credentials: "host-side broker in the gateway; the box holds placeholders and trusts a per-run CA",
+    env: "the box's environment is built from env.pass and env.set only",
+    resources: "cgroups where writable (v2, else v1), else rlimits; wall-clock timeout by ringfence",
+    process: "user, pid, ipc, uts, cgroup namespaces; no capabilities; no_new_privs; seccomp filter",
+    audit: "hash-chained log in the host run directory, outside every box, signed with the host key at the end",
+  };
+}
+
+/**
+ * ringfence's own host directories: run records, the audit key, and the forwarder cache. The
+ * box must neither see nor replace them.
+ */
+export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<string, string | undefined>>, home: string): string[] {
+  const cacheBase = env.XDG_CACHE_HOME !== undefined && env.XDG_CACHE_HOME !== "" ? env.XDG_CACHE_HOME : join(home, ".cache");
+  return [...new Set([runsRoot, stateDir(env, home), join(cacheBase, "ringfence")])];
+}
+
+/**
+ * Refuses a policy whose writable paths contain ringfence's own directories. Hiding them with a
+ * mount is not enough there: the box could rename a parent directory on the host and plant
+ * symlinks where ringfence later writes the run's summary, or a forged run for apply.
+ */
+export function checkPrivatePathsOutsideWritable(policy: Policy, privatePaths: readonly string[]): void {
+  const writable = [...(policy.workspace.mode === "ro" ? [] : [policy.workspace.path]), ...policy.filesystem.write];
+  for (const path of writable) {
+    const inside = privatePaths.find((privatePath) => privatePath === path || privatePath.startsWith(path.endsWith("/") ? path : `${path}/`));
+    if (inside !== undefined) {
+      throw new SandboxError(
+        "private-path-writable",
+        `the box would be able to write ${path}, which contains ringfence's own directory ${inside}; choose a narrower workspace or write path, or move ringfence's state with XDG_STATE_HOME, XDG_CACHE_HOME or audit.dir`,
+      );
+    }
   }
 }

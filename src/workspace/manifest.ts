@@ -62,3 +62,47 @@ export function buildManifest(root: string, skip: ReadonlySet<string> = new Set(
   }
   return manifest;
 }
+
+/** One entry of a stat-only snapshot: enough to notice a change without reading content. */
+export interface StatEntry {
+  type: "file" | "dir" | "symlink" | "other";
+  mode: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+}
+
+/** The most entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
+export const MAX_STAT_ENTRIES = 500_000;
+
+/**
+ * Walks `root` without following symlinks and records each entry's stat fields. Returns null
+ * when the tree has more than MAX_STAT_ENTRIES entries.
+ */
+export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set()): Record<string, StatEntry> | null {
+  const manifest: Record<string, StatEntry> = {};
+  const pending: string[] = [""];
+  let count = 0;
+
+  while (pending.length > 0) {
+    const relative = pending.pop() as string;
+    const absolute = relative === "" ? root : join(root, relative);
+    let stats: Stats;
+    try {
+      stats = lstatSync(absolute);
+    } catch {
+      continue;
+    }
+    if (++count > MAX_STAT_ENTRIES) return null;
+    const type = stats.isSymbolicLink() ? "symlink" : stats.isDirectory() ? "dir" : stats.isFile() ? "file" : "other";
+    manifest[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
+    if (type !== "dir") continue;
+
+    for (const name of readdirSync(absolute)) {
+      const child = relative === "" ? name : `${relative}/${name}`;
+      if (!skip.has(child)) pending.push(child);
+    }
+  }
+  return manifest;
+}

@@ -126,16 +126,27 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /done/);
       });
 
-      test("home as workspace hides secrets", async () => {
+      test("home as read-only workspace hides secrets", async () => {
         // With the home directory as the workspace, secret stores and ringfence's own run
-        // records inside it must still be hidden.
+        // records, audit key and cache inside it must still be hidden.
         writeOwned(user, join(user.home, ".ssh", "id_conformance"), "PRIVATE KEY\n");
         writeOwned(user, join(user.home, "visible-note.txt"), "note\n");
-        const script = "cat visible-note.txt; cat .ssh/id_conformance 2>/dev/null && echo LEAK-ssh; ls -A .local/state/ringfence/runs 2>/dev/null | grep -q . && echo LEAK-runs; echo done";
-        const run = await runBox(user, user.home, [], ["sh", "-c", script]);
+        await runBox(user, makeWorkspace(user), [], ["true"]);
+        const script = "cat visible-note.txt; cat .ssh/id_conformance 2>/dev/null && echo LEAK-ssh; ls -A .local/state/ringfence/runs 2>/dev/null | grep -q . && echo LEAK-runs; cat .local/state/ringfence/keys/audit-ed25519.pem 2>/dev/null && echo LEAK-key; ls -A .cache/ringfence 2>/dev/null | grep -q . && echo LEAK-cache; echo done";
+        const run = await runBox(user, user.home, ["--mode", "ro"], ["sh", "-c", script]);
         assert.equal(run.status, 0, show(run));
         assert.match(run.stdout, /^note$/m);
         assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+      });
+
+      test("writable home as workspace rejected", async () => {
+        // A writable workspace that contains ringfence's state would let the box rename a parent
+        // directory on the host and plant symlinks where ringfence writes after the run.
+        for (const mode of ["rw", "overlay"]) {
+          const run = await runBox(user, user.home, ["--mode", mode], ["true"]);
+          assert.equal(run.status, 125, show(run));
+          assert.match(run.stderr, /contains ringfence's own directory/, show(run));
+        }
       });
 
       test("read-only mode and system directories", async () => {
@@ -154,9 +165,12 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /changed/);
         assert.equal(readFileSync(join(workspace, "file.txt"), "utf8"), "original\n");
         assert.equal(existsSync(join(workspace, "added.txt")), false);
-        const runDir = /events in (.*)\/events\.jsonl/.exec(run.stderr)?.[1];
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
         assert.ok(runDir !== undefined, show(run));
         assert.equal(readFileSync(join(runDir, "overlay", "workspace", "file.txt"), "utf8"), "changed\n");
+        const changes = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
+        const recorded = changes.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
+        assert.deepEqual(recorded, ["added added.txt", "modified file.txt"]);
       });
 
       test("protected paths stay read-only", async () => {
@@ -294,6 +308,42 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /upstream saw the real secret/, show(run));
       });
 
+      test("leak with on_leak end-run stops box", async () => {
+        const workspace = makeWorkspace(user);
+        const caFile = join(makeWorkspace(user), "upstream-ca.pem");
+        writeOwned(user, caFile, testCa.certPem);
+        const policy = policyFile(
+          user,
+          [
+            "version: 1",
+            "network:",
+            "  upstream_proxy: none",
+            `  upstream_ca: [${caFile}]`,
+            "  rules:",
+            `    - {host: api.test, ports: [${httpsPort}], addresses: ["127.0.0.1"], action: allow}`,
+            `    - {host: other.test, ports: [${httpPort}], addresses: ["127.0.0.1"], action: allow}`,
+            "credentials:",
+            "  - name: api-token",
+            "    source: {env: RINGFENCE_TEST_TOKEN}",
+            "    hosts: [api.test]",
+            '    inject: {header: Authorization, format: "Bearer {secret}"}',
+            "    placeholder_env: API_TOKEN",
+            "    on_leak: end-run",
+            "",
+          ].join("\n"),
+        );
+        const script = `curl -s -m 10 -o /dev/null -w "%{http_code}\\n" -H "X-Token: $API_TOKEN" http://other.test:${httpPort}/; sleep 20; echo survived`;
+        const run = await runBox(user, workspace, ["--policy", policy], ["sh", "-c", script], { env: { RINGFENCE_TEST_TOKEN: TEST_TOKEN } });
+        assert.match(run.stdout, /^403$/m, show(run));
+        assert.doesNotMatch(run.stdout, /survived/, show(run));
+        assert.notEqual(run.status, 0, show(run));
+        assert.match(run.stderr, /stopped the box: credential api-token leaked towards other\.test/, show(run));
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1] as string;
+        const audit = readFileSync(join(runDir, "audit.jsonl"), "utf8");
+        assert.ok(!audit.includes(TEST_TOKEN), "the audit log holds the real secret");
+        assert.match(audit, /"type":"credential".*"action":"blocked"/);
+      });
+
       test("Node forwarder carries traffic", async () => {
         const workspace = makeWorkspace(user);
         const policy = policyFile(user, `version: 1\nnetwork:\n  upstream_proxy: none\n  rules:\n    - host: api.test\n      ports: [${httpPort}]\n      addresses: ["127.0.0.1"]\n      action: allow\n`);
@@ -342,7 +392,7 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /^403$/m);
         assert.match(run.stderr, /ringfence: blocked blocked\.test:\d+ .*--allow blocked\.test:\d+/);
         assert.match(run.stderr, /2 requests blocked/);
-        const eventsPath = /events in (\S+events\.jsonl)/.exec(run.stderr)?.[1] as string;
+        const eventsPath = /events in (\S+audit\.jsonl)/.exec(run.stderr)?.[1] as string;
         const events = readFileSync(eventsPath, "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; decision?: string; host?: string });
         assert.ok(events.some((event) => event.type === "network" && event.decision === "deny" && event.host === "blocked.test"));
       });

@@ -1,0 +1,82 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import type { Policy } from "../policy/types.js";
+import { diffManifests } from "../workspace/changes.js";
+import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry } from "../workspace/manifest.js";
+import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
+
+/**
+ * Notes the workspace's state before the command runs, so the run can record what changed.
+ * Overlay mode keeps a full content manifest of the copy (apply needs it to detect host
+ * conflicts); rw mode keeps stat fields only and hashes just the files that changed.
+ */
+export type WorkspaceTracker =
+  | { mode: "ro" }
+  | { mode: "overlay"; runDir: string; baseline: ReturnType<typeof buildManifest> }
+  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null };
+
+export const WorkspaceTracker = {
+  start(policy: Policy, runDir: string): WorkspaceTracker {
+    const { workspace } = policy;
+    if (workspace.mode === "ro") return { mode: "ro" };
+    if (workspace.mode === "overlay" && existsSync(overlayPaths(runDir).workspace)) {
+      return { mode: "overlay", runDir, baseline: recordOverlayBaseline(runDir, workspace.path, workspace.protect) };
+    }
+    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path) };
+  },
+};
+
+/** Fields of one workspace.change audit record. */
+export interface WorkspaceChangeFields {
+  path: string;
+  change: string;
+  entry: string | null;
+  size: number | null;
+  sha256: string | null;
+}
+
+/** Compares the workspace with the tracker's snapshot and records one event per change. */
+export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (fields: Record<string, unknown>) => void, message: (line: string) => void): void {
+  if (tracker.mode === "ro") return;
+
+  if (tracker.mode === "overlay") {
+    const changes = diffManifests(tracker.baseline, buildManifest(overlayPaths(tracker.runDir).workspace));
+    for (const change of changes) {
+      const after = change.after;
+      record({ path: change.path, change: change.kind, entry: after?.type ?? null, size: after?.type === "file" ? after.size : null, sha256: after?.type === "file" ? after.sha256 : null, applied: false });
+    }
+    return;
+  }
+
+  if (tracker.before === null) {
+    message(`ringfence: the workspace has more than ${MAX_STAT_ENTRIES} entries, so this run's changes to it were not recorded`);
+    record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
+    return;
+  }
+  const after = buildStatManifest(tracker.root);
+  if (after === null) {
+    record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
+    return;
+  }
+
+  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "").sort();
+  for (const path of paths) {
+    const old = tracker.before[path];
+    const now = after[path];
+    if (old !== undefined && now !== undefined && old.type === now.type && old.mode === now.mode && old.size === now.size && old.mtimeMs === now.mtimeMs && old.ctimeMs === now.ctimeMs && old.ino === now.ino) continue;
+    // Directories change mtime whenever an entry inside them does; those entries are recorded.
+    if (old?.type === "dir" && now?.type === "dir" && old.mode === now.mode) continue;
+
+    const change = old === undefined ? "added" : now === undefined ? "deleted" : old.type !== now.type ? "type" : "modified";
+    let sha256: string | null = null;
+    if (now?.type === "file") {
+      try {
+        const entry = describeEntry(join(tracker.root, path));
+        sha256 = entry.type === "file" ? entry.sha256 : null;
+      } catch {
+        // The file went away between the walk and the hash; the record keeps the stat fields.
+      }
+    }
+    record({ path, change, entry: now?.type ?? null, size: now?.type === "file" ? now.size : null, sha256 });
+  }
+}
