@@ -6,6 +6,12 @@
 export const DEFAULT_PROTECT: readonly string[] = [
   ".git/hooks/**",
   ".git/config",
+  ".git/config.worktree",
+  // commondir and gitdir files point git at another directory, whose config and hooks it
+  // then runs; worktrees and submodules keep their own config and hooks.
+  ".git/commondir",
+  ".git/worktrees/**",
+  ".git/modules/**",
   ".git/info/**",
   ".gitmodules",
   ".gitattributes",

@@ -7,6 +7,9 @@ import type { HostView } from "./host-view.js";
 import type { ProtectPlan } from "./protect-plan.js";
 
 /** One step of the box's filesystem, applied in order: a later mount covers an earlier one. */
+/** /proc entries that change the host kernel, bound read-only over the box's fresh /proc. */
+export const PROC_READ_ONLY: readonly string[] = ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+
 export type MountOp =
   | { kind: "ro-bind" | "bind"; source: string; target: string; reason: string }
   | { kind: "tmpfs"; target: string; sizeBytes: number | null; reason: string }
@@ -59,6 +62,12 @@ export function planMounts(context: MountContext): MountOp[] {
   }
 
   ops.push({ kind: "proc", target: "/proc", reason: "fresh /proc for the box's PID namespace" });
+  // Kernel settings under /proc are host-wide, and the kernel lets a file's owner write them
+  // without checking capabilities. When ringfence runs as root the box's uid 0 is the host's, and
+  // bwrap 0.8.0 leaves these writable, so /proc/sys/kernel/core_pattern would be a way out.
+  for (const path of PROC_READ_ONLY) {
+    if (view.facts(path).kind !== "missing") ops.push({ kind: "ro-bind", source: path, target: path, reason: "host-wide kernel settings, read-only" });
+  }
   ops.push({ kind: "dev", target: "/dev", reason: "minimal /dev: null, zero, full, random, urandom, tty, pts, shm" });
   ops.push({ kind: "tmpfs", target: "/tmp", sizeBytes: policy.resources.tmpBytes, reason: "private /tmp, discarded after the run" });
   if (!SYSTEM_READ.some((system) => isWithin(context.home, system))) {
