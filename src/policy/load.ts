@@ -5,6 +5,7 @@ import { composeLayers } from "./compose.js";
 import { PolicyError, SourceMap, type Diagnostic } from "./diagnostic.js";
 import { normaliseLayer, type PolicyLayer } from "./normalise.js";
 import { parsePolicyText } from "./parse.js";
+import { PathRules } from "./path-decision.js";
 import type { Policy } from "./types.js";
 import { LineCounter } from "yaml";
 
@@ -57,6 +58,7 @@ export function checkPolicyFile(file: string, options: LoadOptions = {}): CheckR
   }
 
   const policy = composeLayers(layers, cwd, diagnostics);
+  checkSecretsStayOnHost(policy, layers, home, diagnostics);
   const failed = diagnostics.some((diagnostic) => diagnostic.severity === "error");
   return { policy: failed ? null : policy, diagnostics };
 }
@@ -94,4 +96,31 @@ function readPolicyText(file: string, extendedBy: string | undefined, diagnostic
 
 function missingFile(file: string, message: string): Diagnostic {
   return new SourceMap(file, null, new LineCounter()).diagnostic([], message);
+}
+
+/**
+ * Reports credentials whose real value the box could read by other means: a source variable
+ * that env.pass or env.set also gives the box, or a source file the filesystem rules show.
+ */
+export function checkSecretsStayOnHost(policy: Policy, layers: readonly PolicyLayer[], home: string, diagnostics: Diagnostic[]): void {
+  const paths = new PathRules(policy, home);
+
+  for (const credential of policy.credentials) {
+    const layer = [...layers].reverse().find((candidate) => candidate.credentials.some((entry) => entry.name === credential.name));
+    const source = layer?.source ?? new SourceMap(policy.files.at(-1) ?? "(built-in)", null, new LineCounter());
+    const index = layer?.credentials.findIndex((entry) => entry.name === credential.name) ?? 0;
+
+    if (credential.source.kind === "env") {
+      const name = credential.source.name;
+      if (policy.env.pass.includes(name) || name in policy.env.set) {
+        diagnostics.push(source.diagnostic(["credentials", index, "source", "env"], `credential ${credential.name} reads its secret from ${name}, which the box also gets through env.${policy.env.pass.includes(name) ? "pass" : "set"}; remove ${name} from env so the real value stays on the host`));
+      }
+    }
+    if (credential.source.kind === "file") {
+      const decision = paths.decide(credential.source.path);
+      if (decision.access !== "hidden") {
+        diagnostics.push(source.diagnostic(["credentials", index, "source", "file"], `credential ${credential.name} reads its secret from ${credential.source.path}, which the box can read (${decision.reason}); keep secret files outside the workspace and visible paths, or add the file to filesystem.deny`));
+      }
+    }
+  }
 }

@@ -40,6 +40,7 @@ export function expandHostPath(path: string, home: string): string | null {
 }
 
 const GLOB_CHARS = /[*?[\]{}!]/;
+const KERNEL_PATHS = ["/proc", "/sys", "/dev"];
 
 /** Validates one parsed policy file and converts it to a layer; problems go to `diagnostics`. */
 export function normaliseLayer(file: PolicyFile, source: SourceMap, context: NormaliseContext, diagnostics: Diagnostic[]): PolicyLayer {
@@ -53,7 +54,21 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
       return null;
     }
     const expanded = expandHostPath(raw, context.home);
-    if (expanded === null) error(path, `${JSON.stringify(raw)} is a relative path; write an absolute path or one starting with ~/`);
+    if (expanded === null) {
+      error(path, `${JSON.stringify(raw)} is a relative path; write an absolute path or one starting with ~/`);
+      return null;
+    }
+    // The box gets its own /proc and /dev, and mounting the host's over them (or the whole host
+    // root) would show host processes and devices.
+    const kernelPath = KERNEL_PATHS.find((kernel) => expanded === kernel || expanded.startsWith(`${kernel}/`));
+    if (expanded === "/" && path[1] !== "deny") {
+      error(path, `${raw} is the whole host filesystem; name the directories the box needs`);
+      return null;
+    }
+    if (kernelPath !== undefined && path[1] !== "deny") {
+      error(path, `${raw} is under ${kernelPath}, which the box gets its own of; remove it`);
+      return null;
+    }
     return expanded;
   };
 
@@ -62,6 +77,10 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
   if (file.workspace?.path !== undefined) {
     const raw = file.workspace.path;
     workspacePath = raw === "~" || raw.startsWith("~/") ? expandHostPath(raw, context.home) : resolve(policyDir, raw);
+    if (workspacePath === "/" || KERNEL_PATHS.some((kernel) => workspacePath === kernel || workspacePath?.startsWith(`${kernel}/`))) {
+      error(["workspace", "path"], `workspace.path ${raw} resolves to ${workspacePath}, which cannot be a workspace; name a project directory`);
+      workspacePath = null;
+    }
   }
   const protect: string[] = [];
   for (const [index, glob] of (file.workspace?.protect ?? []).entries()) {

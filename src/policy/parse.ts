@@ -33,7 +33,13 @@ export function parsePolicyText(text: string, file: string): ParseResult {
     return { ok: false, diagnostics };
   }
 
-  const data: unknown = document.toJS({ maxAliasCount: 100 });
+  let data: unknown;
+  try {
+    data = document.toJS({ maxAliasCount: 100 });
+  } catch (cause) {
+    // The yaml package refuses documents whose aliases expand too far (a "billion laughs" file).
+    return { ok: false, diagnostics: [source.diagnostic([], `invalid YAML: ${firstLine((cause as Error).message)}`)] };
+  }
   if (data === null || data === undefined) {
     return { ok: false, diagnostics: [source.diagnostic([], "policy file is empty; start with 'version: 1' (ringfence init writes a starter file)")] };
   }

@@ -64,7 +64,9 @@ export function applyRunFlags(policy: Policy, flags: RunFlags, cwd: string): Ove
 
   const pass = [...policy.env.pass];
   for (const name of flags.env ?? []) {
+    const credential = policy.credentials.find((entry) => entry.source.kind === "env" && entry.source.name === name);
     if (!ENV_NAME.test(name)) errors.push(`--env ${JSON.stringify(name)} is not a variable name; use letters, digits and _`);
+    else if (credential !== undefined) errors.push(`--env ${name} would put the real secret of credential ${credential.name} in the box; the box gets its placeholder${credential.placeholderEnv === null ? "" : ` in ${credential.placeholderEnv}`} instead`);
     else if (!pass.includes(name)) pass.push(name);
   }
 

@@ -132,3 +132,41 @@ audit:
   assert.equal(policy.credentials.length, 2);
   assert.deepEqual(policy.credentials[1]?.inject, { kind: "header", header: "authorization", format: "Bearer {secret}" });
 });
+
+test("policy check rejects a secret the box could read", () => {
+  const passed = check("version: 1\nenv:\n  pass: [FAKE_KEY]\ncredentials:\n  - name: k\n    source: {env: FAKE_KEY}\n    hosts: [a.com]\n    placeholder_env: API_KEY\n");
+  assert.equal(passed.policy, null);
+  assert.ok(passed.errors.some((d) => d.message.includes("FAKE_KEY") && d.message.includes("env.pass") && d.line === 6), JSON.stringify(passed.errors));
+
+  const inWorkspace = check("version: 1\ncredentials:\n  - name: k\n    source: {file: /tmp/ws/.secret-token}\n    hosts: [a.com]\n    placeholder_env: API_KEY\nworkspace:\n  path: /tmp/ws\n");
+  assert.equal(inWorkspace.policy, null);
+  assert.ok(inWorkspace.errors.some((d) => d.message.includes("which the box can read")), JSON.stringify(inWorkspace.errors));
+
+  const hidden = check("version: 1\ncredentials:\n  - name: k\n    source: {file: ~/.config/key}\n    hosts: [a.com]\n    placeholder_env: API_KEY\n");
+  assert.deepEqual(hidden.errors, []);
+});
+
+// Each row: a filesystem or workspace value that would expose the host, and words of its error.
+const EXPOSING: readonly [string, string][] = [
+  ["filesystem:\n  read: [/]\n", "whole host filesystem"],
+  ["filesystem:\n  write: [/]\n", "whole host filesystem"],
+  ["filesystem:\n  read: [/proc]\n", "under /proc"],
+  ["filesystem:\n  read: [/sys/kernel]\n", "under /sys"],
+  ["filesystem:\n  write: [/dev/sda]\n", "under /dev"],
+  ["workspace:\n  path: /\n", "cannot be a workspace"],
+];
+for (const [clause, words] of EXPOSING) {
+  test(`policy check rejects ${clause.split("\n")[1]?.trim()}`, () => {
+    const result = check(`version: 1\n${clause}`);
+    assert.equal(result.policy, null);
+    assert.ok(result.errors.some((d) => d.message.includes(words)), JSON.stringify(result.errors));
+  });
+}
+
+test("policy check rejects an alias bomb", () => {
+  const lines = ["version: 1", "a: &a [x, x, x, x, x, x, x, x, x, x]"];
+  for (let i = 0; i < 8; i++) lines.push(`${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}]`);
+  const result = check(`${lines.join("\n")}\n`);
+  assert.equal(result.policy, null);
+  assert.ok(result.errors.some((d) => d.message.includes("invalid YAML")), JSON.stringify(result.errors));
+});

@@ -72,7 +72,7 @@ test("extends: child pin cannot open a private address the parent did not", () =
 const WIDENING: readonly [string, string, string][] = [
   ["mode rw after overlay", "workspace:\n  mode: rw\n", "less strict"],
   ["protect_defaults off", "workspace:\n  protect_defaults: false\n", "protect_defaults"],
-  ["workspace outside parent", "workspace:\n  path: /\n", "outside the parent's workspace"],
+  ["workspace outside parent", "workspace:\n  path: /srv\n", "outside the parent's workspace"],
   ["read outside parent", "filesystem:\n  read: [/srv/data]\n", "not visible in the parent"],
   ["write outside parent", "filesystem:\n  write: [/srv/data]\n", "not writable in the parent"],
   ["env pass widened", "env:\n  pass: [TERM, AWS_SECRET_ACCESS_KEY]\n", "AWS_SECRET_ACCESS_KEY"],
