@@ -1,11 +1,16 @@
 import type { AuditRecord } from "./hash-chain.js";
+import { printableLine } from "../text/printable.js";
 
 function text(value: unknown): string {
   return typeof value === "string" ? value : value === null || value === undefined ? "" : JSON.stringify(value);
 }
 
-/** Formats one audit record as a line of a readable timeline. */
+/** Formats one audit record as a line of a readable timeline; control characters are escaped. */
 export function formatRecord(record: AuditRecord): string {
+  return printableLine(formatRawRecord(record));
+}
+
+function formatRawRecord(record: AuditRecord): string {
   const time = record.time.slice(11, 23);
   const prefix = `${time} #${record.seq} ${record.type}`;
 

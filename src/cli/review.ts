@@ -5,6 +5,7 @@ import { readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../
 import { renderDiff } from "../workspace/review.js";
 import { defaultRunsRoot, findRun, type RunListing } from "../audit/run-record.js";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
+import { printableLine } from "../text/printable.js";
 
 interface ReviewTarget {
   run: RunListing;
@@ -31,7 +32,7 @@ export function diffCommand(reference: string, options: { root?: string; stat?: 
     return EXIT_OK;
   }
   if (options.stat === true) {
-    for (const change of changes) process.stdout.write(`${change.kind.padEnd(8)} ${change.path}\n`);
+    for (const change of changes) process.stdout.write(`${change.kind.padEnd(8)} ${printableLine(change.path)}\n`);
     return EXIT_OK;
   }
   process.stdout.write(renderDiff(changes, target.record.review.workspace, target.record.workspaceCopy));
@@ -53,7 +54,7 @@ export function applyCommand(reference: string, options: { root?: string; includ
 
   for (const outcome of outcomes) {
     const verb = options.dryRun === true && outcome.result === "applied" ? "would apply" : outcome.result;
-    process.stdout.write(`${verb.padEnd(15)} ${outcome.kind.padEnd(8)} ${outcome.path}${outcome.reason === null ? "" : `: ${outcome.reason}`}\n`);
+    process.stdout.write(`${verb.padEnd(15)} ${outcome.kind.padEnd(8)} ${printableLine(outcome.path)}${outcome.reason === null ? "" : `: ${printableLine(outcome.reason)}`}\n`);
   }
   const left = outcomes.filter((outcome) => outcome.result !== "applied" && outcome.result !== "already-applied");
   if (options.dryRun !== true) recordOverlayOutcome(target.run.dir, "applied", outcomes);

@@ -14,6 +14,7 @@ import { sha256Hex } from "../audit/hash-chain.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, stateDir, type RunSummary } from "../audit/run-record.js";
 import { recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
+import { printableLine } from "../text/printable.js";
 import { RunDirectory } from "./run-dir.js";
 
 export interface RunSandboxOptions {
@@ -72,7 +73,9 @@ export function needsInterception(policy: Policy): boolean {
  * problems the user can fix before the command starts.
  */
 export async function runSandbox(options: RunSandboxOptions): Promise<RunSandboxResult> {
-  const message = options.message ?? ((line: string) => process.stderr.write(`${line}\n`));
+  // Lines can carry names the box chose (a host in a blocked request), so escape control characters.
+  const write = options.message ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const message = (line: string) => write(printableLine(line));
   const home = options.home ?? homedir();
   const hostEnv = options.hostEnv ?? process.env;
   const policy = options.policy;

@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { closeSync, constants, existsSync, fchmodSync, fstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { diffManifests } from "../workspace/changes.js";
@@ -68,6 +68,8 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     if (old?.type === "dir" && now?.type === "dir" && old.mode === now.mode) continue;
 
     const change = old === undefined ? "added" : now === undefined ? "deleted" : old.type !== now.type ? "type" : "modified";
+    const setId = now?.type === "file" && (now.mode & 0o6000) !== 0 && (old === undefined || (old.mode & 0o6000) !== (now.mode & 0o6000));
+    if (setId) clearSetId(join(tracker.root, path), message);
     let sha256: string | null = null;
     if (now?.type === "file") {
       try {
@@ -77,6 +79,24 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
         // The file went away between the walk and the hash; the record keeps the stat fields.
       }
     }
-    record({ path, change, entry: now?.type ?? null, size: now?.type === "file" ? now.size : null, sha256 });
+    record({ path, change, entry: now?.type ?? null, size: now?.type === "file" ? now.size : null, sha256, ...(setId ? { setIdCleared: true } : {}) });
+  }
+}
+
+/**
+ * Clears set-user-ID and set-group-ID bits the box set on a workspace file: as root, the box's
+ * files are owned by the host's root, and a set-ID copy of a shell would run as root on the host.
+ */
+function clearSetId(path: string, message: (line: string) => void): void {
+  try {
+    const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    try {
+      fchmodSync(fd, fstatSync(fd).mode & 0o1777);
+    } finally {
+      closeSync(fd);
+    }
+    message(`ringfence: cleared the set-ID bits the box set on ${path}`);
+  } catch (cause) {
+    message(`ringfence: could not clear the set-ID bits on ${path}: ${(cause as Error).message}; remove the file before running it`);
   }
 }

