@@ -301,12 +301,27 @@ function permitsAddress(allowsPerLayer: readonly (readonly CompiledRule[])[], ad
  * Canonicalises a request path for path rules: dot segments resolved, percent-encoding of
  * unreserved characters decoded, query and fragment removed. Returns null for a path that is
  * not origin-form, so the caller denies it.
+ *
+ * The gateway forwards the path as the client sent it, and servers disagree on `%2F`, `\` and
+ * `;` parameters, so those are read the way that could reach the most: `%2F` and `%5C` as `/`,
+ * and a segment such as `..;x` as `..`. A rule then sees the path the furthest-reaching server
+ * would route.
  */
 export function canonicalPath(rawPath: string): string | null {
   if (!rawPath.startsWith("/") || rawPath.startsWith("//")) return null;
   if (/[\u0000-\u0020\u007f]/.test(rawPath)) return null;
   try {
-    const parsed = new URL(rawPath, "http://path.invalid");
+    const query = rawPath.search(/[?#]/);
+    const pathOnly = query === -1 ? rawPath : rawPath.slice(0, query);
+    const widened = pathOnly
+      .replace(/%2[Ff]|%5[Cc]|\\/g, "/")
+      .split("/")
+      .map((segment) => {
+        const base = segment.split(";")[0] as string;
+        return /^(?:\.|%2[Ee]){1,2}$/.test(base) ? base : segment;
+      })
+      .join("/");
+    const parsed = new URL(widened, "http://path.invalid");
     return parsed.pathname.replace(/%[0-9A-Fa-f]{2}/g, (escape) => {
       const decoded = String.fromCharCode(parseInt(escape.slice(1), 16));
       return /^[A-Za-z0-9\-._~]$/.test(decoded) ? decoded : escape.toUpperCase();
