@@ -20,6 +20,8 @@ export interface RunSummary {
   /** Exit status as a shell reports it, or null while running or after a crash. */
   status: number | null;
   blocked: number;
+  /** Why the run ended before its command ran to the end, when it did. */
+  error?: string;
   backend: string;
   workspace: string;
   mode: string;

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync, readSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
 import type { KeyObject } from "node:crypto";
 import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, type AuditHead } from "./audit-log.js";
@@ -27,6 +27,9 @@ export interface VerifyReport {
  * only the prefix is vouched for.
  */
 export function verifyRunLog(dir: string, runId: string, publicKey: KeyObject): VerifyReport {
+  if (!existsSync(join(dir, AUDIT_LOG_FILE))) {
+    return { status: "tampered", validCount: 0, signedCount: null, problem: `the run has no ${AUDIT_LOG_FILE}: it was deleted, or the run was made by a ringfence without audit logs`, line: null };
+  }
   const verifier = new ChainVerifier(runId);
   const tail = readLines(join(dir, AUDIT_LOG_FILE), (line) => verifier.push(line));
   const chain = verifier.result;

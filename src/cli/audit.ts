@@ -5,6 +5,7 @@ import { auditKeyDir, defaultRunsRoot, findRun, listRuns, readAuditRecords, type
 import { formatRecord } from "../audit/timeline.js";
 import { verifyRunLog } from "../audit/verify.js";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
+import { printableLine } from "../text/printable.js";
 
 /** Exit status of `audit verify` for a log whose prefix verifies but whose run did not end cleanly. */
 export const EXIT_INCOMPLETE = 3;
@@ -37,7 +38,8 @@ export function runsCommand(options: RunsRootOption & { json?: boolean }): numbe
     const summary = run.summary;
     if (summary === null) return [run.id, "-", "-", "incomplete", "-", "-", "(no summary: the run did not end cleanly)"];
     const duration = summary.durationMs === null ? "-" : formatDuration(Math.round(summary.durationMs / 1000) * 1000);
-    return [run.id, summary.start.replace("T", " ").slice(0, 19), duration, summary.status === null ? "running?" : String(summary.status), String(summary.blocked), summary.backend, summary.command.join(" ")];
+    const status = summary.status !== null ? String(summary.status) : summary.error !== undefined ? "failed" : "running?";
+    return [run.id, summary.start.replace("T", " ").slice(0, 19), duration, status, String(summary.blocked), summary.backend, printableLine(summary.command.join(" "))];
   });
   const header = ["ID", "START (UTC)", "DURATION", "STATUS", "BLOCKED", "BACKEND", "COMMAND"];
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)));

@@ -66,7 +66,10 @@ export async function runCommand(
       io.err(`ringfence: ${cause.message}\n`);
       return EXIT_RINGFENCE_FAILED;
     }
-    throw cause;
+    // Anything else is a ringfence bug; the box is gone by now, so report it and fail.
+    io.err(`ringfence: internal error: ${cause instanceof Error ? cause.message : String(cause)}; please report it with the run's ringfence.log\n`);
+    if (process.env.RINGFENCE_DEBUG !== undefined && cause instanceof Error) io.err(`${cause.stack ?? ""}\n`);
+    return EXIT_RINGFENCE_FAILED;
   }
 }
 

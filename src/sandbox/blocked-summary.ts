@@ -33,7 +33,8 @@ export class BlockedSummary {
     this.#total += 1;
     const destination = event.host === "" ? "(unknown host)" : `${event.host}:${event.port}`;
     this.#counts.set(destination, (this.#counts.get(destination) ?? 0) + 1);
-    if (!this.#hint || this.#total !== 1 || event.host === "") return null;
+    // Port 0 marks requests with no destination to allow (a SOCKS5 UDP ASSOCIATE, say).
+    if (!this.#hint || this.#total !== 1 || event.host === "" || event.port === 0) return null;
 
     const flag = event.port === 443 || event.port === 80 ? event.host : `${event.host}:${event.port}`;
     return `ringfence: blocked ${destination} (${event.reason ?? "no rule allows it"}); to allow it, run again with --allow ${flag}, or add an allow rule for it to ringfence.yaml`;

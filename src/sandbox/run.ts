@@ -122,7 +122,13 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     if (options.dryRun !== true && needsInterception(policy)) {
       // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
       const { createCredentialBroker } = await import("../credentials/index.js");
-      broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, upstreamCaPems });
+      try {
+        broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, upstreamCaPems });
+      } catch (cause) {
+        // A missing or unusable secret is the user's to fix; its message names the credential and source only.
+        if (cause instanceof Error && cause.name === "CredentialError") throw new SandboxError("credential", cause.message);
+        throw cause;
+      }
     }
 
     if (options.dryRun !== true) {
@@ -192,6 +198,16 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     const blockedLine = blocked.summary();
     message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${join(runDir.path, AUDIT_LOG_FILE)}`);
     return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
+  } catch (cause) {
+    // Record why the run ended early, so `ringfence runs` and the audit log say so.
+    const ended = new Date();
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    if (options.dryRun !== true) {
+      audit.append("run.end", { status: null, durationMs: ended.getTime() - started.getTime(), error: reason, blocked: blocked.total });
+      Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), error: reason, blocked: blocked.total });
+      writeSummary();
+    }
+    throw cause;
   } finally {
     await gateway?.close();
     broker?.close();
