@@ -266,6 +266,8 @@ export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<str
 export function checkPrivatePathsOutsideWritable(policy: Policy, privatePaths: readonly string[]): void {
   const writable = [...(policy.workspace.mode === "ro" ? [] : [policy.workspace.path]), ...policy.filesystem.write];
   for (const path of writable) {
+    // The backend rejects "/" itself, with a message about the whole host.
+    if (path === "/") continue;
     const inside = privatePaths.find((privatePath) => privatePath === path || privatePath.startsWith(path.endsWith("/") ? path : `${path}/`));
     if (inside !== undefined) {
       throw new SandboxError(
