@@ -1,5 +1,5 @@
 // Builds the library (tsc: JavaScript and type declarations in dist/) and the CLI bundle
-// (esbuild: one file, dist/cli.mjs, so `ringfence --version` loads one module, not the tree).
+// (esbuild: dist/cli.mjs plus chunks that load on first use, so a command loads only its code).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
@@ -10,8 +10,12 @@ const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p"
 if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 
 await build({
-  entryPoints: ["src/cli/main.ts"],
-  outfile: "dist/cli.mjs",
+  entryPoints: { cli: "src/cli/main.ts" },
+  outdir: "dist",
+  outExtension: { ".js": ".mjs" },
+  // Each command and the credential broker load as separate chunks on first use.
+  splitting: true,
+  chunkNames: "cli-chunks/[name]-[hash]",
   bundle: true,
   platform: "node",
   target: "node20",

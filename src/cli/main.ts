@@ -1,11 +1,13 @@
 import { Command, Option } from "commander";
-import { auditExport, auditShow, auditVerify, runsCommand } from "./audit.js";
-import { doctorCommand } from "./doctor.js";
-import { init } from "./init.js";
-import { runCommand, type RunCommandOptions } from "./run.js";
-import { applyCommand, diffCommand, discardCommand } from "./review.js";
-import { EXIT_USAGE, policyCheck, policyExplain, policySchema, policyTest } from "./policy.js";
+import type { RunCommandOptions } from "./run.js";
 import { PRESET_NAMES } from "../policy/init.js";
+
+// Each command loads its module when it runs, so start-up pays only for the command used (the
+// bundle is split per dynamic import).
+const EXIT_USAGE = 2;
+const policyCommands = () => import("./policy.js");
+const auditCommands = () => import("./audit.js");
+const reviewCommands = () => import("./review.js");
 
 // Replaced at build time with package.json's version.
 declare const RINGFENCE_VERSION: string;
@@ -27,22 +29,22 @@ policy
   .command("check")
   .argument("[file]", "policy file", "ringfence.yaml")
   .description("validate a policy; prints FILE:LINE:COLUMN: messages and exits 1 on errors")
-  .action((file: string) => exitWith(policyCheck(file)));
+  .action(async (file: string) => exitWith((await policyCommands()).policyCheck(file)));
 policy
   .command("explain")
   .argument("[file]", "policy file (default: ./ringfence.yaml, else the built-in default)")
   .description("describe the effective policy after defaults and extends")
-  .action((file: string | undefined) => exitWith(policyExplain(file)));
+  .action(async (file: string | undefined) => exitWith((await policyCommands()).policyExplain(file)));
 policy
   .command("test")
   .argument("[file]", "policy file (default: ./ringfence.yaml, else the built-in default)")
   .requiredOption("--cases <file>", "YAML file of expected network and filesystem decisions")
   .description("check expected decisions against a policy; exits 1 on any mismatch")
-  .action((file: string | undefined, options: { cases: string }) => exitWith(policyTest(file, options.cases)));
+  .action(async (file: string | undefined, options: { cases: string }) => exitWith((await policyCommands()).policyTest(file, options.cases)));
 policy
   .command("schema")
   .description("print the JSON Schema of ringfence.yaml")
-  .action(() => exitWith(policySchema()));
+  .action(async () => exitWith((await policyCommands()).policySchema()));
 
 program
   .command("init")
@@ -50,7 +52,7 @@ program
   .addOption(new Option("--preset <name...>", "add hosts and credentials for a tool").choices([...PRESET_NAMES]).default([]))
   .option("-o, --output <file>", "where to write", "ringfence.yaml")
   .option("-f, --force", "overwrite an existing file")
-  .action((options: { preset: string[]; output: string; force?: boolean }) => exitWith(init(options)));
+  .action(async (options: { preset: string[]; output: string; force?: boolean }) => exitWith((await import("./init.js")).init(options)));
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -69,20 +71,20 @@ program
   .option("-e, --env <name>", "pass this host environment variable into the box (repeatable)", collect)
   .option("-n, --dry-run", "print the effective box and exit")
   .passThroughOptions()
-  .action(async (command: string[], options: RunCommandOptions) => exitWith(await runCommand(command, options)));
+  .action(async (command: string[], options: RunCommandOptions) => exitWith(await (await import("./run.js")).runCommand(command, options)));
 
 program
   .command("doctor")
   .description("report what this machine can enforce and which backend auto picks")
   .option("--json", "print JSON")
-  .action((options: { json?: boolean }) => exitWith(doctorCommand(options)));
+  .action(async (options: { json?: boolean }) => exitWith((await import("./doctor.js")).doctorCommand(options)));
 
 program
   .command("runs")
   .description("list runs, newest first")
   .option("--json", "print JSON")
   .option("--root <dir>", "runs directory (default: $XDG_STATE_HOME/ringfence/runs)")
-  .action((options: { json?: boolean; root?: string }) => exitWith(runsCommand(options)));
+  .action(async (options: { json?: boolean; root?: string }) => exitWith((await auditCommands()).runsCommand(options)));
 
 const audit = program.command("audit").description("read and verify run records");
 audit
@@ -90,7 +92,7 @@ audit
   .argument("<run>", "run id, unique prefix, or last")
   .option("--root <dir>", "runs directory")
   .description("check the hash chain and signature; exit 0 valid, 1 tampered, 3 incomplete")
-  .action((run: string, options: { root?: string }) => exitWith(auditVerify(run, options)));
+  .action(async (run: string, options: { root?: string }) => exitWith((await auditCommands()).auditVerify(run, options)));
 audit
   .command("show")
   .argument("<run>", "run id, unique prefix, or last")
@@ -98,14 +100,14 @@ audit
   .option("--json", "print the records as JSON lines")
   .option("--root <dir>", "runs directory")
   .description("print the run's timeline")
-  .action((run: string, options: { type?: string[]; json?: boolean; root?: string }) => exitWith(auditShow(run, options)));
+  .action(async (run: string, options: { type?: string[]; json?: boolean; root?: string }) => exitWith((await auditCommands()).auditShow(run, options)));
 audit
   .command("export")
   .argument("<run>", "run id, unique prefix, or last")
   .requiredOption("--format <format>", "output format: ocsf")
   .option("--root <dir>", "runs directory")
   .description("export the run's events for security tooling")
-  .action((run: string, options: { format: string; root?: string }) => exitWith(auditExport(run, options)));
+  .action(async (run: string, options: { format: string; root?: string }) => exitWith((await auditCommands()).auditExport(run, options)));
 
 program
   .command("diff")
@@ -113,7 +115,7 @@ program
   .option("--stat", "list changed paths only")
   .option("--root <dir>", "runs directory")
   .description("show an overlay run's changes as a unified diff")
-  .action((run: string, options: { stat?: boolean; root?: string }) => exitWith(diffCommand(run, options)));
+  .action(async (run: string, options: { stat?: boolean; root?: string }) => exitWith((await reviewCommands()).diffCommand(run, options)));
 program
   .command("apply")
   .argument("<run>", "run id, unique prefix, or last")
@@ -121,12 +123,12 @@ program
   .option("-n, --dry-run", "show what would be applied")
   .option("--root <dir>", "runs directory")
   .description("write an overlay run's changes to the host workspace")
-  .action((run: string, options: { includeProtected?: string[]; dryRun?: boolean; root?: string }) => exitWith(applyCommand(run, options)));
+  .action(async (run: string, options: { includeProtected?: string[]; dryRun?: boolean; root?: string }) => exitWith((await reviewCommands()).applyCommand(run, options)));
 program
   .command("discard")
   .argument("<run>", "run id, unique prefix, or last")
   .option("--root <dir>", "runs directory")
   .description("drop an overlay run's changes")
-  .action((run: string, options: { root?: string }) => exitWith(discardCommand(run, options)));
+  .action(async (run: string, options: { root?: string }) => exitWith((await reviewCommands()).discardCommand(run, options)));
 
 await program.parseAsync(process.argv);

@@ -43,7 +43,8 @@ export class SourceMap {
     const node = this.#nodeAt(path, key);
     const offset = node?.range?.[0] ?? 0;
     const { line, col } = this.#lines.linePos(offset);
-    return { line, column: col };
+    // Without a parsed document the line counter knows no lines; point at the file's start.
+    return { line: Math.max(1, line), column: Math.max(1, col) };
   }
 
   /** Builds a diagnostic positioned at `path` (and, for unknown keys, at the key itself). */

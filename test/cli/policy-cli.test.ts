@@ -105,3 +105,9 @@ test("cli: policy test rejects unknown keys in the cases file", () => {
   assert.equal(result.code, 2);
   assert.match(result.stderr, /cases\.yaml:2/);
 });
+
+test("cli: missing policy file is reported at 1:1", () => {
+  const result = ringfence(["policy", "check", "nosuch.yaml"], tempDir());
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /nosuch\.yaml:1:1: error: policy file .* not found/);
+});
