@@ -17,7 +17,7 @@ export interface AuditRecordBase {
 
 export type AuditRecord = AuditRecordBase & Record<string, unknown>;
 
-/** The `prev` value of a run's first record, so a log cannot be moved to another run id. */
+/** Returns the `prev` value of a run's first record, which ties a log to its run id. */
 export function genesisHash(runId: string): string {
   return sha256Hex(`ringfence-audit-v1:${runId}`);
 }
@@ -42,7 +42,7 @@ export function encodeRecord(base: Omit<AuditRecordBase, "v">, fields: Record<st
   return JSON.stringify(record);
 }
 
-/** Why a log fails verification, with the 0-based line where it was found. */
+/** Cause of a failed verification, with the 0-based line where it was found. */
 export type ChainProblem =
   | { kind: "altered"; line: number; detail: string }
   | { kind: "removed"; line: number; detail: string }

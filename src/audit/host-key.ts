@@ -57,7 +57,7 @@ export function fingerprintOf(publicKey: KeyObject): string {
   return sha256Hex(spki.subarray(spki.length - 32));
 }
 
-/** The exact bytes a head signature covers. */
+/** Builds the exact bytes a head signature covers. */
 export function headMessage(runId: string, count: number, lastHash: string): Buffer {
   return Buffer.from(`ringfence-audit-head-v1\n${runId}\n${count}\n${lastHash}\n`);
 }

@@ -20,7 +20,7 @@ export interface RunSummary {
   /** Exit status as a shell reports it, or null while running or after a crash. */
   status: number | null;
   blocked: number;
-  /** Why the run ended before its command ran to the end, when it did. */
+  /** Reason the run ended before its command finished, when it did. */
   error?: string;
   backend: string;
   workspace: string;
@@ -73,7 +73,7 @@ export function readSummary(dir: string): RunSummary | null {
 }
 
 /**
- * Finds a run directory by id, unique id prefix, or `last`. Throws an error that says what was
+ * Finds a run directory by id, unique id prefix, or `last`. Throws an error that names what was
  * found and how to list runs.
  */
 export function findRun(root: string, reference: string): RunListing {

@@ -11,7 +11,7 @@ export interface VerifyReport {
   status: VerifyStatus;
   /** Records that verify from the start of the log. */
   validCount: number;
-  /** Records the signed head says the log has, or null without a head. */
+  /** Record count stored in the signed head, or null without a head. */
   signedCount: number | null;
   /** One sentence naming the first problem, or null when the log is valid. */
   problem: string | null;

@@ -43,7 +43,7 @@ export interface ApplyOutcome {
   path: string;
   kind: WorkspaceChange["kind"];
   result: "applied" | "already-applied" | "refused" | "conflict" | "failed";
-  /** Why a change was not applied; null when it was. */
+  /** Reason a change was not applied; null when it was. */
   reason: string | null;
 }
 

@@ -10,7 +10,7 @@ export interface WorkspaceChange {
   after: ManifestEntry | null;
 }
 
-/** Whether two entries describe the same content, type and mode. */
+/** Tests whether two entries describe the same content, type and mode. */
 export function sameEntry(a: ManifestEntry | null, b: ManifestEntry | null): boolean {
   if (a === null || b === null) return a === b;
   if (a.type !== b.type) return false;

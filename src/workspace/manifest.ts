@@ -73,7 +73,7 @@ export interface StatEntry {
   ino: number;
 }
 
-/** The most entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
+/** Maximum entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
 export const MAX_STAT_ENTRIES = 500_000;
 
 /**

@@ -42,11 +42,11 @@ export interface OverlayRecord {
   review: OverlayReview;
   baseline: Manifest;
   workspaceCopy: string;
-  /** What was done to the changes already, or null while they wait for review. */
+  /** Outcome of the review so far, or null while the changes wait for it. */
   outcome: { action: "applied" | "discarded"; time: string } | null;
 }
 
-/** Reads an overlay run's review material; throws an error that says what is missing. */
+/** Reads an overlay run's review material; throws an error that names what is missing. */
 export function readOverlayRecord(runDir: string, runId: string): OverlayRecord {
   const paths = overlayPaths(runDir);
   if (!existsSync(paths.review) || !existsSync(paths.baseline)) {

@@ -55,7 +55,7 @@ function describe(entry: ManifestEntry): string {
 
 /**
  * Renders the changes as a unified diff in git's layout. `oldRoot` holds the content as the run
- * started (the host workspace), `newRoot` the content as it ended (the overlay copy). Binary
+ * started (the host workspace), and `newRoot` the content as it ended (the overlay copy). Binary
  * files, large files, mode changes, deletions, directories and symlinks are described in words.
  */
 export function renderDiff(changes: readonly WorkspaceChange[], oldRoot: string, newRoot: string): string {
