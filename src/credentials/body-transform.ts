@@ -78,19 +78,32 @@ export function scrubPipeline(contentEncoding: string | undefined, needles: read
   }
 }
 
-/** Replaces bound secrets in response header values with their placeholders. Returns the count per credential. */
-export function scrubHeaderValues(rawHeaders: string[], needles: readonly Needle[]): Map<string, number> {
+/**
+ * Replaces bound secrets in response header names and values with their placeholders, in place.
+ * Returns the count per credential. Used for response heads; the gateway forwards no trailers
+ * and no informational (1xx) responses, so they need no scrubbing.
+ */
+export function scrubHeaders(rawHeaders: string[], needles: readonly Needle[]): Map<string, number> {
   const counts = new Map<string, number>();
-  for (let i = 1; i < rawHeaders.length; i += 2) {
-    let value = rawHeaders[i] as string;
-    for (const needle of needles) {
-      const pattern = needle.pattern.toString("utf8");
-      if (needle.replacement === null || !value.includes(pattern)) continue;
-      const parts = value.split(pattern);
-      value = parts.join(needle.replacement.toString("utf8"));
-      counts.set(needle.tag, (counts.get(needle.tag) ?? 0) + parts.length - 1);
-    }
-    rawHeaders[i] = value;
-  }
+  for (let i = 0; i < rawHeaders.length; i++) rawHeaders[i] = replaceNeedles(rawHeaders[i] as string, needles, counts);
   return counts;
+}
+
+/** Returns `text` (a status message, an error reason) with bound secrets replaced, and the count per credential. */
+export function scrubText(text: string, needles: readonly Needle[]): { text: string; replaced: Map<string, number> } {
+  const replaced = new Map<string, number>();
+  return { text: replaceNeedles(text, needles, replaced), replaced };
+}
+
+function replaceNeedles(text: string, needles: readonly Needle[], counts: Map<string, number>): string {
+  let result = text;
+  for (const needle of needles) {
+    if (needle.replacement === null) continue;
+    const pattern = needle.pattern.toString("utf8");
+    if (!result.includes(pattern)) continue;
+    const parts = result.split(pattern);
+    result = parts.join(needle.replacement.toString("utf8"));
+    counts.set(needle.tag, (counts.get(needle.tag) ?? 0) + parts.length - 1);
+  }
+  return result;
 }

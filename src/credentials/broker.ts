@@ -19,10 +19,11 @@ import type { Interceptor, InterceptedRequestHead, RequestExamination, ResponseS
 import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches, type HostPattern } from "../policy/host-pattern.js";
 import type { Policy } from "../policy/types.js";
-import { MatcherTransform, scrubHeaderValues, scrubPipeline } from "./body-transform.js";
+import { MatcherTransform, scrubHeaders, scrubPipeline, scrubText } from "./body-transform.js";
 import { createRunCertificateAuthority } from "./certificate-authority.js";
 import { CredentialSet, type RunCredential } from "./credential-set.js";
 import { makePlaceholder } from "./placeholder.js";
+import { redactionsOf, redactText, type Redaction } from "./redaction.js";
 import { planRequest } from "./request-rewrite.js";
 import { resolveSecrets } from "./secret-source.js";
 import { StreamMatcher, type Needle } from "./stream-matcher.js";
@@ -76,6 +77,7 @@ export async function createCredentialBroker(options: CredentialBrokerOptions): 
   }));
   secrets.clear();
   let credentials = new CredentialSet(runCredentials);
+  let redactions: Redaction[] = redactionsOf(runCredentials);
 
   const placeholders: Record<string, string> = {};
   const placeholdersByCredential: Record<string, string> = {};
@@ -102,6 +104,7 @@ export async function createCredentialBroker(options: CredentialBrokerOptions): 
     secureContextFor: (host) => authority.secureContextFor(host),
     upstreamTrust,
     examine: (head) => examine(credentials, head),
+    redact: (text) => redactText(text, redactions),
   };
 
   return {
@@ -115,6 +118,7 @@ export async function createCredentialBroker(options: CredentialBrokerOptions): 
       // NOTE: JavaScript strings cannot be wiped; this only drops the references for the collector.
       runCredentials = [];
       credentials = new CredentialSet([]);
+      redactions = [];
     },
   };
 }
@@ -154,7 +158,8 @@ function examine(credentials: CredentialSet, head: InterceptedRequestHead): Requ
 
 function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
   return {
-    headers: (rawHeaders) => scrubHeaderValues(rawHeaders, needles),
+    headers: (rawHeaders) => scrubHeaders(rawHeaders, needles),
+    text: (text) => scrubText(text, needles),
     wholeBody(body) {
       const matcher = new StreamMatcher(needles);
       const result = matcher.write(body);
@@ -163,7 +168,8 @@ function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
       return { body: output, replaced: matcher.replaced };
     },
     body(contentEncoding) {
-      const pipeline = scrubPipeline(contentEncoding, needles);
+      // The reason quotes the upstream's Content-Encoding, which could carry the secret.
+      const pipeline = scrubPipeline(contentEncoding === undefined ? undefined : scrubText(contentEncoding, needles).text, needles);
       if (!pipeline.ok) return pipeline;
       return { ok: true, transforms: pipeline.transforms, replaced: () => pipeline.matcher.replaced };
     },

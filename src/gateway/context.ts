@@ -29,9 +29,27 @@ export interface GatewayContext {
   credentialEvent(fields: CredentialEventFields): void;
 }
 
+/** Replaces placeholders and secrets in text; the interceptor's redact, or null without one. */
+export type Redactor = ((text: string) => string) | null;
+
+/**
+ * Returns a copy of an event whose string fields have passed through `redact`. A sandbox can put
+ * a placeholder into any field it controls (a path, a host name, a reason that quotes either),
+ * and events must name credentials without holding their placeholders or secrets.
+ */
+export function redactEvent<T extends object>(event: T, redact: Redactor): T {
+  if (redact === null) return event;
+  const copy = { ...event } as Record<string, unknown>;
+  for (const [key, value] of Object.entries(copy)) {
+    if (typeof value === "string") copy[key] = redact(value);
+  }
+  return copy as T;
+}
+
 /** Builds the event factory for one gateway; a throwing onEvent callback is logged, never fatal. */
-export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent: ((event: NetworkEvent) => void) | undefined, logger: Logger): (start: EventStart) => EventRecord {
-  const emit = (event: NetworkEvent) => {
+export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent: ((event: NetworkEvent) => void) | undefined, logger: Logger, redact: Redactor = null): (start: EventStart) => EventRecord {
+  const emit = (raw: NetworkEvent) => {
+    const event = redactEvent(raw, redact);
     if (onEvent === undefined) {
       logger.info({ event }, "network event");
       return;
@@ -46,9 +64,9 @@ export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent:
 }
 
 /** Builds the credential event emitter for one gateway; a throwing callback is logged, never fatal. */
-export function credentialEventEmitter(ids: { runId: string; sandboxId: string }, onEvent: ((event: CredentialEvent) => void) | undefined, logger: Logger): (fields: CredentialEventFields) => void {
+export function credentialEventEmitter(ids: { runId: string; sandboxId: string }, onEvent: ((event: CredentialEvent) => void) | undefined, logger: Logger, redact: Redactor = null): (fields: CredentialEventFields) => void {
   return (fields) => {
-    const event: CredentialEvent = { type: "credential", version: 1, time: new Date().toISOString(), runId: ids.runId, sandboxId: ids.sandboxId, ...fields };
+    const event = redactEvent<CredentialEvent>({ type: "credential", version: 1, time: new Date().toISOString(), runId: ids.runId, sandboxId: ids.sandboxId, ...fields }, redact);
     if (onEvent === undefined) {
       logger.info({ event }, "credential event");
       return;

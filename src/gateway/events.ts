@@ -25,7 +25,10 @@ export interface NetworkEvent {
   address: string | null;
   /** HTTP method for plain HTTP and intercepted requests; null for tunnels. */
   method: string | null;
-  /** URL path without the query string for plain HTTP and intercepted requests; null for tunnels. */
+  /**
+   * URL path without the query string for plain HTTP and intercepted requests; null for tunnels.
+   * A placeholder or secret in it is replaced by a label such as `[placeholder of NAME]`.
+   */
   path: string | null;
   decision: "allow" | "deny";
   /** Label of the rule that decided, or null when no rule matched. */
@@ -152,7 +155,7 @@ export interface CredentialEvent {
   /** "http" for plain HTTP, "https" for TLS the gateway terminated. */
   protocol: "http" | "https";
   method: string;
-  /** URL path without the query string. */
+  /** URL path without the query string, with placeholders and secrets replaced by labels such as `[placeholder of NAME]`. */
   path: string;
   /** Where the credential was found or put: "header x-api-key", "query key", "path", "body", "response". */
   location: string;

@@ -26,7 +26,10 @@ export interface GatewayOptions {
   socketPath?: string;
   /** Loopback TCP listener; port 0 picks a free port. */
   tcp?: { host: "127.0.0.1"; port: number };
-  /** Receives one event per decision. Without it, events go to the logger at info level. */
+  /**
+   * Receives one event per decision. Without it, events go to the logger at info level. Either
+   * way, the interceptor's redact has replaced placeholders and secrets in its string fields.
+   */
   onEvent?: (event: NetworkEvent) => void;
   /** Host resolver. Default: dns.lookup with all: true, which follows the host's resolver configuration. */
   resolve?: (name: string) => Promise<string[]>;
@@ -43,7 +46,7 @@ export interface GatewayOptions {
    * plain HTTP requests are checked for leaked credentials.
    */
   interceptor?: Interceptor;
-  /** Receives one event per credential injection, leak block and response scrub. Without it, they go to the logger at info level. */
+  /** Receives one event per credential injection, leak block and response scrub, redacted like onEvent's. Without it, they go to the logger at info level. */
   onCredentialEvent?: (event: CredentialEvent) => void;
   /** Logger for the gateway's own operation. Default: pino at warn level on standard error. */
   logger?: Logger;
@@ -80,6 +83,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const upstreams = new Set<Socket>();
   const sandboxId = options.sandboxId ?? "main";
   const logger = (options.logger ?? pino({ level: "warn" }, pino.destination(2))).child({ component: "gateway", runId: options.runId, sandboxId });
+  const redact = options.interceptor === undefined ? null : options.interceptor.redact.bind(options.interceptor);
   const context: GatewayContext = {
     rules: new NetworkRules(options.policy),
     limits,
@@ -92,8 +96,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       socket.once("close", () => upstreams.delete(socket));
     },
     interceptor: options.interceptor ?? null,
-    startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger),
-    credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger),
+    startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger, redact),
+    credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger, redact),
   };
   const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
   context.interception = interception;

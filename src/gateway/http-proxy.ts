@@ -1,4 +1,4 @@
-import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import { STATUS_CODES, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
 import type { Transform } from "node:stream";
 import type { GatewayContext } from "./context.js";
 import { denialBody, type Denial } from "./deny-response.js";
@@ -130,10 +130,32 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
     fail(`upstream request failed (${describeError(error)})`);
   });
 
+  // Node emits 'error' on a ServerResponse (a write after the end, say) and throws when it has no listener.
+  response.on("error", (error) => context.logger.debug({ err: error }, "client response error"));
+
+  // Node closes the request without an error or a response when the upstream sends an
+  // unrequested 101. Without this handler the client would wait until the idle timeout.
+  let responded = false;
+  upstream.on("close", () => {
+    if (!responded) fail("the upstream server closed the connection without a response");
+  });
+
   upstream.on("response", (upstreamResponse) => {
+    responded = true;
     upstreamResponse.on("data", (chunk: Buffer) => record.addBytesDown(chunk.length));
     upstreamResponse.on("error", () => response.destroy());
-    response.writeHead(upstreamResponse.statusCode ?? 502, upstreamResponse.statusMessage, responseHeaders(upstreamResponse.rawHeaders));
+    // writeHead throws on a status outside 100 to 999 or a control character in the status
+    // message. Node's client parser lets both through, and an uncaught throw ends the gateway.
+    const status = upstreamResponse.statusCode ?? 0;
+    try {
+      if (status < 200 || status > 999) throw new RangeError(`the upstream response has status code ${status}, which is not a valid final status`);
+      response.writeHead(status, upstreamResponse.statusMessage, responseHeaders(upstreamResponse.rawHeaders));
+    } catch (error) {
+      context.logger.warn({ err: error, request: description }, "upstream HTTP response head cannot be forwarded");
+      upstream.destroy();
+      fail(`the upstream response head cannot be forwarded (${error instanceof RangeError ? error.message : describeError(error)})`);
+      return;
+    }
     upstreamResponse.pipe(response);
     upstreamResponse.on("end", () => record.finish());
   });
@@ -226,7 +248,10 @@ export function sendDenial(response: ServerResponse, denial: Denial, description
     return;
   }
   const body = denialBody(denial, description);
-  response.writeHead(denial.status, {
+  // A writeHead that threw (on an upstream's invalid status message or header) leaves what it
+  // stored behind, and the denial must carry none of it.
+  for (const name of response.getHeaderNames()) response.removeHeader(name);
+  response.writeHead(denial.status, STATUS_CODES[denial.status] ?? "Error", {
     "Content-Type": "text/plain; charset=utf-8",
     "Content-Length": Buffer.byteLength(body),
     "X-Ringfence-Decision": "deny",

@@ -8,7 +8,7 @@ import { TLSSocket } from "node:tls";
 import { parseClientHello } from "./client-hello.js";
 import type { GatewayContext } from "./context.js";
 import { rawDenialResponse } from "./deny-response.js";
-import { dialTarget } from "./dial.js";
+import { describeError, dialTarget } from "./dial.js";
 import type { EventRecord } from "./events.js";
 import { handleInterceptedRequest } from "./intercepted-request.js";
 import type { Interceptor } from "./interceptor.js";
@@ -230,6 +230,11 @@ export class Interception {
       record.update({ address: dialed.address });
       runTunnel(this.#context, { client, upstream: dialed.socket, head: held, target, record, rule: decision.rule.label });
       client.resume();
+    }).catch((error: unknown) => {
+      // A rejection here would otherwise be unhandled, which ends the Node process.
+      this.#context.logger.error({ err: error, host: target.display }, "starting a plain tunnel on an intercepted host failed");
+      record.finish(`the tunnel failed to start (${describeError(error)})`);
+      client.destroy();
     });
   }
 

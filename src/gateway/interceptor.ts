@@ -43,8 +43,10 @@ export type RequestExamination =
     };
 
 export interface ResponseScrubber {
-  /** Rewrites header values in place; returns replacements per credential. */
+  /** Rewrites header names and values in place; returns replacements per credential. */
   headers(rawHeaders: string[]): ReadonlyMap<string, number>;
+  /** Scrubs one piece of text from the upstream, such as the status message. */
+  text(text: string): { text: string; replaced: ReadonlyMap<string, number> };
   /** Scrubs a whole uncompressed body at once, for small bodies of known length. */
   wholeBody(body: Buffer): { body: Buffer; replaced: ReadonlyMap<string, number> };
   /** Transforms for a body with this Content-Encoding, or the reason it cannot be scrubbed. */
@@ -60,4 +62,9 @@ export interface Interceptor {
   upstreamTrust: SecureContext;
   /** Examines and rewrites one request head. */
   examine(head: InterceptedRequestHead): RequestExamination;
+  /**
+   * Returns `text` with every placeholder and secret of the run replaced by a label naming its
+   * credential. The gateway applies it to every string field of its events.
+   */
+  redact(text: string): string;
 }

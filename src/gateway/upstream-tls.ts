@@ -48,10 +48,15 @@ class InterceptAgent extends Agent {
 
   // Node's Agent accepts a callback form of createConnection for sockets made asynchronously.
   override createConnection(_options: ClientRequestArgs, callback?: (error: Error | null, stream: Duplex) => void): undefined {
-    void this.#open().then(
-      (socket) => callback?.(null, socket),
-      (error: Error) => callback?.(error, undefined as unknown as Duplex),
-    );
+    this.#open()
+      .then(
+        (socket) => callback?.(null, socket),
+        (error: Error) => callback?.(error, undefined as unknown as Duplex),
+      )
+      .catch((error: unknown) => {
+        // An exception from Node's callback would otherwise be an unhandled rejection, which ends the process.
+        this.#context.logger.error({ err: error, host: this.#target.display }, "handing an upstream connection to its request failed");
+      });
     return undefined;
   }
 
