@@ -40,8 +40,9 @@ function sourceCandidates(): string[] {
   return [join(here, "forwarder.c"), join(here, "..", "..", "src", "sandbox", "forwarder.c"), join(here, "..", "src", "sandbox", "forwarder.c")];
 }
 
-function cacheDir(): string {
-  const base = process.env.XDG_CACHE_HOME !== undefined && process.env.XDG_CACHE_HOME !== "" ? process.env.XDG_CACHE_HOME : join(homedir(), ".cache");
+/** ringfence's cache directory: $XDG_CACHE_HOME/ringfence, by default ~/.cache/ringfence. */
+export function cacheDir(env: Readonly<Record<string, string | undefined>> = process.env, home: string = homedir()): string {
+  const base = env.XDG_CACHE_HOME !== undefined && env.XDG_CACHE_HOME !== "" ? env.XDG_CACHE_HOME : join(home, ".cache");
   return join(base, "ringfence");
 }
 

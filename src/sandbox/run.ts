@@ -15,6 +15,7 @@ import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, stateDir, type RunSummary } from "../audit/run-record.js";
 import { recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { printableLine } from "../text/printable.js";
+import { cacheDir } from "./forwarder.js";
 import { RunDirectory } from "./run-dir.js";
 
 export interface RunSandboxOptions {
@@ -254,8 +255,7 @@ export function enforcementOf(backend: SandboxBackend["name"]): Record<string, s
  * box must neither see nor replace them.
  */
 export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<string, string | undefined>>, home: string): string[] {
-  const cacheBase = env.XDG_CACHE_HOME !== undefined && env.XDG_CACHE_HOME !== "" ? env.XDG_CACHE_HOME : join(home, ".cache");
-  return [...new Set([runsRoot, stateDir(env, home), join(cacheBase, "ringfence")])];
+  return [...new Set([runsRoot, stateDir(env, home), cacheDir(env, home)])];
 }
 
 /**
