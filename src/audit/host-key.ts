@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
-import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { sha256Hex } from "./hash-chain.js";
 
@@ -21,6 +21,10 @@ const PUBLIC_FILE = "audit-ed25519.pub.pem";
  */
 export function loadOrCreateHostKey(keyDir: string): HostKey {
   mkdirSync(keyDir, { recursive: true, mode: 0o700 });
+  // A symlinked key directory could point somewhere a box can write; refuse it.
+  if (lstatSync(keyDir).isSymbolicLink()) {
+    throw new Error(`audit key directory ${keyDir} is a symlink; replace it with a real directory owned by you`);
+  }
   const privatePath = join(keyDir, PRIVATE_FILE);
 
   let pem: string;

@@ -1,9 +1,10 @@
 import { applyOverlay } from "../workspace/apply.js";
 import { diffManifests } from "../workspace/changes.js";
 import { buildManifest } from "../workspace/manifest.js";
-import { readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../workspace/overlay-record.js";
+import { overlayPaths, readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../workspace/overlay-record.js";
 import { renderDiff } from "../workspace/review.js";
-import { defaultRunsRoot, findRun, type RunListing } from "../audit/run-record.js";
+import { existsSync } from "node:fs";
+import { defaultRunsRoot, findRun, listRuns, type RunListing } from "../audit/run-record.js";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
 import { printableLine } from "../text/printable.js";
 
@@ -14,7 +15,10 @@ interface ReviewTarget {
 
 function open(reference: string, root: string | undefined): ReviewTarget | null {
   try {
-    const run = findRun(root ?? defaultRunsRoot(), reference);
+    // For review commands, `last` means the newest run that has overlay changes.
+    const runsRoot = root ?? defaultRunsRoot();
+    const newestOverlay = reference === "last" ? listRuns(runsRoot).find((candidate) => existsSync(overlayPaths(candidate.dir).review)) : undefined;
+    const run = newestOverlay ?? findRun(runsRoot, reference);
     return { run, record: readOverlayRecord(run.dir, run.id) };
   } catch (cause) {
     process.stderr.write(`ringfence: ${(cause as Error).message}\n`);

@@ -302,10 +302,11 @@ function permitsAddress(allowsPerLayer: readonly (readonly CompiledRule[])[], ad
  * unreserved characters decoded, query and fragment removed. Returns null for a path that is
  * not origin-form, so the caller denies it.
  *
- * The gateway forwards the path as the client sent it, and servers disagree on `%2F`, `\` and
- * `;` parameters, so those are read the way that could reach the most: `%2F` and `%5C` as `/`,
- * and a segment such as `..;x` as `..`. A rule then sees the path the furthest-reaching server
- * would route.
+ * The gateway forwards the path as the client sent it, and servers disagree on `%2F`, `\`,
+ * `;` parameters, repeated slashes and double encoding, so those are read the way that could
+ * reach the most: `%25` decoded up to twice, `%2F` and `%5C` as `/`, a segment such as `..;x`
+ * as `..`, a segment that is only parameters as empty, and empty segments merged. A rule then
+ * sees the path the furthest-reaching server would route.
  */
 export function canonicalPath(rawPath: string): string | null {
   if (!rawPath.startsWith("/") || rawPath.startsWith("//")) return null;
@@ -313,14 +314,19 @@ export function canonicalPath(rawPath: string): string | null {
   try {
     const query = rawPath.search(/[?#]/);
     const pathOnly = query === -1 ? rawPath : rawPath.slice(0, query);
-    const widened = pathOnly
+    let decoded = pathOnly;
+    for (let round = 0; round < 2 && /%25/.test(decoded); round++) decoded = decoded.replace(/%25/g, "%");
+    const segments = decoded
       .replace(/%2[Ff]|%5[Cc]|\\/g, "/")
+      .replace(/%3[Bb]/g, ";")
       .split("/")
       .map((segment) => {
         const base = segment.split(";")[0] as string;
-        return /^(?:\.|%2[Ee]){1,2}$/.test(base) ? base : segment;
-      })
-      .join("/");
+        if (/^(?:\.|%2[Ee]){1,2}$/.test(base)) return base;
+        return base === "" ? "" : segment;
+      });
+    const trailing = segments.length > 1 && segments[segments.length - 1] === "" ? "/" : "";
+    const widened = `/${segments.filter((segment) => segment !== "").join("/")}${trailing}`.replace(/\/\/$/, "/");
     const parsed = new URL(widened, "http://path.invalid");
     return parsed.pathname.replace(/%[0-9A-Fa-f]{2}/g, (escape) => {
       const decoded = String.fromCharCode(parseInt(escape.slice(1), 16));

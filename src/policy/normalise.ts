@@ -1,3 +1,4 @@
+import { realpathSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import picomatch from "picomatch";
 import type { Diagnostic, SourceMap } from "./diagnostic.js";
@@ -31,6 +32,19 @@ export interface NormaliseContext {
   home: string;
 }
 
+/**
+ * Resolves symlinks in a host path that exists, so every check and mount uses the place the path
+ * really names: a link to / or to a secret store must be judged as what it points at. A path
+ * that does not exist (yet) is returned as written.
+ */
+export function resolveSymlinks(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
 /** Expands `~` and makes a path absolute; null for a relative path, which policies do not accept. */
 export function expandHostPath(path: string, home: string): string | null {
   if (path === "~") return home;
@@ -53,7 +67,8 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
       error(path, `${raw} contains glob characters; filesystem entries are literal paths`);
       return null;
     }
-    const expanded = expandHostPath(raw, context.home);
+    const literal = expandHostPath(raw, context.home);
+    const expanded = literal === null ? null : resolveSymlinks(literal);
     if (expanded === null) {
       error(path, `${JSON.stringify(raw)} is a relative path; write an absolute path or one starting with ~/`);
       return null;
@@ -274,7 +289,8 @@ function normaliseCredentials(file: PolicyFile, context: NormaliseContext, error
     let source: Credential["source"];
     if ("env" in raw.source) source = { kind: "env", name: raw.source.env };
     else if ("file" in raw.source) {
-      const path = expandHostPath(raw.source.file, context.home);
+      const literal = expandHostPath(raw.source.file, context.home);
+      const path = literal === null ? null : resolveSymlinks(literal);
       if (path === null) error(at("source", "file"), `${JSON.stringify(raw.source.file)} is a relative path; write an absolute path or one starting with ~/`);
       source = { kind: "file", path: path ?? raw.source.file };
     } else source = { kind: "command", argv: raw.source.command };

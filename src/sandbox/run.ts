@@ -13,9 +13,10 @@ import { AUDIT_LOG_FILE, AuditLog } from "../audit/audit-log.js";
 import { sha256Hex } from "../audit/hash-chain.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, stateDir, type RunSummary } from "../audit/run-record.js";
-import { recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
+import { clearNewSetIdFiles, recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { printableLine } from "../text/printable.js";
 import { cacheDir } from "./forwarder.js";
+import { resolveSymlinks } from "../policy/normalise.js";
 import { RunDirectory } from "./run-dir.js";
 
 export interface RunSandboxOptions {
@@ -185,6 +186,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     const ended = new Date();
     if (exit.limitMessage !== null) audit.append("limit", { message: exit.limitMessage });
     recordWorkspaceChanges(tracker, (fields) => audit.append("workspace.change", fields), message);
+    clearNewSetIdFiles(policy.filesystem.write, started.getTime(), message);
     audit.append("run.end", { status: exit.status, durationMs: ended.getTime() - started.getTime(), stoppedBy: exit.stoppedBy, blocked: blocked.total, warnings: exit.warnings });
 
     Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status: exit.status, blocked: blocked.total });
@@ -255,7 +257,10 @@ export function enforcementOf(backend: SandboxBackend["name"]): Record<string, s
  * box must neither see nor replace them.
  */
 export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<string, string | undefined>>, home: string): string[] {
-  return [...new Set([runsRoot, stateDir(env, home), cacheDir(env, home)])];
+  // Both the path as configured and where it really is: XDG variables or the directories
+  // themselves may be symlinks, and a check on the link alone would miss its target.
+  const paths = [runsRoot, stateDir(env, home), cacheDir(env, home), auditKeyDir(env, home)];
+  return [...new Set([...paths, ...paths.map(resolveSymlinks)])];
 }
 
 /**
@@ -264,7 +269,8 @@ export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<str
  * symlinks where ringfence later writes the run's summary, or a forged run for apply.
  */
 export function checkPrivatePathsOutsideWritable(policy: Policy, privatePaths: readonly string[]): void {
-  const writable = [...(policy.workspace.mode === "ro" ? [] : [policy.workspace.path]), ...policy.filesystem.write];
+  const configured = [...(policy.workspace.mode === "ro" ? [] : [policy.workspace.path]), ...policy.filesystem.write];
+  const writable = [...new Set([...configured, ...configured.map(resolveSymlinks)])];
   for (const path of writable) {
     // The backend rejects "/" itself, with a message about the whole host.
     if (path === "/") continue;

@@ -100,3 +100,21 @@ function clearSetId(path: string, message: (line: string) => void): void {
     message(`ringfence: could not clear the set-ID bits on ${path}: ${(cause as Error).message}; remove the file before running it`);
   }
 }
+
+/**
+ * Clears set-ID bits on files under `roots` (filesystem.write entries) whose inode changed since
+ * `sinceMs`. These paths are not tracked for the audit log, but a set-ID file the box leaves
+ * there is as dangerous as one in the workspace. Walks at most MAX_STAT_ENTRIES entries per root.
+ */
+export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void): void {
+  for (const root of roots) {
+    const entries = buildStatManifest(root);
+    if (entries === null) {
+      message(`ringfence: ${root} has more than ${MAX_STAT_ENTRIES} entries, so it was not checked for set-ID files the box may have left`);
+      continue;
+    }
+    for (const [path, entry] of Object.entries(entries)) {
+      if (entry.type === "file" && (entry.mode & 0o6000) !== 0 && entry.ctimeMs >= sinceMs) clearSetId(path === "" ? root : join(root, path), message);
+    }
+  }
+}

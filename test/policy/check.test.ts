@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { formatDiagnostic } from "../../src/policy/diagnostic.js";
 import { checkPolicyFile } from "../../src/policy/load.js";
@@ -169,4 +170,18 @@ test("policy check rejects an alias bomb", () => {
   const result = check(`${lines.join("\n")}\n`);
   assert.equal(result.policy, null);
   assert.ok(result.errors.some((d) => d.message.includes("invalid YAML")), JSON.stringify(result.errors));
+});
+
+test("policy check judges symlinked paths by their target", () => {
+  const links = policyDir({ "secret.txt": "s3cret-value\n" });
+  symlinkSync("/", join(links, "rootlink"));
+  symlinkSync("/proc", join(links, "proclink"));
+  const root = check(`version: 1\nfilesystem:\n  read: [${join(links, "rootlink")}]\n`);
+  assert.ok(root.errors.some((d) => d.message.includes("whole host filesystem")), JSON.stringify(root.errors));
+  const proc = check(`version: 1\nfilesystem:\n  read: [${join(links, "proclink")}]\n`);
+  assert.ok(proc.errors.some((d) => d.message.includes("under /proc")), JSON.stringify(proc.errors));
+
+  symlinkSync(join(links, "secret.txt"), join(links, "secret-link"));
+  const secret = check(`version: 1\nworkspace:\n  path: ${links}\ncredentials:\n  - name: k\n    source: {file: ${join(links, "secret-link")}}\n    hosts: [a.com]\n    placeholder_env: API_KEY\n`);
+  assert.ok(secret.errors.some((d) => d.message.includes("which the box can read")), JSON.stringify(secret.errors));
 });
