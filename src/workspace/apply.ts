@@ -24,6 +24,13 @@ import { buildManifest, describeEntry, type Manifest, type ManifestEntry } from 
  */
 export const SAFE_MODE_BITS = 0o1777;
 
+/**
+ * Git metadata anywhere in the tree: a `.git` directory or file (a gitdir pointer), and the
+ * config, hooks and commondir inside one. Host git run in that directory would execute what the
+ * box wrote (core.fsmonitor, hooks), so apply treats them as protected at every depth.
+ */
+const NESTED_GIT = /(^|\/)\.git(\/(config|config\.worktree|commondir|hooks(\/.*)?))?$/i;
+
 export interface ApplyOptions {
   /** Host workspace the changes go to. */
   workspace: string;
@@ -162,6 +169,14 @@ function refusal(change: WorkspaceChange, workspace: string, after: Manifest, pr
     return `protected by ${glob}; review it, then pass --include-protected ${change.path} to apply it`;
   }
   if (change.after?.type === "other") return "special files (devices, FIFOs, sockets) are never applied";
+  if (change.after !== null && NESTED_GIT.test(change.path) && !include.has(change.path)) {
+    return `git metadata at any depth can make host git run code; review it, then pass --include-protected ${change.path}`;
+  }
+  const parent = dirname(change.path);
+  const bareConfig = /(^|\/)config$/.test(change.path) && after[parent === "." ? "HEAD" : `${parent}/HEAD`] !== undefined;
+  if (change.after !== null && bareConfig && !include.has(change.path)) {
+    return `${change.path} sits beside a HEAD file, so host git would read it as a bare repository's config; review it, then pass --include-protected ${change.path}`;
+  }
   if (change.after?.type === "symlink") {
     const target = change.after.target;
     const resolved = resolveInside(dirname(change.path), target, after);

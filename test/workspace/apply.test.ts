@@ -151,3 +151,20 @@ test("apply: set-ID bits are dropped", () => {
   assert.equal(statSync(join(f.workspace, "suid")).mode & 0o7777, 0o755);
   assert.equal(statSync(join(f.workspace, "README.md")).mode & 0o7777, 0o755);
 });
+
+// Each row: git metadata the box creates somewhere in the tree, which host git would act on.
+const NESTED_GIT_CASES: readonly [string, (f: Fixture) => void, string][] = [
+  ["nested repository", (f) => { mkdirSync(join(f.overlay, "sub", "n", ".git"), { recursive: true }); writeFileSync(join(f.overlay, "sub", "n", ".git", "config"), "[core]\n\tfsmonitor = evil\n"); }, "sub/n/.git"],
+  ["gitdir pointer file", (f) => { mkdirSync(join(f.overlay, "sub", "m"), { recursive: true }); writeFileSync(join(f.overlay, "sub", "m", ".git"), "gitdir: ../../.git/c\n"); }, "sub/m/.git"],
+  ["bare repository config", (f) => { mkdirSync(join(f.overlay, "bare"), { recursive: true }); writeFileSync(join(f.overlay, "bare", "HEAD"), "ref: refs/heads/main\n"); writeFileSync(join(f.overlay, "bare", "config"), "[core]\n\tfsmonitor = evil\n"); }, "bare/config"],
+];
+
+for (const [note, setup, path] of NESTED_GIT_CASES) {
+  test(`apply refuses ${note}`, () => {
+    const f = fixture();
+    setup(f);
+    const outcome = apply(f).get(path);
+    assert.equal(outcome?.result, "refused", JSON.stringify(outcome));
+    assert.equal(existsSync(join(f.workspace, path)), false);
+  });
+}
