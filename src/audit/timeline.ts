@@ -30,6 +30,11 @@ function formatRawRecord(record: AuditRecord): string {
       const hash = typeof record.sha256 === "string" ? ` sha256 ${record.sha256.slice(0, 12)}` : "";
       return `${prefix} ${text(record.change)} ${text(record.path)}${record.entry && record.entry !== "file" ? ` (${text(record.entry)})` : ""}${size}${hash}`;
     }
+    case "transcript": {
+      const body = (bytes: unknown, sha256: unknown, truncated: unknown) => `${text(bytes)}B${typeof sha256 === "string" ? ` sha256 ${sha256.slice(0, 12)}` : ""}${truncated === true ? " truncated" : ""}`;
+      const status = record.status === null || record.status === undefined ? "no response" : `status ${text(record.status)}`;
+      return `${prefix} ${text(record.method)} ${text(record.host)}:${text(record.port)}${text(record.path)} ${status}, request ${body(record.requestBytes, record.requestSha256, record.requestTruncated)}, response ${body(record.responseBytes, record.responseSha256, record.responseTruncated)}`;
+    }
     case "limit":
       return `${prefix} ${text(record.message)}`;
     case "run.start":

@@ -6,6 +6,7 @@ import { EventRecord, type CredentialEvent, type CredentialEventFields, type Eve
 import type { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
 import type { GatewayLimits } from "./limits.js";
+import type { TranscriptRecorder } from "./transcript.js";
 import type { ParentProxies } from "./upstream-proxy.js";
 import type { InterceptHook } from "./verdict.js";
 
@@ -27,6 +28,8 @@ export interface GatewayContext {
   startEvent(start: EventStart): EventRecord;
   /** Emits one credential event. */
   credentialEvent(fields: CredentialEventFields): void;
+  /** Starts transcripts for exchanges with audit.capture hosts; null when none are stored. */
+  transcripts?: TranscriptRecorder | null;
 }
 
 /** Replaces placeholders and secrets in text; the interceptor's redact, or null without one. */

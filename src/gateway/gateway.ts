@@ -15,6 +15,7 @@ import type { Interceptor } from "./interceptor.js";
 import { handleHttpRequest } from "./http-proxy.js";
 import { resolveLimits, type GatewayLimits } from "./limits.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
+import { TranscriptRecorder, type TranscriptOptions } from "./transcript.js";
 import { parentProxiesFrom } from "./upstream-proxy.js";
 
 export interface GatewayOptions {
@@ -48,6 +49,11 @@ export interface GatewayOptions {
   interceptor?: Interceptor;
   /** Receives one event per credential injection, leak block and response scrub, redacted like onEvent's. Without it, they go to the logger at info level. */
   onCredentialEvent?: (event: CredentialEvent) => void;
+  /**
+   * Stores the bodies of intercepted exchanges with the policy's audit.capture hosts and emits
+   * one record per exchange, redacted like onEvent's. Without it, no bodies are stored.
+   */
+  transcripts?: TranscriptOptions;
   /** Logger for the gateway's own operation. Default: pino at warn level on standard error. */
   logger?: Logger;
 }
@@ -98,6 +104,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     interceptor: options.interceptor ?? null,
     startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger, redact),
     credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger, redact),
+    transcripts: options.transcripts === undefined ? null : new TranscriptRecorder(options.transcripts, options.policy.audit.capture, logger, redact),
   };
   const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
   context.interception = interception;

@@ -8,6 +8,7 @@ import type { EventRecord } from "./events.js";
 import { sendDenial } from "./http-proxy.js";
 import type { InterceptSession } from "./interception.js";
 import type { ResponseScrubber } from "./interceptor.js";
+import type { ExchangeTranscript } from "./transcript.js";
 
 export interface Exchange {
   context: GatewayContext;
@@ -22,6 +23,8 @@ export interface Exchange {
   rule: string;
   /** Scrubber for responses from a host bound to a credential; null for other hosts. */
   scrubber: ResponseScrubber | null;
+  /** Stored bodies of an exchange with an audit.capture host; null for other hosts. */
+  transcript: ExchangeTranscript | null;
   /** Set when the upstream response head arrives. */
   responseStarted: boolean;
   /** Set once the exchange has succeeded or failed; a later failure is only logged at debug level. */

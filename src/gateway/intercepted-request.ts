@@ -2,7 +2,7 @@
 // rules, the interceptor's leak check and injection, then streaming the body over a pooled,
 // verified upstream TLS connection. intercepted-response.ts relays and scrubs the response.
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
-import type { Transform } from "node:stream";
+import { finished, type Readable, type Transform } from "node:stream";
 import type { GatewayContext } from "./context.js";
 import { describeError } from "./dial.js";
 import { failExchange, guard, stopRequestBody, type Exchange } from "./intercepted-exchange.js";
@@ -66,7 +66,9 @@ export async function handleInterceptedRequest(context: GatewayContext, session:
     setHost: false,
   });
 
-  const exchange: Exchange = { context, request, response, upstream, record, what, method, path, session, rule, scrubber: examined.response, responseStarted: false, ended: false };
+  const requestContentType = request.headers["content-type"] ?? null;
+  const transcript = context.transcripts?.start({ host: target.host, display: target.display, port: target.port, method, path: path.slice(0, 2048), requestContentType }) ?? null;
+  const exchange: Exchange = { context, request, response, upstream, record, what, method, path, session, rule, scrubber: examined.response, transcript, responseStarted: false, ended: false };
   // Node emits 'error' on a ServerResponse (a write after the end, say) and throws when it has no listener.
   response.on("error", (error) => context.logger.debug({ err: { code: (error as NodeJS.ErrnoException).code ?? null, message: error.message }, host: target.display }, "intercepted client response error"));
   upstream.on("error", guard(exchange, (error: Error) => upstreamFailed(exchange, error)));
@@ -90,6 +92,8 @@ export async function handleInterceptedRequest(context: GatewayContext, session:
     "close",
     guard(exchange, () => {
       if (!exchange.ended && !response.writableFinished) failExchange(exchange, "client closed the connection before the response was complete", null, "client");
+      // Every response body write has happened by now, so the transcript can be stored.
+      transcript?.close();
     }),
   );
   forwardBody(exchange, examined.requestBody === null ? null : examined.requestBody());
@@ -99,9 +103,10 @@ export async function handleInterceptedRequest(context: GatewayContext, session:
 // the body before the matching bytes leave the gateway; the upstream request is aborted, so the
 // server sees a truncated body, and the client gets a 403.
 function forwardBody(exchange: Exchange, check: Transform | null): void {
-  const { request, upstream, record } = exchange;
+  const { request, upstream, record, transcript } = exchange;
   request.on("data", (chunk: Buffer) => record.addBytesUp(chunk.length));
   if (check === null) {
+    if (transcript !== null) captureRequestBody(exchange, request, transcript.request);
     request.pipe(upstream);
     return;
   }
@@ -118,7 +123,16 @@ function forwardBody(exchange: Exchange, check: Transform | null): void {
       blockBody(exchange, error.credential);
     }),
   );
+  // The transcript takes the body as it leaves the check, so bytes of a blocked leak are never stored.
+  if (transcript !== null) captureRequestBody(exchange, check, transcript.request);
   request.pipe(check).pipe(upstream);
+}
+
+// Copies the body into its transcript file and finishes the file when the body ends or fails.
+// A body cut off by a block or a failure is finished when the client response closes.
+function captureRequestBody(exchange: Exchange, body: Readable, file: { write(chunk: Buffer): void; finish(): unknown }): void {
+  body.on("data", (chunk: Buffer) => file.write(chunk));
+  finished(body, guard(exchange, () => void file.finish()));
 }
 
 function blockBody(exchange: Exchange, credential: string): void {

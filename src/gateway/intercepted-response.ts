@@ -43,6 +43,7 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
   }
 
   const head: ResponseHead = { status, message: upstreamResponse.statusMessage ?? "", headers: responseHeaders(upstreamResponse.rawHeaders) };
+  exchange.transcript?.setResponse(status, upstreamResponse.headers["content-type"] ?? null, upstreamResponse.headers["content-encoding"] ?? null);
   if (scrubber !== null) {
     const message = scrubber.text(head.message);
     head.message = message.text;
@@ -91,15 +92,18 @@ function relayWholeBody(exchange: Exchange, upstreamResponse: IncomingMessage, s
       head.headers.push("Content-Length", String(result.body.length));
       if (!writeResponseHead(exchange, head)) return;
       exchange.ended = true;
+      exchange.transcript?.response.write(result.body);
       exchange.response.end(result.body);
       exchange.record.finish();
     }),
   );
 }
 
-// Sends the head, then streams the body through `stages` (scrubbing, coalescing) to the client.
-function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, stages: Transform[], bodyCounts: (() => ReadonlyMap<string, number>) | null): void {
+// Sends the head, then streams the body through `bodyStages` (scrubbing, coalescing) to the client.
+function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, bodyStages: Transform[], bodyCounts: (() => ReadonlyMap<string, number>) | null): void {
   if (!writeResponseHead(exchange, head)) return;
+  // The transcript copies the body last, so it stores exactly the bytes the client receives.
+  const stages = exchange.transcript === null ? bodyStages : [...bodyStages, exchange.transcript.responseTee()];
   // Listeners added before pipeline() run before it destroys the other streams, so the failure
   // is reported as the transform's (a corrupt gzip body, say) and not as the client's.
   for (const stage of stages) {

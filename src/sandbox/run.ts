@@ -3,7 +3,7 @@ import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import type { CredentialBroker } from "../credentials/index.js";
-import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent } from "../gateway/index.js";
+import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
@@ -146,6 +146,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
           if (hint !== null) message(hint);
         },
         ...(broker === null ? {} : { interceptor: broker.interceptor }),
+        transcripts: { directory: join(runDir.path, "transcripts"), onTranscript: (record: TranscriptRecord) => audit.append("transcript", { ...record }) },
         onCredentialEvent: (event: CredentialEvent) => {
           audit.append("credential", eventFields(event));
           // on_leak: end-run stops the box at the first blocked leak of that credential.
