@@ -261,7 +261,10 @@ export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<str
   // Both the path as configured and where it really is: XDG variables or the directories
   // themselves may be symlinks, and a check on the link alone would miss its target.
   const paths = [runsRoot, stateDir(env, home), cacheDir(env, home), auditKeyDir(env, home)];
-  return [...new Set([...paths, ...paths.map(resolveSymlinks)])];
+  const all = [...new Set([...paths, ...paths.map(resolveSymlinks)])];
+  // Hiding a directory hides what is inside it; a nested entry would need a mount point inside
+  // the hidden (empty, read-only) directory, which cannot be made.
+  return all.filter((path) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
 }
 
 /**
