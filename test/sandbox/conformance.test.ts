@@ -157,6 +157,26 @@ for (const backend of BACKENDS) {
         assert.match(run.stderr, /cleared the set-ID bits/);
       });
 
+      test("concurrent run cannot reach another", async () => {
+        // The first run stays up until the second has looked; the second names ringfence's
+        // state directory in filesystem.read and must still find it empty.
+        const firstWorkspace = makeWorkspace(user);
+        const first = runBox(user, firstWorkspace, [], ["sh", "-c", "touch started; while [ ! -e done ]; do sleep 0.1; done"]);
+        while (!existsSync(join(firstWorkspace, "started"))) await new Promise((resolve) => setTimeout(resolve, 50));
+
+        const stateRoot = join(user.home, ".local", "state", "ringfence");
+        const policy = policyFile(user, `version: 1\nfilesystem:\n  read: [${stateRoot}]\n`);
+        const script = `ls -A ${stateRoot}/runs 2>/dev/null | grep -q . && echo LEAK-runs; find ${stateRoot} \\( -name audit.jsonl -o -name gateway.sock -o -name "*.pem" \\) 2>/dev/null | grep -q . && echo LEAK-files; echo looked`;
+        const second = await runBox(user, makeWorkspace(user), ["--policy", policy], ["sh", "-c", script]);
+        writeOwned(user, join(firstWorkspace, "done"), "");
+        const firstRun = await first;
+
+        assert.equal(second.status, 0, show(second));
+        assert.match(second.stdout, /^looked$/m, show(second));
+        assert.doesNotMatch(second.stdout, /LEAK/, show(second));
+        assert.equal(firstRun.status, 0, show(firstRun));
+      });
+
       test("writable home as workspace rejected", async () => {
         // A writable workspace that contains ringfence's state would let the box rename a parent
         // directory on the host and plant symlinks where ringfence writes after the run.
