@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, openSync, writeFileSync, writeSync, renameSync } from "node:fs";
+import { closeSync, fdatasync, fdatasyncSync, openSync, writeFileSync, writeSync, renameSync } from "node:fs";
 import { join } from "node:path";
 import { encodeRecord, genesisHash, sha256Hex } from "./hash-chain.js";
 import { signHead, type HostKey } from "./host-key.js";
@@ -95,7 +95,11 @@ export class AuditLog {
     if (this.#syncTimer !== null) return;
     this.#syncTimer = setTimeout(() => {
       this.#syncTimer = null;
-      if (this.#fd !== null) fdatasyncSync(this.#fd);
+      // The periodic sync runs off the event loop: a disk flush can take tens of milliseconds,
+      // and blocking for it would stall every connection the gateway is serving. close() syncs
+      // synchronously, and a sync still under way when the file closes fails harmlessly (EBADF).
+      const fd = this.#fd;
+      if (fd !== null) fdatasync(fd, () => {});
     }, SYNC_INTERVAL_MS);
     this.#syncTimer.unref();
   }
