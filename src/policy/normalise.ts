@@ -1,5 +1,5 @@
 import { realpathSync } from "node:fs";
-import { isAbsolute, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import picomatch from "picomatch";
 import type { Diagnostic, SourceMap } from "./diagnostic.js";
 import { DEFAULT_PORTS, SECRET_STORES } from "./defaults.js";
@@ -33,15 +33,23 @@ export interface NormaliseContext {
 }
 
 /**
- * Resolves symlinks in a host path that exists, so every check and mount uses the place the path
- * really names: a link to / or to a secret store must be judged as what it points at. A path
- * that does not exist (yet) is returned as written.
+ * Resolves symlinks in a host path, so every check and mount uses the place the path really
+ * names: a link to / or to a secret store must be judged as what it points at. For a path that
+ * does not exist yet, the deepest existing ancestor is resolved and the rest appended, because
+ * a directory created later through a symlinked parent lands at the parent's target.
  */
 export function resolveSymlinks(path: string): string {
-  try {
-    return realpathSync(path);
-  } catch {
-    return path;
+  let existing = path;
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return join(realpathSync(existing), ...rest.reverse());
+    } catch {
+      const parent = dirname(existing);
+      if (parent === existing) return path;
+      rest.push(basename(existing));
+      existing = parent;
+    }
   }
 }
 
