@@ -130,7 +130,9 @@ export class ChainVerifier {
       return fail({ kind: "altered", line: index, detail: `record names run ${JSON.stringify(record.run)}, not ${this.#runId}` });
     }
     if (record.seq !== index) {
-      const kind = record.seq > index ? "removed" : record.seq === index - 1 ? "inserted" : "reordered";
+      let kind: "removed" | "inserted" | "reordered" = "reordered";
+      if (record.seq > index) kind = "removed";
+      else if (record.seq === index - 1) kind = "inserted";
       return fail({ kind, line: index, detail: `sequence number ${record.seq} where ${index} was expected` });
     }
     if (record.prev !== this.#lastHash) {

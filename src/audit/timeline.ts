@@ -2,7 +2,9 @@ import type { AuditRecord } from "./hash-chain.js";
 import { printableLine } from "../text/printable.js";
 
 function text(value: unknown): string {
-  return typeof value === "string" ? value : value === null || value === undefined ? "" : JSON.stringify(value);
+  if (typeof value === "string") return value;
+  if (value === null || value === undefined) return "";
+  return JSON.stringify(value);
 }
 
 /** Formats one audit record as a line of a readable timeline; control characters are escaped. */
@@ -19,9 +21,11 @@ function formatRawRecord(record: AuditRecord): string {
       const target = `${text(record.host)}:${text(record.port)}`;
       const request = record.method !== null && record.method !== undefined ? `${text(record.method)} ${target}${text(record.path)}` : `${text(record.protocol).toUpperCase()} ${target}`;
       const address = record.address ? ` via ${text(record.address)}` : "";
-      const why = record.decision === "deny" ? ` (${text(record.reason) || "denied"})` : record.rule ? ` by ${text(record.rule)}` : "";
+      let decidedBy = "";
+      if (record.decision === "deny") decidedBy = ` (${text(record.reason) || "denied"})`;
+      else if (record.rule) decidedBy = ` by ${text(record.rule)}`;
       const bytes = record.decision === "allow" ? ` ${text(record.bytesUp)}B up ${text(record.bytesDown)}B down` : "";
-      return `${prefix} ${text(record.decision)} ${request}${address}${why}${bytes}`;
+      return `${prefix} ${text(record.decision)} ${request}${address}${decidedBy}${bytes}`;
     }
     case "credential":
       return `${prefix} ${text(record.action)} ${text(record.credential)} for ${text(record.host)}${record.reason ? ` (${text(record.reason)})` : ""}`;

@@ -71,7 +71,7 @@ export function loadPolicyFile(file: string, options: LoadOptions = {}): Policy 
 }
 
 /**
- * The built-in default: workspace = cwd, read-write with the default protect list; home hidden
+ * Returns the built-in default: workspace = cwd, read-write with the default protect list; home hidden
  * except the workspace; secret stores denied; no network.
  */
 export function defaultPolicy(options: LoadOptions = {}): Policy {

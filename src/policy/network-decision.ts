@@ -193,8 +193,8 @@ export class NetworkRules {
       if (!layer.hasAllow) continue;
       if (first === null) return NO_ALLOW;
 
-      // The common case, one layer and one matching rule, gets a decision object made once per
-      // rule and no allocation; decisions are immutable, so sharing them is safe.
+      // The common case, one layer and one matching rule, reuses a decision object made once per
+      // rule. Decisions are immutable, so sharing them is safe.
       if (single && more === null && !inspect) {
         return (first.soleDecision ??= new AllowDecision(first.rule, false, [[first]]));
       }
@@ -234,7 +234,7 @@ class AllowDecision {
 
 interface LayerScan {
   deny: CompiledRule | null;
-  /** The first matching allow rule found; `more` holds any others, unsorted. */
+  /** First matching allow rule found; `more` contains any others, unsorted. */
   first: CompiledRule | null;
   more: CompiledRule[] | null;
   inspect: boolean;

@@ -9,7 +9,7 @@ export type PathAccess = "hidden" | "read" | "write";
 
 export interface PathDecision {
   access: PathAccess;
-  /** Which clause decided, in words: "filesystem.deny /x", "protected by .git/hooks/**", ... */
+  /** Clause that decided, in words: "filesystem.deny /x", "protected by .git/hooks/**", ... */
   reason: string;
 }
 
@@ -50,7 +50,7 @@ export class PathRules {
     this.#protectedBy = compileProtect(policy.workspace.protect);
   }
 
-  /** The protect glob that covers a workspace-relative path, or null. */
+  /** Returns the protect glob that covers a workspace-relative path, or null. */
   protectedBy(relativePath: string): string | null {
     return this.#protectedBy(relativePath);
   }

@@ -1,6 +1,6 @@
 import type { HostPattern } from "./host-pattern.js";
 
-/** Where a clause came from, for messages: the policy file and the 1-based line. */
+/** Origin of a clause, for messages: the policy file and the 1-based line. */
 export interface SourceRef {
   file: string;
   line: number;
@@ -37,7 +37,7 @@ export interface Credential {
   hosts: readonly HostPattern[];
   inject: CredentialInjection;
   placeholderEnv: string | null;
-  /** What a leak of this credential does. */
+  /** Action taken when this credential leaks. */
   onLeak: "block" | "end-run";
 }
 

@@ -152,7 +152,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
           // on_leak: end-run stops the box at the first blocked leak of that credential.
           const credential = policy.credentials.find((entry) => entry.name === event.credential);
           if (event.action === "blocked" && credential?.onLeak === "end-run" && !leakStop.signal.aborted) {
-            leakStop.abort(`credential ${credential.name} leaked towards ${event.host}, and its policy says on_leak: end-run`);
+            leakStop.abort(`credential ${credential.name} leaked towards ${event.host}, and its policy sets on_leak: end-run`);
           }
         },
       });
@@ -203,7 +203,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${join(runDir.path, AUDIT_LOG_FILE)}`);
     return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
   } catch (cause) {
-    // Record why the run ended early, so `ringfence runs` and the audit log say so.
+    // Record the reason the run ended early in the audit log and in `ringfence runs`.
     const ended = new Date();
     const reason = cause instanceof Error ? cause.message : String(cause);
     if (options.dryRun !== true) {
@@ -238,7 +238,7 @@ function readUpstreamCas(policy: Policy): string[] {
   });
 }
 
-/** What enforces each policy section on a backend, recorded at run start for reviewers. */
+/** Describes what enforces each policy section on a backend, for the run.start record. */
 export function enforcementOf(backend: SandboxBackend["name"]): Record<string, string> {
   if (backend === "vm") return { note: "the vm backend records its own enforcement" };
   return {
@@ -262,8 +262,8 @@ export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<str
   // themselves may be symlinks, and a check on the link alone would miss its target.
   const paths = [runsRoot, stateDir(env, home), cacheDir(env, home), auditKeyDir(env, home)];
   const all = [...new Set([...paths, ...paths.map(resolveSymlinks)])];
-  // Hiding a directory hides what is inside it; a nested entry would need a mount point inside
-  // the hidden (empty, read-only) directory, which cannot be made.
+  // Hiding a directory hides what is inside it. A nested entry would need a mount point inside
+  // the hidden directory, which is empty and read-only, so bwrap could not make one.
   return all.filter((path) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
 }
 

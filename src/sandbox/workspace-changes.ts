@@ -6,9 +6,9 @@ import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type
 import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
 
 /**
- * Notes the workspace's state before the command runs, so the run can record what changed.
- * Overlay mode keeps a full content manifest of the copy (apply needs it to detect host
- * conflicts); rw mode keeps stat fields only and hashes just the files that changed.
+ * Workspace state noted before the command runs, so the run can record what changed. Overlay
+ * mode keeps a full content manifest of the copy, because apply needs it to detect host
+ * conflicts. rw mode keeps stat fields only and hashes just the files that changed.
  */
 export type WorkspaceTracker =
   | { mode: "ro" }
@@ -67,7 +67,10 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     // Directories change mtime whenever an entry inside them does; those entries are recorded.
     if (old?.type === "dir" && now?.type === "dir" && old.mode === now.mode) continue;
 
-    const change = old === undefined ? "added" : now === undefined ? "deleted" : old.type !== now.type ? "type" : "modified";
+    let change = "modified";
+    if (old === undefined) change = "added";
+    else if (now === undefined) change = "deleted";
+    else if (old.type !== now.type) change = "type";
     const setId = now?.type === "file" && (now.mode & 0o6000) !== 0 && (old === undefined || (old.mode & 0o6000) !== (now.mode & 0o6000));
     if (setId) clearSetId(join(tracker.root, path), message);
     let sha256: string | null = null;

@@ -15,7 +15,7 @@ interface Fixture {
   outside: string;
 }
 
-/** A host workspace with a few files, and its overlay copy as a run would start with. */
+/** Creates a host workspace with a few files, and its overlay copy as a run would start with. */
 function fixture(): Fixture {
   const base = mkdtempSync(join(tmpdir(), "ringfence-apply-test-"));
   const workspace = join(base, "workspace");
