@@ -5,6 +5,7 @@ import type { Resolver } from "./dial.js";
 import { EventRecord, type CredentialEvent, type CredentialEventFields, type EventStart, type NetworkEvent } from "./events.js";
 import type { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
+import type { LocalServices } from "./local-service.js";
 import type { GatewayLimits } from "./limits.js";
 import type { TranscriptRecorder } from "./transcript.js";
 import type { ParentProxies } from "./upstream-proxy.js";
@@ -30,6 +31,8 @@ export interface GatewayContext {
   credentialEvent(fields: CredentialEventFields): void;
   /** Starts transcripts for exchanges with audit.capture hosts; null when none are stored. */
   transcripts?: TranscriptRecorder | null;
+  /** Reserved host names answered in-process instead of dialled. */
+  localServices?: LocalServices;
 }
 
 /** Replaces placeholders and secrets in text; the interceptor's redact, or null without one. */

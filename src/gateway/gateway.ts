@@ -14,6 +14,7 @@ import { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
 import { handleHttpRequest } from "./http-proxy.js";
 import { resolveLimits, type GatewayLimits } from "./limits.js";
+import type { LocalServices } from "./local-service.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
 import { TranscriptRecorder, type TranscriptOptions } from "./transcript.js";
 import { parentProxiesFrom } from "./upstream-proxy.js";
@@ -56,6 +57,11 @@ export interface GatewayOptions {
   transcripts?: TranscriptOptions;
   /** Logger for the gateway's own operation. Default: pino at warn level on standard error. */
   logger?: Logger;
+  /**
+   * Reserved host names that plain HTTP requests reach in-process, never dialled; each request
+   * still gets its network event. Tunnels to these names are decided by the policy as usual.
+   */
+  localServices?: LocalServices;
 }
 
 export interface Gateway {
@@ -105,6 +111,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     startEvent: eventFactory({ runId: options.runId, sandboxId }, options.onEvent, logger, redact),
     credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger, redact),
     transcripts: options.transcripts === undefined ? null : new TranscriptRecorder(options.transcripts, options.policy.audit.capture, logger, redact),
+    localServices: options.localServices ?? new Map(),
   };
   const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
   context.interception = interception;

@@ -4,6 +4,7 @@ import type { GatewayContext } from "./context.js";
 import { denialBody, type Denial } from "./deny-response.js";
 import { dialTarget, describeError } from "./dial.js";
 import type { EventRecord } from "./events.js";
+import type { LocalServiceHandler } from "./local-service.js";
 import { parseAbsoluteUrl, parseAuthority, type Target } from "./target.js";
 import { parentFor } from "./upstream-proxy.js";
 import { decideRequest } from "./verdict.js";
@@ -43,6 +44,12 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
   const hostProblem = checkHostHeader(request, target);
   if (hostProblem !== null) {
     rejectRequest({ status: 400, reason: hostProblem, rule: null, hint: null }, description);
+    return;
+  }
+
+  const localService = target.host.kind === "name" ? context.localServices?.get(target.host.name) : undefined;
+  if (localService !== undefined) {
+    serveLocally(request, response, record, localService, target.display);
     return;
   }
 
@@ -111,6 +118,29 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
   });
 
   forward(context, request, response, upstream, record, description, bodyCheck);
+}
+
+// Hands a request for a reserved host name to its in-process handler. The event counts bytes as
+// for a dialled request and ends when the response does.
+function serveLocally(request: IncomingMessage, response: ServerResponse, record: EventRecord, handler: LocalServiceHandler, host: string): void {
+  record.allow(`local service ${host}`);
+  request.on("data", (chunk: Buffer) => record.addBytesUp(chunk.length));
+  // ServerResponse has no byte counter of its own, so the body's chunks are counted on the way out.
+  const count = (chunk: unknown) => {
+    if (typeof chunk === "string" || chunk instanceof Uint8Array) record.addBytesDown(Buffer.byteLength(chunk));
+  };
+  const write = response.write.bind(response) as (...args: unknown[]) => boolean;
+  const end = response.end.bind(response) as (...args: unknown[]) => ServerResponse;
+  response.write = ((chunk: unknown, ...rest: unknown[]) => {
+    count(chunk);
+    return write(chunk, ...rest);
+  }) as typeof response.write;
+  response.end = ((chunk?: unknown, ...rest: unknown[]) => {
+    if (typeof chunk !== "function") count(chunk);
+    return end(chunk, ...rest);
+  }) as typeof response.end;
+  response.on("close", () => record.finish(response.writableFinished ? null : "client closed the connection before the response was complete"));
+  handler(request, response);
 }
 
 function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null): void {

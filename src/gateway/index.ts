@@ -5,3 +5,4 @@ export { MAX_TRANSCRIPT_BODY_BYTES, type TranscriptOptions, type TranscriptRecor
 export { DEFAULT_LIMITS, type GatewayLimits } from "./limits.js";
 export { parseClientHello, type ClientHelloResult } from "./client-hello.js";
 export { parseGreeting, parseRequest as parseSocksRequest, encodeReply as encodeSocksReply, SocksReply } from "./socks5.js";
+export type { LocalServiceHandler, LocalServices } from "./local-service.js";

@@ -3,7 +3,7 @@ import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import type { CredentialBroker } from "../credentials/index.js";
-import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
+import { startGateway, type CredentialEvent, type Gateway, type LocalServices, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
@@ -40,6 +40,12 @@ export interface RunSandboxOptions {
   resolve?: (name: string) => Promise<string[]>;
   /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
   upstreamCaPems?: readonly string[];
+  /** Reserved host names whose requests the gateway handles in-process (a crew's broker). */
+  localServices?: LocalServices;
+  /** Called once the run directory exists, before the box starts. */
+  onStart?: (run: { runId: string; runDir: string }) => void;
+  /** Stops the box early when aborted; the abort reason is recorded as what stopped it. */
+  stop?: AbortSignal;
 }
 
 export interface RunSandboxResult {
@@ -117,6 +123,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   try {
     writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
     writeSummary();
+    options.onStart?.({ runId: runDir.id, runDir: runDir.path });
     audit.append("run.start", { command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(backend.name) });
 
     // The credential broker terminates TLS where the policy needs it: for credentials, captured
@@ -140,6 +147,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
         socketPath: runDir.socketPath,
         logger,
         ...(options.resolve === undefined ? {} : { resolve: options.resolve }),
+        ...(options.localServices === undefined ? {} : { localServices: options.localServices }),
         onEvent: (event: NetworkEvent) => {
           audit.append("network", eventFields(event));
           const hint = blocked.record(event);
@@ -183,7 +191,8 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
     }
 
     const tracker = WorkspaceTracker.start(policy, runDir.path);
-    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop: leakStop.signal });
+    const stop = options.stop === undefined ? leakStop.signal : AbortSignal.any([leakStop.signal, options.stop]);
+    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop });
     const ended = new Date();
     if (exit.limitMessage !== null) audit.append("limit", { message: exit.limitMessage });
     recordWorkspaceChanges(tracker, (fields) => audit.append("workspace.change", fields), message);
