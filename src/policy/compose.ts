@@ -1,5 +1,5 @@
 import type { Diagnostic } from "./diagnostic.js";
-import { DEFAULT_PROTECT } from "./defaults.js";
+import { DEFAULT_PROTECT, DEFAULT_RESOURCES } from "./defaults.js";
 import type { HostPattern } from "./host-pattern.js";
 import type { PolicyLayer } from "./normalise.js";
 import type { BackendChoice, Policy, WorkspaceMode } from "./types.js";
@@ -126,7 +126,8 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
     network: { layers: layers.length === 0 ? [[]] : layers.map((layer) => layer.rules), upstreamProxy, upstreamCa },
     credentials,
     env: { pass: pass ?? [], set },
-    resources,
+    // No layers is the built-in default policy, which has limits of its own.
+    resources: layers.length === 0 ? { ...DEFAULT_RESOURCES } : resources,
     audit: { dir: auditDir, capture },
   };
 }

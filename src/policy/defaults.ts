@@ -91,5 +91,20 @@ export const SYSTEM_READ: readonly string[] = [
 /** Host directories that are hidden unless the policy names them (listed for explain output). */
 export const SYSTEM_HIDDEN: readonly string[] = ["/home", "/root", "/run", "/var", "/srv", "/mnt", "/media"];
 
+/**
+ * Limits of the built-in default policy, used when no policy file is loaded. They keep a fork
+ * bomb or a memory hog from taking the host down, and leave room for builds: 1,024 processes
+ * and threads (the kernel counts each thread, and a Node process has about ten), 4 GiB of
+ * memory. No CPU share and no timeout, because an interactive agent may run for hours. A policy
+ * file sets its own resources, and has no limit for a field it leaves out.
+ */
+export const DEFAULT_RESOURCES = {
+  cpus: null,
+  memoryBytes: 4 * 1024 * 1024 * 1024,
+  processes: 1024,
+  timeoutMs: null,
+  tmpBytes: null,
+} as const satisfies Record<string, number | null>;
+
 /** Ports a network rule covers when it names none. */
 export const DEFAULT_PORTS: readonly number[] = [443, 80];

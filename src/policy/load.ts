@@ -72,7 +72,7 @@ export function loadPolicyFile(file: string, options: LoadOptions = {}): Policy 
 
 /**
  * Returns the built-in default: workspace = cwd, read-write with the default protect list; home hidden
- * except the workspace; secret stores denied; no network.
+ * except the workspace; secret stores denied; no network; the limits in DEFAULT_RESOURCES.
  */
 export function defaultPolicy(options: LoadOptions = {}): Policy {
   return composeLayers([], options.cwd ?? process.cwd(), []);

@@ -176,9 +176,13 @@ export class NamespaceBackend implements SandboxBackend {
       ],
 
       run: async ({ timeoutMs, stop }) => {
-        if (limits.unenforced.length > 0) {
+        // A limit the user asked for must hold or the run does not start. The built-in default's
+        // limits are a safety net, so the box still runs where the host cannot enforce them.
+        const builtInDefault = policy.files.length === 0;
+        if (limits.unenforced.length > 0 && !builtInDefault) {
           throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
         }
+        const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "dir") mkdirSync(placeholder.path);
           else closeSync(openSync(placeholder.path, "wx", 0o444));
@@ -214,6 +218,7 @@ export class NamespaceBackend implements SandboxBackend {
                   return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
                 };
           const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop);
+          exit.warnings.push(...limitWarnings);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, workspace.protect, diskView);

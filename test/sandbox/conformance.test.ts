@@ -2,7 +2,7 @@
 // Each case starts real boxes; network cases use servers on the host's loopback, reached only
 // through the gateway by names pinned to 127.0.0.1.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { existsSync, linkSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
@@ -597,6 +597,50 @@ for (const backend of BACKENDS) {
         if (await usesCgroups(user, workspace, policy)) {
           assert.equal(run.status, 137, show(run));
           assert.match(run.stderr, /looks like a fork bomb/, show(run));
+        }
+      });
+
+      test("fork bomb under default policy", async () => {
+        // No policy file: the built-in default's process limit must hold the bomb, and the host
+        // must keep starting processes while it runs.
+        const workspace = makeWorkspace(user);
+        const marker = `ringfence-bomb-${process.pid}-${user.uid}`;
+        const script = `bomb() { bomb | bomb & }; bomb; exec -a ${marker} sleep 5`;
+        let finished = false;
+        const running = runBox(user, workspace, [], ["bash", "-c", script]).finally(() => (finished = true));
+        let hostStarts = 0;
+        let hostFailures = 0;
+        while (!finished) {
+          const started = await new Promise<boolean>((resolve) => execFile("true", (error) => resolve(error === null)));
+          if (started) hostStarts += 1;
+          else hostFailures += 1;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        const run = await running;
+
+        assert.notEqual(run.status, null, show(run));
+        assert.equal(hostFailures, 0, `the host failed to start ${hostFailures} processes during the bomb`);
+        assert.ok(hostStarts > 0, "the host started no process during the bomb");
+        const left = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+          } catch {
+            return false;
+          }
+        });
+        assert.deepEqual(left, [], "a process of the bomb survived the run");
+
+        const dryRun = await runBox(user, workspace, ["--dry-run"], []);
+        assert.match(dryRun.stdout, /processes 1024/, show(dryRun));
+        if (/^limits \(cgroup[12]\)/m.test(dryRun.stdout)) {
+          assert.equal(run.status, 137, show(run));
+          assert.match(run.stderr, /looks like a fork bomb/, show(run));
+          assert.match(run.stderr, /reached its process limit \(1024\)/, show(run));
+          const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+          assert.ok(runDir !== undefined, show(run));
+          const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; message?: string; stoppedBy?: string });
+          assert.match(records.find((record) => record.type === "limit")?.message ?? "", /process limit \(1024\)/);
+          assert.match(records.find((record) => record.type === "run.end")?.stoppedBy ?? "", /fork bomb/);
         }
       });
 
