@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { resolve } from "node:path";
+import { checkCrewFile, looksLikeCrewFile } from "../crew/crew-file.js";
 import { runPolicyCases } from "../policy/cases.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
 import { explainPolicy } from "../policy/explain.js";
@@ -28,7 +29,7 @@ const stdio: Output = {
 /** `ringfence policy check [FILE]`: prints every diagnostic; exit 0 only without errors. */
 export function policyCheck(file: string | undefined, io: Output = stdio): number {
   const path = file ?? DEFAULT_POLICY_FILE;
-  const result = checkPolicyFile(path);
+  const result = isCrewFile(path) ? crewCheckResult(path) : checkPolicyFile(path);
   for (const diagnostic of result.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
   if (result.policy === null) {
     const count = result.diagnostics.filter((d) => d.severity === "error").length;
@@ -37,6 +38,20 @@ export function policyCheck(file: string | undefined, io: Output = stdio): numbe
   }
   io.out(`${path}: valid${result.diagnostics.length > 0 ? ` (${result.diagnostics.length} warning${result.diagnostics.length === 1 ? "" : "s"})` : ""}\n`);
   return EXIT_OK;
+}
+
+// A crew file names agents and channels; `policy check` validates it and every agent's policy.
+function isCrewFile(path: string): boolean {
+  try {
+    return looksLikeCrewFile(readFileSync(path, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+function crewCheckResult(path: string): { policy: unknown; diagnostics: ReturnType<typeof checkCrewFile>["diagnostics"] } {
+  const result = checkCrewFile(path);
+  return { policy: result.crew, diagnostics: result.diagnostics };
 }
 
 /**
