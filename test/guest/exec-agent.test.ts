@@ -1,0 +1,232 @@
+// Drives the compiled exec agent directly on the host over a socket pair, with real processes:
+// commands, stdio, windows, terminals, signals, file operations and malformed input.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Duplex } from "node:stream";
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { prepareExecAgent } from "../../src/guest/exec-agent.js";
+import { ExecClient, ExecFailedError, FileFrameType, type ExecChannel } from "../../src/guest/exec-client.js";
+import { encodeFrame, FrameType } from "../../src/guest/frame.js";
+
+const ENV = { PATH: "/usr/bin:/bin", LANG: "C" };
+
+interface Agent {
+  child: ChildProcess;
+  stream: Duplex;
+  client: ExecClient;
+  exited: Promise<number | null>;
+}
+
+function startAgent(): Agent {
+  const binary = prepareExecAgent();
+  const child = spawn(binary, ["--fd", "3"], { stdio: ["ignore", "inherit", "pipe", "pipe"] });
+  const stream = child.stdio[3] as Duplex;
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, stream, client: new ExecClient(stream), exited };
+}
+
+async function collect(channel: ExecChannel): Promise<{ stdout: string; stderr: string; code: number | null; signal: number | null }> {
+  const chunks: Buffer[] = [];
+  const errors: Buffer[] = [];
+  channel.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+  channel.stderr.on("data", (chunk: Buffer) => errors.push(chunk));
+  const exit = await channel.exit;
+  return { stdout: Buffer.concat(chunks).toString(), stderr: Buffer.concat(errors).toString(), ...exit };
+}
+
+function processExists(pid: number): boolean {
+  // A zombie still has a /proc entry; only a live or unreaped process counts here.
+  if (!existsSync(`/proc/${pid}`)) return false;
+  try {
+    return !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+  } catch {
+    return false;
+  }
+}
+
+async function waitGone(pid: number): Promise<boolean> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    if (!processExists(pid)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  return false;
+}
+
+test("exec agent says hello", async () => {
+  const agent = startAgent();
+  const hello = await agent.client.ready;
+  assert.equal(hello.agent, "exec");
+  assert.equal(hello.version, 1);
+  agent.client.shutdown();
+  assert.equal(await agent.exited, 0);
+});
+
+test("exec agent runs a command", async () => {
+  const agent = startAgent();
+  const channel = agent.client.open({ argv: ["/bin/sh", "-c", 'echo "out $GREETING"; echo err >&2; exit 3'], env: { ...ENV, GREETING: "hi" }, cwd: "/tmp", tty: null });
+  const pid = await channel.started;
+  assert.ok(pid > 0);
+  const result = await collect(channel);
+  assert.equal(result.stdout, "out hi\n");
+  assert.equal(result.stderr, "err\n");
+  assert.equal(result.code, 3);
+  assert.equal(result.signal, null);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent reports failed starts", async () => {
+  const agent = startAgent();
+  const missing = agent.client.open({ argv: ["no-such-command-4e1"], env: ENV, cwd: null, tty: null });
+  await assert.rejects(missing.exit, (error: Error) => error instanceof ExecFailedError && error.errno === 2 && error.message.includes("no-such-command-4e1"));
+  const badDirectory = agent.client.open({ argv: ["true"], env: ENV, cwd: "/no/such/dir", tty: null });
+  await assert.rejects(badDirectory.exit, (error: Error) => error instanceof ExecFailedError && error.message.includes("/no/such/dir"));
+  // The agent still works after failures.
+  const after = await collect(agent.client.open({ argv: ["echo", "still here"], env: ENV, cwd: null, tty: null }));
+  assert.equal(after.stdout, "still here\n");
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent carries stdin and large output", async () => {
+  const agent = startAgent();
+  // 5 MiB through cat: many times the window in each direction.
+  const input = randomBytes(5 * 1024 * 1024);
+  const channel = agent.client.open({ argv: ["cat"], env: ENV, cwd: null, tty: null });
+  const hash = createHash("sha256");
+  let length = 0;
+  channel.stdout.on("data", (chunk: Buffer) => {
+    hash.update(chunk);
+    length += chunk.length;
+  });
+  channel.stdin.end(input);
+  const exit = await channel.exit;
+  assert.equal(exit.code, 0);
+  assert.equal(length, input.length);
+  assert.equal(hash.digest("hex"), createHash("sha256").update(input).digest("hex"));
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent runs commands concurrently", async () => {
+  const agent = startAgent();
+  // Each command waits for the next one's marker file, so they can only finish if all run at once.
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-agent-"));
+  const count = 5;
+  const channels = Array.from({ length: count }, (_, index) =>
+    agent.client.open({ argv: ["/bin/sh", "-c", `touch ${dir}/${index}; while [ ! -e ${dir}/${(index + 1) % count} ]; do sleep 0.01; done; echo ${index}`], env: ENV, cwd: null, tty: null }),
+  );
+  const results = await Promise.all(channels.map((channel) => collect(channel)));
+  assert.deepEqual(
+    results.map((result) => result.stdout),
+    Array.from({ length: count }, (_, index) => `${index}\n`),
+  );
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent signals the process group", async () => {
+  const agent = startAgent();
+  const channel = agent.client.open({ argv: ["/bin/sh", "-c", "sleep 300 & echo $!; wait"], env: ENV, cwd: null, tty: null });
+  const shellPid = await channel.started;
+  const first = await new Promise<Buffer>((resolve) => channel.stdout.once("data", resolve));
+  const sleepPid = Number(first.toString().trim());
+  channel.signal(15);
+  const exit = await channel.exit;
+  assert.equal(exit.signal, 15);
+  assert.equal(await waitGone(shellPid), true);
+  assert.equal(await waitGone(sleepPid), true);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent gives a terminal", async () => {
+  const agent = startAgent();
+  const channel = agent.client.open({ argv: ["/bin/sh", "-c", "read line; stty size; tty; echo got $line"], env: ENV, cwd: null, tty: { rows: 30, cols: 100 } });
+  await channel.started;
+  channel.resize(40, 120);
+  channel.stdin.write("hello\n");
+  const result = await collect(channel);
+  assert.match(result.stdout, /40 120/);
+  assert.match(result.stdout, /\/dev\/pts\/\d+/);
+  assert.match(result.stdout, /got hello/);
+  assert.equal(result.code, 0);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent file operations", async () => {
+  const agent = startAgent();
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-agent-files-"));
+  const run = async (type: number, fields: Record<string, unknown>, input?: Buffer) => {
+    const channel = agent.client.fileOperation(type as never, fields);
+    if (input !== undefined) channel.stdin.end(input);
+    return collect(channel);
+  };
+
+  const content = randomBytes(700_000);
+  assert.equal((await run(FileFrameType.FILE_WRITE, { path: `${dir}/a/b/data.bin`, parents: true, mode: 0o600 }, content)).code, 0);
+  assert.deepEqual(readFileSync(`${dir}/a/b/data.bin`), content);
+
+  const read = agent.client.fileOperation(FileFrameType.FILE_READ, { path: `${dir}/a/b/data.bin` });
+  const chunks: Buffer[] = [];
+  read.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+  await read.exit;
+  assert.deepEqual(Buffer.concat(chunks), content);
+
+  const stat = JSON.parse((await run(FileFrameType.FILE_STAT, { path: `${dir}/a/b/data.bin` })).stdout);
+  assert.equal(stat.type, "file");
+  assert.equal(stat.size, content.length);
+  assert.equal(stat.mode, 0o600);
+
+  writeFileSync(`${dir}/a/quote"name`, "x");
+  const listing = (await run(FileFrameType.FILE_LIST, { path: `${dir}/a` })).stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line));
+  assert.deepEqual(listing.map((entry) => `${entry.name}:${entry.type}`).sort(), ["b:dir", 'quote"name:file']);
+
+  assert.equal((await run(FileFrameType.FILE_MKDIR, { path: `${dir}/c/d`, parents: true })).code, 0);
+  assert.equal((await run(FileFrameType.FILE_REMOVE, { path: `${dir}/a`, recursive: true })).code, 0);
+  assert.equal(existsSync(`${dir}/a`), false);
+
+  await assert.rejects(run(FileFrameType.FILE_READ, { path: `${dir}/missing` }), (error: Error) => error instanceof ExecFailedError && error.errno === 2 && error.message.includes(`${dir}/missing`));
+  await assert.rejects(run(FileFrameType.FILE_READ, { path: dir }), (error: Error) => error instanceof ExecFailedError && error.errno === 21);
+  await assert.rejects(run(FileFrameType.FILE_REMOVE, { path: `${dir}/c` }), (error: Error) => error instanceof ExecFailedError && error.errno === 39);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent kills commands at end of stream", async () => {
+  const agent = startAgent();
+  const channel = agent.client.open({ argv: ["sleep", "300"], env: ENV, cwd: null, tty: null });
+  const pid = await channel.started;
+  assert.equal(processExists(pid), true);
+  const ended = assert.rejects(channel.exit, /exec agent is gone/);
+  agent.stream.end();
+  await ended;
+  assert.equal(await agent.exited, 0);
+  assert.equal(await waitGone(pid), true);
+});
+
+test("exec agent rejects malformed frames", async () => {
+  const cases: Array<[string, Buffer]> = [
+    ["oversized frame", Buffer.from([0, 0, 0, 1, FrameType.STDIN, 0, 1, 0, 1])],
+    ["unknown type", encodeFrame(1, 0x7f)],
+    ["unopened channel", encodeFrame(9, FrameType.STDIN, Buffer.from("x"))],
+    ["malformed JSON", encodeFrame(1, FrameType.OPEN, Buffer.from('{"argv": ["a"'))],
+    ["NUL in argv", encodeFrame(1, FrameType.OPEN, Buffer.from('{"argv": ["a\\u0000b"], "env": {}}'))],
+    ["even channel", encodeFrame(2, FrameType.OPEN, Buffer.from('{"argv": ["true"], "env": {}}'))],
+    ["bad signal", Buffer.concat([encodeFrame(1, FrameType.OPEN, Buffer.from('{"argv": ["sleep", "300"], "env": {}}')), encodeFrame(1, FrameType.SIGNAL, Buffer.from([0]))])],
+  ];
+  for (const [name, bytes] of cases) {
+    const agent = startAgent();
+    await agent.client.ready;
+    agent.stream.write(bytes);
+    assert.equal(await agent.exited, 2, name);
+  }
+});
