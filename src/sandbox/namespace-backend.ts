@@ -11,7 +11,7 @@ import { diskView } from "./host-view.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
 import { BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
-import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, seccompArchFor } from "./seccomp.js";
+import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
 
 /** Finds an executable on PATH, or returns null. */
 export function findExecutable(name: string, path: string = process.env.PATH ?? ""): string | null {
@@ -159,7 +159,7 @@ export class NamespaceBackend implements SandboxBackend {
     return {
       describe: () => [
         "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
-        `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags`,
+        `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags; ${SECCOMP_SET_ID_NAMES.join(", ")} with a set-user-ID or set-group-ID mode`,
         `network: ${forwarder === null ? "none" : `forwarder (${forwarder.kind}) on 127.0.0.1:${BOX_PROXY_PORT} -> gateway socket`}`,
         `limits (${limits.mechanism}):${limits.report.length === 0 ? " none set" : ""}`,
         ...limits.report.map((line) => `  ${line}`),

@@ -107,6 +107,38 @@ const UNSUPPORTED_SYSCALLS: Readonly<Record<string, Readonly<Record<SeccompArch,
   io_uring_setup: { x86_64: 425, aarch64: 425 },
   io_uring_enter: { x86_64: 426, aarch64: 426 },
   io_uring_register: { x86_64: 427, aarch64: 427 },
+  // openat2 passes its mode in memory, like clone3; callers fall back to openat.
+  openat2: { x86_64: 437, aarch64: 437 },
+};
+
+/** S_ISUID | S_ISGID (linux/stat.h). */
+export const SET_ID_BITS = 0o6000;
+
+/** O_CREAT | __O_TMPFILE (asm-generic/fcntl.h, the same on x86_64 and aarch64): open uses its mode. */
+export const OPEN_CREATE_FLAGS = 0o100 | 0o20000000;
+
+/**
+ * Syscalls whose mode argument (0-based index) could set S_ISUID or S_ISGID on a file: chmod and
+ * friends, and mknod, which can make a regular file. mkdir needs no check, because the kernel
+ * clears both bits from its mode. aarch64 has only the *at forms.
+ */
+const MODE_SYSCALLS: Readonly<Record<string, Partial<Record<SeccompArch, { nr: number; mode: number }>>>> = {
+  chmod: { x86_64: { nr: 90, mode: 1 } },
+  fchmod: { x86_64: { nr: 91, mode: 1 }, aarch64: { nr: 52, mode: 1 } },
+  fchmodat: { x86_64: { nr: 268, mode: 2 }, aarch64: { nr: 53, mode: 2 } },
+  fchmodat2: { x86_64: { nr: 452, mode: 2 }, aarch64: { nr: 452, mode: 2 } },
+  creat: { x86_64: { nr: 85, mode: 1 } },
+  mknod: { x86_64: { nr: 133, mode: 1 } },
+  mknodat: { x86_64: { nr: 259, mode: 2 }, aarch64: { nr: 33, mode: 2 } },
+};
+
+/**
+ * open and openat create a file with their mode argument when the flags contain O_CREAT or
+ * O_TMPFILE; otherwise the mode is ignored, and some callers pass any value there.
+ */
+const OPEN_SYSCALLS: Readonly<Record<string, Partial<Record<SeccompArch, { nr: number; flags: number; mode: number }>>>> = {
+  open: { x86_64: { nr: 2, flags: 1, mode: 2 } },
+  openat: { x86_64: { nr: 257, flags: 2, mode: 3 }, aarch64: { nr: 56, flags: 2, mode: 3 } },
 };
 
 const IOCTL: Readonly<Record<SeccompArch, number>> = { x86_64: 16, aarch64: 29 };
@@ -115,6 +147,9 @@ const CLONE: Readonly<Record<SeccompArch, number>> = { x86_64: 56, aarch64: 220 
 /** Names of the syscalls the filter rejects, for `--dry-run` and docs. */
 export const SECCOMP_DENIED_NAMES: readonly string[] = [...Object.keys(DENIED_SYSCALLS), ...Object.keys(UNSUPPORTED_SYSCALLS)];
 
+/** Names of the syscalls rejected when their mode would set S_ISUID or S_ISGID. */
+export const SECCOMP_SET_ID_NAMES: readonly string[] = [...Object.keys(MODE_SYSCALLS), ...Object.keys(OPEN_SYSCALLS)];
+
 export interface BpfInstruction {
   code: number;
   jt: number;
@@ -122,7 +157,7 @@ export interface BpfInstruction {
   k: number;
 }
 
-type Label = "kill" | "allow" | "eperm" | "enosys" | "ioctl" | "clone";
+type Label = "kill" | "allow" | "eperm" | "enosys" | "ioctl" | "clone" | `flags-arg${number}` | `mode-arg${number}`;
 type Draft = { code: number; k: number; jt?: Label; jf?: Label; label?: Label };
 
 /** Maps a Node `process.arch` value to a filter architecture, or null when none is built in. */
@@ -149,6 +184,10 @@ export function buildSeccompProgram(arch: SeccompArch): BpfInstruction[] {
   emit({ code: BPF_JMP_JEQ_K, k: CLONE[arch], jt: "clone" });
   for (const numbers of Object.values(DENIED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "eperm" });
   for (const numbers of Object.values(UNSUPPORTED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "enosys" });
+  const openCalls = Object.values(OPEN_SYSCALLS).flatMap((entry) => (entry[arch] === undefined ? [] : [entry[arch]]));
+  const modeCalls = Object.values(MODE_SYSCALLS).flatMap((entry) => (entry[arch] === undefined ? [] : [entry[arch]]));
+  for (const call of openCalls) emit({ code: BPF_JMP_JEQ_K, k: call.nr, jt: `flags-arg${call.flags}` });
+  for (const call of modeCalls) emit({ code: BPF_JMP_JEQ_K, k: call.nr, jt: `mode-arg${call.mode}` });
   emit({ code: BPF_RET_K, k: SECCOMP_RET_ALLOW, label: "allow" });
 
   // ioctl(fd, request): TIOCSTI pushes bytes into the terminal's input queue, so a boxed process
@@ -162,6 +201,23 @@ export function buildSeccompProgram(arch: SeccompArch): BpfInstruction[] {
   emit({ code: BPF_LD_W_ABS, k: offsetArgLow(0), label: "clone" });
   emit({ code: BPF_JMP_JSET_K, k: CLONE_NAMESPACE_FLAGS, jt: "eperm" });
   emit({ code: BPF_RET_K, k: SECCOMP_RET_ALLOW });
+
+  // A set-user-ID or set-group-ID file the box makes would run with its owner's rights when a
+  // host user runs it. When ringfence runs as root, the box's files belong to the host's root.
+  // So a mode with either bit fails here, and the run still clears any such bits when it ends.
+  // open(path, flags, mode) and openat(dirfd, path, flags, mode) use the mode only to create.
+  const openPairs = [...new Map(openCalls.map((call) => [call.flags, call.mode])).entries()];
+  for (const [flags, mode] of openPairs) {
+    emit({ code: BPF_LD_W_ABS, k: offsetArgLow(flags), label: `flags-arg${flags}` });
+    emit({ code: BPF_JMP_JSET_K, k: OPEN_CREATE_FLAGS, jt: `mode-arg${mode}` });
+    emit({ code: BPF_RET_K, k: SECCOMP_RET_ALLOW });
+  }
+  const modeArgs = [...new Set([...modeCalls.map((call) => call.mode), ...openCalls.map((call) => call.mode)])].sort();
+  for (const mode of modeArgs) {
+    emit({ code: BPF_LD_W_ABS, k: offsetArgLow(mode), label: `mode-arg${mode}` });
+    emit({ code: BPF_JMP_JSET_K, k: SET_ID_BITS, jt: "eperm" });
+    emit({ code: BPF_RET_K, k: SECCOMP_RET_ALLOW });
+  }
 
   // The shared verdicts come last because classic BPF only jumps forward.
   emit({ code: BPF_RET_K, k: SECCOMP_RET_KILL_PROCESS, label: "kill" });

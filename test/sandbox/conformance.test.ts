@@ -148,13 +148,27 @@ for (const backend of BACKENDS) {
         assert.doesNotMatch(run.stdout, /WRITABLE|WROTE/, show(run));
       });
 
-      test("set-ID bits cleared after run", async () => {
+      test("set-ID modes rejected during run", async () => {
         const workspace = makeWorkspace(user);
-        const run = await runBox(user, workspace, [], ["sh", "-c", "cp /bin/cat suidcat && chmod 6755 suidcat && echo made"]);
+        const script = [
+          "cp /bin/cat suidcat",
+          "chmod 6755 suidcat 2>/dev/null && echo SET-6755",
+          "chmod u+s suidcat 2>/dev/null && echo SET-u+s",
+          "chmod g+s suidcat 2>/dev/null && echo SET-g+s",
+          "install -m 4755 /bin/cat installed 2>/dev/null && echo SET-install",
+          `node -e 'try { require("fs").openSync("created", "w", 0o4755); console.log("SET-open") } catch (e) { console.log("open " + e.code) }'`,
+          "ls -l suidcat installed created 2>/dev/null",
+          "chmod 755 suidcat && echo plain-chmod",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
         assert.equal(run.status, 0, show(run));
-        assert.match(run.stdout, /made/);
-        assert.equal(statSync(join(workspace, "suidcat")).mode & 0o6000, 0, show(run));
-        assert.match(run.stderr, /cleared the set-ID bits/);
+        assert.doesNotMatch(run.stdout, /SET-/, show(run));
+        assert.match(run.stdout, /^open EPERM$/m, show(run));
+        assert.match(run.stdout, /^plain-chmod$/m, show(run));
+        for (const name of ["suidcat", "installed", "created"]) {
+          if (existsSync(join(workspace, name))) assert.equal(statSync(join(workspace, name)).mode & 0o6000, 0, `${name}\n${show(run)}`);
+        }
+        assert.equal(statSync(join(workspace, "suidcat")).mode & 0o777, 0o755, show(run));
       });
 
       test("concurrent run cannot reach another", async () => {

@@ -49,6 +49,29 @@ describe("seccomp filter x86_64", () => {
     ["clone CLONE_NEWUSER", 56, [0x10000000], DENY],
     ["clone CLONE_NEWNS", 56, [0x00020000 | 17], DENY],
     ["clone CLONE_NEWNET", 56, [0x40000000], DENY],
+    ["chmod 0755", 90, [0, 0o755], ALLOW],
+    ["chmod 4755", 90, [0, 0o4755], DENY],
+    ["chmod 2755", 90, [0, 0o2755], DENY],
+    ["chmod sticky", 90, [0, 0o1777], ALLOW],
+    ["fchmod 6755", 91, [3, 0o6755], DENY],
+    ["fchmod 0644", 91, [3, 0o644], ALLOW],
+    ["fchmodat 4755", 268, [-100, 0, 0o4755], DENY],
+    ["fchmodat 0700", 268, [-100, 0, 0o700], ALLOW],
+    ["fchmodat2 2755", 452, [-100, 0, 0o2755, 0], DENY],
+    ["creat 4755", 85, [0, 0o4755], DENY],
+    ["creat 0644", 85, [0, 0o644], ALLOW],
+    ["mknod regular 4755", 133, [0, 0o100000 | 0o4755, 0], DENY],
+    ["mknodat regular 2755", 259, [-100, 0, 0o100000 | 0o2755, 0], DENY],
+    ["mknodat fifo", 259, [-100, 0, 0o010644, 0], ALLOW],
+    ["open O_CREAT 4755", 2, [0, 0o101, 0o4755], DENY],
+    ["open O_CREAT 0644", 2, [0, 0o101, 0o644], ALLOW],
+    ["open read, mode ignored", 2, [0, 0, 0o7777], ALLOW],
+    ["openat O_CREAT 6755", 257, [-100, 0, 0o1101, 0o6755], DENY],
+    ["openat O_TMPFILE 4755", 257, [-100, 0, 0o20200002, 0o4755], DENY],
+    ["openat O_RDWR, mode ignored", 257, [-100, 0, 2, 0o6755], ALLOW],
+    ["openat O_CREAT 0666", 257, [-100, 0, 0o1101, 0o666], ALLOW],
+    ["openat2", 437, [], NOSYS],
+    ["mkdir setgid mode", 83, [0, 0o2775], ALLOW],
     ["x32 read", 0x40000000, [], DENY],
     ["x32 ptrace", 0x40000000 + 521, [], DENY],
   ];
@@ -76,6 +99,11 @@ describe("seccomp filter aarch64", () => {
   test("read allowed", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 63, args: [] }), ALLOW));
   test("ioctl TIOCSTI denied", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 29, args: [0, TIOCSTI] }), DENY));
   test("no x32 check on aarch64", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 0x40000000, args: [] }), ALLOW));
+  test("fchmodat 4755 denied", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 53, args: [-100, 0, 0o4755] }), DENY));
+  test("fchmod 0755 allowed", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 52, args: [3, 0o755] }), ALLOW));
+  test("openat O_CREAT 2755 denied", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 56, args: [-100, 0, 0o101, 0o2755] }), DENY));
+  test("openat read, mode ignored", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 56, args: [-100, 0, 0, 0o6755] }), ALLOW));
+  test("mknodat regular 4755 denied", () => assert.equal(evaluateSeccompProgram(program, { arch, nr: 33, args: [-100, 0, 0o104755, 0] }), DENY));
 });
 
 describe("seccomp encoding", () => {
