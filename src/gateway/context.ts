@@ -8,6 +8,7 @@ import type { Interceptor } from "./interceptor.js";
 import type { LocalServices } from "./local-service.js";
 import type { GatewayLimits } from "./limits.js";
 import type { TranscriptRecorder } from "./transcript.js";
+import type { UpstreamAgents } from "./upstream-agents.js";
 import type { ParentProxies } from "./upstream-proxy.js";
 import type { InterceptHook } from "./verdict.js";
 
@@ -25,6 +26,8 @@ export interface GatewayContext {
   interceptor: Interceptor | null;
   /** The machinery that terminates intercepted TLS; set once the context is built, null without an interceptor. */
   interception?: Interception | null;
+  /** Kept-alive upstream connections for plain HTTP; set once the context is built. */
+  httpAgents?: UpstreamAgents;
   /** Starts the event for one request; the handler must finish or deny it on every path. */
   startEvent(start: EventStart): EventRecord;
   /** Emits one credential event. */

@@ -45,20 +45,30 @@ export interface DialOptions {
 }
 
 /**
- * Finds the addresses for an allowed target, checks every one against the policy, and connects
- * to one of those checked addresses. The name is resolved exactly once: the socket goes to an
- * address from that answer, never to a second lookup, so an answer that changes between lookups
- * (DNS rebinding) cannot move the connection to an address that was not checked.
+ * Where a dial goes, decided before any connection: checked addresses to try in order, or a
+ * parent proxy (with the pinned addresses to name to it, or null to send the name).
  */
-export async function dialTarget(options: DialOptions): Promise<DialResult> {
+export type DialRoute = { ok: true; parent: null; addresses: string[] } | { ok: true; parent: ParentProxy; addresses: string[] | null };
+
+type DialFailure = Extract<DialResult, { ok: false }>;
+
+/**
+ * Finds the addresses for an allowed target and checks every one against the policy. The name
+ * is resolved here once, and dialTarget connects only to an address of this answer.
+ */
+export async function routeTarget(options: Omit<DialOptions, "mode" | "relay">): Promise<DialRoute | DialFailure> {
   const { target, decision } = options;
 
   // With a parent proxy, the parent resolves the name, so the host's DNS is not asked. Targets
   // whose addresses the policy fixes and which are not public (a pinned loopback service, say)
   // still go direct, because a parent proxy cannot reach the host's own networks.
   const known = knownAddresses(options);
-  if (options.parent !== null && !(known !== null && known.every((address) => classifyAddress(address) !== null))) {
-    return dialViaParent(options, options.parent, known);
+  if (options.parent !== null && routesThroughParent(target, decision, options.parent)) {
+    if (known !== null) {
+      const rejection = checkAddresses(options, known);
+      if (rejection !== null) return rejection;
+    }
+    return { ok: true, parent: options.parent, addresses: known };
   }
 
   const found = known !== null ? { ok: true as const, addresses: known } : await resolveTarget(options);
@@ -66,6 +76,22 @@ export async function dialTarget(options: DialOptions): Promise<DialResult> {
 
   const rejection = checkAddresses(options, found.addresses);
   if (rejection !== null) return rejection;
+  return { ok: true, parent: null, addresses: found.addresses };
+}
+
+/**
+ * Connects to one checked address of an allowed target, or through its parent proxy. The name
+ * is resolved exactly once (by routeTarget, unless the caller passes a route it made): the
+ * socket goes to an address from that answer, never to a second lookup, so an answer that
+ * changes between lookups (DNS rebinding) cannot move the connection to an address that was not
+ * checked.
+ */
+export async function dialTarget(options: DialOptions, checkedRoute?: DialRoute): Promise<DialResult> {
+  const { target, decision } = options;
+  const route = checkedRoute ?? (await routeTarget(options));
+  if (!route.ok) return route;
+  if (route.parent !== null) return dialViaParent(options, route.parent, route.addresses);
+  const found = route;
 
   let lastError = "no address";
   let timedOut = false;
@@ -94,7 +120,7 @@ export async function dialTarget(options: DialOptions): Promise<DialResult> {
 
 // Checks every resolved address before connecting to any of them. A name that resolves to a
 // public address and to a private one is refused outright, so connection order cannot matter.
-function checkAddresses(options: DialOptions, addresses: readonly string[]): Extract<DialResult, { ok: false }> | null {
+function checkAddresses(options: Pick<DialOptions, "target" | "decision">, addresses: readonly string[]): Extract<DialResult, { ok: false }> | null {
   const { target, decision } = options;
   for (const address of addresses) {
     const verdict = decision.permitsAddress(address);
@@ -120,10 +146,6 @@ function checkAddresses(options: DialOptions, addresses: readonly string[]): Ext
 
 async function dialViaParent(options: DialOptions, parent: ParentProxy, known: string[] | null): Promise<DialResult> {
   const { target } = options;
-  if (known !== null) {
-    const rejection = checkAddresses(options, known);
-    if (rejection !== null) return rejection;
-  }
 
   // A pinned name is sent to the parent as its pinned address, so the pin applies there too.
   const pinned = known?.[0];
@@ -136,7 +158,17 @@ async function dialViaParent(options: DialOptions, parent: ParentProxy, known: s
   }
 }
 
-function knownAddresses(options: DialOptions): string[] | null {
+/**
+ * Returns whether dialTarget connects to this target through `parent`: always, except for an IP
+ * literal or pinned name whose addresses are all non-public.
+ */
+export function routesThroughParent(target: Target, decision: AllowDecision, parent: ParentProxy | null): boolean {
+  if (parent === null) return false;
+  const known = knownAddresses({ target, decision });
+  return !(known !== null && known.every((address) => classifyAddress(address) !== null));
+}
+
+function knownAddresses(options: Pick<DialOptions, "target" | "decision">): string[] | null {
   const { target, decision } = options;
   if (target.host.kind === "ip") return [target.host.address];
   return decision.pinned === null ? null : [...decision.pinned];
@@ -144,7 +176,7 @@ function knownAddresses(options: DialOptions): string[] | null {
 
 type AddressesResult = { ok: true; addresses: string[] } | Extract<DialResult, { ok: false }>;
 
-async function resolveTarget(options: DialOptions): Promise<AddressesResult> {
+async function resolveTarget(options: Pick<DialOptions, "target" | "decision" | "resolve">): Promise<AddressesResult> {
   const { target } = options;
   if (target.host.kind !== "name") return { ok: true, addresses: [target.host.address] };
 
@@ -169,7 +201,7 @@ async function resolveTarget(options: DialOptions): Promise<AddressesResult> {
   return { ok: true, addresses };
 }
 
-function failure(options: DialOptions, reason: string): Extract<DialResult, { ok: false }> {
+function failure(options: Pick<DialOptions, "decision">, reason: string): Extract<DialResult, { ok: false }> {
   return { ok: false, decision: "allow", address: null, denial: { status: 502, reason, rule: options.decision.rule.label, hint: null } };
 }
 

@@ -17,6 +17,7 @@ import { resolveLimits, type GatewayLimits } from "./limits.js";
 import type { LocalServices } from "./local-service.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
 import { TranscriptRecorder, type TranscriptOptions } from "./transcript.js";
+import { UpstreamAgents } from "./upstream-agents.js";
 import { parentProxiesFrom } from "./upstream-proxy.js";
 
 export interface GatewayOptions {
@@ -115,6 +116,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
   const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
   context.interception = interception;
+  const httpAgents = new UpstreamAgents(context, null);
+  context.httpAgents = httpAgents;
 
   const http = createHttpDispatcher(context);
   const sockets = new Set<Socket>();
@@ -155,6 +158,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         for (const socket of open) socket.destroy();
         http.closeAllConnections();
         interception?.close();
+        httpAgents.close();
         await Promise.all([closed, allClosed]);
         logger.info("gateway stopped");
       })();

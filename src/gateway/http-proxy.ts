@@ -1,13 +1,14 @@
-import { STATUS_CODES, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from "node:http";
+import { STATUS_CODES, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders, type RequestOptions, type ServerResponse } from "node:http";
 import type { Transform } from "node:stream";
 import type { GatewayContext } from "./context.js";
 import { denialBody, type Denial } from "./deny-response.js";
-import { dialTarget, describeError } from "./dial.js";
+import { describeError, routesThroughParent, routeTarget } from "./dial.js";
 import type { EventRecord } from "./events.js";
 import type { LocalServiceHandler } from "./local-service.js";
 import { parseAbsoluteUrl, parseAuthority, type Target } from "./target.js";
 import { parentFor } from "./upstream-proxy.js";
-import { decideRequest } from "./verdict.js";
+import { reusedAddressProblem, UpstreamAgents, type RouteOption, UpstreamDialError, upstreamAddressOf } from "./upstream-agents.js";
+import { decideRequest, type AllowDecision } from "./verdict.js";
 
 // Hop-by-hop headers (RFC 9110, section 7.6.1) and proxy credentials, which belong to the
 // connection between the client and the gateway and must not reach the upstream server.
@@ -80,44 +81,42 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     }
   }
 
-  const dialed = await dialTarget({
-    target,
-    decision: verdict.decision,
-    resolve: context.resolve,
-    connectTimeoutMs: context.limits.connectTimeoutMs,
-    parent: parentFor(context.parents, target, "http"),
-    mode: "http",
-  });
-  if (!dialed.ok) {
-    record.update({ address: dialed.address });
-    if (dialed.decision === "allow") record.allow(rule);
-    rejectRequest(dialed.denial, description, dialed.decision);
+  // The request goes out on a kept-alive connection for this name, port and rule, or on a new
+  // one that the agent dials through dialTarget. A parent proxy needs absolute-form and its own
+  // credentials.
+  const headers = forwardedHeaders(request.rawHeaders);
+  let requestTarget = originForm;
+  const parent = parentFor(context.parents, target, "http");
+  if (parent !== null && routesThroughParent(target, verdict.decision, parent)) {
+    requestTarget = `http://${target.display}:${target.port}${originForm}`;
+    if (parent.authorization !== null) headers.push("Proxy-Authorization", parent.authorization);
+  }
+
+  // Each request resolves the name and checks the answer, so a kept-alive connection is reused
+  // only while the name still resolves to the checked addresses it was opened to.
+  const route = await routeTarget({ target, decision: verdict.decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent });
+  if (!route.ok) {
+    record.update({ address: route.address });
+    if (route.decision === "allow") record.allow(rule);
+    rejectRequest(route.denial, description, route.decision);
     return;
   }
 
-  record.update({ address: dialed.address });
   record.allow(rule);
-  const socket = dialed.socket;
-  context.trackUpstream(socket);
-  socket.setTimeout(context.limits.idleTimeoutMs, () => socket.destroy(new Error(`upstream sent nothing for ${context.limits.idleTimeoutMs} ms`)));
-
-  const headers = forwardedHeaders(request.rawHeaders);
-  let requestTarget = originForm;
-  if (dialed.parent !== null) {
-    // A parent proxy needs absolute-form and its own credentials.
-    requestTarget = `http://${target.display}:${target.port}${originForm}`;
-    if (dialed.parent.authorization !== null) headers.push("Proxy-Authorization", dialed.parent.authorization);
-  }
-
-  const upstream = httpRequest({
+  const agents = context.httpAgents ?? (context.httpAgents = new UpstreamAgents(context, null));
+  const requestOptions: RequestOptions & RouteOption = {
+    agent: agents.agentFor(target, verdict.decision),
+    host: target.display,
+    port: target.port,
     method,
     path: requestTarget,
     headers: headers as unknown as OutgoingHttpHeaders,
-    createConnection: () => socket,
     setHost: false,
-  });
+    checkedRoute: route,
+  };
+  const upstream = httpRequest(requestOptions);
 
-  forward(context, request, response, upstream, record, description, bodyCheck);
+  forward(context, request, response, upstream, record, description, bodyCheck, verdict.decision);
 }
 
 // Hands a request for a reserved host name to its in-process handler. The event counts bytes as
@@ -143,7 +142,7 @@ function serveLocally(request: IncomingMessage, response: ServerResponse, record
   handler(request, response);
 }
 
-function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null): void {
+function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null, decision: AllowDecision): void {
   const fail = (message: string) => {
     // A response already sent in full (a 403 for a leak in the body) stays as it is.
     if (response.writableEnded) return;
@@ -156,8 +155,30 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
   };
 
   upstream.on("error", (error) => {
+    if (error instanceof UpstreamDialError) {
+      // The gateway could not open a connection: an address was denied, or the dial failed.
+      request.unpipe();
+      request.resume();
+      record.update({ address: error.address });
+      if (error.decision === "deny") record.deny(error.denial.reason, error.denial.rule);
+      else record.finish(error.denial.reason);
+      sendDenial(response, error.denial, description);
+      return;
+    }
     context.logger.debug({ err: error }, "upstream HTTP request failed");
     fail(`upstream request failed (${describeError(error)})`);
+  });
+
+  upstream.on("socket", (socket) => {
+    const address = upstreamAddressOf(socket);
+    if (address !== undefined) record.update({ address });
+    const problem = reusedAddressProblem(decision, address);
+    if (problem === null) return;
+    upstream.destroy();
+    request.unpipe();
+    request.resume();
+    record.deny(problem, decision.rule.label);
+    sendDenial(response, { status: 403, reason: problem, rule: decision.rule.label, hint: null }, description);
   });
 
   // Node emits 'error' on a ServerResponse (a write after the end, say) and throws when it has no listener.

@@ -9,7 +9,7 @@ import { failExchange, guard, stopRequestBody, type Exchange } from "./intercept
 import { relayResponse } from "./intercepted-response.js";
 import { checkHostHeader, forwardedHeaders, sendDenial } from "./http-proxy.js";
 import type { InterceptSession } from "./interception.js";
-import { UpstreamDialError } from "./upstream-tls.js";
+import { reusedAddressProblem, UpstreamDialError, upstreamAddressOf } from "./upstream-agents.js";
 import { decideRequest } from "./verdict.js";
 
 /** Checks one decrypted request and forwards it upstream. */
@@ -75,8 +75,15 @@ export async function handleInterceptedRequest(context: GatewayContext, session:
   upstream.on(
     "socket",
     guard(exchange, (socket: unknown) => {
-      const address = (socket as { upstreamAddress?: string | null }).upstreamAddress;
+      const address = upstreamAddressOf(socket);
       if (address !== undefined) record.update({ address });
+      const problem = reusedAddressProblem(verdict.decision, address);
+      if (problem === null) return;
+      exchange.ended = true;
+      stopRequestBody(exchange);
+      upstream.destroy();
+      record.deny(problem, rule);
+      sendDenial(response, { status: 403, reason: problem, rule, hint: null }, what);
     }),
   );
   upstream.on("response", guard(exchange, (upstreamResponse: IncomingMessage) => relayResponse(exchange, upstreamResponse)));

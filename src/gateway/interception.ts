@@ -14,7 +14,7 @@ import { handleInterceptedRequest } from "./intercepted-request.js";
 import type { Interceptor } from "./interceptor.js";
 import type { Target } from "./target.js";
 import { checkClientHello, runTunnel } from "./tunnel.js";
-import { UpstreamAgents } from "./upstream-tls.js";
+import { UpstreamAgents } from "./upstream-agents.js";
 import { parentFor } from "./upstream-proxy.js";
 import type { AllowDecision } from "./verdict.js";
 
