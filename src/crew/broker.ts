@@ -1,0 +1,334 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import type { AuditLog } from "../audit/audit-log.js";
+import { decideMessage, type ChannelRules, type RejectCode } from "./channel-decision.js";
+import { parseSendRequest, type SendRequest } from "./send-request.js";
+
+/** Maximum wait of a receive request for a message, in seconds. Shorter than the gateway's idle timeout. */
+export const MAX_WAIT_SECONDS = 60;
+/** Messages queued for one receiver before further sends to it are rejected. */
+export const MAX_PENDING = 1000;
+/** Bytes a send request may carry beyond its channel's limits, for the JSON envelope and base64. */
+const ENVELOPE_ALLOWANCE = 64 * 1024;
+
+/** Reason code of a rejected send: a channel rule, or a problem the broker found first. */
+export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full";
+
+/** An attachment as the receiver gets it. The file itself stays on the host until fetched. */
+export interface DeliveredAttachment {
+  name: string;
+  bytes: number;
+  sha256: string;
+  /** Path of the copy under the broker, on the crew host name. */
+  url: string;
+}
+
+/** A message as the receiver gets it. `from` is the sender the broker identified, never the sender the message claimed. */
+export interface DeliveredMessage {
+  id: string;
+  from: string;
+  to: string;
+  kind: string;
+  body: string;
+  sentAt: string;
+  attachments: DeliveredAttachment[];
+}
+
+/** Counts per agent, for status lines. */
+export interface AgentTraffic {
+  sent: number;
+  received: number;
+  rejected: number;
+  pending: number;
+}
+
+export interface CrewBrokerOptions {
+  rules: ChannelRules;
+  /** The crew log: one record per accepted, rejected and delivered message. */
+  log: AuditLog;
+  /** Host directory (owner-only) for attachment copies, one subdirectory per receiver. */
+  inboxDir: string;
+  /** Directory for the per-agent Unix sockets. */
+  socketDir: string;
+  logger: Logger;
+  /** Called after any count changes. */
+  onTraffic?: () => void;
+}
+
+interface Waiter {
+  response: ServerResponse;
+  timer: NodeJS.Timeout;
+}
+
+interface Mailbox {
+  queue: { message: DeliveredMessage; files: string[] }[];
+  waiters: Waiter[];
+  traffic: AgentTraffic;
+  /** Attachment files of delivered messages, by URL path, readable by this agent alone. */
+  delivered: Map<string, string>;
+}
+
+/**
+ * The host-side broker of one crew. Each agent gets its own Unix socket, reached only through
+ * that agent's gateway, so the socket a request arrives on identifies the sender.
+ */
+export class CrewBroker {
+  readonly #options: CrewBrokerOptions;
+  readonly #servers = new Map<string, Server>();
+  readonly #mailboxes = new Map<string, Mailbox>();
+  readonly #sendTimes = new Map<string, number[]>();
+  #closed = false;
+
+  private constructor(options: CrewBrokerOptions) {
+    this.#options = options;
+    for (const agent of options.rules.agents) {
+      this.#mailboxes.set(agent, { queue: [], waiters: [], traffic: { sent: 0, received: 0, rejected: 0, pending: 0 }, delivered: new Map() });
+    }
+  }
+
+  /** Starts one listener per agent; rejects when a socket cannot be opened. */
+  static async start(options: CrewBrokerOptions): Promise<CrewBroker> {
+    const broker = new CrewBroker(options);
+    mkdirSync(options.inboxDir, { recursive: true, mode: 0o700 });
+    try {
+      for (const agent of options.rules.agents) {
+        const server = createServer((request, response) => broker.#handle(agent, request, response));
+        broker.#servers.set(agent, server);
+        await new Promise<void>((resolve, reject) => {
+          server.once("error", reject);
+          server.listen(broker.socketPath(agent), () => resolve());
+        });
+      }
+    } catch (error) {
+      await broker.close();
+      throw error;
+    }
+    return broker;
+  }
+
+  /** Path of the Unix socket that carries `agent`'s requests. */
+  socketPath(agent: string): string {
+    return join(this.#options.socketDir, `broker-${agent}.sock`);
+  }
+
+  traffic(agent: string): AgentTraffic {
+    const mailbox = this.#mailboxes.get(agent);
+    return mailbox === undefined ? { sent: 0, received: 0, rejected: 0, pending: 0 } : { ...mailbox.traffic, pending: mailbox.queue.length };
+  }
+
+  /** Stops every listener and ends waiting receive requests with 204. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const mailbox of this.#mailboxes.values()) {
+      for (const waiter of mailbox.waiters.splice(0)) {
+        clearTimeout(waiter.timer);
+        if (!waiter.response.headersSent) waiter.response.writeHead(204).end();
+      }
+    }
+    await Promise.all(
+      [...this.#servers.values()].map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          }),
+      ),
+    );
+  }
+
+  #handle(agent: string, request: IncomingMessage, response: ServerResponse): void {
+    const url = new URL(request.url ?? "/", "http://broker");
+    const route = `${request.method ?? "GET"} ${url.pathname}`;
+    try {
+      if (route === "POST /v1/send") {
+        this.#send(agent, request, response, url.searchParams);
+        return;
+      }
+      request.resume();
+      if (route === "GET /v1/receive") this.#receive(agent, response, url.searchParams);
+      else if (route === "GET /v1/list") reply(response, 200, this.#list(agent));
+      else if (request.method === "GET" && url.pathname.startsWith("/v1/attachments/")) this.#attachment(agent, response, url.pathname);
+      else reply(response, 404, { error: "not-found", message: `${route} is not part of the crew API; use POST /v1/send, GET /v1/receive, GET /v1/list` });
+    } catch (error) {
+      this.#options.logger.error({ err: error, agent, route }, "crew broker request failed");
+      if (!response.headersSent) reply(response, 500, { error: "internal", message: "the broker failed on this request; see the crew's ringfence.log" });
+    }
+  }
+
+  #send(agent: string, request: IncomingMessage, response: ServerResponse, query: URLSearchParams): void {
+    const limit = this.#requestLimit(agent);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let over = false;
+    request.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) over = true;
+      else chunks.push(chunk);
+    });
+    request.on("error", () => response.destroy());
+    request.on("end", () => {
+      if (over) {
+        this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-large", 413, `the send request is ${size} bytes, more than any channel from ${agent} allows (${limit} bytes with the envelope)`, null);
+        return;
+      }
+      const parsed = parseSendRequest(request.headers["content-type"], query, Buffer.concat(chunks));
+      if (!parsed.ok) {
+        this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "invalid-request", 400, parsed.reason, null);
+        return;
+      }
+      this.#accept(agent, parsed.request, response);
+    });
+  }
+
+  #accept(sender: string, message: SendRequest, response: ServerResponse): void {
+    const now = Date.now();
+    const decision = decideMessage(
+      this.#options.rules,
+      sender,
+      { to: message.to, kind: message.kind, bodyBytes: message.body.length, attachmentBytes: message.attachments.map((attachment) => attachment.data.length) },
+      this.#sendTimes.get(`${sender}>${message.to}`) ?? [],
+      now,
+    );
+    if (decision.action === "reject") {
+      this.#reject(sender, response, message.to, message.kind, decision.code, decision.status, decision.reason, decision.channel?.label ?? null, message.claimedFrom);
+      return;
+    }
+    const mailbox = this.#mailboxes.get(message.to) as Mailbox;
+    if (mailbox.queue.length >= MAX_PENDING) {
+      this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, `${message.to} has ${MAX_PENDING} messages it has not received yet; wait until it receives some`, decision.channel.label, message.claimedFrom);
+      return;
+    }
+
+    const times = (this.#sendTimes.get(`${sender}>${message.to}`) ?? []).filter((time) => time > now - decision.channel.rate.windowMs);
+    times.push(now);
+    this.#sendTimes.set(`${sender}>${message.to}`, times);
+
+    // Attachments are copied into the receiver's inbox on the host. The receiver fetches them
+    // through its own gateway, so no directory is ever shared between boxes.
+    const id = `${new Date(now).toISOString().replace(/[-:.]/g, "")}-${randomBytes(4).toString("hex")}`;
+    const directory = join(this.#options.inboxDir, message.to, id);
+    const attachments: DeliveredAttachment[] = [];
+    const files: string[] = [];
+    if (message.attachments.length > 0) mkdirSync(directory, { recursive: true, mode: 0o700 });
+    for (const [index, attachment] of message.attachments.entries()) {
+      const file = join(directory, `${index}-${attachment.name}`);
+      writeFileSync(file, attachment.data, { mode: 0o600, flag: "wx" });
+      files.push(file);
+      attachments.push({ name: attachment.name, bytes: attachment.data.length, sha256: sha256(attachment.data), url: `/v1/attachments/${id}/${index}` });
+    }
+
+    const delivered: DeliveredMessage = { id, from: sender, to: message.to, kind: message.kind, body: message.body.toString("utf8"), sentAt: new Date(now).toISOString(), attachments };
+    this.#options.log.append("crew.message", {
+      id,
+      from: sender,
+      to: message.to,
+      kind: message.kind,
+      channel: decision.channel.label,
+      bytes: message.body.length,
+      sha256: sha256(message.body),
+      attachments: attachments.map(({ name, bytes, sha256: hash }) => ({ name, bytes, sha256: hash })),
+      ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: message.claimedFrom }),
+    });
+    (this.#mailboxes.get(sender) as Mailbox).traffic.sent++;
+    mailbox.queue.push({ message: delivered, files });
+    reply(response, 200, { id, to: message.to, kind: message.kind });
+    this.#deliver(message.to);
+    this.#options.onTraffic?.();
+  }
+
+  #reject(sender: string, response: ServerResponse, to: string, kind: string, code: BrokerRejectCode, status: number, reason: string, channel: string | null, claimedFrom: string | null = null): void {
+    this.#options.log.append("crew.reject", { from: sender, to: to.slice(0, 64), kind: kind.slice(0, 64), code, reason, channel, ...(claimedFrom === null || claimedFrom === sender ? {} : { ignoredFrom: claimedFrom.slice(0, 64) }) });
+    const mailbox = this.#mailboxes.get(sender);
+    if (mailbox !== undefined) mailbox.traffic.rejected++;
+    reply(response, status, { error: code, message: `ringfence crew broker rejected the message: ${reason}` });
+    this.#options.onTraffic?.();
+  }
+
+  #receive(agent: string, response: ServerResponse, query: URLSearchParams): void {
+    const wait = Number(query.get("wait") ?? "30");
+    if (!Number.isFinite(wait) || wait < 0 || wait > MAX_WAIT_SECONDS) {
+      reply(response, 400, { error: "invalid-request", message: `wait is ${JSON.stringify(query.get("wait"))}; use seconds from 0 to ${MAX_WAIT_SECONDS}` });
+      return;
+    }
+    const mailbox = this.#mailboxes.get(agent) as Mailbox;
+    const waiter: Waiter = {
+      response,
+      timer: setTimeout(() => {
+        mailbox.waiters.splice(mailbox.waiters.indexOf(waiter), 1);
+        if (!response.headersSent) response.writeHead(204).end();
+      }, wait * 1000),
+    };
+    response.on("close", () => {
+      clearTimeout(waiter.timer);
+      const index = mailbox.waiters.indexOf(waiter);
+      if (index !== -1) mailbox.waiters.splice(index, 1);
+    });
+    mailbox.waiters.push(waiter);
+    this.#deliver(agent);
+  }
+
+  // Hands queued messages to waiting receivers, oldest first. A receiver whose connection has
+  // closed gets nothing, so each message is delivered once, to a live request.
+  // NOTE: a box that drops its long poll while the relay still keeps the broker side open can
+  // lose the message delivered in that moment; the crew log's crew.deliver record shows it.
+  #deliver(agent: string): void {
+    const mailbox = this.#mailboxes.get(agent) as Mailbox;
+    while (mailbox.queue.length > 0 && mailbox.waiters.length > 0 && !this.#closed) {
+      const waiter = mailbox.waiters.shift() as Waiter;
+      clearTimeout(waiter.timer);
+      if (waiter.response.destroyed || waiter.response.headersSent) continue;
+      const entry = mailbox.queue.shift() as Mailbox["queue"][number];
+      entry.message.attachments.forEach((attachment, index) => mailbox.delivered.set(attachment.url, entry.files[index] as string));
+      mailbox.traffic.received++;
+      this.#options.log.append("crew.deliver", { id: entry.message.id, from: entry.message.from, to: agent, kind: entry.message.kind });
+      reply(waiter.response, 200, entry.message);
+      this.#options.onTraffic?.();
+    }
+  }
+
+  #attachment(agent: string, response: ServerResponse, path: string): void {
+    const file = (this.#mailboxes.get(agent) as Mailbox).delivered.get(path);
+    if (file === undefined) {
+      reply(response, 404, { error: "not-found", message: `${path} is not an attachment of a message ${agent} has received` });
+      return;
+    }
+    const data = readFileSync(file);
+    response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": data.length });
+    response.end(data);
+  }
+
+  #list(agent: string): Record<string, unknown> {
+    const { rules } = this.#options;
+    return {
+      agent,
+      agents: rules.agents,
+      send: rules.channels.filter((channel) => channel.from === agent).map((channel) => ({ to: channel.to, kinds: channel.kinds, maxBytes: channel.maxBytes, rate: channel.rate, attachments: channel.attachments })),
+      receive: rules.channels.filter((channel) => channel.to === agent).map((channel) => ({ from: channel.from, kinds: channel.kinds })),
+      pending: (this.#mailboxes.get(agent) as Mailbox).queue.length,
+    };
+  }
+
+  // The largest send request any channel from `agent` could need: base64 grows data by 4/3.
+  #requestLimit(agent: string): number {
+    let largest = 0;
+    for (const channel of this.#options.rules.channels) {
+      if (channel.from !== agent) continue;
+      const attachments = channel.attachments === null ? 0 : Math.ceil((channel.attachments.maxBytes * 4) / 3);
+      largest = Math.max(largest, channel.maxBytes * 6 + attachments);
+    }
+    return largest + ENVELOPE_ALLOWANCE;
+  }
+}
+
+function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+function reply(response: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`;
+  response.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
+  response.end(text);
+}
