@@ -60,7 +60,7 @@ function collect(value: string, previous: string[] = []): string[] {
 
 program
   .command("run")
-  .usage("[options] -- COMMAND [ARG...]")
+  .usage("[options] -- COMMAND [ARG...]  |  [options] AGENT [-- ARG...]")
   .description("run a command in a sandbox; exits with the command's status, or 125 when ringfence fails")
   .argument("[command...]", "the command and its arguments, after --")
   .option("-p, --policy <file>", "policy file (default: ./ringfence.yaml, else the built-in default)")
@@ -70,6 +70,7 @@ program
   .addOption(new Option("-b, --backend <backend>", "isolation backend").choices(["auto", "namespace", "vm"]))
   .option("-e, --env <name>", "pass this host environment variable into the box (repeatable)", collect)
   .option("-n, --dry-run", "print the effective box and exit")
+  .option("--with <registry>", "with an agent preset: also allow this package registry, npm or pypi (repeatable)", collect)
   .passThroughOptions()
   .action(async (command: string[], options: RunCommandOptions) => exitWith(await (await import("./run.js")).runCommand(command, options)));
 

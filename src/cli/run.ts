@@ -1,8 +1,10 @@
 import { existsSync } from "node:fs";
+import { homedir } from "node:os";
 import { resolve } from "node:path";
 import { composeLayers } from "../policy/compose.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
 import type { Policy } from "../policy/types.js";
+import { splitAgentCommand } from "../presets/command.js";
 import { SandboxError } from "../sandbox/backend.js";
 import { applyRunFlags, type RunFlags } from "../sandbox/overrides.js";
 import { runSandbox, type RunSandboxOptions } from "../sandbox/run.js";
@@ -16,6 +18,8 @@ export interface RunCommandOptions extends RunFlags {
   policy?: string;
   /** `--dry-run`: print the effective box and exit without running anything. */
   dryRun?: boolean;
+  /** `--with NAME`, repeatable: registry presets (npm, pypi) added to an agent preset's run. */
+  with?: readonly string[];
 }
 
 interface Output {
@@ -53,11 +57,30 @@ export async function runCommand(
     return EXIT_RINGFENCE_FAILED;
   }
 
+  // `ringfence run NAME [-- ARGS]` with a preset's name runs that agent with its preset.
+  let policy = applied.policy;
+  let boxCommand: readonly string[] = command;
+  let agentSummary: string[] = [];
+  const agent = splitAgentCommand(command);
+  const prepared = agent === null ? null : (await import("../presets/prepare.js")).prepareAgentRun(policy, { ...agent, with: options.with ?? [], hostEnv: process.env, home: homedir() });
+  if (prepared !== null && !prepared.ok) {
+    for (const error of prepared.errors) io.err(`ringfence: ${error}\n`);
+    return EXIT_RINGFENCE_FAILED;
+  }
+  if (prepared !== null) {
+    ({ policy, command: boxCommand, summary: agentSummary } = prepared);
+    if (options.dryRun !== true) io.err(`ringfence: ${agentSummary[0] ?? ""}\n`);
+  } else if ((options.with ?? []).length > 0) {
+    io.err(`ringfence: --with adds registries to an agent preset's run; name an agent (ringfence run claude --with npm), or use --allow HOST for a command\n`);
+    return EXIT_RINGFENCE_FAILED;
+  }
+
   try {
-    const result = await runSandbox({ ...extra, policy: applied.policy, command, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
+    const result = await runSandbox({ ...extra, policy, command: boxCommand, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
     if (options.dryRun === true) {
-      io.out(`policy: ${applied.policy.files.length === 0 ? "built-in default" : applied.policy.files.join(" -> ")}\n`);
-      io.out(`workspace: ${applied.policy.workspace.path} (mode ${applied.policy.workspace.mode})\n`);
+      io.out(`policy: ${policy.files.length === 0 ? "built-in default" : policy.files.join(" -> ")}\n`);
+      io.out(`workspace: ${policy.workspace.path} (mode ${policy.workspace.mode})\n`);
+      for (const line of agentSummary) io.out(`${line}\n`);
       io.out(`${result.description.join("\n")}\n`);
     }
     return result.status;

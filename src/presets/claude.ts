@@ -1,0 +1,41 @@
+import type { AgentPreset } from "./types.js";
+
+/**
+ * Claude Code, checked against @anthropic-ai/claude-code 2.1.332 (the native binary the npm
+ * package installs). Variable names come from its environment-variable reference and the binary.
+ */
+export const CLAUDE_PRESET: AgentPreset = {
+  name: "claude",
+  title: "Claude Code",
+  executable: "claude",
+  install: "npm install -g @anthropic-ai/claude-code",
+  // The agent's own permission prompts guard the user's machine; inside the box the box is the
+  // guard, and prompting for each tool call would stop an unattended run.
+  boxArgs: ["--dangerously-skip-permissions"],
+  model: {
+    baseUrlEnv: "ANTHROPIC_BASE_URL",
+    defaultBaseUrl: "https://api.anthropic.com",
+    keyEnv: "ANTHROPIC_API_KEY",
+    credential: "anthropic",
+    inject: { kind: "header", header: "x-api-key", format: "{secret}" },
+    placeholderEnv: "ANTHROPIC_API_KEY",
+  },
+  configDirEnv: "CLAUDE_CONFIG_DIR",
+  env: {
+    // Turns off the auto-updater, the feedback command, error reporting and telemetry at once;
+    // the three narrower switches are set too, because they are what older versions read.
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
+    DISABLE_AUTOUPDATER: "1",
+    DISABLE_TELEMETRY: "1",
+    DISABLE_ERROR_REPORTING: "1",
+    // Claude Code refuses --dangerously-skip-permissions as root unless it is told it runs in a
+    // sandbox. ringfence's box is that sandbox, with every capability dropped.
+    IS_SANDBOX: "1",
+  },
+  notes: [
+    "--dangerously-skip-permissions: the box, not the agent's prompts, decides what a tool call can reach",
+    "IS_SANDBOX=1: lets Claude Code accept that flag when the box's user is root",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1, DISABLE_AUTOUPDATER=1, DISABLE_TELEMETRY=1, DISABLE_ERROR_REPORTING=1: no update checks, telemetry or error reports, whose hosts the preset does not allow",
+  ],
+  source: "built-in",
+};
