@@ -50,7 +50,7 @@ export type PresetResult =
   | { ok: false; errors: string[] };
 
 /**
- * Returns the host directory that holds an agent's config for one workspace:
+ * Returns the host directory of an agent's config for one workspace:
  * `$XDG_DATA_HOME/ringfence/agents/NAME/WORKSPACE-HASH`. The user's own agent config (such as
  * ~/.claude) never enters the box, and two projects never share the agent's memory or settings.
  */
@@ -67,7 +67,7 @@ export function agentConfigDir(preset: Pick<AgentPreset, "name">, workspace: str
  * - an allow rule for the model API's host and port in every network layer, unless the policy
  *   already allows it (then the policy's rule, with its pinned addresses, decides);
  * - a credential for the API key, bound to that host, unless the policy has a credential of the
- *   same name; the box gets a placeholder in the agent's key variable;
+ *   same name. The box gets a placeholder in the agent's key variable;
  * - the model host in audit.capture, so the run keeps the model transcript;
  * - a per-workspace host directory for the agent's config, writable, in the agent's variable;
  * - the agent's fixed variables, under the policy's own env.set, which wins;
@@ -95,8 +95,8 @@ export function applyAgentPreset(policy: Policy, preset: AgentPreset, context: P
   if (typeof endpoint === "string") errors.push(endpoint);
   if (errors.length > 0 || typeof endpoint === "string" || context.executable === null) return { ok: false, errors };
 
-  // The model host: keep the policy's own rule when it already allows the host, so its pinned
-  // addresses stay in force; otherwise allow it in every layer.
+  // When the policy already allows the model host, its own rule decides, so its pinned addresses
+  // stay in force. Otherwise the preset allows the host in every layer.
   const extraRules: NetworkRule[] = [];
   const rules = new NetworkRules(policy);
   for (const target of [{ host: endpoint.host, port: endpoint.port, label: `preset ${preset.name} (${preset.title} API)` }, ...(context.extraHosts ?? []).flatMap((extra) => [443, 80].map((port) => ({ host: extra.host, port, label: extra.label })))]) {

@@ -9,8 +9,8 @@ export const CLAUDE_PRESET: AgentPreset = {
   title: "Claude Code",
   executable: "claude",
   install: "npm install -g @anthropic-ai/claude-code",
-  // The agent's own permission prompts guard the user's machine; inside the box the box is the
-  // guard, and prompting for each tool call would stop an unattended run.
+  // The agent's own permission prompts guard the user's machine. Inside the box the box is the
+  // guard, and a prompt for each tool call would stop an unattended run.
   boxArgs: ["--dangerously-skip-permissions"],
   model: {
     baseUrlEnv: "ANTHROPIC_BASE_URL",
@@ -22,13 +22,13 @@ export const CLAUDE_PRESET: AgentPreset = {
   },
   configDirEnv: "CLAUDE_CONFIG_DIR",
   env: {
-    // Turns off the auto-updater, the feedback command, error reporting and telemetry at once;
-    // the three narrower switches are set too, because they are what older versions read.
+    // Turns off the auto-updater, the feedback command, error reporting and telemetry at once.
+    // The narrower switches are set too, because older versions read only those.
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1",
     DISABLE_AUTOUPDATER: "1",
     DISABLE_TELEMETRY: "1",
     DISABLE_ERROR_REPORTING: "1",
-    // Claude Code refuses --dangerously-skip-permissions as root unless it is told it runs in a
+    // Claude Code rejects --dangerously-skip-permissions as root unless IS_SANDBOX=1 marks a
     // sandbox. ringfence's box is that sandbox, with every capability dropped.
     IS_SANDBOX: "1",
   },

@@ -11,7 +11,7 @@ export const CODEX_PRESET: AgentPreset = {
   executable: "codex",
   install: "npm install -g @openai/codex",
   // Codex's own sandbox (Landlock and seccomp on Linux) cannot nest inside ringfence's box, and
-  // its approval prompts would stop an unattended run; the box is the sandbox here. Config
+  // its approval prompts would stop an unattended run, so the box is the sandbox here. Config
   // overrides apply to every subcommand, including `codex exec`.
   boxArgs: ["-c", 'approval_policy="never"', "-c", 'sandbox_mode="danger-full-access"', "-c", "check_for_update_on_startup=false"],
   model: {
@@ -26,7 +26,7 @@ export const CODEX_PRESET: AgentPreset = {
   },
   configDirEnv: "CODEX_HOME",
   env: {
-    // Codex reads extra CAs from this file; the run's CA bundle holds the gateway's CA.
+    // Codex reads extra CAs from this file, and the run's CA bundle contains the gateway's CA.
     CODEX_CA_CERTIFICATE: BOX_CA_BUNDLE,
   },
   notes: [

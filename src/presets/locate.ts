@@ -3,10 +3,10 @@ import { dirname, join, sep } from "node:path";
 import type { LocatedExecutable } from "./apply.js";
 
 /**
- * Finds an executable on a host PATH and works out what the box needs to run it: the real path
- * (symlinks resolved, so the box needs no link farm), its install directory, and for a
- * `#!/usr/bin/env node` script the directory of the host's `node`. Returns null when the
- * executable is not on PATH.
+ * Finds an executable on a host PATH and works out what the box needs to run it. That is the real
+ * path (symlinks resolved, so the box needs no link farm) and its install directory. For a
+ * `#!/usr/bin/env node` script it is also the host's `node` and its directory. Returns null when
+ * the executable is not on PATH.
  */
 export function locateExecutable(name: string, hostPath: string | undefined): LocatedExecutable | null {
   const found = findOnPath(name, hostPath);

@@ -9,7 +9,7 @@ export type RegistryPreset = (typeof REGISTRY_PRESETS)[number];
 /**
  * Returns the hosts of a registry preset, read from the user's own tools so a private mirror is
  * what gets allowed: npm's configured registry, and pip's configured index or else pip's
- * built-in default index and file host. Throws an Error naming the tool when neither answers.
+ * built-in default index and file host. Throws an Error naming the tool when neither returns one.
  */
 export function registryHosts(name: RegistryPreset): ExtraHost[] {
   const label = `preset ${name}`;

@@ -27,7 +27,7 @@ export interface AgentPreset {
   env: Readonly<Record<string, string>>;
   /** One line per setting, shown by `--dry-run`: why each flag and variable is set. */
   notes: readonly string[];
-  /** Where the preset comes from: "built-in" or the path of a user's preset file. */
+  /** Origin of the preset: "built-in" or the path of a user's preset file. */
   source: string;
 }
 
@@ -46,8 +46,8 @@ export interface ModelApi {
   keyEnv: string;
   /** Name of the credential in the policy and in audit records. */
   credential: string;
-  /** Where the gateway puts the real key. */
+  /** Header the gateway puts the real key in. */
   inject: CredentialInjection;
-  /** Box variable that holds the placeholder. */
+  /** Box variable that contains the placeholder. */
   placeholderEnv: string;
 }

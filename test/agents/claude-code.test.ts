@@ -202,7 +202,7 @@ for (const backend of BACKENDS) {
       const transcripts = records.filter((record) => record.type === "transcript");
       assert.ok(transcripts.length >= script.length, `transcript records: ${transcripts.length}\n${timeline.stdout}`);
 
-      // The model response that asked for a step: its body holds the scripted call's command.
+      // The model response that requested a step contains the scripted call's command in its body.
       const askedBy = (marker: string) =>
         transcripts.find((record) => {
           const sha = record.responseSha256;

@@ -1,16 +1,16 @@
 // A scripted model server: a small implementation of the Anthropic Messages API (POST
 // /v1/messages, streamed as server-sent events or returned as one JSON message) over HTTPS on
-// loopback. Each request of the agent's main loop is answered with the next scripted tool call;
-// side requests without tools get a short text answer. It records every request so a test can
+// loopback. The server responds to each request of the agent's main loop with the next scripted
+// tool call, and to side requests without tools with a short text. It records every request so a test can
 // check the API key the gateway injected and the tool results the agent sent back.
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";
 
-/** One scripted model turn: an optional line of text, then one tool call. */
+/** One scripted model turn: a line of text, then one tool call. */
 export interface ScriptedCall {
-  /** Text the model says before the call, kept in the transcript. */
+  /** Text the model sends before the call, kept in the transcript. */
   say: string;
   /** Tool name as the agent defines it, such as "Bash", "Read" or "Edit". */
   tool: string;
@@ -31,7 +31,7 @@ export interface ScriptedModel {
   requests: ModelRequest[];
   /** Tool results the agent returned, by the scripted call's index. */
   toolResults: Map<number, string>;
-  /** Requests whose x-api-key was not the expected key; the server answered them with 401. */
+  /** Requests whose x-api-key was not the expected key, which got a 401 response. */
   rejectedKeys: number;
   close(): Promise<void>;
 }
@@ -45,7 +45,7 @@ export async function startScriptedModel(tls: { certPem: string; keyPem: string 
   const server = createServer({ cert: tls.certPem, key: tls.keyPem }, (request, response) => {
     const chunks: Buffer[] = [];
     request.on("data", (chunk: Buffer) => chunks.push(chunk));
-    request.on("end", () => answer(model, script, apiKey, request, Buffer.concat(chunks).toString("utf8"), response));
+    request.on("end", () => respond(model, script, apiKey, request, Buffer.concat(chunks).toString("utf8"), response));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   model.port = (server.address() as AddressInfo).port;
@@ -62,7 +62,7 @@ function header(request: IncomingMessage, name: string): string | null {
   return typeof value === "string" ? value : null;
 }
 
-function answer(model: ScriptedModel, script: readonly ScriptedCall[], apiKey: string, request: IncomingMessage, body: string, response: ServerResponse): void {
+function respond(model: ScriptedModel, script: readonly ScriptedCall[], apiKey: string, request: IncomingMessage, body: string, response: ServerResponse): void {
   const path = new URL(request.url ?? "/", "https://model.invalid").pathname;
   model.requests.push({ method: request.method ?? "", path, apiKey: header(request, "x-api-key"), authorization: header(request, "authorization"), body });
 
