@@ -15,7 +15,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createSecureContext, rootCertificates } from "node:tls";
-import type { Interceptor, InterceptedRequestHead, RequestExamination, ResponseScrubber } from "../gateway/interceptor.js";
+import type { ChunkMatcher, Interceptor, InterceptedRequestHead, RequestExamination, ResponseScrubber } from "../gateway/interceptor.js";
 import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches, type HostPattern } from "../policy/host-pattern.js";
 import type { Policy } from "../policy/types.js";
@@ -153,6 +153,19 @@ function examine(credentials: CredentialSet, head: InterceptedRequestHead): Requ
     injected: plan.injected,
     requestBody: bodyNeedles.length === 0 ? null : () => new MatcherTransform(bodyNeedles),
     response: plan.scrubNeedles.length === 0 ? null : responseScrubber(plan.scrubNeedles),
+    messageMatcher: bodyNeedles.length === 0 ? null : () => chunkMatcher(bodyNeedles),
+  };
+}
+
+function chunkMatcher(needles: readonly Needle[]): ChunkMatcher {
+  const matcher = new StreamMatcher(needles);
+  return {
+    write(chunk) {
+      const result = matcher.write(chunk);
+      return result.kind === "hit" ? { kind: "hit", credential: result.needle.tag } : result;
+    },
+    end: () => matcher.end(),
+    replaced: matcher.replaced,
   };
 }
 
@@ -167,6 +180,7 @@ function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
       const output = result.kind === "pass" ? Buffer.concat([result.output, matcher.end()]) : Buffer.alloc(0);
       return { body: output, replaced: matcher.replaced };
     },
+    matcher: () => chunkMatcher(needles),
     body(contentEncoding) {
       // The reason quotes the upstream's Content-Encoding, which could carry the secret.
       const pipeline = scrubPipeline(contentEncoding === undefined ? undefined : scrubText(contentEncoding, needles).text, needles);

@@ -11,6 +11,7 @@ import { rawDenialResponse } from "./deny-response.js";
 import { describeError, dialTarget } from "./dial.js";
 import type { EventRecord } from "./events.js";
 import { handleInterceptedRequest } from "./intercepted-request.js";
+import { handleInterceptedUpgrade } from "./intercepted-websocket.js";
 import type { Interceptor } from "./interceptor.js";
 import type { Target } from "./target.js";
 import { checkClientHello, runTunnel } from "./tunnel.js";
@@ -92,13 +93,18 @@ export class Interception {
       if (socket.writable && error.code !== "ECONNRESET") socket.end(rawDenialResponse({ status: error.code === "HPE_HEADER_OVERFLOW" ? 431 : 400, reason, rule: null, hint: null }, "the request"));
       else socket.destroy();
     });
-    // TODO: forward WebSocket and other upgrades on intercepted hosts; until then they get a 501.
-    this.#server.on("upgrade", (request: IncomingMessage, socket: Socket) => {
+    this.#server.on("upgrade", (request: IncomingMessage, socket: Socket, head: Buffer) => {
       const session = this.#sessions.get(socket);
-      const record = context.startEvent({ protocol: "https", host: session?.target.display ?? "", port: session?.target.port ?? 0, method: request.method ?? null });
-      const reason = "the gateway does not forward protocol upgrades (such as WebSocket) on hosts whose TLS it intercepts";
-      record.deny(reason);
-      socket.end(rawDenialResponse({ status: 501, reason, rule: null, hint: null }, "the upgrade request"));
+      if (session === undefined) {
+        socket.destroy();
+        return;
+      }
+      try {
+        handleInterceptedUpgrade(context, session, request, socket, head);
+      } catch (error) {
+        logger.error({ err: error }, "intercepted upgrade handler failed");
+        socket.destroy();
+      }
     });
   }
 

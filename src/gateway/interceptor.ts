@@ -40,7 +40,23 @@ export type RequestExamination =
       requestBody: (() => Transform) | null;
       /** Scrubs the response, or null when the host is bound to no credential. */
       response: ResponseScrubber | null;
+      /**
+       * Makes a matcher for the messages a client sends after a WebSocket handshake, which
+       * reports a hit for the same placeholders and secrets as the body check; null when there
+       * is nothing to look for.
+       */
+      messageMatcher: (() => ChunkMatcher) | null;
     };
+
+/** Search and replace over a stream that arrives in chunks; a needle may straddle chunks. */
+export interface ChunkMatcher {
+  /** Processes one chunk. After a hit the matcher must not be used again. */
+  write(chunk: Buffer): { kind: "pass"; output: Buffer } | { kind: "hit"; credential: string };
+  /** Returns the held-back bytes at the end of a stream or message; the matcher can then start over. */
+  end(): Buffer;
+  /** Replacements made so far, per credential. */
+  readonly replaced: ReadonlyMap<string, number>;
+}
 
 export interface ResponseScrubber {
   /** Rewrites header names and values in place; returns replacements per credential. */
@@ -49,6 +65,8 @@ export interface ResponseScrubber {
   text(text: string): { text: string; replaced: ReadonlyMap<string, number> };
   /** Scrubs a whole uncompressed body at once, for small bodies of known length. */
   wholeBody(body: Buffer): { body: Buffer; replaced: ReadonlyMap<string, number> };
+  /** Makes a matcher that replaces secrets with placeholders in a stream, such as WebSocket messages. */
+  matcher(): ChunkMatcher;
   /** Transforms for a body with this Content-Encoding, or the reason it cannot be scrubbed. */
   body(contentEncoding: string | undefined): { ok: true; transforms: Transform[]; replaced(): ReadonlyMap<string, number> } | { ok: false; reason: string };
 }
