@@ -96,7 +96,8 @@ export function planMounts(context: MountContext): MountOp[] {
     for (const pin of context.protect.pins) {
       ops.push({ kind: "bind", source: pin, target: toBox(pin), reason: "pinned in place so a protected path below it cannot be renamed away" });
     }
-    const readOnly = [...context.protect.readOnly, ...context.protect.placeholders.map((entry) => entry.path)].sort((a, b) => depth(a) - depth(b));
+    const reserved = context.protect.placeholders.filter((entry) => entry.kind !== "parent").map((entry) => entry.path);
+    const readOnly = [...context.protect.readOnly, ...reserved].sort((a, b) => depth(a) - depth(b));
     for (const path of readOnly) {
       const target = toBox(path);
       ops.push({ kind: "ro-bind", source: path, target, reason: `protected by workspace.protect ${rules.protectedBy(target.slice(workspace.path.length + 1)) ?? ""}`.trimEnd() });

@@ -184,8 +184,8 @@ export class NamespaceBackend implements SandboxBackend {
         }
         const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
         for (const placeholder of protect.placeholders) {
-          if (placeholder.kind === "dir") mkdirSync(placeholder.path);
-          else closeSync(openSync(placeholder.path, "wx", 0o444));
+          if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
+          else mkdirSync(placeholder.path);
         }
         if (limits.writes.length > 0) cgroups = RunCgroups.create(limits, support, request.runId);
 
@@ -286,9 +286,10 @@ function rebaseProtection(plan: ProtectPlan, from: string, to: string): ProtectP
 }
 
 function removePlaceholders(protect: ProtectPlan): void {
-  for (const placeholder of protect.placeholders) {
+  // Deepest first, so a parent made for the run is empty by the time its turn comes.
+  for (const placeholder of [...protect.placeholders].reverse()) {
     try {
-      if (placeholder.kind === "dir") {
+      if (placeholder.kind !== "file") {
         if (readdirSync(placeholder.path).length === 0) rmdirSync(placeholder.path);
       } else if (statSync(placeholder.path).size === 0) {
         rmSync(placeholder.path);

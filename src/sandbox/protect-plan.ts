@@ -9,10 +9,11 @@ import type { HostView } from "./host-view.js";
  * - `readOnly`: existing protected paths, bind-mounted read-only onto themselves. A mount point
  *   cannot be renamed, unlinked or replaced from inside (EBUSY), and link() across mounts fails
  *   (EXDEV), so no new hard link to a protected file can be made in the box.
- * - `placeholders`: protected directories (and files below the root) that do not exist yet but
- *   whose parent directory does. The run creates them empty before the box starts, mounts them
- *   read-only, and removes them afterwards if still empty, so a new `.git/hooks/pre-commit`
- *   cannot be written.
+ * - `placeholders`: protected directories (and files below the root) that do not exist yet. The
+ *   run creates them empty before the box starts, mounts them read-only, and removes them
+ *   afterwards if still empty, so a new `.git/hooks/pre-commit` cannot be written. Missing
+ *   directories on the way to one (`.git` before `git init`) are created too, as kind `parent`:
+ *   those stay writable and are pinned, so the box can fill them but not replace them.
  * - `pins`: directories between the workspace root and a protected path, bind-mounted onto
  *   themselves (still writable) so they cannot be renamed away: without that, `mv .git x` and a
  *   fresh `.git/hooks/` would sidestep the read-only mount.
@@ -21,13 +22,13 @@ import type { HostView } from "./host-view.js";
  *   where a directory is expected (a `.git` file names another git directory). Symlinks are
  *   problems before a run, and such files are mounted read-only. After a run, new redirects are moved out like other new protected
  *   paths, because `ln -s planted .git` or a `.git` file would give git hooks the box wrote.
- * - `uncovered`: globs whose new matches cannot be blocked in advance (a wildcard in a name,
- *   a missing parent, a missing file at the root). The run moves matches that appear during the
- *   run out of the workspace afterwards.
+ * - `uncovered`: globs whose new matches cannot be blocked in advance (a wildcard in a name, a
+ *   missing file at the root). The run moves matches that appear during the run out of the
+ *   workspace afterwards, and so it does with new names in another case (`.GIT/hooks`).
  */
 export interface ProtectPlan {
   readOnly: string[];
-  placeholders: { path: string; kind: "dir" | "file" }[];
+  placeholders: { path: string; kind: "dir" | "file" | "parent" }[];
   pins: string[];
   problems: string[];
   redirects: string[];
@@ -38,6 +39,13 @@ export interface ProtectPlan {
 export const MAX_PROTECTED_ENTRIES = 20_000;
 
 const GLOB_CHARACTERS = /[*?[\]{}()!+@]/;
+
+/**
+ * Globs whose missing path gets no placeholder, because its mere presence changes what a tool
+ * does: git reads any `.git/commondir` as a pointer to another git directory, and stops with
+ * "failed to read .git/commondir" when it is empty. The run moves such a path out afterwards.
+ */
+const PRESENCE_CHANGES_BEHAVIOUR: ReadonlySet<string> = new Set([".git/commondir"]);
 
 /**
  * Plans protection for `globs` (workspace-relative, matched without regard to case) inside
@@ -71,11 +79,37 @@ export function planProtection(root: string, globs: readonly string[], view: Hos
 
   plan.readOnly = unique(plan.readOnly);
   plan.pins = unique(plan.pins).filter((pin) => !plan.readOnly.some((path) => isWithin(pin, path)));
-  plan.placeholders = plan.placeholders.filter((entry, index, all) => all.findIndex((other) => other.path === entry.path) === index);
+  const { placeholders, droppedParents } = tidyPlaceholders(plan.placeholders);
+  plan.placeholders = placeholders;
+  const reserved = placeholders.filter((entry) => entry.kind !== "parent").map((entry) => entry.path);
+  plan.pins = plan.pins.filter((pin) => !droppedParents.has(pin) && !reserved.some((path) => isWithin(pin, path)));
   plan.problems = unique(plan.problems);
   plan.redirects = unique(plan.redirects);
   plan.uncovered = unique(plan.uncovered);
   return plan;
+}
+
+/**
+ * Removes duplicate placeholders and orders them parents first, so they can be created in this
+ * order and removed in the reverse. A path that one glob reserves and another only passes
+ * through stays reserved (read-only). A parent that contains nothing reserved (only a wildcard
+ * glob below it) or lies inside a reserved directory is dropped, because it would protect
+ * nothing.
+ */
+function tidyPlaceholders(all: ProtectPlan["placeholders"]): { placeholders: ProtectPlan["placeholders"]; droppedParents: Set<string> } {
+  const reserved = all.filter((entry) => entry.kind !== "parent").map((entry) => entry.path);
+  const droppedParents = new Set<string>();
+  for (const entry of all) {
+    if (entry.kind !== "parent") continue;
+    const holdsReserved = reserved.some((path) => path.startsWith(`${entry.path}/`));
+    const insideReserved = reserved.some((path) => isWithin(entry.path, path));
+    if (!holdsReserved || insideReserved) droppedParents.add(entry.path);
+  }
+  const placeholders = all
+    .filter((entry) => entry.kind !== "parent" || !droppedParents.has(entry.path))
+    .filter((entry, index, list) => list.findIndex((other) => other.path === entry.path) === index)
+    .sort((a, b) => depth(a.path) - depth(b.path));
+  return { placeholders, droppedParents };
 }
 
 function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, remaining: readonly string[], wholeDirectory: boolean, glob: string): void {
@@ -89,11 +123,20 @@ function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, rema
       return;
     }
     // Missing: reserve the name with an empty read-only mount point so the box cannot create
-    // it. Not for a file at the workspace root: an empty `.mcp.json` or `.npmrc` would be
-    // read by tools as a broken config. Those, and deeper missing levels, which have no parent
-    // to hold a mount point, are checked after the run.
-    if (isLast && (wholeDirectory || dir !== root)) plan.placeholders.push({ path: join(dir, segment), kind: wholeDirectory ? "dir" : "file" });
-    else plan.uncovered.push(glob);
+    // it. Git ignores empty directories and everything in `.git`, so these placeholders change
+    // nothing it shows. A file at the workspace root gets none, because `git add -A` in the box
+    // would commit an empty `.envrc`, and tools would read an empty `.mcp.json` as broken.
+    // Those are checked after the run.
+    const path = join(dir, segment);
+    if (!isLast) {
+      plan.placeholders.push({ path, kind: "parent" });
+      plan.pins.push(path);
+      walk(plan, view, root, path, rest, wholeDirectory, glob);
+    } else if ((wholeDirectory || dir !== root) && !PRESENCE_CHANGES_BEHAVIOUR.has(glob.toLowerCase())) {
+      plan.placeholders.push({ path, kind: wholeDirectory ? "dir" : "file" });
+    } else {
+      plan.uncovered.push(glob);
+    }
     return;
   }
   if (GLOB_CHARACTERS.test(segment)) plan.uncovered.push(glob);

@@ -225,6 +225,19 @@ for (const backend of BACKENDS) {
         assert.deepEqual(recorded, ["added added.txt", "modified file.txt"]);
       });
 
+      test("git usable in protected repository", async () => {
+        const workspace = makeWorkspace(user, { "file.txt": "one\n" });
+        const git = (...args: string[]) => spawnSync("git", ["-c", "safe.directory=*", "-C", workspace, ...args], { encoding: "utf8" });
+        assert.equal(git("init", "-q").status, 0);
+        assert.equal(git("-c", "user.name=t", "-c", "user.email=t@example.test", "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "start").status, 0);
+        spawnSync("chown", ["-R", `${user.uid}:${user.gid}`, workspace]);
+        const script = "echo two > file.txt && git add file.txt && git -c user.name=t -c user.email=t@example.test commit -q -m change && git log --oneline | wc -l && git status --porcelain && echo git-ok";
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^2\ngit-ok$/m, show(run));
+        assert.equal(existsSync(join(workspace, ".git", "commondir")), false, show(run));
+      });
+
       test("protected paths stay read-only", async () => {
         const workspace = makeWorkspace(user, { ".git/config": "[core]\n", ".git/HEAD": "ref: refs/heads/main\n", ".git/hooks/pre-push.sample": "#!/bin/sh\n", "src/app.js": "1\n" });
         const script = [
@@ -252,19 +265,21 @@ for (const backend of BACKENDS) {
         assert.match(run.stderr, /protected paths created during the run/);
       });
 
-      test("planted .git symlink moved out", async () => {
+      test("planted .git symlink rejected", async () => {
         const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
-        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && ln -s planted .git && echo planted"]);
+        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && ln -sfT planted .git 2>/dev/null && echo PLANTED; true"]);
         assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /PLANTED/, show(run));
         assert.equal(existsSync(join(workspace, ".git")), false, show(run));
-        assert.match(run.stderr, /protected paths created during the run were moved/);
       });
 
-      test("planted .git file moved out", async () => {
+      test("planted .git file rejected", async () => {
         const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
-        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && echo 'gitdir: planted' > .git"]);
+        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p planted/hooks && echo evil > planted/hooks/pre-commit && (echo 'gitdir: planted' > .git) 2>/dev/null && echo PLANTED; rm -rf .git 2>/dev/null; mv .git moved 2>/dev/null && echo MOVED; true"]);
         assert.equal(run.status, 0, show(run));
+        assert.doesNotMatch(run.stdout, /PLANTED|MOVED/, show(run));
         assert.equal(existsSync(join(workspace, ".git")), false, show(run));
+        assert.equal(existsSync(join(workspace, "moved")), false, show(run));
       });
 
       test("worktree .git file read-only", async () => {
@@ -275,11 +290,30 @@ for (const backend of BACKENDS) {
         assert.equal(readFileSync(join(workspace, ".git"), "utf8"), "gitdir: /elsewhere/.git/worktrees/w\n");
       });
 
-      test("protected path created without parent", async () => {
-        const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n" });
-        const run = await runBox(user, workspace, [], ["sh", "-c", "mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit; echo made"]);
+      test("protected path unwritable without parent", async () => {
+        // No .git yet: the run makes .git and its protected entries before the box starts, so
+        // the hook cannot be written while the command runs, and removes them afterwards.
+        const workspace = makeWorkspace(user, { "readme.txt": "no repository yet\n", ".github/README.md": "docs\n" });
+        const script = [
+          "mkdir -p .git/hooks; (echo evil > .git/hooks/pre-commit) 2>/dev/null && echo WROTE-hook",
+          "(echo '[core]' > .git/config) 2>/dev/null && echo WROTE-config",
+          "mkdir -p .git/info 2>/dev/null; (echo x > .git/info/attributes) 2>/dev/null && echo WROTE-info",
+          "rmdir .git/hooks 2>/dev/null && echo REMOVED-hooks",
+          "mkdir -p .github/workflows; (echo 'on: push' > .github/workflows/ci.yml) 2>/dev/null && echo WROTE-workflow",
+          "mkdir -p .vscode; (echo '{}' > .vscode/tasks.json) 2>/dev/null && echo WROTE-vscode",
+          "echo HEAD > .git/HEAD && echo git-dir-writable",
+          "echo ok > src.txt && echo src-written",
+        ].join("; ");
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
         assert.equal(run.status, 0, show(run));
-        assert.equal(existsSync(join(workspace, ".git", "hooks", "pre-commit")), false, show(run));
+        assert.doesNotMatch(run.stdout, /WROTE|REMOVED/, show(run));
+        assert.match(run.stdout, /^git-dir-writable$/m, show(run));
+        assert.match(run.stdout, /^src-written$/m, show(run));
+        assert.equal(existsSync(join(workspace, ".git", "hooks")), false, show(run));
+        assert.equal(existsSync(join(workspace, ".git", "config")), false, show(run));
+        assert.equal(existsSync(join(workspace, ".github", "workflows")), false, show(run));
+        assert.equal(existsSync(join(workspace, ".vscode")), false, show(run));
+        assert.equal(readFileSync(join(workspace, ".git", "HEAD"), "utf8"), "HEAD\n");
       });
 
       test("whole host as workspace rejected", async () => {

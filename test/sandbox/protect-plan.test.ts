@@ -35,11 +35,53 @@ describe("planProtection", () => {
     assert.deepEqual(plan.uncovered, [".envrc", ".mcp.json"]);
   });
 
-  test("missing parent checked after run", () => {
+  test("missing parent created and pinned", () => {
     const view = tableView({ "/ws": "dir" });
-    const plan = planProtection(ROOT, [".git/hooks/**"], view);
+    const plan = planProtection(ROOT, [".git/hooks/**", ".git/config", ".git/info/**"], view);
+    assert.deepEqual(plan.placeholders, [
+      { path: "/ws/.git", kind: "parent" },
+      { path: "/ws/.git/hooks", kind: "dir" },
+      { path: "/ws/.git/config", kind: "file" },
+      { path: "/ws/.git/info", kind: "dir" },
+    ]);
+    assert.deepEqual(plan.pins, ["/ws/.git"]);
+    assert.deepEqual(plan.uncovered, []);
+  });
+
+  test("missing parents two deep", () => {
+    const view = tableView({ "/ws": "dir" });
+    const plan = planProtection(ROOT, ["a/b/c/**"], view);
+    assert.deepEqual(plan.placeholders, [
+      { path: "/ws/a", kind: "parent" },
+      { path: "/ws/a/b", kind: "parent" },
+      { path: "/ws/a/b/c", kind: "dir" },
+    ]);
+    assert.deepEqual(plan.pins, ["/ws/a", "/ws/a/b"]);
+  });
+
+  test("reserved directory beats parent", () => {
+    const view = tableView({ "/ws": "dir" });
+    const plan = planProtection(ROOT, [".github/workflows/**", ".github/**"], view);
+    assert.deepEqual(plan.placeholders, [
+      { path: "/ws/.github", kind: "dir" },
+      { path: "/ws/.github/workflows", kind: "dir" },
+    ]);
+    assert.deepEqual(plan.pins, []);
+  });
+
+  test("no parent for wildcard only", () => {
+    const view = tableView({ "/ws": "dir" });
+    const plan = planProtection(ROOT, ["conf/*.sh"], view);
     assert.deepEqual(plan.placeholders, []);
-    assert.deepEqual(plan.uncovered, [".git/hooks/**"]);
+    assert.deepEqual(plan.pins, []);
+    assert.deepEqual(plan.uncovered, ["conf/*.sh"]);
+  });
+
+  test("missing commondir not reserved", () => {
+    const view = tableView({ "/ws": "dir", "/ws/.git": "dir" });
+    const plan = planProtection(ROOT, [".git/commondir", ".git/config"], view);
+    assert.deepEqual(plan.placeholders, [{ path: "/ws/.git/config", kind: "file" }]);
+    assert.deepEqual(plan.uncovered, [".git/commondir"]);
   });
 
   test("missing top directory reserved", () => {
