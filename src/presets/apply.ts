@@ -86,6 +86,9 @@ export function applyAgentPreset(policy: Policy, preset: AgentPreset, context: P
   if (ownCredential === null && (key === undefined || key === "")) {
     errors.push(`${model.keyEnv} is not set on the host; export ${model.keyEnv} with the API key ${preset.title} uses (the box gets a placeholder, never the key), or add a credential named ${model.credential} to the policy`);
   }
+  if (ownCredential !== null && ownCredential.placeholderEnv !== model.placeholderEnv) {
+    errors.push(`credential ${ownCredential.name} in the policy puts its placeholder in ${ownCredential.placeholderEnv ?? "no variable"}, but ${preset.title} reads it from ${model.placeholderEnv}; set placeholder_env: ${model.placeholderEnv} on that credential`);
+  }
   for (const name of new Set([model.keyEnv, model.placeholderEnv])) {
     if (policy.env.pass.includes(name)) errors.push(`env.pass passes ${name}, which would put the real API key in the box; remove it from env.pass, because the preset gives the box a placeholder`);
   }

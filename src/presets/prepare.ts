@@ -1,4 +1,5 @@
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { applyAgentPreset, type ExtraHost } from "./apply.js";
 import { locateExecutable } from "./locate.js";
@@ -46,7 +47,11 @@ export function prepareAgentRun(policy: Policy, options: AgentRunOptions): Agent
   const result = applyAgentPreset(policy, preset, { hostEnv: options.hostEnv, home: options.home, executable, args: options.args, extraHosts });
   if (!result.ok) return result;
 
-  if (result.configDir !== null) mkdirSync(result.configDir, { recursive: true, mode: 0o700 });
+  if (result.configDir !== null) {
+    mkdirSync(result.configDir, { recursive: true, mode: 0o700 });
+    const seeded = seedConfig(result.configDir, preset.seedJson ?? {});
+    if (seeded !== null) return { ok: false, errors: [seeded] };
+  }
   const credential = result.policy.credentials.find((entry) => entry.name === preset.model.credential);
   const summary = [
     `agent: ${preset.title} (preset ${preset.name}, ${preset.source}): ${result.command.join(" ")}`,
@@ -56,4 +61,24 @@ export function prepareAgentRun(policy: Policy, options: AgentRunOptions): Agent
     ...preset.notes.map((note) => `set by the preset: ${note}`),
   ];
   return { ok: true, preset, policy: result.policy, command: result.command, summary };
+}
+
+/** Adds the preset's missing top-level keys to JSON files in the config directory; returns an error or null. */
+function seedConfig(configDir: string, seeds: Readonly<Record<string, Readonly<Record<string, unknown>>>>): string | null {
+  for (const [file, keys] of Object.entries(seeds)) {
+    const path = join(configDir, file);
+    let current: Record<string, unknown> = {};
+    if (existsSync(path)) {
+      try {
+        const parsed: unknown = JSON.parse(readFileSync(path, "utf8"));
+        if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) current = parsed as Record<string, unknown>;
+        else return `agent config ${path} is not a JSON object; fix or delete it, then run again`;
+      } catch (cause) {
+        return `agent config ${path} could not be read as JSON (${(cause as Error).message}); fix or delete it, then run again`;
+      }
+    }
+    const missing = Object.entries(keys).filter(([key]) => !(key in current));
+    if (missing.length > 0) writeFileSync(path, `${JSON.stringify({ ...current, ...Object.fromEntries(missing) }, null, 2)}\n`, { mode: 0o600 });
+  }
+  return null;
 }

@@ -25,6 +25,11 @@ export interface AgentPreset {
   configDirEnv: string | null;
   /** Fixed variables for the box, such as the agent's switches for non-essential traffic. */
   env: Readonly<Record<string, string>>;
+  /**
+   * JSON files in the config directory and the top-level keys they must contain, such as a
+   * finished first-run setup. A key already in the file is left as it is.
+   */
+  seedJson?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
   /** One line per setting, shown by `--dry-run`: why each flag and variable is set. */
   notes: readonly string[];
   /** Origin of the preset: "built-in" or the path of a user's preset file. */

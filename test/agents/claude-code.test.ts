@@ -126,12 +126,18 @@ for (const backend of BACKENDS) {
     test("model server gets real key", () => {
       assert.ok(model.requests.length > 0);
       assert.equal(model.rejectedKeys, 0, `keys seen: ${JSON.stringify(model.requests.map((request) => request.apiKey))}`);
-      for (const request of model.requests) assert.equal(request.apiKey, REAL_KEY);
+      for (const request of model.requests) {
+        assert.equal(request.apiKey, REAL_KEY);
+        assert.equal(request.authorization, `Bearer ${REAL_KEY}`);
+      }
     });
 
     test("agent sees only placeholder", () => {
-      const seen = /key=(\S+)/.exec(model.toolResults.get(2) ?? "")?.[1] ?? "";
-      assert.ok(seen.startsWith(PLACEHOLDER_PREFIX), `the box's ANTHROPIC_API_KEY is ${JSON.stringify(seen)}`);
+      const output = model.toolResults.get(2) ?? "";
+      const placeholder = /placeholder=(\S*)/.exec(output)?.[1] ?? "";
+      assert.ok(placeholder.startsWith(PLACEHOLDER_PREFIX), `the box's RINGFENCE_ANTHROPIC_API_KEY is ${JSON.stringify(placeholder)}`);
+      assert.match(output, /key=unset/, "the box has ANTHROPIC_API_KEY set");
+      assert.ok(!output.includes(REAL_KEY));
       for (const request of model.requests) assert.ok(!request.body.includes(REAL_KEY), "a request body carried the real key");
     });
 

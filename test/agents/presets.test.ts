@@ -68,8 +68,8 @@ describe("applyAgentPreset", () => {
     assert.equal(credential?.name, "anthropic");
     assert.deepEqual(credential?.source, { kind: "env", name: "ANTHROPIC_API_KEY" });
     assert.deepEqual(credential?.hosts.map((pattern) => pattern.text), ["api.anthropic.com"]);
-    assert.equal(credential?.placeholderEnv, "ANTHROPIC_API_KEY");
-    assert.deepEqual(credential?.inject, { kind: "header", header: "x-api-key", format: "{secret}" });
+    assert.equal(credential?.placeholderEnv, "RINGFENCE_ANTHROPIC_API_KEY");
+    assert.deepEqual(credential?.inject, { kind: "placeholder" });
   });
 
   test("maps config dir per workspace", () => {
@@ -85,7 +85,9 @@ describe("applyAgentPreset", () => {
 
   test("sets box-only flags and switches", () => {
     const result = applied(defaultPolicy(), context({ args: ["-p", "fix it"] }));
-    assert.deepEqual(result.command, [CLAUDE_BIN.path, "--dangerously-skip-permissions", "-p", "fix it"]);
+    assert.deepEqual(result.command.slice(0, 3), [CLAUDE_BIN.path, "--dangerously-skip-permissions", "--settings"]);
+    assert.deepEqual(JSON.parse(result.command[3] ?? ""), { apiKeyHelper: "printenv RINGFENCE_ANTHROPIC_API_KEY", skipDangerousModePermissionPrompt: true });
+    assert.deepEqual(result.command.slice(4), ["-p", "fix it"]);
     assert.equal(result.policy.env.set.IS_SANDBOX, "1");
     assert.equal(result.policy.env.set.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC, "1");
     assert.equal(result.policy.env.set.ANTHROPIC_BASE_URL, "https://api.anthropic.com");
@@ -109,7 +111,7 @@ describe("applyAgentPreset", () => {
   });
 
   test("keeps policy's own credential", () => {
-    const policy = policyFromYaml("version: 1\ncredentials:\n  - name: anthropic\n    source: {command: [pass, show, anthropic]}\n    hosts: [api.anthropic.com]\n    inject: {header: x-api-key}\n    placeholder_env: ANTHROPIC_API_KEY\n");
+    const policy = policyFromYaml("version: 1\ncredentials:\n  - name: anthropic\n    source: {command: [pass, show, anthropic]}\n    hosts: [api.anthropic.com]\n    inject: {header: x-api-key}\n    placeholder_env: RINGFENCE_ANTHROPIC_API_KEY\n");
     const result = applied(policy, context({ hostEnv: {} }));
     assert.equal(result.policy.credentials.length, 1);
     assert.equal(result.policy.credentials[0]?.source.kind, "command");
@@ -148,6 +150,8 @@ describe("applyAgentPreset", () => {
     ["agent not installed", { executable: null }, "version: 1\n", /Claude Code is not installed: claude was not found on PATH; install it with `npm install -g @anthropic-ai\/claude-code`/],
     ["key not set", { hostEnv: {} }, "version: 1\n", /ANTHROPIC_API_KEY is not set on the host; export ANTHROPIC_API_KEY/],
     ["key passed by env.pass", {}, "version: 1\nenv:\n  pass: [ANTHROPIC_API_KEY]\n", /env.pass passes ANTHROPIC_API_KEY, which would put the real API key in the box/],
+    ["placeholder passed by env.pass", {}, "version: 1\nenv:\n  pass: [RINGFENCE_ANTHROPIC_API_KEY]\n", /env.pass passes RINGFENCE_ANTHROPIC_API_KEY/],
+    ["own credential's placeholder elsewhere", {}, "version: 1\ncredentials:\n  - {name: anthropic, source: {env: KEY}, hosts: [api.anthropic.com], placeholder_env: MY_KEY}\n", /credential anthropic in the policy puts its placeholder in MY_KEY, but Claude Code reads it from RINGFENCE_ANTHROPIC_API_KEY/],
     ["plain HTTP base URL", { hostEnv: { ANTHROPIC_API_KEY: "sk-ant-real-key-123456", ANTHROPIC_BASE_URL: "http://model.test" } }, "version: 1\n", /ANTHROPIC_BASE_URL http:\/\/model.test is not an https:\/\/ URL/],
     ["model host denied", {}, "version: 1\nnetwork:\n  rules:\n    - {host: api.anthropic.com, action: deny, reason: no cloud models}\n", /the policy denies api.anthropic.com:443, which preset claude \(Claude Code API\) needs \(no cloud models\)/],
   ];
