@@ -1,7 +1,7 @@
 import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches } from "../policy/host-pattern.js";
 import type { Credential } from "../policy/types.js";
-import { base64Fragments, percentEncoded } from "./encodings.js";
+import { encodedForms, LINE_WRAPPED_ENCODINGS, percentEncoded } from "./encodings.js";
 import type { Needle } from "./stream-matcher.js";
 
 /** The bound list for plain HTTP, where no credential is bound; a constant so caches keyed by it hit. */
@@ -60,14 +60,15 @@ export class CredentialSet {
 }
 
 function leakNeedlesOf(entry: RunCredential): Needle[] {
-  const texts = new Set<string>([entry.placeholder, entry.secret]);
+  const needles = new Map<string, Needle>();
   for (const value of [entry.placeholder, entry.secret]) {
-    for (const fragment of base64Fragments(value)) texts.add(fragment);
+    needles.set(value, { pattern: Buffer.from(value, "utf8"), replacement: null, tag: entry.name });
+    for (const form of encodedForms(value)) {
+      if (needles.has(form.text)) continue;
+      needles.set(form.text, { pattern: Buffer.from(form.text, "utf8"), replacement: null, tag: entry.name, wrappable: LINE_WRAPPED_ENCODINGS.has(form.encoding) });
+    }
   }
-  const encodedSecret = percentEncoded(entry.secret);
-  if (encodedSecret !== null) texts.add(encodedSecret);
-
-  return [...texts].map((text) => ({ pattern: Buffer.from(text, "utf8"), replacement: null, tag: entry.name }));
+  return [...needles.values()];
 }
 
 /** Needles that turn each bound secret in a response back into its placeholder. */

@@ -1,9 +1,49 @@
 // Encoded forms of a placeholder or secret that a client could send instead of the plain text.
-// Leak checks look for all of them; they are not a complete list of encodings (see
-// docs/security.md), only the ones HTTP clients produce on their own.
+// Leak checks and redaction look for all of them. They cover what common tools and libraries
+// produce from a value without being asked to disguise it: base64, base32, hex, URL and form
+// encoding, JSON strings, and the upper-case placeholder. They do not cover every
+// transformation, so an agent that reverses, splits or re-encodes a value twice evades them.
 
 /** Shortest encoded fragment worth searching for; shorter ones would match unrelated base64. */
 const MIN_FRAGMENT_LENGTH = 8;
+
+/** One encoded form of a value and the name of its encoding, for labels. */
+export interface EncodedForm {
+  text: string;
+  encoding: string;
+}
+
+/**
+ * Returns the encoded forms of `value` worth searching for, without the plain value itself and
+ * without duplicates. Base64 and base32 forms are fragments that appear wherever the value is
+ * embedded in a longer encoded text, so they match at any byte alignment.
+ */
+export function encodedForms(value: string): EncodedForm[] {
+  const forms = new Map<string, string>();
+  const add = (text: string | null, encoding: string) => {
+    if (text === null || text === value || text.length < MIN_FRAGMENT_LENGTH || forms.has(text)) return;
+    forms.set(text, encoding);
+  };
+
+  for (const fragment of base64Fragments(value)) add(fragment, "base64");
+  for (const fragment of base32Fragments(value)) {
+    add(fragment, "base32");
+    add(fragment.toLowerCase(), "base32");
+  }
+  const hex = Buffer.from(value, "utf8").toString("hex");
+  add(hex, "hex");
+  add(hex.toUpperCase(), "hex");
+  add(percentEncoded(value), "URL-encoded");
+  add(new URLSearchParams({ v: value }).toString().slice(2), "form-encoded");
+  add(percentEncodedAll(value, "upper"), "URL-encoded");
+  add(percentEncodedAll(value, "lower"), "URL-encoded");
+  add(JSON.stringify(value).slice(1, -1), "JSON-escaped");
+  add(value.toUpperCase(), "upper-case");
+  return [...forms].map(([text, encoding]) => ({ text, encoding }));
+}
+
+/** Encodings whose text tools wrap into lines (the base64 and base32 commands wrap at 76 columns). */
+export const LINE_WRAPPED_ENCODINGS: ReadonlySet<string> = new Set(["base64", "base32"]);
 
 /**
  * Returns the base64 and base64url fragments that appear whenever `value` is embedded in a longer
@@ -11,19 +51,59 @@ const MIN_FRAGMENT_LENGTH = 8;
  * on the neighbouring bytes, are left out.
  */
 export function base64Fragments(value: string): string[] {
-  const bytes = Buffer.from(value, "utf8");
   const fragments = new Set<string>();
-
-  for (let offset = 0; offset < 3; offset++) {
-    const encoded = Buffer.concat([Buffer.alloc(offset), bytes]).toString("base64").replace(/=+$/, "");
-    const start = offset === 0 ? 0 : 4;
-    const end = (offset + bytes.length) % 3 === 0 ? encoded.length : Math.floor((offset + bytes.length) / 3) * 4;
-    const fragment = encoded.slice(start, end);
-    if (fragment.length < MIN_FRAGMENT_LENGTH) continue;
+  for (const fragment of alignedFragments(Buffer.from(value, "utf8"), 3, 4, (bytes) => bytes.toString("base64"))) {
     fragments.add(fragment);
     fragments.add(fragment.replace(/\+/g, "-").replace(/\//g, "_"));
   }
   return [...fragments];
+}
+
+/** Returns the base32 (RFC 4648, upper case) fragments of `value` at each of the five byte alignments. */
+export function base32Fragments(value: string): string[] {
+  return alignedFragments(Buffer.from(value, "utf8"), 5, 8, base32);
+}
+
+// Encodes `bytes` after 0 to groupBytes - 1 zero bytes and keeps the characters that depend on
+// `bytes` alone. Those are the whole output groups, minus the first when it mixes in the zero
+// bytes, and minus the last when the input ends inside it.
+function alignedFragments(bytes: Buffer, groupBytes: number, groupChars: number, encode: (bytes: Buffer) => string): string[] {
+  const fragments: string[] = [];
+  for (let offset = 0; offset < groupBytes; offset++) {
+    const encoded = encode(Buffer.concat([Buffer.alloc(offset), bytes])).replace(/=+$/, "");
+    const start = offset === 0 ? 0 : groupChars;
+    const total = offset + bytes.length;
+    const end = total % groupBytes === 0 ? encoded.length : Math.floor(total / groupBytes) * groupChars;
+    const fragment = encoded.slice(start, end);
+    if (fragment.length >= MIN_FRAGMENT_LENGTH) fragments.push(fragment);
+  }
+  return fragments;
+}
+
+const BASE32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/** Encodes bytes as base32 (RFC 4648, section 6) without padding. */
+export function base32(bytes: Buffer): string {
+  let output = "";
+  let buffer = 0;
+  let bits = 0;
+  for (const byte of bytes) {
+    buffer = ((buffer << 8) | byte) & 0xffff;
+    bits += 8;
+    while (bits >= 5) {
+      output += BASE32_ALPHABET[(buffer >> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) output += BASE32_ALPHABET[(buffer << (5 - bits)) & 31];
+  return output;
+}
+
+/** Returns `value` with every byte percent-encoded, in upper- or lower-case hex digits. */
+export function percentEncodedAll(value: string, digits: "upper" | "lower"): string {
+  const hex = Buffer.from(value, "utf8").toString("hex");
+  const escaped = hex.replace(/(..)/g, "%$1");
+  return digits === "upper" ? escaped.toUpperCase() : escaped;
 }
 
 /** Returns `value` percent-encoded as in a URL query, or null when encoding changes nothing. */

@@ -2,7 +2,7 @@
 // in the forms the leak check looks for, becomes a label that names the credential, so audit
 // records and logs never hold a placeholder or a secret.
 import type { RunCredential } from "./credential-set.js";
-import { base64Fragments, percentDecoded, percentEncoded } from "./encodings.js";
+import { encodedForms, percentDecoded } from "./encodings.js";
 
 /** One text to remove and the label written in its place. */
 export interface Redaction {
@@ -11,8 +11,8 @@ export interface Redaction {
 }
 
 /**
- * Builds the redactions for a run's credentials: the placeholder, the secret, the
- * percent-encoded secret, and the base64 and base64url fragments of both. Longer patterns come
+ * Builds the redactions for a run's credentials: the placeholder and the secret, and every
+ * encoded form of both that the leak check looks for (encodedForms). Longer patterns come
  * first, so a whole placeholder is replaced before any fragment of it could match.
  */
 export function redactionsOf(credentials: readonly RunCredential[]): Redaction[] {
@@ -20,12 +20,15 @@ export function redactionsOf(credentials: readonly RunCredential[]): Redaction[]
   for (const entry of credentials) {
     redactions.push({ pattern: entry.placeholder, label: `[placeholder of ${entry.name}]` });
     redactions.push({ pattern: entry.secret, label: `[secret of ${entry.name}]` });
-    const encodedSecret = percentEncoded(entry.secret);
-    if (encodedSecret !== null) redactions.push({ pattern: encodedSecret, label: `[secret of ${entry.name}]` });
-    for (const fragment of base64Fragments(entry.placeholder)) redactions.push({ pattern: fragment, label: `[base64 placeholder of ${entry.name}]` });
-    for (const fragment of base64Fragments(entry.secret)) redactions.push({ pattern: fragment, label: `[base64 secret of ${entry.name}]` });
+    for (const form of encodedForms(entry.placeholder)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}placeholder of ${entry.name}]` });
+    for (const form of encodedForms(entry.secret)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}secret of ${entry.name}]` });
   }
   return redactions.sort((a, b) => b.pattern.length - a.pattern.length);
+}
+
+// Binary-to-text encodings are named in the label; escaped spellings of the text read as the text itself.
+function labelPrefix(encoding: string): string {
+  return encoding === "base64" || encoding === "base32" || encoding === "hex" ? `${encoding} ` : "";
 }
 
 /**

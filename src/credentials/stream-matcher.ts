@@ -10,6 +10,11 @@ export interface Needle {
   replacement: Buffer | null;
   /** Caller's label for the needle, returned with a hit (a credential name, never the value). */
   tag: string;
+  /**
+   * True for a form that tools wrap into lines (base64, base32). Such a needle without
+   * replacement is also searched for in the stream with CR and LF bytes removed.
+   */
+  wrappable?: boolean;
 }
 
 export type MatchResult =
@@ -27,12 +32,28 @@ export class StreamMatcher {
   /** Number of replacements made so far, by tag. */
   readonly replaced = new Map<string, number>();
 
+  /** Matcher over the stream without line breaks, for wrappable needles; null when there are none. */
+  readonly #unwrapped: StreamMatcher | null;
+
   constructor(needles: readonly Needle[]) {
     this.#needles = needles.filter((needle) => needle.pattern.length > 0);
+    const wrappable = this.#needles.filter((needle) => needle.wrappable === true && needle.replacement === null).map((needle) => ({ ...needle, wrappable: false }));
+    this.#unwrapped = wrappable.length === 0 ? null : new StreamMatcher(wrappable);
   }
 
   /** Processes one chunk. After a hit the matcher must not be used again. */
   write(chunk: Buffer): MatchResult {
+    const result = this.#write(chunk);
+    if (result.kind === "hit" || this.#unwrapped === null) return result;
+
+    // The line-break-free view only detects: what passes on is decided by the raw stream, so
+    // the start of a wrapped match may already have passed when its end arrives.
+    const unwrapped = this.#unwrapped.write(withoutLineBreaks(chunk));
+    if (unwrapped.kind === "hit") return unwrapped;
+    return result;
+  }
+
+  #write(chunk: Buffer): MatchResult {
     const buffer = this.#carry.length === 0 ? chunk : Buffer.concat([this.#carry, chunk]);
     const parts: Buffer[] = [];
     let position = 0;
@@ -58,6 +79,7 @@ export class StreamMatcher {
   end(): Buffer {
     const rest = this.#carry;
     this.#carry = EMPTY;
+    this.#unwrapped?.end();
     return rest;
   }
 
@@ -87,4 +109,18 @@ export class StreamMatcher {
     }
     return start;
   }
+}
+
+const CR = 0x0d;
+const LF = 0x0a;
+
+/** Returns the chunk without CR and LF bytes; the chunk itself when it has none. */
+function withoutLineBreaks(chunk: Buffer): Buffer {
+  if (chunk.indexOf(LF) === -1 && chunk.indexOf(CR) === -1) return chunk;
+  const stripped = Buffer.allocUnsafe(chunk.length);
+  let length = 0;
+  for (const byte of chunk) {
+    if (byte !== CR && byte !== LF) stripped[length++] = byte;
+  }
+  return stripped.subarray(0, length);
 }
