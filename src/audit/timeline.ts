@@ -39,6 +39,15 @@ function formatRawRecord(record: AuditRecord): string {
       const status = record.status === null || record.status === undefined ? "no response" : `status ${text(record.status)}`;
       return `${prefix} ${text(record.method)} ${text(record.host)}:${text(record.port)}${text(record.path)} ${status}, request ${body(record.requestBytes, record.requestSha256, record.requestTruncated)}, response ${body(record.responseBytes, record.responseSha256, record.responseTruncated)}`;
     }
+    case "crew.message": {
+      const files = Array.isArray(record.attachments) && record.attachments.length > 0 ? `, ${record.attachments.length} attachments` : "";
+      const claimed = typeof record.ignoredFrom === "string" ? ` (ignored sender claim ${record.ignoredFrom})` : "";
+      return `${prefix} ${text(record.from)} -> ${text(record.to)} ${text(record.kind)} ${text(record.bytes)}B${files}${claimed}`;
+    }
+    case "crew.reject":
+      return `${prefix} ${text(record.from)} -> ${text(record.to)} ${text(record.kind)} rejected ${text(record.code)}: ${text(record.reason)}`;
+    case "crew.deliver":
+      return `${prefix} ${text(record.id)} ${text(record.kind)} from ${text(record.from)} delivered to ${text(record.to)}`;
     case "limit":
       return `${prefix} ${text(record.message)}`;
     case "run.start":
@@ -50,4 +59,21 @@ function formatRawRecord(record: AuditRecord): string {
       return `${prefix} ${JSON.stringify(rest)}`;
     }
   }
+}
+
+/** One record of a merged timeline and the log it came from. */
+export interface MergedRecord {
+  /** Name of the log, such as a crew's agent name, or "crew" for the crew log. */
+  source: string;
+  record: AuditRecord;
+}
+
+/**
+ * Merges several logs into one timeline ordered by record time. Records with equal times keep
+ * their order within each log, and earlier sources come first.
+ */
+export function mergeTimelines(sources: readonly { source: string; records: readonly AuditRecord[] }[]): MergedRecord[] {
+  const merged = sources.flatMap(({ source, records }) => records.map((record) => ({ source, record })));
+  // Array.prototype.sort is stable, so equal times keep the order built above.
+  return merged.sort((a, b) => a.record.time.localeCompare(b.record.time));
 }

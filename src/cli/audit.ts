@@ -1,8 +1,12 @@
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { formatDuration } from "../policy/units.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { toOcsf } from "../audit/ocsf.js";
 import { auditKeyDir, defaultRunsRoot, findRun, listRuns, readAuditRecords, type RunListing } from "../audit/run-record.js";
-import { formatRecord } from "../audit/timeline.js";
+import type { AuditRecord } from "../audit/hash-chain.js";
+import { formatRecord, mergeTimelines } from "../audit/timeline.js";
+import { CREW_MEMBERS_FILE } from "../crew/crew-state.js";
 import { verifyRunLog } from "../audit/verify.js";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
 import { printableLine } from "../text/printable.js";
@@ -76,8 +80,24 @@ export function auditShow(reference: string, options: RunsRootOption & { type?: 
   const run = locate(reference, options);
   if (run === null) return EXIT_USAGE;
   const types = options.type ?? [];
-  const records = readAuditRecords(run.dir).filter((record) => types.length === 0 || types.some((type) => record.type === type || record.type.startsWith(`${type}.`)));
-  for (const record of records) process.stdout.write(`${options.json === true ? JSON.stringify(record) : formatRecord(record)}\n`);
+  const wanted = (record: AuditRecord) => types.length === 0 || types.some((type) => record.type === type || record.type.startsWith(`${type}.`));
+
+  // A crew's log names its agents' runs; their records join the crew's in one timeline.
+  const members = crewMembers(run.dir);
+  if (members !== null) {
+    const root = dirname(run.dir);
+    const sources = [{ source: "crew", records: readAuditRecords(run.dir) }];
+    for (const [agent, runId] of Object.entries(members)) {
+      if (runId !== null && /^[0-9TZ-]+-[0-9a-f]+$/.test(runId)) sources.push({ source: agent, records: readAuditRecords(join(root, runId)) });
+    }
+    for (const { source, record } of mergeTimelines(sources)) {
+      if (!wanted(record)) continue;
+      process.stdout.write(`${options.json === true ? JSON.stringify({ source, ...record }) : `${source.padEnd(10)} ${formatRecord(record)}`}\n`);
+    }
+    return EXIT_OK;
+  }
+
+  for (const record of readAuditRecords(run.dir).filter(wanted)) process.stdout.write(`${options.json === true ? JSON.stringify(record) : formatRecord(record)}\n`);
   return EXIT_OK;
 }
 
@@ -94,4 +114,17 @@ export function auditExport(reference: string, options: RunsRootOption & { forma
     if (event !== null) process.stdout.write(`${JSON.stringify(event)}\n`);
   }
   return EXIT_OK;
+}
+
+// Returns the agent runs a crew's log names (agent name to run id, null before it started), or
+// null when the run is not a crew.
+function crewMembers(dir: string): Record<string, string | null> | null {
+  const path = join(dir, CREW_MEMBERS_FILE);
+  if (!existsSync(path)) return null;
+  try {
+    const parsed = JSON.parse(readFileSync(path, "utf8")) as { agents?: Record<string, string | null> };
+    return parsed.agents ?? null;
+  } catch {
+    return null;
+  }
 }

@@ -110,6 +110,28 @@ audit
   .description("export the run's events for security tooling")
   .action(async (run: string, options: { format: string; root?: string }) => exitWith((await auditCommands()).auditExport(run, options)));
 
+const crew = program.command("crew").description("run several agents, each in its own box, with a broker between them");
+crew
+  .command("up")
+  .argument("<file>", "crew file (ringfence-crew.yaml)")
+  .option("--root <dir>", "runs directory for the crew log and every agent's run")
+  .description("start every agent; stop all on Ctrl-C or when the crew's exit rule is met")
+  .action(async (file: string, options: { root?: string }) => exitWith(await (await import("./crew.js")).crewUp(file, options)));
+crew
+  .command("status")
+  .argument("[name]", "crew name (default: the crew started last)")
+  .description("show each agent's state, run and message counts")
+  .action(async (name: string | undefined) => exitWith((await import("./crew.js")).crewStatus(name)));
+crew
+  .command("logs")
+  .argument("<agent>", "agent name")
+  .option("--crew <name>", "crew name (default: the crew started last)")
+  .description("print an agent's output")
+  .action(async (agent: string, options: { crew?: string }) => exitWith((await import("./crew.js")).crewLogs(agent, options)));
+crew
+  .command("agent-host", { hidden: true })
+  .action(async () => exitWith(await (await import("./crew.js")).crewAgentHost()));
+
 program
   .command("diff")
   .argument("<run>", "run id, unique prefix, or last")

@@ -273,7 +273,7 @@ export class CrewBroker {
   // Hands queued messages to waiting receivers, oldest first. A receiver whose connection has
   // closed gets nothing, so each message is delivered once, to a live request.
   // NOTE: a box that drops its long poll while the relay still keeps the broker side open can
-  // lose the message delivered in that moment; the crew log's crew.deliver record shows it.
+  // lose the message delivered in that moment. The crew log's crew.deliver record shows it.
   #deliver(agent: string): void {
     const mailbox = this.#mailboxes.get(agent) as Mailbox;
     while (mailbox.queue.length > 0 && mailbox.waiters.length > 0 && !this.#closed) {

@@ -25,7 +25,7 @@ export interface ChannelRules {
 
 /**
  * Decides one message from `sender`, which the broker identifies by the gateway the request came
- * through. `recentSends` holds the send times (ms) of messages accepted on the same channel,
+ * through. `recentSends` contains the send times (ms) of messages accepted on the same channel,
  * oldest first; the caller keeps them and may drop those older than the channel's window.
  */
 export function decideMessage(rules: ChannelRules, sender: string, request: MessageRequest, recentSends: readonly number[], now: number): MessageDecision {

@@ -1,0 +1,132 @@
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { auditKeyDir, defaultRunsRoot } from "../audit/run-record.js";
+import { agentHostMain } from "../crew/agent-host.js";
+import { checkCrewFile } from "../crew/crew-file.js";
+import { crewStateDir, formatStatusLines, processAlive, readCrewState, type CrewState } from "../crew/crew-state.js";
+import { runCrew } from "../crew/supervisor.js";
+import { formatDiagnostic } from "../policy/diagnostic.js";
+import { printableLine } from "../text/printable.js";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./policy.js";
+
+interface Output {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  /** Whether out is a terminal, where status lines are redrawn in place. */
+  tty: boolean;
+}
+
+const stdio: Output = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+  tty: process.stdout.isTTY === true,
+};
+
+/** `ringfence crew up FILE`: runs the crew until its exit rule is met or Ctrl-C; exits 0 when every agent exited with 0. */
+export async function crewUp(file: string, options: { root?: string }, io: Output = stdio): Promise<number> {
+  const checked = checkCrewFile(file);
+  for (const diagnostic of checked.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
+  const crew = checked.crew;
+  if (crew === null) {
+    io.err(`ringfence: crew file ${file} is invalid; fix the errors above (ringfence policy check ${file})\n`);
+    return EXIT_FAILED;
+  }
+
+  const stateDirectory = crewStateDir();
+  const previous = readCrewState(stateDirectory, crew.name);
+  if (previous !== null && previous.end === null && previous.pid !== process.pid && processAlive(previous.pid)) {
+    io.err(`ringfence: crew ${crew.name} is already running (crew up PID ${previous.pid}); stop it first, or rename this crew\n`);
+    return EXIT_FAILED;
+  }
+
+  // The first Ctrl-C stops every agent in order; a second one leaves the rest to the grace timers.
+  const stop = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => () => {
+    if (stop.signal.aborted) {
+      io.err("ringfence: still stopping the crew's agents; each is killed when its grace time ends\n");
+      return;
+    }
+    io.err(`ringfence: ${signal} received; stopping the crew\n`);
+    stop.abort(`crew up received ${signal}`);
+  };
+  const handlers = { SIGINT: onSignal("SIGINT"), SIGTERM: onSignal("SIGTERM"), SIGHUP: onSignal("SIGHUP") };
+  for (const [signal, handler] of Object.entries(handlers)) process.on(signal, handler);
+
+  let drawn = 0;
+  let lastLines: string[] = [];
+  const draw = (state: CrewState) => {
+    const lines = formatStatusLines(state.agents).map((line) => printableLine(line));
+    if (io.tty) {
+      // Move up over the previous block and redraw it in place.
+      io.out(`${drawn > 0 ? `\u001b[${drawn}F` : ""}${lines.map((line) => `\u001b[2K${line}\n`).join("")}`);
+      drawn = lines.length;
+      return;
+    }
+    // Without a terminal, each changed line is printed once.
+    lines.forEach((line, index) => {
+      if (lastLines[index] !== line) io.out(`${line}\n`);
+    });
+    lastLines = lines;
+  };
+
+  try {
+    const result = await runCrew({
+      crew,
+      crewSha256: createHash("sha256").update(readFileSync(crew.file)).digest("hex"),
+      runsRoot: options.root ?? defaultRunsRoot(),
+      stateDirectory,
+      keyDirectory: auditKeyDir(),
+      agentHost: [process.execPath, ...process.execArgv, process.argv[1] as string, "crew", "agent-host"],
+      stop: stop.signal,
+      onChange: draw,
+    });
+    io.err(`ringfence: crew ${crew.name} ended with status ${result.status}; crew log ${result.crewId} (ringfence audit show ${result.crewId} merges every agent's log)\n`);
+    return result.status;
+  } catch (cause) {
+    io.err(`ringfence: crew ${crew.name} failed: ${cause instanceof Error ? cause.message : String(cause)}\n`);
+    return EXIT_FAILED;
+  } finally {
+    for (const [signal, handler] of Object.entries(handlers)) process.off(signal, handler);
+  }
+}
+
+/** `ringfence crew status [NAME]`: the crew's agents, from its state file. */
+export function crewStatus(name: string | undefined, io: Output = stdio): number {
+  const state = readCrewState(crewStateDir(), name);
+  if (state === null) {
+    io.err(`ringfence: ${name === undefined ? "no crew has run yet" : `crew ${name} has no state file`} under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
+    return EXIT_USAGE;
+  }
+  let running = "ended";
+  if (state.end === null) running = processAlive(state.pid) ? `running (crew up PID ${state.pid})` : `not ended cleanly (crew up PID ${state.pid} is gone)`;
+  io.out(`crew ${state.name}: ${running}; started ${state.start}; crew log ${state.crewId}\n`);
+  for (const line of formatStatusLines(state.agents)) io.out(`${printableLine(line)}\n`);
+  return EXIT_OK;
+}
+
+/** `ringfence crew logs AGENT [--crew NAME]`: prints the agent's output so far. */
+export function crewLogs(agent: string, options: { crew?: string }, io: Output = stdio): number {
+  const state = readCrewState(crewStateDir(), options.crew);
+  if (state === null) {
+    io.err(`ringfence: no crew state found under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
+    return EXIT_USAGE;
+  }
+  const member = state.agents.find((entry) => entry.name === agent);
+  if (member === undefined) {
+    io.err(`ringfence: crew ${state.name} has no agent ${JSON.stringify(agent)}; its agents are ${state.agents.map((entry) => entry.name).join(", ")}\n`);
+    return EXIT_USAGE;
+  }
+  if (!existsSync(member.log)) {
+    io.err(`ringfence: agent ${agent} has no output yet\n`);
+    return EXIT_OK;
+  }
+  // The output is the box's, so control characters are escaped before they reach a terminal.
+  const text = readFileSync(member.log, "utf8");
+  for (const line of text.split("\n").slice(0, text.endsWith("\n") ? -1 : undefined)) io.out(`${printableLine(line)}\n`);
+  return EXIT_OK;
+}
+
+/** Runs one agent: the hidden `ringfence crew agent-host` command that `crew up` starts for each agent. */
+export async function crewAgentHost(): Promise<number> {
+  return agentHostMain();
+}

@@ -1,0 +1,212 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { pino } from "pino";
+import { AuditLog } from "../audit/audit-log.js";
+import { loadOrCreateHostKey } from "../audit/host-key.js";
+import { RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
+import { MAX_SOCKET_PATH, RunDirectory } from "../sandbox/run-dir.js";
+import type { AgentReport, AgentStart } from "./agent-host.js";
+import { CrewBroker } from "./broker.js";
+import { CREW_MEMBERS_FILE, writeCrewState, type AgentStatus, type CrewState } from "./crew-state.js";
+import type { Crew } from "./types.js";
+
+/** Time an agent gets to stop its box after the crew stops it, before its host process is killed. */
+export const DEFAULT_STOP_GRACE_MS = 10_000;
+
+export interface CrewUpOptions {
+  crew: Crew;
+  /** SHA-256 of the crew file's text, which each agent host checks before it starts. */
+  crewSha256: string;
+  /** Directory holding the crew's run directory and every agent's. */
+  runsRoot: string;
+  /** Directory of crew state files. */
+  stateDirectory: string;
+  /** Directory of the host's audit signing key. */
+  keyDirectory: string;
+  /** Command that starts one agent host (`ringfence crew agent-host`), with an IPC channel. */
+  agentHost: readonly string[];
+  /** Environment of the agent host processes. Default: process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Stops every agent when aborted; the reason is recorded. */
+  stop: AbortSignal;
+  /** Called after every change of the crew's state. */
+  onChange?: (state: CrewState) => void;
+  stopGraceMs?: number;
+}
+
+export interface CrewResult {
+  crewId: string;
+  crewDir: string;
+  /** 0 when every agent exited with 0, 130 when the crew was stopped from outside, else 1. */
+  status: number;
+  state: CrewState;
+}
+
+interface Member {
+  status: AgentStatus;
+  child: ChildProcess | null;
+  done: Promise<void>;
+  killTimer: NodeJS.Timeout | null;
+}
+
+/**
+ * Starts every agent of a crew in its own box, each in its own host process with its own
+ * gateway, and routes their messages through one broker. Resolves when every agent has ended:
+ * when all are done, when one fails under the exit rule any-failed, or when `stop` aborts.
+ */
+export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
+  const { crew } = options;
+  const runDir = new RunDirectory(options.runsRoot);
+  const log = AuditLog.create(runDir.path, runDir.id, loadOrCreateHostKey(options.keyDirectory));
+  const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
+  mkdirSync(join(runDir.path, "agents"), { mode: 0o700 });
+
+  // Agent names have at most 32 characters, so this is the longest broker socket name.
+  const longestSocket = join(runDir.path, `broker-${"x".repeat(32)}.sock`);
+  const socketDir = longestSocket.length <= MAX_SOCKET_PATH ? runDir.path : mkdtempSync(join(tmpdir(), "ringfence-crew-"));
+
+  const started = new Date();
+  const summary: RunSummary = { v: 1, id: runDir.id, start: started.toISOString(), end: null, durationMs: null, command: ["crew", "up", crew.file], status: null, blocked: 0, backend: "crew", workspace: dirname(crew.file), mode: "-" };
+  const writeSummary = () => writeFileSync(join(runDir.path, RUN_SUMMARY_FILE), `${JSON.stringify(summary, null, 2)}\n`, { mode: 0o600 });
+  writeSummary();
+
+  const members = new Map<string, Member>();
+  const state: CrewState = { v: 1, name: crew.name, crewId: runDir.id, crewDir: runDir.path, file: crew.file, pid: process.pid, start: started.toISOString(), end: null, agents: [] };
+  let broker: CrewBroker | null = null;
+  const publish = () => {
+    for (const member of members.values()) Object.assign(member.status, broker?.traffic(member.status.name) ?? {});
+    state.agents = [...members.values()].map((member) => ({ ...member.status }));
+    writeFileSync(join(runDir.path, CREW_MEMBERS_FILE), `${JSON.stringify({ v: 1, name: crew.name, agents: Object.fromEntries(state.agents.map((agent) => [agent.name, agent.runId])) }, null, 2)}\n`, { mode: 0o600 });
+    writeCrewState(options.stateDirectory, state);
+    options.onChange?.(state);
+  };
+
+  let stopReason: string | null = null;
+  const stopAll = (reason: string) => {
+    if (stopReason !== null) return;
+    stopReason = reason;
+    log.append("crew.stop", { reason });
+    for (const member of members.values()) stopMember(member, options.stopGraceMs ?? DEFAULT_STOP_GRACE_MS);
+  };
+  const onAbort = () => stopAll(String(options.stop.reason ?? "the crew was stopped"));
+
+  try {
+    log.append("crew.start", { name: crew.name, file: crew.file, sha256: options.crewSha256, exit: crew.exit, agents: crew.agents.map((agent) => agent.name), channels: crew.channels.map((channel) => channel.label) });
+    broker = await CrewBroker.start({
+      rules: { agents: crew.agents.map((agent) => agent.name), channels: crew.channels },
+      log,
+      inboxDir: join(runDir.path, "inbox"),
+      socketDir,
+      logger,
+      onTraffic: publish,
+    });
+
+    for (const agent of crew.agents) {
+      const status: AgentStatus = { name: agent.name, state: "starting", pid: null, runId: null, runDir: null, status: null, error: null, sent: 0, received: 0, rejected: 0, log: join(runDir.path, "agents", `${agent.name}.log`) };
+      const member: Member = { status, child: null, done: Promise.resolve(), killTimer: null };
+      members.set(agent.name, member);
+      const start: AgentStart = { type: "start", crewFile: crew.file, crewSha256: options.crewSha256, agent: agent.name, runsRoot: options.runsRoot, brokerSocket: broker.socketPath(agent.name) };
+      member.done = startMember(member, start, options, {
+        onReport: (report) => {
+          if (report.type === "run") {
+            Object.assign(status, { state: "running", runId: report.runId, runDir: report.runDir });
+            log.append("crew.agent.run", { agent: agent.name, runId: report.runId });
+          } else {
+            Object.assign(status, { status: report.status, error: report.error });
+          }
+          publish();
+        },
+        onExit: () => {
+          if (status.status === 0) status.state = "exited";
+          else status.state = stopReason !== null ? "stopped" : "failed";
+          log.append("crew.agent.end", { agent: agent.name, state: status.state, status: status.status, error: status.error });
+          publish();
+          if (crew.exit === "any-failed" && status.state === "failed") stopAll(`agent ${agent.name} failed with status ${status.status ?? "unknown"}, and the crew's exit rule is any-failed`);
+        },
+      });
+      log.append("crew.agent.start", { agent: agent.name, pid: member.child?.pid ?? null });
+    }
+    publish();
+
+    options.stop.addEventListener("abort", onAbort);
+    if (options.stop.aborted) onAbort();
+    await Promise.all([...members.values()].map((member) => member.done));
+  } catch (cause) {
+    // A failure while starting must not leave agents behind.
+    stopAll(`the crew failed to start: ${cause instanceof Error ? cause.message : String(cause)}`);
+    await Promise.all([...members.values()].map((member) => member.done));
+    throw cause;
+  } finally {
+    options.stop.removeEventListener("abort", onAbort);
+    await broker?.close();
+    publish();
+    const ended = new Date();
+    const status = crewStatus(state, stopReason !== null && options.stop.aborted);
+    log.append("crew.end", { status, durationMs: ended.getTime() - started.getTime(), stoppedBy: stopReason });
+    log.close();
+    Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status });
+    writeSummary();
+    state.end = ended.toISOString();
+    writeCrewState(options.stateDirectory, state);
+    runDir.close();
+    if (socketDir !== runDir.path) rmSync(socketDir, { recursive: true, force: true });
+    logger.flush();
+  }
+
+  return { crewId: runDir.id, crewDir: runDir.path, status: crewStatus(state, stopReason !== null && options.stop.aborted), state };
+}
+
+// 130 is what a shell reports for a command ended by SIGINT.
+function crewStatus(state: CrewState, stoppedFromOutside: boolean): number {
+  if (stoppedFromOutside) return 130;
+  return state.agents.some((agent) => agent.status !== 0) ? 1 : 0;
+}
+
+const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15 };
+
+// Starts one agent host in its own process group, so that a terminal's Ctrl-C reaches only
+// `crew up`, which then stops every agent in order.
+function startMember(member: Member, start: AgentStart, options: CrewUpOptions, events: { onReport: (report: AgentReport) => void; onExit: () => void }): Promise<void> {
+  const [command, ...args] = options.agentHost;
+  const output = openSync(member.status.log, "a", 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(command as string, [...args], { stdio: ["ignore", output, output, "ipc"], detached: true, env: options.env ?? process.env });
+  } finally {
+    closeSync(output);
+  }
+  member.child = child;
+  member.status.pid = child.pid ?? null;
+
+  return new Promise((resolve) => {
+    child.on("message", (message) => events.onReport(message as AgentReport));
+    child.on("error", (error) => {
+      member.status.error = `the agent host could not start: ${error.message}`;
+    });
+    child.on("exit", (code, signal) => {
+      if (member.killTimer !== null) clearTimeout(member.killTimer);
+      // A host that died without reporting (a crash, a kill) has the status its process ended with.
+      if (member.status.status === null) member.status.status = code ?? 128 + (SIGNAL_NUMBERS[signal ?? ""] ?? 0);
+      if (member.status.error === null && signal !== null) member.status.error = `the agent host was ended by ${signal}`;
+      events.onExit();
+      resolve();
+    });
+    if (child.pid !== undefined) child.send(start);
+  });
+}
+
+function stopMember(member: Member, graceMs: number): void {
+  const child = member.child;
+  if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+  if (child.connected) child.send({ type: "stop" });
+  member.killTimer = setTimeout(() => {
+    // The whole process group: the agent host, and the shell and bwrap it started.
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+    } catch {
+      // The group is already gone.
+    }
+  }, graceMs);
+}

@@ -1,0 +1,202 @@
+// Crews of three real agents, each in its own bubblewrap box with its own gateway, started
+// through `ringfence crew up` as a separate process.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { crewFixture, crewState, crewUp, descendants, processRunning, ringfence, waitForState } from "./support/crew-run.js";
+
+const CREW = 'crew() { node "$RINGFENCE_CREW_CLI" "$@"; }\n';
+
+const PLANNER = `${CREW}
+for i in 1 2 3 4 5; do crew send coder task -m "task $i" >/dev/null || echo "send $i failed"; done
+# The envelope claims the reviewer sent it; the broker goes by the gateway instead.
+curl -s -o /dev/null -w 'spoof %{http_code}\\n' -x "$http_proxy" -H 'content-type: application/json' \\
+  --data '{"from":"reviewer","to":"coder","kind":"task","body":"spoofed"}' http://crew.ringfence.invalid/v1/send
+echo attached > note.txt
+crew send coder task -m "with file" -a note.txt >/dev/null || echo "attachment send failed"
+try() { if crew "$@" 2>err.txt >/dev/null; then echo "accepted $2 $3"; else echo "rejected $2 $3: $(cat err.txt)"; fi; }
+try send mallory task -m x
+try send reviewer task -m x
+try send coder chat -m x
+try send coder task -m "$(head -c 300 /dev/zero | tr '\\0' x)"
+try send coder task -m "one too many"
+`;
+
+const CODER = `${CREW}
+for i in 1 2 3 4 5 6 7; do crew receive --wait 30 --save inbox >> received.jsonl || echo "receive $i failed"; done
+crew receive --wait 30 >> received.jsonl
+if curl -s -m 5 --noproxy '*' http://127.0.0.1:47011/; then echo "direct reached"; else echo "direct refused"; fi
+echo "proxied $(curl -s -o /dev/null -w '%{http_code}' -m 5 --noproxy '' -x "$http_proxy" http://127.0.0.1:47011/)"
+if cat "$PEER_WORKSPACE/secret.txt" 2>/dev/null; then echo "file reached"; else echo "file hidden"; fi
+if ls "$STATE_HOME" >/dev/null 2>&1; then echo "state visible"; else echo "state hidden"; fi
+crew send reviewer done -m finished >/dev/null
+`;
+
+const REVIEWER = `${CREW}
+echo "reviewer secret" > secret.txt
+node -e 'require("net").createServer((s) => s.end("reviewer port\\n")).listen(47011, "127.0.0.1", () => console.log("listening"))' &
+sleep 1
+crew send coder ready -m "port 47011" >/dev/null
+crew receive --wait 60 > done.json
+kill $!
+`;
+
+const CHANNELS = `channels:
+  - from: planner
+    to: coder
+    kinds: [task]
+    max_bytes: 256
+    max_rate: 7/hour
+    attachments:
+      max_bytes: 1KiB
+  - from: reviewer
+    to: coder
+    kinds: [ready]
+  - from: coder
+    to: reviewer
+    kinds: [done]`;
+
+test("crew up exchanges messages between boxes", { timeout: 180_000 }, async () => {
+  // The coder's policy names the reviewer's workspace and the state directory, to probe them.
+  const fixture = crewFixture("exchange", { planner: PLANNER, coder: CODER, reviewer: REVIEWER }, CHANNELS, {
+    env: ({ stateHome, workspace }) => ({ coder: { PEER_WORKSPACE: workspace("reviewer"), STATE_HOME: stateHome } }),
+  });
+
+  const run = crewUp(fixture);
+  const result = await run.done;
+  assert.equal(result.status, 0, result.stderr);
+
+  const state = crewState(fixture, "exchange");
+  assert.ok(state !== null);
+  const log = (agent: string) => readFileSync(state.agents.find((entry) => entry.name === agent)?.log ?? "", "utf8");
+
+  // Allowed messages arrive once and in order, each with the sender the broker identified.
+  const received = readFileSync(join(fixture.workspace("coder"), "received.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as { from: string; kind: string; body: string; attachments: { name: string; sha256: string }[] });
+  assert.deepEqual(
+    received.map((message) => message.body),
+    ["task 1", "task 2", "task 3", "task 4", "task 5", "spoofed", "with file", "port 47011"],
+  );
+  assert.deepEqual(
+    received.map((message) => message.from),
+    ["planner", "planner", "planner", "planner", "planner", "planner", "planner", "reviewer"],
+  );
+  assert.equal(readFileSync(join(fixture.workspace("coder"), "inbox", "note.txt"), "utf8"), "attached\n");
+  assert.match(log("planner"), /^spoof 200$/m);
+
+  // Every kind of forbidden message is rejected with a reason the sender can act on.
+  const planner = log("planner");
+  assert.match(planner, /rejected mallory task: ringfence-crew: ringfence crew broker rejected the message: agent "mallory" is not in this crew/);
+  assert.match(planner, /rejected reviewer task: .*no channel lets planner send to reviewer/);
+  assert.match(planner, /rejected coder chat: .*does not allow kind "chat"/);
+  assert.match(planner, /rejected coder task: .*the message body is 300 bytes, more than the 256 bytes/);
+  assert.match(planner, /rejected coder task: .*allows 7 messages per hour \(max_rate\)/);
+  assert.doesNotMatch(planner, /failed|accepted/);
+
+  // The coder reached neither the reviewer's port nor its files nor ringfence's state.
+  const coder = log("coder");
+  assert.match(coder, /^direct refused$/m);
+  assert.match(coder, /^proxied 403$/m);
+  assert.match(coder, /^file hidden$/m);
+  assert.match(coder, /^state hidden$/m);
+  assert.match(log("reviewer"), /^listening$/m);
+  assert.equal(JSON.parse(readFileSync(join(fixture.workspace("reviewer"), "done.json"), "utf8")).from, "coder");
+
+  // The crew log records every exchange; it and every agent's log verify.
+  const shown = await ringfence(fixture, ["audit", "show", state.crewId, "--json"]);
+  assert.equal(shown.status, 0, shown.stderr);
+  const records = shown.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  const crewRecords = records.filter((record) => record.source === "crew");
+  const rejects = crewRecords.filter((record) => record.type === "crew.reject").map((record) => record.code);
+  assert.deepEqual(rejects, ["unknown-agent", "no-channel", "unknown-kind", "too-large", "rate-exceeded"]);
+  const messages = crewRecords.filter((record) => record.type === "crew.message");
+  assert.equal(messages.length, 9);
+  assert.equal(messages.find((record) => record.ignoredFrom === "reviewer")?.from, "planner");
+  const withFile = messages.find((record) => Array.isArray(record.attachments) && record.attachments.length === 1);
+  assert.match(String((withFile?.attachments as { sha256: string }[])[0]?.sha256), /^[0-9a-f]{64}$/);
+  const delivered = crewRecords.filter((record) => record.type === "crew.deliver").map((record) => record.id);
+  assert.deepEqual([...delivered].sort(), messages.map((record) => record.id).sort());
+  assert.ok(records.some((record) => record.source === "coder" && record.type === "network" && record.host === "127.0.0.1" && record.decision === "deny"));
+
+  for (const runId of [state.crewId, ...state.agents.map((agent) => agent.runId as string)]) {
+    const verified = await ringfence(fixture, ["audit", "verify", runId]);
+    assert.equal(verified.status, 0, `${runId}: ${verified.stdout}${verified.stderr}`);
+  }
+});
+
+test("crew survives a crashed agent", { timeout: 120_000 }, async () => {
+  const fixture = crewFixture(
+    "crash",
+    {
+      crasher: `${CREW}crew send first hello -m "about to crash" >/dev/null\nkill -KILL $$\n`,
+      first: `${CREW}crew receive --wait 30 > from-crasher.json\nsleep 1\ncrew send second hello -m "after the crash" >/dev/null\n`,
+      second: `${CREW}crew receive --wait 30 > from-first.json\n`,
+    },
+    "channels:\n  - from: crasher\n    to: first\n    kinds: [hello]\n  - from: first\n    to: second\n    kinds: [hello]",
+  );
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 1, result.stderr);
+
+  const state = crewState(fixture, "crash");
+  const agent = (name: string) => state?.agents.find((entry) => entry.name === name);
+  assert.equal(agent("crasher")?.state, "failed");
+  assert.equal(agent("crasher")?.status, 137);
+  assert.equal(agent("first")?.state, "exited");
+  assert.equal(agent("second")?.state, "exited");
+  assert.equal(JSON.parse(readFileSync(join(fixture.workspace("second"), "from-first.json"), "utf8")).body, "after the crash");
+});
+
+test("crew up stops on SIGINT leaving no process", { timeout: 120_000 }, async () => {
+  const sleeper = "echo started\nexec sleep 600\n";
+  const fixture = crewFixture("stop", { one: sleeper, two: sleeper, three: sleeper }, "channels: []");
+  const run = crewUp(fixture);
+  await waitForState(fixture, "stop", (state) => state.agents.length === 3 && state.agents.every((agent) => agent.state === "running"));
+  // The boxes' commands start a moment after their runs do; wait until each has printed.
+  await waitForState(fixture, "stop", (state) => state.agents.every((agent) => /started/.test(readFileSync(agent.log, "utf8"))));
+
+  const pid = run.child.pid as number;
+  const before = descendants(pid);
+  assert.ok(before.length >= 6, `expected agent hosts and boxes under crew up, found ${before.length}`);
+  const commands = before.map((child) => readFileSync(`/proc/${child}/cmdline`, "utf8"));
+  assert.equal(commands.filter((command) => command.startsWith("sleep\u0000600")).length, 3);
+
+  run.child.kill("SIGINT");
+  const result = await run.done;
+  assert.equal(result.status, 130, result.stderr);
+  const left = before.filter(processRunning);
+  const describe = (child: number) => {
+    try {
+      return `${child} ${readFileSync(`/proc/${child}/cmdline`, "utf8").replaceAll("\u0000", " ")} ${readFileSync(`/proc/${child}/stat`, "utf8").split(" ")[2]}`;
+    } catch {
+      return `${child} (gone)`;
+    }
+  };
+  assert.deepEqual(left, [], `processes left behind: ${left.map(describe).join("; ")}`);
+  const state = crewState(fixture, "stop");
+  assert.ok(state?.agents.every((agent) => agent.state === "stopped"), JSON.stringify(state?.agents));
+  assert.notEqual(state?.end, null);
+});
+
+test("crew stops on failure under any-failed", { timeout: 120_000 }, async () => {
+  const fixture = crewFixture("anyfail", { quitter: "sleep 1\nexit 3\n", waiter: "exec sleep 600\n", other: "exec sleep 600\n" }, "channels: []", { exit: "any-failed" });
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 1, result.stderr);
+  const state = crewState(fixture, "anyfail");
+  const states = Object.fromEntries((state?.agents ?? []).map((agent) => [agent.name, `${agent.state} ${agent.status}`]));
+  assert.equal(states.quitter, "failed 3");
+  assert.match(states.waiter ?? "", /^stopped /);
+  assert.match(states.other ?? "", /^stopped /);
+
+  const status = await ringfence(fixture, ["crew", "status", "anyfail"]);
+  assert.equal(status.status, 0);
+  assert.match(status.stdout, /^crew anyfail: ended/);
+  assert.match(status.stdout, /quitter\s+failed \(3\)/);
+  const logs = await ringfence(fixture, ["crew", "logs", "quitter"]);
+  assert.match(logs.stdout, /exited with status 3/);
+});
