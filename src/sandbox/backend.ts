@@ -1,4 +1,5 @@
 import type { Policy } from "../policy/types.js";
+import type { ExecRecord } from "./exec-audit.js";
 
 /**
  * An error the user can act on: what failed and what to do. The CLI prints `message` alone,
@@ -55,7 +56,7 @@ export interface PreparedBox {
   /** The effective box for `--dry-run`: namespaces, mounts, environment, limits. */
   describe(): string[];
   /** Runs the command with the caller's stdio and resolves when every process in the box is gone. */
-  run(options: { timeoutMs: number | null; stop?: AbortSignal }): Promise<BoxExit>;
+  run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord) => void }): Promise<BoxExit>;
   /** Removes what prepare created on the host (placeholders, cgroups); idempotent. */
   cleanup(): Promise<void>;
 }

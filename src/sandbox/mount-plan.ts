@@ -38,6 +38,8 @@ export interface MountContext {
   privatePaths: readonly string[];
   /** Host path of the CA bundle with the gateway's run CA, or null when nothing is intercepted. */
   caBundle?: string | null;
+  /** The exec audit helper's host file and its path in the box, or null when execs are not recorded. */
+  execAudit?: { source: string; target: string } | null;
 }
 
 /**
@@ -129,6 +131,9 @@ export function planMounts(context: MountContext): MountOp[] {
   }
 
   if (context.forwarder !== null) ops.push({ kind: "ro-bind", source: context.forwarder.source, target: context.forwarder.target, reason: "in-box forwarder to the gateway" });
+  if (context.execAudit !== undefined && context.execAudit !== null) {
+    ops.push({ kind: "ro-bind", source: context.execAudit.source, target: context.execAudit.target, reason: "exec audit guard, the box's first process" });
+  }
   if (context.gatewaySocket !== null) ops.push({ kind: "ro-bind", source: context.gatewaySocket, target: BOX_GATEWAY_SOCKET, reason: "the gateway's socket, the box's only way out" });
   if (context.caBundle !== undefined && context.caBundle !== null) ops.push({ kind: "ro-bind", source: context.caBundle, target: BOX_CA_BUNDLE, reason: "host CA bundle plus the gateway's run CA, for intercepted TLS" });
   ops.push({ kind: "remount-ro", target: "/", reason: "the box's root holds only mount points; nothing new may appear there" });

@@ -1,12 +1,14 @@
 import { spawn, spawnSync } from "node:child_process";
 import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import type { Readable } from "node:stream";
 import { recordOverlayBaseline } from "../workspace/overlay-record.js";
 import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
 import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
 import { BOX_PROXY_PORT, prepareForwarder } from "./forwarder.js";
+import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
 import { BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
@@ -115,6 +117,10 @@ export class NamespaceBackend implements SandboxBackend {
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
     let forwarderTarget: string | null = null;
     if (forwarder !== null) forwarderTarget = forwarder.kind === "native" ? `${BOX_RUNTIME_DIR}/forwarder` : `${BOX_RUNTIME_DIR}/forwarder.mjs`;
+    // Every exec in the box is recorded by a host-side supervisor (exec-audit.c). Where the
+    // helper cannot be built, the run goes on and warns that only the top-level command is recorded.
+    const execAudit = request.hostEnv.RINGFENCE_EXEC_AUDIT === "off" ? { unavailable: "RINGFENCE_EXEC_AUDIT=off is set on the host" } : prepareExecAudit();
+    const execHelper = "path" in execAudit ? execAudit.path : null;
     const mounts = planMounts({
       policy,
       home: request.home,
@@ -125,6 +131,7 @@ export class NamespaceBackend implements SandboxBackend {
       gatewaySocket: request.gatewaySocket,
       privatePaths: request.privatePaths,
       caBundle: request.caBundle ?? null,
+      execAudit: execHelper === null ? null : { source: execHelper, target: BOX_EXEC_AUDIT },
     });
 
     const arch = seccompArchFor(process.arch);
@@ -133,12 +140,13 @@ export class NamespaceBackend implements SandboxBackend {
     writeFileSync(seccompPath, encodeSeccompProgram(buildSeccompProgram(arch)), { mode: 0o600 });
 
     const env = boxEnvironment({ policy, hostEnv: request.hostEnv, home: request.home, user: request.user, proxyPort: forwarder === null ? null : BOX_PROXY_PORT, extra: request.extraEnv ?? {} });
-    const commandArgv =
+    const forwardedArgv =
       forwarder === null || forwarderTarget === null
         ? [...request.command]
         : forwarder.kind === "native"
           ? [forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command]
           : [forwarder.node, forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command];
+    const commandArgv = execHelper === null ? forwardedArgv : [BOX_EXEC_AUDIT, "guard", String(EXEC_AUDIT_FD), "--", ...forwardedArgv];
 
     const SECCOMP_FD = 3;
     const cwd = boxWorkingDirectory(policy, request.cwd);
@@ -161,6 +169,7 @@ export class NamespaceBackend implements SandboxBackend {
         "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
         `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags; ${SECCOMP_SET_ID_NAMES.join(", ")} with a set-user-ID or set-group-ID mode`,
         `network: ${forwarder === null ? "none" : `forwarder (${forwarder.kind}) on 127.0.0.1:${BOX_PROXY_PORT} -> gateway socket`}`,
+        `exec audit: ${execHelper === null ? `off (${"unavailable" in execAudit ? execAudit.unavailable : ""}); only the top-level command is recorded` : "every execve and execveat, through seccomp user notification to a host-side supervisor"}`,
         `limits (${limits.mechanism}):${limits.report.length === 0 ? " none set" : ""}`,
         ...limits.report.map((line) => `  ${line}`),
         ...limits.unenforced.map((line) => `  NOT ENFORCED: ${line}`),
@@ -175,7 +184,7 @@ export class NamespaceBackend implements SandboxBackend {
         `bwrap ${bwrapArgs.join(" ")}`,
       ],
 
-      run: async ({ timeoutMs, stop }) => {
+      run: async ({ timeoutMs, stop, onExec }) => {
         // A limit the user asked for must hold or the run does not start. The built-in default's
         // limits are a safety net, so the box still runs where the host cannot enforce them.
         const builtInDefault = policy.files.length === 0;
@@ -196,7 +205,9 @@ export class NamespaceBackend implements SandboxBackend {
         const procsFiles = cgroups?.procsFiles() ?? [];
         const prefix = ["/bin/sh", "-c", 'trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-box", ...procsFiles, "--"];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
-        const argv = [...prefix, "bwrap", ...bwrapArgs];
+        const boxArgv = [...prefix, "bwrap", ...bwrapArgs];
+        const argv = execHelper === null ? boxArgv : [execHelper, "supervise", "--", ...boxArgv];
+        const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
 
         // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
         // through --die-with-parent. This handler removes what was made on the host for the box.
@@ -217,8 +228,9 @@ export class NamespaceBackend implements SandboxBackend {
                   const failures = groups.events().processLimitHits;
                   return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
                 };
-          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop);
-          exit.warnings.push(...limitWarnings);
+          const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
+          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop, execLines);
+          exit.warnings.push(...limitWarnings, ...execWarnings);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, workspace.protect, diskView);
@@ -320,10 +332,40 @@ function runChild(
   timeoutMs: number | null,
   checkLimits: (() => string | null) | null,
   stop?: AbortSignal,
+  onExec: ((record: ExecRecord) => void) | null = null,
 ): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["inherit", "inherit", "inherit", seccompFd], env });
+    const stdio: ("inherit" | "pipe" | number)[] = ["inherit", "inherit", "inherit", seccompFd];
+    if (onExec !== null) stdio.push("pipe");
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio, env });
     let stoppedBy: string | null = null;
+    const warnings: string[] = [];
+
+    // The exec audit supervisor writes one JSON line per exec on its descriptor 4.
+    const records = onExec === null ? null : (child.stdio[EXEC_AUDIT_FD] as Readable | null | undefined);
+    if (records !== null && records !== undefined && onExec !== null) {
+      let pending = "";
+      let malformed = 0;
+      records.setEncoding("utf8");
+      records.on("data", (chunk: string) => {
+        pending += chunk;
+        let newline = pending.indexOf("\n");
+        while (newline >= 0) {
+          const record = parseExecRecord(pending.slice(0, newline));
+          if (record === null) malformed += 1;
+          else onExec(record);
+          pending = pending.slice(newline + 1);
+          newline = pending.indexOf("\n");
+        }
+        if (pending.length > MAX_EXEC_RECORD_BYTES) {
+          malformed += 1;
+          pending = "";
+        }
+      });
+      records.on("end", () => {
+        if (malformed > 0) warnings.push(`the exec audit supervisor wrote ${malformed} line(s) that are not records; the audit log may miss those execs`);
+      });
+    }
 
     // The terminal sends Ctrl-C and Ctrl-\ to the whole foreground process group, the box's
     // processes included. ringfence ignores both and waits for the box to end.
@@ -378,10 +420,11 @@ function runChild(
       finish();
       reject(new SandboxError("spawn", `starting ${argv[0]} failed: ${error.message}`));
     });
-    child.on("exit", (code, signal) => {
+    // "close" comes after "exit" once the record pipe is drained, so no exec record is lost.
+    child.on("close", (code, signal) => {
       finish();
       const status = code ?? 128 + (signal === null ? 0 : (SIGNAL_NUMBERS[signal] ?? 0));
-      resolve({ status, stoppedBy, warnings: [] });
+      resolve({ status, stoppedBy, warnings });
     });
   });
 }

@@ -192,7 +192,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
 
     const tracker = WorkspaceTracker.start(policy, runDir.path);
     const stop = options.stop === undefined ? leakStop.signal : AbortSignal.any([leakStop.signal, options.stop]);
-    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop });
+    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop, onExec: (record) => audit.append("exec", { ...record }) });
     const ended = new Date();
     if (exit.limitMessage !== null) audit.append("limit", { message: exit.limitMessage });
     recordWorkspaceChanges(tracker, (fields) => audit.append("workspace.change", fields), message);

@@ -563,6 +563,81 @@ for (const backend of BACKENDS) {
         assert.doesNotMatch(run.stdout, /LEAK/);
       });
 
+      test("every exec recorded in order", async () => {
+        const workspace = makeWorkspace(user);
+        const script = `/bin/true; ls -d . >/dev/null; echo piped | cat >/dev/null; /bin/echo "two words" 'tab\there' >/dev/null; sh -c 'exec /usr/bin/env true'`;
+        const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+        assert.equal(run.status, 0, show(run));
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+        assert.ok(runDir !== undefined, show(run));
+        const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; seq: number; path?: string; argv?: string[]; pid?: number; missing?: boolean });
+        const execs = records.filter((record) => record.type === "exec" && record.missing !== true);
+        const names = execs.map((record) => record.path?.split("/").pop());
+        // The forwarder starts first and becomes the command; each later exec comes in the order run.
+        assert.deepEqual(names, ["forwarder", "sh", "true", "ls", "cat", "echo", "sh", "env", "true"], JSON.stringify(execs, null, 1));
+        assert.deepEqual(execs[5]?.argv, ["/bin/echo", "two words", "tab\there"]);
+        assert.deepEqual(execs[2]?.argv, ["/bin/true"]);
+        for (const record of execs) assert.ok((record.pid ?? 0) > 0, JSON.stringify(record));
+        const seqs = execs.map((record) => record.seq);
+        assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+
+        const plan = await runBox(user, workspace, ["--dry-run"], []);
+        assert.match(plan.stdout, /^exec audit: every execve and execveat/m, show(plan));
+      });
+
+      test("second exec listener rejected", async () => {
+        // A listener of the box's own would receive exec notifications before the host's.
+        const source = [
+          "#include <errno.h>",
+          "#include <linux/filter.h>",
+          "#include <linux/seccomp.h>",
+          "#include <stdio.h>",
+          "#include <string.h>",
+          "#include <sys/syscall.h>",
+          "#include <unistd.h>",
+          "int main(void) {",
+          "  struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};",
+          "  struct sock_fprog program = {1, allow};",
+          "  long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &program);",
+          '  printf("listener: %s\\n", fd < 0 ? strerror(errno) : "created");',
+          "  return 0;",
+          "}",
+        ].join("\n");
+        const workspace = makeWorkspace(user, { "listener.c": source });
+        const run = await runBox(user, workspace, [], ["sh", "-c", "cc -o /tmp/listener listener.c && /tmp/listener"]);
+        assert.equal(run.status, 0, show(run));
+        assert.match(run.stdout, /^listener: Device or resource busy$/m, show(run));
+      });
+
+      test("exec audit fails closed", async () => {
+        // Killing the host-side supervisor mid-run must end the box: no exec goes unrecorded.
+        const workspace = makeWorkspace(user);
+        const marker = `ringfence-exec-${process.pid}-${user.uid}`;
+        const running = runBox(user, workspace, [], ["bash", "-c", `touch started; exec -a ${marker} sh -c 'while true; do sleep 0.1; done'`]);
+        assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the box never started");
+        const supervisors = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+          try {
+            const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+            return argv[1] === "supervise" && argv.includes(workspace);
+          } catch {
+            return false;
+          }
+        });
+        assert.equal(supervisors.length, 1, "exactly one supervisor for this run");
+        process.kill(Number(supervisors[0]), "SIGKILL");
+        const run = await running;
+
+        assert.notEqual(run.status, 0, show(run));
+        const left = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+          } catch {
+            return false;
+          }
+        });
+        assert.deepEqual(left, [], "a process of the box outlived its supervisor");
+      });
+
       test("exit status and signals", async () => {
         const workspace = makeWorkspace(user);
         assert.equal((await runBox(user, workspace, [], ["sh", "-c", "exit 7"])).status, 7);

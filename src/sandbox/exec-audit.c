@@ -1,0 +1,403 @@
+/*
+ * Records every execve and execveat in the box, from the host, through seccomp user
+ * notification. One binary, two roles:
+ *
+ *   ringfence-exec-audit supervise -- COMMAND [ARG...]     (host side)
+ *   ringfence-exec-audit guard FD -- COMMAND [ARG...]      (first process in the box)
+ *
+ * The supervisor makes a socket pair, starts COMMAND (the shell that starts bwrap) as its child
+ * with one end at descriptor 4, and writes one JSON line per exec to its own descriptor 4, a
+ * pipe that ringfence reads. Inside the box, the guard installs a seccomp filter that turns
+ * execve and execveat into notifications, sends the filter's listener descriptor to the
+ * supervisor over FD, closes FD, and runs COMMAND.
+ *
+ * For each notification the supervisor reads the path and argv from /proc/PID/mem, checks that
+ * the notification is still live (so the PID was not reused), writes the record, and lets the
+ * call go on. The box cannot stop this. The supervisor runs outside the box's PID namespace and
+ * cgroups, and the box cannot ptrace (the main filter denies it). The kernel allows only one
+ * listener in a filter chain, so a second one fails with EBUSY. A filter the box adds cannot
+ * turn a notification into ALLOW, because USER_NOTIF takes precedence. If the supervisor dies,
+ * the kernel fails every later exec in the box with ENOSYS, and bwrap, whose parent death
+ * signal is SIGKILL, ends the box.
+ *
+ * NOTE: a second thread of the calling process can change argv between the supervisor's read
+ * and the kernel's, so the recorded argv is what the process showed when asked. The record
+ * still proves that an exec happened, by which PID, and when.
+ *
+ * ringfence compiles this file with the host's C compiler on first use and caches the binary.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "exec audit is built for x86_64 and aarch64 only"
+#endif
+
+/* Descriptor of the socket in the child, and of the record pipe in the supervisor. */
+#define CHANNEL_FD 4
+/* Bounds of one record: longer paths and arguments are cut and the record says so. */
+#define MAX_PATH_BYTES 4096
+#define MAX_ARGS 64
+#define MAX_ARG_BYTES 1024
+#define MAX_LINE_BYTES (16 + MAX_PATH_BYTES * 6 + MAX_ARGS * (MAX_ARG_BYTES * 6 + 4) + 256)
+
+static volatile sig_atomic_t forwarded_signal = 0;
+static pid_t child_pid = -1;
+
+static int install_filter(void) {
+  struct sock_filter program[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_AUDIT_ARCH, 0, 4),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+  };
+  struct sock_fprog fprog = {.len = sizeof(program) / sizeof(program[0]), .filter = program};
+  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &fprog);
+}
+
+static int send_fd(int socket_fd, int fd) {
+  char byte = 'L';
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof(control));
+  struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
+  struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(header), &fd, sizeof(int));
+  return sendmsg(socket_fd, &message, 0) == 1 ? 0 : -1;
+}
+
+/* Returns the received descriptor, or -1 when the other end closed without sending one. */
+static int receive_fd(int socket_fd) {
+  char byte;
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
+  ssize_t received;
+  do {
+    received = recvmsg(socket_fd, &message, MSG_CMSG_CLOEXEC);
+  } while (received < 0 && errno == EINTR);
+  if (received != 1) return -1;
+  struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+  if (header == NULL || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(header), sizeof(int));
+  return fd;
+}
+
+static int guard(int argc, char **argv) {
+  if (argc < 5 || strcmp(argv[3], "--") != 0) {
+    fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND [ARG...]\n");
+    return 125;
+  }
+  int socket_fd = atoi(argv[2]);
+  int listener = install_filter();
+  if (listener < 0) {
+    fprintf(stderr, "ringfence: installing the exec audit filter failed: %s; the command was not started\n", strerror(errno));
+    return 126;
+  }
+  if (send_fd(socket_fd, listener) != 0) {
+    fprintf(stderr, "ringfence: handing the exec audit listener to the host failed: %s; the command was not started\n", strerror(errno));
+    return 126;
+  }
+  close(listener);
+  close(socket_fd);
+  execvp(argv[4], &argv[4]);
+  int code = errno == ENOENT ? 127 : 126;
+  fprintf(stderr, "ringfence: %s: %s\n", argv[4], strerror(errno));
+  return code;
+}
+
+/* Appends `text` (length bytes) to `out` as the body of a JSON string; returns the new end. */
+static char *append_escaped(char *out, const char *text, size_t length) {
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < length; i++) {
+    unsigned char c = (unsigned char)text[i];
+    if (c == '"' || c == '\\') {
+      *out++ = '\\';
+      *out++ = (char)c;
+    } else if (c < 0x20 || c == 0x7f) {
+      memcpy(out, "\\u00", 4);
+      out[4] = hex[c >> 4];
+      out[5] = hex[c & 15];
+      out += 6;
+    } else {
+      *out++ = (char)c;
+    }
+  }
+  return out;
+}
+
+/*
+ * Reads a NUL-terminated string of at most `max` bytes at `address` in the target. Returns its
+ * length, or -1 when nothing could be read. Sets *cut when no NUL came within `max` bytes.
+ */
+static ssize_t read_string(int mem_fd, uint64_t address, char *buffer, size_t max, int *cut) {
+  ssize_t got = pread(mem_fd, buffer, max, (off_t)address);
+  if (got <= 0) return -1;
+  char *end = memchr(buffer, '\0', (size_t)got);
+  *cut = end == NULL;
+  return end == NULL ? got : end - buffer;
+}
+
+static int write_all(int fd, const char *data, size_t length) {
+  while (length > 0) {
+    ssize_t written = write(fd, data, length);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    data += written;
+    length -= (size_t)written;
+  }
+  return 0;
+}
+
+/* Returns the PID as the box sees it (the last NSpid field), or 0 when it cannot be read. */
+static long box_pid(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/status", pid);
+  FILE *file = fopen(path, "re");
+  if (file == NULL) return 0;
+  char line[256];
+  long value = 0;
+  while (fgets(line, sizeof(line), file) != NULL) {
+    if (strncmp(line, "NSpid:", 6) != 0) continue;
+    char *cursor = line + 6;
+    char *end;
+    for (;;) {
+      long number = strtol(cursor, &end, 10);
+      if (end == cursor) break;
+      value = number;
+      cursor = end;
+    }
+    break;
+  }
+  fclose(file);
+  return value;
+}
+
+/* Returns whether `path`, as the process sees it (its root, or its working directory), exists. */
+static int path_exists(pid_t pid, const char *path) {
+  char full[MAX_PATH_BYTES + 64];
+  if (path[0] == '/') snprintf(full, sizeof(full), "/proc/%d/root%s", pid, path);
+  else snprintf(full, sizeof(full), "/proc/%d/cwd/%s", pid, path);
+  return faccessat(AT_FDCWD, full, F_OK, AT_EACCESS) == 0;
+}
+
+static char scratch_path[MAX_PATH_BYTES];
+
+static void handle(int listener, struct seccomp_notif *request, struct seccomp_notif_resp *response, char *line, char *scratch) {
+  int is_execveat = request->data.nr == __NR_execveat;
+  uint64_t path_address = is_execveat ? request->data.args[1] : request->data.args[0];
+  uint64_t argv_address = is_execveat ? request->data.args[2] : request->data.args[1];
+
+  char mem_path[64];
+  snprintf(mem_path, sizeof(mem_path), "/proc/%u/mem", request->pid);
+  int mem_fd = open(mem_path, O_RDONLY | O_CLOEXEC);
+
+  char *out = line;
+  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, box_pid((pid_t)request->pid), is_execveat ? "execveat" : "execve");
+  if (is_execveat) out += sprintf(out, ",\"dirfd\":%d", (int)request->data.args[0]);
+
+  int truncated = 0;
+  int unreadable = mem_fd < 0;
+  if (mem_fd >= 0) {
+    int cut = 0;
+    ssize_t length = read_string(mem_fd, path_address, scratch, MAX_PATH_BYTES, &cut);
+    if (length >= 0) {
+      size_t kept = (size_t)length < MAX_PATH_BYTES - 1 ? (size_t)length : MAX_PATH_BYTES - 1;
+      memcpy(scratch_path, scratch, kept);
+      scratch_path[kept] = '\0';
+      out += sprintf(out, ",\"path\":\"");
+      out = append_escaped(out, scratch, (size_t)length);
+      *out++ = '"';
+      truncated |= cut;
+    } else {
+      unreadable = 1;
+    }
+
+    uint64_t pointers[MAX_ARGS + 1];
+    ssize_t got = argv_address == 0 ? 0 : pread(mem_fd, pointers, sizeof(pointers), (off_t)argv_address);
+    size_t count = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
+    out += sprintf(out, ",\"argv\":[");
+    size_t index = 0;
+    for (; index < count && index < MAX_ARGS; index++) {
+      if (pointers[index] == 0) break;
+      length = read_string(mem_fd, pointers[index], scratch, MAX_ARG_BYTES, &cut);
+      if (index > 0) *out++ = ',';
+      *out++ = '"';
+      if (length > 0) out = append_escaped(out, scratch, (size_t)length);
+      *out++ = '"';
+      truncated |= cut || length < 0;
+    }
+    *out++ = ']';
+    if (index == MAX_ARGS && index < count && pointers[index] != 0) truncated = 1;
+    close(mem_fd);
+  }
+  // execvp tries each PATH entry, so most calls for a bare name fail. The flag lets a reader
+  // tell those attempts apart; the record is still written, because the file could appear
+  // between this check and the kernel's.
+  if (!is_execveat && !unreadable && !path_exists((pid_t)request->pid, scratch_path)) out += sprintf(out, ",\"missing\":true");
+  if (truncated) out += sprintf(out, ",\"truncated\":true");
+  if (unreadable) out += sprintf(out, ",\"unreadable\":true");
+  out += sprintf(out, "}\n");
+
+  // Only a notification that is still live belongs to the process that was read; otherwise the
+  // caller is gone and its PID may already name another process.
+  if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &request->id) == 0) {
+    if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) {
+      // ringfence stopped reading: without a record the exec must not happen.
+      fprintf(stderr, "ringfence: writing the exec audit record failed: %s; stopping the box\n", strerror(errno));
+      kill(child_pid, SIGKILL);
+      _exit(125);
+    }
+  }
+
+  response->id = request->id;
+  response->val = 0;
+  response->error = 0;
+  response->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  // ENOENT here means the caller died or was interrupted meanwhile; nothing to do.
+  ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, response);
+}
+
+static void forward_signal(int signal_number) {
+  forwarded_signal = signal_number;
+  if (child_pid > 0) kill(child_pid, signal_number);
+}
+
+static int exit_like(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  int signal_number = WTERMSIG(status);
+  struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  signal(signal_number, SIG_DFL);
+  raise(signal_number);
+  return 128 + signal_number;
+}
+
+static int supervise(int argc, char **argv) {
+  if (argc < 4 || strcmp(argv[2], "--") != 0) {
+    fprintf(stderr, "ringfence-exec-audit: usage: supervise -- COMMAND [ARG...]\n");
+    return 125;
+  }
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    fprintf(stderr, "ringfence: creating the exec audit socket failed: %s\n", strerror(errno));
+    return 125;
+  }
+
+  // Ctrl-C and Ctrl-\ reach the whole foreground process group; the box decides what they do.
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  struct sigaction forward = {0};
+  forward.sa_handler = forward_signal;
+  sigaction(SIGTERM, &forward, NULL);
+  sigaction(SIGHUP, &forward, NULL);
+
+  child_pid = fork();
+  if (child_pid < 0) {
+    fprintf(stderr, "ringfence: fork failed: %s\n", strerror(errno));
+    return 125;
+  }
+  if (child_pid == 0) {
+    // The box must not outlive its supervisor: without it, no exec would be recorded.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1) _exit(125);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
+    execvp(argv[3], &argv[3]);
+    fprintf(stderr, "ringfence: %s: %s\n", argv[3], strerror(errno));
+    _exit(125);
+  }
+  close(pair[1]);
+
+  int listener = receive_fd(pair[0]);
+  close(pair[0]);
+
+  struct seccomp_notif_sizes sizes;
+  if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) {
+    sizes.seccomp_notif = sizeof(struct seccomp_notif);
+    sizes.seccomp_notif_resp = sizeof(struct seccomp_notif_resp);
+  }
+  struct seccomp_notif *request = calloc(1, sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif : sizeof(struct seccomp_notif));
+  struct seccomp_notif_resp *response = calloc(1, sizes.seccomp_notif_resp > sizeof(struct seccomp_notif_resp) ? sizes.seccomp_notif_resp : sizeof(struct seccomp_notif_resp));
+  char *line = malloc(MAX_LINE_BYTES);
+  char *scratch = malloc(MAX_PATH_BYTES > MAX_ARG_BYTES ? MAX_PATH_BYTES : MAX_ARG_BYTES);
+  if (request == NULL || response == NULL || line == NULL || scratch == NULL) {
+    kill(child_pid, SIGKILL);
+    return 125;
+  }
+
+  int child_fd = (int)syscall(SYS_pidfd_open, child_pid, 0);
+  int status = 0;
+  int child_done = 0;
+  while (!child_done) {
+    struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
+    int ready = poll(fds, listener >= 0 ? 2 : 1, child_fd >= 0 ? -1 : 100);
+    if (ready < 0 && errno != EINTR) break;
+
+    if (listener >= 0 && (fds[1].revents & POLLIN)) {
+      memset(request, 0, sizes.seccomp_notif);
+      if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request) == 0) handle(listener, request, response, line, scratch);
+    } else if (listener >= 0 && (fds[1].revents & (POLLHUP | POLLERR))) {
+      // Every process under the filter is gone.
+      close(listener);
+      listener = -1;
+    }
+
+    if (child_fd < 0 || (fds[0].revents & POLLIN)) {
+      pid_t done = waitpid(child_pid, &status, child_fd < 0 ? WNOHANG : 0);
+      if (done == child_pid) child_done = 1;
+    }
+  }
+  if (!child_done) {
+    kill(child_pid, SIGKILL);
+    waitpid(child_pid, &status, 0);
+  }
+  return exit_like(status);
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "guard") == 0) return guard(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "supervise") == 0) return supervise(argc, argv);
+  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise -- COMMAND...\n");
+  return 125;
+}

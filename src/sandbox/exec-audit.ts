@@ -1,0 +1,101 @@
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { cacheDir } from "./forwarder.js";
+import { BOX_RUNTIME_DIR } from "./mount-plan.js";
+
+/**
+ * The exec audit helper (exec-audit.c). On the host it supervises the box and writes one JSON
+ * line per execve or execveat in the box. In the box, as the first process, it installs the
+ * seccomp filter whose notifications the supervisor receives.
+ */
+export interface ExecAuditHelper {
+  /** Host path of the compiled helper. */
+  path: string;
+}
+
+/** Path of the helper inside the box. */
+export const BOX_EXEC_AUDIT = `${BOX_RUNTIME_DIR}/exec-audit`;
+
+/** Descriptor that carries the listener into the supervisor, and the records out of it. */
+export const EXEC_AUDIT_FD = 4;
+
+/** Maximum record line accepted from the supervisor, far above what its own bounds allow. */
+export const MAX_EXEC_RECORD_BYTES = 1024 * 1024;
+
+/** One exec seen in the box, as the audit log stores it. */
+export interface ExecRecord {
+  /** PID inside the box, or 0 when the supervisor could not read it. */
+  pid: number;
+  hostPid: number;
+  call: "execve" | "execveat";
+  /** The path as the caller passed it; null when it could not be read. */
+  path: string | null;
+  argv: string[];
+  /** Set for execveat: the directory descriptor the path is relative to. */
+  dirfd?: number;
+  /** The path did not exist when checked, as for the PATH entries execvp tries before the right one. */
+  missing?: boolean;
+  /** The path or an argument was longer than the supervisor's bounds, or argv had more than 64 entries. */
+  truncated?: boolean;
+  /** The caller's memory could not be read, for example because it exited meanwhile. */
+  unreadable?: boolean;
+}
+
+/**
+ * Parses one line from the supervisor. Returns null for a line that is not a record, which
+ * would be a bug in the helper, never input from the box: the helper escapes everything it reads.
+ */
+export function parseExecRecord(line: string): ExecRecord | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null) return null;
+  const raw = value as Record<string, unknown>;
+  if (typeof raw.hostPid !== "number" || typeof raw.pid !== "number") return null;
+  if (raw.call !== "execve" && raw.call !== "execveat") return null;
+  const argv = Array.isArray(raw.argv) ? raw.argv.filter((entry): entry is string => typeof entry === "string") : [];
+
+  const record: ExecRecord = { pid: raw.pid, hostPid: raw.hostPid, call: raw.call, path: typeof raw.path === "string" ? raw.path : null, argv };
+  if (typeof raw.dirfd === "number") record.dirfd = raw.dirfd;
+  if (raw.missing === true) record.missing = true;
+  if (raw.truncated === true) record.truncated = true;
+  if (raw.unreadable === true) record.unreadable = true;
+  return record;
+}
+
+/** Candidate locations of exec-audit.c: beside this module (tsx, tsc output) and in the source tree. */
+function sourceCandidates(): string[] {
+  const here = fileURLToPath(new URL(".", import.meta.url));
+  return [join(here, "exec-audit.c"), join(here, "..", "..", "src", "sandbox", "exec-audit.c"), join(here, "..", "src", "sandbox", "exec-audit.c")];
+}
+
+/**
+ * Returns the helper, compiled with `cc` on first use and cached under $XDG_CACHE_HOME/ringfence
+ * by the source's hash, or a reason it is not available (no source, no compiler, a failed build).
+ */
+export function prepareExecAudit(): ExecAuditHelper | { unavailable: string } {
+  const source = sourceCandidates().find((path) => existsSync(path));
+  if (source === undefined) return { unavailable: "exec-audit.c was not found beside ringfence" };
+
+  const dir = cacheDir();
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const hash = createHash("sha256").update(readFileSync(source)).update(process.arch).digest("hex").slice(0, 16);
+  const binary = join(dir, `exec-audit-${hash}`);
+  if (existsSync(binary)) return { path: binary };
+
+  const temporary = `${binary}.${process.pid}.tmp`;
+  const compiled = spawnSync("cc", ["-O2", "-o", temporary, source], { stdio: ["ignore", "ignore", "pipe"] });
+  if (compiled.error !== undefined || compiled.status !== 0) {
+    rmSync(temporary, { force: true });
+    const reason = compiled.error !== undefined ? compiled.error.message : compiled.stderr.toString().trim().split("\n").slice(0, 3).join("; ");
+    return { unavailable: `compiling ${source} with cc failed (${reason})` };
+  }
+  renameSync(temporary, binary);
+  return { path: binary };
+}
