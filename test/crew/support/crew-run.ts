@@ -23,7 +23,12 @@ export function crewFixture(
   name: string,
   agents: Record<string, string>,
   channels: string,
-  options: { exit?: string; env?: (paths: { stateHome: string; workspace: (agent: string) => string }) => Record<string, Record<string, string>> } = {},
+  options: {
+    exit?: string;
+    env?: (paths: { stateHome: string; workspace: (agent: string) => string }) => Record<string, Record<string, string>>;
+    /** YAML added to every agent's inline policy, indented as top-level policy keys. */
+    policy?: string;
+  } = {},
 ): CrewFixture {
   const dir = mkdtempSync(join(tmpdir(), "ringfence-crew-"));
   const stateHome = join(dir, "state");
@@ -40,6 +45,7 @@ export function crewFixture(
       `  ${agent}:`,
       "    policy:",
       "      version: 1",
+      ...(options.policy === undefined ? [] : options.policy.split("\n").map((line) => `      ${line}`)),
       ...(Object.keys(set).length === 0 ? [] : ["      env:", "        set:", ...Object.entries(set).map(([key, value]) => `          ${key}: ${JSON.stringify(value)}`)]),
       `    workspace: ${agent}`,
       "    command: [sh, ./agent.sh]",
@@ -58,10 +64,10 @@ export interface CrewProcess {
 }
 
 /** Starts `ringfence crew up FILE` with the fixture's state directory. */
-export function crewUp(fixture: CrewFixture): CrewProcess {
+export function crewUp(fixture: CrewFixture, extraEnv: Record<string, string> = {}): CrewProcess {
   const child = spawn(process.execPath, ["--import", TSX_LOADER, MAIN, "crew", "up", fixture.crewFile], {
     cwd: fixture.dir,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: fixture.dir, XDG_STATE_HOME: fixture.stateHome, LANG: "C.UTF-8" },
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: fixture.dir, XDG_STATE_HOME: fixture.stateHome, LANG: "C.UTF-8", ...extraEnv },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
