@@ -10,9 +10,9 @@ export const CODEX_PRESET: AgentPreset = {
   title: "Codex CLI",
   executable: "codex",
   install: "npm install -g @openai/codex",
-  // Codex's own sandbox (Landlock and seccomp on Linux) cannot nest inside ringfence's box, and
-  // its approval prompts would stop an unattended run, so the box is the sandbox here. Config
-  // overrides apply to every subcommand, including `codex exec`.
+  // Codex builds its own Linux sandbox with bubblewrap, which needs the new user namespaces that
+  // ringfence's box disables, and its approval prompts would stop an unattended run, so the box
+  // is the sandbox here. Config overrides apply to every subcommand, including `codex exec`.
   boxArgs: ["-c", 'approval_policy="never"', "-c", 'sandbox_mode="danger-full-access"', "-c", "check_for_update_on_startup=false"],
   model: {
     baseUrlEnv: "OPENAI_BASE_URL",
