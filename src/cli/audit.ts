@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { formatDuration } from "../policy/units.js";
+import { formatModelTurn, parseModelTurn } from "../audit/model-turn.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { toOcsf } from "../audit/ocsf.js";
 import { auditKeyDir, defaultRunsRoot, findRun, listRuns, readAuditRecords, type RunListing } from "../audit/run-record.js";
@@ -75,8 +76,11 @@ export function auditVerify(reference: string, options: RunsRootOption): number 
   return report.status === "tampered" ? EXIT_FAILED : EXIT_INCOMPLETE;
 }
 
-/** `ringfence audit show RUN`: a readable timeline, optionally filtered by event type. */
-export function auditShow(reference: string, options: RunsRootOption & { type?: string[]; json?: boolean }): number {
+/**
+ * `ringfence audit show RUN`: a readable timeline, optionally filtered by event type. With
+ * `transcripts`, each captured model response is followed by the text and tool calls it contains.
+ */
+export function auditShow(reference: string, options: RunsRootOption & { type?: string[]; json?: boolean; transcripts?: boolean }): number {
   const run = locate(reference, options);
   if (run === null) return EXIT_USAGE;
   const types = options.type ?? [];
@@ -97,8 +101,28 @@ export function auditShow(reference: string, options: RunsRootOption & { type?: 
     return EXIT_OK;
   }
 
-  for (const record of readAuditRecords(run.dir).filter(wanted)) process.stdout.write(`${options.json === true ? JSON.stringify(record) : formatRecord(record)}\n`);
+  for (const record of readAuditRecords(run.dir).filter(wanted)) {
+    process.stdout.write(`${options.json === true ? JSON.stringify(record) : formatRecord(record)}\n`);
+    if (options.transcripts === true && options.json !== true && record.type === "transcript") {
+      for (const line of modelTurnLines(run.dir, record)) process.stdout.write(`    ${printableLine(line)}\n`);
+    }
+  }
   return EXIT_OK;
+}
+
+/** Reads a transcript record's stored response and returns what the model asked for, or nothing when the body is not a model response. */
+function modelTurnLines(runDir: string, record: Record<string, unknown>): string[] {
+  const sha256 = record.responseSha256;
+  if (typeof sha256 !== "string" || !/^[0-9a-f]{64}$/.test(sha256)) return [];
+  let body: Buffer;
+  try {
+    body = readFileSync(join(runDir, "transcripts", `${sha256}.body`));
+  } catch (cause) {
+    return [`transcript body ${sha256.slice(0, 12)} could not be read (${(cause as NodeJS.ErrnoException).code ?? String(cause)})`];
+  }
+  const encoding = typeof record.responseContentEncoding === "string" ? record.responseContentEncoding : null;
+  const parts = parseModelTurn(body, encoding);
+  return parts === null ? [] : formatModelTurn(parts);
 }
 
 /** `ringfence audit export RUN --format ocsf`: one OCSF event per line. */

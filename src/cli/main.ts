@@ -99,9 +99,10 @@ audit
   .argument("<run>", "run id, unique prefix, or last")
   .option("--type <type...>", "only these event types (network, credential, run, ...)")
   .option("--json", "print the records as JSON lines")
+  .option("--transcripts", "under each captured model response, print its text and tool calls")
   .option("--root <dir>", "runs directory")
   .description("print the run's timeline")
-  .action(async (run: string, options: { type?: string[]; json?: boolean; root?: string }) => exitWith((await auditCommands()).auditShow(run, options)));
+  .action(async (run: string, options: { type?: string[]; json?: boolean; transcripts?: boolean; root?: string }) => exitWith((await auditCommands()).auditShow(run, options)));
 audit
   .command("export")
   .argument("<run>", "run id, unique prefix, or last")
