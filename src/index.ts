@@ -1,3 +1,4 @@
 export * from "./policy/index.js";
 export * from "./gateway/index.js";
 export * from "./audit/index.js";
+export * from "./crew/index.js";

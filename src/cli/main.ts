@@ -114,7 +114,7 @@ audit
 const crew = program.command("crew").description("run several agents, each in its own box, with a broker between them");
 crew
   .command("up")
-  .argument("<file>", "crew file (ringfence-crew.yaml)")
+  .argument("[file]", "crew file", "ringfence-crew.yaml")
   .option("--root <dir>", "runs directory for the crew log and every agent's run")
   .description("start every agent; stop all on Ctrl-C or when the crew's exit rule is met")
   .action(async (file: string, options: { root?: string }) => exitWith(await (await import("./crew.js")).crewUp(file, options)));

@@ -200,3 +200,22 @@ test("crew stops on failure under any-failed", { timeout: 120_000 }, async () =>
   const logs = await ringfence(fixture, ["crew", "logs", "quitter"]);
   assert.match(logs.stdout, /exited with status 3/);
 });
+
+test("agents stop when crew up is killed", { timeout: 120_000 }, async () => {
+  const sleeper = "echo started\nexec sleep 600\n";
+  const fixture = crewFixture("orphan", { one: sleeper, two: sleeper, three: sleeper }, "channels: []");
+  const run = crewUp(fixture);
+  await waitForState(fixture, "orphan", (state) => state.agents.length === 3 && state.agents.every((agent) => agent.state === "running" && /started/.test(readFileSync(agent.log, "utf8"))));
+  const before = descendants(run.child.pid as number);
+
+  // SIGKILL leaves crew up no chance to stop anything: each agent host sees its IPC channel
+  // close and stops its own box.
+  run.child.kill("SIGKILL");
+  await run.done;
+  const deadline = Date.now() + 60_000;
+  while (before.some(processRunning) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.deepEqual(before.filter(processRunning), []);
+  for (const agent of crewState(fixture, "orphan")?.agents ?? []) {
+    assert.match(readFileSync(agent.log, "utf8"), /stopped the box: the crew supervisor went away/);
+  }
+});
