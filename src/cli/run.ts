@@ -2,9 +2,8 @@ import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { resolve } from "node:path";
 import { composeLayers } from "../policy/compose.js";
-import { formatDiagnostic } from "../policy/diagnostic.js";
 import type { Policy } from "../policy/types.js";
-import { splitAgentCommand } from "../presets/command.js";
+import { mayNamePreset, splitAgentCommand } from "../presets/command.js";
 import { SandboxError } from "../sandbox/backend.js";
 import { applyRunFlags, type RunFlags } from "../sandbox/overrides.js";
 import { runSandbox, type RunSandboxOptions } from "../sandbox/run.js";
@@ -61,7 +60,8 @@ export async function runCommand(
   let policy = applied.policy;
   let boxCommand: readonly string[] = command;
   let agentSummary: string[] = [];
-  const agent = splitAgentCommand(command);
+  const named = splitAgentCommand(command);
+  const agent = named !== null && mayNamePreset(named.name, process.env, homedir()) ? named : null;
   const prepared = agent === null ? null : (await import("../presets/prepare.js")).prepareAgentRun(policy, { ...agent, with: options.with ?? [], hostEnv: process.env, home: homedir() });
   if (prepared !== null && !prepared.ok) {
     for (const error of prepared.errors) io.err(`ringfence: ${error}\n`);
@@ -104,6 +104,7 @@ async function loadRunPolicy(file: string | undefined, cwd: string, io: Output):
   if (path === null) return composeLayers([], cwd, []);
 
   const { checkPolicyFile } = await import("../policy/load.js");
+  const { formatDiagnostic } = await import("../policy/diagnostic.js");
   const result = checkPolicyFile(path, { cwd });
   for (const diagnostic of result.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
   if (result.policy === null) io.err(`ringfence: policy ${path} is invalid; fix the errors above (ringfence policy check ${path})\n`);

@@ -1,14 +1,12 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { homedir } from "node:os";
 import { join } from "node:path";
 import { parse } from "yaml";
 import { z } from "zod";
-import { CLAUDE_PRESET } from "./claude.js";
-import { CODEX_PRESET } from "./codex.js";
+import { BUILT_IN_PRESETS, userPresetDir } from "./command.js";
 import type { AgentPreset } from "./types.js";
 
-/** The presets that ship with ringfence. */
-export const BUILT_IN_PRESETS: readonly AgentPreset[] = [CLAUDE_PRESET, CODEX_PRESET];
+// Both live in command.ts, which `ringfence run` loads without the YAML and zod this file needs.
+export { BUILT_IN_PRESETS, userPresetDir };
 
 const NAME = /^[a-z][a-z0-9-]*$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -34,11 +32,6 @@ const presetFileSchema = z.strictObject({
   notes: z.array(z.string()).default([]),
 });
 
-/** Directory of the user's preset files: `$XDG_CONFIG_HOME/ringfence/agents`. */
-export function userPresetDir(env: Readonly<Record<string, string | undefined>> = process.env, home: string = homedir()): string {
-  const config = env.XDG_CONFIG_HOME !== undefined && env.XDG_CONFIG_HOME !== "" ? env.XDG_CONFIG_HOME : join(home, ".config");
-  return join(config, "ringfence", "agents");
-}
 
 /** Parses one preset file's text; throws an Error naming the file and the invalid field. */
 export function parsePresetFile(text: string, file: string): AgentPreset {

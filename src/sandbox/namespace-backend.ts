@@ -7,7 +7,7 @@ import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type San
 import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
-import { BOX_PROXY_PORT, prepareForwarder } from "./forwarder.js";
+import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
@@ -31,9 +31,34 @@ export function findExecutable(name: string, path: string = process.env.PATH ?? 
 
 let cachedBwrapVersion: [number, number, number] | null | undefined;
 
-/** Returns the installed bwrap's version, asked once per process. */
+/**
+ * Returns the installed bwrap's version. Running `bwrap --version` costs a few milliseconds of
+ * every run's start-up, so the answer is kept in the cache directory, keyed by the binary's
+ * path, inode, size and modification time.
+ */
 function bwrapVersion(): [number, number, number] | null {
-  if (cachedBwrapVersion === undefined) cachedBwrapVersion = parseBwrapVersion(spawnSync("bwrap", ["--version"], { encoding: "utf8" }).stdout ?? "");
+  if (cachedBwrapVersion !== undefined) return cachedBwrapVersion;
+  const path = findExecutable("bwrap");
+  if (path === null) return (cachedBwrapVersion = null);
+
+  const facts = statSync(path);
+  const key = `${path} ${facts.ino} ${facts.size} ${facts.mtimeMs}`;
+  const file = join(cacheDir(), "bwrap-version");
+  try {
+    const [storedKey, storedVersion] = readFileSync(file, "utf8").split("\n");
+    if (storedKey === key && storedVersion !== undefined) return (cachedBwrapVersion = parseBwrapVersion(storedVersion));
+  } catch {
+    // Not cached yet.
+  }
+
+  const output = spawnSync(path, ["--version"], { encoding: "utf8" }).stdout ?? "";
+  cachedBwrapVersion = parseBwrapVersion(output);
+  try {
+    mkdirSync(cacheDir(), { recursive: true, mode: 0o700 });
+    writeFileSync(file, `${key}\n${output.trim()}\n`, { mode: 0o600 });
+  } catch {
+    // A read-only cache only costs the next run the same few milliseconds.
+  }
   return cachedBwrapVersion;
 }
 
