@@ -170,17 +170,27 @@ export class CrewBroker {
     });
     request.on("error", () => response.destroy());
     request.on("end", () => {
-      if (over) {
-        this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-large", 413, `the send request is ${size} bytes, more than any channel from ${agent} allows (${limit} bytes with the envelope)`, null);
-        return;
+      // This runs outside #handle's try, and an exception here would end crew up with every agent.
+      try {
+        this.#finishSend(agent, response, query, request.headers["content-type"], Buffer.concat(chunks), size, limit, over);
+      } catch (error) {
+        this.#options.logger.error({ err: error, agent }, "crew broker send failed");
+        if (!response.headersSent) reply(response, 500, { error: "internal", message: "the broker failed to store the message; see the crew's ringfence.log" });
       }
-      const parsed = parseSendRequest(request.headers["content-type"], query, Buffer.concat(chunks));
-      if (!parsed.ok) {
-        this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "invalid-request", 400, parsed.reason, null);
-        return;
-      }
-      this.#accept(agent, parsed.request, response);
     });
+  }
+
+  #finishSend(agent: string, response: ServerResponse, query: URLSearchParams, contentType: string | undefined, body: Buffer, size: number, limit: number, over: boolean): void {
+    if (over) {
+      this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-large", 413, `the send request is ${size} bytes, more than any channel from ${agent} allows (${limit} bytes with the envelope)`, null);
+      return;
+    }
+    const parsed = parseSendRequest(contentType, query, body);
+    if (!parsed.ok) {
+      this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "invalid-request", 400, parsed.reason, null);
+      return;
+    }
+    this.#accept(agent, parsed.request, response);
   }
 
   #accept(sender: string, message: SendRequest, response: ServerResponse): void {
@@ -202,10 +212,6 @@ export class CrewBroker {
       return;
     }
 
-    const times = (this.#sendTimes.get(`${sender}>${message.to}`) ?? []).filter((time) => time > now - decision.channel.rate.windowMs);
-    times.push(now);
-    this.#sendTimes.set(`${sender}>${message.to}`, times);
-
     // Attachments are copied into the receiver's inbox on the host. The receiver fetches them
     // through its own gateway, so no directory is ever shared between boxes.
     const id = `${new Date(now).toISOString().replace(/[-:.]/g, "")}-${randomBytes(4).toString("hex")}`;
@@ -219,6 +225,10 @@ export class CrewBroker {
       files.push(file);
       attachments.push({ name: attachment.name, bytes: attachment.data.length, sha256: sha256(attachment.data), url: `/v1/attachments/${id}/${index}` });
     }
+
+    const times = (this.#sendTimes.get(`${sender}>${message.to}`) ?? []).filter((time) => time > now - decision.channel.rate.windowMs);
+    times.push(now);
+    this.#sendTimes.set(`${sender}>${message.to}`, times);
 
     const delivered: DeliveredMessage = { id, from: sender, to: message.to, kind: message.kind, body: message.body.toString("utf8"), sentAt: new Date(now).toISOString(), attachments };
     this.#options.log.append("crew.message", {

@@ -202,3 +202,20 @@ test("broker copies attachments with hashes", async () => {
   const record = readAuditRecords(dir).find((entry) => entry.type === "crew.message");
   assert.deepEqual(record?.attachments, [{ name: "notes.txt", bytes: data.length, sha256: createHash("sha256").update(data).digest("hex") }]);
 });
+
+test("broker survives a failed attachment copy", async () => {
+  const { dir, log, broker } = await startBroker();
+  // A file where the receiver's inbox directory belongs makes the copy fail.
+  const { writeFileSync } = await import("node:fs");
+  writeFileSync(join(dir, "inbox", "coder"), "not a directory");
+  try {
+    const failed = await call(broker.socketPath("planner"), "POST", "/v1/send", { to: "coder", kind: "task", attachments: [{ name: "a.txt", data: "YQ==" }] });
+    assert.equal(failed.status, 500);
+    assert.equal(failed.json?.error, "internal");
+    const next = await call(broker.socketPath("planner"), "POST", "/v1/send", { to: "coder", kind: "task", body: "still here" });
+    assert.equal(next.status, 200);
+  } finally {
+    await broker.close();
+    log.close();
+  }
+});

@@ -208,8 +208,8 @@ test("agents stop when crew up is killed", { timeout: 120_000 }, async () => {
   await waitForState(fixture, "orphan", (state) => state.agents.length === 3 && state.agents.every((agent) => agent.state === "running" && /started/.test(readFileSync(agent.log, "utf8"))));
   const before = descendants(run.child.pid as number);
 
-  // SIGKILL leaves crew up no chance to stop anything: each agent host sees its IPC channel
-  // close and stops its own box.
+  // SIGKILL leaves crew up no chance to stop anything. Each agent host notices that its IPC
+  // channel has closed and stops its own box.
   run.child.kill("SIGKILL");
   await run.done;
   const deadline = Date.now() + 60_000;
