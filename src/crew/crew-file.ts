@@ -6,7 +6,7 @@ import type { z } from "zod";
 import { composeLayers } from "../policy/compose.js";
 import { fieldName, SourceMap, type Diagnostic } from "../policy/diagnostic.js";
 import { checkPolicyFile, checkSecretsStayOnHost } from "../policy/load.js";
-import { normaliseLayer } from "../policy/normalise.js";
+import { normaliseLayer, resolveSymlinks } from "../policy/normalise.js";
 import type { PolicyFile } from "../policy/schema.js";
 import type { Policy } from "../policy/types.js";
 import { parseSize } from "../policy/units.js";
@@ -115,6 +115,8 @@ function validateCrew(file: CrewFile, source: SourceMap, path: string, home: str
     agents.push({ name, policy: applied.policy, command: entry.command });
   }
 
+  checkNoSharedWrites(agents, source, diagnostics);
+
   const channels: Channel[] = [];
   const seen = new Map<string, number>();
   (file.channels ?? []).forEach((raw, index) => {
@@ -177,6 +179,29 @@ function validateChannel(raw: ChannelFile, index: number, names: readonly string
   };
 }
 
+/**
+ * Reports a path one agent can write that another agent can see. Such a path would be a channel
+ * between their boxes that the broker neither checks nor records.
+ */
+export function checkNoSharedWrites(agents: readonly CrewAgent[], source: SourceMap, diagnostics: Diagnostic[]): void {
+  const canonical = (paths: readonly string[]) => [...new Set([...paths, ...paths.map(resolveSymlinks)])];
+  const writable = (agent: CrewAgent) => canonical([...(agent.policy.workspace.mode === "rw" ? [agent.policy.workspace.path] : []), ...agent.policy.filesystem.write]);
+  const visible = (agent: CrewAgent) => canonical([agent.policy.workspace.path, ...agent.policy.filesystem.read, ...agent.policy.filesystem.write]);
+  // Two paths overlap when one contains the other. Paths are absolute without a trailing slash, except "/".
+  const overlaps = (a: string, b: string) => a === b || a === "/" || b === "/" || b.startsWith(`${a}/`) || a.startsWith(`${b}/`);
+
+  for (const writer of agents) {
+    for (const reader of agents) {
+      if (reader === writer) continue;
+      const shared = writable(writer).flatMap((written) => visible(reader).filter((seen) => overlaps(written, seen)).map((seen) => [written, seen] as const))[0];
+      if (shared === undefined) continue;
+      diagnostics.push(
+        source.diagnostic(["agents", writer.name], `agent ${writer.name} can write ${shared[0]}, and agent ${reader.name} can see ${shared[1]}, so their boxes would share files outside the broker; give each agent its own workspace and write paths, or make the workspace mode overlay or ro`),
+      );
+    }
+  }
+}
+
 /** Parses a rate such as `10/min`; the schema has already checked its form. */
 export function parseRate(text: string): Rate {
   const match = RATE.exec(text.trim());
@@ -229,23 +254,23 @@ function issueDiagnostic(issue: z.core.$ZodIssue, data: unknown, source: SourceM
   const field = fieldName(path);
   let value: unknown = data;
   for (const part of path) value = value !== null && typeof value === "object" ? (value as Record<PropertyKey, unknown>)[part] : undefined;
-  const shown = value === undefined ? "nothing" : (JSON.stringify(value) ?? String(value)).slice(0, 80);
+  const quotedValue = value === undefined ? "nothing" : (JSON.stringify(value) ?? String(value)).slice(0, 80);
 
   switch (issue.code) {
     case "unrecognized_keys":
       return source.diagnostic(path, `unknown key ${issue.keys.map((key) => JSON.stringify(key)).join(", ")} in ${field}`, "error", issue.keys[0]);
     case "invalid_type":
-      return source.diagnostic(path, value === undefined ? `${field} is required (expected ${issue.expected})` : `${field} must be ${issue.expected}, not ${shown}`);
+      return source.diagnostic(path, value === undefined ? `${field} is required (expected ${issue.expected})` : `${field} must be ${issue.expected}, not ${quotedValue}`);
     case "invalid_value":
-      return source.diagnostic(path, `${field} is ${shown}; allowed values: ${issue.values.map((allowed) => JSON.stringify(allowed)).join(", ")}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}; allowed values: ${issue.values.map((allowed) => JSON.stringify(allowed)).join(", ")}`);
     case "invalid_format":
-      return source.diagnostic(path, `${field} is ${shown}, which is not ${formatHint(field)}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}, which is not ${formatHint(field)}`);
     case "invalid_union":
-      return source.diagnostic(path, `${field} is ${shown}, which is not ${/policy$/.test(field) ? "a policy file path or an inline policy mapping (check its keys with ringfence policy check)" : /max_bytes/.test(field) ? "a size such as 64KiB" : "any of the accepted forms"}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}, which is not ${/policy$/.test(field) ? "a policy file path or an inline policy mapping (check its keys with ringfence policy check)" : /max_bytes/.test(field) ? "a size such as 64KiB" : "any of the accepted forms"}`);
     case "too_small":
-      return source.diagnostic(path, `${field} is ${shown}; it must have at least ${String(issue.minimum)} ${issue.origin === "array" ? "entries" : "characters"}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}; it must have at least ${String(issue.minimum)} ${issue.origin === "array" ? "entries" : "characters"}`);
     default:
-      return source.diagnostic(path, `${field}: ${issue.message} (value ${shown})`);
+      return source.diagnostic(path, `${field}: ${issue.message} (value ${quotedValue})`);
   }
 }
 

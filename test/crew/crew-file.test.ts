@@ -114,3 +114,39 @@ test("policy check: validates a crew file", async () => {
   assert.equal(policyCheck(join(dir, "bad.yaml"), io), 1);
   assert.match(out.join(""), /bad\.yaml:17:9: error: channels\[0\]\.to names agent "nobody"/);
 });
+
+const SHARED = (plannerWorkspace: string, coderMode: string) => `version: 1
+name: shared
+agents:
+  planner:
+    policy: {version: 1}
+    workspace: ${plannerWorkspace}
+    command: [sh, -c, "true"]
+  coder:
+    policy: {version: 1, workspace: {mode: ${coderMode}}}
+    workspace: code
+    command: [sh, -c, "true"]
+`;
+
+const sharing: { name: string; plannerWorkspace: string; coderMode: string; shared: boolean }[] = [
+  { name: "separate workspaces", plannerWorkspace: "plan", coderMode: "rw", shared: false },
+  { name: "same rw workspace", plannerWorkspace: "code", coderMode: "rw", shared: true },
+  { name: "writer above a reader", plannerWorkspace: ".", coderMode: "ro", shared: true },
+  { name: "reader above a writer", plannerWorkspace: ".", coderMode: "rw", shared: true },
+  { name: "rw writer and overlay reader", plannerWorkspace: "code", coderMode: "overlay", shared: true },
+];
+
+for (const entry of sharing) {
+  test(`crew file: ${entry.name}`, () => {
+    const dir = crewDir({ "crew.yaml": SHARED(entry.plannerWorkspace, entry.coderMode) });
+    const result = checkCrewFile("crew.yaml", { cwd: dir, home: dir });
+    const problem = result.diagnostics.find((diagnostic) => /share files outside the broker/.test(diagnostic.message));
+    if (!entry.shared) {
+      assert.equal(problem, undefined, JSON.stringify(result.diagnostics));
+      assert.ok(result.crew !== null);
+      return;
+    }
+    assert.ok(problem !== undefined, JSON.stringify(result.diagnostics));
+    assert.equal(result.crew, null);
+  });
+}

@@ -106,9 +106,9 @@ test("crew up exchanges messages between boxes", { timeout: 180_000 }, async () 
   assert.equal(JSON.parse(readFileSync(join(fixture.workspace("reviewer"), "done.json"), "utf8")).from, "coder");
 
   // The crew log records every exchange; it and every agent's log verify.
-  const shown = await ringfence(fixture, ["audit", "show", state.crewId, "--json"]);
-  assert.equal(shown.status, 0, shown.stderr);
-  const records = shown.stdout
+  const timeline = await ringfence(fixture, ["audit", "show", state.crewId, "--json"]);
+  assert.equal(timeline.status, 0, timeline.stderr);
+  const records = timeline.stdout
     .trim()
     .split("\n")
     .map((line) => JSON.parse(line) as Record<string, unknown>);
