@@ -161,6 +161,15 @@ test("crew up stops on SIGINT leaving no process", { timeout: 120_000 }, async (
   await waitForState(fixture, "stop", (state) => state.agents.every((agent) => /started/.test(readFileSync(agent.log, "utf8"))));
 
   const pid = run.child.pid as number;
+
+  // Another terminal reads the running crew from its state file.
+  const status = await ringfence(fixture, ["crew", "status"]);
+  assert.equal(status.status, 0, status.stderr);
+  assert.match(status.stdout, new RegExp(`^crew stop: running \\(crew up PID ${pid}\\)`));
+  assert.match(status.stdout, /^one\s+running\s+\d{8}T\d{6}Z-[0-9a-f]{6}\s+sent 0/m);
+  const logs = await ringfence(fixture, ["crew", "logs", "two"]);
+  assert.match(logs.stdout, /^started$/m);
+
   const before = descendants(pid);
   assert.ok(before.length >= 6, `expected agent hosts and boxes under crew up, found ${before.length}`);
   const commands = before.map((child) => readFileSync(`/proc/${child}/cmdline`, "utf8"));
