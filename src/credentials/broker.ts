@@ -20,7 +20,7 @@ import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches, type HostPattern } from "../policy/host-pattern.js";
 import type { Policy } from "../policy/types.js";
 import { MatcherTransform, scrubHeaders, scrubPipeline, scrubText } from "./body-transform.js";
-import { createRunCertificateAuthority } from "./certificate-authority.js";
+import { AES_128_FIRST_CIPHERS, createRunCertificateAuthority } from "./certificate-authority.js";
 import { CredentialSet, type RunCredential } from "./credential-set.js";
 import { makePlaceholder } from "./placeholder.js";
 import { redactionsOf, redactText, type Redaction } from "./redaction.js";
@@ -96,7 +96,7 @@ export async function createCredentialBroker(options: CredentialBrokerOptions): 
   writeFileSync(caCertPath, authority.certPem, { mode: 0o644 });
   writeFileSync(caBundlePath, `${systemPem.trimEnd()}\n${authority.certPem}`, { mode: 0o644 });
 
-  const upstreamTrust = createSecureContext({ ca: [systemPem, ...(options.upstreamCaPems ?? [])] });
+  const upstreamTrust = createSecureContext({ ca: [systemPem, ...(options.upstreamCaPems ?? [])], ciphers: AES_128_FIRST_CIPHERS });
   const interceptHosts: HostPattern[] = [...policy.credentials.flatMap((credential) => credential.hosts), ...policy.audit.capture];
 
   const interceptor: Interceptor = {

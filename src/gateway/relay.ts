@@ -1,11 +1,16 @@
 import type { OnReadOpts, Socket } from "node:net";
 
-/** Size of the reused read buffer: one libuv read of a busy socket fills 64 KiB. */
-const RELAY_BUFFER_BYTES = 64 * 1024;
+/**
+ * Size of each reused read buffer. A busy loopback socket fills more than 64 KiB per read, and
+ * 128 KiB cut the gateway's CPU time per GiB of a tunnelled download from about 0.76 to 0.55
+ * seconds (bench/credentials/cpu-per-gib.ts, 2 vCPUs). 256 KiB gave no further gain. A tunnel
+ * holds two buffers, so 256 open tunnels hold up to 64 MiB.
+ */
+const RELAY_BUFFER_BYTES = 128 * 1024;
 
 const relays = new WeakMap<Socket, ReadRelay>();
 
-// Buffers of finished relays, kept for the next tunnel. A fresh 64 KiB buffer is external memory
+// Buffers of finished relays, kept for the next tunnel. A fresh buffer is external memory
 // to V8, and allocating two per connection made garbage collection a visible share of the cost
 // of a short tunnel.
 const MAX_POOLED_BUFFERS = 64;
