@@ -74,6 +74,12 @@ program
   .passThroughOptions()
   .action(async (command: string[], options: RunCommandOptions) => exitWith(await (await import("./run.js")).runCommand(command, options)));
 
+const vm = program.command("vm").description("prepare and inspect the micro-VM backend");
+vm.command("prepare")
+  .description("fetch the guest kernel, build the initramfs and calibrate the accelerator (root: for every user)")
+  .option("--no-calibrate", "skip the accelerator calibration")
+  .action(async (options: { calibrate?: boolean }) => exitWith(await (await import("./vm.js")).vmPrepare(options)));
+
 program
   .command("doctor")
   .description("report what this machine can enforce and which backend auto picks")

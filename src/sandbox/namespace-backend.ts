@@ -282,7 +282,7 @@ export class NamespaceBackend implements SandboxBackend {
  * workspace-relative layout, so nothing on the host picks them up. Returns the relative paths
  * moved and one message per path that could not be moved.
  */
-function quarantine(paths: readonly string[], workspaceSource: string, into: string): { moved: string[]; failed: string[] } {
+export function quarantine(paths: readonly string[], workspaceSource: string, into: string): { moved: string[]; failed: string[] } {
   const moved: string[] = [];
   const failed: string[] = [];
   for (const path of paths) {
@@ -310,7 +310,7 @@ function moveAcrossFilesystems(source: string, destination: string): void {
 }
 
 /** Moves a protection plan from one root directory to another with the same content. */
-function rebaseProtection(plan: ProtectPlan, from: string, to: string): ProtectPlan {
+export function rebaseProtection(plan: ProtectPlan, from: string, to: string): ProtectPlan {
   if (from === to) return plan;
   const move = (path: string) => join(to, path.slice(from.length));
   return {
@@ -322,7 +322,7 @@ function rebaseProtection(plan: ProtectPlan, from: string, to: string): ProtectP
   };
 }
 
-function removePlaceholders(protect: ProtectPlan): void {
+export function removePlaceholders(protect: ProtectPlan): void {
   // Deepest first, so a parent made for the run is empty by the time its turn comes.
   for (const placeholder of [...protect.placeholders].reverse()) {
     try {

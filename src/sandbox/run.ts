@@ -9,6 +9,7 @@ import { SandboxError, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
 import { BOX_CA_BUNDLE } from "./mount-plan.js";
 import { NamespaceBackend } from "./namespace-backend.js";
+import { VmBackend } from "../vm/vm-backend.js";
 import { AUDIT_LOG_FILE, AuditLog } from "../audit/audit-log.js";
 import { sha256Hex } from "../audit/hash-chain.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
@@ -59,11 +60,12 @@ export interface RunSandboxResult {
   description: string[];
 }
 
-/** Picks the backend for policy.backend: `auto` is the namespace backend until the VM backend exists. */
+/**
+ * Picks the backend for policy.backend. `auto` stays the namespace backend: under software
+ * emulation a micro-VM start costs seconds, so `vm` is chosen by name.
+ */
 export function selectBackend(choice: Policy["backend"]): SandboxBackend {
-  if (choice === "vm") {
-    throw new SandboxError("backend-unavailable", "backend vm is not available in this version of ringfence; set backend: namespace or auto in the policy");
-  }
+  if (choice === "vm") return new VmBackend();
   return new NamespaceBackend();
 }
 

@@ -1,0 +1,41 @@
+import type { Accelerator } from "./qemu-args.js";
+
+/** What `auto` chose, and why, as cached after a calibration. */
+export interface AccelChoice {
+  accel: Accelerator;
+  reason: string;
+  /** Milliseconds for the floor boot under each accelerator; null when not measured. */
+  tcgMs: number | null;
+  kvmMs: number | null;
+  /** Kernel release and QEMU version the measurement holds for. */
+  kernel: string;
+  qemu: string;
+  measuredAt: string;
+}
+
+/**
+ * How much slower than TCG a KVM boot may be and still count as working. KVM that opens but
+ * boots slower than software emulation is broken or nested badly, and `auto` must not pick it.
+ */
+export const KVM_MAX_RATIO = 1.0;
+
+/** Longest a KVM calibration boot may take, as a multiple of the TCG boot; it is killed after. */
+export const KVM_CALIBRATION_LIMIT = 3;
+
+/**
+ * Picks the accelerator from the calibration: KVM when it opened and its floor boot finished
+ * faster than TCG's, else TCG. `kvmMs` null means KVM was not usable or did not finish in time.
+ */
+export function chooseAccelerator(measure: { kvmAvailable: string | null; tcgMs: number; kvmMs: number | null }): { accel: Accelerator; reason: string } {
+  if (measure.kvmAvailable !== null) return { accel: "tcg", reason: `KVM is not usable: ${measure.kvmAvailable}` };
+  if (measure.kvmMs === null) {
+    return { accel: "tcg", reason: `KVM opens but a floor boot did not finish within ${KVM_CALIBRATION_LIMIT} times TCG's ${measure.tcgMs} ms, so it is slower than software emulation here` };
+  }
+  if (measure.kvmMs <= measure.tcgMs * KVM_MAX_RATIO) return { accel: "kvm", reason: `a floor boot took ${measure.kvmMs} ms under KVM and ${measure.tcgMs} ms under TCG` };
+  return { accel: "tcg", reason: `a floor boot took ${measure.kvmMs} ms under KVM, slower than ${measure.tcgMs} ms under TCG` };
+}
+
+/** Returns whether a cached choice still holds for this kernel and QEMU. */
+export function choiceIsCurrent(choice: AccelChoice | null, kernel: string, qemu: string): choice is AccelChoice {
+  return choice !== null && choice.kernel === kernel && choice.qemu === qemu;
+}

@@ -1,0 +1,163 @@
+import { closeSync, mkdirSync, openSync, readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { recordOverlayBaseline } from "../workspace/overlay-record.js";
+import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "../sandbox/backend.js";
+import { boxEnvironment } from "../sandbox/environment.js";
+import { BOX_PROXY_PORT } from "../sandbox/forwarder.js";
+import { diskView } from "../sandbox/host-view.js";
+import { describeMounts } from "../sandbox/bwrap-args.js";
+import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
+import { findExecutable, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
+import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
+import type { Accelerator } from "./qemu-args.js";
+import { hostTscKhz, readChoice, resolveAutoAccelerator } from "./calibrate.js";
+import { findGuestImage, preparedVmDirectory, vmDirectories } from "./image.js";
+import { QEMU_PROGRAM, startMachine } from "./machine.js";
+import { VIRTIOFSD_PATH } from "./root-share.js";
+import { runGuestCommand } from "./guest-session.js";
+
+/** Guest memory when the policy sets none, and the least the guest kernel boots with, in MiB. */
+export const DEFAULT_MEMORY_MIB = 512;
+export const MIN_MEMORY_MIB = 128;
+
+/** Values of RINGFENCE_VM_ACCEL, the host variable that overrides `auto`. */
+const ACCEL_CHOICES = ["auto", "kvm", "tcg"] as const;
+
+/**
+ * The micro-VM backend: a QEMU microvm with its own kernel, the host's system directories and
+ * the workspace shared through one virtiofsd over the namespace backend's mount plan, no
+ * network device, and two virtio-serial ports for commands and connections to the gateway.
+ */
+export class VmBackend implements SandboxBackend {
+  readonly name = "vm" as const;
+
+  check(): SandboxError[] {
+    const errors: SandboxError[] = [];
+    if (process.platform !== "linux" || process.arch !== "x64") errors.push(new SandboxError("vm-platform", `the vm backend runs on Linux x86-64 hosts only, not ${process.platform} ${process.arch}`));
+    if (findExecutable(QEMU_PROGRAM) === null) errors.push(new SandboxError("qemu-missing", `${QEMU_PROGRAM} is not installed; install it with: sudo apt-get install qemu-system-x86`));
+    if (findExecutable(QEMU_PROGRAM) !== null && diskView.facts(VIRTIOFSD_PATH).kind === "missing") errors.push(new SandboxError("virtiofsd-missing", `${VIRTIOFSD_PATH} is missing; install QEMU's package with virtiofsd: sudo apt-get install qemu-system-x86`));
+    for (const tool of ["bwrap", "setpriv"]) {
+      if (findExecutable(tool) === null) errors.push(new SandboxError(`${tool}-missing`, `${tool} is not installed; install it with: sudo apt-get install ${tool === "bwrap" ? "bubblewrap" : "util-linux"}`));
+    }
+    if (findGuestImage(vmDirectories()) === null) errors.push(new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare"));
+    return errors;
+  }
+
+  async prepare(request: BoxRequest): Promise<PreparedBox> {
+    const { policy } = request;
+    const workspace = policy.workspace;
+    if (diskView.facts(workspace.path).kind !== "dir") {
+      throw new SandboxError("workspace-missing", `workspace ${workspace.path} does not exist or is not a directory; create it, or choose another with --workspace DIR`);
+    }
+    const whole = [workspace.path, ...policy.filesystem.read, ...policy.filesystem.write].find((path) => path === "/");
+    if (whole !== undefined) {
+      throw new SandboxError("whole-host", "the policy shows / (as the workspace or in filesystem.read or filesystem.write), which would give the box the whole host; name the directories the command needs instead");
+    }
+    if (policy.resources.processes !== null) {
+      // NOTE: the guest runs the command as its root, which RLIMIT_NPROC does not bind, and
+      // there is no cgroup setup in the guest yet; failing closed is the honest answer.
+      throw new SandboxError("limits", `the vm backend cannot enforce resources.processes (${policy.resources.processes}) yet; remove it from the policy, or use backend: namespace`);
+    }
+
+    const image = findGuestImage(vmDirectories(request.hostEnv, request.home)) ?? findGuestImage(vmDirectories());
+    if (image === null) throw new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare");
+
+    let workspaceSource = workspace.path;
+    if (workspace.mode === "overlay") workspaceSource = join(request.runDir, "overlay", "workspace");
+    if (workspace.mode === "overlay" && request.dryRun !== true) {
+      mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
+      const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
+      if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
+      recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
+    }
+    const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+    const protect: ProtectPlan =
+      workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, workspace.protect, diskView), planRoot, workspaceSource);
+    if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
+
+    // The gateway is reached through the net port, so the share carries no socket or forwarder.
+    const mounts = planMounts({ policy, home: request.home, view: diskView, workspaceSource, protect, forwarder: null, gatewaySocket: null, privatePaths: request.privatePaths, caBundle: request.caBundle ?? null });
+    const env = boxEnvironment({ policy, hostEnv: request.hostEnv, home: request.home, user: "root", proxyPort: request.gatewaySocket === null ? null : BOX_PROXY_PORT, extra: request.extraEnv ?? {} });
+    env.HOME = request.home;
+    const cwd = boxWorkingDirectory(policy, request.cwd);
+    const memoryMiB = Math.max(MIN_MEMORY_MIB, policy.resources.memoryBytes === null ? DEFAULT_MEMORY_MIB : Math.floor(policy.resources.memoryBytes / 1024 / 1024));
+    const cpus = Math.max(1, Math.floor(policy.resources.cpus ?? 1));
+
+    const requested = request.hostEnv.RINGFENCE_VM_ACCEL ?? "auto";
+    if (!(ACCEL_CHOICES as readonly string[]).includes(requested)) throw new SandboxError("vm-accel", `RINGFENCE_VM_ACCEL is ${requested}; set it to one of ${ACCEL_CHOICES.join(", ")}`);
+    const cachedChoice = readChoice([image.dir, ...vmDirectories(request.hostEnv, request.home)]);
+
+    let cleaned = false;
+    const cleanup = async () => {
+      if (cleaned) return;
+      cleaned = true;
+      removePlaceholders(protect);
+    };
+
+    return {
+      describe: () => [
+        `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested}`,
+        "guest: no network device; loopback only; the net mux on 127.0.0.1:3128 carries connections to the gateway over a virtio-serial port",
+        `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
+        `working directory: ${cwd}`,
+        "environment:",
+        ...Object.keys(env)
+          .sort()
+          .map((name) => `  ${name}=${env[name]}`),
+        "filesystem (one virtiofsd over this view; the guest mounts its own /proc, /sys, /dev and /run):",
+        ...describeMounts(mounts).map((line) => `  ${line}`),
+      ],
+
+      run: async ({ timeoutMs, stop }) => {
+        for (const placeholder of protect.placeholders) {
+          if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
+          else mkdirSync(placeholder.path);
+        }
+        const onExit = () => removePlaceholders(protect);
+        process.once("exit", onExit);
+        const before = new Set([...protect.readOnly, ...protect.redirects]);
+
+        try {
+          let accel: Accelerator;
+          if (requested === "auto") {
+            const choice = await resolveAutoAccelerator(image, [image.dir, ...vmDirectories(request.hostEnv, request.home)], preparedVmDirectory(request.hostEnv, request.home));
+            accel = choice.accel;
+          } else {
+            accel = requested as Accelerator;
+          }
+
+          const guest: Record<string, string> = {};
+          if (policy.resources.tmpBytes !== null) guest.tmp = String(policy.resources.tmpBytes);
+          const machine = await startMachine({
+            dir: join(request.runDir, "vm"),
+            mounts,
+            plan: { accel, kernel: image.kernel, initramfs: image.initramfs, memoryMiB, cpus, guest, tscKhz: hostTscKhz() },
+          }).catch((cause: Error) => {
+            throw new SandboxError("vm-start", `starting the micro-VM failed: ${cause.message}`);
+          });
+
+          const exit = await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, stop });
+          if (exit.status === 125 && exit.lost !== null) {
+            const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
+            throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${console === "" ? "" : `; guest console:\n  ${console}`}`);
+          }
+
+          if (workspace.mode !== "ro") {
+            const after = planProtection(workspaceSource, workspace.protect, diskView);
+            const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+            const { moved, failed } = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
+            exit.warnings.push(...failed);
+            if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+          }
+          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage: null, warnings: exit.warnings } satisfies BoxExit;
+        } finally {
+          process.off("exit", onExit);
+          await cleanup();
+        }
+      },
+
+      cleanup,
+    };
+  }
+}
