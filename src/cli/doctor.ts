@@ -1,4 +1,5 @@
 import { probeHost, type DoctorReport } from "../sandbox/probe.js";
+import { vmCapabilities } from "../vm/doctor.js";
 
 interface Output {
   out: (text: string) => void;
@@ -15,6 +16,7 @@ export function formatDoctorReport(report: DoctorReport): string[] {
 /** `ringfence doctor`: prints what this host can enforce; exits 1 when no backend is usable. */
 export function doctorCommand(options: { json?: boolean } = {}, io: Output = { out: (text) => process.stdout.write(text) }): number {
   const report = probeHost();
+  report.capabilities.push(...vmCapabilities());
   io.out(options.json === true ? `${JSON.stringify(report, null, 2)}\n` : `${formatDoctorReport(report).join("\n")}\n`);
   return report.autoBackend.name === null ? 1 : 0;
 }

@@ -90,7 +90,7 @@ export function probeHost(): DoctorReport {
 
   const namespaceUsable = bwrap !== null && userns.length === 0 && trial?.ok === true;
   const autoBackend = namespaceUsable
-    ? { name: "namespace" as const, reason: "the micro-VM backend is not available in this version, and bubblewrap works here" }
+    ? { name: "namespace" as const, reason: "bubblewrap works here; a micro-VM start costs seconds under software emulation, so select backend vm by name" }
     : { name: null, reason: "no backend is usable: fix the namespace checks above" };
   return { capabilities, autoBackend };
 }

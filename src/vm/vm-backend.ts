@@ -40,6 +40,12 @@ export class VmBackend implements SandboxBackend {
     for (const tool of ["bwrap", "setpriv"]) {
       if (findExecutable(tool) === null) errors.push(new SandboxError(`${tool}-missing`, `${tool} is not installed; install it with: sudo apt-get install ${tool === "bwrap" ? "bubblewrap" : "util-linux"}`));
     }
+    if (process.getuid?.() !== 0) {
+      // NOTE: QEMU 7.2's C virtiofsd calls setgroups() at start and exits when it fails, which it
+      // always does in an unprivileged user namespace; a virtiofsd with an unprivileged mode
+      // (the Rust one) would lift this.
+      errors.push(new SandboxError("vm-needs-root", "the vm backend needs root on this host: the installed virtiofsd cannot start in an unprivileged user namespace; run ringfence as root, or use backend: namespace"));
+    }
     if (findGuestImage(vmDirectories()) === null) errors.push(new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare"));
     return errors;
   }

@@ -6,6 +6,9 @@ import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
+/** The backend the suite runs against: RINGFENCE_TEST_BACKEND, by default the namespace backend. */
+export const TEST_BACKEND = process.env.RINGFENCE_TEST_BACKEND ?? "namespace";
+
 /** Ordinary user the suite creates when it runs as root, so both kinds of caller are covered. */
 export const TEST_USER = "ringfence-test";
 
@@ -89,7 +92,7 @@ export interface BoxRun {
  * host environment contains HOST_SECRET_NAME, so tests can check that the box's does not.
  */
 export function boxCommand(user: BoxUser, flags: readonly string[], command: readonly string[], extraEnv: Readonly<Record<string, string>> = {}): { argv: string[]; env: Record<string, string> } {
-  const argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", "namespace", ...flags, "--", ...command];
+  const argv = [process.execPath, "--import", TSX_LOADER, DRIVER, "--backend", TEST_BACKEND, ...flags, "--", ...command];
   const env = {
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     HOME: user.home,

@@ -1,0 +1,22 @@
+import type { Capability } from "../sandbox/probe.js";
+import { readChoice } from "./calibrate.js";
+import { findGuestImage, vmDirectories } from "./image.js";
+import { VmBackend } from "./vm-backend.js";
+
+/** The micro-VM lines of `ringfence doctor`: whether the backend can start, its guest, and what `auto` accelerates with and why. */
+export function vmCapabilities(): Capability[] {
+  const problems = new VmBackend().check();
+  const lines: Capability[] = [];
+  lines.push(problems.length === 0 ? { name: "vm backend", status: "yes", detail: "QEMU, virtiofsd, bwrap and a prepared guest are present" } : { name: "vm backend", status: "no", detail: problems.map((problem) => problem.message).join("; ") });
+
+  const image = findGuestImage(vmDirectories());
+  lines.push(image === null ? { name: "vm guest", status: "no", detail: "not prepared; run: ringfence vm prepare" } : { name: "vm guest", status: "yes", detail: `kernel ${image.release}, initramfs ${image.initramfs}` });
+
+  const choice = readChoice(image === null ? vmDirectories() : [image.dir, ...vmDirectories()]);
+  lines.push(
+    choice === null
+      ? { name: "vm accelerator", status: "partial", detail: "auto is not calibrated yet; ringfence vm prepare (or the first vm run) measures it. Override with RINGFENCE_VM_ACCEL=kvm or tcg" }
+      : { name: "vm accelerator", status: "yes", detail: `auto chose ${choice.accel}: ${choice.reason} (measured ${choice.measuredAt}; override with RINGFENCE_VM_ACCEL=kvm or tcg)` },
+  );
+  return lines;
+}

@@ -1,0 +1,194 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { chooseAccelerator, choiceIsCurrent, type AccelChoice } from "../../src/vm/accel.js";
+import { buildCpio } from "../../src/vm/cpio.js";
+import { kernelPackageOf } from "../../src/vm/kernel.js";
+import { moduleDependencies, moduleLoadOrder } from "../../src/vm/modules.js";
+import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qemu-args.js";
+import { rootShareCommand, shareMountArguments, SHARE_ROOT } from "../../src/vm/root-share.js";
+import { tableView } from "../../src/sandbox/host-view.js";
+import type { MountOp } from "../../src/sandbox/mount-plan.js";
+
+const BASE: QemuPlan = {
+  accel: "tcg",
+  kernel: "/k/vmlinuz",
+  initramfs: "/k/initramfs.cpio",
+  memoryMiB: 512,
+  cpus: 1,
+  devices: { virtiofsSocket: "/run/x/fs.sock", execSocket: "/run/x/exec.sock", netSocket: "/run/x/net.sock" },
+  consoleLog: "/run/x/console.log",
+  guest: { tmp: "1048576" },
+  tscKhz: 2_596_144,
+};
+
+/** Returns the value after `flag` each time it appears. */
+function values(args: readonly string[], flag: string): string[] {
+  return args.flatMap((arg, index) => (arg === flag ? [args[index + 1] as string] : []));
+}
+
+describe("qemu arguments", () => {
+  const cases: { name: string; plan: QemuPlan; check: (args: string[]) => void }[] = [
+    { name: "tcg uses cpu max", plan: BASE, check: (args) => assert.deepEqual(values(args, "-cpu"), ["max"]) },
+    { name: "kvm drops arch-capabilities", plan: { ...BASE, accel: "kvm" }, check: (args) => assert.deepEqual(values(args, "-cpu"), ["host,-arch-capabilities"]) },
+    { name: "accelerator named", plan: { ...BASE, accel: "kvm" }, check: (args) => assert.deepEqual(values(args, "-accel"), ["kvm"]) },
+    { name: "shared memfd memory", plan: BASE, check: (args) => assert.ok(values(args, "-object").includes("memory-backend-memfd,id=mem,size=512M,share=on")) },
+    { name: "no network device", plan: BASE, check: (args) => assert.deepEqual(values(args, "-nic"), ["none"]) },
+    { name: "no reboot", plan: BASE, check: (args) => assert.ok(args.includes("-no-reboot")) },
+    { name: "qemu sandbox on", plan: BASE, check: (args) => assert.deepEqual(values(args, "-sandbox"), ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]) },
+    { name: "virtio-mmio modern", plan: BASE, check: (args) => assert.deepEqual(values(args, "-global"), ["virtio-mmio.force-legacy=false"]) },
+    {
+      name: "two named ports",
+      plan: BASE,
+      check: (args) => assert.deepEqual(values(args, "-device").filter((device) => device.startsWith("virtserialport")), ["virtserialport,chardev=exec,name=ringfence.exec", "virtserialport,chardev=net,name=ringfence.net"]),
+    },
+    { name: "root share device", plan: BASE, check: (args) => assert.ok(values(args, "-device").includes("vhost-user-fs-device,chardev=fs,tag=root")) },
+    { name: "floor has no devices", plan: { ...BASE, devices: null }, check: (args) => assert.deepEqual(values(args, "-device"), []) },
+    { name: "console to file", plan: BASE, check: (args) => assert.deepEqual(values(args, "-serial"), ["file:/run/x/console.log"]) },
+    { name: "console dropped", plan: { ...BASE, consoleLog: null }, check: (args) => assert.deepEqual(values(args, "-serial"), ["null"]) },
+  ];
+  for (const entry of cases) test(entry.name, () => entry.check(qemuArguments(entry.plan)));
+
+  test("comma in socket path rejected", () => {
+    assert.throws(() => qemuArguments({ ...BASE, devices: { ...(BASE.devices as NonNullable<QemuPlan["devices"]>), execSocket: "/run/a,b/exec.sock" } }), /contains a comma/);
+  });
+});
+
+describe("kernel command line", () => {
+  test("tcg gets the host TSC rate", () => {
+    assert.match(kernelCommandLine(BASE), /(^| )tsc_early_khz=2596144 tsc=reliable( |$)/);
+  });
+  test("kvm calibrates itself", () => {
+    assert.doesNotMatch(kernelCommandLine({ ...BASE, accel: "kvm" }), /tsc_early_khz/);
+  });
+  test("guest settings carried", () => {
+    assert.match(kernelCommandLine(BASE), / rf\.tmp=1048576$/);
+  });
+  test("unsafe guest value rejected", () => {
+    assert.throws(() => kernelCommandLine({ ...BASE, guest: { mode: "run init=/bin/sh" } }), /cannot carry/);
+  });
+});
+
+describe("accelerator choice", () => {
+  const cases: { name: string; input: Parameters<typeof chooseAccelerator>[0]; accel: "kvm" | "tcg"; reason: RegExp }[] = [
+    { name: "no kvm device", input: { kvmAvailable: "/dev/kvm could not be opened (ENOENT)", tcgMs: 2000, kvmMs: null }, accel: "tcg", reason: /ENOENT/ },
+    { name: "kvm opens but stalls", input: { kvmAvailable: null, tcgMs: 2000, kvmMs: null }, accel: "tcg", reason: /did not finish/ },
+    { name: "kvm slower than tcg", input: { kvmAvailable: null, tcgMs: 2000, kvmMs: 2500 }, accel: "tcg", reason: /slower/ },
+    { name: "kvm faster", input: { kvmAvailable: null, tcgMs: 2000, kvmMs: 300 }, accel: "kvm", reason: /300 ms under KVM/ },
+  ];
+  for (const entry of cases) {
+    test(entry.name, () => {
+      const choice = chooseAccelerator(entry.input);
+      assert.equal(choice.accel, entry.accel);
+      assert.match(choice.reason, entry.reason);
+    });
+  }
+
+  test("cached choice keyed by kernel and qemu", () => {
+    const choice: AccelChoice = { accel: "tcg", reason: "r", tcgMs: 1, kvmMs: null, kernel: "6.1.0-57-cloud-amd64", qemu: "QEMU 7.2", measuredAt: "" };
+    assert.equal(choiceIsCurrent(choice, "6.1.0-57-cloud-amd64", "QEMU 7.2"), true);
+    assert.equal(choiceIsCurrent(choice, "6.1.0-58-cloud-amd64", "QEMU 7.2"), false);
+    assert.equal(choiceIsCurrent(choice, "6.1.0-57-cloud-amd64", "QEMU 8.0"), false);
+    assert.equal(choiceIsCurrent(null, "6.1.0-57-cloud-amd64", "QEMU 7.2"), false);
+  });
+});
+
+describe("kernel modules", () => {
+  const modinfo = (depends: string) => Buffer.from(`\u007fELF junk\0license=GPL\0depends=${depends}\0name=x\0`, "latin1");
+
+  test("depends string parsed", () => {
+    assert.deepEqual(moduleDependencies(modinfo("virtio,virtio_ring")), ["virtio", "virtio_ring"]);
+  });
+  test("empty depends", () => {
+    assert.deepEqual(moduleDependencies(modinfo("")), []);
+    assert.deepEqual(moduleDependencies(Buffer.from("no modinfo here")), []);
+  });
+
+  const table: Record<string, string[]> = {
+    virtio_ring: [],
+    virtio: [],
+    virtio_mmio: ["virtio", "virtio_ring"],
+    virtio_console: ["virtio", "virtio_ring"],
+    fuse: [],
+    virtiofs: ["fuse", "virtio", "virtio_ring"],
+    overlay: [],
+  };
+  test("dependencies before dependents", () => {
+    const order = moduleLoadOrder(["virtio_mmio", "virtio_console", "virtiofs", "overlay"], (name) => table[name] ?? null);
+    assert.deepEqual(order, ["virtio", "virtio_ring", "virtio_mmio", "virtio_console", "fuse", "virtiofs", "overlay"]);
+  });
+  test("dashes mean underscores", () => {
+    assert.deepEqual(moduleLoadOrder(["virtio-mmio"], (name) => table[name] ?? null), ["virtio", "virtio_ring", "virtio_mmio"]);
+  });
+  test("missing module named", () => {
+    assert.throws(() => moduleLoadOrder(["virtiofs"], (name) => (name === "fuse" ? null : (table[name] ?? null))), /kernel module fuse \(needed by virtiofs\) was not found/);
+  });
+  test("cycle rejected", () => {
+    assert.throws(() => moduleLoadOrder(["a"], (name) => (name === "a" ? ["b"] : ["a"])), /cycle/);
+  });
+});
+
+describe("kernel package", () => {
+  test("image package from apt-cache depends", () => {
+    assert.equal(kernelPackageOf("linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-57-cloud-amd64\n"), "linux-image-6.1.0-57-cloud-amd64");
+    assert.equal(kernelPackageOf("linux-image-cloud-amd64\n"), null);
+  });
+});
+
+describe("cpio archive", () => {
+  test("newc headers and padding", () => {
+    const archive = buildCpio([
+      { kind: "dir", path: "bin", mode: 0o755 },
+      { kind: "file", path: "init", mode: 0o755, data: Buffer.from("#!/bin/sh\n") },
+      { kind: "symlink", path: "bin/sh", target: "busybox" },
+      { kind: "chardev", path: "dev/console", mode: 0o600, major: 5, minor: 1 },
+    ]);
+    const text = archive.toString("latin1");
+    assert.equal(archive.length % 4, 0);
+    assert.equal(text.slice(0, 6), "070701");
+    assert.equal(text.split("070701").length - 1, 5, "four entries and the trailer");
+    assert.ok(text.includes("init\0"));
+    assert.ok(text.includes("TRAILER!!!\0"));
+    // The file's mode field: regular file, 0755.
+    const initHeader = text.indexOf("init\0") - 110;
+    assert.equal(text.slice(initHeader + 14, initHeader + 22), (0o100755).toString(16).padStart(8, "0"));
+  });
+  test("absolute path rejected", () => {
+    assert.throws(() => buildCpio([{ kind: "dir", path: "/bin", mode: 0o755 }]), /must be relative/);
+  });
+});
+
+describe("root share", () => {
+  const ops: MountOp[] = [
+    { kind: "ro-bind", source: "/usr", target: "/usr", reason: "" },
+    { kind: "symlink", linkTarget: "usr/bin", path: "/bin", reason: "" },
+    { kind: "proc", target: "/proc", reason: "" },
+    { kind: "tmpfs", target: "/tmp", sizeBytes: 1024, reason: "" },
+    { kind: "bind", source: "/home/u/project", target: "/home/u/project", reason: "" },
+    { kind: "ro-bind", source: "/dev/null", target: "/etc/shadow", reason: "" },
+    { kind: "remount-ro", target: "/", reason: "" },
+  ];
+
+  test("plan moved under the share root", () => {
+    assert.deepEqual(ops.map(shareMountArguments), [
+      ["--ro-bind", "/usr", `${SHARE_ROOT}/usr`],
+      ["--symlink", "usr/bin", `${SHARE_ROOT}/bin`],
+      ["--dir", `${SHARE_ROOT}/proc`],
+      ["--size", "1024", "--tmpfs", `${SHARE_ROOT}/tmp`],
+      ["--bind", "/home/u/project", `${SHARE_ROOT}/home/u/project`],
+      ["--ro-bind", "/dev/null", `${SHARE_ROOT}/etc/shadow`],
+      ["--remount-ro", SHARE_ROOT],
+    ]);
+  });
+
+  test("virtiofsd chroots into the share", () => {
+    const command = rootShareCommand({ mounts: ops, socketDir: "/r/vm", socketPath: "/r/vm/fs.sock", view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }) });
+    assert.equal(command[0], "bwrap");
+    assert.ok(command.includes("--die-with-parent"));
+    const daemon = command.slice(command.indexOf("--") + 1);
+    assert.deepEqual(daemon.slice(0, 2), ["/usr/lib/qemu/virtiofsd", "--socket-path=/r/vm/fs.sock"]);
+    assert.ok(daemon.includes(`source=${SHARE_ROOT}`));
+    assert.ok(daemon.includes("sandbox=chroot"));
+    // The composed view starts from an empty tmpfs, so only the plan's paths exist in it.
+    assert.ok(command.indexOf("--tmpfs") < command.indexOf(`${SHARE_ROOT}/usr`));
+  });
+});

@@ -1,0 +1,120 @@
+// Cases only a micro-VM has: its own kernel, no network device, a virtiofs root that shows only
+// the mount plan, and no QEMU or virtiofsd left behind, even when ringfence is killed.
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+
+process.env.RINGFENCE_TEST_BACKEND = "vm";
+const { boxCommand, boxUsers, makeWorkspace, runBox, show } = await import("../sandbox/harness.js");
+
+const [user] = boxUsers();
+if (user === undefined) throw new Error("no test user");
+
+/** PIDs of processes whose command line contains `text`, other than this test's own. */
+function processesWith(text: string): string[] {
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name) && Number(name) !== process.pid)
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(text);
+      } catch {
+        return false;
+      }
+    });
+}
+
+async function waitFor(condition: () => boolean, attempts = 600): Promise<boolean> {
+  for (let attempt = 0; attempt < attempts; attempt += 1) {
+    if (condition()) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
+}
+
+const leftovers: string[] = [];
+after(() => {
+  for (const pid of leftovers) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
+});
+
+describe("vm backend", () => {
+  test("guest kernel and network", async () => {
+    const workspace = makeWorkspace(user);
+    const script = ["uname -r", "ls /sys/class/net", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", "echo done"].join("; ");
+    const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+    assert.equal(run.status, 0, show(run));
+    const lines = run.stdout.trim().split("\n");
+    const hostRelease = spawnSync("uname", ["-r"], { encoding: "utf8" }).stdout.trim();
+    assert.notEqual(lines[0], hostRelease, "the guest runs the host's kernel");
+    assert.match(lines[0] ?? "", /cloud-amd64$/);
+    // /sys/class/net and /proc/net/dev both list only the loopback interface.
+    assert.deepEqual(lines.slice(1, -1), ["lo", "lo"], show(run));
+  });
+
+  test("host files outside shares unreachable", async () => {
+    const outside = makeWorkspace(user, { "secret.txt": "host only\n" });
+    const workspace = makeWorkspace(user);
+    const script = [`cat ${outside}/secret.txt 2>/dev/null && echo LEAK-file`, `ls ${outside} 2>/dev/null | grep -q . && echo LEAK-dir`, "ls /", "cat /run/ringfence/../../etc/shadow 2>/dev/null | grep -q . && echo LEAK-shadow", "echo done"].join("; ");
+    const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+    assert.equal(run.status, 0, show(run));
+    assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+    // The root holds only what the mount plan puts there.
+    for (const name of ["boot", "srv", "mnt", "media", "home", "var"]) assert.doesNotMatch(run.stdout, new RegExp(`^${name}$`, "m"), show(run));
+  });
+
+  test("workspace symlinks stay inside", async () => {
+    const outside = makeWorkspace(user, { "secret.txt": "host only\n" });
+    const workspace = makeWorkspace(user, { "inside.txt": "inside\n" });
+    symlinkSync(join(outside, "secret.txt"), join(workspace, "to-secret"));
+    symlinkSync(outside, join(workspace, "to-dir"));
+    symlinkSync("/etc/shadow", join(workspace, "to-shadow"));
+    symlinkSync("inside.txt", join(workspace, "relative"));
+    const script = ["cat relative", "cat to-secret 2>/dev/null && echo LEAK-file", "ls to-dir/ 2>/dev/null | grep -q . && echo LEAK-dir", "cat to-shadow 2>/dev/null | grep -q . && echo LEAK-shadow", "echo written > to-dir/new.txt 2>/dev/null && echo LEAK-write", "echo done"].join("; ");
+    const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+    assert.equal(run.status, 0, show(run));
+    assert.match(run.stdout, /^inside$/m);
+    assert.doesNotMatch(run.stdout, /LEAK/, show(run));
+    assert.equal(existsSync(join(outside, "new.txt")), false);
+  });
+
+  test("no helpers left after run", async () => {
+    const workspace = makeWorkspace(user);
+    const run = await runBox(user, workspace, [], ["true"]);
+    assert.equal(run.status, 0, show(run));
+    // Every helper's command line names the run's directory under the test user's home.
+    assert.deepEqual(processesWith(user.home), [], "QEMU, virtiofsd or bwrap outlived the run");
+  });
+
+  test("no helpers left after SIGKILL", async () => {
+    const workspace = makeWorkspace(user);
+    const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
+    const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
+    try {
+      assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
+      const helpers = processesWith(user.home);
+      assert.ok(helpers.length >= 2, `expected QEMU and virtiofsd, found ${helpers.length} processes`);
+      ringfence.kill("SIGKILL");
+      const gone = await waitFor(() => processesWith(user.home).length === 0, 100);
+      leftovers.push(...processesWith(user.home));
+      assert.ok(gone, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+    } finally {
+      ringfence.kill("SIGKILL");
+    }
+  });
+
+  test("file written in guest on host", async () => {
+    const workspace = makeWorkspace(user);
+    writeFileSync(join(workspace, "in.txt"), "from host\n");
+    const run = await runBox(user, workspace, [], ["sh", "-c", "cat in.txt > out.txt; mkdir -p d/e; echo deep > d/e/f"]);
+    assert.equal(run.status, 0, show(run));
+    assert.equal(readFileSync(join(workspace, "out.txt"), "utf8"), "from host\n");
+    assert.equal(readFileSync(join(workspace, "d", "e", "f"), "utf8"), "deep\n");
+  });
+});
