@@ -60,9 +60,12 @@ export class VmBackend implements SandboxBackend {
     if (whole !== undefined) {
       throw new SandboxError("whole-host", "the policy shows / (as the workspace or in filesystem.read or filesystem.write), which would give the box the whole host; name the directories the command needs instead");
     }
-    if (policy.resources.processes !== null) {
-      // NOTE: the guest runs the command as its root, which RLIMIT_NPROC does not bind, and
-      // there is no cgroup setup in the guest yet; failing closed is the honest answer.
+    // NOTE: the guest runs the command as its root, which RLIMIT_NPROC does not bind, and the
+    // guest has no cgroup set-up yet, so a policy's process limit stops the run. The built-in
+    // default's limit becomes a warning, as on a namespace host without cgroups.
+    const builtInDefault = policy.files.length === 0;
+    const warnings = builtInDefault && policy.resources.processes !== null ? [`the built-in default limit of ${policy.resources.processes} processes is not enforced by the vm backend`] : [];
+    if (policy.resources.processes !== null && !builtInDefault) {
       throw new SandboxError("limits", `the vm backend cannot enforce resources.processes (${policy.resources.processes}) yet; remove it from the policy, or use backend: namespace`);
     }
 
@@ -156,7 +159,7 @@ export class VmBackend implements SandboxBackend {
             exit.warnings.push(...failed);
             if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
           }
-          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage: null, warnings: exit.warnings } satisfies BoxExit;
+          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage: null, warnings: [...warnings, ...exit.warnings] } satisfies BoxExit;
         } finally {
           process.off("exit", onExit);
           await cleanup();
