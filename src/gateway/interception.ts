@@ -14,16 +14,16 @@ import { handleInterceptedRequest } from "./intercepted-request.js";
 import { handleInterceptedUpgrade } from "./intercepted-websocket.js";
 import type { Interceptor } from "./interceptor.js";
 import type { Target } from "./target.js";
+import { probeServerFirst, type ServerFirstProbe } from "./server-first-probe.js";
 import { checkClientHello, runTunnel } from "./tunnel.js";
 import { UpstreamAgents } from "./upstream-agents.js";
 import { parentFor } from "./upstream-proxy.js";
 import type { AllowDecision } from "./verdict.js";
 
 /**
- * Time to wait for the client's first byte before treating the tunnel as a protocol in which the
+ * Time to wait for the client's first byte before connecting upstream to learn whether the
  * server speaks first (SSH, SMTP). TLS clients send their ClientHello as soon as the tunnel is
- * up, so they never wait this long.
- * NOTE: an estimate; a TLS client slower than this gets an end-to-end tunnel, not interception.
+ * up, so most never cause that connection.
  */
 const SERVER_FIRST_GRACE_MS = 250;
 
@@ -111,9 +111,10 @@ export class Interception {
   /**
    * Takes over an allowed tunnel. The first client bytes decide. A TLS ClientHello whose SNI
    * matches the target gets a handshake with a minted leaf certificate, and a stream that is not
-   * TLS becomes an ordinary tunnel, unless the host's rules restrict methods or paths. A client
-   * that sends nothing for SERVER_FIRST_GRACE_MS also gets an ordinary tunnel, for protocols in
-   * which the server speaks first.
+   * TLS becomes an ordinary tunnel, unless the host's rules restrict methods or paths. When the
+   * client sends nothing for SERVER_FIRST_GRACE_MS, the gateway connects upstream, and a server
+   * that speaks first (SSH, say) gets an ordinary tunnel. A client that sends its ClientHello
+   * before the server speaks is intercepted however long it waited.
    */
   accept(options: AcceptOptions): void {
     const { client, target, record } = options;
@@ -125,25 +126,40 @@ export class Interception {
     // Nagle's algorithm the last one would wait for the client's delayed ACK.
     client.setNoDelay(true);
     client.setTimeout(limits.idleTimeoutMs, () => client.destroy());
+    let probe: ServerFirstProbe | null = null;
     const timer = setTimeout(() => {
+      probe?.cancel();
       record.finish(`client sent no complete TLS ClientHello within ${limits.handshakeTimeoutMs} ms`);
       client.destroy();
     }, limits.handshakeTimeoutMs);
 
     // Hosts whose rules restrict methods or paths never get a plain tunnel, so they need no grace.
-    const grace = options.decision.inspect
-      ? null
-      : setTimeout(() => {
-          if (held.length > 0) return;
+    const grace = options.decision.inspect ? null : setTimeout(() => {
+      if (held.length > 0) return;
+      probe = probeServerFirst(this.#context, target, options.decision, {
+        serverFirst: (upstream, address) => {
           clearTimeout(timer);
           client.off("data", onData);
           client.off("close", onClose);
-          this.#tunnelPlain(options, held);
-        }, SERVER_FIRST_GRACE_MS);
+          record.update({ address });
+          runTunnel(this.#context, { client, upstream, head: held, target, record, rule: options.decision.rule.label });
+          upstream.resume();
+          client.resume();
+        },
+        failed: (reason, decision, address) => {
+          clearTimeout(timer);
+          record.update({ address });
+          if (decision === "deny") record.deny(reason, options.decision.rule.label);
+          else record.finish(reason);
+          client.destroy();
+        },
+      });
+    }, SERVER_FIRST_GRACE_MS);
 
     const onClose = () => {
       clearTimeout(timer);
       if (grace !== null) clearTimeout(grace);
+      probe?.cancel();
       record.addBytesUp(client.bytesRead);
       record.addBytesDown(client.bytesWritten);
       record.finish();
@@ -156,6 +172,7 @@ export class Interception {
 
       clearTimeout(timer);
       if (grace !== null) clearTimeout(grace);
+      probe?.cancel();
       client.off("data", onData);
       if (first.kind === "not-tls") {
         client.off("close", onClose);

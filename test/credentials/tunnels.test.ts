@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { createServer, type AddressInfo, type Server } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { connectThrough, curl, readToEnd } from "../gateway/support/harness.js";
+import { readFileSync } from "node:fs";
+import type { TLSSocket } from "node:tls";
+import { connectThrough, curl, getOverTls, readToEnd, tlsOverTunnel } from "../gateway/support/harness.js";
 import { startHttpUpstream, type Upstream } from "../gateway/support/upstream.js";
 import { startBrokerRig, type BrokerRig } from "./support/setup.js";
 
@@ -84,6 +86,19 @@ describe("tunnels to intercepted hosts", () => {
     assert.equal(first, "SSH-2.0-ringfence-test\r\n");
     socket.write("SSH-2.0-client\r\n");
     assert.match((await received).toString(), /echo SSH-2\.0-client/);
+  });
+
+  it("intercepts a client that delays its ClientHello", async () => {
+    const { response, socket } = await connectThrough(rig.gw.port, `api.example.com:${rig.upstream.port}`);
+    assert.equal(response.status, 200);
+    // Longer than the grace period, after which the gateway probes whether the server speaks first.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+
+    const tls = await tlsOverTunnel(socket, { servername: "api.example.com", ca: readFileSync(rig.broker.caCertPath, "utf8") });
+    assert.equal(tls.error, null, "the client trusts only the run CA, so only an intercepted tunnel verifies");
+    const text = await getOverTls(tls.tls as TLSSocket, `api.example.com:${rig.upstream.port}`, "/delayed");
+    assert.match(text, /^HTTP\/1\.1 200/);
+    assert.equal(rig.upstream.requests.at(-1)?.headers["x-api-key"], SECRET);
   });
 
   it("refuses a stream that is not TLS where methods are restricted", async () => {
