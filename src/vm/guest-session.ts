@@ -1,13 +1,17 @@
 import { constants } from "node:os";
-import { ExecClient, shellStatus, type CommandEnd } from "./exec-client.js";
+import { finished } from "node:stream/promises";
+import { ExecClient, ExecFailedError, type ExecExit } from "../guest/exec-client.js";
 import type { Machine } from "./machine.js";
 import { NetHost } from "./net-host.js";
 
 /** How long the guest gets to power off after SHUTDOWN before QEMU is killed, in milliseconds. */
 const POWER_OFF_GRACE_MS = 5_000;
 
-/** Longest wait for the exec agent's HELLO after QEMU started, in milliseconds. */
+/** Maximum wait for the exec agent's HELLO after QEMU started, in milliseconds. */
 const HELLO_TIMEOUT_MS = 120_000;
+
+/** errno of a command that was not found, which a shell reports as status 127. */
+const ENOENT = 2;
 
 export interface GuestCommand {
   machine: Machine;
@@ -22,10 +26,13 @@ export interface GuestCommand {
 export interface GuestExit {
   status: number;
   stoppedBy: string | null;
-  /** Why the guest ended before the command, or null. */
+  /** The reason the guest ended before the command did, or null. */
   lost: string | null;
   warnings: string[];
 }
+
+/** The end of the command: its EXIT, a failure to start, or the loss of the VM. */
+type CommandEnd = { kind: "exit"; exit: ExecExit } | { kind: "failed"; errno: number; message: string } | { kind: "lost"; message: string };
 
 /**
  * Runs one command in a started VM with the caller's stdio: a terminal when stdin and stdout are
@@ -35,10 +42,7 @@ export interface GuestExit {
 export async function runGuestCommand(command: GuestCommand): Promise<GuestExit> {
   const { machine } = command;
   const net = new NetHost(machine.net, command.gatewaySocket, (message) => process.stderr.write(`ringfence: ${message}\n`));
-  const exec = new ExecClient(machine.exec, {
-    stdout: (data, done) => void process.stdout.write(data, () => done()),
-    stderr: (data, done) => void process.stderr.write(data, () => done()),
-  });
+  const client = new ExecClient(machine.exec);
 
   let stoppedBy: string | null = null;
   const stopWith = (reason: string) => {
@@ -49,19 +53,14 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
   };
 
   const tty = process.stdin.isTTY === true && process.stdout.isTTY === true;
+  let signalCommand: (signal: number) => void = () => {};
   const ignore = () => {};
-  const forward = (signal: NodeJS.Signals) => () => exec.signal(constants.signals[signal]);
+  const forward = (signal: NodeJS.Signals) => () => signalCommand(constants.signals[signal]);
   const onTerm = () => stopWith("ringfence received SIGTERM");
   const onHup = () => stopWith("ringfence received SIGHUP");
+  // In raw mode the terminal sends Ctrl-C as a byte, not as SIGINT to ringfence.
   const onInt = tty ? ignore : forward("SIGINT");
   const onQuit = tty ? ignore : forward("SIGQUIT");
-  const onResize = () => exec.resize(process.stdout.rows, process.stdout.columns);
-  const onStdin = (data: Buffer) => {
-    if (!exec.writeStdin(data)) process.stdin.pause();
-  };
-  const onStdinEnd = () => exec.endStdin();
-  exec.onWritable = () => process.stdin.resume();
-
   process.on("SIGINT", onInt);
   process.on("SIGQUIT", onQuit);
   process.on("SIGTERM", onTerm);
@@ -71,27 +70,39 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
   command.stop?.addEventListener("abort", onStop);
   if (command.stop?.aborted === true) onStop();
 
+  const lost = machine.exited.then((): CommandEnd => ({ kind: "lost", message: "QEMU exited" }));
+  let onResize = () => {};
   let end: CommandEnd;
   try {
-    const lost = machine.exited.then((): CommandEnd => ({ kind: "lost", message: "QEMU exited" }));
-    const hello = await Promise.race([
-      exec.hello,
-      lost,
-      new Promise<CommandEnd>((resolve) => setTimeout(() => resolve({ kind: "lost", message: `the guest's exec agent did not start within ${HELLO_TIMEOUT_MS} ms` }), HELLO_TIMEOUT_MS).unref()),
-    ]);
+    const helloTimeout = new Promise<CommandEnd>((resolve) => setTimeout(() => resolve({ kind: "lost", message: `the guest's exec agent did not start within ${HELLO_TIMEOUT_MS} ms` }), HELLO_TIMEOUT_MS).unref());
+    const ready = client.ready.then(
+      () => null,
+      (error: Error): CommandEnd => ({ kind: "lost", message: error.message }),
+    );
+    const early = await Promise.race([ready, lost, helloTimeout]);
 
-    if ("kind" in hello) {
-      end = hello as CommandEnd;
+    if (early !== null) {
+      end = early;
     } else {
-      exec.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? { rows: process.stdout.rows, cols: process.stdout.columns } : null });
+      const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? { rows: process.stdout.rows, cols: process.stdout.columns } : null });
+      signalCommand = (signal) => channel.signal(signal);
+      onResize = () => channel.resize(process.stdout.rows, process.stdout.columns);
       if (tty) {
         process.stdin.setRawMode(true);
         process.stdout.on("resize", onResize);
       }
-      process.stdin.on("data", onStdin);
-      process.stdin.on("end", onStdinEnd);
-      process.stdin.resume();
-      end = await Promise.race([exec.ended, lost]);
+      channel.stdout.pipe(process.stdout, { end: false });
+      channel.stderr.pipe(process.stderr, { end: false });
+      process.stdin.pipe(channel.stdin);
+
+      const exit = channel.exit.then(
+        (value): CommandEnd => ({ kind: "exit", exit: value }),
+        (error: Error): CommandEnd => (error instanceof ExecFailedError ? { kind: "failed", errno: error.errno, message: error.message } : { kind: "lost", message: error.message }),
+      );
+      end = await Promise.race([exit, lost]);
+      // Output that arrived before EXIT is written out before the run reports its status.
+      if (end.kind !== "lost") await Promise.all([finished(channel.stdout), finished(channel.stderr)]).catch(() => {});
+      process.stdin.unpipe(channel.stdin);
     }
   } finally {
     process.off("SIGINT", onInt);
@@ -99,15 +110,13 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     process.off("SIGTERM", onTerm);
     process.off("SIGHUP", onHup);
     process.stdout.off("resize", onResize);
-    process.stdin.off("data", onStdin);
-    process.stdin.off("end", onStdinEnd);
     process.stdin.pause();
     if (tty) process.stdin.setRawMode(false);
     if (timer !== null) clearTimeout(timer);
     command.stop?.removeEventListener("abort", onStop);
 
     // SHUTDOWN makes the guest power off; QEMU is killed if it has not exited by then.
-    exec.shutdown();
+    client.shutdown();
     const grace = new Promise((resolve) => setTimeout(resolve, POWER_OFF_GRACE_MS).unref());
     await Promise.race([machine.exited, grace]);
     await machine.kill();
@@ -116,6 +125,9 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
 
   if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: [] };
   if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: [] };
-  if (end.kind === "failed") process.stderr.write(`ringfence: ${command.argv[0]}: ${end.message}\n`);
-  return { status: shellStatus(end), stoppedBy: null, lost: null, warnings: [] };
+  if (end.kind === "failed") {
+    process.stderr.write(`ringfence: ${command.argv[0]}: ${end.message}\n`);
+    return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: [] };
+  }
+  return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: [] };
 }

@@ -47,7 +47,7 @@ function guestSourceDir(): string {
 }
 
 /** Returns the source file a guest program is built from: the exec agent, or the net mux. */
-export function guestSource(name: "init.sh" | "net-mux.c" | "exec-agent.c" | "exec-runner.c"): string | null {
+export function guestSource(name: "init.sh" | "net-mux.c" | "exec-agent.c"): string | null {
   const path = join(guestSourceDir(), name);
   return existsSync(path) ? path : null;
 }
@@ -81,7 +81,7 @@ export function buildStaticProgram(source: string, dir: string): string {
 export function buildInitramfs(kernel: GuestKernel, dir: string): string {
   const init = guestSource("init.sh");
   const netMux = guestSource("net-mux.c");
-  const execAgent = guestSource("exec-agent.c") ?? guestSource("exec-runner.c");
+  const execAgent = guestSource("exec-agent.c");
   if (init === null || netMux === null || execAgent === null) throw new Error(`the guest sources are incomplete in ${guestSourceDir()}; reinstall ringfence`);
   if (!existsSync(BUSYBOX_PATH)) throw new Error(`${BUSYBOX_PATH} is missing; install it with: apt-get install busybox-static`);
 
