@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildCpio, type CpioEntry } from "./cpio.js";
 import type { GuestKernel } from "./kernel.js";
+import { stripModuleSignature } from "./modules.js";
 
 /** Static busybox from Debian's busybox-static package. */
 export const BUSYBOX_PATH = "/bin/busybox";
@@ -91,7 +92,7 @@ export function buildInitramfs(kernel: GuestKernel, dir: string): string {
     busybox: readFileSync(BUSYBOX_PATH),
     netMux: readFileSync(buildStaticProgram(netMux, programs)),
     execAgent: readFileSync(buildStaticProgram(execAgent, programs)),
-    modules: kernel.modules.map((module) => ({ name: module.name, data: readFileSync(module.path) })),
+    modules: kernel.modules.map((module) => ({ name: module.name, data: stripModuleSignature(readFileSync(module.path)) })),
   };
   const archive = buildCpio(initramfsEntries(inputs));
   const hash = createHash("sha256").update(archive).digest("hex").slice(0, 16);

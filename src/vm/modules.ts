@@ -60,3 +60,29 @@ export function moduleLoadOrder(wanted: readonly string[], dependsOf: (name: str
   for (const name of wanted) visit(name, null);
   return order;
 }
+
+/** The marker the kernel's sign-file appends after a module's signature. */
+const SIGNATURE_MARKER = Buffer.from("~Module signature appended~\n");
+
+/** Bytes of struct module_signature, which sits between the signature and the marker. */
+const SIGNATURE_INFO_BYTES = 12;
+
+/**
+ * Returns the module without its appended signature, or the module unchanged when it has none.
+ * The guest kernel then skips the RSA check, which costs tens of milliseconds per module under
+ * TCG. It accepts unsigned modules because it does not enforce signatures (no lockdown); the
+ * modules come from the same Debian package as the kernel.
+ */
+export function stripModuleSignature(ko: Uint8Array): Uint8Array {
+  const bytes = Buffer.from(ko.buffer, ko.byteOffset, ko.length);
+  if (bytes.length < SIGNATURE_MARKER.length + SIGNATURE_INFO_BYTES) return ko;
+  const markerStart = bytes.length - SIGNATURE_MARKER.length;
+  if (!bytes.subarray(markerStart).equals(SIGNATURE_MARKER)) return ko;
+
+  // struct module_signature ends with the signature's length as a big-endian u32.
+  const infoStart = markerStart - SIGNATURE_INFO_BYTES;
+  const signatureLength = bytes.readUInt32BE(infoStart + 8);
+  const end = infoStart - signatureLength;
+  if (end <= 0) return ko;
+  return bytes.subarray(0, end);
+}

@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import { chooseAccelerator, choiceIsCurrent, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
 import { kernelPackageOf } from "../../src/vm/kernel.js";
-import { moduleDependencies, moduleLoadOrder } from "../../src/vm/modules.js";
+import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
 import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qemu-args.js";
 import { rootShareCommand, shareMountArguments, SHARE_ROOT } from "../../src/vm/root-share.js";
 import { tableView } from "../../src/sandbox/host-view.js";
@@ -121,6 +121,18 @@ describe("kernel modules", () => {
   });
   test("missing module named", () => {
     assert.throws(() => moduleLoadOrder(["virtiofs"], (name) => (name === "fuse" ? null : (table[name] ?? null))), /kernel module fuse \(needed by virtiofs\) was not found/);
+  });
+  test("signature stripped", () => {
+    const body = Buffer.from("\u007fELF module body");
+    const signature = Buffer.alloc(40, 7);
+    const info = Buffer.alloc(12);
+    info.writeUInt32BE(signature.length, 8);
+    const signed = Buffer.concat([body, signature, info, Buffer.from("~Module signature appended~\n")]);
+    assert.deepEqual(Buffer.from(stripModuleSignature(signed)), body);
+  });
+  test("unsigned module unchanged", () => {
+    const body = Buffer.from("\u007fELF module body without a signature");
+    assert.equal(stripModuleSignature(body), body);
   });
   test("cycle rejected", () => {
     assert.throws(() => moduleLoadOrder(["a"], (name) => (name === "a" ? ["b"] : ["a"])), /cycle/);
