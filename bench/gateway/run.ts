@@ -209,7 +209,9 @@ async function main(): Promise<void> {
   const tsx = ["--import", "tsx"];
   const server = await startChild(process.execPath, [...tsx, join(benchDir, "https-server.ts"), join(dir, "cert.pem"), join(dir, "key.pem")]);
   const serverPort = Number(server.line);
-  const gateway = await startChild(process.execPath, [...tsx, join(benchDir, "gateway-process.ts"), HOST, String(serverPort)]);
+  // BENCH_CPU_PROF=DIR writes a V8 CPU profile of the gateway process into DIR.
+  const profile = process.env.BENCH_CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`];
+  const gateway = await startChild(process.execPath, [...tsx, ...profile, join(benchDir, "gateway-process.ts"), HOST, String(serverPort)]);
   const squid = await startSquid(serverPort);
   const ports: Record<Mode, number> = { direct: serverPort, gateway: Number(gateway.line), squid: squid.port };
   // The proxy process whose CPU time each mode adds; direct has none.

@@ -152,12 +152,16 @@ export interface CredentialEvent {
   /** Canonical host of the request (IPv6 in brackets). */
   host: string;
   port: number;
-  /** "http" for plain HTTP, "https" for TLS the gateway terminated. */
+  /** "http" for plain HTTP and for tunnels that do not carry TLS, "https" for TLS the gateway terminated. */
   protocol: "http" | "https";
   method: string;
   /** URL path without the query string, with placeholders and secrets replaced by labels such as `[placeholder of NAME]`. */
   path: string;
-  /** Where the credential was found or put: "header x-api-key", "query key", "path", "body", "response". */
+  /**
+   * Where the credential was found or put: "header x-api-key", "query key", "path", "body",
+   * "response", "websocket message", or "tunnel stream" (a tunnel that does not carry TLS, whose
+   * event has an empty method and path).
+   */
   location: string;
   /** Replacements made, for "scrubbed"; 1 otherwise. */
   count: number;

@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import { canonicalHost } from "../policy/host.js";
+import type { Transform } from "node:stream";
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.js";
 import type { GatewayContext } from "./context.js";
 import type { EventRecord } from "./events.js";
@@ -91,9 +92,15 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   const passThrough = () => {
     client.off("data", onData);
     client.off("end", onEndBeforeInspection);
-    if (firstBytes.length > 0) upstream.write(firstBytes);
+    const scanner = parseClientHello(firstBytes).kind === "client-hello" ? null : streamScanner(context, options, destroyBoth);
+    if (scanner === null) {
+      if (firstBytes.length > 0) upstream.write(firstBytes);
+      client.pipe(upstream);
+    } else {
+      if (firstBytes.length > 0) scanner.write(firstBytes);
+      client.pipe(scanner).pipe(upstream);
+    }
     firstBytes = Buffer.alloc(0);
-    client.pipe(upstream);
   };
 
   const inspect = (): boolean => {
@@ -126,6 +133,31 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   client.on("data", onData);
   client.once("end", onEndBeforeInspection);
   client.once("close", () => clearTimeout(handshakeTimer));
+}
+
+/**
+ * Returns a transform that searches the client's side of a tunnel that does not carry TLS for
+ * placeholders and secrets, or null when the gateway has no interceptor. Such a stream is plain
+ * text to anyone on the path, so every credential is a leak in it, as over plain HTTP. A match
+ * stops the stream before its bytes are sent, records the leak, and closes the tunnel.
+ */
+function streamScanner(context: GatewayContext, options: TunnelOptions, destroyBoth: (reason: string | null) => void): Transform | null {
+  const { target, record } = options;
+  const examined = context.interceptor?.examine({ tls: false, host: target.host, port: target.port, method: "", target: "/", rawHeaders: [] });
+  if (examined === undefined || examined.action !== "pass" || examined.requestBody === null) return null;
+
+  const scanner = examined.requestBody();
+  scanner.on("error", (error: Error & { credential?: string }) => {
+    if (error.credential === undefined) {
+      destroyBoth(`the tunnel stream check failed (${error.message})`);
+      return;
+    }
+    const reason = `the tunnel to ${target.display}:${target.port} carries a placeholder or secret of credential ${error.credential} outside TLS`;
+    context.credentialEvent({ action: "blocked", credential: error.credential, host: target.display, port: target.port, protocol: "http", method: "", path: "", location: "tunnel stream", count: 1, reason });
+    record.deny(reason, options.rule);
+    destroyBoth(null);
+  });
+  return scanner;
 }
 
 /**

@@ -75,6 +75,25 @@ describe("tunnels to intercepted hosts", () => {
     assert.equal(plain.seen.at(-1)?.headers["x-api-key"], undefined);
   });
 
+  it("blocks a placeholder in a stream that is not TLS", async () => {
+    const before = plain.seen.length;
+    const eventsBefore = rig.credentialEvents.length;
+    const placeholder = rig.broker.placeholdersByCredential.api as string;
+    const { response, socket } = await connectThrough(rig.gw.port, `api.example.com:${plain.port}`);
+    assert.equal(response.status, 200);
+    const received = readToEnd(socket);
+    socket.resume();
+    socket.write(`GET /leak?k=${placeholder} HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`);
+
+    assert.equal((await received).length, 0);
+    assert.equal(plain.seen.length, before);
+    const blocked = rig.credentialEvents.slice(eventsBefore).find((event) => event.action === "blocked");
+    assert.equal(blocked?.credential, "api");
+    assert.equal(blocked?.location, "tunnel stream");
+    const event = await rig.gw.nextEvent((candidate) => candidate.protocol === "connect" && candidate.decision === "deny" && candidate.port === plain.port);
+    assert.match(event.reason ?? "", /outside TLS/);
+  });
+
   it("tunnels a protocol where the server speaks first", async () => {
     const { response, socket } = await connectThrough(rig.gw.port, `api.example.com:${bannerPort}`);
     assert.equal(response.status, 200);
