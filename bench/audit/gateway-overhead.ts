@@ -4,7 +4,7 @@
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { AuditLog } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey } from "../../src/audit/host-key.js";
@@ -47,8 +47,14 @@ function oneRequest(gatewayPort: number): Promise<void> {
   });
 }
 
-async function round(gatewayPort: number): Promise<number> {
+/**
+ * Runs one round and returns requests per second, and this process's CPU time per request in
+ * microseconds. Client, gateways and upstream all run in this process, so the CPU time covers
+ * the whole request, and it varies less with other load on the machine than the rate does.
+ */
+async function round(gatewayPort: number): Promise<{ rate: number; cpuMicros: number }> {
   let next = 0;
+  const cpuStart = process.cpuUsage();
   const start = process.hrtime.bigint();
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
@@ -58,23 +64,32 @@ async function round(gatewayPort: number): Promise<number> {
       }
     }),
   );
-  return REQUESTS_PER_ROUND / (Number(process.hrtime.bigint() - start) / 1e9);
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const cpu = process.cpuUsage(cpuStart);
+  return { rate: REQUESTS_PER_ROUND / seconds, cpuMicros: (cpu.user + cpu.system) / REQUESTS_PER_ROUND };
 }
 
 const rates = { audited: [] as number[], plain: [] as number[] };
+const cpu = { audited: [] as number[], plain: [] as number[] };
+const measure = async (which: "audited" | "plain") => {
+  const result = await round((which === "audited" ? audited : plain).tcpPort as number);
+  rates[which].push(result.rate);
+  cpu[which].push(result.cpuMicros);
+};
 await round(plain.tcpPort as number);
 // Alternate which gateway goes first, so warm-up and drift do not favour one of them.
 for (let i = 0; i < ROUNDS; i++) {
   if (i % 2 === 0) {
-    rates.plain.push(await round(plain.tcpPort as number));
-    rates.audited.push(await round(audited.tcpPort as number));
+    await measure("plain");
+    await measure("audited");
   } else {
-    rates.audited.push(await round(audited.tcpPort as number));
-    rates.plain.push(await round(plain.tcpPort as number));
+    await measure("audited");
+    await measure("plain");
   }
 }
-const median = (values: number[]) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 const ratio = median(rates.audited) / median(rates.plain);
+const cpuRatio = median(cpu.plain) / median(cpu.audited);
 
 console.log(JSON.stringify({
   machine: `${cpus().length} x ${cpus()[0]?.model ?? "unknown CPU"}`,
@@ -85,6 +100,11 @@ console.log(JSON.stringify({
   plainRequestsPerSecond: Math.round(median(rates.plain)),
   auditedRequestsPerSecond: Math.round(median(rates.audited)),
   auditedToPlain: Number(ratio.toFixed(3)),
+  plainCpuMicrosPerRequest: Number(median(cpu.plain).toFixed(1)),
+  auditedCpuMicrosPerRequest: Number(median(cpu.audited).toFixed(1)),
+  // Throughput at equal CPU: plain CPU per request over audited CPU per request.
+  auditedToPlainByCpu: Number(cpuRatio.toFixed(3)),
+  loadAverage: loadavg().map((value) => Number(value.toFixed(2))),
   control,
   auditRecords: audit.count,
 }));
