@@ -20,20 +20,10 @@ export interface AuditHead {
   signature: string;
 }
 
-/** Pending bytes after which an append writes at once instead of at the end of the event-loop turn. */
-export const MAX_PENDING_BYTES = 1024 * 1024;
-
-/** Logs with records not yet written, flushed when the process exits (an uncaught error, exit()). */
-const openLogs = new Set<AuditLog>();
-let exitHookInstalled = false;
-
 /**
- * An append-only, hash-chained audit log for one run. Appends made in one turn of the event
- * loop are written to the file together: at the end of that turn (setImmediate), when the
- * process exits, or at once past MAX_PENDING_BYTES. A busy gateway so makes one write() per
- * turn instead of one per record. A SIGKILL can lose the records of the current turn; the
- * records before them still verify. The file is synced to disk at most SYNC_INTERVAL_MS after
- * an append, and again at close.
+ * An append-only, hash-chained audit log for one run. Each append writes its line to the file
+ * at once (so a crash of this process loses nothing already appended) and the file is synced
+ * to disk at most SYNC_INTERVAL_MS later, and again at close.
  */
 export class AuditLog {
   readonly runId: string;
@@ -42,9 +32,6 @@ export class AuditLog {
   #seq = 0;
   #lastHash: string;
   #syncTimer: NodeJS.Timeout | null = null;
-  #pending: string[] = [];
-  #pendingBytes = 0;
-  #flushScheduled = false;
   readonly #key: HostKey;
 
   private constructor(dir: string, runId: string, key: HostKey, fd: number) {
@@ -70,33 +57,18 @@ export class AuditLog {
     if (this.#fd === null) throw new Error(`audit log of run ${this.runId} is closed; event ${type} was not recorded`);
 
     const line = encodeRecord({ seq: this.#seq, time: time.toISOString(), run: this.runId, type, prev: this.#lastHash }, fields);
-    this.#pending.push(line, "\n");
-    this.#pendingBytes += line.length + 1;
-    this.#lastHash = sha256Hex(line);
-    this.#seq++;
-
-    if (this.#pendingBytes > MAX_PENDING_BYTES) this.flush();
-    else this.#scheduleFlush();
-    this.#scheduleSync();
-  }
-
-  /** Writes the records appended so far to the file (not to disk: see close). */
-  flush(): void {
-    this.#flushScheduled = false;
-    if (this.#fd === null || this.#pending.length === 0) return;
-
-    const bytes = Buffer.from(this.#pending.join(""));
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    openLogs.delete(this);
+    const bytes = Buffer.from(`${line}\n`);
     let written = 0;
     while (written < bytes.length) written += writeSync(this.#fd, bytes, written);
+
+    this.#lastHash = sha256Hex(line);
+    this.#seq++;
+    this.#scheduleSync();
   }
 
   /** Syncs the log, writes the signed head, and closes the file. Safe to call twice. */
   close(): AuditHead | null {
     if (this.#fd === null) return null;
-    this.flush();
     if (this.#syncTimer !== null) clearTimeout(this.#syncTimer);
     this.#syncTimer = null;
 
@@ -117,19 +89,6 @@ export class AuditLog {
     writeFileSync(temporary, `${JSON.stringify(head, null, 2)}\n`, { mode: 0o600 });
     renameSync(temporary, join(this.dir, AUDIT_HEAD_FILE));
     return head;
-  }
-
-  #scheduleFlush(): void {
-    if (this.#flushScheduled) return;
-    this.#flushScheduled = true;
-    openLogs.add(this);
-    if (!exitHookInstalled) {
-      exitHookInstalled = true;
-      process.on("exit", () => {
-        for (const log of openLogs) log.flush();
-      });
-    }
-    setImmediate(() => this.flush());
   }
 
   #scheduleSync(): void {
