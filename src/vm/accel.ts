@@ -7,7 +7,7 @@ export interface AccelChoice {
   /** Milliseconds for the floor boot under each accelerator; null when not measured. */
   tcgMs: number | null;
   kvmMs: number | null;
-  /** Kernel release and QEMU version the measurement holds for. */
+  /** Kernel release and QEMU binary (path, size, modification time) the measurement holds for. */
   kernel: string;
   qemu: string;
   measuredAt: string;

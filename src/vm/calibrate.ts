@@ -1,5 +1,6 @@
-import { spawn, spawnSync } from "node:child_process";
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { findExecutable } from "../sandbox/namespace-backend.js";
 import { join } from "node:path";
 import { chooseAccelerator, choiceIsCurrent, KVM_CALIBRATION_LIMIT, type AccelChoice } from "./accel.js";
 import type { GuestImage } from "./image.js";
@@ -8,10 +9,16 @@ import { qemuArguments, type Accelerator } from "./qemu-args.js";
 
 const CHOICE_FILE = "accel.json";
 
-/** Returns QEMU's version line, which keys the cached choice. */
-export function qemuVersion(): string {
-  const result = spawnSync(QEMU_PROGRAM, ["--version"], { encoding: "utf8" });
-  return result.status === 0 ? (result.stdout.split("\n")[0] ?? "").trim() : "";
+/**
+ * Returns what keys the cached choice for the installed QEMU: its path, size and modification
+ * time. Reading them costs a stat; asking QEMU for its version would cost a process start on
+ * every run.
+ */
+export function qemuIdentity(): string {
+  const path = findExecutable(QEMU_PROGRAM);
+  if (path === null) return "";
+  const stat = statSync(path);
+  return `${path} ${stat.size} ${stat.mtimeMs}`;
 }
 
 /** The host's TSC rate in kHz from /proc/cpuinfo, or null when it is not listed. */
@@ -72,7 +79,7 @@ export function readChoice(dirs: readonly string[]): AccelChoice | null {
  * TCG's time), written to `writeDir`.
  */
 export async function resolveAutoAccelerator(image: GuestImage, dirs: readonly string[], writeDir: string): Promise<AccelChoice> {
-  const qemu = qemuVersion();
+  const qemu = qemuIdentity();
   const cached = readChoice(dirs);
   if (choiceIsCurrent(cached, image.release, qemu)) return cached;
 
