@@ -1,4 +1,3 @@
-#define _GNU_SOURCE
 /*
  * ringfence net mux: runs inside the micro-VM guest, listens on 127.0.0.1:PORT, and carries
  * each accepted connection to the host as one channel on a virtio-serial port, framed as
@@ -7,6 +6,7 @@
  *
  *   net-mux --path /dev/vportNpM --port 3128
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

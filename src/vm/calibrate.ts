@@ -21,7 +21,7 @@ export function qemuIdentity(): string {
   return `${path} ${stat.size} ${stat.mtimeMs}`;
 }
 
-/** The host's TSC rate in kHz from /proc/cpuinfo, or null when it is not listed. */
+/** Reads the host's TSC rate in kHz from /proc/cpuinfo; returns null when it is not listed. */
 export function hostTscKhz(): number | null {
   try {
     const match = /^cpu MHz\s*:\s*([\d.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));

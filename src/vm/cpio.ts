@@ -24,7 +24,9 @@ export function buildCpio(entries: readonly CpioEntry[]): Buffer {
   let inode = 1;
   for (const entry of entries) {
     if (entry.path.startsWith("/") || entry.path === "") throw new RangeError(`cpio path ${JSON.stringify(entry.path)} must be relative and non-empty`);
-    const data = entry.kind === "file" ? Buffer.from(entry.data) : entry.kind === "symlink" ? Buffer.from(entry.target) : Buffer.alloc(0);
+    let data = Buffer.alloc(0);
+    if (entry.kind === "file") data = Buffer.from(entry.data);
+    if (entry.kind === "symlink") data = Buffer.from(entry.target);
     const rdev = entry.kind === "chardev" ? [entry.major, entry.minor] : [0, 0];
     parts.push(...record(entry.path, modeOf(entry), inode, entry.kind === "dir" ? 2 : 1, data, rdev as [number, number]));
     inode += 1;

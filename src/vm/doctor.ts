@@ -3,7 +3,7 @@ import { readChoice } from "./calibrate.js";
 import { findGuestImage, vmDirectories } from "./image.js";
 import { VmBackend } from "./vm-backend.js";
 
-/** The micro-VM lines of `ringfence doctor`: whether the backend can start, its guest, and what `auto` accelerates with and why. */
+/** Lists the micro-VM lines of `ringfence doctor`: whether the backend can start, its guest, and the accelerator `auto` chose with the reason. */
 export function vmCapabilities(): Capability[] {
   const problems = new VmBackend().check();
   const lines: Capability[] = [];

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { cacheDir } from "../sandbox/forwarder.js";
@@ -32,7 +32,9 @@ export function findGuestImage(dirs: readonly string[]): (GuestImage & { dir: st
   for (const dir of dirs) {
     try {
       const manifest = JSON.parse(readFileSync(join(dir, MANIFEST), "utf8")) as GuestImage;
-      readFileSync(manifest.kernel, { flag: "r" }).length;
+      // A manifest whose files were deleted counts as not prepared.
+      statSync(manifest.kernel);
+      statSync(manifest.initramfs);
       return { ...manifest, dir };
     } catch {
       // Not prepared here.

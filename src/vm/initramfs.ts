@@ -10,7 +10,7 @@ import { stripModuleSignature } from "./modules.js";
 /** Static busybox from Debian's busybox-static package. */
 export const BUSYBOX_PATH = "/bin/busybox";
 
-/** What goes into the initramfs besides the kernel's modules. */
+/** Contents of the initramfs: the init script, busybox, the guest programs and the modules. */
 export interface InitramfsInputs {
   init: Uint8Array;
   busybox: Uint8Array;
@@ -54,8 +54,8 @@ export function guestSource(name: "init.sh" | "net-mux.c" | "exec-agent.c"): str
 }
 
 /**
- * Compiles a guest program statically with the system compiler into `dir`, named by the hash of
- * its source, and returns its path; an existing build is reused.
+ * Compiles a guest program statically with the system compiler into `dir` and returns its path.
+ * The file is named by the hash of its source, so an existing build is reused.
  */
 export function buildStaticProgram(source: string, dir: string): string {
   const text = readFileSync(source);

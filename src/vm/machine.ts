@@ -9,7 +9,7 @@ import { rootShareCommand } from "./root-share.js";
 
 export const QEMU_PROGRAM = "qemu-system-x86_64";
 
-/** Longest wait for virtiofsd's socket and for the guest's agents to connect, in milliseconds. */
+/** Maximum wait for virtiofsd's socket and for QEMU to connect the ports, in milliseconds. */
 const START_TIMEOUT_MS = 60_000;
 
 /**

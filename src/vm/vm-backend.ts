@@ -25,9 +25,9 @@ export const MIN_MEMORY_MIB = 128;
 const ACCEL_CHOICES = ["auto", "kvm", "tcg"] as const;
 
 /**
- * The micro-VM backend: a QEMU microvm with its own kernel, the host's system directories and
- * the workspace shared through one virtiofsd over the namespace backend's mount plan, no
- * network device, and two virtio-serial ports for commands and connections to the gateway.
+ * The micro-VM backend: a QEMU microvm with its own kernel and no network device. One virtiofsd
+ * shares the namespace backend's mount plan as the guest's root, and two virtio-serial ports
+ * carry commands and connections to the gateway.
  */
 export class VmBackend implements SandboxBackend {
   readonly name = "vm" as const;
@@ -41,9 +41,9 @@ export class VmBackend implements SandboxBackend {
       if (findExecutable(tool) === null) errors.push(new SandboxError(`${tool}-missing`, `${tool} is not installed; install it with: sudo apt-get install ${tool === "bwrap" ? "bubblewrap" : "util-linux"}`));
     }
     if (process.getuid?.() !== 0) {
-      // NOTE: QEMU 7.2's C virtiofsd calls setgroups() at start and exits when it fails, which it
-      // always does in an unprivileged user namespace; a virtiofsd with an unprivileged mode
-      // (the Rust one) would lift this.
+      // NOTE: QEMU 7.2's C virtiofsd calls setgroups() at start and exits when it fails, which
+      // it always does in an unprivileged user namespace. A virtiofsd with an unprivileged
+      // mode (the Rust one) would lift this.
       errors.push(new SandboxError("vm-needs-root", "the vm backend needs root on this host: the installed virtiofsd cannot start in an unprivileged user namespace; run ringfence as root, or use backend: namespace"));
     }
     if (findGuestImage(vmDirectories()) === null) errors.push(new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare"));

@@ -101,9 +101,9 @@ describe("vm backend", () => {
       const helpers = processesWith(user.home);
       assert.ok(helpers.length >= 2, `expected QEMU and virtiofsd, found ${helpers.length} processes`);
       ringfence.kill("SIGKILL");
-      const gone = await waitFor(() => processesWith(user.home).length === 0, 100);
+      const allEnded = await waitFor(() => processesWith(user.home).length === 0, 100);
       leftovers.push(...processesWith(user.home));
-      assert.ok(gone, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+      assert.ok(allEnded, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
     } finally {
       ringfence.kill("SIGKILL");
     }
