@@ -251,7 +251,18 @@ function readUpstreamCas(policy: Policy): string[] {
 
 /** Describes what enforces each policy section on a backend, for the run.start record. */
 export function enforcementOf(backend: SandboxBackend["name"]): Record<string, string> {
-  if (backend === "vm") return { note: "the vm backend records its own enforcement" };
+  if (backend === "vm") {
+    return {
+      workspace: "virtiofs share of the mount plan (read-only binds for protected paths; overlay mode writes to a copy in the run directory)",
+      filesystem: "one virtiofsd, chrooted into a bubblewrap-composed view of the mount plan; the guest sees nothing else of the host",
+      network: "no network device in the guest; the net mux carries connections over a virtio-serial port to the host-side gateway",
+      credentials: "host-side broker in the gateway; the guest holds placeholders and trusts a per-run CA",
+      env: "the guest command's environment is built from env.pass and env.set only",
+      resources: "guest RAM and vCPUs from resources; wall-clock timeout by ringfence; resources.processes not enforced",
+      process: "QEMU microvm with its own kernel, QEMU's seccomp sandbox, no_new_privs; execs in the guest are not recorded",
+      audit: "hash-chained log in the host run directory, outside the VM, signed with the host key at the end",
+    };
+  }
   return {
     workspace: "bubblewrap bind mounts (read-only binds for protected paths; overlay mode writes to a copy in the run directory)",
     filesystem: "bubblewrap mount namespace: only named paths are mounted; deny and secret stores are not mounted or are covered",

@@ -31,6 +31,14 @@ export interface GuestExit {
   warnings: string[];
 }
 
+/** Default terminal size, for a terminal that reports 0 rows or columns (script(1) without one). */
+const DEFAULT_ROWS = 24;
+const DEFAULT_COLS = 80;
+
+function terminalSize(): { rows: number; cols: number } {
+  return { rows: process.stdout.rows > 0 ? process.stdout.rows : DEFAULT_ROWS, cols: process.stdout.columns > 0 ? process.stdout.columns : DEFAULT_COLS };
+}
+
 /** The end of the command: its EXIT, a failure to start, or the loss of the VM. */
 type CommandEnd = { kind: "exit"; exit: ExecExit } | { kind: "failed"; errno: number; message: string } | { kind: "lost"; message: string };
 
@@ -84,9 +92,12 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     if (early !== null) {
       end = early;
     } else {
-      const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? { rows: process.stdout.rows, cols: process.stdout.columns } : null });
+      const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? terminalSize() : null });
       signalCommand = (signal) => channel.signal(signal);
-      onResize = () => channel.resize(process.stdout.rows, process.stdout.columns);
+      onResize = () => {
+        const size = terminalSize();
+        channel.resize(size.rows, size.cols);
+      };
       if (tty) {
         process.stdin.setRawMode(true);
         process.stdout.on("resize", onResize);
