@@ -32,11 +32,14 @@ export class StreamMatcher {
   /** Number of replacements made so far, by tag. */
   readonly replaced = new Map<string, number>();
 
+  /** Length of the longest needle, in bytes. */
+  readonly #longest: number;
   /** Matcher over the stream without line breaks, for wrappable needles; null when there are none. */
   readonly #unwrapped: StreamMatcher | null;
 
   constructor(needles: readonly Needle[]) {
     this.#needles = needles.filter((needle) => needle.pattern.length > 0);
+    this.#longest = Math.max(1, ...this.#needles.map((needle) => needle.pattern.length));
     const wrappable = this.#needles.filter((needle) => needle.wrappable === true && needle.replacement === null).map((needle) => ({ ...needle, wrappable: false }));
     this.#unwrapped = wrappable.length === 0 ? null : new StreamMatcher(wrappable);
   }
@@ -48,9 +51,23 @@ export class StreamMatcher {
 
     // The line-break-free view only detects: what passes on is decided by the raw stream, so
     // the start of a wrapped match may already have passed when its end arrives.
-    const unwrapped = this.#unwrapped.write(withoutLineBreaks(chunk));
+    const unwrapped = this.#writeUnwrapped(this.#unwrapped, chunk);
     if (unwrapped.kind === "hit") return unwrapped;
     return result;
+  }
+
+  // A chunk without line breaks reads the same in both views, and the raw matcher already finds
+  // every needle inside it. The view then only needs the chunk's first bytes, for a match that
+  // began in earlier chunks, and its last bytes, for one that continues in later chunks.
+  #writeUnwrapped(unwrapped: StreamMatcher, chunk: Buffer): MatchResult {
+    if (chunk.indexOf(LF) !== -1 || chunk.indexOf(CR) !== -1) return unwrapped.write(withoutLineBreaks(chunk));
+    const edge = unwrapped.#longest - 1;
+    if (chunk.length <= 2 * edge) return unwrapped.write(chunk);
+
+    const head = unwrapped.write(chunk.subarray(0, edge));
+    if (head.kind === "hit") return head;
+    unwrapped.#carry = EMPTY;
+    return unwrapped.write(chunk.subarray(chunk.length - edge));
   }
 
   #write(chunk: Buffer): MatchResult {
