@@ -12,6 +12,9 @@ import { CrewBroker } from "./broker.js";
 import { CREW_MEMBERS_FILE, writeCrewState, type AgentStatus, type CrewState } from "./crew-state.js";
 import type { Crew } from "./types.js";
 
+/** Status of an agent whose host process could not be started, as `ringfence run` uses when it fails. */
+const EXIT_START_FAILED = 125;
+
 /** Time an agent gets to stop its box after the crew stops it, before its host process is killed. */
 export const DEFAULT_STOP_GRACE_MS = 10_000;
 
@@ -181,17 +184,28 @@ function startMember(member: Member, start: AgentStart, options: CrewUpOptions, 
   member.status.pid = child.pid ?? null;
 
   return new Promise((resolve) => {
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      if (member.killTimer !== null) clearTimeout(member.killTimer);
+      events.onExit();
+      resolve();
+    };
     child.on("message", (message) => events.onReport(message as AgentReport));
     child.on("error", (error) => {
-      member.status.error = `the agent host could not start: ${error.message}`;
+      member.status.error ??= `the agent host could not start: ${error.message}`;
+      // A host that never started emits no exit event, only this error.
+      if (child.pid === undefined) {
+        member.status.status ??= EXIT_START_FAILED;
+        end();
+      }
     });
     child.on("exit", (code, signal) => {
-      if (member.killTimer !== null) clearTimeout(member.killTimer);
       // A host that died without reporting (a crash, a kill) has the status its process ended with.
       if (member.status.status === null) member.status.status = code ?? 128 + (SIGNAL_NUMBERS[signal ?? ""] ?? 0);
       if (member.status.error === null && signal !== null) member.status.error = `the agent host was ended by ${signal}`;
-      events.onExit();
-      resolve();
+      end();
     });
     if (child.pid !== undefined) child.send(start);
   });
