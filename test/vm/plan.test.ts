@@ -60,6 +60,9 @@ describe("kernel command line", () => {
   test("kvm calibrates itself", () => {
     assert.doesNotMatch(kernelCommandLine({ ...BASE, accel: "kvm" }), /tsc_early_khz/);
   });
+  test("reboot by triple fault", () => {
+    assert.match(kernelCommandLine(BASE), /(^| )reboot=t( |$)/);
+  });
   test("guest settings carried", () => {
     assert.match(kernelCommandLine(BASE), / rf\.tmp=1048576$/);
   });
