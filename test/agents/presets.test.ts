@@ -140,10 +140,11 @@ describe("applyAgentPreset", () => {
   test("codex gets base URL as config", () => {
     const result = applyAgentPreset(defaultPolicy(), CODEX_PRESET, context({ executable: { path: "/usr/bin/codex", readPaths: [], pathDirs: [] }, args: ["exec", "fix it"] }));
     assert.ok(result.ok);
-    assert.deepEqual(result.command.slice(-4), ["-c", 'model_providers.openai.base_url="https://api.openai.com/v1"', "exec", "fix it"]);
+    assert.deepEqual(result.command.slice(-4), ["-c", 'openai_base_url="https://api.openai.com/v1"', "exec", "fix it"]);
     assert.equal(result.policy.env.set.OPENAI_BASE_URL, undefined);
     assert.equal(result.policy.env.set.CODEX_HOME, result.configDir);
     assert.deepEqual(result.policy.credentials[0]?.inject, { kind: "header", header: "authorization", format: "Bearer {secret}" });
+    assert.equal(result.policy.credentials[0]?.placeholderEnv, "CODEX_API_KEY");
   });
 
   const failures: [string, Partial<PresetContext>, string, RegExp][] = [
