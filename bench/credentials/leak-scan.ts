@@ -1,6 +1,6 @@
-// CPU cost of the leak check on request bodies: StreamMatcher with every form of one
-// credential's placeholder and secret (the needles a body to an unbound host is searched for),
-// over 256 MiB of printable bytes in 64 KiB chunks, in this process.
+// CPU cost of the leak check on request bodies. A StreamMatcher searches 256 MiB of printable
+// bytes in 64 KiB chunks, in this process, for every form of one credential's placeholder and
+// secret: the needles a body to an unbound host is searched for.
 //
 // Usage: node --import tsx bench/credentials/leak-scan.ts [--size-mib 256] [--repetitions 5]
 import { loadavg } from "node:os";
