@@ -7,7 +7,7 @@ import type { EventRecord } from "./events.js";
 import type { LocalServiceHandler } from "./local-service.js";
 import { parseAbsoluteUrl, parseAuthority, type Target } from "./target.js";
 import { parentFor } from "./upstream-proxy.js";
-import { reusedAddressProblem, UpstreamAgents, type RouteOption, UpstreamDialError, upstreamAddressOf } from "./upstream-agents.js";
+import { dropIdleConnections, reusedAddressProblem, UpstreamAgents, type RouteOption, UpstreamDialError, upstreamAddressOf } from "./upstream-agents.js";
 import { decideRequest, type AllowDecision } from "./verdict.js";
 
 // Hop-by-hop headers (RFC 9110, section 7.6.1) and proxy credentials, which belong to the
@@ -92,7 +92,7 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     if (parent.authorization !== null) headers.push("Proxy-Authorization", parent.authorization);
   }
 
-  // Each request resolves the name and checks the answer, so a kept-alive connection is reused
+  // Each request resolves the name and checks the addresses, so a kept-alive connection is reused
   // only while the name still resolves to the checked addresses it was opened to.
   const route = await routeTarget({ target, decision: verdict.decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent });
   if (!route.ok) {
@@ -104,8 +104,9 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
 
   record.allow(rule);
   const agents = context.httpAgents ?? (context.httpAgents = new UpstreamAgents(context, null));
+  const agent = agents.agentFor(target, verdict.decision);
   const requestOptions: RequestOptions & RouteOption = {
-    agent: agents.agentFor(target, verdict.decision),
+    agent,
     host: target.display,
     port: target.port,
     method,
@@ -114,10 +115,22 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     setHost: false,
     checkedRoute: route,
   };
-  const upstream = httpRequest(requestOptions);
 
-  forward(context, request, response, upstream, record, description, bodyCheck, verdict.decision);
+  // A server may close an idle kept-alive connection just as the gateway reuses it. A request
+  // that can be sent again unchanged (an idempotent method without a body) then goes once more,
+  // on a new connection, instead of failing with a 502.
+  const repeatable = RETRYABLE_METHODS.has(method) && request.headers["transfer-encoding"] === undefined && (request.headers["content-length"] ?? "0") === "0";
+  const onStale = () => {
+    dropIdleConnections(agent);
+    // The dropped sockets leave the agent's free list on their 'close' events. The request has
+    // no body, so the second attempt needs no body check.
+    setImmediate(() => forward(context, request, response, httpRequest(requestOptions), record, description, null, verdict.decision, null));
+  };
+  forward(context, request, response, httpRequest(requestOptions), record, description, bodyCheck, verdict.decision, repeatable ? onStale : null);
 }
+
+/** Methods whose request may be sent a second time when a kept-alive connection turned out to be closed. */
+const RETRYABLE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
 
 // Hands a request for a reserved host name to its in-process handler. The event counts bytes as
 // for a dialled request and ends when the response does.
@@ -142,7 +155,11 @@ function serveLocally(request: IncomingMessage, response: ServerResponse, record
   handler(request, response);
 }
 
-function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null, decision: AllowDecision): void {
+// Sends one attempt of a request upstream and relays the response. `onStale` sends the request
+// again; it is called instead of failing when a reused connection was closed before any response.
+function forward(context: GatewayContext, request: IncomingMessage, response: ServerResponse, upstream: ReturnType<typeof httpRequest>, record: EventRecord, description: string, bodyCheck: BodyCheck | null, decision: AllowDecision, onStale: (() => void) | null): void {
+  let responded = false;
+  let retried = false;
   const fail = (message: string) => {
     // A response already sent in full (a 403 for a leak in the body) stays as it is.
     if (response.writableEnded) return;
@@ -163,6 +180,12 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
       if (error.decision === "deny") record.deny(error.denial.reason, error.denial.rule);
       else record.finish(error.denial.reason);
       sendDenial(response, error.denial, description);
+      return;
+    }
+    if (onStale !== null && upstream.reusedSocket && !responded && isClosedConnectionError(error)) {
+      retried = true;
+      context.logger.debug({ err: error, request: description }, "kept-alive upstream connection was closed; sending the request again on a new one");
+      onStale();
       return;
     }
     context.logger.debug({ err: error }, "upstream HTTP request failed");
@@ -186,9 +209,8 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
 
   // Node closes the request without an error or a response when the upstream sends an
   // unrequested 101. Without this handler the client would wait until the idle timeout.
-  let responded = false;
   upstream.on("close", () => {
-    if (!responded) fail("the upstream server closed the connection without a response");
+    if (!responded && !retried) fail("the upstream server closed the connection without a response");
   });
 
   upstream.on("response", (upstreamResponse) => {
@@ -232,11 +254,18 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
 
   // A client that goes away takes the upstream request with it.
   response.on("close", () => {
-    if (!response.writableFinished) {
+    if (!response.writableFinished && !retried) {
       upstream.destroy();
       record.finish("client closed the connection before the response was complete");
     }
   });
+}
+
+// Errors of a request whose connection the server had already closed: a reset, a write to a
+// closed socket, or Node's "socket hang up" (which carries ECONNRESET).
+function isClosedConnectionError(error: Error): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === "ECONNRESET" || code === "EPIPE";
 }
 
 /**

@@ -180,6 +180,11 @@ export class UpstreamAgents {
 // without cutting off requests in progress.
 function retire(agent: Agent): void {
   agent.maxFreeSockets = 0;
+  dropIdleConnections(agent);
+}
+
+/** Closes an agent's idle connections, such as after one of them turned out to be closed by the server. */
+export function dropIdleConnections(agent: Agent): void {
   for (const sockets of Object.values(agent.freeSockets)) {
     for (const socket of sockets ?? []) socket.destroy();
   }

@@ -2,7 +2,7 @@
 // connections they accept, while every request still gets its own decision, Host check and event.
 import assert from "node:assert/strict";
 import { createServer, request as httpRequest, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { policyFromYaml, startTestGateway, type TestGateway } from "./support/harness.js";
 import { startHttpUpstream, type Upstream } from "./support/upstream.js";
@@ -166,5 +166,71 @@ describe("plain HTTP upstream reuse", () => {
 
     for (let i = 0; i < 4; i++) assert.equal((await send(`http://api.example.com:${upstream.port}/serial/${i}`)).status, 200);
     assert.equal(upstream.connections - before, afterParallel, "sequential requests reuse the idle connections");
+  });
+});
+
+describe("plain HTTP upstream reuse after the server closed the connection", () => {
+  // The first connection responds to one request and stays open, then closes without a response
+  // when the next request arrives, as a server does whose idle timeout ends at that moment.
+  // Later connections respond normally.
+  let server: NetServer;
+  let serverPort: number;
+  let connections = 0;
+  let gateway: TestGateway;
+
+  before(async () => {
+    server = createNetServer((socket) => {
+      connections += 1;
+      const number = connections;
+      let requests = 0;
+      socket.on("data", () => {
+        requests += 1;
+        if (number === 1 && requests === 2) {
+          socket.destroy();
+          return;
+        }
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=60\r\n\r\nok`);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    serverPort = (server.address() as AddressInfo).port;
+    gateway = await startTestGateway(
+      policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: stale.example.com
+      ports: [${serverPort}]
+      addresses: [127.0.0.1]
+      action: allow
+`),
+    );
+  });
+
+  after(async () => {
+    await gateway.close();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  function get(path: string, method = "GET"): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const url = `http://stale.example.com:${serverPort}${path}`;
+      const request = httpRequest({ host: "127.0.0.1", port: gateway.port, method, path: url, headers: { Host: `stale.example.com:${serverPort}` }, agent: false });
+      request.on("error", reject);
+      request.on("response", (response) => {
+        response.resume();
+        response.on("end", () => resolve(response.statusCode ?? 0));
+      });
+      request.end();
+    });
+  }
+
+  it("sends a GET again on a new connection", async () => {
+    assert.equal(await get("/first"), 200);
+    assert.equal(await get("/second"), 200);
+    assert.equal(connections, 2);
+    const event = await gateway.nextEvent((e) => e.path === "/second");
+    assert.equal(event.decision, "allow");
+    assert.equal(event.reason, null);
   });
 });
