@@ -9,8 +9,13 @@ const DRIVER = join(REPO, "test", "sandbox", "driver.ts");
 const MAIN = join(REPO, "src", "cli", "main.ts");
 const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.mjs")}`;
 
-/** Backends the agent tests run on. The micro-VM backend gets a row here once it can run them. */
-export const AGENT_TEST_BACKENDS = ["namespace"] as const;
+/**
+ * Returns the backend the agent tests run on: RINGFENCE_TEST_BACKEND, by default the namespace
+ * backend. A `*-vm.test.ts` file sets it to vm before it imports a test, as test/vm does.
+ */
+export function agentTestBackend(): string {
+  return process.env.RINGFENCE_TEST_BACKEND ?? "namespace";
+}
 
 export interface ProcessResult {
   status: number | null;
