@@ -68,6 +68,7 @@ program
   .option("-w, --workspace <dir>", "workspace directory for this run")
   .addOption(new Option("-m, --mode <mode>", "workspace mode for this run").choices(["rw", "overlay", "ro"]))
   .addOption(new Option("-b, --backend <backend>", "isolation backend").choices(["auto", "namespace", "vm"]))
+  .addOption(new Option("--accel <accel>", "accelerator for the vm backend (default: auto, which measures and caches the choice)").choices(["auto", "kvm", "tcg"]))
   .option("-e, --env <name>", "pass this host environment variable into the box (repeatable)", collect)
   .option("-n, --dry-run", "print the effective box and exit")
   .option("--with <registry>", "with an agent preset: also allow this package registry, npm or pypi (repeatable)", collect)

@@ -19,6 +19,8 @@ export interface RunCommandOptions extends RunFlags {
   dryRun?: boolean;
   /** `--with NAME`, repeatable: registry presets (npm, pypi) added to an agent preset's run. */
   with?: readonly string[];
+  /** `--accel auto|kvm|tcg`: the vm backend's accelerator for this run. */
+  accel?: string;
 }
 
 interface Output {
@@ -76,7 +78,8 @@ export async function runCommand(
   }
 
   try {
-    const result = await runSandbox({ ...extra, policy, command: boxCommand, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
+    const accel = options.accel === undefined ? {} : { vmAccel: options.accel as "auto" | "kvm" | "tcg" };
+    const result = await runSandbox({ ...extra, ...accel, policy, command: boxCommand, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
     if (options.dryRun === true) {
       io.out(`policy: ${policy.files.length === 0 ? "built-in default" : policy.files.join(" -> ")}\n`);
       io.out(`workspace: ${policy.workspace.path} (mode ${policy.workspace.mode})\n`);

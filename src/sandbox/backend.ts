@@ -35,6 +35,8 @@ export interface BoxRequest {
   caBundle?: string | null;
   /** Plan only: describe() works, run() must not be called, and nothing is copied. */
   dryRun?: boolean;
+  /** The vm backend's accelerator, chosen with --accel; the namespace backend ignores it. */
+  vmAccel?: "auto" | "kvm" | "tcg";
   /** Extra variables for the command, such as trust-store paths. */
   extraEnv?: Readonly<Record<string, string>>;
 }

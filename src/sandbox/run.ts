@@ -39,6 +39,8 @@ export interface RunSandboxOptions {
   message?: (line: string) => void;
   /** Host resolver for the gateway. Default: the system resolver. */
   resolve?: (name: string) => Promise<string[]>;
+  /** The vm backend's accelerator; default: RINGFENCE_VM_ACCEL, else auto. */
+  vmAccel?: "auto" | "kvm" | "tcg";
   /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
   upstreamCaPems?: readonly string[];
   /** Reserved host names whose requests the gateway handles in-process (a crew's broker). */
@@ -181,6 +183,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       gatewaySocket: options.dryRun === true ? runDir.socketPath : (gateway?.socketPath ?? null),
       dryRun: options.dryRun === true,
       caBundle: broker?.caBundlePath ?? null,
+      ...(options.vmAccel === undefined ? {} : { vmAccel: options.vmAccel }),
       extraEnv: broker === null ? {} : { ...broker.trustEnv(BOX_CA_BUNDLE), ...broker.placeholders },
     });
 

@@ -93,7 +93,7 @@ export class VmBackend implements SandboxBackend {
     const memoryMiB = Math.max(MIN_MEMORY_MIB, policy.resources.memoryBytes === null ? DEFAULT_MEMORY_MIB : Math.floor(policy.resources.memoryBytes / 1024 / 1024));
     const cpus = Math.max(1, Math.floor(policy.resources.cpus ?? 1));
 
-    const requested = request.hostEnv.RINGFENCE_VM_ACCEL ?? "auto";
+    const requested = request.vmAccel ?? request.hostEnv.RINGFENCE_VM_ACCEL ?? "auto";
     if (!(ACCEL_CHOICES as readonly string[]).includes(requested)) throw new SandboxError("vm-accel", `RINGFENCE_VM_ACCEL is ${requested}; set it to one of ${ACCEL_CHOICES.join(", ")}`);
     const cachedChoice = readChoice([image.dir, ...vmDirectories(request.hostEnv, request.home)]);
 
