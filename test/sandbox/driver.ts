@@ -1,7 +1,7 @@
 // Runs `ringfence run` through the CLI handler with a minimal flag parser, so the conformance
 // suite can start boxes as another user without the bundled CLI.
 //   node --import tsx test/sandbox/driver.ts [--policy F] [--allow H]... [--env N]... [--workspace D]
-//        [--mode M] [--backend B] [--dry-run] -- COMMAND [ARG...]
+//        [--mode M] [--backend B] [--accel A] [--dry-run] -- COMMAND [ARG...]
 import { readFileSync } from "node:fs";
 import { runCommand, type RunCommandOptions } from "../../src/cli/run.js";
 
@@ -27,6 +27,7 @@ for (let index = 0; index < flags.length; index += 1) {
   else if (flag === "--workspace") options.workspace = value();
   else if (flag === "--mode") options.mode = value();
   else if (flag === "--backend") options.backend = value();
+  else if (flag === "--accel") options.accel = value();
   else if (flag === "--dry-run") options.dryRun = true;
   else throw new Error(`unknown flag ${flag}`);
 }

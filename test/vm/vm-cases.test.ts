@@ -109,6 +109,14 @@ describe("vm backend", () => {
     }
   });
 
+  test("accelerator flag shown in plan", async () => {
+    const workspace = makeWorkspace(user);
+    const run = await runBox(user, workspace, ["--accel", "tcg", "--dry-run"], []);
+    assert.equal(run.status, 0, show(run));
+    assert.match(run.stdout, /^micro-VM: .*; accelerator tcg$/m, show(run));
+    assert.match(run.stdout, /^guest: no network device; loopback only/m, show(run));
+  });
+
   test("file written in guest on host", async () => {
     const workspace = makeWorkspace(user);
     writeFileSync(join(workspace, "in.txt"), "from host\n");
