@@ -73,7 +73,7 @@ export async function runCommand(
     ({ policy, command: boxCommand, summary: agentSummary } = prepared);
     if (options.dryRun !== true) io.err(`ringfence: ${agentSummary[0] ?? ""}\n`);
   } else if ((options.with ?? []).length > 0) {
-    io.err(`ringfence: --with adds registries to an agent preset's run; name an agent (ringfence run claude --with npm), or use --allow HOST for a command\n`);
+    io.err(`ringfence: --with adds registries to an agent preset's run; name an agent (ringfence run --with npm claude), or use --allow HOST for a command\n`);
     return EXIT_RINGFENCE_FAILED;
   }
 

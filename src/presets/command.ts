@@ -25,11 +25,23 @@ export function mayNamePreset(name: string, env: Readonly<Record<string, string 
 
 const AGENT_NAME = /^[a-z][a-z0-9-]*$/;
 
-/** `ringfence run NAME` or `ringfence run NAME -- ARGS...`, split into the name and the arguments. */
-export function splitAgentCommand(command: readonly string[]): { name: string; args: string[] } | null {
+export interface AgentCommand {
+  name: string;
+  args: string[];
+  /** An option typed after the name without `--`, such as `--mode`, or null. */
+  misplaced: string | null;
+}
+
+/**
+ * Splits `ringfence run NAME` or `ringfence run NAME -- ARGS...` into the name and the
+ * arguments. `NAME --option ...` is returned with the option in `misplaced`, because ringfence's
+ * own options must come before the name. Returns null for anything else.
+ */
+export function splitAgentCommand(command: readonly string[]): AgentCommand | null {
   const [name, separator, ...rest] = command;
   if (name === undefined || !AGENT_NAME.test(name)) return null;
-  if (separator === undefined) return { name, args: [] };
-  if (separator === "--") return { name, args: rest };
+  if (separator === undefined) return { name, args: [], misplaced: null };
+  if (separator === "--") return { name, args: rest, misplaced: null };
+  if (separator.startsWith("-")) return { name, args: [], misplaced: separator };
   return null;
 }

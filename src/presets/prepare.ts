@@ -10,6 +10,8 @@ import type { AgentPreset } from "./types.js";
 export interface AgentRunOptions {
   name: string;
   args: readonly string[];
+  /** An option typed after the name without `--`; an error when the name is a preset. */
+  misplaced?: string | null;
   /** `--with NAME`: registry presets to add. */
   with: readonly string[];
   hostEnv: Readonly<Record<string, string | undefined>>;
@@ -32,6 +34,10 @@ export function prepareAgentRun(policy: Policy, options: AgentRunOptions): Agent
   }
   const preset = presets.get(options.name);
   if (preset === undefined) return null;
+  if (options.misplaced !== undefined && options.misplaced !== null) {
+    const option = options.misplaced;
+    return { ok: false, errors: [`${option} comes after the agent name ${preset.name}; put ringfence's options before it (ringfence run ${option} ... ${preset.name}), or pass it to the agent after -- (ringfence run ${preset.name} -- ${option} ...)`] };
+  }
 
   const extraHosts: ExtraHost[] = [];
   for (const name of options.with) {

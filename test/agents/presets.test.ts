@@ -10,7 +10,8 @@ import type { Policy } from "../../src/policy/types.js";
 import { agentConfigDir, applyAgentPreset, type LocatedExecutable, type PresetContext } from "../../src/presets/apply.js";
 import { CLAUDE_PRESET } from "../../src/presets/claude.js";
 import { CODEX_PRESET } from "../../src/presets/codex.js";
-import { splitAgentCommand } from "../../src/presets/command.js";
+import { splitAgentCommand, type AgentCommand } from "../../src/presets/command.js";
+import { prepareAgentRun } from "../../src/presets/prepare.js";
 import { installRoot } from "../../src/presets/locate.js";
 import { loadPresets, parsePresetFile } from "../../src/presets/registry.js";
 import { policyFromYaml } from "../gateway/support/harness.js";
@@ -40,10 +41,11 @@ function applied(policy: Policy, ctx: PresetContext = context()) {
 }
 
 describe("splitAgentCommand", () => {
-  const cases: [string[], { name: string; args: string[] } | null][] = [
-    [["claude"], { name: "claude", args: [] }],
-    [["claude", "--", "-p", "hi"], { name: "claude", args: ["-p", "hi"] }],
-    [["claude", "-p"], null],
+  const cases: [string[], AgentCommand | null][] = [
+    [["claude"], { name: "claude", args: [], misplaced: null }],
+    [["claude", "--", "-p", "hi"], { name: "claude", args: ["-p", "hi"], misplaced: null }],
+    [["claude", "-p"], { name: "claude", args: [], misplaced: "-p" }],
+    [["claude", "fix"], null],
     [["./claude"], null],
     [["Claude"], null],
     [[], null],
@@ -163,6 +165,20 @@ describe("applyAgentPreset", () => {
       assert.match(result.ok ? "" : result.errors.join("\n"), expected);
     });
   }
+});
+
+describe("prepareAgentRun", () => {
+  test("rejects option after agent name", () => {
+    const home = mkdtempSync(join(tmpdir(), "ringfence-presets-home-"));
+    const result = prepareAgentRun(defaultPolicy(), { name: "claude", args: [], misplaced: "--mode", with: [], hostEnv: {}, home });
+    assert.equal(result?.ok, false);
+    assert.match(result?.ok === false ? result.errors.join("\n") : "", /--mode comes after the agent name claude; put ringfence's options before it \(ringfence run --mode \.\.\. claude\), or pass it to the agent after --/);
+  });
+
+  test("returns null for other names", () => {
+    const home = mkdtempSync(join(tmpdir(), "ringfence-presets-home-"));
+    assert.equal(prepareAgentRun(defaultPolicy(), { name: "ls", args: [], misplaced: "-l", with: [], hostEnv: {}, home }), null);
+  });
 });
 
 describe("installRoot", () => {
