@@ -124,7 +124,13 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
     dropIdleConnections(agent);
     // The dropped sockets leave the agent's free list on their 'close' events. The request has
     // no body, so the second attempt needs no body check.
-    setImmediate(() => forward(context, request, response, httpRequest(requestOptions), record, description, null, verdict.decision, null));
+    setImmediate(() => {
+      if (response.destroyed) {
+        record.finish("client closed the connection before the response was complete");
+        return;
+      }
+      forward(context, request, response, httpRequest(requestOptions), record, description, null, verdict.decision, null);
+    });
   };
   forward(context, request, response, httpRequest(requestOptions), record, description, bodyCheck, verdict.decision, repeatable ? onStale : null);
 }
