@@ -224,3 +224,30 @@ test("agents stop when crew up is killed", { timeout: 120_000 }, async () => {
     assert.match(readFileSync(agent.log, "utf8"), /stopped the box: the crew supervisor went away/);
   }
 });
+
+test("crew mixes vm and namespace agents", { timeout: 300_000, skip: process.getuid?.() === 0 ? false : "the vm backend needs root on hosts with QEMU 7.2's virtiofsd" }, async () => {
+  const fixture = crewFixture(
+    "mixed",
+    {
+      guest: `${CREW}crew send host-box task -m "from the vm" >/dev/null && echo sent\n`,
+      "host-box": `${CREW}crew receive --wait 60 > from-guest.json\n`,
+      idle: "exit 0\n",
+    },
+    "channels:\n  - from: guest\n    to: host-box\n    kinds: [task]",
+    { backend: { guest: "vm" } },
+  );
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 0, result.stderr);
+
+  const message = JSON.parse(readFileSync(join(fixture.workspace("host-box"), "from-guest.json"), "utf8")) as { from: string; body: string };
+  assert.equal(message.from, "guest");
+  assert.equal(message.body, "from the vm");
+  const state = crewState(fixture, "mixed");
+  const timeline = await ringfence(fixture, ["audit", "show", state?.crewId ?? "", "--json", "--type", "run.start"]);
+  const starts = timeline.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as { source: string; backend: string });
+  assert.equal(starts.find((record) => record.source === "guest")?.backend, "vm");
+  assert.equal(starts.find((record) => record.source === "host-box")?.backend, "namespace");
+});

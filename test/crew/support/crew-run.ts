@@ -28,6 +28,8 @@ export function crewFixture(
     env?: (paths: { stateHome: string; workspace: (agent: string) => string }) => Record<string, Record<string, string>>;
     /** YAML added to every agent's inline policy, indented as top-level policy keys. */
     policy?: string;
+    /** Backend per agent, for agents that should not use the policy's. */
+    backend?: Record<string, string>;
   } = {},
 ): CrewFixture {
   const dir = mkdtempSync(join(tmpdir(), "ringfence-crew-"));
@@ -48,6 +50,7 @@ export function crewFixture(
       ...(options.policy === undefined ? [] : options.policy.split("\n").map((line) => `      ${line}`)),
       ...(Object.keys(set).length === 0 ? [] : ["      env:", "        set:", ...Object.entries(set).map(([key, value]) => `          ${key}: ${JSON.stringify(value)}`)]),
       `    workspace: ${agent}`,
+      ...(options.backend?.[agent] === undefined ? [] : [`    backend: ${options.backend[agent]}`]),
       "    command: [sh, ./agent.sh]",
     );
   }
