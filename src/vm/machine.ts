@@ -93,9 +93,11 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
   closeSync(openSync(consoleLog, "w", 0o600));
   const daemonLog = openSync(join(options.dir, "virtiofsd.log"), "w", 0o600);
 
-  // bwrap's --die-with-parent ends virtiofsd when ringfence dies.
+  // bwrap's --die-with-parent ends virtiofsd when ringfence dies. Both helpers get a session of
+  // their own (detached), so the terminal's Ctrl-C reaches ringfence, which passes it to the
+  // command, and does not stop the VM under it.
   const shareCommand = rootShareCommand({ mounts: options.mounts, socketDir: options.dir, socketPath: virtiofsSocket, view: diskView });
-  const daemon = spawn(shareCommand[0] as string, shareCommand.slice(1), { stdio: ["ignore", daemonLog, daemonLog] });
+  const daemon = spawn(shareCommand[0] as string, shareCommand.slice(1), { stdio: ["ignore", daemonLog, daemonLog], detached: true });
   closeSync(daemonLog);
   const daemonExited = waitExit(daemon);
   let qemu: ChildProcess | null = null;
@@ -119,7 +121,7 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
     servers.push(netServer);
 
     const argv = [...helperPrefix(process.getuid?.() === 0), QEMU_PROGRAM, ...qemuArguments({ ...options.plan, devices: { virtiofsSocket, execSocket, netSocket }, consoleLog })];
-    const started = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
+    const started = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "ignore", "pipe"], detached: true });
     qemu = started;
     let qemuErrors = "";
     started.stderr?.setEncoding("utf8").on("data", (text: string) => (qemuErrors = (qemuErrors + text).slice(-4000)));
