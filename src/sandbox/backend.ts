@@ -1,3 +1,4 @@
+import type { Duplex } from "node:stream";
 import type { Policy } from "../policy/types.js";
 import type { ExecRecord } from "./exec-audit.js";
 
@@ -39,6 +40,24 @@ export interface BoxRequest {
   vmAccel?: "auto" | "kvm" | "tcg";
   /** Extra variables for the command, such as trust-store paths. */
   extraEnv?: Readonly<Record<string, string>>;
+  /**
+   * Host path of the exec agent binary (src/guest/exec-agent.c). When set, the box's long-lived
+   * process is the agent instead of `command`, and run() hands its stream to `agent.onStream`.
+   */
+  execAgent?: string | null;
+}
+
+/**
+ * The host's end of a box started with BoxRequest.execAgent. Each backend delivers a duplex
+ * byte stream to the same exec agent: the namespace backend through an inherited socket, a
+ * micro-VM backend through a virtio-serial port. The SDK speaks the guest protocol
+ * (docs/guest-protocol.md) over it and runs each command on a channel.
+ */
+export interface AgentConnection {
+  /** Receives the stream to the agent once the box has started; called once. */
+  onStream(stream: Duplex): void;
+  /** Receives each line the box writes to its diagnostic output (stderr). */
+  onDiagnostic?(line: string): void;
 }
 
 /** The outcome of the box's command. */
@@ -57,8 +76,16 @@ export interface BoxExit {
 export interface PreparedBox {
   /** The effective box for `--dry-run`: namespaces, mounts, environment, limits. */
   describe(): string[];
-  /** Runs the command with the caller's stdio and resolves when every process in the box is gone. */
-  run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord) => void }): Promise<BoxExit>;
+  /**
+   * Runs the command with the caller's stdio and resolves when every process in the box is gone.
+   * With `agent`, the box runs the exec agent instead, leaves the caller's stdio and signal
+   * handlers alone, and ends when the agent exits or `stop` aborts.
+   */
+  run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord) => void; agent?: AgentConnection }): Promise<BoxExit>;
+  /** The environment a command in the box starts with. */
+  readonly environment?: Readonly<Record<string, string>>;
+  /** The working directory of a command in the box, inside the box. */
+  readonly workingDirectory?: string;
   /** Removes what prepare created on the host (placeholders, cgroups); idempotent. */
   cleanup(): Promise<void>;
 }

@@ -20,6 +20,7 @@ export type MountOp =
 export const BOX_RUNTIME_DIR = "/run/ringfence";
 export const BOX_GATEWAY_SOCKET = `${BOX_RUNTIME_DIR}/gateway.sock`;
 export const BOX_CA_BUNDLE = `${BOX_RUNTIME_DIR}/ca-bundle.pem`;
+export const BOX_EXEC_AGENT = `${BOX_RUNTIME_DIR}/exec-agent`;
 
 export interface MountContext {
   policy: Policy;
@@ -40,6 +41,8 @@ export interface MountContext {
   caBundle?: string | null;
   /** The exec audit helper's host file and its path in the box, or null when execs are not recorded. */
   execAudit?: { source: string; target: string } | null;
+  /** Host path of the exec agent binary for a long-lived box, or null for a one-command box. */
+  execAgent?: string | null;
 }
 
 /**
@@ -136,6 +139,7 @@ export function planMounts(context: MountContext): MountOp[] {
   }
   if (context.gatewaySocket !== null) ops.push({ kind: "ro-bind", source: context.gatewaySocket, target: BOX_GATEWAY_SOCKET, reason: "the gateway's socket, the box's only way out" });
   if (context.caBundle !== undefined && context.caBundle !== null) ops.push({ kind: "ro-bind", source: context.caBundle, target: BOX_CA_BUNDLE, reason: "host CA bundle plus the gateway's run CA, for intercepted TLS" });
+  if (context.execAgent !== undefined && context.execAgent !== null) ops.push({ kind: "ro-bind", source: context.execAgent, target: BOX_EXEC_AGENT, reason: "in-box exec agent that runs the SDK's commands" });
   ops.push({ kind: "remount-ro", target: "/", reason: "the box's root holds only mount points; nothing new may appear there" });
   return ops;
 }

@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from "node:child_process";
 import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import { recordOverlayBaseline } from "../workspace/overlay-record.js";
-import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
+import { SandboxError, type AgentConnection, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
 import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
@@ -11,7 +11,7 @@ import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
-import { BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
+import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
 import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
 
@@ -157,6 +157,7 @@ export class NamespaceBackend implements SandboxBackend {
       privatePaths: request.privatePaths,
       caBundle: request.caBundle ?? null,
       execAudit: execHelper === null ? null : { source: execHelper, target: BOX_EXEC_AUDIT },
+      execAgent: request.execAgent ?? null,
     });
 
     const arch = seccompArchFor(process.arch);
@@ -165,12 +166,14 @@ export class NamespaceBackend implements SandboxBackend {
     writeFileSync(seccompPath, encodeSeccompProgram(buildSeccompProgram(arch)), { mode: 0o600 });
 
     const env = boxEnvironment({ policy, hostEnv: request.hostEnv, home: request.home, user: request.user, proxyPort: forwarder === null ? null : BOX_PROXY_PORT, extra: request.extraEnv ?? {} });
+    // A long-lived box runs the exec agent on the socket that run() passes as AGENT_FD.
+    const boxCommand = request.execAgent === undefined || request.execAgent === null ? [...request.command] : [BOX_EXEC_AGENT, "--fd", String(AGENT_FD)];
     const forwardedArgv =
       forwarder === null || forwarderTarget === null
-        ? [...request.command]
+        ? boxCommand
         : forwarder.kind === "native"
-          ? [forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command]
-          : [forwarder.node, forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...request.command];
+          ? [forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...boxCommand]
+          : [forwarder.node, forwarderTarget, String(BOX_PROXY_PORT), BOX_GATEWAY_SOCKET, ...boxCommand];
     const commandArgv = execHelper === null ? forwardedArgv : [BOX_EXEC_AUDIT, "guard", String(EXEC_AUDIT_FD), "--", ...forwardedArgv];
 
     const SECCOMP_FD = 3;
@@ -190,6 +193,8 @@ export class NamespaceBackend implements SandboxBackend {
     };
 
     return {
+      environment: env,
+      workingDirectory: cwd,
       describe: () => [
         "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
         `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags; ${SECCOMP_SET_ID_NAMES.join(", ")} with a set-user-ID or set-group-ID mode`,
@@ -209,7 +214,7 @@ export class NamespaceBackend implements SandboxBackend {
         `bwrap ${bwrapArgs.join(" ")}`,
       ],
 
-      run: async ({ timeoutMs, stop, onExec }) => {
+      run: async ({ timeoutMs, stop, onExec, agent }) => {
         // A limit the user asked for must hold or the run does not start. The built-in default's
         // limits are a safety net, so the box still runs where the host cannot enforce them.
         const builtInDefault = policy.files.length === 0;
@@ -254,7 +259,7 @@ export class NamespaceBackend implements SandboxBackend {
                   return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
                 };
           const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
-          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop, execLines);
+          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop, execLines, agent);
           exit.warnings.push(...limitWarnings, ...execWarnings);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
@@ -340,6 +345,12 @@ export function removePlaceholders(protect: ProtectPlan): void {
 /** Signal numbers for exit statuses (Linux, x86_64 and arm64). */
 const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
 
+/**
+ * File descriptor of the socket to the exec agent in a long-lived box: 3 is the seccomp program
+ * and 4 the exec audit channel.
+ */
+const AGENT_FD = 5;
+
 /** Failed forks after which the box counts as runaway (a fork bomb) and is stopped. */
 export const RUNAWAY_FORK_FAILURES = 100;
 
@@ -358,10 +369,17 @@ function runChild(
   checkLimits: (() => string | null) | null,
   stop?: AbortSignal,
   onExec: ((record: ExecRecord) => void) | null = null,
+  agent?: AgentConnection,
 ): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
   return new Promise((resolve, reject) => {
-    const stdio: ("inherit" | "pipe" | number)[] = ["inherit", "inherit", "inherit", seccompFd];
+    // A long-lived box keeps its stdio away from the caller's and talks over a socket pair,
+    // which Node creates for a "pipe" entry, at AGENT_FD.
+    const stdio: ("inherit" | "ignore" | "pipe" | number)[] = agent === undefined ? ["inherit", "inherit", "inherit", seccompFd] : ["ignore", "ignore", "pipe", seccompFd];
     if (onExec !== null) stdio.push("pipe");
+    if (agent !== undefined) {
+      if (onExec === null) stdio.push("ignore");
+      stdio.push("pipe");
+    }
     const child = spawn(argv[0] as string, argv.slice(1), { stdio, env });
     let stoppedBy: string | null = null;
     const warnings: string[] = [];
@@ -393,17 +411,30 @@ function runChild(
     }
 
     // The terminal sends Ctrl-C and Ctrl-\ to the whole foreground process group, the box's
-    // processes included. ringfence ignores both and waits for the box to end.
+    // processes included. ringfence ignores both and waits for the box to end. A library caller
+    // (the SDK) keeps its own signal handling.
     const ignore = () => {};
     const forward = (signal: NodeJS.Signals) => () => {
       stoppedBy = `ringfence received ${signal}`;
       child.kill(signal);
     };
     const forwarders = { SIGTERM: forward("SIGTERM"), SIGHUP: forward("SIGHUP") };
-    process.on("SIGINT", ignore);
-    process.on("SIGQUIT", ignore);
-    process.on("SIGTERM", forwarders.SIGTERM);
-    process.on("SIGHUP", forwarders.SIGHUP);
+    if (agent === undefined) {
+      process.on("SIGINT", ignore);
+      process.on("SIGQUIT", ignore);
+      process.on("SIGTERM", forwarders.SIGTERM);
+      process.on("SIGHUP", forwarders.SIGHUP);
+    } else {
+      const diagnostics = child.stdio[2];
+      diagnostics?.setEncoding("utf8");
+      let partial = "";
+      diagnostics?.on("data", (text: string) => {
+        const lines = (partial + text).split("\n");
+        partial = lines.pop() ?? "";
+        for (const line of lines) agent.onDiagnostic?.(line);
+      });
+      agent.onStream((child.stdio as unknown as Duplex[])[AGENT_FD] as Duplex);
+    }
 
     const timer =
       timeoutMs === null

@@ -236,13 +236,13 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
 }
 
 // The audit record's envelope carries the type, time and run id; the event's own copies go.
-function eventFields(event: NetworkEvent | CredentialEvent): Record<string, unknown> {
+export function eventFields(event: NetworkEvent | CredentialEvent): Record<string, unknown> {
   const { type: _type, time, runId: _runId, version: _version, ...fields } = event as unknown as Record<string, unknown>;
   return { ...fields, startedAt: time };
 }
 
 /** Reads the PEM files of policy network.upstream_ca; an unreadable file stops the run. */
-function readUpstreamCas(policy: Policy): string[] {
+export function readUpstreamCas(policy: Policy): string[] {
   return policy.network.upstreamCa.map((path) => {
     try {
       return readFileSync(path, "utf8");

@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
+import { finished } from "node:stream/promises";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { prepareExecAgent } from "../../src/guest/exec-agent.js";
@@ -34,7 +35,8 @@ async function collect(channel: ExecChannel): Promise<{ stdout: string; stderr: 
   const errors: Buffer[] = [];
   channel.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
   channel.stderr.on("data", (chunk: Buffer) => errors.push(chunk));
-  const exit = await channel.exit;
+  // EXIT can arrive in the same read as the last output, so the streams may end after `exit`.
+  const [exit] = await Promise.all([channel.exit, finished(channel.stdout), finished(channel.stderr)]);
   return { stdout: Buffer.concat(chunks).toString(), stderr: Buffer.concat(errors).toString(), ...exit };
 }
 
@@ -104,7 +106,7 @@ test("exec agent carries stdin and large output", async () => {
     length += chunk.length;
   });
   channel.stdin.end(input);
-  const exit = await channel.exit;
+  const [exit] = await Promise.all([channel.exit, finished(channel.stdout)]);
   assert.equal(exit.code, 0);
   assert.equal(length, input.length);
   assert.equal(hash.digest("hex"), createHash("sha256").update(input).digest("hex"));
@@ -175,7 +177,7 @@ test("exec agent file operations", async () => {
   const read = agent.client.fileOperation(FileFrameType.FILE_READ, { path: `${dir}/a/b/data.bin` });
   const chunks: Buffer[] = [];
   read.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
-  await read.exit;
+  await Promise.all([read.exit, finished(read.stdout)]);
   assert.deepEqual(Buffer.concat(chunks), content);
 
   const stat = JSON.parse((await run(FileFrameType.FILE_STAT, { path: `${dir}/a/b/data.bin` })).stdout);
