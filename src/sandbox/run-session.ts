@@ -19,7 +19,7 @@ import { RunDirectory } from "./run-dir.js";
 
 export interface RunSessionOptions {
   policy: Policy;
-  /** What the run record names as the run's command: the box's command, or a label for an SDK sandbox. */
+  /** Command the run record names: the box's command, or a label for an SDK sandbox. */
   command: readonly string[];
   /** The host environment that env.pass reads from. Default: process.env. */
   hostEnv?: Readonly<Record<string, string | undefined>>;
@@ -47,8 +47,8 @@ export interface RunSessionOptions {
  * `boxRequest`, then `finish` or `fail` records the end and `close` stops everything. Every
  * audit record goes through `record`.
  *
- * NOTE: runSandbox in run.ts performs the same steps inline for `ringfence run`; a change to
- * one (a new gateway option, a new record) belongs in both until runSandbox uses this class.
+ * NOTE: runSandbox in run.ts performs the same steps inline for `ringfence run`. Until it uses
+ * this class, a change to one (a new gateway option, a new record) belongs in both.
  */
 export class RunSession {
   readonly policy: Policy;
@@ -190,7 +190,7 @@ export class RunSession {
     this.#options.onAuditRecord?.(type, fields, time);
   }
 
-  /** The request for the backend: everything about this run, plus the box's command and the caller's directory. */
+  /** Builds the backend's request: everything about this run, plus the box's command and the caller's directory. */
   boxRequest(command: readonly string[], cwd: string, extra: Partial<BoxRequest> = {}): BoxRequest {
     const broker = this.#broker;
     const dryRun = this.#options.dryRun === true;

@@ -54,6 +54,7 @@ export class SandboxFiles {
   #context: FilesContext;
   #rules: FileAccessRules;
 
+  /** @internal Created by Sandbox. */
   constructor(context: FilesContext) {
     this.#context = context;
     this.#rules = new FileAccessRules(context.policy, context.home, context.cwd);

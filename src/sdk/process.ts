@@ -2,7 +2,7 @@ import { constants } from "node:os";
 import type { Readable, Writable } from "node:stream";
 import type { ExecChannel, ExecExit } from "../guest/exec-client.js";
 
-/** How a command in the box ended. */
+/** The end of a command in the box. */
 export interface CommandExit {
   /** The exit code, or null when a signal ended the command. */
   exitCode: number | null;
@@ -57,6 +57,7 @@ export class SandboxProcess {
   #timedOut = false;
   #aborted = false;
 
+  /** @internal Created by Sandbox.spawn. */
   constructor(channel: ExecChannel, limits: ProcessLimits = {}) {
     this.#channel = channel;
     this.channel = channel.id;

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { finished } from "node:stream/promises";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { prepareExecAgent } from "../../src/guest/exec-agent.js";
 import { ExecClient, ExecFailedError, FileFrameType, type ExecChannel } from "../../src/guest/exec-client.js";
@@ -22,9 +22,17 @@ interface Agent {
   exited: Promise<number | null>;
 }
 
+// A failed assertion skips a test's shutdown; a live agent would then keep this file's process
+// running, so every agent still alive at the end is killed.
+const agents: ChildProcess[] = [];
+after(() => {
+  for (const child of agents) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+});
+
 function startAgent(): Agent {
   const binary = prepareExecAgent();
   const child = spawn(binary, ["--fd", "3"], { stdio: ["ignore", "inherit", "pipe", "pipe"] });
+  agents.push(child);
   const stream = child.stdio[3] as Duplex;
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
   return { child, stream, client: new ExecClient(stream), exited };

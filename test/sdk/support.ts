@@ -3,7 +3,15 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after } from "node:test";
 import { Sandbox, type SandboxOptions } from "../../src/index.js";
+
+// A failed assertion can skip a test's close(); an open sandbox would keep the test file's
+// process running, so every sandbox made here is closed at the end.
+const sandboxes: Sandbox[] = [];
+after(async () => {
+  await Promise.allSettled(sandboxes.map((sandbox) => sandbox.close()));
+});
 
 export interface TestDirs {
   workspace: string;
@@ -36,7 +44,9 @@ export function sandboxOptions(dirs: TestDirs, extra: Partial<SandboxOptions> = 
 }
 
 export async function createSandbox(dirs: TestDirs, extra: Partial<SandboxOptions> = {}): Promise<Sandbox> {
-  return Sandbox.create(sandboxOptions(dirs, extra));
+  const sandbox = await Sandbox.create(sandboxOptions(dirs, extra));
+  sandboxes.push(sandbox);
+  return sandbox;
 }
 
 /** Returns every host process id whose command line contains `needle`, and all their descendants. */
