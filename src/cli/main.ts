@@ -75,6 +75,18 @@ program
   .passThroughOptions()
   .action(async (command: string[], options: RunCommandOptions) => exitWith(await (await import("./run.js")).runCommand(command, options)));
 
+program
+  .command("mcp")
+  .description("serve MCP on stdin/stdout: tools that run commands and edit files in one sandbox per session")
+  .option("--policy <file>", "policy file (default: ./ringfence.yaml, else the built-in default)")
+  .option("--workspace <dir>", "workspace directory (default: the current directory)")
+  .option("--mode <mode>", "workspace mode: rw, overlay or ro (may only narrow the policy's)")
+  .option("--backend <backend>", "auto, namespace or vm")
+  .action(async (options: { policy?: string; workspace?: string; mode?: string; backend?: string }) => {
+    const { mcpCommand } = await import("./mcp.js");
+    exitWith(await mcpCommand(options, typeof RINGFENCE_VERSION === "string" ? RINGFENCE_VERSION : "dev"));
+  });
+
 const vm = program.command("vm").description("prepare and inspect the micro-VM backend");
 vm.command("prepare")
   .description("fetch the guest kernel, build the initramfs and calibrate the accelerator (root: for every user)")
