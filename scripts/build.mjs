@@ -3,6 +3,7 @@
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { cjsBundleOptions } from "./cjs-bundle.mjs";
 
 const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
 
@@ -26,6 +27,9 @@ await build({
   // pino and some dependencies still call require(); give the ESM bundle one.
   banner: { js: "import { createRequire as __ringfenceCreateRequire } from 'node:module'; const require = __ringfenceCreateRequire(import.meta.url);" },
 });
+
+// CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.
+await build({ ...cjsBundleOptions, outfile: "dist/index.cjs" });
 
 // The published JSON Schema is generated from the zod schema so the two cannot drift.
 const { policyJsonSchema } = await import("../dist/policy/schema.js");
