@@ -166,4 +166,14 @@ describe(`claude code in a box (${backend})`, () => {
     assert.ok(lines.some((line) => line.includes("model calls Edit") && line.includes("a + b")), annotated.stdout);
     assert.ok(!readFileSync(join(runDir, "audit.jsonl"), "utf8").includes(REAL_KEY), "the audit log holds the real key");
   });
+
+  test("no other host contacted", () => {
+    // Without the preset's switches for non-essential traffic, Claude Code 2.1.332 also calls
+    // api.anthropic.com, even with another base URL. The only denied requests are the script's.
+    const runsRoot = join(home, ".local", "state", "ringfence", "runs");
+    const json = ringfenceCli(["audit", "show", "last", "--json", "--type", "network", "--root", runsRoot], env);
+    const records = json.stdout.trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    const denied = records.filter((record) => record.decision === "deny").map((record) => String(record.host));
+    assert.deepEqual(denied.sort(), ["exfil.test", "paste.test"]);
+  });
 });
