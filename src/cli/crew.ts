@@ -104,8 +104,14 @@ export function crewStatus(name: string | undefined, io: Output = stdio): number
   return EXIT_OK;
 }
 
-/** `ringfence crew logs AGENT [--crew NAME]`: prints the agent's output so far. */
-export function crewLogs(agent: string, options: { crew?: string }, io: Output = stdio): number {
+/** How often `crew logs --follow` checks the log file and the crew's state, in milliseconds. */
+const FOLLOW_POLL_MS = 500;
+
+/**
+ * `ringfence crew logs AGENT [--crew NAME] [--follow]`: prints the agent's output so far, and
+ * with --follow keeps printing until the agent has ended.
+ */
+export async function crewLogs(agent: string, options: { crew?: string; follow?: boolean }, io: Output = stdio): Promise<number> {
   const state = readCrewState(crewStateDir(), options.crew);
   if (state === null) {
     io.err(`ringfence: no crew state found under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
@@ -116,13 +122,30 @@ export function crewLogs(agent: string, options: { crew?: string }, io: Output =
     io.err(`ringfence: crew ${state.name} has no agent ${JSON.stringify(agent)}; its agents are ${state.agents.map((entry) => entry.name).join(", ")}\n`);
     return EXIT_USAGE;
   }
-  if (!existsSync(member.log)) {
-    io.err(`ringfence: agent ${agent} has no output yet\n`);
-    return EXIT_OK;
-  }
+
   // The output is the box's, so control characters are escaped before they reach a terminal.
-  const text = readFileSync(member.log, "utf8");
-  for (const line of text.split("\n").slice(0, text.endsWith("\n") ? -1 : undefined)) io.out(`${printableLine(line)}\n`);
+  let offset = 0;
+  let partial = "";
+  const printNew = () => {
+    if (!existsSync(member.log)) return;
+    const data = readFileSync(member.log);
+    if (data.length <= offset) return;
+    const text = partial + data.subarray(offset).toString("utf8");
+    offset = data.length;
+    const lines = text.split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) io.out(`${printableLine(line)}\n`);
+  };
+
+  printNew();
+  while (options.follow === true) {
+    const current = readCrewState(crewStateDir(), state.name)?.agents.find((entry) => entry.name === agent);
+    const ended = current === undefined || !["starting", "running"].includes(current.state) || (current.pid !== null && !processAlive(current.pid));
+    printNew();
+    if (ended) break;
+    await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS));
+  }
+  if (partial !== "") io.out(`${printableLine(partial)}\n`);
   return EXIT_OK;
 }
 

@@ -146,8 +146,9 @@ crew
   .command("logs")
   .argument("<agent>", "agent name")
   .option("--crew <name>", "crew name (default: the crew started last)")
+  .option("-f, --follow", "keep printing new output until the agent ends")
   .description("print an agent's output")
-  .action(async (agent: string, options: { crew?: string }) => exitWith((await import("./crew.js")).crewLogs(agent, options)));
+  .action(async (agent: string, options: { crew?: string; follow?: boolean }) => exitWith(await (await import("./crew.js")).crewLogs(agent, options)));
 crew
   .command("agent-host", { hidden: true })
   .action(async () => exitWith(await (await import("./crew.js")).crewAgentHost()));

@@ -71,7 +71,7 @@ test("crew up exchanges messages between boxes", { timeout: 180_000 }, async () 
   const log = (agent: string) => readFileSync(state.agents.find((entry) => entry.name === agent)?.log ?? "", "utf8");
 
   // Allowed messages arrive once and in order, each with the sender the broker identified.
-  // Order holds per sender: the reviewer's message may come between the planner's.
+  // Order is kept per sender: the reviewer's message may come between the planner's.
   const received = readFileSync(join(fixture.workspace("coder"), "received.jsonl"), "utf8")
     .trim()
     .split("\n")
@@ -166,6 +166,8 @@ test("crew up stops on SIGINT leaving no process", { timeout: 120_000 }, async (
   const logs = await ringfence(fixture, ["crew", "logs", "two"]);
   assert.match(logs.stdout, /^started$/m);
 
+  const following = ringfence(fixture, ["crew", "logs", "three", "--follow"]);
+
   const before = descendants(pid);
   assert.ok(before.length >= 6, `expected agent hosts and boxes under crew up, found ${before.length}`);
   const commands = before.map((child) => readFileSync(`/proc/${child}/cmdline`, "utf8"));
@@ -185,6 +187,12 @@ test("crew up stops on SIGINT leaving no process", { timeout: 120_000 }, async (
   assert.deepEqual(left, [], `processes left behind: ${left.map(describe).join("; ")}`);
   const state = crewState(fixture, "stop");
   assert.ok(state?.agents.every((agent) => agent.state === "stopped"), JSON.stringify(state?.agents));
+
+  // A follower started while the crew ran ends with the agent, after its last line.
+  const followed = await following;
+  assert.equal(followed.status, 0, followed.stderr);
+  assert.match(followed.stdout, /^started$/m);
+  assert.match(followed.stdout, /stopped the box: the crew was stopped/);
   assert.notEqual(state?.end, null);
 });
 
