@@ -171,7 +171,7 @@ export function seccompArchFor(nodeArch: string): SeccompArch | null {
  * Builds the filter for one architecture. A syscall made with any other audit architecture
  * (32-bit compat calls on a 64-bit kernel) kills the process, because its numbers differ.
  */
-export function buildSeccompProgram(arch: SeccompArch): BpfInstruction[] {
+export function buildSeccompProgram(arch: SeccompArch, options: { setIdOnly?: boolean } = {}): BpfInstruction[] {
   const drafts: Draft[] = [];
   const emit = (draft: Draft) => drafts.push(draft);
 
@@ -180,10 +180,14 @@ export function buildSeccompProgram(arch: SeccompArch): BpfInstruction[] {
   emit({ code: BPF_LD_W_ABS, k: OFFSET_NR });
   if (arch === "x86_64") emit({ code: BPF_JMP_JGE_K, k: X32_SYSCALL_BIT, jt: "eperm" });
 
-  emit({ code: BPF_JMP_JEQ_K, k: IOCTL[arch], jt: "ioctl" });
-  emit({ code: BPF_JMP_JEQ_K, k: CLONE[arch], jt: "clone" });
-  for (const numbers of Object.values(DENIED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "eperm" });
-  for (const numbers of Object.values(UNSUPPORTED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "enosys" });
+  // setIdOnly keeps only the set-ID mode checks, for a helper such as the vm backend's virtiofsd
+  // that needs chroot and namespaces but must not give a file set-ID bits on the host.
+  if (options.setIdOnly !== true) {
+    emit({ code: BPF_JMP_JEQ_K, k: IOCTL[arch], jt: "ioctl" });
+    emit({ code: BPF_JMP_JEQ_K, k: CLONE[arch], jt: "clone" });
+    for (const numbers of Object.values(DENIED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "eperm" });
+    for (const numbers of Object.values(UNSUPPORTED_SYSCALLS)) emit({ code: BPF_JMP_JEQ_K, k: numbers[arch], jt: "enosys" });
+  }
   const openCalls = Object.values(OPEN_SYSCALLS).flatMap((entry) => (entry[arch] === undefined ? [] : [entry[arch]]));
   const modeCalls = Object.values(MODE_SYSCALLS).flatMap((entry) => (entry[arch] === undefined ? [] : [entry[arch]]));
   for (const call of openCalls) emit({ code: BPF_JMP_JEQ_K, k: call.nr, jt: `flags-arg${call.flags}` });

@@ -1,13 +1,17 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, openSync, closeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { diskView } from "../sandbox/host-view.js";
+import { buildSeccompProgram, encodeSeccompProgram } from "../sandbox/seccomp.js";
 import type { MountOp } from "../sandbox/mount-plan.js";
 import { qemuArguments, type QemuPlan } from "./qemu-args.js";
 import { rootShareCommand } from "./root-share.js";
 
 export const QEMU_PROGRAM = "qemu-system-x86_64";
+
+/** Descriptor number at which bwrap reads virtiofsd's seccomp program. */
+const SECCOMP_FD = 3;
 
 /** Maximum wait for virtiofsd's socket and for QEMU to connect the ports, in milliseconds. */
 const START_TIMEOUT_MS = 60_000;
@@ -96,9 +100,13 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
   // bwrap's --die-with-parent ends virtiofsd when ringfence dies. Both helpers get a session of
   // their own (detached), so the terminal's Ctrl-C reaches ringfence, which passes it to the
   // command, and does not stop the VM under it.
-  const shareCommand = rootShareCommand({ mounts: options.mounts, socketDir: options.dir, socketPath: virtiofsSocket, view: diskView });
-  const daemon = spawn(shareCommand[0] as string, shareCommand.slice(1), { stdio: ["ignore", daemonLog, daemonLog], detached: true });
+  const seccompPath = join(options.dir, "virtiofsd-seccomp.bpf");
+  writeFileSync(seccompPath, encodeSeccompProgram(buildSeccompProgram("x86_64", { setIdOnly: true })), { mode: 0o600 });
+  const seccompFd = openSync(seccompPath, "r");
+  const shareCommand = rootShareCommand({ mounts: options.mounts, socketDir: options.dir, socketPath: virtiofsSocket, view: diskView, seccompFd: SECCOMP_FD });
+  const daemon = spawn(shareCommand[0] as string, shareCommand.slice(1), { stdio: ["ignore", daemonLog, daemonLog, seccompFd], detached: true });
   closeSync(daemonLog);
+  closeSync(seccompFd);
   const daemonExited = waitExit(daemon);
   let qemu: ChildProcess | null = null;
   let qemuExited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | null = null;

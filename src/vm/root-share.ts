@@ -17,6 +17,8 @@ export interface RootShareOptions {
   socketDir: string;
   socketPath: string;
   view: HostView;
+  /** File descriptor, in the spawned bwrap, of a seccomp program for virtiofsd, or null for none. */
+  seccompFd: number | null;
 }
 
 /**
@@ -47,6 +49,10 @@ export function rootShareCommand(options: RootShareOptions): string[] {
   args.push("--dir", `${SHARE_ROOT}/run`, "--dir", `${SHARE_ROOT}/sys`);
   for (const op of options.mounts) args.push(...shareMountArguments(op));
 
+  // The guest's root may chmod its files, and when ringfence runs as root those are the host
+  // root's. The filter makes any mode with set-ID bits fail, so no host user can run a set-ID
+  // file the guest made while the run lasts.
+  if (options.seccompFd !== null) args.push("--seccomp", String(options.seccompFd));
   args.push("--", VIRTIOFSD_PATH, `--socket-path=${options.socketPath}`, "-o", `source=${SHARE_ROOT}`, "-o", "sandbox=chroot", "-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0");
   return args;
 }

@@ -8,6 +8,7 @@ import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qe
 import { rootShareCommand, shareMountArguments, SHARE_ROOT } from "../../src/vm/root-share.js";
 import { tableView } from "../../src/sandbox/host-view.js";
 import type { MountOp } from "../../src/sandbox/mount-plan.js";
+import { AUDIT_ARCH, buildSeccompProgram, evaluateSeccompProgram } from "../../src/sandbox/seccomp.js";
 
 const BASE: QemuPlan = {
   accel: "tcg",
@@ -172,6 +173,27 @@ describe("cpio archive", () => {
   });
 });
 
+describe("virtiofsd seccomp filter", () => {
+  const program = buildSeccompProgram("x86_64", { setIdOnly: true });
+  const call = (nr: number, args: number[]) => evaluateSeccompProgram(program, { arch: AUDIT_ARCH.x86_64, nr, args });
+  const ALLOW = 0x7fff0000;
+  const EPERM = 0x00050001;
+
+  test("set-ID chmod rejected", () => {
+    assert.equal(call(268, [0, 0, 0o4755]), EPERM, "fchmodat 04755");
+    assert.equal(call(91, [0, 0o2755]), EPERM, "fchmod 02755");
+    assert.equal(call(257, [0, 0, 0o100, 0o4755]), EPERM, "openat O_CREAT 04755");
+  });
+  test("plain modes allowed", () => {
+    assert.equal(call(268, [0, 0, 0o755]), ALLOW);
+    assert.equal(call(257, [0, 0, 0, 0o4755]), ALLOW, "openat without O_CREAT ignores the mode");
+  });
+  test("chroot and unshare allowed", () => {
+    assert.equal(call(161, [0]), ALLOW, "chroot");
+    assert.equal(call(272, [0x20000]), ALLOW, "unshare");
+  });
+});
+
 describe("root share", () => {
   const ops: MountOp[] = [
     { kind: "ro-bind", source: "/usr", target: "/usr", reason: "" },
@@ -196,7 +218,8 @@ describe("root share", () => {
   });
 
   test("virtiofsd chroots into the share", () => {
-    const command = rootShareCommand({ mounts: ops, socketDir: "/r/vm", socketPath: "/r/vm/fs.sock", view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }) });
+    const command = rootShareCommand({ mounts: ops, socketDir: "/r/vm", socketPath: "/r/vm/fs.sock", view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }), seccompFd: 3 });
+    assert.equal(command[command.indexOf("--seccomp") + 1], "3");
     assert.equal(command[0], "bwrap");
     assert.ok(command.includes("--die-with-parent"));
     const daemon = command.slice(command.indexOf("--") + 1);
