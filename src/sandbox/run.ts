@@ -274,7 +274,7 @@ export function enforcementOf(backend: SandboxBackend["name"]): Record<string, s
     env: "the box's environment is built from env.pass and env.set only",
     resources: "cgroups where writable (v2, else v1), else rlimits; wall-clock timeout by ringfence",
     process: "user, pid, ipc, uts, cgroup namespaces; no capabilities; no_new_privs; seccomp filter",
-    audit: "hash-chained log in the host run directory, outside every box, signed with the host key at the end",
+    audit: "hash-chained log in the host run directory, outside every box, signed with the host key at the end; every exec in the box recorded from the host through seccomp user notification where a C compiler is available",
   };
 }
 
