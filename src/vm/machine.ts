@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { diskView } from "../sandbox/host-view.js";
@@ -73,12 +73,12 @@ function accept(server: Server, what: string, exited: Promise<unknown>): Promise
   });
 }
 
-async function waitForSocket(path: string, daemon: ChildProcess, exited: Promise<unknown>): Promise<void> {
+async function waitForSocket(path: string, daemon: ChildProcess, exited: Promise<unknown>, log: string): Promise<void> {
   let done = false;
   void exited.then(() => (done = true));
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (!existsSync(path)) {
-    if (done) throw new Error(`virtiofsd exited before it made its socket (status ${daemon.exitCode ?? daemon.signalCode})`);
+    if (done) throw new Error(`virtiofsd exited before it made its socket (status ${daemon.exitCode ?? daemon.signalCode}): ${readFileSync(log, "utf8").trim().split("\n").slice(-3).join("; ")}`);
     if (Date.now() > deadline) throw new Error(`virtiofsd made no socket at ${path} within ${START_TIMEOUT_MS} ms`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
@@ -95,7 +95,8 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
   const netSocket = join(options.dir, "net.sock");
   const consoleLog = join(options.dir, "console.log");
   closeSync(openSync(consoleLog, "w", 0o600));
-  const daemonLog = openSync(join(options.dir, "virtiofsd.log"), "w", 0o600);
+  const daemonLogPath = join(options.dir, "virtiofsd.log");
+  const daemonLog = openSync(daemonLogPath, "w", 0o600);
 
   // bwrap's --die-with-parent ends virtiofsd when ringfence dies. Both helpers get a session of
   // their own (detached), so the terminal's Ctrl-C reaches ringfence, which passes it to the
@@ -122,7 +123,7 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
   };
 
   try {
-    await waitForSocket(virtiofsSocket, daemon, daemonExited);
+    await waitForSocket(virtiofsSocket, daemon, daemonExited, daemonLogPath);
     const execServer = await listen(execSocket);
     servers.push(execServer);
     const netServer = await listen(netSocket);
