@@ -150,6 +150,11 @@ export class Sandbox implements AsyncDisposable {
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const cwd = options.cwd ?? process.cwd();
     const policy = resolvePolicy(options, cwd);
+    // NOTE: only the namespace backend hands the SDK a stream to its exec agent so far; the vm
+    // backend runs the same agent on a virtio-serial port but does not implement AgentConnection.
+    if (options.backendImplementation === undefined && policy.backend === "vm") {
+      throw new SandboxError("backend-unsupported", "the SDK cannot use the vm backend yet; set backend: namespace or auto in the policy or the options, or use ringfence run --backend vm");
+    }
     const agentPath = prepareExecAgent({ env: options.hostEnv ?? process.env });
     const hub = new EventHub();
     if (options.onEvent !== undefined) hub.subscribe(options.onEvent);
