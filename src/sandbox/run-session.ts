@@ -3,7 +3,7 @@ import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import { pino, type Logger } from "pino";
 import type { CredentialBroker } from "../credentials/index.js";
-import { startGateway, type CredentialEvent, type Gateway, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
+import { startGateway, type CredentialEvent, type Gateway, type LocalServices, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type BoxExit, type BoxRequest, type SandboxBackend } from "./backend.js";
 import { BlockedSummary } from "./blocked-summary.js";
@@ -36,19 +36,20 @@ export interface RunSessionOptions {
   resolve?: (name: string) => Promise<string[]>;
   /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
   upstreamCaPems?: readonly string[];
+  /** Reserved host names whose requests the gateway handles in-process (a crew's broker). */
+  localServices?: LocalServices;
+  /** Called once the run directory exists, before the box starts. */
+  onStart?: (run: { runId: string; runDir: string }) => void;
   /** Receives every audit record as it is appended: its type and fields. */
   onAuditRecord?: (type: string, fields: Readonly<Record<string, unknown>>, time: Date) => void;
 }
 
 /**
- * One run's host-side lifecycle for the SDK's long-lived sandbox: the run directory and
- * summary, the hash-chained audit log, the credential broker, the gateway on the run's socket,
- * and the workspace tracking. `open` starts them, the caller builds and runs a box with
- * `boxRequest`, then `finish` or `fail` records the end and `close` stops everything. Every
- * audit record goes through `record`.
- *
- * NOTE: runSandbox in run.ts performs the same steps inline for `ringfence run`. Until it uses
- * this class, a change to one (a new gateway option, a new record) belongs in both.
+ * One run's host-side lifecycle, shared by `ringfence run` (runSandbox) and the SDK's
+ * long-lived sandbox: the run directory and summary, the hash-chained audit log, the credential
+ * broker, the gateway on the run's socket, and the workspace tracking. `open` starts them, the
+ * caller builds and runs a box with `boxRequest`, then `finish` or `fail` records the end and
+ * `close` stops everything. Every audit record goes through `record`.
  */
 export class RunSession {
   readonly policy: Policy;
@@ -135,6 +136,7 @@ export class RunSession {
     const options = this.#options;
     writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
     this.#writeSummary();
+    options.onStart?.({ runId: runDir.id, runDir: runDir.path });
     this.record("run.start", { command: options.command, backend: this.backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(this.backend.name) });
     if (options.dryRun === true) return;
 
@@ -159,6 +161,7 @@ export class RunSession {
       socketPath: runDir.socketPath,
       logger: this.logger,
       ...(options.resolve === undefined ? {} : { resolve: options.resolve }),
+      ...(options.localServices === undefined ? {} : { localServices: options.localServices }),
       onEvent: (event: NetworkEvent) => {
         this.record("network", eventFields(event));
         const hint = this.blocked.record(event);

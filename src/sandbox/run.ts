@@ -1,24 +1,13 @@
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
-import { homedir, userInfo } from "node:os";
-import { join } from "node:path";
-import { pino } from "pino";
-import type { CredentialBroker } from "../credentials/index.js";
-import { startGateway, type CredentialEvent, type Gateway, type LocalServices, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
+import { readFileSync } from "node:fs";
+import type { CredentialEvent, LocalServices, NetworkEvent } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
-import { BlockedSummary } from "./blocked-summary.js";
-import { BOX_CA_BUNDLE } from "./mount-plan.js";
 import { NamespaceBackend } from "./namespace-backend.js";
 import { VmBackend } from "../vm/vm-backend.js";
-import { AUDIT_LOG_FILE, AuditLog } from "../audit/audit-log.js";
-import { sha256Hex } from "../audit/hash-chain.js";
-import { loadOrCreateHostKey } from "../audit/host-key.js";
-import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, stateDir, type RunSummary } from "../audit/run-record.js";
-import { clearNewSetIdFiles, recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
-import { printableLine } from "../text/printable.js";
+import { auditKeyDir, stateDir } from "../audit/run-record.js";
 import { cacheDir } from "./forwarder.js";
 import { resolveSymlinks } from "../policy/normalise.js";
-import { RunDirectory } from "./run-dir.js";
+import { RunSession } from "./run-session.js";
 
 export interface RunSandboxOptions {
   policy: Policy;
@@ -85,153 +74,31 @@ export function needsInterception(policy: Policy): boolean {
  * problems the user can fix before the command starts.
  */
 export async function runSandbox(options: RunSandboxOptions): Promise<RunSandboxResult> {
-  // Lines can carry names the box chose (a host in a blocked request), so escape control characters.
-  const write = options.message ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const message = (line: string) => write(printableLine(line));
-  const home = options.home ?? homedir();
-  const hostEnv = options.hostEnv ?? process.env;
-  const policy = options.policy;
-  const backend = options.backend ?? selectBackend(policy.backend);
-
-  const problems = backend.check();
-  if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));
-
-  const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
-  const privatePaths = ringfencePrivatePaths(root, hostEnv, home);
-  checkPrivatePathsOutsideWritable(policy, privatePaths);
-  const upstreamCaPems = [...(options.upstreamCaPems ?? []), ...readUpstreamCas(policy)];
-  const runDir = new RunDirectory(root);
-  const audit = AuditLog.create(runDir.path, runDir.id, loadOrCreateHostKey(auditKeyDir(hostEnv, home)));
-  const leakStop = new AbortController();
-  const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
-  const blocked = new BlockedSummary({ hint: policy.files.length === 0 });
-  let gateway: Gateway | null = null;
-  let broker: CredentialBroker | null = null;
-
-  const started = new Date();
-  const summary: RunSummary = {
-    v: 1,
-    id: runDir.id,
-    start: started.toISOString(),
-    end: null,
-    durationMs: null,
-    command: [...options.command],
-    status: null,
-    blocked: 0,
-    backend: backend.name,
-    workspace: policy.workspace.path,
-    mode: policy.workspace.mode,
-  };
-  const writeSummary = () => writeFileSync(join(runDir.path, RUN_SUMMARY_FILE), `${JSON.stringify(summary, null, 2)}\n`, { mode: 0o600 });
+  const session = await RunSession.open(options);
+  const runId = session.runDir.id;
+  const runDir = session.runDir.path;
 
   try {
-    writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
-    writeSummary();
-    options.onStart?.({ runId: runDir.id, runDir: runDir.path });
-    audit.append("run.start", { command: options.command, backend: backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(backend.name) });
-
-    // The credential broker terminates TLS where the policy needs it: for credentials, captured
-    // hosts, and rules that restrict methods or paths. Its run CA is the only CA the box must add.
-    if (options.dryRun !== true && needsInterception(policy)) {
-      // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
-      const { createCredentialBroker } = await import("../credentials/index.js");
-      try {
-        broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...hostEnv }, runId: runDir.id, upstreamCaPems });
-      } catch (cause) {
-        // A missing or unusable secret is the user's to fix; its message names the credential and source only.
-        if (cause instanceof Error && cause.name === "CredentialError") throw new SandboxError("credential", cause.message);
-        throw cause;
-      }
-    }
-
-    if (options.dryRun !== true) {
-      gateway = await startGateway({
-        policy,
-        runId: runDir.id,
-        socketPath: runDir.socketPath,
-        logger,
-        ...(options.resolve === undefined ? {} : { resolve: options.resolve }),
-        ...(options.localServices === undefined ? {} : { localServices: options.localServices }),
-        onEvent: (event: NetworkEvent) => {
-          audit.append("network", eventFields(event));
-          const hint = blocked.record(event);
-          if (hint !== null) message(hint);
-        },
-        ...(broker === null ? {} : { interceptor: broker.interceptor }),
-        transcripts: { directory: join(runDir.path, "transcripts"), onTranscript: (record: TranscriptRecord) => audit.append("transcript", { ...record }) },
-        onCredentialEvent: (event: CredentialEvent) => {
-          audit.append("credential", eventFields(event));
-          // on_leak: end-run stops the box at the first blocked leak of that credential.
-          const credential = policy.credentials.find((entry) => entry.name === event.credential);
-          if (event.action === "blocked" && credential?.onLeak === "end-run" && !leakStop.signal.aborted) {
-            leakStop.abort(`credential ${credential.name} leaked towards ${event.host}, and its policy sets on_leak: end-run`);
-          }
-        },
-      });
-    }
-
-    const box = await backend.prepare({
-      policy,
-      command: options.command,
-      cwd: options.cwd ?? process.cwd(),
-      home,
-      user: userInfo().username,
-      hostEnv,
-      runId: runDir.id,
-      runDir: runDir.path,
-      privatePaths,
-      gatewaySocket: options.dryRun === true ? runDir.socketPath : (gateway?.socketPath ?? null),
-      dryRun: options.dryRun === true,
-      caBundle: broker?.caBundlePath ?? null,
-      ...(options.vmAccel === undefined ? {} : { vmAccel: options.vmAccel }),
-      extraEnv: broker === null ? {} : { ...broker.trustEnv(BOX_CA_BUNDLE), ...broker.placeholders },
-    });
+    const box = await session.backend.prepare(session.boxRequest(options.command, options.cwd ?? process.cwd()));
 
     if (options.dryRun === true) {
       await box.cleanup();
       // A dry run leaves no run record behind.
-      audit.close();
-      rmSync(runDir.path, { recursive: true, force: true });
-      return { runId: runDir.id, runDir: runDir.path, status: 0, blocked: 0, description: box.describe() };
+      await session.discard();
+      return { runId, runDir, status: 0, blocked: 0, description: box.describe() };
     }
 
-    const tracker = WorkspaceTracker.start(policy, runDir.path);
-    const stop = options.stop === undefined ? leakStop.signal : AbortSignal.any([leakStop.signal, options.stop]);
-    const exit = await box.run({ timeoutMs: policy.resources.timeoutMs, stop, onExec: (record) => audit.append("exec", { ...record }) });
-    const ended = new Date();
-    if (exit.limitMessage !== null) audit.append("limit", { message: exit.limitMessage });
-    recordWorkspaceChanges(tracker, (fields) => audit.append("workspace.change", fields), message);
-    clearNewSetIdFiles(policy.filesystem.write, started.getTime(), message);
-    audit.append("run.end", { status: exit.status, durationMs: ended.getTime() - started.getTime(), stoppedBy: exit.stoppedBy, blocked: blocked.total, warnings: exit.warnings });
-
-    Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status: exit.status, blocked: blocked.total });
-    writeSummary();
-
-    if (exit.stoppedBy !== null) message(`ringfence: stopped the box: ${exit.stoppedBy}`);
-    if (exit.limitMessage !== null) message(`ringfence: ${exit.limitMessage}`);
-    for (const warning of exit.warnings) message(`ringfence: ${warning}`);
-    if (policy.workspace.mode === "overlay") {
-      message(`ringfence: the host workspace is unchanged; review the run's changes with: ringfence diff ${runDir.id}, then ringfence apply ${runDir.id} or ringfence discard ${runDir.id}`);
-    }
-    const blockedLine = blocked.summary();
-    message(`ringfence: run ${runDir.id} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${join(runDir.path, AUDIT_LOG_FILE)}`);
-    return { runId: runDir.id, runDir: runDir.path, status: exit.status, blocked: blocked.total, description: [] };
+    session.trackWorkspace();
+    const stop = options.stop === undefined ? session.stopSignal : AbortSignal.any([session.stopSignal, options.stop]);
+    const exit = await box.run({ timeoutMs: session.policy.resources.timeoutMs, stop, onExec: (record) => session.record("exec", { ...record }) });
+    const status = session.finish(exit);
+    return { runId, runDir, status, blocked: session.blocked.total, description: [] };
   } catch (cause) {
     // Record the reason the run ended early in the audit log and in `ringfence runs`.
-    const ended = new Date();
-    const reason = cause instanceof Error ? cause.message : String(cause);
-    if (options.dryRun !== true) {
-      audit.append("run.end", { status: null, durationMs: ended.getTime() - started.getTime(), error: reason, blocked: blocked.total });
-      Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), error: reason, blocked: blocked.total });
-      writeSummary();
-    }
+    session.fail(cause);
     throw cause;
   } finally {
-    await gateway?.close();
-    broker?.close();
-    audit.close();
-    runDir.close();
-    logger.flush();
+    await session.close();
   }
 }
 

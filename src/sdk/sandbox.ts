@@ -82,6 +82,8 @@ export interface SandboxCloseResult {
 }
 
 const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+/** Milliseconds close() waits for the box to stop after SHUTDOWN before it kills the box. */
+const CLOSE_GRACE_MS = 5_000;
 /** Diagnostic lines kept for the error message when a box fails to start. */
 const KEPT_DIAGNOSTICS = 20;
 
@@ -282,9 +284,11 @@ export class Sandbox implements AsyncDisposable {
     if (this.#closing !== null) return this.#closing;
     this.#closing = (async () => {
       this.#client.shutdown();
+      // The agent exits on SHUTDOWN and the box with it; a box that does not is killed.
+      const grace = setTimeout(() => this.#stop.abort(`the box did not stop within ${CLOSE_GRACE_MS} ms of close()`), CLOSE_GRACE_MS);
       let exit: BoxExit;
       try {
-        exit = await this.#exited;
+        exit = await this.#exited.finally(() => clearTimeout(grace));
       } catch (cause) {
         this.#session.fail(cause);
         await this.#box.cleanup();
