@@ -139,23 +139,52 @@ export class CrewBroker {
     );
   }
 
+  // Every request ends here, and nothing may throw out of it: an exception from a socket's request
+  // event would end crew up and with it every agent.
   #handle(agent: string, request: IncomingMessage, response: ServerResponse): void {
-    const url = new URL(request.url ?? "/", "http://broker");
-    const route = `${request.method ?? "GET"} ${url.pathname}`;
+    const target = parseRequestTarget(request.url);
+    const route = `${request.method ?? "GET"} ${target?.pathname ?? printableTarget(request.url)}`;
     try {
+      request.on("error", () => response.destroy());
+      if (target === null) {
+        request.resume();
+        this.#rejectRequest(agent, response, `the request target ${printableTarget(request.url)} is not a path such as /v1/send; use POST /v1/send, GET /v1/receive, GET /v1/list`);
+        return;
+      }
       if (route === "POST /v1/send") {
-        this.#send(agent, request, response, url.searchParams);
+        this.#send(agent, request, response, target.searchParams);
         return;
       }
       request.resume();
-      if (route === "GET /v1/receive") this.#receive(agent, response, url.searchParams);
+      if (route === "GET /v1/receive") this.#receive(agent, response, target.searchParams);
       else if (route === "GET /v1/list") reply(response, 200, this.#list(agent));
-      else if (request.method === "GET" && url.pathname.startsWith("/v1/attachments/")) this.#attachment(agent, response, url.pathname);
+      else if (request.method === "GET" && target.pathname.startsWith("/v1/attachments/")) this.#attachment(agent, response, target.pathname);
       else reply(response, 404, { error: "not-found", message: `${route} is not part of the crew API; use POST /v1/send, GET /v1/receive, GET /v1/list` });
     } catch (error) {
-      this.#options.logger.error({ err: error, agent, route }, "crew broker request failed");
-      if (!response.headersSent) reply(response, 500, { error: "internal", message: "the broker failed on this request; see the crew's ringfence.log" });
+      this.#internalError(agent, response, route, error);
     }
+  }
+
+  // Logs and records a failure of the broker itself, and sends 500 when the response is still open.
+  #internalError(agent: string, response: ServerResponse, route: string, error: unknown): void {
+    try {
+      this.#options.logger.error({ err: error, agent, route }, "crew broker request failed");
+      this.#options.log.append("crew.error", { agent, route: route.slice(0, 200), error: (error instanceof Error ? error.message : String(error)).slice(0, 500) });
+      if (!response.headersSent) reply(response, 500, { error: "internal", message: "the broker failed on this request; see the crew's ringfence.log" });
+      else response.destroy();
+    } catch (nested) {
+      this.#options.logger.error({ err: nested, agent, route }, "crew broker could not respond to a failed request");
+      response.destroy();
+    }
+  }
+
+  // Rejects a request whose target is not a path with 400, and records it as a rejected request.
+  #rejectRequest(agent: string, response: ServerResponse, reason: string): void {
+    this.#options.log.append("crew.reject", { from: agent, to: "", kind: "", code: "invalid-request", reason, channel: null });
+    const mailbox = this.#mailboxes.get(agent);
+    if (mailbox !== undefined) mailbox.traffic.rejected++;
+    reply(response, 400, { error: "invalid-request", message: `ringfence crew broker rejected the request: ${reason}` });
+    this.#options.onTraffic?.();
   }
 
   #send(agent: string, request: IncomingMessage, response: ServerResponse, query: URLSearchParams): void {
@@ -168,14 +197,12 @@ export class CrewBroker {
       if (size > limit) over = true;
       else chunks.push(chunk);
     });
-    request.on("error", () => response.destroy());
     request.on("end", () => {
       // This runs outside #handle's try, and an exception here would end crew up with every agent.
       try {
         this.#finishSend(agent, response, query, request.headers["content-type"], Buffer.concat(chunks), size, limit, over);
       } catch (error) {
-        this.#options.logger.error({ err: error, agent }, "crew broker send failed");
-        if (!response.headersSent) reply(response, 500, { error: "internal", message: "the broker failed to store the message; see the crew's ringfence.log" });
+        this.#internalError(agent, response, "POST /v1/send", error);
       }
     });
   }
@@ -187,7 +214,7 @@ export class CrewBroker {
     }
     const parsed = parseSendRequest(contentType, query, body);
     if (!parsed.ok) {
-      this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "invalid-request", 400, parsed.reason, null);
+      this.#reject(agent, response, parsed.to ?? query.get("to") ?? "", parsed.kind ?? query.get("kind") ?? "", "invalid-request", 400, parsed.reason, null);
       return;
     }
     this.#accept(agent, parsed.request, response);
@@ -250,7 +277,7 @@ export class CrewBroker {
   }
 
   #reject(sender: string, response: ServerResponse, to: string, kind: string, code: BrokerRejectCode, status: number, reason: string, channel: string | null, claimedFrom: string | null = null): void {
-    this.#options.log.append("crew.reject", { from: sender, to: to.slice(0, 64), kind: kind.slice(0, 64), code, reason, channel, ...(claimedFrom === null || claimedFrom === sender ? {} : { ignoredFrom: claimedFrom.slice(0, 64) }) });
+    this.#options.log.append("crew.reject", { from: sender, to: recordedName(to), kind: recordedName(kind), code, reason, channel, ...(claimedFrom === null || claimedFrom === sender ? {} : { ignoredFrom: recordedName(claimedFrom) }) });
     const mailbox = this.#mailboxes.get(sender);
     if (mailbox !== undefined) mailbox.traffic.rejected++;
     reply(response, status, { error: code, message: `ringfence crew broker rejected the message: ${reason}` });
@@ -267,7 +294,8 @@ export class CrewBroker {
     const waiter: Waiter = {
       response,
       timer: setTimeout(() => {
-        mailbox.waiters.splice(mailbox.waiters.indexOf(waiter), 1);
+        const index = mailbox.waiters.indexOf(waiter);
+        if (index !== -1) mailbox.waiters.splice(index, 1);
         if (!response.headersSent) response.writeHead(204).end();
       }, wait * 1000),
     };
@@ -331,6 +359,34 @@ export class CrewBroker {
     }
     return largest + ENVELOPE_ALLOWANCE;
   }
+}
+
+/** Maximum characters of a request target repeated in a message or an audit record. */
+const MAX_TARGET_SHOWN = 200;
+
+/**
+ * Parses an origin-form request target (`/v1/send?to=coder`). Returns null for anything else,
+ * such as `//host`, `*` or an absolute URL, which `new URL(target, base)` would read as another
+ * host or reject with an exception.
+ */
+export function parseRequestTarget(target: string | undefined): URL | null {
+  if (target === undefined || !target.startsWith("/") || target.startsWith("//")) return null;
+  try {
+    const url = new URL(`http://broker${target}`);
+    return url.host === "broker" ? url : null;
+  } catch {
+    return null;
+  }
+}
+
+// Names in a rejected request are text the box chose: cut to 64 characters, control characters escaped.
+function recordedName(text: string): string {
+  return text.slice(0, 64).replace(/[\u0000-\u001f\u007f-\u009f]/g, (character) => `\\u${character.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+// The target is text the box chose, so it is quoted and cut short before it goes into a message.
+function printableTarget(target: string | undefined): string {
+  return JSON.stringify((target ?? "").slice(0, MAX_TARGET_SHOWN));
 }
 
 function sha256(data: Buffer): string {

@@ -20,7 +20,8 @@ export interface SendRequest {
   claimedFrom: string | null;
 }
 
-export type SendParse = { ok: true; request: SendRequest } | { ok: false; reason: string };
+/** A parsed send request, or the reason it is invalid with the receiver and kind it named, for the audit record. */
+export type SendParse = { ok: true; request: SendRequest } | { ok: false; reason: string; to?: string; kind?: string };
 
 /**
  * Parses the body of `POST /v1/send`. A JSON body (`application/json`) is an envelope:
@@ -44,6 +45,12 @@ export function parseSendRequest(contentType: string | undefined, query: URLSear
   }
   if (envelope === null || typeof envelope !== "object" || Array.isArray(envelope)) return { ok: false, reason: "the JSON envelope must be an object with to, kind and body" };
   const fields = envelope as Record<string, unknown>;
+  const parsed = parseEnvelope(fields);
+  if (parsed.ok) return parsed;
+  return { ...parsed, ...(typeof fields.to === "string" ? { to: fields.to } : {}), ...(typeof fields.kind === "string" ? { kind: fields.kind } : {}) };
+}
+
+function parseEnvelope(fields: Record<string, unknown>): SendParse {
   if (typeof fields.to !== "string") return { ok: false, reason: "the JSON envelope needs to, the receiving agent's name, as a string" };
   if (typeof fields.kind !== "string") return { ok: false, reason: "the JSON envelope needs kind, the message kind, as a string" };
   if (fields.body !== undefined && typeof fields.body !== "string") return { ok: false, reason: "body must be a string; send files as attachments" };

@@ -1,0 +1,166 @@
+// Hostile requests sent as raw bytes to the crew broker's real Unix sockets: every one gets an
+// answer, none ends the broker, and each rejected request is in the crew log.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { pino } from "pino";
+import { AuditLog } from "../../src/audit/audit-log.js";
+import { loadOrCreateHostKey } from "../../src/audit/host-key.js";
+import { readAuditRecords } from "../../src/audit/run-record.js";
+import { verifyRunLog } from "../../src/audit/verify.js";
+import { CrewBroker, parseRequestTarget } from "../../src/crew/broker.js";
+import type { Channel } from "../../src/crew/types.js";
+
+const channels: Channel[] = [
+  { label: "channels[0] (planner -> coder)", from: "planner", to: "coder", kinds: ["task"], maxBytes: 64, rate: { count: 1000, windowMs: 60_000 }, attachments: { maxBytes: 32, maxCount: 2 } },
+];
+
+async function startBroker(onTraffic?: () => void) {
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-broker-"));
+  const key = loadOrCreateHostKey(join(dir, "keys"));
+  const log = AuditLog.create(dir, "crew-test", key);
+  const broker = await CrewBroker.start({ rules: { agents: ["planner", "coder"], channels }, log, inboxDir: join(dir, "inbox"), socketDir: dir, logger: pino({ level: "silent" }), ...(onTraffic === undefined ? {} : { onTraffic }) });
+  return { dir, key, log, broker };
+}
+
+// Sends one request exactly as written, with no client-side checks on the target, and returns
+// the status code and body of the answer.
+function raw(socketPath: string, method: string, target: string, body = "", contentType = "application/json"): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(socketPath);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", reject);
+    socket.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
+      resolve({ status, body: text.slice(text.indexOf("\r\n\r\n") + 4) });
+    });
+    const head = [`${method} ${target} HTTP/1.1`, "Host: crew.ringfence.invalid", "Connection: close", `Content-Type: ${contentType}`, `Content-Length: ${Buffer.byteLength(body)}`, "", ""].join("\r\n");
+    socket.end(head + body);
+  });
+}
+
+const TARGETS: { target: string; method?: string; status: number }[] = [
+  { target: "//", status: 400 },
+  { target: "//[", status: 400 },
+  { target: "//%", status: 400 },
+  { target: "//a:99999", status: 400 },
+  { target: "//planner/v1/list", status: 400 },
+  { target: "*", method: "OPTIONS", status: 400 },
+  { target: "http://crew.ringfence.invalid/v1/list", status: 400 },
+  { target: "/%", status: 404 },
+  { target: "/%00", status: 404 },
+  { target: "/v1/list?%ZZ=%", status: 200 },
+  { target: "/v1/receive?wait=abc", status: 400 },
+  { target: "/v1/receive?wait=-1", status: 400 },
+  { target: "/v1/attachments/../../etc/passwd", status: 404 },
+  { target: "/v1/attachments/%2e%2e/%2e%2e/x", status: 404 },
+  { target: `/${"a".repeat(8000)}`, status: 404 },
+  { target: "/v1/send?to=%ZZ&kind=task", method: "POST", status: 404 },
+];
+
+test("broker answers hostile request targets", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  try {
+    for (const { target, method, status } of TARGETS) {
+      const answer = await raw(planner, method ?? "GET", target, "", "text/plain");
+      assert.equal(answer.status, status, `${method ?? "GET"} ${target.slice(0, 40)}: ${answer.body}`);
+    }
+    const list = await raw(planner, "GET", "/v1/list");
+    assert.equal(list.status, 200, "the broker still serves after the hostile targets");
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const rejects = readAuditRecords(dir).filter((record) => record.type === "crew.reject");
+  assert.equal(rejects.filter((record) => typeof record.reason === "string" && record.reason.includes("is not a path")).length, 7);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const BODIES: { body: string; status: number; to?: string; kind?: string }[] = [
+  { body: "{", status: 400 },
+  { body: "[]", status: 400 },
+  { body: "null", status: 400 },
+  { body: '"text"', status: 400 },
+  { body: '{"to":{"name":"coder"},"kind":"task"}', status: 400, to: "", kind: "task" },
+  { body: '{"to":"coder","kind":"Task!"}', status: 400, to: "coder", kind: "Task!" },
+  { body: '{"to":"coder","kind":"task","body":5}', status: 400, to: "coder", kind: "task" },
+  { body: '{"to":"coder","kind":"task","attachments":"x"}', status: 400, to: "coder", kind: "task" },
+  { body: '{"to":"coder","kind":"task","attachments":[null]}', status: 400, to: "coder", kind: "task" },
+  { body: '{"to":"coder","kind":"task","attachments":[{"name":"../x","data":""}]}', status: 400, to: "coder", kind: "task" },
+  { body: '{"to":"coder","kind":"task","attachments":[{"name":"a","data":"!!"}]}', status: 400, to: "coder", kind: "task" },
+  { body: `{"to":"co\\u0000der\\n${"x".repeat(100)}","kind":"task"}`, status: 400, to: `co\\u0000der\\u000a${"x".repeat(57)}`, kind: "task" },
+  { body: '{"__proto__":{"to":"coder"},"kind":"task"}', status: 400, to: "", kind: "task" },
+  { body: '{"to":"coder","kind":"task","constructor":{"prototype":{"x":1}}}', status: 200 },
+  { body: '{"to":"nobody","kind":"task"}', status: 404 },
+  { body: JSON.stringify({ to: "coder", kind: "task", body: "x".repeat(2_000_000) }), status: 413 },
+];
+
+test("broker answers hostile send bodies", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  try {
+    for (const { body, status } of BODIES) {
+      const answer = await raw(planner, "POST", "/v1/send", body);
+      assert.equal(answer.status, status, `${body.slice(0, 60)}: ${answer.body}`);
+    }
+    const sent = await raw(planner, "POST", "/v1/send", '{"to":"coder","kind":"task","body":"still here"}');
+    assert.equal(sent.status, 200, "the broker still accepts messages after the hostile bodies");
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const invalid = readAuditRecords(dir).filter((record) => record.type === "crew.reject" && record.code === "invalid-request");
+  const expected = BODIES.filter((entry) => entry.status === 400);
+  assert.equal(invalid.length, expected.length);
+  for (const [index, entry] of expected.entries()) {
+    assert.equal(invalid[index]?.to, entry.to ?? "", `to recorded for ${entry.body.slice(0, 60)}`);
+    assert.equal(invalid[index]?.kind, entry.kind ?? "", `kind recorded for ${entry.body.slice(0, 60)}`);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("broker survives its own failure", async () => {
+  let failures = 1;
+  const { dir, log, broker } = await startBroker(() => {
+    if (failures-- > 0) throw new Error("status line writer failed");
+  });
+  const planner = broker.socketPath("planner");
+  try {
+    // The failure comes after the 400 was sent, so the client sees the 400 and the broker records the error.
+    const first = await raw(planner, "GET", "//");
+    assert.equal(first.status, 400);
+    const list = await raw(planner, "GET", "/v1/list");
+    assert.equal(list.status, 200);
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  const errors = readAuditRecords(dir).filter((record) => record.type === "crew.error");
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0]?.agent, "planner");
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("request target parser accepts origin form only", () => {
+  const cases: [string | undefined, string | null][] = [
+    [undefined, null],
+    ["", null],
+    ["//", null],
+    ["//[", null],
+    ["//a:99999", null],
+    ["*", null],
+    ["http://x/v1/list", null],
+    ["/v1/list", "/v1/list"],
+    ["/v1/receive?wait=5", "/v1/receive"],
+    ["/%", "/%"],
+  ];
+  for (const [target, pathname] of cases) assert.equal(parseRequestTarget(target)?.pathname ?? null, pathname, String(target));
+});
