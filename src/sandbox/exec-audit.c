@@ -2,7 +2,7 @@
  * Records every execve and execveat in the box, from the host, through seccomp user
  * notification. One binary, two roles:
  *
- *   ringfence-exec-audit supervise -- COMMAND [ARG...]     (host side)
+ *   ringfence-exec-audit supervise PARENT_PID -- COMMAND [ARG...]   (host side)
  *   ringfence-exec-audit guard FD -- COMMAND [ARG...]      (first process in the box)
  *
  * The supervisor makes a socket pair, starts COMMAND (the shell that starts bwrap) as its child
@@ -19,6 +19,11 @@
  * turn a notification into ALLOW, because USER_NOTIF takes precedence. If the supervisor dies,
  * the kernel fails every later exec in the box with ENOSYS, and bwrap, whose parent death
  * signal is SIGKILL, ends the box.
+ *
+ * Stopping the box (SIGUSR1 from ringfence, or ringfence's death, which the parent death signal
+ * turns into SIGUSR1) kills bwrap and then leaves every exec the box still attempts unanswered,
+ * until the listener reports that no process in the box is left. So no command in the box
+ * sees an exec fail with ENOSYS and goes on to its next step while the box is being torn down.
  *
  * NOTE: a second thread of the calling process can change argv between the supervisor's read
  * and the kernel's, so the recorded argv is what the process showed when asked. The record
@@ -64,7 +69,11 @@
 #define MAX_LINE_BYTES (16 + MAX_PATH_BYTES * 6 + MAX_ARGS * (MAX_ARG_BYTES * 6 + 4) + 256)
 
 static volatile sig_atomic_t forwarded_signal = 0;
+static volatile sig_atomic_t stopping = 0;
 static pid_t child_pid = -1;
+
+/* Maximum wait, after bwrap is gone, for the box's last processes to be reaped, in milliseconds. */
+#define STOP_DRAIN_MS 10000
 
 static int install_filter(void) {
   struct sock_filter program[] = {
@@ -280,10 +289,12 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
   // caller is gone and its PID may already name another process.
   if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &request->id) == 0) {
     if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) {
-      // ringfence stopped reading: without a record the exec must not happen.
+      // ringfence stopped reading: without a record the exec must not happen, so it is held
+      // unanswered like every exec during a stop.
       fprintf(stderr, "ringfence: writing the exec audit record failed: %s; stopping the box\n", strerror(errno));
-      kill(child_pid, SIGKILL);
-      _exit(125);
+      stopping = 1;
+      if (child_pid > 0) kill(child_pid, SIGKILL);
+      return;
     }
   }
 
@@ -300,6 +311,13 @@ static void forward_signal(int signal_number) {
   if (child_pid > 0) kill(child_pid, signal_number);
 }
 
+/* Kills bwrap, whose death ends the box's PID namespace. Execs after this get no answer. */
+static void stop_box(int signal_number) {
+  (void)signal_number;
+  stopping = 1;
+  if (child_pid > 0) kill(child_pid, SIGKILL);
+}
+
 static int exit_like(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   int signal_number = WTERMSIG(status);
@@ -311,10 +329,26 @@ static int exit_like(int status) {
 }
 
 static int supervise(int argc, char **argv) {
-  if (argc < 4 || strcmp(argv[2], "--") != 0) {
-    fprintf(stderr, "ringfence-exec-audit: usage: supervise -- COMMAND [ARG...]\n");
+  if (argc < 5 || strcmp(argv[3], "--") != 0) {
+    fprintf(stderr, "ringfence-exec-audit: usage: supervise PARENT_PID -- COMMAND [ARG...]\n");
     return 125;
   }
+  char *parent_end;
+  long expected_parent = strtol(argv[2], &parent_end, 10);
+  if (*parent_end != '\0' || expected_parent <= 1) {
+    fprintf(stderr, "ringfence-exec-audit: invalid parent PID %s\n", argv[2]);
+    return 125;
+  }
+
+  // The box must not outlive ringfence: without it nothing enforces the timeout, reads the
+  // records or checks the workspace after the run. ringfence's death stops the box in order.
+  // The parent is compared with the PID ringfence passed, because it could have died before
+  // prctl, and a subreaper, not only PID 1, may have adopted this process.
+  struct sigaction stop = {0};
+  stop.sa_handler = stop_box;
+  sigaction(SIGUSR1, &stop, NULL);
+  prctl(PR_SET_PDEATHSIG, SIGUSR1);
+  if (getppid() != (pid_t)expected_parent) return 125;
   int pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     fprintf(stderr, "ringfence: creating the exec audit socket failed: %s\n", strerror(errno));
@@ -329,6 +363,7 @@ static int supervise(int argc, char **argv) {
   sigaction(SIGTERM, &forward, NULL);
   sigaction(SIGHUP, &forward, NULL);
 
+  pid_t supervisor_pid = getpid();
   child_pid = fork();
   if (child_pid < 0) {
     fprintf(stderr, "ringfence: fork failed: %s\n", strerror(errno));
@@ -337,17 +372,20 @@ static int supervise(int argc, char **argv) {
   if (child_pid == 0) {
     // The box must not outlive its supervisor: without it, no exec would be recorded.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() == 1) _exit(125);
+    if (getppid() != supervisor_pid) _exit(125);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
-    execvp(argv[3], &argv[3]);
-    fprintf(stderr, "ringfence: %s: %s\n", argv[3], strerror(errno));
+    execvp(argv[4], &argv[4]);
+    fprintf(stderr, "ringfence: %s: %s\n", argv[4], strerror(errno));
     _exit(125);
   }
   close(pair[1]);
+  // A stop that came before the fork found no child to kill.
+  if (stopping) kill(child_pid, SIGKILL);
 
   int listener = receive_fd(pair[0]);
   close(pair[0]);
@@ -376,7 +414,8 @@ static int supervise(int argc, char **argv) {
 
     if (listener >= 0 && (fds[1].revents & POLLIN)) {
       memset(request, 0, sizes.seccomp_notif);
-      if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request) == 0) handle(listener, request, response, line, scratch);
+      // During a stop a received exec gets no answer: its caller waits until the kernel kills it.
+      if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request) == 0 && !stopping) handle(listener, request, response, line, scratch);
     } else if (listener >= 0 && (fds[1].revents & (POLLHUP | POLLERR))) {
       // Every process under the filter is gone.
       close(listener);
@@ -392,12 +431,31 @@ static int supervise(int argc, char **argv) {
     kill(child_pid, SIGKILL);
     waitpid(child_pid, &status, 0);
   }
+
+  // Closing the listener would fail the held execs with ENOSYS, so after a stop it stays open
+  // until every process under the filter is gone (POLLHUP). bwrap's death ends the box's PID
+  // namespace, so this takes as long as the kernel needs to kill and reap those processes.
+  if (stopping && listener >= 0) {
+    int waited_ms = 0;
+    while (waited_ms < STOP_DRAIN_MS) {
+      struct pollfd drain = {.fd = listener, .events = POLLIN};
+      int ready = poll(&drain, 1, 100);
+      if (ready < 0 && errno != EINTR) break;
+      if (ready == 0) waited_ms += 100;
+      if (drain.revents & POLLIN) {
+        memset(request, 0, sizes.seccomp_notif);
+        ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request);
+      } else if (drain.revents & (POLLHUP | POLLERR)) {
+        break;
+      }
+    }
+  }
   return exit_like(status);
 }
 
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "guard") == 0) return guard(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "supervise") == 0) return supervise(argc, argv);
-  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise -- COMMAND...\n");
+  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise PARENT_PID -- COMMAND...\n");
   return 125;
 }

@@ -236,7 +236,7 @@ export class NamespaceBackend implements SandboxBackend {
         const prefix = ["/bin/sh", "-c", 'trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-box", ...procsFiles, "--"];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
         const boxArgv = [...prefix, "bwrap", ...bwrapArgs];
-        const argv = execHelper === null ? boxArgv : [execHelper, "supervise", "--", ...boxArgv];
+        const argv = execHelper === null ? boxArgv : [execHelper, "supervise", String(process.pid), "--", ...boxArgv];
         const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
 
         // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
@@ -381,6 +381,10 @@ function runChild(
       stdio.push("pipe");
     }
     const child = spawn(argv[0] as string, argv.slice(1), { stdio, env });
+    // The exec audit supervisor stops the box on SIGUSR1 and holds the box's execs until every
+    // process in it is gone. SIGKILL to the supervisor would fail those execs with ENOSYS, and a
+    // shell in the box would run its next builtin before bwrap's death reached it.
+    const stopSignal: NodeJS.Signals = onExec === null ? "SIGKILL" : "SIGUSR1";
     let stoppedBy: string | null = null;
     const warnings: string[] = [];
 
@@ -441,7 +445,7 @@ function runChild(
         ? null
         : setTimeout(() => {
             stoppedBy = `the run reached its timeout of ${timeoutMs} ms`;
-            child.kill("SIGKILL");
+            child.kill(stopSignal);
           }, timeoutMs);
 
     const poller =
@@ -451,14 +455,14 @@ function runChild(
             const reason = checkLimits();
             if (reason === null || stoppedBy !== null) return;
             stoppedBy = reason;
-            child.kill("SIGKILL");
+            child.kill(stopSignal);
           }, LIMIT_POLL_MS);
 
     // The caller stops the box early, for example when a credential leak must end the run.
     const onStop = () => {
       if (stoppedBy !== null) return;
       stoppedBy = String(stop?.reason ?? "ringfence stopped the box");
-      child.kill("SIGKILL");
+      child.kill(stopSignal);
     };
     stop?.addEventListener("abort", onStop);
     if (stop?.aborted === true) onStop();

@@ -1,0 +1,93 @@
+// The box's lifetime against ringfence's: a real `ringfence run` with real bubblewrap and the exec
+// audit supervisor, killed from outside or stopped by its own timeout.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir, userInfo } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { boxCommand, makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
+
+const current = userInfo();
+const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: mkdtempSync(join(tmpdir(), "ringfence-home-")) };
+
+/** Returns "PID start-time" for every live process whose ancestry includes `root`. */
+function descendants(root: number): string[] {
+  const parents = new Map<number, { parent: number; start: string }>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      // Fields after the command name, which is in parentheses and may contain spaces.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      parents.set(Number(name), { parent: Number(fields[1]), start: fields[19] as string });
+    } catch {
+      // The process ended while the list was read.
+    }
+  }
+  const found: string[] = [];
+  for (const [pid, entry] of parents) {
+    let cursor = entry.parent;
+    while (cursor > 1 && cursor !== root) cursor = parents.get(cursor)?.parent ?? 0;
+    if (cursor === root) found.push(`${pid} ${entry.start}`);
+  }
+  return found;
+}
+
+function alive(identity: string): boolean {
+  const [pid, start] = identity.split(" ");
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return fields[19] === start && fields[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Polls `condition` every 100 ms, at most 300 times; returns whether it became true. */
+async function eventually(condition: () => boolean): Promise<boolean> {
+  for (let attempt = 0; attempt < 300; attempt += 1) {
+    if (condition()) return true;
+    await sleep(100);
+  }
+  return condition();
+}
+
+test("box dies with SIGKILLed ringfence", async () => {
+  const workspace = makeWorkspace(me);
+  const tick = join(workspace, "tick");
+  // Python sleeps between appends and never execs again, so no exec can end the box by failing.
+  const loop = "import time\nwhile True:\n    open('tick', 'a').write('x')\n    time.sleep(0.02)\n";
+  const { argv, env } = boxCommand(me, [], ["python3", "-c", loop]);
+  const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  ringfence.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  const pid = ringfence.pid as number;
+
+  assert.ok(await eventually(() => existsSync(tick) && statSync(tick).size > 0), `the box never wrote ${tick}\n${stderr}`);
+  const box = descendants(pid);
+  assert.ok(box.length >= 3, `expected the supervisor, bwrap and python under ringfence, found ${box.join(", ")}`);
+
+  process.kill(pid, "SIGKILL");
+  for (const identity of box) {
+    assert.ok(await eventually(() => !alive(identity)), `process ${identity} of the box outlived ringfence`);
+  }
+  const size = statSync(tick).size;
+  await sleep(500);
+  assert.equal(statSync(tick).size, size, "the box kept writing after ringfence died");
+});
+
+test("timeout stop holds box execs", async () => {
+  const workspace = makeWorkspace(me);
+  const policy = join(mkdtempSync(join(tmpdir(), "ringfence-policy-")), "policy.yaml");
+  writeFileSync(policy, "version: 1\nresources:\n  timeout: 1s\n");
+  // Before the stop held execs, /bin/true failed with ENOSYS once the supervisor was killed,
+  // and the shell reached its builtin echo before bwrap's death reached the box.
+  const script = "while /bin/true; do :; done; echo survived";
+  const run = await runBox(me, workspace, ["--policy", policy], ["sh", "-c", script]);
+  assert.doesNotMatch(run.stdout, /survived/, show(run));
+  assert.doesNotMatch(run.stderr, /Function not implemented/, show(run));
+  assert.match(run.stderr, /timeout/, show(run));
+});
