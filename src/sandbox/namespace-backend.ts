@@ -10,6 +10,7 @@ import { boxEnvironment } from "./environment.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
+import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } from "./nested-git.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
 import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
@@ -135,8 +136,16 @@ export class NamespaceBackend implements SandboxBackend {
     // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
     // the copy would have, and shows the paths the copy would have.
     const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+    // Nested repositories get the root `.git`'s protection. The box cannot write below the
+    // hidden paths, so the scan skips them, and the runs directory with its overlay copies.
+    const scanSkip = new Set(
+      [...policy.filesystem.deny, ...request.privatePaths].filter((path) => path.startsWith(`${workspace.path}/`)).map((path) => path.slice(workspace.path.length + 1)),
+    );
+    const nestedBefore = workspace.mode === "ro" ? null : scanNestedGit(planRoot, scanSkip);
+    const nestedGlobs = nestedBefore === null ? [] : nestedGitGlobs(nestedBefore, workspace.protect);
+    const protectGlobs = [...workspace.protect, ...nestedGlobs];
     const protect: ProtectPlan =
-      workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, workspace.protect, diskView), planRoot, workspaceSource);
+      workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, protectGlobs, diskView), planRoot, workspaceSource);
     if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
 
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
@@ -204,6 +213,11 @@ export class NamespaceBackend implements SandboxBackend {
         ...limits.report.map((line) => `  ${line}`),
         ...limits.unenforced.map((line) => `  NOT ENFORCED: ${line}`),
         ...(protect.uncovered.length > 0 ? [`protected globs checked after the run only: ${protect.uncovered.join(", ")}`] : []),
+        ...(nestedBefore === null
+          ? []
+          : [
+              `nested git repositories protected like the root one: ${nestedBefore.found.size === 0 ? "none found" : [...nestedBefore.found.keys()].join(", ")}${nestedBefore.complete ? "" : ` (scan stopped after ${MAX_NESTED_GIT_ENTRIES} entries)`}`,
+            ]),
         `working directory: ${cwd}`,
         "environment:",
         ...Object.keys(env)
@@ -263,9 +277,15 @@ export class NamespaceBackend implements SandboxBackend {
           exit.warnings.push(...limitWarnings, ...execWarnings);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
-            const after = planProtection(workspaceSource, workspace.protect, diskView);
+            const after = planProtection(workspaceSource, protectGlobs, diskView);
             const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
-            const { moved, failed } = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
+            // A `.git` that appeared or was replaced below the root during the run would make host
+            // git run the box's hooks and config commands in that directory.
+            const nestedAfter = scanNestedGit(workspaceSource, scanSkip);
+            if (nestedBefore !== null) created.push(...newNestedGit(nestedBefore, nestedAfter).map((path) => join(workspaceSource, path)));
+            if (!nestedAfter.complete) exit.warnings.push(`the workspace has more than ${MAX_NESTED_GIT_ENTRIES} entries, so only part of it was checked for .git directories the box created below the root`);
+            const outermost = [...new Set(created)].filter((path, _index, all) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
+            const { moved, failed } = quarantine(outermost, workspaceSource, join(request.runDir, "quarantine"));
             exit.warnings.push(...failed);
             if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
           }

@@ -47,6 +47,12 @@ const GLOB_CHARACTERS = /[*?[\]{}()!+@]/;
  */
 const PRESENCE_CHANGES_BEHAVIOUR: ReadonlySet<string> = new Set([".git/commondir"]);
 
+/** Whether `glob` names such a path, at the root or in a nested repository (`sub/.git/commondir`). */
+function changesBehaviourWhenPresent(glob: string): boolean {
+  const lower = glob.toLowerCase();
+  return [...PRESENCE_CHANGES_BEHAVIOUR].some((path) => lower === path || lower.endsWith(`/${path}`));
+}
+
 /**
  * Plans protection for `globs` (workspace-relative, matched without regard to case) inside
  * `root`, the host directory mounted at the workspace path.
@@ -132,7 +138,7 @@ function walk(plan: ProtectPlan, view: HostView, root: string, dir: string, rema
       plan.placeholders.push({ path, kind: "parent" });
       plan.pins.push(path);
       walk(plan, view, root, path, rest, wholeDirectory, glob);
-    } else if ((wholeDirectory || dir !== root) && !PRESENCE_CHANGES_BEHAVIOUR.has(glob.toLowerCase())) {
+    } else if ((wholeDirectory || dir !== root) && !changesBehaviourWhenPresent(glob)) {
       plan.placeholders.push({ path, kind: wholeDirectory ? "dir" : "file" });
     } else {
       plan.uncovered.push(glob);
