@@ -1,12 +1,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { pino } from "pino";
 import { AuditLog } from "../audit/audit-log.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
-import { MAX_SOCKET_PATH, RunDirectory } from "../sandbox/run-dir.js";
+import { RunDirectory, socketRoot } from "../sandbox/run-dir.js";
 import type { AgentReport, AgentStart } from "./agent-host.js";
 import { CrewBroker } from "./broker.js";
 import { CREW_MEMBERS_FILE, writeCrewState, type AgentStatus, type CrewState } from "./crew-state.js";
@@ -66,9 +65,9 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
   const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
   mkdirSync(join(runDir.path, "agents"), { mode: 0o700 });
 
-  // Agent names have at most 32 characters, so this is the longest broker socket name.
-  const longestSocket = join(runDir.path, `broker-${"x".repeat(32)}.sock`);
-  const socketDir = longestSocket.length <= MAX_SOCKET_PATH ? runDir.path : mkdtempSync(join(tmpdir(), "ringfence-crew-"));
+  // The broker sockets go where every box hides them, never into the run directory: another run
+  // whose policy shows this runs root would otherwise see them.
+  const socketDir = mkdtempSync(join(socketRoot(), "crew-"));
 
   const started = new Date();
   const summary: RunSummary = { v: 1, id: runDir.id, start: started.toISOString(), end: null, durationMs: null, command: ["crew", "up", crew.file], status: null, blocked: 0, backend: "crew", workspace: dirname(crew.file), mode: "-" };
@@ -154,7 +153,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
     state.end = ended.toISOString();
     writeCrewState(options.stateDirectory, state);
     runDir.close();
-    if (socketDir !== runDir.path) rmSync(socketDir, { recursive: true, force: true });
+    rmSync(socketDir, { recursive: true, force: true });
     logger.flush();
   }
 

@@ -127,10 +127,20 @@ export function planMounts(context: MountContext): MountOp[] {
     }
   }
 
+  // A private directory is hidden where a mount shows it, and so is a mount that names a path
+  // inside one (filesystem.read of a run directory or of another run's socket directory).
   for (const path of context.privatePaths) {
-    if (!targets.some((target) => isWithin(path, target)) || view.facts(path).kind !== "dir") continue;
-    ops.push({ kind: "tmpfs", target: path, sizeBytes: null, reason: "hidden: ringfence's own run records" });
-    ops.push({ kind: "remount-ro", target: path, reason: "hidden: ringfence's own run records" });
+    const exposed = targets.some((target) => isWithin(path, target)) ? [path] : [];
+    const inside = targets.filter((target) => target !== path && isWithin(target, path));
+    for (const hidden of [...exposed, ...inside]) {
+      const kind = view.facts(hidden).kind;
+      if (kind === "dir") {
+        ops.push({ kind: "tmpfs", target: hidden, sizeBytes: null, reason: "hidden: ringfence's own run records and sockets" });
+        ops.push({ kind: "remount-ro", target: hidden, reason: "hidden: ringfence's own run records and sockets" });
+      } else if (kind === "file" || kind === "other") {
+        ops.push({ kind: "ro-bind", source: "/dev/null", target: hidden, reason: "hidden: ringfence's own run records and sockets" });
+      }
+    }
   }
 
   if (context.forwarder !== null) ops.push({ kind: "ro-bind", source: context.forwarder.source, target: context.forwarder.target, reason: "in-box forwarder to the gateway" });

@@ -6,6 +6,7 @@ import { NamespaceBackend } from "./namespace-backend.js";
 import { VmBackend } from "../vm/vm-backend.js";
 import { auditKeyDir, stateDir } from "../audit/run-record.js";
 import { cacheDir } from "./forwarder.js";
+import { socketRoot } from "./run-dir.js";
 import { resolveSymlinks } from "../policy/normalise.js";
 import { RunSession } from "./run-session.js";
 
@@ -146,13 +147,15 @@ export function enforcementOf(backend: SandboxBackend["name"]): Record<string, s
 }
 
 /**
- * ringfence's own host directories: run records, the audit key, and the forwarder cache. The
- * box must neither see nor replace them.
+ * ringfence's own host directories: run records, the audit key, the forwarder cache, and the
+ * directory of every ringfence socket. The box must neither see nor replace them.
  */
 export function ringfencePrivatePaths(runsRoot: string, env: Readonly<Record<string, string | undefined>>, home: string): string[] {
   // Both the path as configured and where it really is: XDG variables or the directories
   // themselves may be symlinks, and a check on the link alone would miss its target.
-  const paths = [runsRoot, stateDir(env, home), cacheDir(env, home), auditKeyDir(env, home)];
+  // The socket root is created here, so that it exists and is hidden before any box starts. A
+  // box that shows /tmp would see a directory created later.
+  const paths = [runsRoot, stateDir(env, home), cacheDir(env, home), auditKeyDir(env, home), socketRoot()];
   const all = [...new Set([...paths, ...paths.map(resolveSymlinks)])];
   // Hiding a directory hides what is inside it. A nested entry would need a mount point inside
   // the hidden directory, which is empty and read-only, so bwrap could not make one.
@@ -174,7 +177,7 @@ export function checkPrivatePathsOutsideWritable(policy: Policy, privatePaths: r
     if (inside !== undefined) {
       throw new SandboxError(
         "private-path-writable",
-        `the box would be able to write ${path}, which contains ringfence's own directory ${inside}; choose a narrower workspace or write path, or move ringfence's state with XDG_STATE_HOME, XDG_CACHE_HOME or audit.dir`,
+        `the box would be able to write ${path}, which contains ringfence's own directory ${inside}; choose a narrower workspace or write path, or move ringfence's state with XDG_STATE_HOME, XDG_CACHE_HOME, TMPDIR or audit.dir`,
       );
     }
   }

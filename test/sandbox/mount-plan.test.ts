@@ -189,3 +189,29 @@ describe("boxWorkingDirectory", () => {
   test("inside workspace kept", () => assert.equal(boxWorkingDirectory(policy, `${WORKSPACE}/src`), `${WORKSPACE}/src`));
   test("outside falls back", () => assert.equal(boxWorkingDirectory(policy, "/tmp"), WORKSPACE));
 });
+
+describe("private paths", () => {
+  const sockets: Record<string, string> = { ...HOST, "/tmp": "dir", "/tmp/ringfence-sockets-0": "dir", "/tmp/ringfence-sockets-0/crew-a": "dir", "/tmp/ringfence-sockets-0/crew-a/broker-coder.sock": "other" };
+  const socketView = tableView(sockets);
+  const privatePaths = ["/home/u/.local/state/ringfence/runs", "/tmp/ringfence-sockets-0"];
+
+  test("socket root hidden under /tmp", () => {
+    const policy = withPolicy((p) => ({ ...p, filesystem: { ...p.filesystem, read: [...p.filesystem.read, "/tmp"] } }));
+    const ops = planMounts(context(policy, { view: socketView, privatePaths }));
+    assert.deepEqual(find(ops, "/tmp/ringfence-sockets-0").map((op) => op.kind), ["tmpfs", "remount-ro"]);
+  });
+
+  test("read entry inside socket root hidden", () => {
+    const inside = ["/tmp/ringfence-sockets-0/crew-a", "/tmp/ringfence-sockets-0/crew-a/broker-coder.sock"];
+    const policy = withPolicy((p) => ({ ...p, filesystem: { ...p.filesystem, read: [...p.filesystem.read, ...inside] } }));
+    const ops = planMounts(context(policy, { view: socketView, privatePaths }));
+    assert.deepEqual(find(ops, inside[0] as string).map((op) => op.kind), ["ro-bind", "tmpfs", "remount-ro"]);
+    assert.deepEqual(find(ops, inside[1] as string).map((op) => [op.kind, "source" in op ? op.source : null]), [["ro-bind", inside[1]], ["ro-bind", "/dev/null"]]);
+  });
+
+  test("read entry inside runs root hidden", () => {
+    const policy = withPolicy((p) => ({ ...p, filesystem: { ...p.filesystem, read: [...p.filesystem.read, "/home/u/.local/state/ringfence/runs"] } }));
+    const ops = planMounts(context(policy, { view: socketView, privatePaths }));
+    assert.deepEqual(find(ops, "/home/u/.local/state/ringfence/runs").map((op) => op.kind), ["ro-bind", "tmpfs", "remount-ro"]);
+  });
+});

@@ -30,10 +30,12 @@ export function crewFixture(
     policy?: string;
     /** Backend per agent, for agents that should not use the policy's. */
     backend?: Record<string, string>;
+    /** Name of the state directory under the fixture, such as a long one that forces sockets out of the run directory. */
+    stateDirName?: string;
   } = {},
 ): CrewFixture {
   const dir = mkdtempSync(join(tmpdir(), "ringfence-crew-"));
-  const stateHome = join(dir, "state");
+  const stateHome = join(dir, options.stateDirName ?? "state");
   mkdirSync(stateHome);
   const env = options.env?.({ stateHome, workspace: (agent) => join(dir, agent) }) ?? {};
   const lines = ["version: 1", `name: ${name}`, ...(options.exit === undefined ? [] : [`exit: ${options.exit}`]), "agents:"];
