@@ -146,6 +146,9 @@ export class ExecChannel {
       }
       for (const frame of encodeData(this.id, FrameType.STDIN, data.subarray(offset, offset + count))) this.#client.write(frame);
       offset += count;
+      // An agent may grant window without reading the stream: wait for the stream to drain, so
+      // the host buffers at most one window per channel and not all of stdin.
+      await this.#client.whenWritable();
     }
   }
 
@@ -324,6 +327,21 @@ export class ExecClient {
 
   write(frame: Buffer): void {
     if (!this.#isClosed && this.#stream.writable) this.#stream.write(frame);
+  }
+
+  /** Resolves once the stream wants more writes (after 'drain'), or at once when it is closed. */
+  async whenWritable(): Promise<void> {
+    while (!this.#isClosed && this.#stream.writableNeedDrain) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.#stream.off("drain", done);
+          this.#stream.off("close", done);
+          resolve();
+        };
+        this.#stream.on("drain", done);
+        this.#stream.on("close", done);
+      });
+    }
   }
 
   forget(id: number): void {

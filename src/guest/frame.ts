@@ -244,7 +244,7 @@ export function decodeJsonObject(type: number, payload: Buffer): Record<string, 
 export class SendWindow {
   private available: number;
 
-  constructor(initial: number = INITIAL_WINDOW) {
+  constructor(private readonly initial: number = INITIAL_WINDOW) {
     this.available = initial;
   }
 
@@ -260,9 +260,13 @@ export class SendWindow {
     return granted;
   }
 
-  /** Adds a WINDOW increment; a total past 2^32 - 1 is a protocol error (a peer granting bytes it never received). */
+  /**
+   * Adds a WINDOW increment. A receiver grants back only bytes it was sent, so a window past its
+   * initial size is a protocol error: a peer that grants itself more could make the sender
+   * buffer without bound.
+   */
   grant(increment: number): void {
-    if (this.available + increment > 0xffff_ffff) throw new ProtocolError(`WINDOW increment ${increment} takes the window past 2^32 - 1`);
+    if (this.available + increment > this.initial) throw new ProtocolError(`WINDOW increment ${increment} takes the window to ${this.available + increment} bytes, past its size of ${this.initial}`);
     this.available += increment;
   }
 }

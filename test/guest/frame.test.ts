@@ -159,6 +159,15 @@ describe("flow control", () => {
     assert.throws(() => window.grant(1), ProtocolError);
   });
 
+  test("grant past the initial window rejected", () => {
+    const window = new SendWindow(100);
+    assert.throws(() => window.grant(1), ProtocolError);
+    window.spend(40);
+    window.grant(40);
+    assert.throws(() => window.grant(1), ProtocolError);
+    assert.equal(window.remaining, 100);
+  });
+
   test("receiver grants in batches", () => {
     const window = new ReceiveWindow(100);
     window.received(30);
