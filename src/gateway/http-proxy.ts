@@ -50,6 +50,11 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
 
   const localService = target.host.kind === "name" ? context.localServices?.get(target.host.name) : undefined;
   if (localService !== undefined) {
+    if (target.port !== LOCAL_SERVICE_PORT) {
+      const reason = `${target.display} is served by ringfence on port ${LOCAL_SERVICE_PORT} only, not on port ${target.port}`;
+      rejectRequest({ status: 403, reason, rule: null, hint: `use http://${target.display}/ without a port` }, description);
+      return;
+    }
     serveLocally(request, response, record, localService, target.display);
     return;
   }
@@ -137,6 +142,9 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
 
 /** Methods whose request may be sent a second time when a kept-alive connection turned out to be closed. */
 const RETRYABLE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/** The one port on which a reserved host name is served in-process. */
+const LOCAL_SERVICE_PORT = 80;
 
 // Hands a request for a reserved host name to its in-process handler. The event counts bytes as
 // for a dialled request and ends when the response does.

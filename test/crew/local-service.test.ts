@@ -59,3 +59,27 @@ test("local service leaves other names to the policy", async () => {
     await gateway.close();
   }
 });
+
+test("local service serves port 80 only", async () => {
+  const seen: string[] = [];
+  const services = new Map([["crew.ringfence.invalid", (incoming: import("node:http").IncomingMessage, response: import("node:http").ServerResponse) => {
+    seen.push(String(incoming.url));
+    response.end("served");
+  }]]);
+  const gateway = await startTestGateway(policyFromYaml("version: 1\n"), { localServices: services });
+  try {
+    for (const url of ["http://crew.ringfence.invalid:8080/v1/list", "http://crew.ringfence.invalid:443/v1/list"]) {
+      const answer = await proxyGet(gateway.port, url);
+      assert.equal(answer.status, 403, url);
+      assert.match(answer.body, /port 80 only/, url);
+      const event = await gateway.nextEvent((candidate) => candidate.host === "crew.ringfence.invalid");
+      assert.equal(event.decision, "deny", url);
+      assert.equal(event.port, Number(new URL(url).port), url);
+    }
+    const explicit = await proxyGet(gateway.port, "http://crew.ringfence.invalid:80/v1/list");
+    assert.equal(explicit.status, 200);
+    assert.deepEqual(seen, ["http://crew.ringfence.invalid:80/v1/list"]);
+  } finally {
+    await gateway.close();
+  }
+});
