@@ -1,9 +1,7 @@
 // Hostile requests sent as raw bytes to the crew broker's real Unix sockets: every one gets an
 // answer, none ends the broker, and each rejected request is in the crew log.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
@@ -13,13 +11,14 @@ import { readAuditRecords } from "../../src/audit/run-record.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
 import { CrewBroker, parseRequestTarget } from "../../src/crew/broker.js";
 import type { Channel } from "../../src/crew/types.js";
+import { temporaryDirectory } from "./support/temp-dir.js";
 
 const channels: Channel[] = [
   { label: "channels[0] (planner -> coder)", from: "planner", to: "coder", kinds: ["task"], maxBytes: 64, rate: { count: 1000, windowMs: 60_000 }, attachments: { maxBytes: 32, maxCount: 2 } },
 ];
 
 async function startBroker(onTraffic?: () => void) {
-  const dir = mkdtempSync(join(tmpdir(), "ringfence-broker-"));
+  const dir = temporaryDirectory("ringfence-broker-");
   const key = loadOrCreateHostKey(join(dir, "keys"));
   const log = AuditLog.create(dir, "crew-test", key);
   const broker = await CrewBroker.start({ rules: { agents: ["planner", "coder"], channels }, log, inboxDir: join(dir, "inbox"), socketDir: dir, logger: pino({ level: "silent" }), ...(onTraffic === undefined ? {} : { onTraffic }) });
@@ -80,7 +79,6 @@ test("broker answers hostile request targets", async () => {
   assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
   const rejects = readAuditRecords(dir).filter((record) => record.type === "crew.reject");
   assert.equal(rejects.filter((record) => typeof record.reason === "string" && record.reason.includes("is not a path")).length, 7);
-  rmSync(dir, { recursive: true, force: true });
 });
 
 const BODIES: { body: string; status: number; to?: string; kind?: string }[] = [
@@ -124,7 +122,6 @@ test("broker answers hostile send bodies", async () => {
     assert.equal(invalid[index]?.to, entry.to ?? "", `to recorded for ${entry.body.slice(0, 60)}`);
     assert.equal(invalid[index]?.kind, entry.kind ?? "", `kind recorded for ${entry.body.slice(0, 60)}`);
   }
-  rmSync(dir, { recursive: true, force: true });
 });
 
 test("broker survives its own failure", async () => {
@@ -146,7 +143,6 @@ test("broker survives its own failure", async () => {
   const errors = readAuditRecords(dir).filter((record) => record.type === "crew.error");
   assert.equal(errors.length, 1);
   assert.equal(errors[0]?.agent, "planner");
-  rmSync(dir, { recursive: true, force: true });
 });
 
 test("request target parser accepts origin form only", () => {

@@ -2,9 +2,8 @@
 // attachments copied on the host, and a verifiable crew log.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { request } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
@@ -14,6 +13,7 @@ import { readAuditRecords } from "../../src/audit/run-record.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
 import { CrewBroker } from "../../src/crew/broker.js";
 import type { Channel } from "../../src/crew/types.js";
+import { temporaryDirectory } from "./support/temp-dir.js";
 
 const channels: Channel[] = [
   { label: "channels[0] (planner -> coder)", from: "planner", to: "coder", kinds: ["task"], maxBytes: 64, rate: { count: 3, windowMs: 3_600_000 }, attachments: { maxBytes: 32, maxCount: 2 } },
@@ -21,7 +21,7 @@ const channels: Channel[] = [
 ];
 
 async function startBroker() {
-  const dir = mkdtempSync(join(tmpdir(), "ringfence-broker-"));
+  const dir = temporaryDirectory("ringfence-broker-");
   const key = loadOrCreateHostKey(join(dir, "keys"));
   const log = AuditLog.create(dir, "crew-test", key);
   const broker = await CrewBroker.start({ rules: { agents: ["planner", "coder", "reviewer"], channels }, log, inboxDir: join(dir, "inbox"), socketDir: dir, logger: pino({ level: "silent" }) });

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { checkCrewFile, looksLikeCrewFile } from "../../src/crew/crew-file.js";
+import { temporaryDirectory } from "./support/temp-dir.js";
 
 function crewDir(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), "ringfence-crew-file-"));
+  const dir = temporaryDirectory("ringfence-crew-file-");
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
   return dir;
 }

@@ -1,9 +1,10 @@
 // Crews of three real agents, each in its own bubblewrap box with its own gateway, started
 // through `ringfence crew up` as a separate process.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { temporaryDirectory } from "./support/temp-dir.js";
 import { crewFixture, crewState, crewUp, descendants, processRunning, ringfence, waitForState } from "./support/crew-run.js";
 
 const CREW = 'crew() { node "$RINGFENCE_CREW_CLI" "$@"; }\n';
@@ -258,4 +259,24 @@ test("crew mixes vm and namespace agents", { timeout: 300_000, skip: process.get
     .map((line) => JSON.parse(line) as { source: string; backend: string });
   assert.equal(starts.find((record) => record.source === "guest")?.backend, "vm");
   assert.equal(starts.find((record) => record.source === "host-box")?.backend, "namespace");
+});
+
+test("crew up leaves no temporary directory", { timeout: 120_000 }, async () => {
+  // A temporary directory of its own, so that other tests running beside this one do not count.
+  const scratch = temporaryDirectory("ringfence-crew-tmp-");
+  const fixture = crewFixture(
+    "tidy",
+    { one: `${CREW}crew send two note -m hello >/dev/null\n`, two: `${CREW}crew receive --wait 30 >/dev/null\n` },
+    "channels:\n  - from: one\n    to: two\n    kinds: [note]",
+  );
+  assert.deepEqual(readdirSync(scratch), []);
+
+  const result = await crewUp(fixture, { TMPDIR: scratch }).done;
+  assert.equal(result.status, 0, result.stderr);
+
+  const socketRoot = `ringfence-sockets-${process.getuid?.() ?? 0}`;
+  // tsx, which runs the CLI from source here, keeps its cache in the temporary directory too.
+  const left = readdirSync(scratch).filter((entry) => entry.startsWith("ringfence"));
+  assert.deepEqual(left, [socketRoot], `only the socket root is left: ${left.join(" ")}`);
+  assert.deepEqual(readdirSync(join(scratch, socketRoot)), [], "every socket directory is removed");
 });

@@ -4,22 +4,23 @@
 // visible gateway socket would let it use another run's gateway. A long state path used to move the sockets to /tmp.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { MAX_SOCKET_PATH, socketRoot } from "../../src/sandbox/run-dir.js";
 import { crewFixture, crewState, crewUp, waitForState } from "./support/crew-run.js";
+import { temporaryDirectory } from "./support/temp-dir.js";
 
 const LONG_STATE = `state-${"x".repeat(70)}`;
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.mjs")}`;
 
 // Waits for the go file, then prints what the box can find of the socket root and of this
-// test's broker sockets. Other tests leave stale sockets in /tmp, so only these names count.
+// test's broker sockets. Other tests leave stale sockets in /tmp, so only these names count, and
+// the socket roots of other users are closed to this one.
 const PROBE = `while [ ! -f go ]; do sleep 0.1; done
-echo "root: [$(ls -A /tmp/ringfence-sockets-* 2>&1 | tr '\\n' ' ')]"
+echo "root: [$(ls -A /tmp/ringfence-sockets-${process.getuid?.() ?? 0} 2>&1 | tr '\\n' ' ')]"
 echo "sockets: [$(find /tmp -type s \\( -name 'broker-sockprobe-*.sock' -o -path '*/ringfence-sockets-*' \\) 2>/dev/null | tr '\\n' ' ')]"
 `;
 
@@ -63,7 +64,7 @@ test("crew sockets hidden from boxes showing /tmp", { timeout: 120_000 }, async 
 });
 
 test("run gateway socket hidden from box showing /tmp", { timeout: 60_000 }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "ringfence-socket-run-"));
+  const dir = temporaryDirectory("ringfence-socket-run-");
   try {
     const stateHome = join(dir, LONG_STATE);
     const workspace = join(dir, "workspace");

@@ -1,20 +1,20 @@
 // The supervisor with agent host commands that do not follow the protocol: one that ignores
 // the stop request, and one that cannot be started at all.
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+
 import { join } from "node:path";
 import { test } from "node:test";
 import { readAuditRecords } from "../../src/audit/run-record.js";
 import { checkCrewFile } from "../../src/crew/crew-file.js";
 import { runCrew } from "../../src/crew/supervisor.js";
 import { crewFixture, descendants, processRunning } from "./support/crew-run.js";
+import { temporaryDirectory } from "./support/temp-dir.js";
 
 function loadCrew(name: string) {
   const fixture = crewFixture(name, { one: "true\n", two: "true\n", three: "true\n" }, "channels: []");
   const crew = checkCrewFile(fixture.crewFile).crew;
   assert.ok(crew !== null);
-  const root = mkdtempSync(join(tmpdir(), "ringfence-supervisor-"));
+  const root = temporaryDirectory("ringfence-supervisor-");
   return { crew, root };
 }
 

@@ -1,11 +1,11 @@
 // Runs `ringfence crew up` through the CLI source, as a separate process with its own state
 // directory, and reads what it leaves behind.
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { CrewState } from "../../../src/crew/crew-state.js";
+import { temporaryDirectory } from "./temp-dir.js";
 
 const REPO = fileURLToPath(new URL("../../..", import.meta.url));
 const MAIN = join(REPO, "src", "cli", "main.ts");
@@ -34,7 +34,7 @@ export function crewFixture(
     stateDirName?: string;
   } = {},
 ): CrewFixture {
-  const dir = mkdtempSync(join(tmpdir(), "ringfence-crew-"));
+  const dir = temporaryDirectory("ringfence-crew-");
   const stateHome = join(dir, options.stateDirName ?? "state");
   mkdirSync(stateHome);
   const env = options.env?.({ stateHome, workspace: (agent) => join(dir, agent) }) ?? {};
