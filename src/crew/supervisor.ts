@@ -67,7 +67,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
 
   // The broker sockets go where every box hides them, never into the run directory: another run
   // whose policy shows this runs root would otherwise see them.
-  const socketDir = mkdtempSync(join(socketRoot(), "crew-"));
+  const socketDir = mkdtempSync(join(socketRoot(), `crew-${runDir.id}-`));
 
   const started = new Date();
   const summary: RunSummary = { v: 1, id: runDir.id, start: started.toISOString(), end: null, durationMs: null, command: ["crew", "up", crew.file], status: null, blocked: 0, backend: "crew", workspace: dirname(crew.file), mode: "-" };

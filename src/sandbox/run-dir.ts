@@ -55,7 +55,7 @@ export class RunDirectory {
     mkdirSync(root, { recursive: true, mode: 0o700 });
     mkdirSync(this.path, { mode: 0o700 });
     this.eventsPath = join(this.path, "events.jsonl");
-    this.socketDir = mkdtempSync(join(socketRoot(), "run-"));
+    this.socketDir = mkdtempSync(join(socketRoot(), `run-${id}-`));
   }
 
   get socketPath(): string {

@@ -2,12 +2,18 @@
 // without closing the sandbox or is killed with SIGKILL.
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
+import { basename } from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { makeDirs, mountsMentioning, processTree, waitAllGone } from "./support.js";
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/unclosed-sandbox.ts", import.meta.url));
+
+// The box's bwrap command line names the run's gateway socket, whose directory carries the run id.
+function boxProcesses(runDir: string): number[] {
+  return processTree(`/run-${basename(runDir)}-`);
+}
 
 async function startChild(mode: "exit" | "wait"): Promise<{ child: ReturnType<typeof spawn>; runDir: string; exited: Promise<unknown> }> {
   const dirs = makeDirs();
@@ -23,23 +29,23 @@ async function startChild(mode: "exit" | "wait"): Promise<{ child: ReturnType<ty
 
 test("box ends when node exits", async () => {
   const { child, runDir, exited } = await startChild("exit");
-  const tree = processTree(runDir);
+  const tree = boxProcesses(runDir);
   assert.ok(tree.length >= 3, `expected bwrap, the agent and sleep, found ${tree.length} processes`);
   child.stdin?.write("exit\n");
   await exited;
   assert.equal(child.exitCode, 0);
   assert.deepEqual(await waitAllGone(tree), []);
-  assert.deepEqual(processTree(runDir), []);
+  assert.deepEqual(boxProcesses(runDir), []);
   assert.deepEqual(mountsMentioning(runDir), []);
 });
 
 test("box ends when node is killed", async () => {
   const { child, runDir, exited } = await startChild("wait");
-  const tree = processTree(runDir);
+  const tree = boxProcesses(runDir);
   assert.ok(tree.length >= 3, `expected bwrap, the agent and sleep, found ${tree.length} processes`);
   child.kill("SIGKILL");
   await exited;
   assert.deepEqual(await waitAllGone(tree), []);
-  assert.deepEqual(processTree(runDir), []);
+  assert.deepEqual(boxProcesses(runDir), []);
   assert.deepEqual(mountsMentioning(runDir), []);
 });

@@ -1,7 +1,7 @@
 // Drives the SDK on the namespace backend with real bubblewrap boxes and real processes.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, symlinkSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Sandbox, SandboxError, SandboxFileError, type SandboxEvent } from "../../src/index.js";
@@ -186,7 +186,8 @@ test("close stops the box", async () => {
   const sandbox = await createSandbox(dirs);
   const running = sandbox.spawn(["sleep", "3004"]);
   await running.pid;
-  const tree = processTree(sandbox.runDir);
+  // The box's bwrap command line names the run's gateway socket, whose directory carries the run id.
+  const tree = processTree(`/run-${basename(sandbox.runDir)}-`);
   assert.ok(tree.length >= 3, `expected bwrap, the agent and sleep under ${sandbox.runDir}, found ${tree.length} processes`);
 
   const closed = await sandbox.close();
