@@ -1,10 +1,10 @@
 // The box must not outlive the Node process that created it, whether that process exits
 // without closing the sandbox or is killed with SIGKILL.
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { basename } from "node:path";
 import { fileURLToPath } from "node:url";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { makeDirs, mountsMentioning, processTree, waitAllGone } from "./support.js";
 
@@ -15,9 +15,16 @@ function boxProcesses(runDir: string): number[] {
   return processTree(`/run-${basename(runDir)}-`);
 }
 
-async function startChild(mode: "exit" | "wait"): Promise<{ child: ReturnType<typeof spawn>; runDir: string; exited: Promise<unknown> }> {
+// A failed assertion must not leave a child (and its box) running, which would hang this file.
+const children: ChildProcess[] = [];
+after(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+});
+
+async function startChild(mode: "exit" | "wait"): Promise<{ child: ChildProcess; runDir: string; exited: Promise<unknown> }> {
   const dirs = makeDirs();
   const child = spawn(process.execPath, ["--import", "tsx", FIXTURE, mode, JSON.stringify(dirs)], { stdio: ["pipe", "pipe", "inherit"] });
+  children.push(child);
   const exited = new Promise((resolve) => child.on("exit", resolve));
   const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
   const first = await new Promise<string>((resolve, reject) => {
