@@ -82,7 +82,9 @@ async function receive(args) {
     else if (args[i] === "--save") save = args[i + 1];
     else fail(`unknown option ${args[i]}; use --wait SECONDS or --save DIR`, 2);
   }
-  const answer = await call("GET", `/v1/receive?wait=${encodeURIComponent(wait)}`);
+  // ack=1: the broker keeps the message until this process confirms it below, so a message lost
+  // on the way is delivered again on the next receive.
+  const answer = await call("GET", `/v1/receive?wait=${encodeURIComponent(wait)}&ack=1`);
   if (answer.status === 204) fail(`no message arrived within ${wait} seconds`, 3);
   const message = parsed(answer);
   if (answer.status !== 200) fail(message.message ?? `the broker returned status ${answer.status}`);
@@ -97,7 +99,9 @@ async function receive(args) {
       attachment.path = join(save, attachment.name);
     }
   }
-  process.stdout.write(`${JSON.stringify(message)}\n`);
+  await new Promise((resolve) => process.stdout.write(`${JSON.stringify(message)}\n`, resolve));
+  const acked = await call("POST", `/v1/ack?id=${encodeURIComponent(message.id)}`);
+  if (acked.status !== 200) fail(parsed(acked).message ?? `the broker returned status ${acked.status} to the ack`);
 }
 
 async function list() {

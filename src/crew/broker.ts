@@ -61,10 +61,16 @@ export interface CrewBrokerOptions {
 interface Waiter {
   response: ServerResponse;
   timer: NodeJS.Timeout;
+  /** Whether the receiver confirms each message with POST /v1/ack, so that an unconfirmed one is delivered again. */
+  ack: boolean;
 }
 
+type QueueEntry = { message: DeliveredMessage; files: string[] };
+
 interface Mailbox {
-  queue: { message: DeliveredMessage; files: string[] }[];
+  queue: QueueEntry[];
+  /** Messages handed to a receive request in ack mode and not yet confirmed, in delivery order. */
+  unacked: QueueEntry[];
   waiters: Waiter[];
   traffic: AgentTraffic;
   /** Attachment files of delivered messages, by URL path, readable by this agent alone. */
@@ -85,7 +91,7 @@ export class CrewBroker {
   private constructor(options: CrewBrokerOptions) {
     this.#options = options;
     for (const agent of options.rules.agents) {
-      this.#mailboxes.set(agent, { queue: [], waiters: [], traffic: { sent: 0, received: 0, rejected: 0, pending: 0 }, delivered: new Map() });
+      this.#mailboxes.set(agent, { queue: [], waiters: [], traffic: { sent: 0, received: 0, rejected: 0, pending: 0 }, delivered: new Map(), unacked: [] });
     }
   }
 
@@ -157,6 +163,7 @@ export class CrewBroker {
       }
       request.resume();
       if (route === "GET /v1/receive") this.#receive(agent, response, target.searchParams);
+      else if (route === "POST /v1/ack") this.#ack(agent, response, target.searchParams);
       else if (route === "GET /v1/list") reply(response, 200, this.#list(agent));
       else if (request.method === "GET" && target.pathname.startsWith("/v1/attachments/")) this.#attachment(agent, response, target.pathname);
       else reply(response, 404, { error: "not-found", message: `${route} is not part of the crew API; use POST /v1/send, GET /v1/receive, GET /v1/list` });
@@ -291,7 +298,17 @@ export class CrewBroker {
       return;
     }
     const mailbox = this.#mailboxes.get(agent) as Mailbox;
+
+    // A new receive request means the receiver is done with the earlier ones: a message it has
+    // not confirmed by then may never have reached it, so it goes back to the front of the queue.
+    if (mailbox.unacked.length > 0) {
+      const returned = mailbox.unacked.splice(0);
+      mailbox.queue.unshift(...returned);
+      mailbox.traffic.received -= returned.length;
+    }
+
     const waiter: Waiter = {
+      ack: query.get("ack") === "1",
       response,
       timer: setTimeout(() => {
         const index = mailbox.waiters.indexOf(waiter);
@@ -310,21 +327,36 @@ export class CrewBroker {
 
   // Hands queued messages to waiting receivers, oldest first. A receiver whose connection has
   // closed gets nothing, so each message is delivered once, to a live request.
-  // NOTE: a box that drops its long poll while the relay still keeps the broker side open can
-  // lose the message delivered in that moment. The crew log's crew.deliver record shows it.
+  // NOTE: without ack=1, a box that drops its long poll while the relay still keeps the broker
+  // side open can lose the message delivered in that moment. The crew.deliver record shows it.
   #deliver(agent: string): void {
     const mailbox = this.#mailboxes.get(agent) as Mailbox;
     while (mailbox.queue.length > 0 && mailbox.waiters.length > 0 && !this.#closed) {
       const waiter = mailbox.waiters.shift() as Waiter;
       clearTimeout(waiter.timer);
       if (waiter.response.destroyed || waiter.response.headersSent) continue;
-      const entry = mailbox.queue.shift() as Mailbox["queue"][number];
+      const entry = mailbox.queue.shift() as QueueEntry;
       entry.message.attachments.forEach((attachment, index) => mailbox.delivered.set(attachment.url, entry.files[index] as string));
       mailbox.traffic.received++;
-      this.#options.log.append("crew.deliver", { id: entry.message.id, from: entry.message.from, to: agent, kind: entry.message.kind });
+      if (waiter.ack) mailbox.unacked.push(entry);
+      this.#options.log.append("crew.deliver", { id: entry.message.id, from: entry.message.from, to: agent, kind: entry.message.kind, ...(waiter.ack ? { ack: true } : {}) });
       reply(waiter.response, 200, entry.message);
       this.#options.onTraffic?.();
     }
+  }
+
+  // Confirms that the receiver has a message it got in ack mode, which is then never delivered again.
+  #ack(agent: string, response: ServerResponse, query: URLSearchParams): void {
+    const mailbox = this.#mailboxes.get(agent) as Mailbox;
+    const id = query.get("id") ?? "";
+    const index = mailbox.unacked.findIndex((entry) => entry.message.id === id);
+    if (index === -1) {
+      reply(response, 404, { error: "not-found", message: `${JSON.stringify(id.slice(0, 80))} is not a message delivered to ${agent} and waiting for its ack` });
+      return;
+    }
+    mailbox.unacked.splice(index, 1);
+    this.#options.log.append("crew.ack", { id, to: agent });
+    reply(response, 200, { id });
   }
 
   #attachment(agent: string, response: ServerResponse, path: string): void {

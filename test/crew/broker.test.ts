@@ -219,3 +219,40 @@ test("broker survives a failed attachment copy", async () => {
     log.close();
   }
 });
+
+test("broker redelivers an unconfirmed message", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  const coder = broker.socketPath("coder");
+  try {
+    for (const body of ["first", "second"]) {
+      const sent = await call(planner, "POST", "/v1/send", { to: "coder", kind: "task", body });
+      assert.equal(sent.status, 200);
+    }
+
+    // The receiver gets the message but never confirms it, as when its connection dropped at hand-off.
+    const lost = await call(coder, "GET", "/v1/receive?wait=1&ack=1");
+    assert.equal(lost.json?.body, "first");
+    const again = await call(coder, "GET", "/v1/receive?wait=1&ack=1");
+    assert.equal(again.json?.id, lost.json?.id, "the unconfirmed message comes back first");
+    const acked = await call(coder, "POST", `/v1/ack?id=${String(again.json?.id)}`);
+    assert.equal(acked.status, 200);
+
+    const next = await call(coder, "GET", "/v1/receive?wait=1&ack=1");
+    assert.equal(next.json?.body, "second");
+    assert.equal((await call(coder, "POST", `/v1/ack?id=${String(next.json?.id)}`)).status, 200);
+    assert.equal((await call(coder, "GET", "/v1/receive?wait=0&ack=1")).status, 204);
+
+    const unknown = await call(coder, "POST", `/v1/ack?id=${String(next.json?.id)}`);
+    assert.equal(unknown.status, 404, "a message is confirmed once");
+    const foreign = await call(planner, "POST", `/v1/ack?id=${String(lost.json?.id)}`);
+    assert.equal(foreign.status, 404, "only the receiver confirms its messages");
+    assert.deepEqual(broker.traffic("coder"), { sent: 0, received: 2, rejected: 0, pending: 0 });
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const types = readAuditRecords(dir).map((record) => record.type);
+  assert.deepEqual(types.filter((type) => type !== "crew.message"), ["crew.deliver", "crew.deliver", "crew.ack", "crew.deliver", "crew.ack"]);
+});
