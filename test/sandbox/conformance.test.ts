@@ -203,7 +203,14 @@ for (const backend of BACKENDS) {
         // state directory in filesystem.read and must still find it empty.
         const firstWorkspace = makeWorkspace(user);
         const first = runBox(user, firstWorkspace, [], ["sh", "-c", "touch started; while [ ! -e done ]; do sleep 0.1; done"]);
-        while (!existsSync(join(firstWorkspace, "started"))) await new Promise((resolve) => setTimeout(resolve, 50));
+        // A first run that fails to start ends the wait instead of hanging the suite.
+        let firstEnded = false;
+        const markEnded = () => {
+          firstEnded = true;
+        };
+        first.then(markEnded, markEnded);
+        while (!existsSync(join(firstWorkspace, "started")) && !firstEnded) await new Promise((resolve) => setTimeout(resolve, 50));
+        if (firstEnded) assert.fail(`the first run ended before its command started: ${show(await first)}`);
 
         const stateRoot = join(user.home, ".local", "state", "ringfence");
         const policy = policyFile(user, `version: 1\nfilesystem:\n  read: [${stateRoot}]\n`);
