@@ -90,6 +90,8 @@ async function waitForSocket(path: string, daemon: ChildProcess, exited: Promise
  */
 export async function startMachine(options: MachineOptions): Promise<Machine> {
   mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+  // NOTE: these sockets are in the run directory, not under socketRoot(), so a box of a run with
+  // another state directory that shows this runs root could connect to them.
   const virtiofsSocket = join(options.dir, "fs.sock");
   const execSocket = join(options.dir, "exec.sock");
   const netSocket = join(options.dir, "net.sock");
