@@ -25,9 +25,13 @@
  * until the listener reports that no process in the box is left. So no command in the box
  * sees an exec fail with ENOSYS and goes on to its next step while the box is being torn down.
  *
- * NOTE: a second thread of the calling process can change argv between the supervisor's read
- * and the kernel's, so the recorded argv is what the process showed when asked. The record
- * still proves that an exec happened, by which PID, and when.
+ * NOTE: a second thread of the calling process can change the path and argv between the
+ * supervisor's read and the kernel's, so the record holds what the process showed when asked.
+ * To catch a swapped path, the supervisor notes the caller's current executable before letting
+ * the exec go on, and once /proc/PID/exe names another file, writes an "executed" record with
+ * the file the process now runs. That check runs before the same process's next exec is
+ * handled, and every 10 ms for up to a second; an exec that fails, or a process that exits
+ * within that time, gets no "executed" record.
  *
  * ringfence compiles this file with the host's C compiler on first use and caches the binary.
  */
@@ -48,6 +52,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -229,6 +234,87 @@ static int path_exists(pid_t pid, const char *path) {
 
 static char scratch_path[MAX_PATH_BYTES];
 
+/* An allowed exec whose result is not known yet: the caller's executable before the exec. */
+struct pending_exec {
+  pid_t tid;
+  pid_t tgid;
+  long box_pid;
+  dev_t dev;
+  ino_t ino;
+  int ticks;
+};
+#define MAX_PENDING 64
+/* Checks of a pending exec (one every PENDING_TICK_MS) before it is given up. */
+#define MAX_PENDING_TICKS 100
+#define PENDING_TICK_MS 10
+static struct pending_exec pending[MAX_PENDING];
+static int pending_count = 0;
+
+/* Returns the thread group (process) ID of thread `tid`, or 0 when it cannot be read. */
+static pid_t thread_group(pid_t tid) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/status", tid);
+  FILE *file = fopen(path, "re");
+  if (file == NULL) return 0;
+  char line[256];
+  long value = 0;
+  while (fgets(line, sizeof(line), file) != NULL) {
+    if (strncmp(line, "Tgid:", 5) == 0) {
+      value = strtol(line + 5, NULL, 10);
+      break;
+    }
+  }
+  fclose(file);
+  return (pid_t)value;
+}
+
+static void remember_exec(pid_t tid, long box_pid_value) {
+  pid_t tgid = thread_group(tid);
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/exe", tgid);
+  struct stat before;
+  if (tgid <= 0 || stat(path, &before) != 0) return;
+  // A full table drops the oldest entry, which then gets no "executed" record.
+  if (pending_count == MAX_PENDING) {
+    memmove(&pending[0], &pending[1], sizeof(pending[0]) * (MAX_PENDING - 1));
+    pending_count -= 1;
+  }
+  pending[pending_count++] = (struct pending_exec){.tid = tid, .tgid = tgid, .box_pid = box_pid_value, .dev = before.st_dev, .ino = before.st_ino, .ticks = 0};
+}
+
+/*
+ * Writes an "executed" record for each pending exec whose process now runs another file, and
+ * drops those, the ones whose process is gone, and the ones checked MAX_PENDING_TICKS times
+ * when `tick` is set. An exec that the process's next exec finds unresolved failed.
+ */
+static int resolve_pending(char *line, pid_t next_caller, int tick) {
+  int kept = 0;
+  for (int index = 0; index < pending_count; index++) {
+    struct pending_exec entry = pending[index];
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/exe", entry.tgid);
+    struct stat now;
+    int done = stat(path, &now) != 0;
+    if (!done && (now.st_dev != entry.dev || now.st_ino != entry.ino)) {
+      char target[MAX_PATH_BYTES];
+      ssize_t length = readlink(path, target, sizeof(target));
+      if (length > 0) {
+        char *out = line;
+        out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"executed\",\"exe\":\"", entry.tid, entry.box_pid);
+        out = append_escaped(out, target, (size_t)length);
+        out += sprintf(out, "\"}\n");
+        if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) return -1;
+      }
+      done = 1;
+    }
+    if (entry.tgid == next_caller || entry.tid == next_caller) done = 1;
+    if (tick && ++entry.ticks >= MAX_PENDING_TICKS) done = 1;
+    if (!done) pending[kept++] = entry;
+  }
+  pending_count = kept;
+  return 0;
+}
+
 static void handle(int listener, struct seccomp_notif *request, struct seccomp_notif_resp *response, char *line, char *scratch) {
   int is_execveat = request->data.nr == __NR_execveat;
   uint64_t path_address = is_execveat ? request->data.args[1] : request->data.args[0];
@@ -238,8 +324,17 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
   snprintf(mem_path, sizeof(mem_path), "/proc/%u/mem", request->pid);
   int mem_fd = open(mem_path, O_RDONLY | O_CLOEXEC);
 
+  // The caller's earlier exec has completed or failed by now, because it is blocked here.
+  if (resolve_pending(line, (pid_t)request->pid, 0) != 0) {
+    fprintf(stderr, "ringfence: writing the exec audit record failed: %s; stopping the box\n", strerror(errno));
+    stopping = 1;
+    if (child_pid > 0) kill(child_pid, SIGKILL);
+    return;
+  }
+  long caller_box_pid = box_pid((pid_t)request->pid);
+
   char *out = line;
-  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, box_pid((pid_t)request->pid), is_execveat ? "execveat" : "execve");
+  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, caller_box_pid, is_execveat ? "execveat" : "execve");
   if (is_execveat) out += sprintf(out, ",\"dirfd\":%d", (int)request->data.args[0]);
 
   int truncated = 0;
@@ -296,6 +391,7 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
       if (child_pid > 0) kill(child_pid, SIGKILL);
       return;
     }
+    remember_exec((pid_t)request->pid, caller_box_pid);
   }
 
   response->id = request->id;
@@ -409,8 +505,13 @@ static int supervise(int argc, char **argv) {
   int child_done = 0;
   while (!child_done) {
     struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
-    int ready = poll(fds, listener >= 0 ? 2 : 1, child_fd >= 0 ? -1 : 100);
+    int timeout_ms = pending_count > 0 ? PENDING_TICK_MS : child_fd >= 0 ? -1 : 100;
+    int ready = poll(fds, listener >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
+    if (pending_count > 0 && !stopping && resolve_pending(line, 0, ready == 0) != 0) {
+      stopping = 1;
+      kill(child_pid, SIGKILL);
+    }
 
     if (listener >= 0 && (fds[1].revents & POLLIN)) {
       memset(request, 0, sizes.seccomp_notif);

@@ -25,14 +25,21 @@ export const EXEC_AUDIT_FD = 4;
 /** Maximum record line accepted from the supervisor, far above what its own bounds allow. */
 export const MAX_EXEC_RECORD_BYTES = 1024 * 1024;
 
-/** One exec seen in the box, as the audit log stores it. */
+/**
+ * One exec seen in the box, as the audit log stores it. An `executed` record follows an allowed
+ * execve or execveat of the same hostPid once that process runs another file, and names the
+ * file: the path in the exec record is read from the caller's memory, which another of its
+ * threads can change before the kernel reads it.
+ */
 export interface ExecRecord {
   /** PID inside the box, or 0 when the supervisor could not read it. */
   pid: number;
   hostPid: number;
-  call: "execve" | "execveat";
-  /** The path as the caller passed it; null when it could not be read. */
+  call: "execve" | "execveat" | "executed";
+  /** The path as the caller passed it; null when it could not be read, and for `executed`. */
   path: string | null;
+  /** For `executed`: the file the process runs after the exec, as /proc/PID/exe names it in the box. */
+  exe?: string;
   argv: string[];
   /** Set for execveat: the directory descriptor the path is relative to. */
   dirfd?: number;
@@ -58,11 +65,12 @@ export function parseExecRecord(line: string): ExecRecord | null {
   if (typeof value !== "object" || value === null) return null;
   const raw = value as Record<string, unknown>;
   if (typeof raw.hostPid !== "number" || typeof raw.pid !== "number") return null;
-  if (raw.call !== "execve" && raw.call !== "execveat") return null;
+  if (raw.call !== "execve" && raw.call !== "execveat" && raw.call !== "executed") return null;
   const argv = Array.isArray(raw.argv) ? raw.argv.filter((entry): entry is string => typeof entry === "string") : [];
 
   const record: ExecRecord = { pid: raw.pid, hostPid: raw.hostPid, call: raw.call, path: typeof raw.path === "string" ? raw.path : null, argv };
   if (typeof raw.dirfd === "number") record.dirfd = raw.dirfd;
+  if (typeof raw.exe === "string") record.exe = raw.exe;
   if (raw.missing === true) record.missing = true;
   if (raw.truncated === true) record.truncated = true;
   if (raw.unreadable === true) record.unreadable = true;

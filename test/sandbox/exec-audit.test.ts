@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir, userInfo } from "node:os";
+import { join } from "node:path";
 import { parseExecRecord } from "../../src/sandbox/exec-audit.js";
+import { makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
 
 describe("parseExecRecord", () => {
   test("full execve record", () => {
@@ -23,6 +27,11 @@ describe("parseExecRecord", () => {
     assert.equal(record?.unreadable, true);
   });
 
+  test("executed record", () => {
+    const record = parseExecRecord('{"hostPid":9,"pid":3,"call":"executed","exe":"/usr/bin/sleep"}');
+    assert.deepEqual(record, { pid: 3, hostPid: 9, call: "executed", path: null, argv: [], exe: "/usr/bin/sleep" });
+  });
+
   const invalid: [string, string][] = [
     ["not JSON", "{hostPid"],
     ["not an object", "[1,2]"],
@@ -36,5 +45,70 @@ describe("parseExecRecord", () => {
 
   test("non-string arguments dropped", () => {
     assert.deepEqual(parseExecRecord('{"hostPid":1,"pid":1,"call":"execve","argv":["a",2,"b"]}')?.argv, ["a", "b"]);
+  });
+});
+
+describe("executed records with real runs", () => {
+  const current = userInfo();
+  const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: mkdtempSync(join(tmpdir(), "ringfence-home-")) };
+
+  function execRecords(stderr: string): { call: string; path?: string; exe?: string; hostPid: number }[] {
+    const runDir = /events in (.*)\/audit\.jsonl/.exec(stderr)?.[1] as string;
+    return readFileSync(join(runDir, "audit.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line))
+      .filter((record) => record.type === "exec");
+  }
+
+  test("executed names the file run", async () => {
+    // The path names a symlink, so only the executed record says which file the kernel ran.
+    // sleep outlives the supervisor's first check, which a process exiting at once may not.
+    const workspace = makeWorkspace(me);
+    const run = await runBox(me, workspace, [], ["sh", "-c", "ln -s /usr/bin/sleep innocent && ./innocent 0.3"]);
+    assert.equal(run.status, 0, show(run));
+    const records = execRecords(run.stderr);
+    const call = records.find((record) => record.call === "execve" && record.path === "./innocent");
+    assert.ok(call !== undefined, JSON.stringify(records));
+    const executed = records.find((record) => record.call === "executed" && record.hostPid === call.hostPid);
+    assert.equal(executed?.exe, "/usr/bin/sleep", JSON.stringify(records));
+  });
+
+  test("swapped path caught by executed", async () => {
+    // A second thread rewrites the path while the first calls execve, as an attacker would.
+    const source = [
+      "#include <pthread.h>",
+      "#include <string.h>",
+      "#include <unistd.h>",
+      'static char path[64] = "/usr/bin/sleep";',
+      "static void *swap(void *unused) {",
+      "  (void)unused;",
+      '  for (;;) { memcpy(path, "./evil\\0\\0\\0\\0\\0\\0\\0\\0", 15); memcpy(path, "/usr/bin/sleep", 15); }',
+      "  return 0;",
+      "}",
+      "int main(void) {",
+      "  pthread_t thread;",
+      "  pthread_create(&thread, 0, swap, 0);",
+      '  char *argv[] = {"sleep", "0.2", 0};',
+      "  for (;;) execv(path, argv);",
+      "}",
+    ].join("\n");
+    const evil = "#include <unistd.h>\nint main(void) { usleep(200000); return 0; }\n";
+    const workspace = makeWorkspace(me, { "swap.c": source, "evil.c": evil });
+    const script = "cc -o evil evil.c && cc -pthread -o swap swap.c && for i in 1 2 3 4 5 6 7 8 9 10; do ./swap; done";
+    const run = await runBox(me, workspace, [], ["sh", "-c", script]);
+    assert.equal(run.status, 0, show(run));
+    const records = execRecords(run.stderr);
+    const swapPids = new Set(records.filter((record) => record.call === "execve" && record.path === "./swap").map((record) => record.hostPid));
+    assert.equal(swapPids.size, 10, JSON.stringify(records));
+
+    // Each swap process ends in one successful exec, of sleep or of evil, whatever its
+    // execve records showed; the executed record names the file that ran.
+    for (const pid of swapPids) {
+      const executed = records.filter((record) => record.call === "executed" && record.hostPid === pid).map((record) => record.exe);
+      assert.equal(executed.length >= 2, true, `process ${pid}: ${JSON.stringify(executed)}`);
+      const last = executed[executed.length - 1] as string;
+      assert.ok(last === "/usr/bin/sleep" || last === `${workspace}/evil`, `process ${pid} ran ${last}`);
+    }
   });
 });
