@@ -30,8 +30,8 @@
  * To catch a swapped path, the supervisor notes the caller's current executable before letting
  * the exec go on, and once /proc/PID/exe names another file, writes an "executed" record with
  * the file the process now runs. That check runs before the same process's next exec is
- * handled, and every 10 ms for up to a second; an exec that fails, or a process that exits
- * within that time, gets no "executed" record.
+ * handled, every millisecond for the first 10 ms, then every 10 ms for up to a second. An exec
+ * that fails, or a process that exits before a check, gets no "executed" record.
  *
  * ringfence compiles this file with the host's C compiler on first use and caches the binary.
  */
@@ -244,8 +244,13 @@ struct pending_exec {
   int ticks;
 };
 #define MAX_PENDING 64
-/* Checks of a pending exec (one every PENDING_TICK_MS) before it is given up. */
+/*
+ * Checks of a pending exec before it is given up: the first FAST_TICKS 1 ms apart, because most
+ * execs complete within a millisecond and a short-lived program may exit soon after, the rest
+ * PENDING_TICK_MS apart, about a second in all.
+ */
 #define MAX_PENDING_TICKS 100
+#define FAST_TICKS 10
 #define PENDING_TICK_MS 10
 static struct pending_exec pending[MAX_PENDING];
 static int pending_count = 0;
@@ -505,7 +510,8 @@ static int supervise(int argc, char **argv) {
   int child_done = 0;
   while (!child_done) {
     struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
-    int timeout_ms = pending_count > 0 ? PENDING_TICK_MS : child_fd >= 0 ? -1 : 100;
+    int timeout_ms = child_fd >= 0 ? -1 : 100;
+    if (pending_count > 0) timeout_ms = pending[pending_count - 1].ticks < FAST_TICKS ? 1 : PENDING_TICK_MS;
     int ready = poll(fds, listener >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
     if (pending_count > 0 && !stopping && resolve_pending(line, 0, ready == 0) != 0) {
