@@ -1,3 +1,4 @@
+import { reservedPaths } from "../sandbox/placeholder-record.js";
 import { applyOverlay } from "../workspace/apply.js";
 import { diffManifests } from "../workspace/changes.js";
 import { buildManifest } from "../workspace/manifest.js";
@@ -53,6 +54,7 @@ export function applyCommand(reference: string, options: { root?: string; includ
     baseline: target.record.baseline,
     protect: target.record.review.protect,
     includeProtected: options.includeProtected ?? [],
+    reserved: reservedPaths(target.run.dir),
     dryRun: options.dryRun === true,
   });
 

@@ -10,6 +10,7 @@ import { boxEnvironment } from "./environment.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
+import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
 import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } from "./nested-git.js";
 import { describeLimitEvents, planLimits } from "./limits.js";
 import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
@@ -136,6 +137,9 @@ export class NamespaceBackend implements SandboxBackend {
     // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
     // the copy would have, and shows the paths the copy would have.
     const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+    // A run killed with SIGKILL could not remove its placeholders. They go before this run's
+    // plan is made, because the plan would otherwise protect them as existing paths.
+    const staleWarnings = request.dryRun === true || workspace.mode === "ro" ? [] : removeStalePlaceholders(dirname(request.runDir));
     // Nested repositories get the root `.git`'s protection. The box cannot write below the
     // hidden paths, so the scan skips them, and the runs directory with its overlay copies.
     const scanSkip = new Set(
@@ -199,6 +203,7 @@ export class NamespaceBackend implements SandboxBackend {
       cleaned = true;
       await cgroups?.remove();
       removePlaceholders(protect);
+      markPlaceholdersRemoved(request.runDir);
     };
 
     return {
@@ -236,6 +241,8 @@ export class NamespaceBackend implements SandboxBackend {
           throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
         }
         const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
+        // Recorded before they exist, so a later run can remove them if this one is killed.
+        writePlaceholderRecord(request.runDir, workspaceSource, protect);
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);
@@ -274,7 +281,7 @@ export class NamespaceBackend implements SandboxBackend {
                 };
           const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
           const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop, execLines, agent);
-          exit.warnings.push(...limitWarnings, ...execWarnings);
+          exit.warnings.push(...staleWarnings, ...limitWarnings, ...execWarnings);
           const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, protectGlobs, diskView);

@@ -42,6 +42,11 @@ export interface ApplyOptions {
   protect: readonly string[];
   /** Protected workspace-relative paths the user names to apply anyway. */
   includeProtected?: readonly string[];
+  /**
+   * Workspace-relative placeholders the run created before the box started. An empty one that
+   * is still in the copy (the run was killed before removing it) is not a change of the box.
+   */
+  reserved?: readonly string[];
   /** Report what would happen without writing. */
   dryRun?: boolean;
 }
@@ -64,7 +69,7 @@ export interface ApplyOutcome {
  */
 export function applyOverlay(options: ApplyOptions): ApplyOutcome[] {
   const after = buildManifest(options.overlayRoot);
-  const changes = diffManifests(options.baseline, after);
+  const changes = diffManifests(options.baseline, after).filter((change) => !isLeftoverPlaceholder(change, options.reserved ?? [], after));
   const protectedBy = compileProtect(options.protect);
   const include = new Set(options.includeProtected ?? []);
   const outcomes = new Map<string, ApplyOutcome>();
@@ -161,6 +166,17 @@ function hostEntry(path: string): ManifestEntry | null {
     if ((cause as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw cause;
   }
+}
+
+/** Whether `change` adds a placeholder that contains nothing but other empty placeholders. */
+function isLeftoverPlaceholder(change: WorkspaceChange, reserved: readonly string[], after: Manifest): boolean {
+  if (change.kind !== "added" || !reserved.includes(change.path)) return false;
+  const empty = (path: string) => {
+    const entry = after[path];
+    return entry?.type === "dir" || (entry?.type === "file" && entry.size === 0);
+  };
+  const below = Object.keys(after).filter((path) => path.startsWith(`${change.path}/`));
+  return empty(change.path) && below.every((path) => reserved.includes(path) && empty(path));
 }
 
 function refusal(change: WorkspaceChange, workspace: string, after: Manifest, protectedBy: (path: string) => string | null, include: ReadonlySet<string>, blocked: ReadonlySet<string>): string | null {

@@ -77,6 +77,14 @@ test("box dies with SIGKILLed ringfence", async () => {
   const size = statSync(tick).size;
   await sleep(500);
   assert.equal(statSync(tick).size, size, "the box kept writing after ringfence died");
+
+  // The killed run could not remove its placeholders; the next run does.
+  assert.equal(existsSync(join(workspace, ".github", "workflows")), true, "no placeholder was left to test the clean-up with");
+  const next = await runBox(me, workspace, [], ["true"]);
+  assert.equal(next.status, 0, show(next));
+  assert.match(next.stderr, /ended without removing its placeholders/, show(next));
+  assert.equal(existsSync(join(workspace, ".github")), false, show(next));
+  assert.equal(existsSync(join(workspace, ".vscode")), false, show(next));
 });
 
 test("timeout stop holds box execs", async () => {

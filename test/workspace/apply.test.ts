@@ -32,7 +32,7 @@ function fixture(): Fixture {
   return { workspace, overlay, baseline: buildManifest(overlay), outside };
 }
 
-function apply(f: Fixture, extra: { includeProtected?: string[]; dryRun?: boolean } = {}): Map<string, ApplyOutcome> {
+function apply(f: Fixture, extra: { includeProtected?: string[]; dryRun?: boolean; reserved?: string[] } = {}): Map<string, ApplyOutcome> {
   const outcomes = applyOverlay({ workspace: f.workspace, overlayRoot: f.overlay, baseline: f.baseline, protect: DEFAULT_PROTECT, ...extra });
   return new Map(outcomes.map((outcome) => [outcome.path, outcome]));
 }
@@ -168,3 +168,21 @@ for (const [note, setup, path] of NESTED_GIT_CASES) {
     assert.equal(existsSync(join(f.workspace, path)), false);
   });
 }
+
+test("apply ignores leftover empty placeholders", () => {
+  // A run killed with SIGKILL leaves the placeholders it reserved in the copy.
+  const f = fixture();
+  mkdirSync(join(f.overlay, ".github", "workflows"), { recursive: true });
+  mkdirSync(join(f.overlay, ".vscode"));
+  writeFileSync(join(f.overlay, ".vscode", "settings.json"), "{}\n");
+  writeFileSync(join(f.overlay, "src", "b.ts"), "export const b = 2;\n");
+
+  const outcomes = apply(f, { reserved: [".github", ".github/workflows", ".vscode"] });
+  assert.equal(outcomes.has(".github"), false);
+  assert.equal(outcomes.has(".github/workflows"), false);
+  assert.equal(existsSync(join(f.workspace, ".github")), false);
+  assert.equal(outcomes.get("src/b.ts")?.result, "applied");
+  // A reserved directory the box filled is a change like any other.
+  assert.equal(outcomes.has(".vscode"), true);
+  assert.equal(outcomes.get(".vscode/settings.json")?.result, "refused");
+});

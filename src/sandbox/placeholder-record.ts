@@ -1,0 +1,103 @@
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ProtectPlan } from "./protect-plan.js";
+
+/**
+ * The run directory's list of placeholders (empty protected directories and files) that the run
+ * creates in the workspace before the box starts. A run that ends normally removes them. A run
+ * killed with SIGKILL cannot, so the next run removes the ones still empty, and `apply` ignores
+ * them in an overlay copy.
+ */
+export const PLACEHOLDER_RECORD_FILE = "placeholders.json";
+
+interface PlaceholderRecord {
+  v: 1;
+  /** PID and start time (clock ticks after boot) of the ringfence process that made them. */
+  pid: number;
+  start: string | null;
+  /** Directory the paths are relative to: the workspace, or the overlay copy. */
+  root: string;
+  paths: { path: string; kind: "dir" | "file" | "parent" }[];
+  /** Set once the placeholders were removed. */
+  removed: boolean;
+}
+
+/** Returns the start time field of a process from /proc, or null when it is not running. */
+function processStart(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Writes the record for `protect`'s placeholders, before they are created. */
+export function writePlaceholderRecord(runDir: string, root: string, protect: ProtectPlan): void {
+  const paths = protect.placeholders.map((entry) => ({ path: entry.path.slice(root.length + 1), kind: entry.kind }));
+  const record: PlaceholderRecord = { v: 1, pid: process.pid, start: processStart(process.pid), root, paths, removed: false };
+  writeFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), JSON.stringify(record), { mode: 0o600 });
+}
+
+function readRecord(runDir: string): PlaceholderRecord | null {
+  try {
+    const value = JSON.parse(readFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), "utf8")) as PlaceholderRecord;
+    return value.v === 1 && Array.isArray(value.paths) && typeof value.root === "string" ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Marks the run's placeholders as removed, so no later run touches them. */
+export function markPlaceholdersRemoved(runDir: string): void {
+  const record = readRecord(runDir);
+  if (record === null) return;
+  writeFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), JSON.stringify({ ...record, removed: true }), { mode: 0o600 });
+}
+
+/** Returns the workspace-relative paths of the placeholders a run created. */
+export function reservedPaths(runDir: string): string[] {
+  return readRecord(runDir)?.paths.map((entry) => entry.path) ?? [];
+}
+
+/**
+ * Removes the placeholders that runs under `runsRoot` left behind when their ringfence process
+ * died, as far as they are still empty, and returns one message per run cleaned up.
+ */
+export function removeStalePlaceholders(runsRoot: string): string[] {
+  const messages: string[] = [];
+  let runs: string[];
+  try {
+    runs = readdirSync(runsRoot);
+  } catch {
+    return messages;
+  }
+  for (const run of runs) {
+    const runDir = join(runsRoot, run);
+    if (!existsSync(join(runDir, PLACEHOLDER_RECORD_FILE))) continue;
+    const record = readRecord(runDir);
+    if (record === null || record.removed) continue;
+    const start = processStart(record.pid);
+    if (start !== null && start === record.start) continue;
+
+    const left: string[] = [];
+    // Deepest first, so a parent made for the run is empty by the time its turn comes.
+    for (const entry of [...record.paths].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) {
+      const path = join(record.root, entry.path);
+      try {
+        if (entry.kind === "file") {
+          if (statSync(path).size === 0) rmSync(path);
+          else left.push(entry.path);
+        } else if (readdirSync(path).length === 0) rmdirSync(path);
+        else left.push(entry.path);
+      } catch {
+        // Already gone.
+      }
+    }
+    markPlaceholdersRemoved(runDir);
+    messages.push(
+      `run ${run} ended without removing its placeholders in ${record.root}; removed the empty ones${left.length > 0 ? `, and left these, which are no longer empty: ${left.join(", ")}` : ""}`,
+    );
+  }
+  return messages;
+}
