@@ -5,6 +5,7 @@
 # tmpfs, with the workspace mounted inside where it lives there), starts the net mux and the exec agent on
 # their virtio-serial ports, and powers the VM off when the exec agent exits.
 # Kernel command line: rf.tmp=BYTES (size of /dev/shm) rf.mode=run|floor
+#   rf.pids=N (the most processes the exec agent and the commands may have at once)
 
 /bin/busybox mkdir -p /proc /sys /dev /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
@@ -21,10 +22,12 @@ mount -t devtmpfs devtmpfs /dev
 
 tmp=
 mode=run
+pids=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     rf.tmp=*) tmp=${word#rf.tmp=} ;;
     rf.mode=*) mode=${word#rf.mode=} ;;
+    rf.pids=*) pids=${word#rf.pids=} ;;
   esac
 done
 
@@ -78,5 +81,20 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 hostname ringfence
 
 /bin/net-mux --path "$net_port" --port 3128 &
-chroot /sysroot /run/ringfence/exec-agent --path "$exec_port"
+
+# The process limit: the exec agent and everything it starts share one cgroup, whose pids.max
+# is the limit plus one for the agent. The cgroup file system is mounted only here, outside /sysroot, so the
+# command does not see it; guest root could still mount it and raise the limit.
+if [ -n "$pids" ]; then
+  mkdir -p /cgroup
+  mount -t cgroup2 cgroup2 /cgroup || fail "mounting cgroup2 for the process limit failed"
+  echo +pids > /cgroup/cgroup.subtree_control || fail "enabling the pids controller failed"
+  mkdir /cgroup/box || fail "creating the command cgroup failed"
+  echo $((pids + 1)) > /cgroup/box/pids.max || fail "setting pids.max to $((pids + 1)) failed"
+  # A child shell moves itself into the cgroup and becomes the exec agent; init stays outside.
+  sh -c 'echo $$ > /cgroup/box/cgroup.procs || exit 125; exec chroot /sysroot /run/ringfence/exec-agent --path "$1"' sh "$exec_port"
+  [ $? -eq 125 ] && fail "moving the exec agent into the command cgroup failed"
+else
+  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port"
+fi
 reboot -f

@@ -1,6 +1,6 @@
 import { constants } from "node:os";
 import { finished } from "node:stream/promises";
-import { ExecClient, ExecFailedError, type ExecExit } from "../guest/exec-client.js";
+import { ExecClient, ExecFailedError, FileFrameType, type ExecExit } from "../guest/exec-client.js";
 import type { Machine } from "./machine.js";
 import { NetHost } from "./net-host.js";
 
@@ -20,7 +20,30 @@ export interface GuestCommand {
   env: Record<string, string>;
   cwd: string;
   timeoutMs: number | null;
+  /** The process limit the guest init was given (rf.pids), or null for none. */
+  processLimit?: number | null;
   stop?: AbortSignal;
+}
+
+/** The cgroup the guest init starts the exec agent in when a process limit is set. */
+const LIMIT_CGROUP = "0::/box";
+
+/**
+ * Checks that the exec agent runs in the guest init's limit cgroup. An initramfs prepared
+ * before the process limit existed ignores rf.pids, and the run must not go on without it.
+ */
+async function checkProcessLimit(client: ExecClient, limit: number): Promise<CommandEnd | null> {
+  const channel = client.fileOperation(FileFrameType.FILE_READ, { path: "/proc/self/cgroup" });
+  const chunks: Buffer[] = [];
+  channel.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+  try {
+    await channel.exit;
+  } catch (error) {
+    return { kind: "lost", message: `reading the exec agent's cgroup to check the process limit failed: ${(error as Error).message}` };
+  }
+  const cgroup = Buffer.concat(chunks).toString("utf8").trim();
+  if (cgroup === LIMIT_CGROUP) return null;
+  return { kind: "lost", message: `the guest did not apply the process limit of ${limit} (the exec agent's cgroup is ${JSON.stringify(cgroup)}); the prepared initramfs is older than this ringfence, so run: ringfence vm prepare` };
 }
 
 export interface GuestExit {
@@ -87,7 +110,9 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
       () => null,
       (error: Error): CommandEnd => ({ kind: "lost", message: error.message }),
     );
-    const early = await Promise.race([ready, lost, helloTimeout]);
+    let early = await Promise.race([ready, lost, helloTimeout]);
+    const limit = command.processLimit ?? null;
+    if (early === null && limit !== null) early = await Promise.race([checkProcessLimit(client, limit), lost]);
 
     if (early !== null) {
       end = early;

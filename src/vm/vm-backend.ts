@@ -60,14 +60,9 @@ export class VmBackend implements SandboxBackend {
     if (whole !== undefined) {
       throw new SandboxError("whole-host", "the policy shows / (as the workspace or in filesystem.read or filesystem.write), which would give the box the whole host; name the directories the command needs instead");
     }
-    // NOTE: the guest runs the command as its root, which RLIMIT_NPROC does not bind, and the
-    // guest has no cgroup set-up yet, so a policy's process limit stops the run. The built-in
-    // default's limit becomes a warning, as on a namespace host without cgroups.
-    const builtInDefault = policy.files.length === 0;
-    const warnings = builtInDefault && policy.resources.processes !== null ? [`the built-in default limit of ${policy.resources.processes} processes is not enforced by the vm backend`] : [];
-    if (policy.resources.processes !== null && !builtInDefault) {
-      throw new SandboxError("limits", `the vm backend cannot enforce resources.processes (${policy.resources.processes}) yet; remove it from the policy, or use backend: namespace`);
-    }
+    // The guest runs the command as its root, which RLIMIT_NPROC does not bind, so the guest
+    // init puts the exec agent in a cgroup with pids.max from resources.processes.
+    const warnings: string[] = [];
 
     const image = findGuestImage(vmDirectories(request.hostEnv, request.home)) ?? findGuestImage(vmDirectories());
     if (image === null) throw new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare");
@@ -108,7 +103,7 @@ export class VmBackend implements SandboxBackend {
       describe: () => [
         `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested}`,
         "guest: no network device; loopback only; the net mux on 127.0.0.1:3128 carries connections to the gateway over a virtio-serial port",
-        `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
+        `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.processes === null ? "" : `, ${policy.resources.processes} processes (pids.max in the guest)`}${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
         `working directory: ${cwd}`,
         "environment:",
         ...Object.keys(env)
@@ -138,6 +133,7 @@ export class VmBackend implements SandboxBackend {
 
           const guest: Record<string, string> = {};
           if (policy.resources.tmpBytes !== null) guest.tmp = String(policy.resources.tmpBytes);
+          if (policy.resources.processes !== null) guest.pids = String(policy.resources.processes);
           const machine = await startMachine({
             dir: join(request.runDir, "vm"),
             mounts,
@@ -146,7 +142,7 @@ export class VmBackend implements SandboxBackend {
             throw new SandboxError("vm-start", `starting the micro-VM failed: ${cause.message}`);
           });
 
-          const exit = await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, stop });
+          const exit = await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit: policy.resources.processes, stop });
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
             throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${console === "" ? "" : `; guest console:\n  ${console}`}`);

@@ -17,13 +17,10 @@ const BACKENDS = [TEST_BACKEND] as const;
 
 /**
  * Cases that test one backend's own mechanism, with the reason another backend skips them. The
- * vm backend runs the command as the guest's root behind its own kernel, and it rejects
- * resources.processes rather than leave it unenforced.
+ * vm backend runs the command as the guest's root behind its own kernel.
  */
 const NAMESPACE_ONLY: Readonly<Record<string, string>> = {
   "seccomp and privileges": "the guest kernel is the boundary; there is no host seccomp filter or capability set to check",
-  "process limit holds": "the vm backend rejects resources.processes",
-  "fork bomb contained": "the vm backend rejects resources.processes",
   "fork bomb under default policy": "the vm backend does not enforce the default process limit; a bomb stays inside the guest's vCPUs and memory",
   "Node forwarder carries traffic": "the vm backend has no in-box forwarder; the net mux carries connections",
   "every exec recorded in order": "the vm backend does not record execs in the guest yet",
