@@ -80,7 +80,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   const runDir = session.runDir.path;
 
   try {
-    const box = await session.backend.prepare(session.boxRequest(options.command, options.cwd ?? process.cwd()));
+    const box = await session.backend.prepare(session.boxRequest(options.command, options.cwd ?? process.cwd(), options.vmAccel === undefined ? {} : { vmAccel: options.vmAccel }));
 
     if (options.dryRun === true) {
       await box.cleanup();
