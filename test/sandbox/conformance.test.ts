@@ -21,7 +21,7 @@ const BACKENDS = [TEST_BACKEND] as const;
  */
 const NAMESPACE_ONLY: Readonly<Record<string, string>> = {
   "seccomp and privileges": "the guest kernel is the boundary; there is no host seccomp filter or capability set to check",
-  "fork bomb under default policy": "the vm backend does not enforce the default process limit; a bomb stays inside the guest's vCPUs and memory",
+  "fork bomb under default policy": "the vm backend holds a bomb at the default process limit but does not detect it and end the run, so the run lasts until its timeout",
   "Node forwarder carries traffic": "the vm backend has no in-box forwarder; the net mux carries connections",
   "every exec recorded in order": "the vm backend does not record execs in the guest yet",
   "second exec listener rejected": "the vm backend does not record execs in the guest yet",
