@@ -280,3 +280,20 @@ test("crew up leaves no temporary directory", { timeout: 120_000 }, async () => 
   assert.deepEqual(left, [socketRoot], `only the socket root is left: ${left.join(" ")}`);
   assert.deepEqual(readdirSync(join(scratch, socketRoot)), [], "every socket directory is removed");
 });
+
+test("crew up survives hostile request targets", { timeout: 120_000 }, async () => {
+  const probe = `${CREW}for target in // //[ //% //a:99999; do
+  echo "$target $(curl -g -s -o /dev/null -w '%{http_code}' -x "$http_proxy" --path-as-is "http://crew.ringfence.invalid$target")"
+done
+echo "port $(curl -s -o /dev/null -w '%{http_code}' -x "$http_proxy" http://crew.ringfence.invalid:8080/v1/list)"
+crew list >/dev/null && echo "still serving"
+`;
+  const fixture = crewFixture("hostile", { prober: probe, peer: "true\n" }, "channels:\n  - from: prober\n    to: peer\n    kinds: [note]");
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 0, result.stderr);
+  const prober = crewState(fixture, "hostile")?.agents.find((agent) => agent.name === "prober");
+  const output = readFileSync(prober?.log as string, "utf8");
+  for (const target of ["//", "//[", "//%", "//a:99999"]) assert.ok(output.includes(`${target} 400`), `${target} gets 400: ${output}`);
+  assert.match(output, /^port 403$/m);
+  assert.match(output, /^still serving$/m);
+});
