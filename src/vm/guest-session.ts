@@ -72,7 +72,10 @@ type CommandEnd = { kind: "exit"; exit: ExecExit } | { kind: "failed"; errno: nu
  */
 export async function runGuestCommand(command: GuestCommand): Promise<GuestExit> {
   const { machine } = command;
-  const net = new NetHost(machine.net, command.gatewaySocket, (message) => process.stderr.write(`ringfence: ${message}\n`));
+  // Closures of the net port or its channels become warnings, which the run prints and records
+  // in the audit log's run.end.
+  const netWarnings: string[] = [];
+  const net = new NetHost(machine.net, command.gatewaySocket, (message) => netWarnings.push(message));
   const client = new ExecClient(machine.exec);
 
   let stoppedBy: string | null = null;
@@ -159,11 +162,11 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     net.close();
   }
 
-  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: [] };
-  if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: [] };
+  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: netWarnings };
+  if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: netWarnings };
   if (end.kind === "failed") {
     process.stderr.write(`ringfence: ${command.argv[0]}: ${end.message}\n`);
-    return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: [] };
+    return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: netWarnings };
   }
-  return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: [] };
+  return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: netWarnings };
 }

@@ -145,7 +145,8 @@ export class VmBackend implements SandboxBackend {
           const exit = await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit: policy.resources.processes, stop });
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
-            throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${console === "" ? "" : `; guest console:\n  ${console}`}`);
+            const net = exit.warnings.length === 0 ? "" : `; ${exit.warnings.join("; ")}`;
+            throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${net}${console === "" ? "" : `; guest console:\n  ${console}`}`);
           }
 
           if (workspace.mode !== "ro") {
