@@ -31,7 +31,7 @@ export const FileFrameType = {
   FILE_MKDIR: 0x45,
 } as const;
 
-/** What OPEN asks the agent to start. */
+/** The command an OPEN frame requests the agent to start. */
 export interface ExecRequest {
   argv: readonly string[];
   /** The command's complete environment. */
@@ -42,7 +42,7 @@ export interface ExecRequest {
   tty: { rows: number; cols: number } | null;
 }
 
-/** How a channel ended: an exit code, or the number of the signal that ended the process. */
+/** The end of a channel's command: its exit code, or the number of the signal that ended it. */
 export interface ExecExit {
   code: number | null;
   signal: number | null;
@@ -271,7 +271,7 @@ export class ExecClient {
           if (frame.channel === CONTROL_CHANNEL) {
             if (frame.type !== FrameType.HELLO) throw new ProtocolError(`frame type ${frameTypeName(frame.type)} is not valid from the exec agent on the control channel`);
             const hello = decodeJsonObject(frame.type, frame.payload);
-            if (hello.agent !== "exec" || hello.version !== 1) throw new ProtocolError(`the agent says it is ${JSON.stringify(hello.agent)} version ${JSON.stringify(hello.version)}; expected exec version 1`);
+            if (hello.agent !== "exec" || hello.version !== 1) throw new ProtocolError(`invalid HELLO from the exec agent: agent ${JSON.stringify(hello.agent)} version ${JSON.stringify(hello.version)}, expected exec version 1`);
             resolveReady(hello as unknown as AgentHello);
             continue;
           }

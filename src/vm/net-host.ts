@@ -18,8 +18,8 @@ export const PORT_CLOSE_LIMIT = 4 * 1024 * 1024;
 export const CHANNEL_QUEUE_LIMIT = 2 * MAX_PAYLOAD;
 
 /**
- * Maximum bytes a NetHost buffers for one guest: per channel, a window of data from the
- * guest on its way to the gateway and the queue toward the guest; plus the port's write buffer.
+ * Maximum bytes a NetHost buffers for one guest. Each channel holds at most a window of guest
+ * data on its way to the gateway and a queue toward the guest, and the port adds its write buffer.
  */
 export const NET_HOST_BUFFER_BOUND = MAX_NET_CHANNELS * (INITIAL_WINDOW + CHANNEL_QUEUE_LIMIT) + PORT_CLOSE_LIMIT + MAX_PAYLOAD;
 

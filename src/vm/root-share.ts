@@ -1,7 +1,7 @@
 import type { MountOp } from "../sandbox/mount-plan.js";
 import type { HostView } from "../sandbox/host-view.js";
 
-/** Where the composed root sits inside virtiofsd's own mount namespace. */
+/** Path of the composed root inside virtiofsd's own mount namespace. */
 export const SHARE_ROOT = "/share";
 
 /** Debian's virtiofsd (the C one that QEMU 7.2 ships). */
@@ -57,7 +57,7 @@ export function rootShareCommand(options: RootShareOptions): string[] {
   return args;
 }
 
-/** One mount-plan step as bwrap arguments with targets under SHARE_ROOT. */
+/** Converts one mount-plan step to bwrap arguments with targets under SHARE_ROOT. */
 export function shareMountArguments(op: MountOp): string[] {
   const under = (path: string) => (path === "/" ? SHARE_ROOT : `${SHARE_ROOT}${path}`);
   switch (op.kind) {
