@@ -1,9 +1,9 @@
 import { brotliDecompressSync, gunzipSync, inflateSync } from "node:zlib";
 
-/** Longest text or tool input shown per line, in characters. */
+/** Maximum length of text or tool input shown per line, in characters. */
 const MAX_SHOWN = 160;
 
-/** What a model response asked for: its text and its tool calls, in order. */
+/** One part of a model response: a piece of its text or one tool call, in order. */
 export type ModelTurnPart = { kind: "text"; text: string } | { kind: "tool_use"; name: string; input: string };
 
 /**

@@ -54,7 +54,7 @@ type DialFailure = Extract<DialResult, { ok: false }>;
 
 /**
  * Finds the addresses for an allowed target and checks every one against the policy. The name
- * is resolved here once, and dialTarget connects only to an address of this answer.
+ * is resolved here once, and dialTarget connects only to an address from this result.
  */
 export async function routeTarget(options: Omit<DialOptions, "mode" | "relay">): Promise<DialRoute | DialFailure> {
   const { target, decision } = options;
@@ -81,10 +81,9 @@ export async function routeTarget(options: Omit<DialOptions, "mode" | "relay">):
 
 /**
  * Connects to one checked address of an allowed target, or through its parent proxy. The name
- * is resolved exactly once (by routeTarget, unless the caller passes a route it made): the
- * socket goes to an address from that answer, never to a second lookup, so an answer that
- * changes between lookups (DNS rebinding) cannot move the connection to an address that was not
- * checked.
+ * is resolved exactly once, by routeTarget unless the caller passes a route it made. The socket
+ * goes to an address from that result and never to a second lookup, so a result that changes
+ * between lookups (DNS rebinding) cannot move the connection to an address that was not checked.
  */
 export async function dialTarget(options: DialOptions, checkedRoute?: DialRoute): Promise<DialResult> {
   const { target, decision } = options;

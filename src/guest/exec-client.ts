@@ -69,7 +69,7 @@ export class AgentGoneError extends Error {
 
 /**
  * One channel to the exec agent: a command or a file operation. `stdout` and `stderr` are
- * ordinary readable streams; the window is granted back to the agent as the reader consumes
+ * ordinary readable streams. The window is granted back to the agent as the reader consumes
  * them, so a slow reader slows only this channel. `stdin` sends within the agent's window.
  */
 export class ExecChannel {

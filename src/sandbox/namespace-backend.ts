@@ -35,7 +35,7 @@ let cachedBwrapVersion: [number, number, number] | null | undefined;
 
 /**
  * Returns the installed bwrap's version. Running `bwrap --version` costs a few milliseconds of
- * every run's start-up, so the answer is kept in the cache directory, keyed by the binary's
+ * every run's start-up, so the result is kept in the cache directory, keyed by the binary's
  * path, inode, size and modification time.
  */
 function bwrapVersion(): [number, number, number] | null {
@@ -408,7 +408,7 @@ function runChild(
       stdio.push("pipe");
     }
     const child = spawn(argv[0] as string, argv.slice(1), { stdio, env });
-    // The exec audit supervisor stops the box on SIGUSR1 and holds the box's execs until every
+    // The exec audit supervisor stops the box on SIGUSR1 and leaves the box's execs pending until every
     // process in it is gone. SIGKILL to the supervisor would fail those execs with ENOSYS, and a
     // shell in the box would run its next builtin before bwrap's death reached it.
     const stopSignal: NodeJS.Signals = onExec === null ? "SIGKILL" : "SIGUSR1";

@@ -152,7 +152,7 @@ export class Sandbox implements AsyncDisposable {
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const cwd = options.cwd ?? process.cwd();
     const policy = resolvePolicy(options, cwd);
-    // NOTE: only the namespace backend hands the SDK a stream to its exec agent so far; the vm
+    // NOTE: only the namespace backend hands the SDK a stream to its exec agent so far. The vm
     // backend runs the same agent on a virtio-serial port but does not implement AgentConnection.
     if (options.backendImplementation === undefined && policy.backend === "vm") {
       throw new SandboxError("backend-unsupported", "the SDK cannot use the vm backend yet; set backend: namespace or auto in the policy or the options, or use ringfence run --backend vm");

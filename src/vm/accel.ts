@@ -1,6 +1,6 @@
 import type { Accelerator } from "./qemu-args.js";
 
-/** What `auto` chose, and why, as cached after a calibration. */
+/** The accelerator `auto` chose and the reason, as cached after a calibration. */
 export interface AccelChoice {
   accel: Accelerator;
   reason: string;
@@ -19,7 +19,7 @@ export interface AccelChoice {
  */
 export const KVM_MAX_RATIO = 1.0;
 
-/** Longest a KVM calibration boot may take, as a multiple of the TCG boot; it is killed after. */
+/** Maximum time a KVM calibration boot may take, as a multiple of the TCG boot. A slower boot is killed. */
 export const KVM_CALIBRATION_LIMIT = 3;
 
 /**

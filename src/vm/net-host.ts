@@ -18,7 +18,7 @@ export const PORT_CLOSE_LIMIT = 4 * 1024 * 1024;
 export const CHANNEL_QUEUE_LIMIT = 2 * MAX_PAYLOAD;
 
 /**
- * Maximum bytes a NetHost buffers for one guest. Each channel holds at most a window of guest
+ * Maximum bytes a NetHost buffers for one guest. Each channel keeps at most a window of guest
  * data on its way to the gateway and a queue toward the guest, and the port adds its write buffer.
  */
 export const NET_HOST_BUFFER_BOUND = MAX_NET_CHANNELS * (INITIAL_WINDOW + CHANNEL_QUEUE_LIMIT) + PORT_CLOSE_LIMIT + MAX_PAYLOAD;
@@ -37,8 +37,8 @@ interface Connection {
  * The host end of the net port: each channel the guest's net mux opens with CONNECT becomes one
  * connection to the gateway's Unix socket, with DATA, EOF and CLOSE in both directions and
  * per-channel flow control. Everything from the guest is untrusted: guest root can replace the
- * net mux. So the host keeps a bounded number of channels open, never sends past the window nor
- * lets a WINDOW frame raise it past its initial size, stops reading from the gateway while
+ * net mux. So the host keeps a bounded number of channels open and never sends past the window,
+ * nor lets a WINDOW frame raise it past its initial size. It stops reading from the gateway while
  * the port's write buffer is full, and closes the port when the guest stops reading it. A
  * protocol error closes the port and every connection on it; each closure is reported through
  * `onError`.

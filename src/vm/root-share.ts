@@ -24,7 +24,7 @@ export interface RootShareOptions {
 /**
  * Returns the bwrap command that runs one virtiofsd over a composed view of the host: the mount
  * plan is applied under SHARE_ROOT in a private mount namespace, and virtiofsd exports that
- * directory with `sandbox=chroot`, so once it serves requests it sees nothing else. /proc and
+ * directory with `sandbox=chroot`, so once it serves requests it can reach nothing else. /proc and
  * /dev in the plan become empty directories, because the guest mounts its own. The daemon runs
  * as uid 0 of a new user namespace, mapped to the caller's uid: guest root's files are the
  * caller's on the host, and the daemon has no capability over anything the caller cannot reach.
