@@ -2,7 +2,7 @@ import type { Diagnostic } from "./diagnostic.js";
 import { DEFAULT_PROTECT, DEFAULT_RESOURCES } from "./defaults.js";
 import type { HostPattern } from "./host-pattern.js";
 import type { PolicyLayer } from "./normalise.js";
-import type { BackendChoice, Policy, WorkspaceMode } from "./types.js";
+import type { BackendChoice, Policy, VmAccel, WorkspaceMode } from "./types.js";
 
 const MODE_STRICTNESS: Readonly<Record<WorkspaceMode, number>> = { rw: 0, overlay: 1, ro: 2 };
 
@@ -23,7 +23,9 @@ function isWithin(path: string, parent: string): boolean {
  *   because they bring in no host state beyond what the network rules already allow;
  * - network.upstream_ca lists add up: trusting an internal CA lets the gateway reach a service
  *   the rules already allow;
- * - resources may only be lowered; backend vm cannot be replaced by a weaker one.
+ * - resources may only be lowered; backend vm cannot be replaced by a weaker one;
+ * - vm.accel is replaced by the child's, because every accelerator keeps the guest behind its
+ *   own kernel and the choice is about speed on a given host.
  */
 export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagnostics: Diagnostic[]): Policy {
   let workspacePath = cwd;
@@ -34,6 +36,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
   const write: string[] = [];
   const deny: string[] = [];
   let backend: BackendChoice = "auto";
+  let vmAccel: VmAccel | null = null;
   let upstreamProxy: Policy["network"]["upstreamProxy"] = { kind: "env" };
   const upstreamCa: string[] = [];
   const credentials: Policy["credentials"][number][] = [];
@@ -83,6 +86,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
         error(["backend"], `backend ${layer.backend} is weaker than the parent's vm; a child policy may only narrow it`);
       } else backend = layer.backend;
     }
+    if (layer.vmAccel !== null) vmAccel = layer.vmAccel;
     if (layer.upstreamProxy !== null) upstreamProxy = layer.upstreamProxy;
     for (const path of layer.upstreamCa) if (!upstreamCa.includes(path)) upstreamCa.push(path);
 
@@ -121,6 +125,7 @@ export function composeLayers(layers: readonly PolicyLayer[], cwd: string, diagn
     version: 1,
     files: layers.map((layer) => layer.file),
     backend,
+    vm: { accel: vmAccel },
     workspace: { path: workspacePath, mode, protect: protectDefaults ? [...DEFAULT_PROTECT, ...protect.filter((glob) => !DEFAULT_PROTECT.includes(glob))] : protect },
     filesystem: { read, write, deny },
     network: { layers: layers.length === 0 ? [[]] : layers.map((layer) => layer.rules), upstreamProxy, upstreamCa },

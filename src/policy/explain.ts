@@ -30,6 +30,7 @@ export function explainPolicy(policy: Policy): string {
 
   push(policy.files.length === 0 ? "Policy: built-in default" : `Policy: ${policy.files.join(" <- extended by ")}`);
   push(`Backend: ${policy.backend}`);
+  push(`VM accelerator: ${policy.vm.accel ?? "auto (default)"}; --accel and RINGFENCE_VM_ACCEL take precedence`);
   push();
 
   push("Filesystem");

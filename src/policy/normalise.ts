@@ -6,7 +6,7 @@ import { DEFAULT_PORTS, SECRET_STORES } from "./defaults.js";
 import { canonicalHost } from "./host.js";
 import { parseHostPattern, type HostPattern } from "./host-pattern.js";
 import type { PolicyFile } from "./schema.js";
-import type { BackendChoice, Credential, NetworkRule, UpstreamProxy, WorkspaceMode } from "./types.js";
+import type { BackendChoice, Credential, NetworkRule, UpstreamProxy, VmAccel, WorkspaceMode } from "./types.js";
 import { parseDuration, parseSize } from "./units.js";
 
 /** One policy file after validation, before it is combined with the files it extends. */
@@ -15,6 +15,7 @@ export interface PolicyLayer {
   source: SourceMap;
   extends: string | null;
   backend: BackendChoice | null;
+  vmAccel: VmAccel | null;
   workspace: { path: string | null; mode: WorkspaceMode | null; protect: string[]; protectDefaults: boolean | null };
   filesystem: { read: string[]; write: string[]; deny: string[] };
   rules: NetworkRule[];
@@ -162,6 +163,7 @@ export function normaliseLayer(file: PolicyFile, source: SourceMap, context: Nor
     source,
     extends: file.extends === undefined ? null : resolve(policyDir, file.extends.startsWith("~/") ? join(context.home, file.extends.slice(2)) : file.extends),
     backend: file.backend ?? null,
+    vmAccel: file.vm?.accel ?? null,
     workspace: { path: workspacePath, mode: file.workspace?.mode ?? null, protect, protectDefaults: file.workspace?.protect_defaults ?? null },
     filesystem: { read, write, deny },
     rules,

@@ -132,11 +132,23 @@ const audit = z
   })
   .describe("Host-side run records.");
 
+export const VM_ACCEL_CHOICES = ["auto", "kvm", "tcg"] as const;
+
+const vm = z
+  .strictObject({
+    accel: z
+      .enum(VM_ACCEL_CHOICES)
+      .optional()
+      .describe("QEMU accelerator: auto (measure KVM against TCG once and cache the faster), kvm, or tcg. --accel and RINGFENCE_VM_ACCEL take precedence. Default: auto."),
+  })
+  .describe("Settings of the vm backend; other backends ignore them.");
+
 export const PolicyFileSchema = z
   .strictObject({
     version: z.literal(1).describe("Policy format version. Only 1 exists."),
     extends: z.string().min(1).optional().describe("Another policy file this one starts from, relative to this file."),
     backend: z.enum(["auto", "vm", "namespace"]).optional().describe("Isolation backend. Default: auto."),
+    vm: vm.optional(),
     workspace: workspace.optional(),
     filesystem: filesystem.optional(),
     network: network.optional(),

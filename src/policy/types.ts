@@ -43,6 +43,8 @@ export interface Credential {
 
 export type WorkspaceMode = "rw" | "overlay" | "ro";
 export type BackendChoice = "auto" | "vm" | "namespace";
+/** QEMU accelerator for the vm backend: `auto` measures KVM against TCG and caches the faster. */
+export type VmAccel = "auto" | "kvm" | "tcg";
 export type UpstreamProxy = { kind: "none" } | { kind: "env" } | { kind: "url"; url: string };
 
 /**
@@ -55,6 +57,10 @@ export interface Policy {
   /** Policy files that make up this policy, the root parent first; empty for the built-in default. */
   files: readonly string[];
   backend: BackendChoice;
+  vm: {
+    /** The policy's accelerator, or null when no layer sets one. */
+    accel: VmAccel | null;
+  };
   workspace: {
     path: string;
     mode: WorkspaceMode;

@@ -29,7 +29,7 @@ export interface RunSandboxOptions {
   message?: (line: string) => void;
   /** Host resolver for the gateway. Default: the system resolver. */
   resolve?: (name: string) => Promise<string[]>;
-  /** The vm backend's accelerator; default: RINGFENCE_VM_ACCEL, else auto. */
+  /** The vm backend's accelerator; default: RINGFENCE_VM_ACCEL, else the policy's vm.accel, else auto. */
   vmAccel?: "auto" | "kvm" | "tcg";
   /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
   upstreamCaPems?: readonly string[];

@@ -1,3 +1,5 @@
+import { VM_ACCEL_CHOICES } from "../policy/schema.js";
+import type { VmAccel } from "../policy/types.js";
 import type { Accelerator } from "./qemu-args.js";
 
 /** The accelerator `auto` chose and the reason, as cached after a calibration. */
@@ -38,4 +40,34 @@ export function chooseAccelerator(measure: { kvmAvailable: string | null; tcgMs:
 /** Returns whether a cached choice still holds for this kernel and QEMU. */
 export function choiceIsCurrent(choice: AccelChoice | null, kernel: string, qemu: string): choice is AccelChoice {
   return choice !== null && choice.kernel === kernel && choice.qemu === qemu;
+}
+
+/** Accelerator values that --accel, RINGFENCE_VM_ACCEL and the policy's vm.accel accept. */
+export const ACCEL_REQUESTS = VM_ACCEL_CHOICES;
+export type AccelRequest = VmAccel;
+
+/** The accelerator a run requests and the setting it came from, printed by `run --dry-run`. */
+export interface RequestedAccel {
+  accel: AccelRequest;
+  source: "--accel" | "RINGFENCE_VM_ACCEL" | "policy vm.accel" | "default";
+}
+
+/**
+ * Picks the requested accelerator: --accel, else RINGFENCE_VM_ACCEL, else the policy's vm.accel,
+ * else auto. The flag and the host variable win over the policy because the policy travels with
+ * the project from host to host, while they describe the host the run is on. An empty variable
+ * counts as unset. Returns an error message naming the bad value and the choices.
+ */
+export function requestAccelerator(input: { flag: string | undefined; env: string | undefined; policy: AccelRequest | null }): RequestedAccel | { error: string } {
+  const candidates: [RequestedAccel["source"], string | undefined][] = [
+    ["--accel", input.flag],
+    ["RINGFENCE_VM_ACCEL", input.env === "" ? undefined : input.env],
+    ["policy vm.accel", input.policy ?? undefined],
+  ];
+  for (const [source, value] of candidates) {
+    if (value === undefined) continue;
+    if (!(ACCEL_REQUESTS as readonly string[]).includes(value)) return { error: `${source} is ${JSON.stringify(value)}, which is not an accelerator; use one of ${ACCEL_REQUESTS.join(", ")}` };
+    return { accel: value as AccelRequest, source };
+  }
+  return { accel: "auto", source: "default" };
 }

@@ -15,8 +15,8 @@ export function vmCapabilities(): Capability[] {
   const choice = readChoice(image === null ? vmDirectories() : [image.dir, ...vmDirectories()]);
   lines.push(
     choice === null
-      ? { name: "vm accelerator", status: "partial", detail: "auto is not calibrated yet; ringfence vm prepare (or the first vm run) measures it. Override with --accel kvm|tcg or RINGFENCE_VM_ACCEL" }
-      : { name: "vm accelerator", status: "yes", detail: `auto chose ${choice.accel}: ${choice.reason} (measured ${choice.measuredAt}; override with --accel or RINGFENCE_VM_ACCEL)` },
+      ? { name: "vm accelerator", status: "partial", detail: "auto is not calibrated yet; ringfence vm prepare (or the first vm run) measures it. Override with --accel kvm|tcg, RINGFENCE_VM_ACCEL or the policy's vm.accel" }
+      : { name: "vm accelerator", status: "yes", detail: `auto chose ${choice.accel}: ${choice.reason} (measured ${choice.measuredAt}; override with --accel, RINGFENCE_VM_ACCEL or the policy's vm.accel)` },
   );
   return lines;
 }

@@ -11,6 +11,7 @@ import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
 import { findExecutable, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
 import type { Accelerator } from "./qemu-args.js";
+import { requestAccelerator } from "./accel.js";
 import { hostTscKhz, readChoice, resolveAutoAccelerator } from "./calibrate.js";
 import { findGuestImage, preparedVmDirectory, vmDirectories } from "./image.js";
 import { QEMU_PROGRAM, startMachine } from "./machine.js";
@@ -20,9 +21,6 @@ import { runGuestCommand } from "./guest-session.js";
 /** Guest memory when the policy sets none, and the least the guest kernel boots with, in MiB. */
 export const DEFAULT_MEMORY_MIB = 512;
 export const MIN_MEMORY_MIB = 128;
-
-/** Values of RINGFENCE_VM_ACCEL, the host variable that overrides `auto`. */
-const ACCEL_CHOICES = ["auto", "kvm", "tcg"] as const;
 
 /**
  * The micro-VM backend: a QEMU microvm with its own kernel and no network device. One virtiofsd
@@ -88,8 +86,9 @@ export class VmBackend implements SandboxBackend {
     const memoryMiB = Math.max(MIN_MEMORY_MIB, policy.resources.memoryBytes === null ? DEFAULT_MEMORY_MIB : Math.floor(policy.resources.memoryBytes / 1024 / 1024));
     const cpus = Math.max(1, Math.floor(policy.resources.cpus ?? 1));
 
-    const requested = request.vmAccel ?? request.hostEnv.RINGFENCE_VM_ACCEL ?? "auto";
-    if (!(ACCEL_CHOICES as readonly string[]).includes(requested)) throw new SandboxError("vm-accel", `RINGFENCE_VM_ACCEL is ${requested}; set it to one of ${ACCEL_CHOICES.join(", ")}`);
+    const requestedAccel = requestAccelerator({ flag: request.vmAccel, env: request.hostEnv.RINGFENCE_VM_ACCEL, policy: policy.vm.accel });
+    if ("error" in requestedAccel) throw new SandboxError("vm-accel", requestedAccel.error);
+    const requested = requestedAccel.accel;
     const cachedChoice = readChoice([image.dir, ...vmDirectories(request.hostEnv, request.home)]);
 
     let cleaned = false;
@@ -101,7 +100,7 @@ export class VmBackend implements SandboxBackend {
 
     return {
       describe: () => [
-        `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested}`,
+        `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested} from ${requestedAccel.source}`,
         "guest: no network device; loopback only; the net mux on 127.0.0.1:3128 carries connections to the gateway over a virtio-serial port",
         `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.processes === null ? "" : `, ${policy.resources.processes} processes (pids.max in the guest)`}${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
         `working directory: ${cwd}`,

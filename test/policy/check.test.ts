@@ -20,6 +20,8 @@ const INVALID: readonly { note: string; text: string; line: number; column: numb
   { note: "unknown top-level key", text: "version: 1\nnetwrk: {}\n", line: 2, column: 1, words: ["unknown key", "netwrk", "network"] },
   { note: "unknown nested key", text: "version: 1\nnetwork:\n  rules:\n    - host: a.com\n      action: allow\n      port: [443]\n", line: 6, column: 7, words: ["port", "network.rules[0]", "ports"] },
   { note: "wrong type", text: "version: 1\nnetwork:\n  rules: yes\n", line: 3, column: 10, words: ["network.rules", "array", "yes"] },
+  { note: "unknown vm accelerator", text: "version: 1\nvm:\n  accel: hvf\n", line: 3, column: 10, words: ["vm.accel", "hvf", "auto", "kvm", "tcg"] },
+  { note: "unknown vm key", text: "version: 1\nvm:\n  accelerator: kvm\n", line: 3, column: 3, words: ["unknown key", "accelerator", "vm"] },
   { note: "bad enum", text: "version: 1\nworkspace:\n  mode: rwx\n", line: 3, column: 9, words: ["workspace.mode", "rwx", "overlay"] },
   { note: "default allow", text: "version: 1\nnetwork:\n  default: allow\n", line: 3, column: 12, words: ["network.default", "allow", "deny"] },
   { note: "wildcard over TLD", text: "version: 1\nnetwork:\n  rules:\n    - host: '*.com'\n      action: allow\n", line: 4, column: 13, words: ["*.com", "public suffix"] },

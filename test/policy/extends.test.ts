@@ -96,6 +96,21 @@ test("extends: vm parent keeps vm", () => {
   assert.ok(result.diagnostics.some((d) => d.message.includes("weaker")));
 });
 
+test("extends: vm.accel from the nearest layer", () => {
+  const cases: { name: string; parent: string; child: string; accel: string | null }[] = [
+    { name: "neither sets it", parent: "", child: "", accel: null },
+    { name: "parent only", parent: "vm:\n  accel: tcg\n", child: "", accel: "tcg" },
+    { name: "child replaces parent", parent: "vm:\n  accel: tcg\n", child: "vm:\n  accel: kvm\n", accel: "kvm" },
+    { name: "child only", parent: "", child: "vm:\n  accel: auto\n", accel: "auto" },
+  ];
+  for (const entry of cases) {
+    const dir = policyDir({ "parent.yaml": `version: 1\n${entry.parent}`, "ringfence.yaml": `version: 1\nextends: parent.yaml\n${entry.child}` });
+    const result = checkPolicyFile(join(dir, "ringfence.yaml"), { cwd: dir, home: "/home/test" });
+    assert.ok(result.policy, `${entry.name}: ${JSON.stringify(result.diagnostics)}`);
+    assert.equal(result.policy.vm.accel, entry.accel, entry.name);
+  }
+});
+
 test("extends: loops and missing parents are errors", () => {
   const loop = policyDir({ "a.yaml": "version: 1\nextends: b.yaml\n", "b.yaml": "version: 1\nextends: a.yaml\n" });
   const looped = checkPolicyFile(join(loop, "a.yaml"), { cwd: loop, home: "/home/test" });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { chooseAccelerator, choiceIsCurrent, type AccelChoice } from "../../src/vm/accel.js";
+import { chooseAccelerator, choiceIsCurrent, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
 import { kernelPackageOf } from "../../src/vm/kernel.js";
 import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
@@ -94,6 +94,30 @@ describe("accelerator choice", () => {
     assert.equal(choiceIsCurrent(choice, "6.1.0-57-cloud-amd64", "QEMU 8.0"), false);
     assert.equal(choiceIsCurrent(null, "6.1.0-57-cloud-amd64", "QEMU 7.2"), false);
   });
+});
+
+describe("requested accelerator", () => {
+  // Each row: --accel, RINGFENCE_VM_ACCEL, the policy's vm.accel, and the expected result.
+  const cases: { name: string; flag?: string; env?: string; policy: "auto" | "kvm" | "tcg" | null; accel?: string; source?: string; error?: RegExp }[] = [
+    { name: "nothing set", policy: null, accel: "auto", source: "default" },
+    { name: "policy only", policy: "kvm", accel: "kvm", source: "policy vm.accel" },
+    { name: "variable over policy", env: "tcg", policy: "kvm", accel: "tcg", source: "RINGFENCE_VM_ACCEL" },
+    { name: "flag over variable and policy", flag: "kvm", env: "tcg", policy: "tcg", accel: "kvm", source: "--accel" },
+    { name: "empty variable is unset", env: "", policy: "tcg", accel: "tcg", source: "policy vm.accel" },
+    { name: "unknown variable value", env: "hvf", policy: null, error: /RINGFENCE_VM_ACCEL is "hvf".*auto, kvm, tcg/ },
+    { name: "unknown flag value", flag: "whpx", policy: "tcg", error: /--accel is "whpx".*auto, kvm, tcg/ },
+  ];
+  for (const entry of cases) {
+    test(entry.name, () => {
+      const requested = requestAccelerator({ flag: entry.flag, env: entry.env, policy: entry.policy });
+      if (entry.error !== undefined) {
+        assert.ok("error" in requested, JSON.stringify(requested));
+        assert.match(requested.error, entry.error);
+        return;
+      }
+      assert.deepEqual(requested, { accel: entry.accel, source: entry.source });
+    });
+  }
 });
 
 describe("kernel modules", () => {
