@@ -1,4 +1,5 @@
 import type { Duplex } from "node:stream";
+import type { ExecClient } from "../guest/exec-client.js";
 import type { Policy } from "../policy/types.js";
 import type { ExecRecord } from "./exec-audit.js";
 
@@ -54,8 +55,13 @@ export interface BoxRequest {
  * (docs/guest-protocol.md) over it and runs each command on a channel.
  */
 export interface AgentConnection {
-  /** Receives the stream to the agent once the box has started; called once. */
-  onStream(stream: Duplex): void;
+  /**
+   * Receives the stream to the agent once the box has started; called once. A backend that
+   * spoke to the agent first (the vm backend checks the guest's process limit) also passes the
+   * client already reading the stream, which holds the agent's HELLO; use it instead of making
+   * another, because a second client would wait for a HELLO that never comes again.
+   */
+  onStream(stream: Duplex, client?: ExecClient): void;
   /** Receives each line the box writes to its diagnostic output (stderr). */
   onDiagnostic?(line: string): void;
 }

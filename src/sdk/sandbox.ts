@@ -1,5 +1,5 @@
 import { posix } from "node:path";
-import { Readable, type Duplex } from "node:stream";
+import { Readable } from "node:stream";
 import { prepareExecAgent } from "../guest/exec-agent.js";
 import { ExecClient } from "../guest/exec-client.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
@@ -84,6 +84,10 @@ export interface SandboxCloseResult {
 const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
 /** Milliseconds close() waits for the box to stop after SHUTDOWN before it kills the box. */
 const CLOSE_GRACE_MS = 5_000;
+/** Milliseconds close() waits for a killed box to end before it gives up with an error. */
+const KILL_WAIT_MS = 15_000;
+/** Milliseconds create() waits for the exec agent's HELLO once the backend delivered its stream. */
+const HELLO_TIMEOUT_MS = 60_000;
 /** Diagnostic lines kept for the error message when a box fails to start. */
 const KEPT_DIAGNOSTICS = 20;
 
@@ -91,8 +95,9 @@ const KEPT_DIAGNOSTICS = 20;
  * A long-lived box: create it, run commands in it (several at once), read and write its files,
  * follow its audit events, and close it. Commands run through the in-box exec agent, one
  * channel each. An open sandbox keeps Node running, as an open server does, until close(). If
- * the Node process exits or is killed first, the box dies with it (bubblewrap's
- * --die-with-parent, and the agent exits when its stream closes).
+ * the Node process exits or is killed first, the box dies with it: bubblewrap's
+ * --die-with-parent and the agent's exit on the end of its stream end a namespace box, and
+ * QEMU's parent-death signal and virtiofsd's --die-with-parent end a micro-VM.
  */
 export class Sandbox implements AsyncDisposable {
   readonly runId: string;
@@ -113,7 +118,7 @@ export class Sandbox implements AsyncDisposable {
   #endedBy: string | null = null;
   #closing: Promise<SandboxCloseResult> | null = null;
 
-  private constructor(parts: { session: RunSession; box: PreparedBox; client: ExecClient; stream: Duplex; exited: Promise<BoxExit>; stop: AbortController; hub: EventHub }) {
+  private constructor(parts: { session: RunSession; box: PreparedBox; client: ExecClient; exited: Promise<BoxExit>; stop: AbortController; hub: EventHub }) {
     this.#session = parts.session;
     this.#box = parts.box;
     this.#client = parts.client;
@@ -152,11 +157,6 @@ export class Sandbox implements AsyncDisposable {
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const cwd = options.cwd ?? process.cwd();
     const policy = resolvePolicy(options, cwd);
-    // NOTE: only the namespace backend hands the SDK a stream to its exec agent so far. The vm
-    // backend runs the same agent on a virtio-serial port but does not implement AgentConnection.
-    if (options.backendImplementation === undefined && policy.backend === "vm") {
-      throw new SandboxError("backend-unsupported", "the SDK cannot use the vm backend yet; set backend: namespace or auto in the policy or the options, or use ringfence run --backend vm");
-    }
     const agentPath = prepareExecAgent({ env: options.hostEnv ?? process.env });
     const hub = new EventHub();
     if (options.onEvent !== undefined) hub.subscribe(options.onEvent);
@@ -184,14 +184,14 @@ export class Sandbox implements AsyncDisposable {
       session.trackWorkspace();
 
       const diagnostics: string[] = [];
-      let deliverStream!: (stream: Duplex) => void;
-      const streamReady = new Promise<Duplex>((resolve) => (deliverStream = resolve));
+      let deliverClient!: (client: ExecClient) => void;
+      const clientReady = new Promise<ExecClient>((resolve) => (deliverClient = resolve));
       exited = box.run({
         timeoutMs: policy.resources.timeoutMs,
         stop: AbortSignal.any([session.stopSignal, stop.signal]),
         onExec: (record) => session.record("exec", { ...record }),
         agent: {
-          onStream: deliverStream,
+          onStream: (stream, client) => deliverClient(client ?? new ExecClient(stream)),
           onDiagnostic: (line) => {
             diagnostics.push(line);
             if (diagnostics.length > KEPT_DIAGNOSTICS) diagnostics.shift();
@@ -204,10 +204,19 @@ export class Sandbox implements AsyncDisposable {
         throw new SandboxError("box-start", `the box exited with status ${exit.status} before its exec agent was ready${diagnostics.length > 0 ? `:\n  ${diagnostics.join("\n  ")}` : ""}`);
       };
 
-      const stream = await Promise.race([streamReady, exited.then(startFailure)]);
-      const client = new ExecClient(stream);
-      await Promise.race([client.ready.catch(startFailure), exited.then(startFailure)]);
-      return new Sandbox({ session, box, client, stream, exited, stop, hub });
+      // The backend bounds the wait for the stream (the vm backend's machine start and HELLO
+      // timeouts), and HELLO_TIMEOUT_MS bounds the wait for HELLO on it.
+      const client = await Promise.race([clientReady, exited.then(startFailure)]);
+      let helloTimer: NodeJS.Timeout | undefined;
+      const helloTimeout = new Promise<never>((_resolve, reject) => {
+        helloTimer = setTimeout(() => reject(new SandboxError("box-start", `the box's exec agent sent no HELLO within ${HELLO_TIMEOUT_MS} ms of its start; the run's log in ${session.runDir.path} may say why`)), HELLO_TIMEOUT_MS);
+      });
+      try {
+        await Promise.race([client.ready.catch(startFailure), exited.then(startFailure), helloTimeout]);
+      } finally {
+        clearTimeout(helloTimer);
+      }
+      return new Sandbox({ session, box, client, exited, stop, hub });
     } catch (cause) {
       stop.abort("the sandbox failed to start");
       await exited?.catch(() => undefined);
@@ -285,10 +294,19 @@ export class Sandbox implements AsyncDisposable {
     this.#closing = (async () => {
       this.#client.shutdown();
       // The agent exits on SHUTDOWN and the box with it; a box that does not is killed.
+      // A box still running after the kill is a backend fault; the error names it instead of
+      // close() waiting for ever.
+      let stuck: NodeJS.Timeout | undefined;
+      const killWait = new Promise<never>((_resolve, reject) => {
+        stuck = setTimeout(() => reject(new SandboxError("close-timeout", `the ${this.#session.backend.name} box of sandbox ${this.runId} did not end within ${KILL_WAIT_MS} ms of being killed; look for its processes by the run directory ${this.runDir}`)), CLOSE_GRACE_MS + KILL_WAIT_MS);
+      });
       const grace = setTimeout(() => this.#stop.abort(`the box did not stop within ${CLOSE_GRACE_MS} ms of close()`), CLOSE_GRACE_MS);
       let exit: BoxExit;
       try {
-        exit = await this.#exited.finally(() => clearTimeout(grace));
+        exit = await Promise.race([this.#exited, killWait]).finally(() => {
+          clearTimeout(grace);
+          clearTimeout(stuck);
+        });
       } catch (cause) {
         this.#session.fail(cause);
         await this.#box.cleanup();

@@ -1,6 +1,7 @@
 import { constants } from "node:os";
 import { finished } from "node:stream/promises";
 import { ExecClient, ExecFailedError, FileFrameType, type ExecExit } from "../guest/exec-client.js";
+import type { AgentConnection } from "../sandbox/backend.js";
 import type { Machine } from "./machine.js";
 import { NetHost } from "./net-host.js";
 
@@ -65,6 +66,54 @@ function terminalSize(): { rows: number; cols: number } {
 /** The end of the command: its EXIT, a failure to start, or the loss of the VM. */
 type CommandEnd = { kind: "exit"; exit: ExecExit } | { kind: "failed"; errno: number; message: string } | { kind: "lost"; message: string };
 
+/** The exec agent and the net port of a started VM, ready for commands. */
+interface GuestConnection {
+  client: ExecClient;
+  net: NetHost;
+  /** Closures of the net port or its channels, which the run prints and records in run.end. */
+  netWarnings: string[];
+}
+
+/**
+ * Serves the net port and waits for the exec agent's HELLO, then checks the process limit.
+ * Returns the connection with the reason the guest is unusable (null when it is ready). Every
+ * wait is bounded, by HELLO_TIMEOUT_MS or by the end of QEMU.
+ */
+async function connectGuest(machine: Machine, gatewaySocket: string | null, processLimit: number | null, lost: Promise<CommandEnd>): Promise<{ connection: GuestConnection; failure: CommandEnd | null }> {
+  const netWarnings: string[] = [];
+  const net = new NetHost(machine.net, gatewaySocket, (message) => netWarnings.push(message));
+  const client = new ExecClient(machine.exec);
+  const connection = { client, net, netWarnings };
+
+  let timer: NodeJS.Timeout | undefined;
+  const helloTimeout = new Promise<CommandEnd>((resolve) => {
+    timer = setTimeout(() => resolve({ kind: "lost", message: `the guest's exec agent did not send HELLO within ${HELLO_TIMEOUT_MS} ms` }), HELLO_TIMEOUT_MS);
+    timer.unref();
+  });
+  const ready = client.ready.then(
+    () => null,
+    (error: Error): CommandEnd => ({ kind: "lost", message: error.message }),
+  );
+  let failure = await Promise.race([ready, lost, helloTimeout]);
+  clearTimeout(timer);
+  if (failure === null && processLimit !== null) failure = await Promise.race([checkProcessLimit(client, processLimit), lost]);
+  return { connection, failure };
+}
+
+/** Makes the guest power off with SHUTDOWN, kills QEMU if it has not exited after the grace period, and closes the net port. */
+async function disconnectGuest(machine: Machine, connection: GuestConnection): Promise<void> {
+  connection.client.shutdown();
+  let timer: NodeJS.Timeout | undefined;
+  const grace = new Promise((resolve) => {
+    timer = setTimeout(resolve, POWER_OFF_GRACE_MS);
+    timer.unref();
+  });
+  await Promise.race([machine.exited, grace]);
+  clearTimeout(timer);
+  await machine.kill();
+  connection.net.close();
+}
+
 /**
  * Runs one command in a started VM with the caller's stdio: a terminal when stdin and stdout are
  * one (raw mode, so Ctrl-C travels as a byte to the guest's terminal), pipes otherwise. Signals
@@ -72,12 +121,6 @@ type CommandEnd = { kind: "exit"; exit: ExecExit } | { kind: "failed"; errno: nu
  */
 export async function runGuestCommand(command: GuestCommand): Promise<GuestExit> {
   const { machine } = command;
-  // Closures of the net port or its channels become warnings, which the run prints and records
-  // in the audit log's run.end.
-  const netWarnings: string[] = [];
-  const net = new NetHost(machine.net, command.gatewaySocket, (message) => netWarnings.push(message));
-  const client = new ExecClient(machine.exec);
-
   let stoppedBy: string | null = null;
   const stopWith = (reason: string) => {
     if (stoppedBy !== null) return;
@@ -105,20 +148,15 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
   if (command.stop?.aborted === true) onStop();
 
   const lost = machine.exited.then((): CommandEnd => ({ kind: "lost", message: "QEMU exited" }));
+  let connection: GuestConnection | null = null;
   let onResize = () => {};
   let end: CommandEnd;
   try {
-    const helloTimeout = new Promise<CommandEnd>((resolve) => setTimeout(() => resolve({ kind: "lost", message: `the guest's exec agent did not start within ${HELLO_TIMEOUT_MS} ms` }), HELLO_TIMEOUT_MS).unref());
-    const ready = client.ready.then(
-      () => null,
-      (error: Error): CommandEnd => ({ kind: "lost", message: error.message }),
-    );
-    let early = await Promise.race([ready, lost, helloTimeout]);
-    const limit = command.processLimit ?? null;
-    if (early === null && limit !== null) early = await Promise.race([checkProcessLimit(client, limit), lost]);
-
-    if (early !== null) {
-      end = early;
+    const connected = await connectGuest(machine, command.gatewaySocket, command.processLimit ?? null, lost);
+    connection = connected.connection;
+    const { client } = connection;
+    if (connected.failure !== null) {
+      end = connected.failure;
     } else {
       const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? terminalSize() : null });
       signalCommand = (signal) => channel.signal(signal);
@@ -154,13 +192,11 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     if (timer !== null) clearTimeout(timer);
     command.stop?.removeEventListener("abort", onStop);
 
-    // SHUTDOWN makes the guest power off; QEMU is killed if it has not exited by then.
-    client.shutdown();
-    const grace = new Promise((resolve) => setTimeout(resolve, POWER_OFF_GRACE_MS).unref());
-    await Promise.race([machine.exited, grace]);
-    await machine.kill();
-    net.close();
+    if (connection === null) await machine.kill();
+    else await disconnectGuest(machine, connection);
   }
+
+  const netWarnings = connection?.netWarnings ?? [];
 
   if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: netWarnings };
   if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: netWarnings };
@@ -169,4 +205,72 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: netWarnings };
   }
   return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: netWarnings };
+}
+
+export interface GuestAgentSession {
+  machine: Machine;
+  gatewaySocket: string | null;
+  /** Milliseconds after which the VM is killed, or null for no limit. */
+  timeoutMs: number | null;
+  /** The process limit the guest init was given (rf.pids), or null for none. */
+  processLimit: number | null;
+  stop?: AbortSignal;
+  agent: AgentConnection;
+}
+
+/**
+ * Hands a started VM's exec agent to a long-lived caller (the SDK) and serves the net port until
+ * the VM ends. The caller's SHUTDOWN makes the guest power off, which ends the session with
+ * status 0. `stop` and the timeout kill the VM (status 137). A VM that ends before the caller
+ * closed the exec stream is reported as lost (status 125). Leaves the process's stdio and
+ * signal handlers alone.
+ */
+export async function serveGuestAgent(session: GuestAgentSession): Promise<GuestExit> {
+  const { machine } = session;
+  let stoppedBy: string | null = null;
+  const stopWith = (reason: string) => {
+    if (stoppedBy !== null) return;
+    stoppedBy = reason;
+    void machine.kill();
+  };
+  const timer = session.timeoutMs === null ? null : setTimeout(() => stopWith(`the run reached its timeout of ${session.timeoutMs} ms`), session.timeoutMs);
+  const onStop = () => stopWith(String(session.stop?.reason ?? "ringfence stopped the box"));
+  session.stop?.addEventListener("abort", onStop);
+  if (session.stop?.aborted === true) onStop();
+
+  // The caller ends its side of the exec stream right after SHUTDOWN. From then on the guest
+  // has POWER_OFF_GRACE_MS to power off before QEMU is killed.
+  let hostClosed = false;
+  let powerOffTimer: NodeJS.Timeout | null = null;
+  const onHostClosed = () => {
+    hostClosed = true;
+    powerOffTimer = setTimeout(() => stopWith(`the guest did not power off within ${POWER_OFF_GRACE_MS} ms of SHUTDOWN`), POWER_OFF_GRACE_MS);
+  };
+  machine.exec.once("finish", onHostClosed);
+
+  const lost = machine.exited.then((): CommandEnd => ({ kind: "lost", message: "QEMU exited" }));
+  let connection: GuestConnection | null = null;
+  let end: CommandEnd | null = null;
+  try {
+    const connected = await connectGuest(machine, session.gatewaySocket, session.processLimit, lost);
+    connection = connected.connection;
+    end = connected.failure;
+    if (end === null) {
+      session.agent.onStream(machine.exec, connection.client);
+      await machine.exited;
+    }
+  } finally {
+    if (timer !== null) clearTimeout(timer);
+    if (powerOffTimer !== null) clearTimeout(powerOffTimer);
+    session.stop?.removeEventListener("abort", onStop);
+    machine.exec.off("finish", onHostClosed);
+    if (connection === null) await machine.kill();
+    else await disconnectGuest(machine, connection);
+  }
+
+  const warnings = connection?.netWarnings ?? [];
+  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings };
+  if (end !== null && end.kind !== "exit") return { status: 125, stoppedBy: null, lost: end.message, warnings };
+  if (!hostClosed) return { status: 125, stoppedBy: null, lost: "the guest powered off before the exec agent was shut down", warnings };
+  return { status: 0, stoppedBy: null, lost: null, warnings };
 }

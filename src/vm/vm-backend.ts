@@ -16,7 +16,7 @@ import { hostTscKhz, readChoice, resolveAutoAccelerator } from "./calibrate.js";
 import { findGuestImage, preparedVmDirectory, vmDirectories } from "./image.js";
 import { QEMU_PROGRAM, startMachine } from "./machine.js";
 import { VIRTIOFSD_PATH } from "./root-share.js";
-import { runGuestCommand } from "./guest-session.js";
+import { runGuestCommand, serveGuestAgent } from "./guest-session.js";
 
 /** Guest memory when the policy sets none, and the least the guest kernel boots with, in MiB. */
 export const DEFAULT_MEMORY_MIB = 512;
@@ -112,7 +112,10 @@ export class VmBackend implements SandboxBackend {
         ...describeMounts(mounts).map((line) => `  ${line}`),
       ],
 
-      run: async ({ timeoutMs, stop }) => {
+      environment: env,
+      workingDirectory: cwd,
+
+      run: async ({ timeoutMs, stop, agent }) => {
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);
@@ -141,7 +144,13 @@ export class VmBackend implements SandboxBackend {
             throw new SandboxError("vm-start", `starting the micro-VM failed: ${cause.message}`);
           });
 
-          const exit = await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit: policy.resources.processes, stop });
+          // With `agent`, the guest's exec agent (from the initramfs) serves the caller's commands,
+          // and request.command is not run.
+          const processLimit = policy.resources.processes;
+          const exit =
+            agent === undefined
+              ? await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit, stop })
+              : await serveGuestAgent({ machine, gatewaySocket: request.gatewaySocket, timeoutMs, processLimit, agent, stop });
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
             const net = exit.warnings.length === 0 ? "" : `; ${exit.warnings.join("; ")}`;
