@@ -58,8 +58,8 @@ export interface AgentConnection {
   /**
    * Receives the stream to the agent once the box has started; called once. A backend that
    * spoke to the agent first (the vm backend checks the guest's process limit) also passes the
-   * client already reading the stream, which holds the agent's HELLO; use it instead of making
-   * another, because a second client would wait for a HELLO that never comes again.
+   * client already reading the stream, which has received the agent's HELLO. Use it instead of
+   * making another, because a second client would wait for a HELLO that never comes again.
    */
   onStream(stream: Duplex, client?: ExecClient): void;
   /** Receives each line the box writes to its diagnostic output (stderr). */

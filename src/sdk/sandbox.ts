@@ -209,7 +209,7 @@ export class Sandbox implements AsyncDisposable {
       const client = await Promise.race([clientReady, exited.then(startFailure)]);
       let helloTimer: NodeJS.Timeout | undefined;
       const helloTimeout = new Promise<never>((_resolve, reject) => {
-        helloTimer = setTimeout(() => reject(new SandboxError("box-start", `the box's exec agent sent no HELLO within ${HELLO_TIMEOUT_MS} ms of its start; the run's log in ${session.runDir.path} may say why`)), HELLO_TIMEOUT_MS);
+        helloTimer = setTimeout(() => reject(new SandboxError("box-start", `the box's exec agent did not send HELLO within ${HELLO_TIMEOUT_MS} ms of its start; the run's log in ${session.runDir.path} may say why`)), HELLO_TIMEOUT_MS);
       });
       try {
         await Promise.race([client.ready.catch(startFailure), exited.then(startFailure), helloTimeout]);
@@ -294,8 +294,8 @@ export class Sandbox implements AsyncDisposable {
     this.#closing = (async () => {
       this.#client.shutdown();
       // The agent exits on SHUTDOWN and the box with it; a box that does not is killed.
-      // A box still running after the kill is a backend fault; the error names it instead of
-      // close() waiting for ever.
+      // A box still running after the kill is a backend fault, so close() fails with an error
+      // that names the box instead of waiting for ever.
       let stuck: NodeJS.Timeout | undefined;
       const killWait = new Promise<never>((_resolve, reject) => {
         stuck = setTimeout(() => reject(new SandboxError("close-timeout", `the ${this.#session.backend.name} box of sandbox ${this.runId} did not end within ${KILL_WAIT_MS} ms of being killed; look for its processes by the run directory ${this.runDir}`)), CLOSE_GRACE_MS + KILL_WAIT_MS);

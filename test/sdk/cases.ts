@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { SandboxFileError, type Sandbox, type SandboxEvent } from "../../src/index.js";
 import { makeDirs, type TestDirs } from "./support.js";
 
-/** Makes test directories whose workspace holds the files every case here expects. */
+/** Makes test directories whose workspace contains the files every case here expects. */
 export function makeCaseDirs(): TestDirs {
   const dirs = makeDirs({ "hello.txt": "from the host\n", "src/main.c": "int main(void) { return 0; }\n", ".git/hooks/pre-commit": "#!/bin/sh\n" });
   symlinkSync(".git/hooks", join(dirs.workspace, "hooks-link"));
