@@ -1,5 +1,5 @@
 // Builds the library (tsc: JavaScript and type declarations in dist/) and the CLI bundle
-// (esbuild: dist/cli.mjs plus chunks that load on first use, so a command loads only its code).
+// (esbuild: dist/cli.cjs, which bin/ringfence loads).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
@@ -10,22 +10,20 @@ const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
 const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
 if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 
+// The CLI is one CommonJS file, because bin/ringfence compiles it through vm.Script with a V8
+// code cache, and Node 20 has no code cache for ES modules. It is minified because every start
+// reads and hashes the whole file. esbuild turns each dynamic import into a function that
+// initialises that command's modules on first use, so commands still load lazily.
+// Unlike the library bundle, it includes its dependencies, so the code cache covers them too.
+const { packages: _externalPackages, ...cliBundleOptions } = cjsBundleOptions;
 await build({
-  entryPoints: { cli: "src/cli/main.ts" },
-  outdir: "dist",
-  outExtension: { ".js": ".mjs" },
-  // Each command and the credential broker load as separate chunks on first use.
-  splitting: true,
-  chunkNames: "cli-chunks/[name]-[hash]",
-  bundle: true,
-  platform: "node",
-  target: "node20",
-  format: "esm",
-  sourcemap: true,
-  logLevel: "warning",
-  define: { RINGFENCE_VERSION: JSON.stringify(packageVersion) },
-  // pino and some dependencies still call require(); give the ESM bundle one.
-  banner: { js: "import { createRequire as __ringfenceCreateRequire } from 'node:module'; const require = __ringfenceCreateRequire(import.meta.url);" },
+  ...cliBundleOptions,
+  entryPoints: ["src/cli/main.ts"],
+  outfile: "dist/cli.cjs",
+  minify: true,
+  // Function and class names stay, so stack traces and `name` properties read as in the source.
+  keepNames: true,
+  define: { ...cjsBundleOptions.define, RINGFENCE_VERSION: JSON.stringify(packageVersion) },
 });
 
 // CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.

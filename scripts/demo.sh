@@ -17,7 +17,7 @@ if ! command -v bwrap >/dev/null; then
     exit 1
   fi
 fi
-if [ ! -f "$repo/dist/cli.mjs" ]; then
+if [ ! -f "$repo/dist/cli.cjs" ]; then
   (cd "$repo" && npm run build >/dev/null)
 fi
 ringfence="$repo/bin/ringfence"

@@ -2,8 +2,8 @@ import { Command, Option } from "commander";
 import type { RunCommandOptions } from "./run.js";
 import { PRESET_NAMES } from "../policy/init.js";
 
-// Each command loads its module when it runs, so start-up pays only for the command used (the
-// bundle is split per dynamic import).
+// Each command loads its module when it runs, so start-up pays only for the command used (in
+// the CommonJS bundle, esbuild initialises a dynamically imported module on first use).
 const EXIT_USAGE = 2;
 const policyCommands = () => import("./policy.js");
 const auditCommands = () => import("./audit.js");
@@ -175,4 +175,6 @@ program
   .description("drop an overlay run's changes")
   .action(async (run: string, options: { root?: string }) => exitWith((await reviewCommands()).discardCommand(run, options)));
 
-await program.parseAsync(process.argv);
+// Not awaited at the top level, because the CLI bundle is CommonJS. A rejection still ends the
+// process with the error and status 1, as an uncaught exception does.
+void program.parseAsync(process.argv);
