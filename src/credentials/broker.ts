@@ -19,11 +19,12 @@ import type { ChunkMatcher, Interceptor, InterceptedRequestHead, RequestExaminat
 import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches, type HostPattern } from "../policy/host-pattern.js";
 import type { Policy } from "../policy/types.js";
-import { MatcherTransform, scrubHeaders, scrubPipeline, scrubText } from "./body-transform.js";
+import { scrubHeaders, scrubPipeline, scrubText } from "./body-transform.js";
 import { AES_128_FIRST_CIPHERS, createRunCertificateAuthority } from "./certificate-authority.js";
 import { CredentialSet, type RunCredential } from "./credential-set.js";
 import { makePlaceholder } from "./placeholder.js";
 import { redactionsOf, redactText, type Redaction } from "./redaction.js";
+import { contentCodings, requestBodyCheck } from "./request-body-check.js";
 import { planRequest } from "./request-rewrite.js";
 import { resolveSecrets } from "./secret-source.js";
 import { StreamMatcher, type Needle } from "./stream-matcher.js";
@@ -151,7 +152,7 @@ function examine(credentials: CredentialSet, head: InterceptedRequestHead): Requ
     target: plan.target,
     rawHeaders: plan.rawHeaders,
     injected: plan.injected,
-    requestBody: bodyNeedles.length === 0 ? null : () => new MatcherTransform(bodyNeedles),
+    requestBody: bodyNeedles.length === 0 ? null : () => requestBodyCheck(contentCodings(head.rawHeaders), bodyNeedles),
     response: plan.scrubNeedles.length === 0 ? null : responseScrubber(plan.scrubNeedles),
     messageMatcher: bodyNeedles.length === 0 ? null : () => chunkMatcher(bodyNeedles),
   };

@@ -59,13 +59,15 @@ export class CredentialSet {
   }
 }
 
+// The plain value is matched in any letter case, which also covers an upper-cased placeholder.
 function leakNeedlesOf(entry: RunCredential): Needle[] {
   const needles = new Map<string, Needle>();
   for (const value of [entry.placeholder, entry.secret]) {
-    needles.set(value, { pattern: Buffer.from(value, "utf8"), replacement: null, tag: entry.name });
+    const folded = value.toLowerCase();
+    if (!needles.has(folded)) needles.set(folded, { pattern: Buffer.from(value, "utf8"), replacement: null, tag: entry.name, caseInsensitive: true });
     for (const form of encodedForms(value)) {
       if (needles.has(form.text)) continue;
-      needles.set(form.text, { pattern: Buffer.from(form.text, "utf8"), replacement: null, tag: entry.name, wrappable: LINE_WRAPPED_ENCODINGS.has(form.encoding) });
+      needles.set(form.text, { pattern: Buffer.from(form.text, "utf8"), replacement: null, tag: entry.name, wrappable: LINE_WRAPPED_ENCODINGS.has(form.encoding), caseInsensitive: form.caseInsensitive });
     }
   }
   return [...needles.values()];

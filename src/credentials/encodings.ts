@@ -1,8 +1,8 @@
 // Encoded forms of a placeholder or secret that a client could send instead of the plain text.
 // Leak checks and redaction look for all of them. They cover what common tools and libraries
-// produce from a value without being asked to disguise it: base64, base32, hex, URL and form
-// encoding, JSON strings, and the upper-case placeholder. They do not cover every
-// transformation, so an agent that reverses, splits or re-encodes a value twice evades them.
+// produce from a value without being asked to disguise it: base64 and base64url, base32, hex,
+// URL and form encoding, JSON strings, and the value in another letter case. They do not cover
+// every transformation, so an agent that reverses, splits or re-encodes a value twice evades them.
 
 /** Shortest encoded fragment worth searching for; shorter ones would match unrelated base64. */
 const MIN_FRAGMENT_LENGTH = 8;
@@ -11,33 +11,39 @@ const MIN_FRAGMENT_LENGTH = 8;
 export interface EncodedForm {
   text: string;
   encoding: string;
+  /**
+   * True when the form matches in any ASCII letter case. Only base64 and base64url are case
+   * sensitive. Hex digits, base32, percent-escapes and JSON escapes read the same in either case,
+   * and a plain value in another case is still the value.
+   */
+  caseInsensitive: boolean;
 }
 
 /**
  * Returns the encoded forms of `value` worth searching for, without the plain value itself and
  * without duplicates. Base64 and base32 forms are fragments that appear wherever the value is
- * embedded in a longer encoded text, so they match at any byte alignment.
+ * embedded in a longer encoded text, so they match at any byte alignment. Forms that differ from
+ * another form in letter case alone (upper-case hex, lower-case base32) are left out, because
+ * case-insensitive forms are searched for in every case.
  */
 export function encodedForms(value: string): EncodedForm[] {
-  const forms = new Map<string, string>();
-  const add = (text: string | null, encoding: string) => {
-    if (text === null || text === value || text.length < MIN_FRAGMENT_LENGTH || forms.has(text)) return;
-    forms.set(text, encoding);
+  const forms = new Map<string, EncodedForm>();
+  const folded = value.toLowerCase();
+  const add = (text: string | null, encoding: string, caseInsensitive: boolean) => {
+    if (text === null || text.length < MIN_FRAGMENT_LENGTH) return;
+    const key = caseInsensitive ? text.toLowerCase() : text;
+    if ((caseInsensitive ? key === folded : text === value) || forms.has(key)) return;
+    forms.set(key, { text: key, encoding, caseInsensitive });
   };
 
-  for (const fragment of base64Fragments(value)) add(fragment, "base64");
-  // Base32 and percent-escapes are searched for in upper case only, the case RFC 4648 and
-  // RFC 3986 give and common tools write: each extra form costs a search of every body.
-  for (const fragment of base32Fragments(value)) add(fragment, "base32");
-  const hex = Buffer.from(value, "utf8").toString("hex");
-  add(hex, "hex");
-  add(hex.toUpperCase(), "hex");
-  add(percentEncoded(value), "URL-encoded");
-  add(new URLSearchParams({ v: value }).toString().slice(2), "form-encoded");
-  add(percentEncodedAll(value), "URL-encoded");
-  add(JSON.stringify(value).slice(1, -1), "JSON-escaped");
-  add(value.toUpperCase(), "upper-case");
-  return [...forms].map(([text, encoding]) => ({ text, encoding }));
+  for (const fragment of base64Fragments(value)) add(fragment, "base64", false);
+  for (const fragment of base32Fragments(value)) add(fragment, "base32", true);
+  add(Buffer.from(value, "utf8").toString("hex"), "hex", true);
+  add(percentEncoded(value), "URL-encoded", true);
+  add(new URLSearchParams({ v: value }).toString().slice(2), "form-encoded", true);
+  add(percentEncodedAll(value), "URL-encoded", true);
+  add(JSON.stringify(value).slice(1, -1), "JSON-escaped", true);
+  return [...forms.values()];
 }
 
 /** Encodings whose text tools wrap into lines (the base64 and base32 commands wrap at 76 columns). */

@@ -8,6 +8,8 @@ import { encodedForms, percentDecoded } from "./encodings.js";
 export interface Redaction {
   pattern: string;
   label: string;
+  /** True when the pattern is removed in any letter case, as the leak check finds it. */
+  ignoreCase: boolean;
 }
 
 /**
@@ -18,10 +20,10 @@ export interface Redaction {
 export function redactionsOf(credentials: readonly RunCredential[]): Redaction[] {
   const redactions: Redaction[] = [];
   for (const entry of credentials) {
-    redactions.push({ pattern: entry.placeholder, label: `[placeholder of ${entry.name}]` });
-    redactions.push({ pattern: entry.secret, label: `[secret of ${entry.name}]` });
-    for (const form of encodedForms(entry.placeholder)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}placeholder of ${entry.name}]` });
-    for (const form of encodedForms(entry.secret)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}secret of ${entry.name}]` });
+    redactions.push({ pattern: entry.placeholder, label: `[placeholder of ${entry.name}]`, ignoreCase: true });
+    redactions.push({ pattern: entry.secret, label: `[secret of ${entry.name}]`, ignoreCase: true });
+    for (const form of encodedForms(entry.placeholder)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}placeholder of ${entry.name}]`, ignoreCase: form.caseInsensitive });
+    for (const form of encodedForms(entry.secret)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}secret of ${entry.name}]`, ignoreCase: form.caseInsensitive });
   }
   return redactions.sort((a, b) => b.pattern.length - a.pattern.length);
 }
@@ -41,14 +43,36 @@ export function redactText(text: string, redactions: readonly Redaction[]): stri
   if (!redacted.includes("%")) return redacted;
 
   const decoded = percentDecoded(redacted);
-  if (decoded === redacted || !redactions.some((redaction) => decoded.includes(redaction.pattern))) return redacted;
+  if (decoded === redacted || replaceAll(decoded, redactions) === decoded) return redacted;
   return replaceAll(decoded, redactions);
 }
 
 function replaceAll(text: string, redactions: readonly Redaction[]): string {
   let result = text;
   for (const redaction of redactions) {
-    if (result.includes(redaction.pattern)) result = result.split(redaction.pattern).join(redaction.label);
+    if (!redaction.ignoreCase) {
+      if (result.includes(redaction.pattern)) result = result.split(redaction.pattern).join(redaction.label);
+      continue;
+    }
+    result = replaceIgnoringCase(result, redaction.pattern, redaction.label);
   }
   return result;
+}
+
+// Finds the pattern in a lower-cased copy of `text`. The copy keeps each index only while
+// lower-casing keeps every character's length, which is so for the ASCII text of events. When a
+// character changes length, only the pattern's own spelling and its lower case are replaced.
+function replaceIgnoringCase(text: string, pattern: string, label: string): string {
+  const lowerPattern = pattern.toLowerCase();
+  const lower = text.toLowerCase();
+  if (lower.length !== text.length) return text.split(pattern).join(label).split(lowerPattern).join(label);
+  if (!lower.includes(lowerPattern)) return text;
+
+  let result = "";
+  let position = 0;
+  for (let index = lower.indexOf(lowerPattern); index !== -1; index = lower.indexOf(lowerPattern, position)) {
+    result += text.slice(position, index) + label;
+    position = index + lowerPattern.length;
+  }
+  return result + text.slice(position);
 }

@@ -79,7 +79,11 @@ export function planRequest(credentials: CredentialSet, view: RequestHeadView): 
 export function findLeakInHead(view: Pick<RequestHeadView, "target" | "rawHeaders">, needles: readonly Needle[]): CredentialUse | null {
   if (needles.length === 0) return null;
   const search = (value: string, location: string): CredentialUse | null => {
-    for (const needle of needles) if (value.includes(needleText(needle))) return { credential: needle.tag, location };
+    let folded: string | null = null;
+    for (const needle of needles) {
+      if (needle.caseInsensitive === true) folded ??= value.toLowerCase();
+      if ((needle.caseInsensitive === true ? (folded as string) : value).includes(needleText(needle))) return { credential: needle.tag, location };
+    }
     return null;
   };
 
@@ -101,10 +105,12 @@ export function findLeakInHead(view: Pick<RequestHeadView, "target" | "rawHeader
 
 const needleTexts = new WeakMap<Needle, string>();
 
+// Case-insensitive needles come back lower-cased, to search a lower-cased header or target.
 function needleText(needle: Needle): string {
   let text = needleTexts.get(needle);
   if (text === undefined) {
     text = needle.pattern.toString("utf8");
+    if (needle.caseInsensitive === true) text = text.toLowerCase();
     needleTexts.set(needle, text);
   }
   return text;

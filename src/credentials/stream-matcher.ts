@@ -15,6 +15,11 @@ export interface Needle {
    * replacement is also searched for in the stream with CR and LF bytes removed.
    */
   wrappable?: boolean;
+  /**
+   * True for a form that reads the same in any letter case (hex, base32, percent-escapes). Such
+   * a needle without replacement is searched for in a lower-cased copy of the stream.
+   */
+  caseInsensitive?: boolean;
 }
 
 export type MatchResult =
@@ -36,17 +41,39 @@ export class StreamMatcher {
   readonly #longest: number;
   /** Matcher over the stream without line breaks, for wrappable needles; null when there are none. */
   readonly #unwrapped: StreamMatcher | null;
+  /** Matcher over the lower-cased stream, for case-insensitive needles; null when there are none. */
+  readonly #folded: StreamMatcher | null;
 
   constructor(needles: readonly Needle[]) {
-    this.#needles = needles.filter((needle) => needle.pattern.length > 0);
+    const nonEmpty = needles.filter((needle) => needle.pattern.length > 0);
+    const detectsFolded = (needle: Needle) => needle.caseInsensitive === true && needle.replacement === null;
+    const folded = nonEmpty.filter(detectsFolded).map((needle) => ({ ...needle, pattern: lowerCaseBytes(needle.pattern), caseInsensitive: false }));
+    this.#folded = folded.length === 0 ? null : new StreamMatcher(folded);
+
+    this.#needles = nonEmpty.filter((needle) => !detectsFolded(needle));
     this.#longest = Math.max(1, ...this.#needles.map((needle) => needle.pattern.length));
     const wrappable = this.#needles.filter((needle) => needle.wrappable === true && needle.replacement === null).map((needle) => ({ ...needle, wrappable: false }));
     this.#unwrapped = wrappable.length === 0 ? null : new StreamMatcher(wrappable);
   }
 
+  /** Number of bytes held back at the end of the stream so far, in the raw or the lower-cased view. */
+  get heldBytes(): number {
+    return Math.max(this.#carry.length, this.#folded?.heldBytes ?? 0);
+  }
+
   /** Processes one chunk. After a hit the matcher must not be used again. */
   write(chunk: Buffer): MatchResult {
-    const result = this.#write(chunk);
+    // The lower-cased view only detects, and its own line-break-free view finds wrapped base32
+    // in any case. Lower-casing keeps every byte in place, so the raw stream holds back at least
+    // the bytes the view holds back: the start of a case-insensitive needle never passes early.
+    let foldedHold = 0;
+    if (this.#folded !== null) {
+      const folded = this.#folded.write(lowerCaseBytes(chunk));
+      if (folded.kind === "hit") return folded;
+      foldedHold = this.#folded.#carry.length;
+    }
+
+    const result = this.#write(chunk, foldedHold);
     if (result.kind === "hit" || this.#unwrapped === null) return result;
 
     // The line-break-free view only detects: what passes on is decided by the raw stream, so
@@ -70,7 +97,8 @@ export class StreamMatcher {
     return unwrapped.write(chunk.subarray(chunk.length - edge));
   }
 
-  #write(chunk: Buffer): MatchResult {
+  // Holds back at least the last `minimumHold` bytes of the stream, besides any start of a needle.
+  #write(chunk: Buffer, minimumHold = 0): MatchResult {
     const buffer = this.#carry.length === 0 ? chunk : Buffer.concat([this.#carry, chunk]);
     const parts: Buffer[] = [];
     let position = 0;
@@ -85,7 +113,7 @@ export class StreamMatcher {
       this.replaced.set(found.needle.tag, (this.replaced.get(found.needle.tag) ?? 0) + 1);
     }
 
-    const hold = Math.max(position, this.#partialStart(buffer, position));
+    const hold = Math.max(position, Math.min(this.#partialStart(buffer, position), buffer.length - minimumHold));
     parts.push(buffer.subarray(position, hold));
     // Copy the held bytes: the caller may reuse the chunk's memory.
     this.#carry = hold === buffer.length ? EMPTY : Buffer.from(buffer.subarray(hold));
@@ -97,6 +125,7 @@ export class StreamMatcher {
     const rest = this.#carry;
     this.#carry = EMPTY;
     this.#unwrapped?.end();
+    this.#folded?.end();
     return rest;
   }
 
@@ -140,4 +169,14 @@ function withoutLineBreaks(chunk: Buffer): Buffer {
     if (byte !== CR && byte !== LF) stripped[length++] = byte;
   }
   return stripped.subarray(0, length);
+}
+
+/**
+ * Returns a lower-cased copy of `bytes`, byte by byte: ASCII capitals and the Latin-1 capitals
+ * (0xC0 to 0xDE) become small letters. Needles and stream go through the same map, so a UTF-8
+ * byte that changes in both still matches. V8 lower-cases a one-byte string natively, about twice
+ * as fast as a loop over the bytes.
+ */
+export function lowerCaseBytes(bytes: Buffer): Buffer {
+  return Buffer.from(bytes.toString("latin1").toLowerCase(), "latin1");
 }

@@ -19,6 +19,8 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "pro
 interface BodyCheck {
   transform: Transform;
   block(credential: string): void;
+  /** Blocks a body the check could not read, such as one in a coding it cannot decode. */
+  reject(reason: string): void;
 }
 
 /** Handles one plain HTTP request in absolute-form: decide, dial a checked address, stream both ways. */
@@ -82,7 +84,8 @@ export async function handleHttpRequest(context: GatewayContext, request: Incomi
         context.credentialEvent({ action: "blocked", credential, host: target.display, port: target.port, protocol: "http", method, path, location: "body", count: 1, reason });
         rejectRequest({ status: 403, reason, rule: null, hint: null }, description);
       };
-      bodyCheck = { transform, block };
+      const reject = (reason: string) => rejectRequest({ status: 403, reason, rule: null, hint: null }, description);
+      bodyCheck = { transform, block, reject };
     }
   }
 
@@ -253,10 +256,14 @@ function forward(context: GatewayContext, request: IncomingMessage, response: Se
   } else {
     // A leak stops the body before the matching bytes leave the gateway, and aborts the upstream request.
     const { transform } = bodyCheck;
-    transform.on("error", (error: Error & { credential?: string }) => {
+    transform.on("error", (error: Error & { credential?: string; blockReason?: string }) => {
       request.unpipe(transform);
       request.resume();
       upstream.destroy();
+      if (error.blockReason !== undefined) {
+        bodyCheck.reject(error.blockReason);
+        return;
+      }
       if (error.credential === undefined) {
         fail(`request body check failed (${error.message})`);
         return;

@@ -120,9 +120,13 @@ function forwardBody(exchange: Exchange, check: Transform | null): void {
 
   check.on(
     "error",
-    guard(exchange, (error: Error & { credential?: string }) => {
+    guard(exchange, (error: Error & { credential?: string; blockReason?: string }) => {
       stopRequestBody(exchange);
       upstream.destroy();
+      if (error.blockReason !== undefined) {
+        rejectBody(exchange, error.blockReason);
+        return;
+      }
       if (error.credential === undefined) {
         failExchange(exchange, `the request body check failed (${describeError(error)})`, error, "gateway");
         return;
@@ -148,6 +152,15 @@ function blockBody(exchange: Exchange, credential: string): void {
   const reason = `the request body carries a placeholder or secret of credential ${credential}, which may not be sent to ${target.display}`;
   context.credentialEvent({ action: "blocked", credential, host: target.display, port: target.port, protocol: "https", method, path, location: "body", count: 1, reason });
   // A response already relayed in full stays as it is; one in progress is cut off by sendDenial.
+  if (exchange.ended) return;
+  exchange.ended = true;
+  record.deny(reason, exchange.rule);
+  sendDenial(response, { status: 403, reason, rule: null, hint: null }, what);
+}
+
+// Blocks a body the check could not read (a coding it cannot decode, a zip bomb): unread, it could carry a credential.
+function rejectBody(exchange: Exchange, reason: string): void {
+  const { response, record, what } = exchange;
   if (exchange.ended) return;
   exchange.ended = true;
   record.deny(reason, exchange.rule);

@@ -2,11 +2,12 @@
 // credential broker. Over plain HTTP every credential is a leak, so each adversarial form must be
 // blocked with a 403 and a credential event, and ordinary traffic must pass.
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { createCredentialBroker, type CredentialBroker } from "../../src/credentials/broker.js";
 import { base32 } from "../../src/credentials/encodings.js";
@@ -58,6 +59,17 @@ const b64 = (text: string) => Buffer.from(text, "utf8").toString("base64");
 const b64url = (text: string) => Buffer.from(text, "utf8").toString("base64url");
 const hex = (text: string) => Buffer.from(text, "utf8").toString("hex");
 const allEscaped = (text: string) => hex(text).toUpperCase().replace(/(..)/g, "%$1");
+/** Alternates upper and lower case from one letter to the next, skipping other characters, as no encoder writes it. */
+function mixedCase(text: string): string {
+  let letters = 0;
+  return text.replace(/[a-z]/gi, (letter) => (letters++ % 2 === 0 ? letter.toUpperCase() : letter.toLowerCase()));
+}
+
+/** Splits `bytes` into two chunks in the middle. */
+function halves(bytes: Buffer): Buffer[] {
+  const middle = Math.floor(bytes.length / 2);
+  return [bytes.subarray(0, middle), bytes.subarray(middle)];
+}
 
 /** Base64 of `text` after `prefix`, wrapped into lines of 76 characters as the base64 command writes it. */
 function wrapped(prefix: string, text: string, newline: string): string {
@@ -69,7 +81,7 @@ interface Sent {
   path?: string;
   headers?: Record<string, string>;
   /** Body chunks, written one by one with a pause between them. */
-  body?: string[];
+  body?: (string | Buffer)[];
 }
 
 function send(sent: Sent): Promise<{ status: number; body: string }> {
@@ -119,6 +131,22 @@ const adversarial: { name: string; location: RegExp; request: (value: string) =>
   { name: "every byte percent-encoded in a header", location: /^header x-data$/, request: (value) => ({ headers: { "X-Data": allEscaped(value) } }) },
   { name: "JSON string in the body", location: /^body$/, request: (value) => ({ body: [JSON.stringify({ key: value })] }) },
   { name: "plain value split across body chunks", location: /^body$/, request: (value) => ({ body: [`key=${value.slice(0, 7)}`, `${value.slice(7)}&x=1`] }) },
+  { name: "lower-case base32 in the body", location: /^body$/, request: (value) => ({ body: [base32(Buffer.from(`ab${value}`)).toLowerCase()] }) },
+  { name: "mixed-case base32 in a header", location: /^header x-data$/, request: (value) => ({ headers: { "X-Data": mixedCase(base32(Buffer.from(`abcd${value}`))) } }) },
+  { name: "mixed-case hex in the body", location: /^body$/, request: (value) => ({ body: [`payload=${mixedCase(hex(value))}`] }) },
+  { name: "mixed-case hex in the query", location: /^query$/, request: (value) => ({ path: `/leak?h=${mixedCase(hex(value))}` }) },
+  { name: "lower-case percent-escapes in the body", location: /^body$/, request: (value) => ({ body: [`k=${allEscaped(value).toLowerCase()}`] }) },
+  { name: "mixed-case percent-escapes in a header", location: /^header x-data$/, request: (value) => ({ headers: { "X-Data": mixedCase(allEscaped(value)) } }) },
+  { name: "unpadded base64url at offset 0", location: /^body$/, request: (value) => ({ body: [`d=${b64url(value)}`] }) },
+  { name: "unpadded base64url at offset 1", location: /^body$/, request: (value) => ({ body: [`d=${b64url(`a${value}`)}`] }) },
+  { name: "unpadded base64url at offset 2", location: /^body$/, request: (value) => ({ body: [`d=${b64url(`ab${value}`)}`] }) },
+  { name: "upper-case value in the body", location: /^body$/, request: (value) => ({ body: [`key=${value.toUpperCase()}`] }) },
+  { name: "gzip body", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "gzip" }, body: [gzipSync(JSON.stringify({ key: value }))] }) },
+  { name: "gzip body split across chunks", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "gzip" }, body: halves(gzipSync(`${"filler ".repeat(200)}${value}`, { level: 0 })) }) },
+  { name: "deflate body", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "deflate" }, body: [deflateSync(`key=${value}`)] }) },
+  { name: "br body", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "br" }, body: [brotliCompressSync(`key=${value}`)] }) },
+  { name: "base64 in a gzip body", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "gzip" }, body: [gzipSync(b64(`x${value}`))] }) },
+  { name: "stacked gzip and br body", location: /^body$/, request: (value) => ({ headers: { "Content-Encoding": "gzip, br" }, body: [brotliCompressSync(gzipSync(`key=${value}`))] }) },
 ];
 
 describe("leak detection of encoded forms over plain HTTP", () => {
@@ -166,4 +194,40 @@ describe("leak detection of encoded forms over plain HTTP", () => {
       assert.equal(credentialEvents.length, eventsBefore);
     });
   }
+});
+
+describe("request bodies the gateway cannot check over plain HTTP", () => {
+  // 65 MiB of zeros compress to about 65 KiB, past the 64 MiB the check decodes.
+  const zipBomb = () => gzipSync(Buffer.alloc(65 * 1024 * 1024));
+  const cases: { name: string; request: () => Sent; reason: RegExp }[] = [
+    { name: "a gzip zip bomb", request: () => ({ headers: { "Content-Encoding": "gzip" }, body: [zipBomb()] }), reason: /decodes to more than 67108864 bytes/ },
+    { name: "an unknown coding", request: () => ({ headers: { "Content-Encoding": "zstd" }, body: ["(zstd frame)"] }), reason: /Content-Encoding "zstd"/ },
+    { name: "a body that is not gzip", request: () => ({ headers: { "Content-Encoding": "gzip" }, body: [randomBytes(500)] }), reason: /not valid gzip data/ },
+  ];
+
+  for (const testCase of cases) {
+    it(`blocks ${testCase.name}`, async () => {
+      const path = `/uncheckable/${testCase.name.replace(/[^a-z0-9]+/g, "-")}`;
+      const sent = testCase.request();
+      sent.path = path;
+      const eventsBefore = credentialEvents.length;
+
+      const result = await send(sent);
+
+      assert.equal(result.status, 403, result.body);
+      assert.match(result.body, testCase.reason);
+      assert.equal(credentialEvents.length, eventsBefore);
+      const event = await gw.nextEvent((e) => e.path === path);
+      assert.equal(event.decision, "deny");
+      assert.match(event.reason ?? "", testCase.reason);
+    });
+  }
+
+  it("passes a gzip body without credentials unchanged", async () => {
+    const body = gzipSync(JSON.stringify({ text: "Summarise the attached report in three lines, please.".repeat(100) }));
+    const result = await send({ path: "/compressed/ordinary", headers: { "Content-Encoding": "gzip" }, body: halves(body) });
+    assert.equal(result.status, 200, result.body);
+    const seen = upstream.seen.find((request) => request.url === "/compressed/ordinary");
+    assert.equal(seen?.bodySha256, createHash("sha256").update(body).digest("hex"));
+  });
 });

@@ -17,6 +17,9 @@ describe("redactText", () => {
     { name: "percent-encoded secret", text: `/q/${encodeURIComponent(SECRET)}`, expected: "/q/[secret of api]" },
     { name: "percent-escaped placeholder", text: `/p/${PLACEHOLDER.replace("_", "%5F")}`, expected: "/p/[placeholder of api]" },
     { name: "text without either", text: "/v1/messages", expected: "/v1/messages" },
+    { name: "upper-case placeholder", text: `/p/${PLACEHOLDER.toUpperCase()}/x`, expected: "/p/[placeholder of api]/x" },
+    { name: "mixed-case hex of the secret", text: `h=${Buffer.from(SECRET).toString("hex").replace(/[a-f]/, (letter) => letter.toUpperCase())}`, expected: "h=[hex secret of api]" },
+    { name: "lower-case percent-escapes of the secret", text: `k=${Buffer.from(SECRET).toString("hex").replace(/(..)/g, "%$1")}`, expected: "k=[secret of api]" },
   ];
   for (const testCase of cases) {
     it(`redacts ${testCase.name}`, () => {

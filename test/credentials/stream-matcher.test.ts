@@ -89,3 +89,35 @@ describe("StreamMatcher leak detection", () => {
     assert.equal(run([short, long], `x${PLACEHOLDER}y`, []).output, "xLy");
   });
 });
+
+describe("StreamMatcher case-insensitive needles", () => {
+  const hexNeedle: Needle = { pattern: Buffer.from("72667068deadbeef"), replacement: null, tag: "hex", caseInsensitive: true };
+
+  it("finds the needle in any letter case", () => {
+    for (const text of ["x 72667068deadbeef y", "x 72667068DEADBEEF y", "x 72667068DeAdBeEf y"]) {
+      assert.equal(run([hexNeedle], text, []).hit, "hex", text);
+    }
+  });
+
+  it("finds a mixed-case needle at every split point", () => {
+    const text = "payload=72667068dEaDbEeF&x=1";
+    for (let split = 0; split <= text.length; split++) assert.equal(run([hexNeedle], text, [split]).hit, "hex", `split at ${split}`);
+  });
+
+  it("holds back the start of a case-insensitive needle", () => {
+    const matcher = new StreamMatcher([hexNeedle]);
+    const first = matcher.write(Buffer.from("abc 72667068DEAD"));
+    assert.equal(first.kind === "pass" ? first.output.toString() : "", "abc ");
+    assert.equal(matcher.heldBytes, 12);
+    assert.equal(matcher.write(Buffer.from("BEEF")).kind, "hit");
+  });
+
+  it("finds wrapped lower-case base32", () => {
+    const base32Needle: Needle = { pattern: Buffer.from("MFRGGZDFMZTWQ2LK"), replacement: null, tag: "base32", caseInsensitive: true, wrappable: true };
+    assert.equal(run([base32Needle], "mfrggzdf\nmztwq2lk", []).hit, "base32");
+  });
+
+  it("keeps replacing exact needles beside folded ones", () => {
+    assert.deepEqual(run([scrubNeedle(), hexNeedle], `a ${SECRET} b`, [5]), { output: `a ${PLACEHOLDER} b`, hit: null, replaced: 1 });
+  });
+});
