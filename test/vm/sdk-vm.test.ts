@@ -9,12 +9,17 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { Sandbox, type SandboxEvent } from "../../src/index.js";
 import { VmBackend } from "../../src/vm/vm-backend.js";
 import { checkAbortKills, checkCommands, checkConcurrentCommands, checkFileOperations, checkLargeOutput, checkProtectedPaths, checkTimeoutKills, makeCaseDirs } from "../sdk/cases.js";
 import { createSandbox, isAlive, processTree, waitAllGone, type TestDirs } from "../sdk/support.js";
 
 const FIXTURE = fileURLToPath(new URL("../sdk/fixtures/unclosed-sandbox.ts", import.meta.url));
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+// The MCP server runs in the workspace, so tsx is named by its file rather than resolved from there.
+const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.mjs")}`;
 
 const problems = new VmBackend().check();
 const skip = problems.length === 0 ? false : `the vm backend cannot run here: ${problems.map((problem) => problem.message).join("; ")}`;
@@ -133,5 +138,32 @@ describe("sdk on the vm backend", { skip }, () => {
     await exited;
     assert.deepEqual(names(await waitAllGone(tree)), []);
     assert.deepEqual(vmProcesses(runDir), []);
+  });
+
+  test("mcp serves a vm sandbox", async () => {
+    const mcpDirs = makeCaseDirs();
+    const stateHome = join(mcpDirs.home, "state");
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: ["--import", TSX_LOADER, join(REPO, "src", "cli", "main.ts"), "mcp", "--backend", "vm", "--workspace", mcpDirs.workspace],
+      cwd: mcpDirs.workspace,
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: mcpDirs.home, XDG_STATE_HOME: stateHome },
+      stderr: "pipe",
+    });
+    const client = new Client({ name: "ringfence-test", version: "1.0.0" });
+    await client.connect(transport);
+    const serverPid = transport.pid;
+    assert.ok(serverPid !== null);
+
+    const run = await client.callTool({ name: "run_command", arguments: { command: "cat hello.txt; uname -r" } });
+    const content = (run.content as Array<{ text?: string }>).map((item) => item.text ?? "").join("");
+    assert.equal(run.isError, false, content);
+    assert.match(content, /from the host/);
+    assert.match(content, /cloud-amd64/);
+    const tree = processTree(join(stateHome, "ringfence", "runs"));
+    assert.ok(names(tree).some((name) => name.startsWith("qemu")), `no QEMU among ${names(tree).join(", ")}`);
+
+    await client.close();
+    assert.deepEqual(names(await waitAllGone(tree)), []);
   });
 });
