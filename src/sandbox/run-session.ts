@@ -110,7 +110,7 @@ export class RunSession {
     const home = options.home ?? homedir();
     const hostEnv = options.hostEnv ?? process.env;
     const policy = options.policy;
-    const backend = options.backend ?? selectBackend(policy.backend);
+    const backend = options.backend ?? (await selectBackend(policy.backend));
 
     const problems = backend.check();
     if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));

@@ -3,7 +3,6 @@ import type { CredentialEvent, LocalServices, NetworkEvent } from "../gateway/in
 import type { Policy } from "../policy/types.js";
 import { SandboxError, type SandboxBackend } from "./backend.js";
 import { NamespaceBackend } from "./namespace-backend.js";
-import { VmBackend } from "../vm/vm-backend.js";
 import { auditKeyDir, stateDir } from "../audit/run-record.js";
 import { cacheDir } from "./forwarder.js";
 import { socketRoot } from "./run-dir.js";
@@ -54,10 +53,14 @@ export interface RunSandboxResult {
 
 /**
  * Picks the backend for policy.backend. `auto` stays the namespace backend: under software
- * emulation a micro-VM start costs seconds, so `vm` is chosen by name.
+ * emulation a micro-VM start costs seconds, so `vm` is chosen by name. The vm backend's modules
+ * load only for a vm run, because initialising them costs a namespace run milliseconds.
  */
-export function selectBackend(choice: Policy["backend"]): SandboxBackend {
-  if (choice === "vm") return new VmBackend();
+export async function selectBackend(choice: Policy["backend"]): Promise<SandboxBackend> {
+  if (choice === "vm") {
+    const { VmBackend } = await import("../vm/vm-backend.js");
+    return new VmBackend();
+  }
   return new NamespaceBackend();
 }
 
