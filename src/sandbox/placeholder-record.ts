@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ProtectPlan } from "./protect-plan.js";
 
@@ -9,6 +9,13 @@ import type { ProtectPlan } from "./protect-plan.js";
  * them in an overlay copy.
  */
 export const PLACEHOLDER_RECORD_FILE = "placeholders.json";
+
+/**
+ * The record's name once its placeholders are removed. Renaming it lets the next run's scan skip
+ * a finished run by the missing file, without reading its record. The runs directory keeps
+ * every run, so reading every record slowed each start as runs piled up.
+ */
+export const REMOVED_PLACEHOLDER_RECORD_FILE = "placeholders.removed.json";
 
 interface PlaceholderRecord {
   v: 1;
@@ -39,20 +46,27 @@ export function writePlaceholderRecord(runDir: string, root: string, protect: Pr
   writeFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), JSON.stringify(record), { mode: 0o600 });
 }
 
-function readRecord(runDir: string): PlaceholderRecord | null {
+function readRecordFile(path: string): PlaceholderRecord | null {
   try {
-    const value = JSON.parse(readFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), "utf8")) as PlaceholderRecord;
+    const value = JSON.parse(readFileSync(path, "utf8")) as PlaceholderRecord;
     return value.v === 1 && Array.isArray(value.paths) && typeof value.root === "string" ? value : null;
   } catch {
     return null;
   }
 }
 
+function readRecord(runDir: string): PlaceholderRecord | null {
+  return readRecordFile(join(runDir, PLACEHOLDER_RECORD_FILE)) ?? readRecordFile(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE));
+}
+
 /** Marks the run's placeholders as removed, so no later run touches them. */
 export function markPlaceholdersRemoved(runDir: string): void {
-  const record = readRecord(runDir);
+  const path = join(runDir, PLACEHOLDER_RECORD_FILE);
+  const record = readRecordFile(path);
   if (record === null) return;
-  writeFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), JSON.stringify({ ...record, removed: true }), { mode: 0o600 });
+  // Marked inside the file first, so a crash before the rename still leaves a removed record.
+  writeFileSync(path, JSON.stringify({ ...record, removed: true }), { mode: 0o600 });
+  renameSync(path, join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE));
 }
 
 /** Returns the workspace-relative paths of the placeholders a run created. */
@@ -75,8 +89,13 @@ export function removeStalePlaceholders(runsRoot: string): string[] {
   for (const run of runs) {
     const runDir = join(runsRoot, run);
     if (!existsSync(join(runDir, PLACEHOLDER_RECORD_FILE))) continue;
-    const record = readRecord(runDir);
-    if (record === null || record.removed) continue;
+    const record = readRecordFile(join(runDir, PLACEHOLDER_RECORD_FILE));
+    if (record === null) continue;
+    if (record.removed) {
+      // An older ringfence marked this record without renaming it, or stopped between the two steps.
+      markPlaceholdersRemoved(runDir);
+      continue;
+    }
     const start = processStart(record.pid);
     if (start !== null && start === record.start) continue;
 

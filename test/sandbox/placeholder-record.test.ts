@@ -1,0 +1,90 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  markPlaceholdersRemoved,
+  PLACEHOLDER_RECORD_FILE,
+  REMOVED_PLACEHOLDER_RECORD_FILE,
+  removeStalePlaceholders,
+  reservedPaths,
+  writePlaceholderRecord,
+} from "../../src/sandbox/placeholder-record.js";
+import type { ProtectPlan } from "../../src/sandbox/protect-plan.js";
+
+function layout(): { runsRoot: string; runDir: string; workspace: string; protect: ProtectPlan } {
+  const base = mkdtempSync(join(tmpdir(), "ringfence-placeholder-test-"));
+  const runsRoot = join(base, "runs");
+  const runDir = join(runsRoot, "run-1");
+  const workspace = join(base, "workspace");
+  mkdirSync(runDir, { recursive: true });
+  mkdirSync(workspace);
+  const protect: ProtectPlan = {
+    readOnly: [],
+    placeholders: [
+      { path: join(workspace, ".vscode"), kind: "dir" },
+      { path: join(workspace, ".envrc"), kind: "file" },
+    ],
+    pins: [],
+    problems: [],
+    redirects: [],
+    uncovered: [],
+  };
+  return { runsRoot, runDir, workspace, protect };
+}
+
+test("placeholder record: removal renames the record", () => {
+  const { runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  markPlaceholdersRemoved(runDir);
+  assert.ok(!existsSync(join(runDir, PLACEHOLDER_RECORD_FILE)));
+  const record = JSON.parse(readFileSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE), "utf8")) as { removed: boolean };
+  assert.equal(record.removed, true);
+});
+
+test("placeholder record: reserved paths after removal", () => {
+  const { runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  assert.deepEqual(reservedPaths(runDir), [".vscode", ".envrc"]);
+  markPlaceholdersRemoved(runDir);
+  assert.deepEqual(reservedPaths(runDir), [".vscode", ".envrc"]);
+});
+
+test("placeholder record: stale scan skips removed runs", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  markPlaceholdersRemoved(runDir);
+  // An empty directory at a placeholder's path now belongs to the user, not to the finished run.
+  mkdirSync(join(workspace, ".vscode"));
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(workspace, ".vscode")));
+});
+
+test("placeholder record: stale scan renames marked records", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  // A record marked removed inside the file, as runs did before the rename existed.
+  const path = join(runDir, PLACEHOLDER_RECORD_FILE);
+  writeFileSync(path, JSON.stringify({ ...JSON.parse(readFileSync(path, "utf8")), removed: true }));
+  mkdirSync(join(workspace, ".vscode"));
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(workspace, ".vscode")));
+  assert.ok(!existsSync(path));
+  assert.ok(existsSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE)));
+});
+
+test("placeholder record: stale scan removes a dead run's placeholders", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  // No process has a PID above the kernel's maximum of 2^22, so the record's ringfence is gone.
+  const path = join(runDir, PLACEHOLDER_RECORD_FILE);
+  writeFileSync(path, JSON.stringify({ ...JSON.parse(readFileSync(path, "utf8")), pid: 2 ** 30 }));
+  mkdirSync(join(workspace, ".vscode"));
+  writeFileSync(join(workspace, ".envrc"), "");
+  const messages = removeStalePlaceholders(runsRoot);
+  assert.equal(messages.length, 1);
+  assert.ok(!existsSync(join(workspace, ".vscode")));
+  assert.ok(!existsSync(join(workspace, ".envrc")));
+  assert.ok(existsSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE)));
+});
