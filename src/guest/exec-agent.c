@@ -1,8 +1,15 @@
 /*
  * In-box exec agent: the exec side of the guest protocol (docs/guest-protocol.md).
  *
- *   ringfence-exec-agent --fd N
- *   ringfence-exec-agent --path DEVICE
+ *   ringfence-exec-agent --fd N [--audit PROGRAM] [--limit-events FD]
+ *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--limit-events FD]
+ *
+ * With --audit, a command whose OPEN sets "audit" runs under PROGRAM (exec-audit.c) as `PROGRAM
+ * supervise AGENT_PID -- PROGRAM guard 4 -- COMMAND...`: the supervisor records every execve and
+ * execveat of the command and its descendants, and the agent carries the records to the host as
+ * AUDIT frames. With --limit-events, FD is the command cgroup's pids.events, opened before the
+ * agent was chrooted; while a command whose OPEN sets "limits" runs, the agent rereads it and
+ * sends LIMITS when more forks failed.
  *
  * The host opens one channel per command or file operation over the stream. The agent starts
  * each command in a session of its own, so SIGNAL reaches its whole process group. It carries
@@ -32,6 +39,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HEADER_BYTES 9
@@ -40,10 +48,15 @@
 #define MAX_CHANNELS 256
 #define MAX_ARGS 4096
 #define MAX_JSON_DEPTH 32
+/* Descriptor on which exec-audit's supervisor writes its records. */
+#define AUDIT_RECORD_FD 4
+/* How often pids.events is reread while a command runs, in milliseconds. */
+#define LIMIT_CHECK_MS 250
 
 enum {
   T_HELLO = 0x01,
   T_SHUTDOWN = 0x02,
+  T_LIMITS = 0x03,
   T_OPEN = 0x10,
   T_STDIN = 0x11,
   T_STDIN_EOF = 0x12,
@@ -54,6 +67,7 @@ enum {
   T_STDERR = 0x1a,
   T_EXIT = 0x1b,
   T_FAILED = 0x1c,
+  T_AUDIT = 0x1d,
   T_WINDOW = 0x20,
   T_FILE_READ = 0x40,
   T_FILE_WRITE = 0x41,
@@ -68,6 +82,11 @@ extern char **environ;
 /* ---- Output to the host ---------------------------------------------------------------- */
 
 static int stream_fd = -1;
+/* exec-audit's path inside the box, or NULL when commands run without exec records. */
+static const char *audit_program = NULL;
+/* The command cgroup's pids.events, or -1; and the failed-fork count last sent in LIMITS. */
+static int limit_events_fd = -1;
+static long long limit_hits_sent = 0;
 static unsigned char frame_out[HEADER_BYTES + MAX_PAYLOAD];
 
 static void kill_all_and_exit(int status);
@@ -391,6 +410,8 @@ struct request {
   long long rows, cols;
   long long mode;
   int append, recursive, parents;
+  /* OPEN's opt-ins: run the command under exec-audit, and report failed forks with LIMITS. */
+  int audit, limits;
 };
 
 static void request_free(struct request *request) {
@@ -500,6 +521,10 @@ static int parse_request(const unsigned char *payload, size_t length, struct req
         result = json_boolean(&json, &request->recursive);
       } else if (strcmp(key, "parents") == 0) {
         result = json_boolean(&json, &request->parents);
+      } else if (strcmp(key, "audit") == 0) {
+        result = json_boolean(&json, &request->audit);
+      } else if (strcmp(key, "limits") == 0) {
+        result = json_boolean(&json, &request->limits);
       } else {
         result = json_skip(&json);
       }
@@ -529,6 +554,10 @@ struct channel {
   /* stdout and stderr read ends; with a terminal, out[0] is the master and out[1] is -1. A file
    * read puts the file in out[0]. */
   int out[2];
+  /* Read end of the exec records pipe from the command's exec-audit supervisor, or -1. */
+  int audit_fd;
+  /* Set when OPEN asked for LIMITS reports while the command runs. */
+  int limits;
   /* Result text of a listing or stat, sent as STDOUT. */
   struct buffer result;
   size_t result_sent;
@@ -577,7 +606,7 @@ static struct channel *new_channel(uint32_t id) {
     memset(channel, 0, sizeof *channel);
     channel->used = 1;
     channel->id = id;
-    channel->out[0] = channel->out[1] = channel->in_fd = -1;
+    channel->out[0] = channel->out[1] = channel->in_fd = channel->audit_fd = -1;
     channel->reaped = 1;
     channel->receive_window = INITIAL_WINDOW;
     channel->send_window = INITIAL_WINDOW;
@@ -605,13 +634,14 @@ static void release(struct channel *channel) {
   close_input(channel);
   close_fd(&channel->out[0]);
   close_fd(&channel->out[1]);
+  close_fd(&channel->audit_fd);
   free(channel->result.data);
   channel->used = 0;
 }
 
 /* Sends EXIT or FAILED when the channel has nothing left to deliver, and frees it. */
 static void finish_if_done(struct channel *channel) {
-  if (!channel->reaped || channel->out[0] >= 0 || channel->out[1] >= 0) return;
+  if (!channel->reaped || channel->out[0] >= 0 || channel->out[1] >= 0 || channel->audit_fd >= 0) return;
   if (channel->result_sent < channel->result.length) return;
   if (channel->in_is_file && channel->error == 0 && !(channel->in_eof && channel->in_length == 0)) return;
 
@@ -650,7 +680,7 @@ static void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_
 
 /* Runs in the forked child: sets up stdio, the session and the directory, then execs. On a
  * failure it writes errno and the failing step to `report` and exits with 127. */
-static void exec_child(struct request *request, int stdin_fd, int stdout_fd, int stderr_fd, int report) {
+static void exec_child(struct request *request, char **argv, int stdin_fd, int stdout_fd, int stderr_fd, int audit_fd, int report) {
   int step = 0;
   sigset_t none;
   sigemptyset(&none);
@@ -660,11 +690,14 @@ static void exec_child(struct request *request, int stdin_fd, int stdout_fd, int
   if (setsid() < 0) goto failed;
   if (request->tty && ioctl(stdin_fd, TIOCSCTTY, 0) < 0) goto failed;
   if (dup2(stdin_fd, 0) < 0 || dup2(stdout_fd, 1) < 0 || dup2(stderr_fd, 2) < 0) goto failed;
+  /* dup2 onto the same number keeps close-on-exec set, so that case clears the flag instead. */
+  if (audit_fd == AUDIT_RECORD_FD && fcntl(audit_fd, F_SETFD, 0) < 0) goto failed;
+  if (audit_fd >= 0 && audit_fd != AUDIT_RECORD_FD && dup2(audit_fd, AUDIT_RECORD_FD) < 0) goto failed;
   step = 1;
   if (request->cwd != NULL && chdir(request->cwd) < 0) goto failed;
   step = 2;
   environ = request->env;
-  execvp(request->argv[0], request->argv);
+  execvp(argv[0], argv);
 failed:;
   int report_words[2] = {errno, step};
   if (write(report, report_words, sizeof report_words) < 0) {
@@ -674,12 +707,32 @@ failed:;
 }
 
 static void start_command(struct channel *channel, struct request *request) {
-  int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, report[2] = {-1, -1};
+  int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, report[2] = {-1, -1}, audit_pipe[2] = {-1, -1};
   int master = -1, slave = -1;
   const char *what = "starting";
   const char *value = request->argv[0];
+  char **argv = request->argv;
+  char **wrapped = NULL;
 
   if (pipe2(report, O_CLOEXEC) < 0) goto failed;
+  if (request->audit && audit_program == NULL) {
+    errno = ENOTSUP;
+    what = "recording execs (the agent has no --audit program) for";
+    goto failed;
+  }
+  if (request->audit) {
+    /* The agent's PID lets the supervisor check that its parent is still the one that started it. */
+    static char agent_pid[24];
+    snprintf(agent_pid, sizeof agent_pid, "%d", (int)getpid());
+    const char *prefix[] = {audit_program, "supervise", agent_pid, "--", audit_program, "guard", "4", "--"};
+    size_t prefix_count = sizeof prefix / sizeof prefix[0];
+    what = "starting the exec audit for";
+    wrapped = calloc(prefix_count + request->argc + 1, sizeof *wrapped);
+    if (wrapped == NULL || pipe2(audit_pipe, O_CLOEXEC) < 0) goto failed;
+    for (size_t i = 0; i < prefix_count; i++) wrapped[i] = (char *)prefix[i];
+    for (size_t i = 0; i < request->argc; i++) wrapped[prefix_count + i] = request->argv[i];
+    argv = wrapped;
+  }
   if (request->tty) {
     what = "opening a terminal for";
     master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -698,9 +751,12 @@ static void start_command(struct channel *channel, struct request *request) {
   pid_t pid = fork();
   if (pid < 0) goto failed;
   if (pid == 0) {
-    if (request->tty) exec_child(request, slave, slave, slave, report[1]);
-    exec_child(request, in_pipe[0], out_pipe[1], err_pipe[1], report[1]);
+    if (request->tty) exec_child(request, argv, slave, slave, slave, audit_pipe[1], report[1]);
+    exec_child(request, argv, in_pipe[0], out_pipe[1], err_pipe[1], audit_pipe[1], report[1]);
   }
+  free(wrapped);
+  wrapped = NULL;
+  close_fd(&audit_pipe[1]);
 
   close_fd(&report[1]);
   close_fd(&slave);
@@ -724,6 +780,7 @@ static void start_command(struct channel *channel, struct request *request) {
     close_fd(&in_pipe[1]);
     close_fd(&out_pipe[0]);
     close_fd(&err_pipe[0]);
+    close_fd(&audit_pipe[0]);
     if (step == 1) send_failed(channel->id, error, "changing directory to", request->cwd);
     else if (step == 2) send_failed(channel->id, error, "starting", value);
     else send_failed(channel->id, error, "setting up the session for", value);
@@ -733,6 +790,11 @@ static void start_command(struct channel *channel, struct request *request) {
 
   channel->pid = pid;
   channel->reaped = 0;
+  channel->limits = request->limits;
+  if (audit_pipe[0] >= 0) {
+    channel->audit_fd = audit_pipe[0];
+    set_nonblocking(audit_pipe[0]);
+  }
   if (request->tty) {
     channel->tty = 1;
     channel->out[0] = master;
@@ -759,6 +821,9 @@ failed:;
   close_fd(&out_pipe[1]);
   close_fd(&err_pipe[0]);
   close_fd(&err_pipe[1]);
+  close_fd(&audit_pipe[0]);
+  close_fd(&audit_pipe[1]);
+  free(wrapped);
   send_failed(channel->id, error, what, value);
   release(channel);
 }
@@ -993,6 +1058,41 @@ static void handle_frame(uint32_t id, int type, const unsigned char *payload, si
 
 /* ---- Event loop ------------------------------------------------------------------------ */
 
+/*
+ * Rereads pids.events and sends LIMITS with the count of forks the process limit failed, when
+ * it grew since the last LIMITS. The file reads "max N"; a read that fails or does not parse is
+ * skipped, because the next check reads it again.
+ */
+static void check_limits(void) {
+  if (limit_events_fd < 0) return;
+  char text[256];
+  ssize_t got = pread(limit_events_fd, text, sizeof text - 1, 0);
+  if (got <= 0) return;
+  text[got] = '\0';
+  const char *max = strstr(text, "max ");
+  if (max == NULL) return;
+  long long hits = strtoll(max + 4, NULL, 10);
+  if (hits <= limit_hits_sent) return;
+  limit_hits_sent = hits;
+  char json[64];
+  int length = snprintf(json, sizeof json, "{\"pidsMax\":%lld}", hits);
+  send_frame(0, T_LIMITS, json, (size_t)length);
+}
+
+/* Returns whether a running command asked for LIMITS reports. */
+static int limits_wanted(void) {
+  for (int i = 0; i < MAX_CHANNELS; i++) {
+    if (channels[i].used && channels[i].pid > 0 && !channels[i].reaped && channels[i].limits) return 1;
+  }
+  return 0;
+}
+
+static long long monotonic_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
 static void reap_children(void) {
   char drained[64];
   while (read(child_pipe[0], drained, sizeof drained) > 0) {
@@ -1004,6 +1104,8 @@ static void reap_children(void) {
     for (int i = 0; i < MAX_CHANNELS; i++) {
       struct channel *channel = &channels[i];
       if (!channel->used || channel->pid != pid) continue;
+      /* The count reaches the host before EXIT, so the host can report the limit with the status. */
+      if (channel->limits) check_limits();
       channel->reaped = 1;
       channel->status = status;
       /* The command is gone, so no process reads its stdin any more. */
@@ -1031,6 +1133,20 @@ static void pump_output(struct channel *channel, int which) {
   }
   channel->send_window -= (uint64_t)got;
   send_prepared(channel->id, which == 0 ? T_STDOUT : T_STDERR, (size_t)got);
+}
+
+/* Sends the exec records the supervisor wrote as AUDIT frames, within the channel's window. */
+static void pump_audit(struct channel *channel) {
+  size_t room = channel->send_window < MAX_PAYLOAD ? (size_t)channel->send_window : MAX_PAYLOAD;
+  ssize_t got = read(channel->audit_fd, frame_out + HEADER_BYTES, room);
+  if (got < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (got <= 0) {
+    close_fd(&channel->audit_fd);
+    finish_if_done(channel);
+    return;
+  }
+  channel->send_window -= (uint64_t)got;
+  send_prepared(channel->id, T_AUDIT, (size_t)got);
 }
 
 static void pump_result(struct channel *channel) {
@@ -1069,14 +1185,15 @@ static void pump_input(struct channel *channel) {
 /* Owner of each polled descriptor. */
 struct watch {
   struct channel *channel;
-  int role; /* 0, 1: output; 2: input */
+  int role; /* 0, 1: output; 2: input; 3: exec records */
 };
 
 static void run(void) {
   static unsigned char incoming[HEADER_BYTES + MAX_PAYLOAD];
   size_t incoming_length = 0;
-  static struct pollfd fds[2 + MAX_CHANNELS * 3];
-  static struct watch watches[2 + MAX_CHANNELS * 3];
+  static struct pollfd fds[2 + MAX_CHANNELS * 4];
+  static struct watch watches[2 + MAX_CHANNELS * 4];
+  long long last_limit_check = 0;
 
   for (;;) {
     /* Results of listings are not descriptors: send what the window allows before polling. */
@@ -1099,12 +1216,21 @@ static void run(void) {
         watches[count] = (struct watch){channel, 2};
         fds[count++] = (struct pollfd){.fd = channel->in_fd, .events = POLLOUT};
       }
+      if (channel->audit_fd >= 0 && channel->send_window > 0) {
+        watches[count] = (struct watch){channel, 3};
+        fds[count++] = (struct pollfd){.fd = channel->audit_fd, .events = POLLIN};
+      }
     }
 
-    if (poll(fds, count, -1) < 0) {
+    int timeout_ms = limit_events_fd >= 0 && limits_wanted() ? LIMIT_CHECK_MS : -1;
+    if (poll(fds, count, timeout_ms) < 0) {
       if (errno == EINTR) continue;
       perror("ringfence-exec-agent: poll");
       kill_all_and_exit(1);
+    }
+    if (timeout_ms >= 0 && monotonic_ms() - last_limit_check >= LIMIT_CHECK_MS) {
+      last_limit_check = monotonic_ms();
+      check_limits();
     }
 
     if (fds[1].revents & POLLIN) reap_children();
@@ -1117,6 +1243,7 @@ static void run(void) {
       if (!channel->used) continue;
       if (role < 2 && channel->out[role] == fds[i].fd && channel->send_window > 0) pump_output(channel, role);
       if (role == 2 && channel->in_fd == fds[i].fd && channel->in_length > 0) pump_input(channel);
+      if (role == 3 && channel->audit_fd == fds[i].fd && channel->send_window > 0) pump_audit(channel);
     }
 
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -1143,7 +1270,33 @@ static void run(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 3 && strcmp(argv[1], "--fd") == 0) {
+  /* Options after the stream: --audit PROGRAM and --limit-events FD. */
+  for (int i = 3; i < argc; i += 2) {
+    if (i + 1 >= argc) {
+      fprintf(stderr, "ringfence-exec-agent: %s needs a value\n", argv[i]);
+      return 2;
+    }
+    if (strcmp(argv[i], "--audit") == 0) {
+      if (argv[i + 1][0] != '/' || access(argv[i + 1], X_OK) != 0) {
+        fprintf(stderr, "ringfence-exec-agent: the exec audit program %s is not an executable absolute path; no command can run without it\n", argv[i + 1]);
+        return 2;
+      }
+      audit_program = argv[i + 1];
+    } else if (strcmp(argv[i], "--limit-events") == 0) {
+      char *end;
+      long fd = strtol(argv[i + 1], &end, 10);
+      if (*end != '\0' || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0) {
+        fprintf(stderr, "ringfence-exec-agent: --limit-events %s is not an open file descriptor\n", argv[i + 1]);
+        return 2;
+      }
+      limit_events_fd = (int)fd;
+    } else {
+      fprintf(stderr, "ringfence-exec-agent: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+
+  if (argc >= 3 && strcmp(argv[1], "--fd") == 0) {
     char *end;
     long fd = strtol(argv[2], &end, 10);
     if (*end != '\0' || fd < 0 || fd > INT_MAX) {
@@ -1151,14 +1304,14 @@ int main(int argc, char **argv) {
       return 2;
     }
     stream_fd = (int)fd;
-  } else if (argc == 3 && strcmp(argv[1], "--path") == 0) {
+  } else if (argc >= 3 && strcmp(argv[1], "--path") == 0) {
     stream_fd = open(argv[2], O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (stream_fd < 0) {
       fprintf(stderr, "ringfence-exec-agent: opening %s failed: %s\n", argv[2], strerror(errno));
       return 2;
     }
   } else {
-    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE\n");
+    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE [--audit PROGRAM] [--limit-events FD]\n");
     return 2;
   }
 
@@ -1185,6 +1338,7 @@ int main(int argc, char **argv) {
     buffer_text(&hello, ",\"kernel\":");
     buffer_json_string(&hello, host.release);
   }
+  if (audit_program != NULL) buffer_text(&hello, ",\"audit\":true");
   buffer_text(&hello, "}");
   send_frame(0, T_HELLO, hello.data, hello.length);
   free(hello.data);

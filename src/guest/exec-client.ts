@@ -40,6 +40,10 @@ export interface ExecRequest {
   cwd: string | null;
   /** Terminal size for a command on a terminal, or null for pipes. */
   tty: { rows: number; cols: number } | null;
+  /** Run the command under exec-audit and send its records on `audit`; needs an agent whose HELLO sets `audit`. */
+  audit?: boolean;
+  /** Report forks that fail at the guest's process limit in LIMITS frames while the command runs. */
+  limits?: boolean;
 }
 
 /** The end of a channel's command: its exit code, or the number of the signal that ended it. */
@@ -77,6 +81,12 @@ export class ExecChannel {
   readonly stdout: Readable;
   readonly stderr: Readable;
   readonly stdin: Writable;
+  /**
+   * The exec records of an agent started with --audit: newline-separated JSON, one line per
+   * execve or execveat, as exec-audit.c writes them. The stream flows and drops its bytes until
+   * a caller adds a 'data' listener; pausing it holds back the window, and so the guest's execs.
+   */
+  readonly audit: Readable;
   /** Resolves with the process id in the box; rejects like `exit` when the command never starts. */
   readonly started: Promise<number>;
   /** Resolves with EXIT; rejects with ExecFailedError (FAILED) or AgentGoneError. */
@@ -111,6 +121,8 @@ export class ExecChannel {
     const onRead = () => this.#grantConsumed();
     this.stdout = new Readable({ highWaterMark: INITIAL_WINDOW, read: onRead });
     this.stderr = new Readable({ highWaterMark: INITIAL_WINDOW, read: onRead });
+    this.audit = new Readable({ highWaterMark: INITIAL_WINDOW, read: onRead });
+    this.audit.resume();
     this.stdin = new Writable({
       highWaterMark: MAX_PAYLOAD,
       write: (chunk: Buffer, _encoding, callback) => {
@@ -154,7 +166,7 @@ export class ExecChannel {
 
   #grantConsumed(): void {
     if (this.#done) return;
-    const buffered = this.stdout.readableLength + this.stderr.readableLength;
+    const buffered = this.stdout.readableLength + this.stderr.readableLength + this.audit.readableLength;
     const delivered = this.#received - buffered - this.#consumed;
     if (delivered <= 0) return;
     this.#consumed += delivered;
@@ -170,11 +182,14 @@ export class ExecChannel {
         return;
       case FrameType.STDOUT:
       case FrameType.STDERR:
+      case FrameType.AUDIT: {
         this.#receiveWindow.received(frame.payload.length);
         this.#received += frame.payload.length;
-        (frame.type === FrameType.STDOUT ? this.stdout : this.stderr).push(frame.payload);
+        const target = frame.type === FrameType.STDOUT ? this.stdout : frame.type === FrameType.STDERR ? this.stderr : this.audit;
+        target.push(frame.payload);
         this.#grantConsumed();
         return;
+      }
       case FrameType.WINDOW:
         this.#sendWindow.grant(decodeWindow(frame.payload));
         for (const wake of this.#windowWaiters.splice(0)) wake();
@@ -209,6 +224,7 @@ export class ExecChannel {
     for (const wake of this.#windowWaiters.splice(0)) wake();
     this.stdout.push(null);
     this.stderr.push(null);
+    this.audit.push(null);
     if (error !== null) {
       this.#rejectStarted(error);
       this.#rejectExit(error);
@@ -224,6 +240,13 @@ export interface AgentHello {
   agent: string;
   version: number;
   kernel?: string;
+  /** Set by an agent started with --audit, which runs every command under exec-audit. */
+  audit?: boolean;
+}
+
+/** The guest's LIMITS report: forks that failed at the command cgroup's pids.max so far. */
+export interface AgentLimits {
+  pidsMax: number;
 }
 
 /**
@@ -236,6 +259,8 @@ export class ExecClient {
   readonly ready: Promise<AgentHello>;
   /** Resolves when the stream is finished, with the error that ended it, or null for a clean end. */
   readonly closed: Promise<Error | null>;
+  /** Receives each LIMITS report; the count never decreases, because a decrease is a protocol error. */
+  onLimits: ((limits: AgentLimits) => void) | null = null;
 
   #stream: Duplex;
   #decoder = new FrameDecoder();
@@ -268,6 +293,10 @@ export class ExecClient {
     stream.on("data", (chunk: Buffer) => {
       try {
         for (const frame of this.#decoder.push(chunk)) {
+          if (frame.channel === CONTROL_CHANNEL && frame.type === FrameType.LIMITS) {
+            this.#handleLimits(decodeJsonObject(frame.type, frame.payload));
+            continue;
+          }
           if (frame.channel === CONTROL_CHANNEL) {
             if (frame.type !== FrameType.HELLO) throw new ProtocolError(`frame type ${frameTypeName(frame.type)} is not valid from the exec agent on the control channel`);
             const hello = decodeJsonObject(frame.type, frame.payload);
@@ -288,9 +317,20 @@ export class ExecClient {
     stream.on("end", () => end(null));
   }
 
+  #limitHits = 0;
+
+  #handleLimits(fields: Record<string, unknown>): void {
+    const hits = fields.pidsMax;
+    if (typeof hits !== "number" || !Number.isSafeInteger(hits) || hits < 0) throw new ProtocolError(`invalid LIMITS from the exec agent: pidsMax ${JSON.stringify(hits)} is not a non-negative integer`);
+    if (hits < this.#limitHits) throw new ProtocolError(`invalid LIMITS from the exec agent: pidsMax went down from ${this.#limitHits} to ${hits}`);
+    this.#limitHits = hits;
+    this.onLimits?.({ pidsMax: hits });
+  }
+
   /** Starts a command on a new channel. */
   open(request: ExecRequest): ExecChannel {
-    return this.#openChannel(FrameType.OPEN, { argv: request.argv, env: request.env, cwd: request.cwd, tty: request.tty });
+    const optIns = { ...(request.audit === true ? { audit: true } : {}), ...(request.limits === true ? { limits: true } : {}) };
+    return this.#openChannel(FrameType.OPEN, { argv: request.argv, env: request.env, cwd: request.cwd, tty: request.tty, ...optIns });
   }
 
   /** Starts a file operation on a new channel; its result arrives like a command's output. */

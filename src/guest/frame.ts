@@ -12,12 +12,13 @@ export const MAX_PAYLOAD = 65_536;
 /** Data bytes each side may send on one channel before the receiver grants more with WINDOW. */
 export const INITIAL_WINDOW = 262_144;
 
-/** The channel that carries HELLO and SHUTDOWN. */
+/** The channel that carries HELLO, SHUTDOWN and LIMITS. */
 export const CONTROL_CHANNEL = 0;
 
 export const FrameType = {
   HELLO: 0x01,
   SHUTDOWN: 0x02,
+  LIMITS: 0x03,
   OPEN: 0x10,
   STDIN: 0x11,
   STDIN_EOF: 0x12,
@@ -28,6 +29,7 @@ export const FrameType = {
   STDERR: 0x1a,
   EXIT: 0x1b,
   FAILED: 0x1c,
+  AUDIT: 0x1d,
   WINDOW: 0x20,
   CONNECT: 0x30,
   DATA: 0x31,
@@ -43,7 +45,7 @@ const NAMES = new Map<number, FrameTypeName>(Object.entries(FrameType).map(([nam
 export const FILE_TYPES = { first: 0x40, last: 0x4f } as const;
 
 /** Types whose payload counts against the channel's window. */
-const DATA_TYPES: ReadonlySet<number> = new Set([FrameType.STDIN, FrameType.STDOUT, FrameType.STDERR, FrameType.DATA]);
+const DATA_TYPES: ReadonlySet<number> = new Set([FrameType.STDIN, FrameType.STDOUT, FrameType.STDERR, FrameType.AUDIT, FrameType.DATA]);
 
 export interface Frame {
   channel: number;

@@ -2,7 +2,7 @@
 // commands, stdio, windows, terminals, signals, file operations and malformed input.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { prepareExecAgent } from "../../src/guest/exec-agent.js";
 import { ExecClient, ExecFailedError, FileFrameType, type ExecChannel } from "../../src/guest/exec-client.js";
 import { encodeFrame, FrameType } from "../../src/guest/frame.js";
+import { prepareExecAudit } from "../../src/sandbox/exec-audit.js";
 
 const ENV = { PATH: "/usr/bin:/bin", LANG: "C" };
 
@@ -239,4 +240,74 @@ test("exec agent rejects malformed frames", async () => {
     agent.stream.write(bytes);
     assert.equal(await agent.exited, 2, name);
   }
+});
+
+/** Starts the agent with extra options after its stream, and the descriptors they name at 4 and up. */
+function startAgentWith(options: string[], extraStdio: ("pipe" | "ignore" | number)[] = []): Agent {
+  const binary = prepareExecAgent();
+  const child = spawn(binary, ["--fd", "3", ...options], { stdio: ["ignore", "inherit", "pipe", "pipe", ...extraStdio] });
+  agents.push(child);
+  const stream = child.stdio[3] as Duplex;
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, stream, client: new ExecClient(stream), exited };
+}
+
+test("exec agent records execs with --audit", async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  const agent = startAgentWith(["--audit", helper.path]);
+  const hello = await agent.client.ready;
+  assert.equal(hello.audit, true);
+
+  const channel = agent.client.open({ argv: ["/bin/sh", "-c", "/bin/true; /bin/echo 'two words' >/dev/null; exit 5"], env: ENV, cwd: null, tty: null, audit: true });
+  const lines: Buffer[] = [];
+  channel.audit.on("data", (chunk: Buffer) => lines.push(chunk));
+  const result = await collect(channel);
+  assert.equal(result.code, 5);
+  const records = Buffer.concat(lines).toString().trim().split("\n").map((line) => JSON.parse(line) as { call: string; path?: string; argv?: string[]; missing?: boolean });
+  const paths = records.filter((record) => record.call !== "executed" && record.missing !== true).map((record) => record.path);
+  assert.deepEqual(paths, ["/bin/sh", "/bin/true", "/bin/echo"]);
+  assert.deepEqual(records.find((record) => record.path === "/bin/echo")?.argv, ["/bin/echo", "two words"]);
+
+  // Without the opt-in the command runs as before, with no records.
+  const plain = agent.client.open({ argv: ["/bin/true"], env: ENV, cwd: null, tty: null });
+  let plainBytes = 0;
+  plain.audit.on("data", (chunk: Buffer) => (plainBytes += chunk.length));
+  assert.equal((await collect(plain)).code, 0);
+  assert.equal(plainBytes, 0);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent rejects audit without --audit", async () => {
+  const agent = startAgent();
+  assert.equal((await agent.client.ready).audit, undefined);
+  const channel = agent.client.open({ argv: ["/bin/true"], env: ENV, cwd: null, tty: null, audit: true });
+  await assert.rejects(channel.exit, (error: Error) => error instanceof ExecFailedError && error.message.includes("--audit"));
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent rejects a relative --audit", async () => {
+  const agent = startAgentWith(["--audit", "exec-audit"]);
+  assert.equal(await agent.exited, 2);
+});
+
+test("exec agent reports failed forks", async () => {
+  // A regular file stands in for the cgroup's pids.events: the agent rereads it from offset 0.
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-limits-"));
+  const events = join(dir, "pids.events");
+  writeFileSync(events, "max 0\n");
+  const fd = openSync(events, "r");
+  const agent = startAgentWith(["--limit-events", "4"], [fd]);
+  closeSync(fd);
+  const reports: number[] = [];
+  agent.client.onLimits = (limits) => reports.push(limits.pidsMax);
+  await agent.client.ready;
+
+  const channel = agent.client.open({ argv: ["/bin/sh", "-c", `sleep 0.4; echo 'max 150' > ${events}; sleep 0.6`], env: ENV, cwd: null, tty: null, limits: true });
+  assert.equal((await collect(channel)).code, 0);
+  assert.deepEqual(reports, [150]);
+  agent.client.shutdown();
+  await agent.exited;
 });
