@@ -76,25 +76,31 @@ mount -t tmpfs -o mode=0755,size=16m tmpfs /sysroot/run || fail "mounting /run f
 mkdir -p /sysroot/run/ringfence
 [ -f /ca-bundle.pem ] && cp /ca-bundle.pem /sysroot/run/ringfence/ca-bundle.pem
 cp /bin/exec-agent /sysroot/run/ringfence/exec-agent
+cp /bin/exec-audit /sysroot/run/ringfence/exec-audit
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 hostname ringfence
 
 /bin/net-mux --path "$net_port" --port 3128 &
 
+# The exec agent runs each command under exec-audit, which records every exec in the guest.
+audit="--audit /run/ringfence/exec-audit"
+
 # The process limit: the exec agent and everything it starts share one cgroup, whose pids.max
-# is the limit plus one for the agent. The cgroup file system is mounted only here, outside /sysroot, so the
-# command does not see it; guest root could still mount it and raise the limit.
+# is the limit plus two, for the agent and the command's exec-audit supervisor. The cgroup file
+# system is mounted only here, outside /sysroot, so the command does not see it; guest root
+# could still mount it and raise the limit. The agent gets the cgroup's pids.events as
+# descriptor 3, opened before the chroot, to report forks the limit failed.
 if [ -n "$pids" ]; then
   mkdir -p /cgroup
   mount -t cgroup2 cgroup2 /cgroup || fail "mounting cgroup2 for the process limit failed"
   echo +pids > /cgroup/cgroup.subtree_control || fail "enabling the pids controller failed"
   mkdir /cgroup/box || fail "creating the command cgroup failed"
-  echo $((pids + 1)) > /cgroup/box/pids.max || fail "setting pids.max to $((pids + 1)) failed"
+  echo $((pids + 2)) > /cgroup/box/pids.max || fail "setting pids.max to $((pids + 2)) failed"
   # A child shell moves itself into the cgroup and becomes the exec agent; init stays outside.
-  sh -c 'echo $$ > /cgroup/box/cgroup.procs || exit 125; exec chroot /sysroot /run/ringfence/exec-agent --path "$1"' sh "$exec_port"
+  sh -c 'echo $$ > /cgroup/box/cgroup.procs || exit 125; exec chroot /sysroot /run/ringfence/exec-agent --path "$1" $2 --limit-events 3 3</cgroup/box/pids.events' sh "$exec_port" "$audit"
   [ $? -eq 125 ] && fail "moving the exec agent into the command cgroup failed"
 else
-  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port"
+  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $audit
 fi
 reboot -f

@@ -4,6 +4,8 @@ import { ExecClient, ExecFailedError, FileFrameType, type ExecExit } from "../gu
 import type { AgentConnection } from "../sandbox/backend.js";
 import type { Machine } from "./machine.js";
 import { NetHost } from "./net-host.js";
+import { missingGuestAudit, recordGuestExecs, watchGuestLimits } from "./guest-audit.js";
+import type { GuestExecRecord } from "./guest-exec-records.js";
 
 /** How long the guest gets to power off after SHUTDOWN before QEMU is killed, in milliseconds. */
 const POWER_OFF_GRACE_MS = 5_000;
@@ -24,6 +26,8 @@ export interface GuestCommand {
   /** The process limit the guest init was given (rf.pids), or null for none. */
   processLimit?: number | null;
   stop?: AbortSignal;
+  /** Receives each exec the guest records; when set, a guest that does not record execs fails the run. */
+  onExec?: (record: GuestExecRecord) => void;
 }
 
 /** The cgroup the guest init starts the exec agent in when a process limit is set. */
@@ -53,6 +57,8 @@ export interface GuestExit {
   /** The reason the guest ended before the command did, or null. */
   lost: string | null;
   warnings: string[];
+  /** Forks that failed at the guest's process limit, as the guest reported them; unset when not watched. */
+  processLimitHits?: number;
 }
 
 /** Default terminal size, for a terminal that reports 0 rows or columns (script(1) without one). */
@@ -151,14 +157,21 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
   let connection: GuestConnection | null = null;
   let onResize = () => {};
   let end: CommandEnd;
+  let limitHits = () => 0;
+  const auditWarnings: string[] = [];
   try {
     const connected = await connectGuest(machine, command.gatewaySocket, command.processLimit ?? null, lost);
     connection = connected.connection;
     const { client } = connection;
+    const missingAudit = connected.failure === null && command.onExec !== undefined ? missingGuestAudit(await client.ready) : null;
     if (connected.failure !== null) {
       end = connected.failure;
+    } else if (missingAudit !== null) {
+      end = { kind: "lost", message: missingAudit };
     } else {
-      const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? terminalSize() : null });
+      limitHits = watchGuestLimits(client, command.processLimit ?? null, stopWith);
+      const channel = client.open({ argv: command.argv, env: command.env, cwd: command.cwd, tty: tty ? terminalSize() : null, audit: command.onExec !== undefined, limits: (command.processLimit ?? null) !== null });
+      const endAudit = command.onExec === undefined ? null : recordGuestExecs(channel, command.onExec);
       signalCommand = (signal) => channel.signal(signal);
       onResize = () => {
         const size = terminalSize();
@@ -180,6 +193,7 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
       // Output that arrived before EXIT is written out before the run reports its status.
       if (end.kind !== "lost") await Promise.all([finished(channel.stdout), finished(channel.stderr)]).catch(() => {});
       process.stdin.unpipe(channel.stdin);
+      if (endAudit !== null) auditWarnings.push(...endAudit());
     }
   } finally {
     process.off("SIGINT", onInt);
@@ -196,15 +210,16 @@ export async function runGuestCommand(command: GuestCommand): Promise<GuestExit>
     else await disconnectGuest(machine, connection);
   }
 
-  const netWarnings = connection?.netWarnings ?? [];
+  const netWarnings = [...(connection?.netWarnings ?? []), ...auditWarnings];
+  const processLimitHits = limitHits();
 
-  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: netWarnings };
-  if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: netWarnings };
+  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings: netWarnings, processLimitHits };
+  if (end.kind === "lost") return { status: 125, stoppedBy: null, lost: end.message, warnings: netWarnings, processLimitHits };
   if (end.kind === "failed") {
     process.stderr.write(`ringfence: ${command.argv[0]}: ${end.message}\n`);
-    return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: netWarnings };
+    return { status: end.errno === ENOENT ? 127 : 126, stoppedBy: null, lost: null, warnings: netWarnings, processLimitHits };
   }
-  return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: netWarnings };
+  return { status: end.exit.code ?? 128 + (end.exit.signal ?? 0), stoppedBy: null, lost: null, warnings: netWarnings, processLimitHits };
 }
 
 export interface GuestAgentSession {

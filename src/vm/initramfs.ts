@@ -16,6 +16,8 @@ export interface InitramfsInputs {
   busybox: Uint8Array;
   netMux: Uint8Array;
   execAgent: Uint8Array;
+  /** exec-audit.c, which records each exec of a command inside the guest. */
+  execAudit: Uint8Array;
   modules: { name: string; data: Uint8Array }[];
 }
 
@@ -33,6 +35,7 @@ export function initramfsEntries(inputs: InitramfsInputs): CpioEntry[] {
   entries.push({ kind: "file", path: "init", mode: 0o755, data: inputs.init });
   entries.push({ kind: "file", path: "bin/net-mux", mode: 0o755, data: inputs.netMux });
   entries.push({ kind: "file", path: "bin/exec-agent", mode: 0o755, data: inputs.execAgent });
+  entries.push({ kind: "file", path: "bin/exec-audit", mode: 0o755, data: inputs.execAudit });
   for (const module of inputs.modules) entries.push({ kind: "file", path: `lib/modules/${module.name}.ko`, mode: 0o644, data: module.data });
   entries.push({ kind: "file", path: "lib/modules/order", mode: 0o644, data: Buffer.from(`${inputs.modules.map((module) => module.name).join("\n")}\n`) });
   return entries;
@@ -47,9 +50,12 @@ function guestSourceDir(): string {
   return found;
 }
 
-/** Returns the source file a guest program is built from: the exec agent, or the net mux. */
-export function guestSource(name: "init.sh" | "net-mux.c" | "exec-agent.c"): string | null {
-  const path = join(guestSourceDir(), name);
+/**
+ * Returns the source file a guest program is built from: the init script, the exec agent, the
+ * net mux, or the exec audit helper that the namespace backend also uses (in src/sandbox).
+ */
+export function guestSource(name: "init.sh" | "net-mux.c" | "exec-agent.c" | "exec-audit.c"): string | null {
+  const path = name === "exec-audit.c" ? join(guestSourceDir(), "..", "sandbox", name) : join(guestSourceDir(), name);
   return existsSync(path) ? path : null;
 }
 
@@ -83,7 +89,8 @@ export function buildInitramfs(kernel: GuestKernel, dir: string): string {
   const init = guestSource("init.sh");
   const netMux = guestSource("net-mux.c");
   const execAgent = guestSource("exec-agent.c");
-  if (init === null || netMux === null || execAgent === null) throw new Error(`the guest sources are incomplete in ${guestSourceDir()}; reinstall ringfence`);
+  const execAudit = guestSource("exec-audit.c");
+  if (init === null || netMux === null || execAgent === null || execAudit === null) throw new Error(`the guest sources are incomplete in ${guestSourceDir()}; reinstall ringfence`);
   if (!existsSync(BUSYBOX_PATH)) throw new Error(`${BUSYBOX_PATH} is missing; install it with: apt-get install busybox-static`);
 
   const programs = join(dir, "programs");
@@ -92,6 +99,7 @@ export function buildInitramfs(kernel: GuestKernel, dir: string): string {
     busybox: readFileSync(BUSYBOX_PATH),
     netMux: readFileSync(buildStaticProgram(netMux, programs)),
     execAgent: readFileSync(buildStaticProgram(execAgent, programs)),
+    execAudit: readFileSync(buildStaticProgram(execAudit, programs)),
     modules: kernel.modules.map((module) => ({ name: module.name, data: stripModuleSignature(readFileSync(module.path)) })),
   };
   const archive = buildCpio(initramfsEntries(inputs));

@@ -7,6 +7,7 @@ import { boxEnvironment } from "../sandbox/environment.js";
 import { BOX_PROXY_PORT } from "../sandbox/forwarder.js";
 import { diskView } from "../sandbox/host-view.js";
 import { describeMounts } from "../sandbox/bwrap-args.js";
+import { describeLimitEvents } from "../sandbox/limits.js";
 import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
 import { findExecutable, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
@@ -103,6 +104,7 @@ export class VmBackend implements SandboxBackend {
         `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested} from ${requestedAccel.source}`,
         "guest: no network device; loopback only; the net mux on 127.0.0.1:3128 carries connections to the gateway over a virtio-serial port",
         `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.processes === null ? "" : `, ${policy.resources.processes} processes (pids.max in the guest)`}${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
+        "exec audit: every execve and execveat in the guest, recorded by exec-audit's seccomp supervisor inside the guest and sent to the host as claims of the guest kernel",
         `working directory: ${cwd}`,
         "environment:",
         ...Object.keys(env)
@@ -115,7 +117,7 @@ export class VmBackend implements SandboxBackend {
       environment: env,
       workingDirectory: cwd,
 
-      run: async ({ timeoutMs, stop, agent }) => {
+      run: async ({ timeoutMs, stop, agent, onExec }) => {
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);
@@ -149,7 +151,7 @@ export class VmBackend implements SandboxBackend {
           const processLimit = policy.resources.processes;
           const exit =
             agent === undefined
-              ? await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit, stop })
+              ? await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit, stop, ...(onExec === undefined ? {} : { onExec }) })
               : await serveGuestAgent({ machine, gatewaySocket: request.gatewaySocket, timeoutMs, processLimit, agent, stop });
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
@@ -164,7 +166,8 @@ export class VmBackend implements SandboxBackend {
             exit.warnings.push(...failed);
             if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
           }
-          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage: null, warnings: [...warnings, ...exit.warnings] } satisfies BoxExit;
+          const limitMessage = describeLimitEvents({ memoryLimitHits: 0, oomKills: 0, processLimitHits: exit.processLimitHits ?? 0 }, policy.resources);
+          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: [...warnings, ...exit.warnings] } satisfies BoxExit;
         } finally {
           process.off("exit", onExit);
           await cleanup();
