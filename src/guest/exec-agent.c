@@ -8,7 +8,7 @@
  * supervise AGENT_PID -- PROGRAM guard 4 -- COMMAND...`: the supervisor records every execve and
  * execveat of the command and its descendants, and the agent carries the records to the host as
  * AUDIT frames. With --limit-events, FD is the command cgroup's pids.events, opened before the
- * agent was chrooted; while a command whose OPEN sets "limits" runs, the agent rereads it and
+ * agent was chrooted. While a command whose OPEN sets "limits" runs, the agent rereads it and
  * sends LIMITS when more forks failed.
  *
  * The host opens one channel per command or file operation over the stream. The agent starts

@@ -185,7 +185,9 @@ export class ExecChannel {
       case FrameType.AUDIT: {
         this.#receiveWindow.received(frame.payload.length);
         this.#received += frame.payload.length;
-        const target = frame.type === FrameType.STDOUT ? this.stdout : frame.type === FrameType.STDERR ? this.stderr : this.audit;
+        let target = this.audit;
+        if (frame.type === FrameType.STDOUT) target = this.stdout;
+        if (frame.type === FrameType.STDERR) target = this.stderr;
         target.push(frame.payload);
         this.#grantConsumed();
         return;

@@ -88,7 +88,7 @@ audit="--audit /run/ringfence/exec-audit"
 
 # The process limit: the exec agent and everything it starts share one cgroup, whose pids.max
 # is the limit plus two, for the agent and the command's exec-audit supervisor. The cgroup file
-# system is mounted only here, outside /sysroot, so the command does not see it; guest root
+# system is mounted only here, outside /sysroot, so the command does not see it. Guest root
 # could still mount it and raise the limit. The agent gets the cgroup's pids.events as
 # descriptor 3, opened before the chroot, to report forks the limit failed.
 if [ -n "$pids" ]; then

@@ -4,7 +4,7 @@ import { GuestExecLines, RecordRate, type GuestExecRecord } from "./guest-exec-r
 
 /**
  * Guest records accepted per second, and how many may come at once before the host slows the
- * guest down. A burst covers a build step that starts thousands of compilers; past it, the
+ * guest down. The burst covers a build step that starts thousands of compilers. Past it, the
  * host stops granting window on the channel, so the guest's execs wait.
  */
 export const GUEST_RECORDS_PER_SECOND = 2_000;

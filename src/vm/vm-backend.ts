@@ -103,7 +103,7 @@ export class VmBackend implements SandboxBackend {
       describe: () => [
         `micro-VM: QEMU microvm, kernel ${image.release}, ${cpus} vCPU, ${memoryMiB} MiB; accelerator ${requested === "auto" ? `auto (${cachedChoice === null ? "calibrated at the first run" : `${cachedChoice.accel}: ${cachedChoice.reason}`})` : requested} from ${requestedAccel.source}`,
         "guest: no network device; loopback only; the net mux on 127.0.0.1:3128 carries connections to the gateway over a virtio-serial port",
-        `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.processes === null ? "" : `, ${policy.resources.processes} processes (pids.max in the guest)`}${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
+        `limits: memory ${memoryMiB} MiB (the VM's RAM), ${cpus} vCPU${policy.resources.processes === null ? "" : `, processes ${policy.resources.processes} (pids.max in the guest)`}${policy.resources.tmpBytes === null ? "" : `, /tmp and home ${policy.resources.tmpBytes} bytes each`}`,
         "exec audit: every execve and execveat in the guest, recorded by exec-audit's seccomp supervisor inside the guest and sent to the host as claims of the guest kernel",
         `working directory: ${cwd}`,
         "environment:",

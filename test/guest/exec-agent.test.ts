@@ -294,7 +294,7 @@ test("exec agent rejects a relative --audit", async () => {
 });
 
 test("exec agent reports failed forks", async () => {
-  // A regular file stands in for the cgroup's pids.events: the agent rereads it from offset 0.
+  // A regular file replaces the cgroup's pids.events, because the agent rereads it from offset 0.
   const dir = mkdtempSync(join(tmpdir(), "ringfence-limits-"));
   const events = join(dir, "pids.events");
   writeFileSync(events, "max 0\n");
