@@ -113,8 +113,18 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     const workspace = makeWorkspace(user);
     const run = await runBox(user, workspace, ["--accel", "tcg", "--dry-run"], []);
     assert.equal(run.status, 0, show(run));
-    assert.match(run.stdout, /^micro-VM: .*; accelerator tcg$/m, show(run));
+    assert.match(run.stdout, /^micro-VM: .*; accelerator tcg from --accel$/m, show(run));
     assert.match(run.stdout, /^guest: no network device; loopback only/m, show(run));
+  });
+
+  test("policy accelerator shown in plan", async () => {
+    const workspace = makeWorkspace(user);
+    writeFileSync(join(workspace, "ringfence.yaml"), "version: 1\nbackend: vm\nvm:\n  accel: kvm\n");
+    const run = await runBox(user, workspace, ["--dry-run"], []);
+    assert.equal(run.status, 0, show(run));
+    assert.match(run.stdout, /^micro-VM: .*; accelerator kvm from policy vm\.accel$/m, show(run));
+    const flag = await runBox(user, workspace, ["--accel", "tcg", "--dry-run"], []);
+    assert.match(flag.stdout, /^micro-VM: .*; accelerator tcg from --accel$/m, show(flag));
   });
 
   test("file written in guest on host", async () => {
