@@ -36,6 +36,8 @@ export interface SandboxOptions {
   resolve?: (name: string) => Promise<string[]>;
   /** Extra CA certificates (PEM) the gateway trusts for upstream TLS, for internal services and tests. */
   upstreamCaPems?: readonly string[];
+  /** Milliseconds create() waits for the exec agent's HELLO once the backend has started it. Default: 60 000. */
+  agentTimeoutMs?: number;
   /** A backend object to use instead of the one the policy selects (tests). */
   backendImplementation?: SandboxBackend;
 }
@@ -87,7 +89,7 @@ const CLOSE_GRACE_MS = 5_000;
 /** Milliseconds close() waits for a killed box to end before it gives up with an error. */
 const KILL_WAIT_MS = 15_000;
 /** Milliseconds create() waits for the exec agent's HELLO once the backend delivered its stream. */
-const HELLO_TIMEOUT_MS = 60_000;
+const DEFAULT_AGENT_TIMEOUT_MS = 60_000;
 /** Diagnostic lines kept for the error message when a box fails to start. */
 const KEPT_DIAGNOSTICS = 20;
 
@@ -157,6 +159,9 @@ export class Sandbox implements AsyncDisposable {
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const cwd = options.cwd ?? process.cwd();
     const policy = resolvePolicy(options, cwd);
+    if (options.agentTimeoutMs !== undefined && !(Number.isFinite(options.agentTimeoutMs) && options.agentTimeoutMs > 0)) {
+      throw new SandboxError("options-invalid", `agentTimeoutMs is ${options.agentTimeoutMs}; set it to a positive number of milliseconds`);
+    }
     const agentPath = prepareExecAgent({ env: options.hostEnv ?? process.env });
     const hub = new EventHub();
     if (options.onEvent !== undefined) hub.subscribe(options.onEvent);
@@ -205,11 +210,12 @@ export class Sandbox implements AsyncDisposable {
       };
 
       // The backend bounds the wait for the stream (the vm backend's machine start and HELLO
-      // timeouts), and HELLO_TIMEOUT_MS bounds the wait for HELLO on it.
+      // timeouts), and agentTimeoutMs bounds the wait for HELLO on it.
       const client = await Promise.race([clientReady, exited.then(startFailure)]);
+      const agentTimeoutMs = options.agentTimeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS;
       let helloTimer: NodeJS.Timeout | undefined;
       const helloTimeout = new Promise<never>((_resolve, reject) => {
-        helloTimer = setTimeout(() => reject(new SandboxError("box-start", `the box's exec agent did not send HELLO within ${HELLO_TIMEOUT_MS} ms of its start; the run's log in ${session.runDir.path} may say why`)), HELLO_TIMEOUT_MS);
+        helloTimer = setTimeout(() => reject(new SandboxError("box-start", `the box's exec agent did not send HELLO within ${agentTimeoutMs} ms of its start; the run's log in ${session.runDir.path} may say why, and agentTimeoutMs raises the wait`)), agentTimeoutMs);
       });
       try {
         await Promise.race([client.ready.catch(startFailure), exited.then(startFailure), helloTimeout]);

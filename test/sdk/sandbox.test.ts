@@ -137,4 +137,5 @@ test("creation errors name the cause", async () => {
   (await import("node:fs")).writeFileSync(policyPath, "version: 1\nnetwork:\n  allow: [{ hots: x }]\n");
   await assert.rejects(Sandbox.create(sandboxOptions(dirs, { policy: policyPath })), (error: Error) => error instanceof SandboxError && error.code === "policy-invalid" && error.message.includes(policyPath));
   await assert.rejects(Sandbox.create(sandboxOptions(dirs, { mode: "fast" as never })), (error: Error) => error instanceof SandboxError && error.code === "options-invalid");
+  await assert.rejects(Sandbox.create(sandboxOptions(dirs, { agentTimeoutMs: 0 })), (error: Error) => error instanceof SandboxError && error.code === "options-invalid" && /agentTimeoutMs is 0/.test(error.message));
 });
