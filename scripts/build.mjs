@@ -2,7 +2,7 @@
 // (esbuild: dist/cli.cjs, which bin/ringfence loads).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { cjsBundleOptions } from "./cjs-bundle.mjs";
 
 const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
@@ -25,6 +25,14 @@ await build({
   keepNames: true,
   define: { ...cjsBundleOptions.define, RINGFENCE_VERSION: JSON.stringify(packageVersion) },
 });
+
+// The C helpers compile on first use from sources found beside the module that builds them.
+// The published package has no src/sandbox, so the sources go beside the CLI bundle and beside
+// the library's sandbox modules. Without them a box gets the Node forwarder and no exec audit.
+for (const name of ["forwarder.c", "exec-audit.c"]) {
+  copyFileSync(`src/sandbox/${name}`, `dist/${name}`);
+  copyFileSync(`src/sandbox/${name}`, `dist/sandbox/${name}`);
+}
 
 // CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.
 await build({ ...cjsBundleOptions, outfile: "dist/index.cjs" });
