@@ -263,6 +263,12 @@ export class ExecClient {
   readonly closed: Promise<Error | null>;
   /** Receives each LIMITS report; the count never decreases, because a decrease is a protocol error. */
   onLimits: ((limits: AgentLimits) => void) | null = null;
+  /**
+   * Opt-ins added to every OPEN, and a callback that receives each command's channel. A backend
+   * that hands this client to another owner (the vm backend to the SDK) sets them, so every
+   * command is audited without the owner knowing the backend.
+   */
+  commandDefaults: { audit?: boolean; limits?: boolean; onChannel?: (channel: ExecChannel) => void } = {};
 
   #stream: Duplex;
   #decoder = new FrameDecoder();
@@ -331,8 +337,13 @@ export class ExecClient {
 
   /** Starts a command on a new channel. */
   open(request: ExecRequest): ExecChannel {
-    const optIns = { ...(request.audit === true ? { audit: true } : {}), ...(request.limits === true ? { limits: true } : {}) };
-    return this.#openChannel(FrameType.OPEN, { argv: request.argv, env: request.env, cwd: request.cwd, tty: request.tty, ...optIns });
+    const defaults = this.commandDefaults;
+    const audit = request.audit === true || defaults.audit === true;
+    const limits = request.limits === true || defaults.limits === true;
+    const optIns = { ...(audit ? { audit: true } : {}), ...(limits ? { limits: true } : {}) };
+    const channel = this.#openChannel(FrameType.OPEN, { argv: request.argv, env: request.env, cwd: request.cwd, tty: request.tty, ...optIns });
+    defaults.onChannel?.(channel);
+    return channel;
   }
 
   /** Starts a file operation on a new channel; its result arrives like a command's output. */

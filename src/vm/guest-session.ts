@@ -231,14 +231,17 @@ export interface GuestAgentSession {
   processLimit: number | null;
   stop?: AbortSignal;
   agent: AgentConnection;
+  /** Receives each exec the guest records; when set, a guest that does not record execs fails the run. */
+  onExec?: (record: GuestExecRecord) => void;
 }
 
 /**
  * Hands a started VM's exec agent to a long-lived caller (the SDK) and serves the net port until
  * the VM ends. The caller's SHUTDOWN makes the guest power off, which ends the session with
  * status 0. `stop` and the timeout kill the VM (status 137). A VM that ends before the caller
- * closed the exec stream is reported as lost (status 125). Leaves the process's stdio and
- * signal handlers alone.
+ * closed the exec stream is reported as lost (status 125). Every command the caller opens is
+ * audited (with `onExec`) and watched for the process limit, as in runGuestCommand. Leaves the
+ * process's stdio and signal handlers alone.
  */
 export async function serveGuestAgent(session: GuestAgentSession): Promise<GuestExit> {
   const { machine } = session;
@@ -266,12 +269,31 @@ export async function serveGuestAgent(session: GuestAgentSession): Promise<Guest
   const lost = machine.exited.then((): CommandEnd => ({ kind: "lost", message: "QEMU exited" }));
   let connection: GuestConnection | null = null;
   let end: CommandEnd | null = null;
+  let limitHits = () => 0;
+  const auditWarnings: string[] = [];
   try {
     const connected = await connectGuest(machine, session.gatewaySocket, session.processLimit, lost);
     connection = connected.connection;
     end = connected.failure;
+    const { client } = connection;
+    const { onExec } = session;
+    if (end === null && onExec !== undefined) {
+      const missing = missingGuestAudit(await client.ready);
+      if (missing !== null) end = { kind: "lost", message: missing };
+    }
     if (end === null) {
-      session.agent.onStream(machine.exec, connection.client);
+      limitHits = watchGuestLimits(client, session.processLimit, stopWith);
+      client.commandDefaults = {
+        audit: onExec !== undefined,
+        limits: session.processLimit !== null,
+        onChannel: (channel) => {
+          if (onExec === undefined) return;
+          const endAudit = recordGuestExecs(channel, onExec);
+          const done = () => auditWarnings.push(...endAudit());
+          channel.exit.then(done, done);
+        },
+      };
+      session.agent.onStream(machine.exec, client);
       await machine.exited;
     }
   } finally {
@@ -283,9 +305,10 @@ export async function serveGuestAgent(session: GuestAgentSession): Promise<Guest
     else await disconnectGuest(machine, connection);
   }
 
-  const warnings = connection?.netWarnings ?? [];
-  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings };
-  if (end !== null && end.kind !== "exit") return { status: 125, stoppedBy: null, lost: end.message, warnings };
-  if (!hostClosed) return { status: 125, stoppedBy: null, lost: "the guest powered off before the exec agent was shut down", warnings };
-  return { status: 0, stoppedBy: null, lost: null, warnings };
+  const warnings = [...(connection?.netWarnings ?? []), ...auditWarnings];
+  const processLimitHits = limitHits();
+  if (stoppedBy !== null) return { status: 137, stoppedBy, lost: null, warnings, processLimitHits };
+  if (end !== null && end.kind !== "exit") return { status: 125, stoppedBy: null, lost: end.message, warnings, processLimitHits };
+  if (!hostClosed) return { status: 125, stoppedBy: null, lost: "the guest powered off before the exec agent was shut down", warnings, processLimitHits };
+  return { status: 0, stoppedBy: null, lost: null, warnings, processLimitHits };
 }

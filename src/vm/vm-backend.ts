@@ -152,7 +152,7 @@ export class VmBackend implements SandboxBackend {
           const exit =
             agent === undefined
               ? await runGuestCommand({ machine, gatewaySocket: request.gatewaySocket, argv: request.command, env, cwd, timeoutMs, processLimit, stop, ...(onExec === undefined ? {} : { onExec }) })
-              : await serveGuestAgent({ machine, gatewaySocket: request.gatewaySocket, timeoutMs, processLimit, agent, stop });
+              : await serveGuestAgent({ machine, gatewaySocket: request.gatewaySocket, timeoutMs, processLimit, agent, stop, ...(onExec === undefined ? {} : { onExec }) });
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
             const net = exit.warnings.length === 0 ? "" : `; ${exit.warnings.join("; ")}`;

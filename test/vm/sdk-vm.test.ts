@@ -104,6 +104,8 @@ describe("sdk on the vm backend", { skip }, () => {
     const types = seen.map((event) => event.type).join(", ");
     assert.ok(network.some((event) => event.fields.host === "api.test" && event.runId === sandbox.runId), types);
     assert.ok(network.some((event) => event.fields.host === "blocked.example.invalid"), types);
+    // The guest's exec audit records the commands the shell starts, curl among them.
+    assert.ok(seen.some((event) => event.type === "exec" && JSON.stringify(event.fields).includes("curl")), types);
   });
 
   test("close leaves no vm process", async () => {
