@@ -43,11 +43,11 @@ function startChild(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ 
   });
 }
 
-/** User plus system CPU seconds of a process so far, from /proc/PID/stat. */
+/** User plus system CPU seconds of a process so far, with its reaped children's (the splice relays), from /proc/PID/stat. */
 function cpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS_PER_SECOND;
 }
 
 function curl(host: string, serverPort: number, proxyPort: number, caFile: string): Promise<number> {

@@ -181,12 +181,13 @@ async function oneConnection(mode: Mode, ports: Record<Mode, number>, serverPort
   return performance.now() - start;
 }
 
-// CPU time (user + system) of a process so far, in milliseconds, from /proc/PID/stat.
+// CPU time (user + system) of a process so far, with that of its children it has reaped (the
+// gateway's splice relays), in milliseconds, from /proc/PID/stat.
 function cpuMs(pid: number | undefined): number {
   if (pid === undefined) return 0;
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
-  // utime and stime are fields 14 and 15 of stat; after the ") " split they are at 11 and 12.
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
+  // utime, stime, cutime and cstime are fields 14 to 17 of stat; after the ") " split they are at 11 to 14.
+  return ((Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
 }
 
 function percentile(sorted: readonly number[], fraction: number): number {

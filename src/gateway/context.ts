@@ -6,6 +6,7 @@ import { EventRecord, type CredentialEvent, type CredentialEventFields, type Eve
 import type { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
 import type { LocalServices } from "./local-service.js";
+import type { TunnelRelays } from "./relay-handoff.js";
 import type { GatewayLimits } from "./limits.js";
 import type { TranscriptRecorder } from "./transcript.js";
 import type { UpstreamAgents } from "./upstream-agents.js";
@@ -36,6 +37,8 @@ export interface GatewayContext {
   transcripts?: TranscriptRecorder | null;
   /** Reserved host names answered in-process instead of dialled. */
   localServices?: LocalServices;
+  /** The splice relay that large end-to-end tunnels are handed to; unset copies every tunnel in Node. */
+  tunnelRelays?: TunnelRelays;
 }
 
 /** Replaces placeholders and secrets in text; the interceptor's redact, or null without one. */

@@ -216,7 +216,9 @@ class ConnectTimeoutError extends Error {
  */
 export function connectAddress(address: string, port: number, timeoutMs: number, relay: ReadRelay | null = null): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = relay === null ? connect({ host: address, port, noDelay: true }) : connect({ host: address, port, noDelay: true, onread: relay.onread });
+    // A tunnel's upstream stays writable after the server's end of stream, so the client can
+    // still send after a half-close, as over a direct connection.
+    const socket = relay === null ? connect({ host: address, port, noDelay: true }) : connect({ host: address, port, noDelay: true, allowHalfOpen: true, onread: relay.onread });
     relay?.bind(socket);
     const timer = setTimeout(() => {
       socket.destroy();

@@ -14,6 +14,7 @@ import { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
 import { handleHttpRequest } from "./http-proxy.js";
 import { resolveLimits, type GatewayLimits } from "./limits.js";
+import { DEFAULT_HANDOFF_BYTES, TunnelRelays, type TunnelRelayOptions } from "./relay-handoff.js";
 import type { LocalServices } from "./local-service.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
 import { TranscriptRecorder, type TranscriptOptions } from "./transcript.js";
@@ -63,6 +64,12 @@ export interface GatewayOptions {
    * still gets its network event. Tunnels to these names are decided by the policy as usual.
    */
   localServices?: LocalServices;
+  /**
+   * Copying of end-to-end tunnels. Default: mode "auto", which hands a tunnel that needs no
+   * further inspection to the splice relay (compiled with cc on first use) after handoffBytes
+   * (8 MiB), and copies it in Node when the relay cannot run.
+   */
+  tunnelRelay?: Partial<TunnelRelayOptions>;
 }
 
 export interface Gateway {
@@ -113,6 +120,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     credentialEvent: credentialEventEmitter({ runId: options.runId, sandboxId }, options.onCredentialEvent, logger, redact),
     transcripts: options.transcripts === undefined ? null : new TranscriptRecorder(options.transcripts, options.policy.audit.capture, logger, redact),
     localServices: options.localServices ?? new Map(),
+    tunnelRelays: new TunnelRelays({ mode: "auto", handoffBytes: DEFAULT_HANDOFF_BYTES, ...options.tunnelRelay }, logger),
   };
   const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
   context.interception = interception;
@@ -159,6 +167,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         http.closeAllConnections();
         interception?.close();
         httpAgents.close();
+        context.tunnelRelays?.stopAll();
         await Promise.all([closed, allClosed]);
         logger.info("gateway stopped");
       })();

@@ -47,6 +47,13 @@ export class ReadRelay {
   /** Copies of bytes that arrived before a destination was attached, such as a server banner. */
   #early: Buffer[] = [];
   #ended = false;
+  /** Bytes read from the source so far. */
+  #bytesRead = 0;
+  /** Count of read bytes at which #onLimit runs once, or Infinity for none. */
+  #limit = Number.POSITIVE_INFINITY;
+  #onLimit: (() => void) | null = null;
+  /** True while the tunnel is handed to another relay: nothing may read from the source. */
+  #detached = false;
 
   /** The `onread` option to pass to net.connect. */
   readonly onread: OnReadOpts = {
@@ -75,7 +82,41 @@ export class ReadRelay {
     if (this.#ended) destination.end();
   }
 
+  /** Calls `callback` once, soon after the bytes read from the source reach `limit`. */
+  watchBytes(limit: number, callback: () => void): void {
+    this.#limit = limit;
+    this.#onLimit = callback;
+    if (this.#bytesRead >= limit) this.#reachedLimit();
+  }
+
+  /**
+   * Stops reading from the source and resolves once every chunk already read has been written
+   * to the destination's socket, so the source's unread bytes are all still in the kernel.
+   */
+  detach(): Promise<void> {
+    this.#detached = true;
+    this.#source?.pause();
+    const destination = this.#destination;
+    if (destination === null || destination.writableLength === 0) return Promise.resolve();
+    return new Promise((resolve) => destination.write(Buffer.alloc(0), () => resolve()));
+  }
+
+  /** Starts reading from the source again after detach(). */
+  reattach(): void {
+    this.#detached = false;
+    if (!this.#paused) this.#source?.resume();
+  }
+
+  #reachedLimit(): void {
+    const callback = this.#onLimit;
+    this.#onLimit = null;
+    this.#limit = Number.POSITIVE_INFINITY;
+    if (callback !== null) setImmediate(callback);
+  }
+
   #onRead(bytesRead: number): boolean {
+    this.#bytesRead += bytesRead;
+    if (this.#bytesRead >= this.#limit) this.#reachedLimit();
     const index = this.#current;
     const chunk = this.#buffers[index].subarray(0, bytesRead);
     const destination = this.#destination;
@@ -118,7 +159,7 @@ export class ReadRelay {
 
     this.#paused = false;
     this.#current = index;
-    this.#source?.resume();
+    if (!this.#detached) this.#source?.resume();
   }
 }
 

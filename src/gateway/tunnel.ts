@@ -4,7 +4,8 @@ import type { Transform } from "node:stream";
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.js";
 import type { GatewayContext } from "./context.js";
 import type { EventRecord } from "./events.js";
-import { relayFor } from "./relay.js";
+import { relayFor, type ReadRelay } from "./relay.js";
+import { canHandOff, handOffTunnel, type RelayOutcome } from "./relay-handoff.js";
 import type { Target } from "./target.js";
 
 /** A TLS fatal alert, unrecognized_name (RFC 8446, section 6.2), sent before closing a tunnel whose SNI is refused. */
@@ -33,28 +34,41 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   const { limits, logger } = context;
   context.trackUpstream(upstream);
   let closed = 0;
+  /** Reason the tunnel ended early, for the event emitted once both sockets have closed. */
+  let endReason: string | null = null;
+  /** Bytes the splice relay moved, once it has ended. */
+  let relayed: RelayOutcome = { up: 0, down: 0, reason: null };
+  /** Stops the splice relay while it carries the tunnel, else null. */
+  let stopRelay: (() => void) | null = null;
 
+  // The event waits for both sockets to close and, after a handoff, for the relay's final byte counts.
+  const finishEvent = () => {
+    if (closed < 2 || stopRelay !== null) return;
+    record.addBytesUp(upstream.bytesWritten + relayed.up);
+    record.addBytesDown(upstream.bytesRead + relayed.down);
+    record.finish(endReason);
+  };
   const onClose = () => {
     closed += 1;
-    if (closed < 2) return;
-    record.addBytesUp(upstream.bytesWritten);
-    record.addBytesDown(upstream.bytesRead);
-    record.finish();
+    finishEvent();
   };
   const destroyBoth = (reason: string | null) => {
-    if (reason !== null) record.finish(reason);
+    endReason ??= reason;
     client.destroy();
     upstream.destroy();
   };
 
   client.on("close", onClose);
   upstream.on("close", onClose);
+  // Closing Node's copies of the descriptors does not close the connection while the relay has
+  // its own, so the relay is stopped too. That covers the total time limit and a closing gateway.
+  client.on("close", () => stopRelay?.());
+  upstream.on("close", () => stopRelay?.());
 
-  // A client that is gone cannot receive anything more. An upstream that closes first has
-  // already ended the client's side through pipe() or the relay. Once that has flushed, the
-  // client socket closes too, because nothing it sends could reach the upstream any more. A
-  // client that never closes its side would otherwise hold a connection slot until the idle
-  // timeout.
+  // A client that is gone cannot receive anything more. An upstream that closes (both ways, or
+  // by an error) has already ended the client's side through pipe() or the relay. Once that has
+  // flushed, the client socket closes too, because nothing it sends could reach the upstream any
+  // more. An upstream that only ends its side keeps the tunnel open for the client's bytes.
   client.on("close", () => upstream.destroy());
   upstream.on("close", () => {
     if (client.writableFinished) client.destroy();
@@ -96,11 +110,55 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
     if (scanner === null) {
       if (firstBytes.length > 0) upstream.write(firstBytes);
       client.pipe(upstream);
+      if (relay !== undefined) watchForHandoff(relay);
     } else {
       if (firstBytes.length > 0) scanner.write(firstBytes);
       client.pipe(scanner).pipe(upstream);
     }
     firstBytes = Buffer.alloc(0);
+  };
+
+  // A tunnel that needs no further inspection moves to the splice relay once it has carried
+  // enough bytes either way to repay the relay's start.
+  const watchForHandoff = (readRelay: ReadRelay) => {
+    const relays = context.tunnelRelays;
+    if (relays === undefined || relays.binary === null || !canHandOff(client, upstream)) return;
+
+    let started = false;
+    const start = () => {
+      if (started) return;
+      started = true;
+      client.off("data", countUpload);
+      handOffTunnel({
+        relays,
+        client,
+        upstream,
+        readRelay,
+        idleTimeoutMs: limits.idleTimeoutMs,
+        logger,
+        started: (stop, pid) => {
+          stopRelay = stop;
+          logger.debug({ host: target.display, port: target.port, pid, bytesUp: upstream.bytesWritten, bytesDown: upstream.bytesRead }, "tunnel handed to the splice relay");
+        },
+        resumed: () => {},
+        ended: (outcome) => {
+          stopRelay = null;
+          relayed = outcome;
+          endReason ??= outcome.reason;
+          client.destroy();
+          upstream.destroy();
+          finishEvent();
+        },
+      }).catch((error: unknown) => {
+        logger.error({ err: error, host: target.display }, "handing a tunnel to the splice relay failed");
+        destroyBoth("handing the tunnel to the splice relay failed");
+      });
+    };
+    const countUpload = () => {
+      if (client.bytesRead >= relays.handoffBytes) start();
+    };
+    client.on("data", countUpload);
+    readRelay.watchBytes(relays.handoffBytes, start);
   };
 
   const inspect = (): boolean => {
