@@ -33,6 +33,9 @@ for (const name of ["forwarder.c", "exec-audit.c"]) {
   copyFileSync(`src/sandbox/${name}`, `dist/${name}`);
   copyFileSync(`src/sandbox/${name}`, `dist/sandbox/${name}`);
 }
+// The splice tunnel relay likewise, beside the bundles and the library's gateway modules.
+copyFileSync("src/gateway/splice-relay.c", "dist/splice-relay.c");
+copyFileSync("src/gateway/splice-relay.c", "dist/gateway/splice-relay.c");
 
 // CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.
 await build({ ...cjsBundleOptions, outfile: "dist/index.cjs" });
