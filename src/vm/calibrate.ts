@@ -41,12 +41,17 @@ export function kvmProblem(): string | null {
   }
 }
 
+/** Guest RAM of the calibration's floor boot, in MiB: small, because only the accelerator's speed matters there. */
+export const FLOOR_MEMORY_MIB = 256;
+
 /**
  * Boots the image's floor (the kernel and initramfs, powering off as soon as init starts) and
  * returns the wall time in milliseconds, or null when it did not finish within `limitMs`.
+ * The guest kernel initialises a page structure for every page of RAM, so `memoryMiB` changes
+ * the floor's cost under TCG.
  */
-export function bootFloor(image: GuestImage, accel: Accelerator, limitMs: number): Promise<number | null> {
-  const args = qemuArguments({ accel, kernel: image.kernel, initramfs: image.initramfs, memoryMiB: 256, cpus: 1, devices: null, consoleLog: null, guest: { mode: "floor" }, tscKhz: hostTscKhz() });
+export function bootFloor(image: GuestImage, accel: Accelerator, limitMs: number, memoryMiB = FLOOR_MEMORY_MIB): Promise<number | null> {
+  const args = qemuArguments({ accel, kernel: image.kernel, initramfs: image.initramfs, memoryMiB, cpus: 1, devices: null, consoleLog: null, guest: { mode: "floor" }, tscKhz: hostTscKhz() });
   const argv = [...helperPrefix(process.getuid?.() === 0), QEMU_PROGRAM, ...args];
   return new Promise((resolve) => {
     const started = process.hrtime.bigint();
