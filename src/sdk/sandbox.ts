@@ -225,7 +225,18 @@ export class Sandbox implements AsyncDisposable {
       return new Sandbox({ session, box, client, exited, stop, hub });
     } catch (cause) {
       stop.abort("the sandbox failed to start");
-      await exited?.catch(() => undefined);
+      // A box that ignores the kill must not make create() wait for ever. The start error is
+      // thrown either way, and the log names the box left running.
+      let killTimer: NodeJS.Timeout | undefined;
+      const killed = await Promise.race([
+        (exited ?? Promise.resolve()).then(
+          () => true,
+          () => true,
+        ),
+        new Promise<boolean>((resolve) => (killTimer = setTimeout(() => resolve(false), KILL_WAIT_MS))),
+      ]);
+      clearTimeout(killTimer);
+      if (!killed) session.logger.error({ runDir: session.runDir.path }, `the box did not end within ${KILL_WAIT_MS} ms of being killed after a failed start`);
       await box?.cleanup();
       session.fail(cause);
       await session.close();

@@ -92,3 +92,15 @@ test("stuck box fails close with timeout", async () => {
   // The agent exits on SHUTDOWN, but this box's run() never resolves.
   await assert.rejects(sandbox.close(), (error: Error) => error instanceof SandboxError && error.code === "close-timeout" && error.message.includes(sandbox.runDir));
 });
+
+test("stuck box fails start anyway", async () => {
+  // A silent agent and a run() that ignores `stop`: create() still rejects, after its kill wait.
+  const backend = stubBackend(async (agent) => {
+    agent.onStream(new Duplex({ read() {}, write: (_chunk, _encoding, callback) => callback() }));
+    return new Promise<number>(() => {});
+  });
+  await assert.rejects(
+    Sandbox.create(sandboxOptions(makeDirs(), { backendImplementation: backend, agentTimeoutMs: 300 })),
+    (error: Error) => error instanceof SandboxError && error.code === "box-start",
+  );
+});
