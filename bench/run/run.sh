@@ -7,6 +7,7 @@
 #
 #   npm run bench:run            # prints markdown tables
 #   RUNS=30 npm run bench:run    # more repetitions
+#   STARTUP_ONLY=1 npm run bench:run   # only the start-up tables
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 runs=${RUNS:-20}
@@ -49,9 +50,23 @@ echo "## start-up: \`true\` in a box"
   -n "bwrap + C forwarder" "$bare $runtime --ro-bind $native /run/ringfence/forwarder /run/ringfence/forwarder 3128 /run/ringfence/gateway.sock true" \
   -n "bwrap + Node forwarder" "$bare $runtime --ro-bind $node_forwarder /run/ringfence/forwarder.mjs node /run/ringfence/forwarder.mjs 3128 /run/ringfence/gateway.sock true" \
   -n "bwrap + socat forwarder" "$bare $runtime sh -c 'socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/run/ringfence/gateway.sock & exec true'" \
+  -n "ringfence --version" "$ringfence --version" \
   -n "ringfence run -- true" "$ringfence run -- true" \
-  -n "srt true" "$srt true" >/dev/null)
+  -n "srt true" "$srt true" --export-json "$work/startup.json" >/dev/null)
 cat "$work/startup.md"
+
+# CPU time of each command's whole process tree (user plus system, from hyperfine's rusage of the
+# reaped children) moves far less than wall time when other jobs share the machine.
+echo
+echo "CPU time, load average $(cut -d' ' -f1-3 /proc/loadavg):"
+echo
+node -e '
+const { results } = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+console.log("| command | user + system CPU [ms] | user [ms] | system [ms] |");
+console.log("|:---|---:|---:|---:|");
+for (const r of results) console.log(`| ${r.command} | ${((r.user + r.system) * 1000).toFixed(1)} | ${(r.user * 1000).toFixed(1)} | ${(r.system * 1000).toFixed(1)} |`);
+' "$work/startup.json"
+[ "${STARTUP_ONLY:-}" = 1 ] && exit 0
 
 echo
 echo "## workspace I/O: host against box, interleaved rounds"
