@@ -190,6 +190,13 @@ function cpuMs(pid: number | undefined): number {
   return ((Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
 }
 
+// System (kernel) CPU time of a process and its reaped children so far, in milliseconds.
+function systemCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return ((Number(fields[12]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
+}
+
 function percentile(sorted: readonly number[], fraction: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))] as number;
 }
@@ -219,6 +226,7 @@ async function main(): Promise<void> {
   const proxyPid: Record<Mode, number | undefined> = { direct: undefined, gateway: gateway.child.pid, squid: squid.pid };
   const proxyCpuDownloadMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
   const proxyCpuConnectionsMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
+  const proxySystemCpuConnectionsMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
 
   // Warm up every path once, so that first-use costs are not measured.
   for (const mode of MODES) await oneConnection(mode, ports, serverPort, ca.certPem);
@@ -240,10 +248,12 @@ async function main(): Promise<void> {
     const order = MODES.map((_, i) => MODES[(i + repetition) % MODES.length] as Mode);
     for (const mode of order) {
       const cpuBefore = cpuMs(proxyPid[mode]);
+      const systemBefore = systemCpuMs(proxyPid[mode]);
       const start = performance.now();
       for (let i = 0; i < connectionsPerRound; i++) latencies[mode].push(await oneConnection(mode, ports, serverPort, ca.certPem));
       rates[mode].push(connectionsPerRound / ((performance.now() - start) / 1000));
       proxyCpuConnectionsMs[mode] += cpuMs(proxyPid[mode]) - cpuBefore;
+      proxySystemCpuConnectionsMs[mode] += systemCpuMs(proxyPid[mode]) - systemBefore;
     }
   }
 
@@ -266,6 +276,7 @@ async function main(): Promise<void> {
       addedP99Ms: percentile(sorted, 0.99) - percentile(directSorted, 0.99),
       proxyCpuMsPerGiB: proxyCpuDownloadMs[mode] / ((repetitions * sizeMiB) / 1024),
       proxyCpuMsPerConnection: proxyCpuConnectionsMs[mode] / (repetitions * connectionsPerRound),
+      proxySystemCpuMsPerConnection: proxySystemCpuConnectionsMs[mode] / (repetitions * connectionsPerRound),
     };
   });
 
@@ -275,11 +286,11 @@ async function main(): Promise<void> {
   console.log("");
   console.log(`load average before the run: ${loadBefore}`);
   console.log("");
-  console.log("| path | download MiB/s (median) | ratio to direct | new connections/s (median) | ratio to direct | latency p50 ms | latency p99 ms | added p50 ms | added p99 ms | proxy CPU ms per GiB | proxy CPU ms per connection |");
-  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
+  console.log("| path | download MiB/s (median) | ratio to direct | new connections/s (median) | ratio to direct | latency p50 ms | latency p99 ms | added p50 ms | added p99 ms | proxy CPU ms per GiB | proxy CPU ms per connection | of which system |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const row of rows) {
     console.log(
-      `| ${row.mode} | ${fixed(row.throughputMiBs, 0)} | ${fixed(row.throughputRatio, 2)} | ${fixed(row.connectionsPerSecond, 0)} | ${fixed(row.connectionRatio, 2)} | ${fixed(row.latencyP50Ms, 2)} | ${fixed(row.latencyP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP50Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerGiB, 0)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerConnection, 3)} |`,
+      `| ${row.mode} | ${fixed(row.throughputMiBs, 0)} | ${fixed(row.throughputRatio, 2)} | ${fixed(row.connectionsPerSecond, 0)} | ${fixed(row.connectionRatio, 2)} | ${fixed(row.latencyP50Ms, 2)} | ${fixed(row.latencyP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP50Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerGiB, 0)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerConnection, 3)} | ${row.mode === "direct" ? "—" : fixed(row.proxySystemCpuMsPerConnection, 3)} |`,
     );
   }
   console.log("");

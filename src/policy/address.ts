@@ -1,4 +1,4 @@
-import { BlockList, isIPv4, isIPv6 } from "node:net";
+import { BlockList, isIPv4, isIPv6, SocketAddress } from "node:net";
 
 /** Why an address is not a public unicast destination. */
 export type AddressClass =
@@ -79,8 +79,11 @@ export function classifyAddress(address: string): AddressClass | null {
   const family = isIPv4(address) ? "ipv4" : isIPv6(address) ? "ipv6" : null;
   if (family === null) return "reserved";
 
+  // BlockList.check builds a SocketAddress from a string on every call, so one is built here
+  // and shared by all ranges.
+  const socketAddress = new SocketAddress({ address, family });
   for (const range of COMPILED) {
-    if (range.family === family && range.list.check(address, family)) return range.class;
+    if (range.family === family && range.list.check(socketAddress)) return range.class;
   }
   return null;
 }
