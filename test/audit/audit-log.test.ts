@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog } from "../../src/audit/audit-log.js";
+import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey, signHead } from "../../src/audit/host-key.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
 
@@ -146,7 +146,9 @@ test("audit log: killed writer leaves a verifiable prefix", async () => {
     import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
     const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
     let i = 0;
-    setInterval(() => { for (let j = 0; j < 50; j++) log.append("network", { n: i++ }); if (i === 500) process.stdout.write("ready\\n"); }, 1);
+    // Appended records wait up to WRITE_INTERVAL_MS, so "ready" goes out once record 499 is in
+    // the file (flush() writes it at once). Records appended after it may be lost to the kill.
+    setInterval(() => { for (let j = 0; j < 50; j++) log.append("network", { n: i++ }); if (i === 500) { log.flush(); process.stdout.write("ready\\n"); } }, 1);
   `;
   const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
   await new Promise<void>((resolveReady, reject) => {
@@ -170,12 +172,66 @@ test("audit log: torn last line is reported, not accepted", () => {
   const log = AuditLog.create(dir, RUN, key);
   log.append("run.start");
   log.append("network", { host: "a.example.com" });
+  log.flush();
   // Simulate a crash mid-write: no head, and half a record at the end.
   writeFileSync(join(dir, AUDIT_LOG_FILE), `${readFileSync(join(dir, AUDIT_LOG_FILE), "utf8")}{"v":1,"seq":2,`);
   const report = verifyRunLog(dir, RUN, key.publicKey);
   assert.equal(report.status, "incomplete");
   assert.equal(report.validCount, 2);
   assert.match(report.problem ?? "", /torn/);
+});
+
+test("audit log: records are written within the interval", async () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("run.start");
+  log.append("network", { host: "a.example.com" });
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "");
+
+  await new Promise((done) => setTimeout(done, WRITE_INTERVAL_MS * 3));
+  assert.equal(lines(dir).length, 2);
+  log.close();
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
+});
+
+test("audit log: a burst is written past the pending limit", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const padding = "x".repeat(1000);
+  for (let i = 0; i < 100; i++) log.append("network", { padding });
+  // 64 KiB hold about 55 records of this size.
+  assert.ok(lines(dir).length >= 50, `only ${lines(dir).length} of 100 records written`);
+  log.close();
+  assert.equal(lines(dir).length, 100);
+});
+
+test("audit log: records match the encoding of a copied object", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const fields = { host: "a.example.com", port: 443, reason: null, nested: { list: [1, "two"] }, skipped: undefined, quote: 'say "hi"\n' };
+  log.append("network", fields, new Date("2026-01-02T03:04:05.678Z"));
+  log.close();
+  const [line] = lines(dir);
+  const expected = JSON.stringify({ v: 1, seq: 0, time: "2026-01-02T03:04:05.678Z", run: RUN, type: "network", ...fields, prev: JSON.parse(line as string).prev });
+  assert.equal(line, expected);
+});
+
+test("audit log: process.exit writes pending records", async () => {
+  const dir = tempDir();
+  const script = `
+    import { AuditLog } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/audit-log.ts"))};
+    import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
+    const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
+    for (let i = 0; i < 10; i++) log.append("network", { n: i });
+    process.exit(3);
+  `;
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "ignore", "inherit"] });
+  const code = await new Promise((done) => child.on("close", done));
+  assert.equal(code, 3);
+
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "incomplete", JSON.stringify(report));
+  assert.equal(report.validCount, 10);
 });
 
 test("host key: a group-readable key is rejected", () => {
