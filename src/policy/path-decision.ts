@@ -42,16 +42,18 @@ export function compileProtect(globs: readonly string[]): (relativePath: string)
 export class PathRules {
   readonly #policy: Policy;
   readonly #secretStores: string[];
-  readonly #protectedBy: (relativePath: string) => string | null;
+  // Compiled on first use, because picomatch compiles two patterns per glob and a run's mount
+  // plan usually needs no protect glob at all.
+  #protectedBy: ((relativePath: string) => string | null) | null = null;
 
   constructor(policy: Policy, home: string) {
     this.#policy = policy;
     this.#secretStores = SECRET_STORES.map((store) => expandHostPath(store, home) as string);
-    this.#protectedBy = compileProtect(policy.workspace.protect);
   }
 
   /** Returns the protect glob that covers a workspace-relative path, or null. */
   protectedBy(relativePath: string): string | null {
+    this.#protectedBy ??= compileProtect(this.#policy.workspace.protect);
     return this.#protectedBy(relativePath);
   }
 

@@ -105,7 +105,16 @@ export function planMounts(context: MountContext): MountOp[] {
     const readOnly = [...context.protect.readOnly, ...reserved].sort((a, b) => depth(a) - depth(b));
     for (const path of readOnly) {
       const target = toBox(path);
-      ops.push({ kind: "ro-bind", source: path, target, reason: `protected by workspace.protect ${rules.protectedBy(target.slice(workspace.path.length + 1)) ?? ""}`.trimEnd() });
+      // Only a description of the plan reads the reason, and naming the glob compiles every
+      // protect glob, so the reason is computed when first read.
+      ops.push({
+        kind: "ro-bind",
+        source: path,
+        target,
+        get reason() {
+          return `protected by workspace.protect ${rules.protectedBy(target.slice(workspace.path.length + 1)) ?? ""}`.trimEnd();
+        },
+      });
     }
   }
 
