@@ -129,6 +129,11 @@ class DecodedBodyCheck extends Transform {
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    // A decoder can fail between two chunks, after the previous chunk's callback ran.
+    if (this.#failure !== null) {
+      callback(this.#failure);
+      return;
+    }
     const encoded = this.#encodedMatcher.write(chunk);
     if (encoded.kind === "hit") {
       this.#fail(new LeakFoundError(encoded.needle.tag));
@@ -148,8 +153,8 @@ class DecodedBodyCheck extends Transform {
 
   override _flush(callback: TransformCallback): void {
     // An empty body carries nothing, though it is no valid gzip or deflate data.
-    if (!this.#started) {
-      callback();
+    if (this.#failure !== null || !this.#started) {
+      callback(this.#failure);
       return;
     }
     this.#pending = callback;
