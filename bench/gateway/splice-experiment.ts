@@ -66,7 +66,7 @@ const front = createServer({ pauseOnConnect: true }, (client) => {
   const upstream = new Socket();
   upstream.pause();
   upstream.connect({ host: "127.0.0.1", port: sourcePort }, () => {
-    const child: ChildProcess = spawn(binary, ["0", "0", ...(relayMode === "copy" ? ["copy"] : [])], { stdio: ["ignore", "ignore", "inherit", client, upstream] });
+    const child: ChildProcess = spawn(binary, ["0", "0", String(process.pid), ...(relayMode === "copy" ? ["copy"] : [])], { stdio: ["ignore", "ignore", "inherit", client, upstream] });
     relayExited = new Promise((resolve) => child.once("exit", () => resolve()));
     client.destroy();
     upstream.destroy();

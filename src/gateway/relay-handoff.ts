@@ -138,7 +138,7 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
   }
 
   // stdout and stderr are pipes by this stdio list, which the typings cannot see past its third entry.
-  const child = spawn(binary, [String(options.idleTimeoutMs), "0"], { stdio: ["ignore", "pipe", "pipe", client, upstream] }) as ChildProcessByStdio<null, Readable, Readable>;
+  const child = spawn(binary, [String(options.idleTimeoutMs), "0", String(process.pid)], { stdio: ["ignore", "pipe", "pipe", client, upstream] }) as ChildProcessByStdio<null, Readable, Readable>;
   let last: RelayReport | null = null;
   let stoppedByGateway = false;
   let spawned = false;
@@ -172,8 +172,8 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
   });
   child.once("close", (code, signal) => {
     if (!spawned) return;
-    // Status 2 is a relay that failed before it touched either socket, so Node can carry on.
-    if (code === 2 && last?.kind === "done" && last.up === 0 && last.down === 0) {
+    // Status 2 without a report is a relay that failed before it touched either socket, so Node can carry on.
+    if (code === 2 && last === null) {
       relays.disable(`${binary} could not start: ${stderr.trim() || "no message"}`);
       client.setTimeout(options.idleTimeoutMs);
       upstream.setTimeout(options.idleTimeoutMs);

@@ -3,14 +3,16 @@
  * directions have ended, moving them through a pipe with splice(2) so the payload never passes
  * through user space.
  *
- *   ringfence-relay IDLE_MS TOTAL_MS [copy]
+ *   ringfence-relay IDLE_MS TOTAL_MS PARENT_PID [copy]
  *
  * fd 3 is the client socket and fd 4 the upstream socket, both already connected (the gateway
  * passes them as extra stdio). IDLE_MS ends the tunnel after that long without a byte moved
- * either way, TOTAL_MS after that long in all; 0 turns a limit off. "copy" uses read(2) and
- * write(2) through a buffer in place of splice, for comparison.
+ * either way, TOTAL_MS after that long in all; 0 turns a limit off. PARENT_PID is the gateway's
+ * process id: the relay stops as if by SIGTERM when that process exits, so a crashed gateway
+ * leaves no tunnel open. "copy" uses read(2) and write(2) through a buffer in place of splice,
+ * for comparison.
  *
- * Output on fd 1, one line per report, the last one when the relay exits:
+ * The relay reports on fd 1, one line per report. The last line is written when it exits:
  *   progress UP DOWN          at most once a second while bytes move
  *   done UP DOWN REASON       UP and DOWN are bytes written to upstream and to the client
  * REASON is "closed" when both directions ended, "idle", "total", "signal", or
@@ -29,13 +31,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define CLIENT_FD 3
 #define UPSTREAM_FD 4
-/* Pipe capacity asked for; Linux allows unprivileged processes up to fs.pipe-max-size (1 MiB by default). */
+/* Pipe capacity requested; Linux allows unprivileged processes up to fs.pipe-max-size (1 MiB by default). */
 #define PIPE_BYTES (1024 * 1024)
 #define COPY_BUFFER_BYTES (256 * 1024)
 #define PROGRESS_INTERVAL_MS 1000
@@ -150,15 +153,16 @@ static int pump(struct direction *d, char *failed, size_t failed_size) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "copy") != 0)) {
-    fprintf(stderr, "usage: ringfence-relay IDLE_MS TOTAL_MS [copy]\n");
+  if (argc < 4 || argc > 5 || (argc == 5 && strcmp(argv[4], "copy") != 0)) {
+    fprintf(stderr, "usage: ringfence-relay IDLE_MS TOTAL_MS PARENT_PID [copy]\n");
     return 2;
   }
   int64_t idle_ms = atoll(argv[1]);
   int64_t total_ms = atoll(argv[2]);
-  copy_mode = argc == 4;
+  pid_t parent = (pid_t)atol(argv[3]);
+  copy_mode = argc == 5;
 
-  /* The gateway writes to fd 1; a write to a closed pipe must fail, not kill the relay. */
+  /* A write to a socket or report pipe whose reader is gone must fail with EPIPE, not kill the relay. */
   signal(SIGPIPE, SIG_IGN);
   struct sigaction action = {.sa_handler = on_signal};
   sigaction(SIGTERM, &action, NULL);
@@ -172,6 +176,13 @@ int main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
   sigdelset(&wait_mask, SIGTERM);
   sigdelset(&wait_mask, SIGINT);
+
+  /* The kernel sends SIGTERM when the parent exits. A parent that exited before this call is
+   * caught by the check after it, because the relay has been reparented by then. */
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent) {
+    fprintf(stderr, "ringfence-relay: parent process %ld is gone or cannot be watched\n", (long)parent);
+    return 2;
+  }
 
   /* The sockets come from Node, which opened them non-blocking; the relay relies on that, so it sets it again. */
   int fds[2] = {CLIENT_FD, UPSTREAM_FD};

@@ -140,7 +140,10 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
           stopRelay = stop;
           logger.debug({ host: target.display, port: target.port, pid, bytesUp: upstream.bytesWritten, bytesDown: upstream.bytesRead }, "tunnel handed to the splice relay");
         },
-        resumed: () => {},
+        resumed: () => {
+          stopRelay = null;
+          finishEvent();
+        },
         ended: (outcome) => {
           stopRelay = null;
           relayed = outcome;

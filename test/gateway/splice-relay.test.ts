@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
@@ -351,6 +352,34 @@ network:
     }
   });
 
+  it("falls back when the relay exits at start", async () => {
+    const download = 2 * MiB + 3;
+    const target = await startTcpServer((socket) => writePattern(socket, download, () => socket.end()));
+    // A relay that fails before touching the sockets, as splice-relay.c does on bad arguments.
+    const failing = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "failing-relay");
+    writeFileSync(failing, "#!/bin/sh\necho 'ringfence-relay: test failure' >&2\nexit 2\n", { mode: 0o755 });
+    const { logger, records } = recordingLogger();
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: failing } });
+    try {
+      const { socket, rest } = await openTunnel(gw, target.port);
+      socket.write(HELLO);
+      const got = await hashUntilEnd(socket, rest);
+      socket.end();
+      assert.equal(got.bytes, download);
+      assert.equal(got.sha256, patternSha256(download));
+
+      const event = await tunnelEvent(gw);
+      assert.equal(event.reason, null);
+      assert.equal(event.bytesDown, download);
+      const warnings = records.filter((record) => record.msg === "the splice tunnel relay is unavailable; tunnels are copied by Node");
+      assert.equal(warnings.length, 1);
+      assert.match(String(warnings[0]?.reason), /test failure/);
+    } finally {
+      await gw.close();
+      await target.close();
+    }
+  });
+
   it("carries a tunnel from the Unix socket", async () => {
     const upload = 3 * MiB + 1;
     const download = 4 * MiB + 2;
@@ -433,6 +462,16 @@ credentials:
       broker.close();
       await target.close();
     }
+  });
+
+  it("relay exits when its parent is not the gateway", async () => {
+    const binary = await prepareRelayBinary();
+    assert.ok("path" in binary);
+    // PID 1 is never this test's process, so the relay must stop before touching any socket.
+    const result = spawnSync(binary.path, ["0", "0", "1"], { encoding: "utf8" });
+    assert.equal(result.status, 2);
+    assert.match(result.stderr, /parent process 1 is gone/);
+    assert.equal(result.stdout, "");
   });
 
   it("leaves small tunnels in Node", async () => {
