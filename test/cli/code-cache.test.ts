@@ -123,3 +123,13 @@ test("code cache: RINGFENCE_CODE_CACHE=off writes nothing", () => {
   assert.equal(result.stdout.trim(), VERSION);
   assert.ok(!existsSync(cacheDirOf(cacheHome)));
 });
+
+test("code cache: unwritable cache directory still runs", () => {
+  const cacheHome = mkdtempSync(join(tmpdir(), "ringfence-code-cache-test-"));
+  // A file where the ringfence directory should be makes every mkdir below it fail.
+  writeFileSync(join(cacheHome, "ringfence"), "");
+  const result = runVersion(cacheHome);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.trim(), VERSION);
+  assert.equal(result.stderr, "");
+});
