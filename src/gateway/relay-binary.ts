@@ -1,8 +1,9 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isTrustedCacheFile, openCacheDir } from "../sandbox/cache-trust.js";
 import { cacheDir } from "../sandbox/forwarder.js";
 
 /** The compiled tunnel relay, or why there is none. */
@@ -22,19 +23,24 @@ let prepared: Promise<RelayBinary> | null = null;
  * block the event loop.
  */
 export function prepareRelayBinary(): Promise<RelayBinary> {
-  prepared ??= compile();
+  prepared ??= compileRelayBinary(cacheDir()).catch((error: unknown) => ({ unavailable: `preparing the relay binary failed (${error instanceof Error ? error.message : String(error)})` }));
   return prepared;
 }
 
-async function compile(): Promise<RelayBinary> {
+/**
+ * Returns the relay binary cached in `cacheRoot`, compiling it when it is missing or not this
+ * user's own (see cache-trust.ts). A cache directory that another user could change gives no binary.
+ */
+export async function compileRelayBinary(cacheRoot: string): Promise<RelayBinary> {
   const source = sourceCandidates().find((path) => existsSync(path));
   if (source === undefined) return { unavailable: "splice-relay.c was not found beside ringfence" };
 
-  const dir = cacheDir();
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const opened = openCacheDir(cacheRoot);
+  if ("unsafe" in opened) return { unavailable: opened.unsafe };
   const hash = createHash("sha256").update(readFileSync(source)).update(process.arch).digest("hex").slice(0, 16);
-  const binary = join(dir, `splice-relay-${hash}`);
-  if (existsSync(binary)) return { path: binary };
+  const binary = join(opened.dir, `splice-relay-${hash}`);
+  // A file that fails the check is replaced by the rename below.
+  if (isTrustedCacheFile(binary)) return { path: binary };
 
   // Several processes may compile at once; each writes its own file and renames it into place.
   const temporary = `${binary}.${process.pid}.tmp`;
@@ -48,6 +54,8 @@ async function compile(): Promise<RelayBinary> {
     rmSync(temporary, { force: true });
     return { unavailable: `compiling ${source} with cc failed (${failure})` };
   }
+  // The umask may have left the file group-writable, which the trust check rejects.
+  chmodSync(temporary, 0o755);
   renameSync(temporary, binary);
   return { path: binary };
 }

@@ -1,8 +1,9 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 import { cacheDir } from "./forwarder.js";
 import { BOX_RUNTIME_DIR } from "./mount-plan.js";
 
@@ -85,17 +86,19 @@ function sourceCandidates(): string[] {
 
 /**
  * Returns the helper, compiled with `cc` on first use and cached under $XDG_CACHE_HOME/ringfence
- * by the source's hash, or a reason it is not available (no source, no compiler, a failed build).
+ * by the source's hash, or a reason it is not available (no source, no compiler, a failed build,
+ * a cache directory that another user could change). A cached file that is not this user's own
+ * (see cache-trust.ts) is compiled again.
  */
-export function prepareExecAudit(): ExecAuditHelper | { unavailable: string } {
+export function prepareExecAudit(cacheRoot: string = cacheDir()): ExecAuditHelper | { unavailable: string } {
   const source = sourceCandidates().find((path) => existsSync(path));
   if (source === undefined) return { unavailable: "exec-audit.c was not found beside ringfence" };
 
-  const dir = cacheDir();
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const opened = openCacheDir(cacheRoot);
+  if ("unsafe" in opened) return { unavailable: opened.unsafe };
   const hash = createHash("sha256").update(readFileSync(source)).update(process.arch).digest("hex").slice(0, 16);
-  const binary = join(dir, `exec-audit-${hash}`);
-  if (existsSync(binary)) return { path: binary };
+  const binary = join(opened.dir, `exec-audit-${hash}`);
+  if (isTrustedCacheFile(binary)) return { path: binary };
 
   const temporary = `${binary}.${process.pid}.tmp`;
   const compiled = spawnSync("cc", ["-O2", "-o", temporary, source], { stdio: ["ignore", "ignore", "pipe"] });
@@ -104,6 +107,8 @@ export function prepareExecAudit(): ExecAuditHelper | { unavailable: string } {
     const reason = compiled.error !== undefined ? compiled.error.message : compiled.stderr.toString().trim().split("\n").slice(0, 3).join("; ");
     return { unavailable: `compiling ${source} with cc failed (${reason})` };
   }
+  // The umask may have left the file group-writable, which the trust check rejects.
+  chmodSync(temporary, 0o755);
   renameSync(temporary, binary);
   return { path: binary };
 }

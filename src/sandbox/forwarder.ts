@@ -1,9 +1,10 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 
 /** The in-box forwarder: a compiled C binary, or a script that Node runs. */
 export type Forwarder = { kind: "native"; path: string } | { kind: "node"; path: string; node: string };
@@ -48,11 +49,14 @@ export function cacheDir(env: Readonly<Record<string, string | undefined>> = pro
 
 /**
  * Returns the forwarder for this host: the C one, compiled with `cc` on first use and cached
- * under $XDG_CACHE_HOME/ringfence by the source's hash, else the Node one.
+ * under $XDG_CACHE_HOME/ringfence by the source's hash, else the Node one. A cached file that is
+ * not this user's own (see cache-trust.ts) is written again. Throws when the cache directory is
+ * one that another user could change.
  */
-export function prepareForwarder(options: { preferNode?: boolean } = {}): Forwarder {
-  const dir = cacheDir();
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+export function prepareForwarder(options: { preferNode?: boolean; cacheRoot?: string } = {}): Forwarder {
+  const opened = openCacheDir(options.cacheRoot ?? cacheDir());
+  if ("unsafe" in opened) throw new Error(`cannot prepare the in-box forwarder: ${opened.unsafe}`);
+  const dir = opened.dir;
 
   if (options.preferNode !== true) {
     const source = sourceCandidates().find((path) => existsSync(path));
@@ -60,11 +64,13 @@ export function prepareForwarder(options: { preferNode?: boolean } = {}): Forwar
       const text = readFileSync(source);
       const hash = createHash("sha256").update(text).update(process.arch).digest("hex").slice(0, 16);
       const binary = join(dir, `forwarder-${hash}`);
-      if (existsSync(binary)) return { kind: "native", path: binary };
+      if (isTrustedCacheFile(binary)) return { kind: "native", path: binary };
 
       const temporary = `${binary}.${process.pid}.tmp`;
       const compiled = spawnSync("cc", ["-O2", "-o", temporary, source], { stdio: ["ignore", "ignore", "pipe"] });
       if (compiled.status === 0) {
+        // The umask may have left the file group-writable, which the trust check rejects.
+        chmodSync(temporary, 0o755);
         renameSync(temporary, binary);
         return { kind: "native", path: binary };
       }
@@ -74,6 +80,11 @@ export function prepareForwarder(options: { preferNode?: boolean } = {}): Forwar
   }
 
   const script = join(dir, "forwarder.mjs");
-  if (!existsSync(script) || readFileSync(script, "utf8") !== NODE_FORWARDER_SOURCE) writeFileSync(script, NODE_FORWARDER_SOURCE, { mode: 0o600 });
+  if (!isTrustedCacheFile(script) || readFileSync(script, "utf8") !== NODE_FORWARDER_SOURCE) {
+    // Written through a rename, because writing over a file keeps its owner and mode.
+    const temporary = `${script}.${process.pid}.tmp`;
+    writeFileSync(temporary, NODE_FORWARDER_SOURCE, { mode: 0o600 });
+    renameSync(temporary, script);
+  }
   return { kind: "node", path: script, node: process.execPath };
 }
