@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
@@ -17,13 +17,24 @@ function runVersion(cacheHome: string, extraEnv: Record<string, string> = {}): {
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
+const cacheHomes: string[] = [];
+after(() => {
+  for (const cacheHome of cacheHomes) rmSync(cacheHome, { recursive: true, force: true });
+});
+
+function newCacheHome(): string {
+  const cacheHome = mkdtempSync(join(tmpdir(), "ringfence-code-cache-test-"));
+  cacheHomes.push(cacheHome);
+  return cacheHome;
+}
+
 function cacheDirOf(cacheHome: string): string {
   return join(cacheHome, "ringfence", "code-cache");
 }
 
 /** Runs --version once on an empty cache home and returns the cache file it wrote. */
 function primedCache(): { cacheHome: string; file: string } {
-  const cacheHome = mkdtempSync(join(tmpdir(), "ringfence-code-cache-test-"));
+  const cacheHome = newCacheHome();
   const result = runVersion(cacheHome);
   assert.equal(result.code, 0, result.stderr);
   const names = readdirSync(cacheDirOf(cacheHome)).filter((name) => CACHE_NAME.test(name));
@@ -116,7 +127,7 @@ test("code cache: older caches of the command are removed", () => {
 });
 
 test("code cache: RINGFENCE_CODE_CACHE=off writes nothing", () => {
-  const cacheHome = mkdtempSync(join(tmpdir(), "ringfence-code-cache-test-"));
+  const cacheHome = newCacheHome();
   mkdirSync(join(cacheHome, "ringfence"));
   const result = runVersion(cacheHome, { RINGFENCE_CODE_CACHE: "off" });
   assert.equal(result.code, 0, result.stderr);
@@ -125,7 +136,7 @@ test("code cache: RINGFENCE_CODE_CACHE=off writes nothing", () => {
 });
 
 test("code cache: unwritable cache directory still runs", () => {
-  const cacheHome = mkdtempSync(join(tmpdir(), "ringfence-code-cache-test-"));
+  const cacheHome = newCacheHome();
   // A file where the ringfence directory should be makes every mkdir below it fail.
   writeFileSync(join(cacheHome, "ringfence"), "");
   const result = runVersion(cacheHome);
