@@ -1,6 +1,6 @@
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -13,8 +13,14 @@ import {
 } from "../../src/sandbox/placeholder-record.js";
 import type { ProtectPlan } from "../../src/sandbox/protect-plan.js";
 
+const bases: string[] = [];
+after(() => {
+  for (const base of bases) rmSync(base, { recursive: true, force: true });
+});
+
 function layout(): { runsRoot: string; runDir: string; workspace: string; protect: ProtectPlan } {
   const base = mkdtempSync(join(tmpdir(), "ringfence-placeholder-test-"));
+  bases.push(base);
   const runsRoot = join(base, "runs");
   const runDir = join(runsRoot, "run-1");
   const workspace = join(base, "workspace");
