@@ -120,7 +120,10 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
   if (binary === null || !canHandOff(client, upstream)) return;
 
   const held = stopClientReading(client);
-  const flushedUpstream = held.length === 0 ? Promise.resolve() : new Promise<void>((resolve) => upstream.write(Buffer.concat(held), () => resolve()));
+  // Writes that pipe() queued earlier may still wait in Node when the upstream server reads
+  // slowly. The callback of a write runs after every earlier write, so an empty one waits for them.
+  const flushedUpstream =
+    held.length === 0 && upstream.writableLength === 0 ? Promise.resolve() : new Promise<void>((resolve) => upstream.write(held.length === 0 ? Buffer.alloc(0) : Buffer.concat(held), () => resolve()));
   await Promise.all([readRelay.detach(), flushedUpstream]);
 
   const resume = () => {
