@@ -167,8 +167,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         http.closeAllConnections();
         interception?.close();
         httpAgents.close();
-        context.tunnelRelays?.stopAll();
-        await Promise.all([closed, allClosed]);
+        // The relays' tunnel events come from their exit, so close() waits for it.
+        const relaysStopped = context.tunnelRelays?.stopAll();
+        await Promise.all([closed, allClosed, relaysStopped]);
         logger.info("gateway stopped");
       })();
       return closing;

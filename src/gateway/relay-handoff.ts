@@ -31,8 +31,8 @@ export class TunnelRelays {
   #binary: string | null = null;
   #unavailable = false;
   readonly #logger: Logger;
-  /** Relays running now, stopped when the gateway closes. */
-  readonly #running = new Set<ChildProcess>();
+  /** Relays running now, each with the function that stops it, stopped when the gateway closes. */
+  readonly #running = new Map<ChildProcess, () => void>();
 
   constructor(options: TunnelRelayOptions, logger: Logger) {
     this.handoffBytes = options.handoffBytes;
@@ -63,14 +63,19 @@ export class TunnelRelays {
     this.#logger.warn({ reason }, "the splice tunnel relay is unavailable; tunnels are copied by Node");
   }
 
-  track(child: ChildProcess): void {
-    this.#running.add(child);
+  track(child: ChildProcess, stop: () => void): void {
+    this.#running.set(child, stop);
     child.once("close", () => this.#running.delete(child));
   }
 
-  /** Stops every running relay; each reports and ends its tunnel. */
-  stopAll(): void {
-    for (const child of this.#running) child.kill("SIGTERM");
+  /**
+   * Stops every running relay, and resolves once each has exited. Each reports and ends its
+   * tunnel, and the tunnel's event is emitted before this resolves.
+   */
+  stopAll(): Promise<void> {
+    const exited = [...this.#running.keys()].map((child) => new Promise<void>((resolve) => child.once("close", () => resolve())));
+    for (const stop of this.#running.values()) stop();
+    return Promise.all(exited).then(() => undefined);
   }
 }
 
@@ -164,14 +169,15 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
   });
   child.once("spawn", () => {
     spawned = true;
-    relays.track(child);
+    const stop = () => {
+      stoppedByGateway = true;
+      child.kill("SIGTERM");
+    };
+    relays.track(child, stop);
     // The relay enforces the idle limit now, because Node reads and writes nothing on these sockets.
     client.setTimeout(0);
     upstream.setTimeout(0);
-    options.started(() => {
-      stoppedByGateway = true;
-      child.kill("SIGTERM");
-    }, child.pid as number);
+    options.started(stop, child.pid as number);
   });
   child.once("close", (code, signal) => {
     if (!spawned) return;

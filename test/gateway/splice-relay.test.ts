@@ -325,6 +325,38 @@ network:
     }
   });
 
+  it("emits the tunnel event before close resolves", async () => {
+    const target = await startTcpServer((socket) => {
+      const block = patternBytes(0, 64 * 1024);
+      const pump = () => {
+        while (!socket.destroyed && socket.write(block)) {
+          // Keep writing until back-pressure.
+        }
+        if (!socket.destroyed) socket.once("drain", pump);
+      };
+      pump();
+    });
+    const { logger, records } = recordingLogger();
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    try {
+      const { socket } = await openTunnel(gw, target.port);
+      socket.on("error", () => {});
+      socket.write(HELLO);
+      socket.resume();
+      while (handoffs(records).length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+
+      // A run seals its audit log once the gateway has closed, so a later event would be lost.
+      await gw.close();
+      const event = gw.events.find((e) => e.protocol === "connect" && e.host === "raw.example.com");
+      assert.ok(event !== undefined, "the tunnel's event must be emitted before close() resolves");
+      assert.equal(event.reason, null);
+      assert.ok(event.bytesDown >= HANDOFF_BYTES, `bytesDown ${event.bytesDown} must count at least the bytes Node carried`);
+    } finally {
+      await gw.close();
+      await target.close();
+    }
+  });
+
   it("falls back to Node when the relay cannot start", async () => {
     const download = 4 * MiB + 9;
     const target = await startTcpServer((socket) => writePattern(socket, download, () => socket.end()));
