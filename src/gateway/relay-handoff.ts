@@ -15,6 +15,9 @@ import { parseRelayReport, relayEndReason, type RelayReport } from "./relay-repo
  */
 export const DEFAULT_HANDOFF_BYTES = 8 * 1024 * 1024;
 
+/** Milliseconds a relay has to exit after SIGTERM when the gateway closes, before it gets SIGKILL. */
+const RELAY_STOP_GRACE_MS = 2000;
+
 /** The splice relay as one gateway uses it. */
 export interface TunnelRelayOptions {
   /** "auto" hands large tunnels to the splice relay when it can run; "node" never does. */
@@ -73,9 +76,15 @@ export class TunnelRelays {
    * tunnel, and the tunnel's event is emitted before this resolves.
    */
   stopAll(): Promise<void> {
-    const exited = [...this.#running.keys()].map((child) => new Promise<void>((resolve) => child.once("close", () => resolve())));
+    const children = [...this.#running.keys()];
+    const exited = children.map((child) => new Promise<void>((resolve) => child.once("close", () => resolve())));
     for (const stop of this.#running.values()) stop();
-    return Promise.all(exited).then(() => undefined);
+    // splice-relay.c exits at once on SIGTERM. A relay that does not is killed, so close() cannot hang.
+    const kill = setTimeout(() => {
+      for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }, RELAY_STOP_GRACE_MS);
+    kill.unref();
+    return Promise.all(exited).then(() => clearTimeout(kill));
   }
 }
 

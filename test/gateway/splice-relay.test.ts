@@ -357,6 +357,31 @@ network:
     }
   });
 
+  it("kills a relay that ignores SIGTERM on close", async () => {
+    const target = await startTcpServer((socket) => writePattern(socket, 2 * MiB, () => {}));
+    // A relay that keeps the sockets open and ignores SIGTERM. sleep inherits the ignored signal across exec.
+    const stubborn = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "stubborn-relay");
+    writeFileSync(stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n", { mode: 0o755 });
+    const { logger, records } = recordingLogger();
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: stubborn } });
+    try {
+      const { socket } = await openTunnel(gw, target.port);
+      socket.on("error", () => {});
+      socket.write(HELLO);
+      socket.resume();
+      while (handoffs(records).length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+      const pid = handoffs(records)[0]?.pid as number;
+
+      await gw.close();
+      assert.throws(() => process.kill(pid, 0), /ESRCH/);
+      const event = gw.events.find((e) => e.protocol === "connect" && e.host === "raw.example.com");
+      assert.ok(event !== undefined, "the tunnel's event must be emitted before close() resolves");
+    } finally {
+      await gw.close();
+      await target.close();
+    }
+  });
+
   it("falls back to Node when the relay cannot start", async () => {
     const download = 4 * MiB + 9;
     const target = await startTcpServer((socket) => writePattern(socket, download, () => socket.end()));
