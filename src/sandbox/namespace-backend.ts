@@ -7,6 +7,7 @@ import { SandboxError, type AgentConnection, type BoxExit, type BoxRequest, type
 import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
 import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
+import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
@@ -31,6 +32,23 @@ export function findExecutable(name: string, path: string = process.env.PATH ?? 
   return null;
 }
 
+/**
+ * Returns the `bwrap --version` output stored in `file` for the binary described by `key`, or
+ * null when there is none. The version decides whether the box gets --disable-userns, so a file
+ * another user could have written (see cache-trust.ts) is ignored, because an older version in it
+ * would drop that flag.
+ */
+export function readCachedBwrapVersion(file: string, key: string): string | null {
+  try {
+    if (!isTrustedCacheFile(file) || "unsafe" in openCacheDir(dirname(file))) return null;
+    const [storedKey, storedVersion] = readFileSync(file, "utf8").split("\n");
+    return storedKey === key && storedVersion !== undefined ? storedVersion : null;
+  } catch {
+    // Not cached yet, or the cache directory cannot be read.
+    return null;
+  }
+}
+
 let cachedBwrapVersion: [number, number, number] | null | undefined;
 
 /**
@@ -46,12 +64,8 @@ function bwrapVersion(): [number, number, number] | null {
   const facts = statSync(path);
   const key = `${path} ${facts.ino} ${facts.size} ${facts.mtimeMs}`;
   const file = join(cacheDir(), "bwrap-version");
-  try {
-    const [storedKey, storedVersion] = readFileSync(file, "utf8").split("\n");
-    if (storedKey === key && storedVersion !== undefined) return (cachedBwrapVersion = parseBwrapVersion(storedVersion));
-  } catch {
-    // Not cached yet.
-  }
+  const storedVersion = readCachedBwrapVersion(file, key);
+  if (storedVersion !== null) return (cachedBwrapVersion = parseBwrapVersion(storedVersion));
 
   const output = spawnSync(path, ["--version"], { encoding: "utf8" }).stdout ?? "";
   cachedBwrapVersion = parseBwrapVersion(output);

@@ -6,6 +6,7 @@ import { after, describe, it } from "node:test";
 import { compileRelayBinary } from "../../src/gateway/relay-binary.js";
 import { cacheTrustProblem, isTrustedCacheFile, openCacheDir, type PathFacts } from "../../src/sandbox/cache-trust.js";
 import { prepareExecAudit } from "../../src/sandbox/exec-audit.js";
+import { readCachedBwrapVersion } from "../../src/sandbox/namespace-backend.js";
 import { NODE_FORWARDER_SOURCE, prepareForwarder } from "../../src/sandbox/forwarder.js";
 
 const ME = 1000;
@@ -152,5 +153,28 @@ describe("cached helpers", () => {
     const shared = freshRoot();
     chmodSync(shared, 0o777);
     assert.throws(() => prepareForwarder({ cacheRoot: join(shared, "ringfence") }), /without the sticky bit/);
+  });
+
+  it("bwrap version cache needs a trusted file", () => {
+    const cacheRoot = freshRoot();
+    const file = join(cacheRoot, "bwrap-version");
+    writeFileSync(file, "key\nbubblewrap 0.3.0\n", { mode: 0o600 });
+    assert.equal(readCachedBwrapVersion(file, "key"), "bubblewrap 0.3.0");
+    assert.equal(readCachedBwrapVersion(file, "other key"), null);
+
+    chmodSync(file, 0o666);
+    assert.equal(readCachedBwrapVersion(file, "key"), null);
+
+    chmodSync(file, 0o600);
+    chmodSync(cacheRoot, 0o777);
+    assert.equal(readCachedBwrapVersion(file, "key"), null);
+  });
+
+  it("bwrap version cache of another user is ignored", { skip: isRoot ? false : "needs root to chown" }, () => {
+    const cacheRoot = freshRoot();
+    const file = join(cacheRoot, "bwrap-version");
+    writeFileSync(file, "key\nbubblewrap 0.3.0\n", { mode: 0o600 });
+    chownSync(file, 65534, 65534);
+    assert.equal(readCachedBwrapVersion(file, "key"), null);
   });
 });
