@@ -1,19 +1,26 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
-import { tmpdir } from "node:os";
+import { tmpdir, userInfo } from "node:os";
 import { join, resolve } from "node:path";
 
-// bin/ringfence keeps a V8 code cache of dist/cli.cjs under $XDG_CACHE_HOME/ringfence/code-cache.
-// These tests run the real entry point and check the files it leaves behind.
+// bin/ringfence keeps a V8 code cache of dist/cli.cjs under ~/.cache/ringfence/code-cache, with
+// ~ from the user database. Each test runs the real entry point in a mount namespace of its own
+// with a temporary directory bound over that ~/.cache, and checks the files it leaves behind.
 const BIN = resolve(import.meta.dirname, "../../bin/ringfence");
 const VERSION = JSON.parse(readFileSync(resolve(import.meta.dirname, "../../package.json"), "utf8")).version as string;
 const CACHE_NAME = /^cli-other-[0-9a-f]{32}\.bin$/;
+const HOME = userInfo().homedir;
+const MOUNT_THEN_RUN = 'mkdir -p "$1/.cache" && mount --bind "$2" "$1/.cache" && shift 2 && exec "$@"';
 
-function runVersion(cacheHome: string, extraEnv: Record<string, string> = {}): { code: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(BIN, ["--version"], { encoding: "utf8", env: { ...process.env, XDG_CACHE_HOME: cacheHome, ...extraEnv } });
+function runVersion(cacheHome: string, extraEnv: Record<string, string> = {}, bin = BIN): { code: number | null; stdout: string; stderr: string } {
+  const env: Record<string, string | undefined> = { ...process.env, HOME, ...extraEnv };
+  if (extraEnv.XDG_CACHE_HOME === undefined) delete env.XDG_CACHE_HOME;
+  // Root gets a plain mount namespace; anyone else a user namespace that maps them to themselves.
+  const namespaces = process.getuid?.() === 0 ? ["--mount"] : ["--map-current-user", "--mount"];
+  const result = spawnSync("unshare", [...namespaces, "--propagation", "private", "sh", "-c", MOUNT_THEN_RUN, "sh", HOME, cacheHome, bin, "--version"], { encoding: "utf8", env });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -143,4 +150,65 @@ test("code cache: unwritable cache directory still runs", () => {
   assert.equal(result.code, 0, result.stderr);
   assert.equal(result.stdout.trim(), VERSION);
   assert.equal(result.stderr, "");
+});
+
+test("code cache: XDG_CACHE_HOME elsewhere turns it off", () => {
+  const cacheHome = newCacheHome();
+  const elsewhere = newCacheHome();
+  const result = runVersion(cacheHome, { XDG_CACHE_HOME: elsewhere });
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.trim(), VERSION);
+  assert.ok(!existsSync(cacheDirOf(cacheHome)));
+  assert.ok(!existsSync(cacheDirOf(elsewhere)));
+});
+
+test("code cache: XDG_CACHE_HOME at the default is used", () => {
+  const cacheHome = newCacheHome();
+  const result = runVersion(cacheHome, { XDG_CACHE_HOME: join(HOME, ".cache") });
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(readdirSync(cacheDirOf(cacheHome)).filter((name) => CACHE_NAME.test(name)).length, 1);
+});
+
+test("code cache: HOME elsewhere turns it off", () => {
+  const cacheHome = newCacheHome();
+  const elsewhere = newCacheHome();
+  const result = runVersion(cacheHome, { HOME: elsewhere });
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.trim(), VERSION);
+  assert.ok(!existsSync(cacheDirOf(cacheHome)));
+  assert.ok(!existsSync(join(elsewhere, ".cache")));
+});
+
+test("code cache: planted cache runs only from the default place", () => {
+  // V8 takes code cache data made for another source of the same length. Build such a cache
+  // from a copy of the bundle whose version has every digit set to 9, and plant it under the real bundle's
+  // cache name: at the default place it runs (which is why only that place is used), and where
+  // XDG_CACHE_HOME points it does not.
+  const real = primedCache();
+  const name = real.file.slice(real.file.lastIndexOf("/") + 1);
+  const tree = newCacheHome();
+  mkdirSync(join(tree, "bin"));
+  mkdirSync(join(tree, "dist"));
+  copyFileSync(BIN, join(tree, "bin", "ringfence"));
+  copyFileSync(resolve(import.meta.dirname, "../../bin/package.json"), join(tree, "bin", "package.json"));
+  const bundle = readFileSync(resolve(import.meta.dirname, "../../dist/cli.cjs"), "latin1");
+  assert.ok(bundle.includes(`"${VERSION}"`));
+  const forgedVersion = VERSION.replace(/[0-9]/g, "9");
+  writeFileSync(join(tree, "dist", "cli.cjs"), bundle.replaceAll(`"${VERSION}"`, `"${forgedVersion}"`), "latin1");
+  const forged = newCacheHome();
+  const built = runVersion(forged, {}, join(tree, "bin", "ringfence"));
+  assert.equal(built.stdout.trim(), forgedVersion);
+  const forgedFile = readdirSync(cacheDirOf(forged)).find((entry) => CACHE_NAME.test(entry)) ?? "";
+  const payload = readFileSync(join(cacheDirOf(forged), forgedFile));
+
+  const elsewhere = newCacheHome();
+  mkdirSync(cacheDirOf(elsewhere), { recursive: true, mode: 0o700 });
+  writeFileSync(join(cacheDirOf(elsewhere), name), payload, { mode: 0o600 });
+  const planted = runVersion(newCacheHome(), { XDG_CACHE_HOME: elsewhere });
+  assert.equal(planted.code, 0, planted.stderr);
+  assert.equal(planted.stdout.trim(), VERSION);
+
+  writeFileSync(real.file, payload, { mode: 0o600 });
+  const atDefault = runVersion(real.cacheHome);
+  assert.equal(atDefault.stdout.trim(), forgedVersion);
 });
