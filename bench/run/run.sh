@@ -20,7 +20,11 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ringfence-bench-XXXXXX")
 trap 'rm -rf "$work"' EXIT
-export XDG_STATE_HOME="$work/state" XDG_CACHE_HOME="$work/cache"
+# The state goes to a temporary directory. The cache stays at its default place, because the
+# CLI's code cache is used only there, and a user's start-up includes it.
+export XDG_STATE_HOME="$work/state"
+unset XDG_CACHE_HOME
+cache="$(getent passwd "$(id -u)" | cut -d: -f6)/.cache"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(bwrap --version), node $(node --version), $(date -u +%Y-%m-%d)"
 
@@ -34,9 +38,9 @@ mkdir -p "$ws" && git -C "$ws" init -q
 
 # The forwarder ringfence compiles on first use, and its Node fallback.
 (cd "$ws" && "$ringfence" run -- true 2>/dev/null)
-native=$(ls "$XDG_CACHE_HOME"/ringfence/forwarder-* | head -1)
+native=$(ls -t "$cache"/ringfence/forwarder-* | head -1)
 RINGFENCE_FORWARDER=node "$ringfence" run -- true 2>/dev/null || true
-node_forwarder="$XDG_CACHE_HOME/ringfence/forwarder.mjs"
+node_forwarder="$cache/ringfence/forwarder.mjs"
 
 # Bare bwrap with the namespaces and system mounts a ringfence box has, minus the policy work.
 bare="bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/sbin /sbin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --tmpfs /tmp --bind $ws $ws --chdir $ws"
