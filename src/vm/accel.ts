@@ -37,6 +37,36 @@ export function chooseAccelerator(measure: { kvmAvailable: string | null; tcgMs:
   return { accel: "tcg", reason: `a floor boot took ${measure.kvmMs} ms under KVM, slower than ${measure.tcgMs} ms under TCG` };
 }
 
+/**
+ * Parses a cached choice (accel.json), or returns null when the text is not one: the file sits
+ * in a cache directory, so a damaged or hand-edited file must cost a calibration, not a run.
+ */
+export function parseChoice(text: string): AccelChoice | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return null;
+  const record = value as Record<string, unknown>;
+  const milliseconds = (field: unknown) => field === null || (typeof field === "number" && Number.isFinite(field) && field >= 0);
+  if (record.accel !== "kvm" && record.accel !== "tcg") return null;
+  if (!milliseconds(record.tcgMs) || !milliseconds(record.kvmMs)) return null;
+  for (const field of ["reason", "kernel", "qemu", "measuredAt"] as const) {
+    if (typeof record[field] !== "string") return null;
+  }
+  return {
+    accel: record.accel,
+    reason: record.reason as string,
+    tcgMs: record.tcgMs as number | null,
+    kvmMs: record.kvmMs as number | null,
+    kernel: record.kernel as string,
+    qemu: record.qemu as string,
+    measuredAt: record.measuredAt as string,
+  };
+}
+
 /** Returns whether a cached choice still holds for this kernel and QEMU. */
 export function choiceIsCurrent(choice: AccelChoice | null, kernel: string, qemu: string): choice is AccelChoice {
   return choice !== null && choice.kernel === kernel && choice.qemu === qemu;

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { findExecutable } from "../sandbox/namespace-backend.js";
 import { join } from "node:path";
-import { chooseAccelerator, choiceIsCurrent, KVM_CALIBRATION_LIMIT, type AccelChoice } from "./accel.js";
+import { chooseAccelerator, choiceIsCurrent, KVM_CALIBRATION_LIMIT, parseChoice, type AccelChoice } from "./accel.js";
 import type { GuestImage } from "./image.js";
 import { helperPrefix, QEMU_PROGRAM } from "./machine.js";
 import { qemuArguments, type Accelerator } from "./qemu-args.js";
@@ -69,11 +69,13 @@ export function bootFloor(image: GuestImage, accel: Accelerator, limitMs: number
 /** Reads a cached choice from the first directory that has one. */
 export function readChoice(dirs: readonly string[]): AccelChoice | null {
   for (const dir of dirs) {
+    let text: string;
     try {
-      return JSON.parse(readFileSync(join(dir, CHOICE_FILE), "utf8")) as AccelChoice;
+      text = readFileSync(join(dir, CHOICE_FILE), "utf8");
     } catch {
-      // None cached here.
+      continue; // None cached here.
     }
+    return parseChoice(text);
   }
   return null;
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { chooseAccelerator, choiceIsCurrent, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
+import { chooseAccelerator, choiceIsCurrent, parseChoice, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
 import { kernelPackageOf } from "../../src/vm/kernel.js";
 import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
@@ -94,6 +94,29 @@ describe("accelerator choice", () => {
     assert.equal(choiceIsCurrent(choice, "6.1.0-57-cloud-amd64", "QEMU 8.0"), false);
     assert.equal(choiceIsCurrent(null, "6.1.0-57-cloud-amd64", "QEMU 7.2"), false);
   });
+});
+
+describe("cached accelerator choice", () => {
+  const good = { accel: "tcg", reason: "KVM is not usable", tcgMs: 1200, kvmMs: null, kernel: "6.1.0-28-cloud-amd64", qemu: "/usr/bin/qemu-system-x86_64 1 2", measuredAt: "2026-12-05T03:00:00.000Z" };
+  test("valid choice parses", () => {
+    assert.deepEqual(parseChoice(JSON.stringify(good)), good);
+  });
+  const bad: [string, string][] = [
+    ["not JSON", "{"],
+    ["an array", "[]"],
+    ["null", "null"],
+    ["unknown accelerator", JSON.stringify({ ...good, accel: "hvf" })],
+    ["accelerator missing", JSON.stringify({ ...good, accel: undefined })],
+    ["negative time", JSON.stringify({ ...good, tcgMs: -1 })],
+    ["time as text", JSON.stringify({ ...good, kvmMs: "5" })],
+    ["kernel missing", JSON.stringify({ ...good, kernel: undefined })],
+    ["reason as number", JSON.stringify({ ...good, reason: 3 })],
+  ];
+  for (const [name, text] of bad) {
+    test(`rejects ${name}`, () => {
+      assert.equal(parseChoice(text), null);
+    });
+  }
 });
 
 describe("requested accelerator", () => {
