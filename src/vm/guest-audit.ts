@@ -10,6 +10,14 @@ import { GuestExecLines, RecordRate, type GuestExecRecord } from "./guest-exec-r
 export const GUEST_RECORDS_PER_SECOND = 2_000;
 export const GUEST_RECORD_BURST = 20_000;
 
+/** Bytes of guest record data that cost as much of the rate as one record. */
+export const GUEST_RECORD_COST_BYTES = 4096;
+
+/** The share of the record rate a chunk of guest record data uses: its lines, valid or not, and its size. */
+export function guestRecordCost(accepted: number, rejected: number, bytes: number): number {
+  return accepted + rejected + Math.floor(bytes / GUEST_RECORD_COST_BYTES);
+}
+
 /**
  * Returns why a guest cannot record its execs, or null when it can: an initramfs prepared
  * before the guest recorded execs starts its agent without --audit, and a run must not go on
@@ -31,10 +39,13 @@ export function recordGuestExecs(channel: ExecChannel, onExec: (record: GuestExe
   let ending = false;
 
   channel.audit.on("data", (chunk: Buffer) => {
+    const rejectedBefore = lines.rejected;
     const records = lines.push(chunk);
     for (const record of records) onExec(record);
 
-    const wait = rate.take(records.length, Date.now());
+    // Rejected lines and bytes count against the rate too: parsing them costs the host, and a
+    // guest must not get unbounded host CPU by sending lines that fail validation.
+    const wait = rate.take(guestRecordCost(records.length, lines.rejected - rejectedBefore, chunk.length), Date.now());
     if (wait > 0 && paused === null && !ending) {
       channel.audit.pause();
       paused = setTimeout(() => {

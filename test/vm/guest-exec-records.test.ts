@@ -1,6 +1,9 @@
 // Guest exec records are claims of an untrusted kernel: each row is one line a guest could send.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { PassThrough } from "node:stream";
+import type { ExecChannel } from "../../src/guest/exec-client.js";
+import { GUEST_RECORD_BURST, GUEST_RECORD_COST_BYTES, guestRecordCost, recordGuestExecs } from "../../src/vm/guest-audit.js";
 import { GUEST_RECORD_LIMITS, GuestExecLines, parseGuestExecRecord, RecordRate } from "../../src/vm/guest-exec-records.js";
 
 describe("guest exec record", () => {
@@ -91,3 +94,26 @@ describe("guest record rate", () => {
     });
   }
 });
+
+describe("guest record cost", () => {
+  const cases: { name: string; accepted: number; rejected: number; bytes: number; cost: number }[] = [
+    { name: "valid lines only", accepted: 3, rejected: 0, bytes: 300, cost: 3 },
+    { name: "rejected lines count", accepted: 0, rejected: 5, bytes: 10, cost: 5 },
+    { name: "large chunk counts", accepted: 1, rejected: 1, bytes: 3 * GUEST_RECORD_COST_BYTES + 1, cost: 5 },
+  ];
+  for (const entry of cases) {
+    test(entry.name, () => {
+      assert.equal(guestRecordCost(entry.accepted, entry.rejected, entry.bytes), entry.cost);
+    });
+  }
+
+  test("invalid lines past the burst pause", () => {
+    const audit = new PassThrough();
+    const finish = recordGuestExecs({ audit } as unknown as ExecChannel, () => {});
+    audit.write("not a record\n".repeat(GUEST_RECORD_BURST + 1000));
+    assert.equal(audit.isPaused(), true);
+    const warnings = finish();
+    assert.equal(warnings.length, 1);
+  });
+});
+
