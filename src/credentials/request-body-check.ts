@@ -102,6 +102,11 @@ class DecodedBodyCheck extends Transform {
   readonly #decoders: Decoder[];
   readonly #maxDecodedBytes: number;
   readonly #codingsText: string;
+  readonly #codings: readonly string[];
+  /** Bytes given to each decoder, to find data a decoder left unread after its stream ended. */
+  readonly #inputBytes: number[];
+  /** Whether each decoder reached the end of its stream. */
+  readonly #ended: boolean[];
   #decodedBytes = 0;
   /** True once a body byte arrived. */
   #started = false;
@@ -116,14 +121,29 @@ class DecodedBodyCheck extends Transform {
     this.#decodedMatcher = new StreamMatcher(needles);
     this.#maxDecodedBytes = maxDecodedBytes;
     this.#codingsText = codings.join(", ");
+    this.#codings = [...codings].reverse();
+    this.#inputBytes = this.#codings.map(() => 0);
+    this.#ended = this.#codings.map(() => false);
 
     // The last coding applied is the first to undo.
     this.#decoders = [...codings].reverse().map((coding) => (coding === "br" ? createBrotliDecompress({ chunkSize: DECODED_CHUNK_BYTES }) : createUnzip({ chunkSize: DECODED_CHUNK_BYTES })));
     for (const [index, decoder] of this.#decoders.entries()) {
       decoder.on("error", (error: Error) => this.#fail(new UncheckableBodyError(`the request body is not valid ${this.#codingsText} data (${error.message}), so the gateway cannot check it for credentials`)));
       decoder.on("data", (decoded: Buffer) => this.#countDecoded(decoded));
+      // A decoder ends at the end of its stream, also when input is left (br and deflate ignore
+      // what follows), so bytes after the stream would reach the upstream unchecked.
+      decoder.on("end", () => {
+        this.#ended[index] = true;
+        this.#checkTrailing(index);
+      });
       const next = this.#decoders[index + 1];
-      if (next !== undefined) decoder.pipe(next);
+      if (next !== undefined) {
+        decoder.on("data", (decoded: Buffer) => {
+          this.#inputBytes[index + 1] = (this.#inputBytes[index + 1] as number) + decoded.length;
+          if (this.#ended[index + 1] === true) this.#checkTrailing(index + 1);
+        });
+        decoder.pipe(next);
+      }
       else decoder.on("data", (decoded: Buffer) => this.#searchDecoded(decoded));
     }
   }
@@ -144,6 +164,13 @@ class DecodedBodyCheck extends Transform {
 
     this.#pending = callback;
     this.#started ||= chunk.length > 0;
+    this.#inputBytes[0] = (this.#inputBytes[0] as number) + chunk.length;
+    if (this.#ended[0] === true) {
+      // Past the end of the outer stream: any byte here fails the check; an empty chunk passes.
+      this.#checkTrailing(0);
+      this.#settle(null);
+      return;
+    }
     (this.#decoders[0] as Decoder).write(chunk);
     this.#flushDecoders(0, () => {
       if (this.#decodedMatcher.heldBytes === 0 || this.#heldLength() > MAX_HELD_ENCODED_BYTES) this.#release();
@@ -158,13 +185,17 @@ class DecodedBodyCheck extends Transform {
       return;
     }
     this.#pending = callback;
-    (this.#decoders[this.#decoders.length - 1] as Decoder).once("end", () => {
+    const last = this.#decoders.length - 1;
+    const finish = () => {
+      if (this.#failure !== null) return;
       this.#held.push(this.#encodedMatcher.end());
       this.#decodedMatcher.end();
       this.#release();
       this.#settle(null);
-    });
+    };
     // Each decoder flows because of its data listener, so 'end' comes once the input is used up.
+    if (this.#ended[last] === true) finish();
+    else (this.#decoders[last] as Decoder).once("end", finish);
     (this.#decoders[0] as Decoder).end();
   }
 
@@ -191,6 +222,14 @@ class DecodedBodyCheck extends Transform {
     decoder.flush(() => {
       if (this.#failure === null) this.#flushDecoders(index + 1, done);
     });
+  }
+
+  // Fails the check when the decoder at `index` ended with input it did not read.
+  #checkTrailing(index: number): void {
+    const decoder = this.#decoders[index] as Decoder;
+    const left = (this.#inputBytes[index] as number) - decoder.bytesWritten;
+    if (left <= 0) return;
+    this.#fail(new UncheckableBodyError(`the request body is not valid ${this.#codingsText} data (${left} bytes follow the end of its ${this.#codings[index]} stream), so the gateway cannot check it for credentials`));
   }
 
   #countDecoded(decoded: Buffer): void {

@@ -128,6 +128,10 @@ describe("requestBodyCheck rejects what it cannot check", () => {
     { name: "too many stacked codings", codings: ["gzip", "gzip", "gzip", "gzip", "gzip"], chunks: () => [Buffer.from("abc")], reason: /stacks 5 content codings/ },
     { name: "data that is not gzip", codings: ["gzip"], chunks: () => [randomBytes(300)], reason: /not valid gzip data/ },
     { name: "a truncated gzip body", codings: ["gzip"], chunks: () => [gzipSync(prose).subarray(0, 40)], reason: /not valid gzip data/ },
+    { name: "data after a br stream", codings: ["br"], chunks: () => [brotliCompressSync(prose), Buffer.from(` key=${PLACEHOLDER.toUpperCase().split("").reverse().join("")}`)], reason: /bytes follow the end of its br stream/ },
+    { name: "a br stream ended at once", codings: ["br"], chunks: () => [Buffer.from([0x1a]), randomBytes(499)], reason: /499 bytes follow the end of its br stream/ },
+    { name: "data after a deflate stream", codings: ["deflate"], chunks: () => [deflateSync(prose), Buffer.from("more")], reason: /4 bytes follow the end of its deflate stream/ },
+    { name: "data after an inner stream", codings: ["deflate", "gzip"], chunks: () => [gzipSync(Buffer.concat([deflateSync(prose), Buffer.from("more")]))], reason: /4 bytes follow the end of its deflate stream/ },
   ];
 
   for (const testCase of cases) {
