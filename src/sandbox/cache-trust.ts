@@ -2,7 +2,7 @@ import { lstatSync, mkdirSync, realpathSync, statSync, type Stats } from "node:f
 import { dirname } from "node:path";
 
 /**
- * Checks that ringfence may run or read a file it cached earlier. The cache holds compiled
+ * Checks that ringfence may run or read a file it cached earlier. The cache contains compiled
  * helpers (the splice relay, the forwarder, the exec audit helper) that ringfence executes, so a
  * file another user could have written or replaced there would run with this user's rights,
  * and with root's under sudo when HOME or XDG_CACHE_HOME still names another user's directory.
@@ -20,7 +20,7 @@ const GROUP_OR_OTHER_WRITE = 0o022;
 const STICKY = 0o1000;
 
 /**
- * Returns why a path cannot hold trusted cache entries, or null when it can. `role` says what
+ * Returns why a path cannot hold trusted cache entries, or null when it can. `role` names what
  * the path is: the cache directory itself, one of its ancestors, or a cached file.
  */
 export function cacheTrustProblem(path: string, facts: PathFacts, uid: number, role: "cache-dir" | "ancestor" | "file"): string | null {

@@ -13,7 +13,7 @@ export const GUEST_RECORD_BURST = 20_000;
 /** Bytes of guest record data that cost as much of the rate as one record. */
 export const GUEST_RECORD_COST_BYTES = 4096;
 
-/** The share of the record rate a chunk of guest record data uses: its lines, valid or not, and its size. */
+/** Returns the share of the record rate a chunk of guest record data uses: its lines, valid or not, and its size. */
 export function guestRecordCost(accepted: number, rejected: number, bytes: number): number {
   return accepted + rejected + Math.floor(bytes / GUEST_RECORD_COST_BYTES);
 }

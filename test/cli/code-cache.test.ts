@@ -180,10 +180,10 @@ test("code cache: HOME elsewhere turns it off", () => {
 });
 
 test("code cache: planted cache runs only from the default place", () => {
-  // V8 takes code cache data made for another source of the same length. Build such a cache
-  // from a copy of the bundle whose version has every digit set to 9, and plant it under the real bundle's
-  // cache name: at the default place it runs (which is why only that place is used), and where
-  // XDG_CACHE_HOME points it does not.
+  // V8 takes code cache data made for another source of the same length. The test builds such
+  // a cache from a copy of the bundle whose version has every digit set to 9. Planted under the
+  // real bundle's cache name, it runs from the default place, which is why only that place is
+  // used. Where XDG_CACHE_HOME points, it does not run.
   const real = primedCache();
   const name = real.file.slice(real.file.lastIndexOf("/") + 1);
   const tree = newCacheHome();
