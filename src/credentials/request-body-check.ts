@@ -173,6 +173,10 @@ class DecodedBodyCheck extends Transform {
     }
     (this.#decoders[0] as Decoder).write(chunk);
     this.#flushDecoders(0, () => {
+      // A decoder that stopped at the end of its stream may report it only after this flush, so
+      // its unread input is checked here, before any held byte goes on.
+      for (let index = 0; index < this.#decoders.length && this.#failure === null; index++) this.#checkTrailing(index);
+      if (this.#failure !== null) return;
       if (this.#decodedMatcher.heldBytes === 0 || this.#heldLength() > MAX_HELD_ENCODED_BYTES) this.#release();
       this.#settle(null);
     });

@@ -81,6 +81,7 @@ describe("compressed request bodies inside TLS", () => {
     { name: "a gzip zip bomb", coding: "gzip", body: () => gzipSync(Buffer.alloc(65 * 1024 * 1024)), reason: /decodes to more than 67108864 bytes/ },
     { name: "an unknown coding", coding: "zstd", body: () => Buffer.from("(zstd frame)"), reason: /Content-Encoding "zstd"/ },
     { name: "a body that is not br", coding: "br", body: () => randomBytes(500), reason: /not valid br data/ },
+    { name: "data after a br stream", coding: "br", body: () => Buffer.concat([Buffer.from([0x1a]), randomBytes(499)]), reason: /499 bytes follow the end of its br stream/ },
   ];
 
   for (const testCase of uncheckable) {

@@ -142,3 +142,11 @@ describe("requestBodyCheck rejects what it cannot check", () => {
     });
   }
 });
+
+describe("requestBodyCheck holds a body with data after its stream", () => {
+  it("passes no byte of it on", async () => {
+    const outcome = await check(["br"], [Buffer.concat([Buffer.from([0x1a]), randomBytes(499)])]);
+    assert.match(outcome.error?.blockReason ?? "", /499 bytes follow the end of its br stream/);
+    assert.equal(outcome.passed.length, 0);
+  });
+});
