@@ -36,7 +36,7 @@ export type RequestExamination =
        * Makes the transform the request body flows through, or null when there is nothing to
        * look for. On a leak the transform fails with an error whose `credential` property names
        * the credential. When it cannot check the body (a coding it cannot decode, or a body too
-       * large once decoded), it fails with an error whose `blockReason` property says why, and
+       * large once decoded), it fails with an error whose `blockReason` property gives the reason, and
        * the gateway blocks the request with that reason.
        */
       requestBody: (() => Transform) | null;

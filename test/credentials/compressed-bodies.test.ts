@@ -1,6 +1,6 @@
-// Compressed request bodies inside TLS that the gateway terminated: curl sends them through the
-// gateway to an intercepted host that is bound to no credential, so a placeholder in the decoded
-// body is a leak, and a body the gateway cannot decode is blocked.
+// Compressed request bodies inside TLS that the gateway terminated. curl sends them through the
+// gateway to an intercepted host bound to no credential, so a placeholder in the decoded body is
+// a leak. A body the gateway cannot decode is blocked.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";

@@ -601,9 +601,9 @@ for (const backend of BACKENDS) {
         const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; seq: number; call?: string; exe?: string; path?: string; argv?: string[]; pid?: number; missing?: boolean });
         const execs = records.filter((record) => record.type === "exec" && record.missing !== true && record.call !== "executed");
         const executed = records.filter((record) => record.type === "exec" && record.call === "executed").map((record) => record.exe);
-        // The namespace box's forwarder starts first and becomes the command, and runs for the
-        // whole command, so the supervisor's check always sees it. The guest has no forwarder:
-        // its exec-audit supervisor sees the command itself first.
+        // The namespace box's forwarder starts first, becomes the command and runs for the whole
+        // command, so the supervisor always records it. The guest has no forwarder, so its
+        // exec-audit supervisor records the command itself first.
         const first = backend === "vm" ? [] : ["forwarder"];
         if (backend === "vm") assert.ok(executed.some((exe) => exe?.endsWith("sh") === true), JSON.stringify(executed));
         else assert.ok(executed.includes("/run/ringfence/forwarder"), JSON.stringify(executed));
