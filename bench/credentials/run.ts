@@ -10,12 +10,16 @@
 //    also timed in process.
 // Modes are interleaved within each repetition, so ratios come from the same run.
 //
-// Usage: node --import tsx bench/credentials/run.ts [--size-mib 256] [--repetitions 3] [--seconds 5] [--concurrency 8]
+// The gateway's CPU time (user plus system, from /proc) during its request-rate runs, divided by
+// the requests they made, is reported too: it depends less on other load than the rate does.
+//
+// Usage: node --import tsx bench/credentials/run.ts [--size-mib 256] [--repetitions 3] [--seconds 5] [--concurrency 8] [--new-hosts 100]
+// --size-mib 0 skips the downloads and --new-hosts 0 the new-host runs, for a requests-only run.
 // Needs curl and mitmproxy (Debian packages) on PATH.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as netConnect, createServer, type Socket } from "node:net";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
@@ -38,6 +42,8 @@ const repetitions = option("repetitions", 3);
 const seconds = option("seconds", 5);
 const concurrency = option("concurrency", 8);
 const newHosts = option("new-hosts", 100);
+/** USER_HZ of Linux /proc times; 100 on every mainstream architecture. */
+const CLOCK_TICKS_PER_SECOND = 100;
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "ringfence-bench-credentials-"));
@@ -140,7 +146,7 @@ function smallRequest(host: string, serverPort: number, key: string): string {
 }
 
 // Kept-alive small requests on `concurrency` connections for `seconds`; returns requests per second.
-async function requestRate(route: Route, serverPort: number, ca: string, key: string, expectKey: string): Promise<number> {
+async function requestRate(route: Route, serverPort: number, ca: string, key: string, expectKey: string): Promise<{ rate: number; requests: number }> {
   const connections = await Promise.all(Array.from({ length: concurrency }, async () => new Http1Connection(await openHttps(route, API_HOST, serverPort, ca))));
   const head = smallRequest(API_HOST, serverPort, key);
 
@@ -162,7 +168,7 @@ async function requestRate(route: Route, serverPort: number, ca: string, key: st
   );
   const elapsed = (performance.now() - start) / 1000;
   for (const connection of connections) connection.close();
-  return done / elapsed;
+  return { rate: done / elapsed, requests: done };
 }
 
 function run(command: string, args: readonly string[]): Promise<string> {
@@ -192,6 +198,13 @@ async function oneConnection(route: Route, host: string, serverPort: number, ca:
   connection.close();
   if (response.status !== 200) throw new Error(`status ${response.status} from ${host}`);
   return performance.now() - start;
+}
+
+/** User plus system CPU seconds of one process so far, from /proc/PID/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
 }
 
 function median(values: readonly number[]): number {
@@ -226,10 +239,23 @@ async function main(): Promise<void> {
   // Warm-up: one request on every path, so that first-use costs (minting, JIT) are not measured.
   for (const mode of ["direct", "gateway", "mitmproxy"] as const) await requestRate(routes[mode], serverPort, bundlePem, keys[mode][0], keys[mode][1]).catch((error: unknown) => Promise.reject(new Error(`warm-up through ${mode}: ${String(error)}`)));
 
+  const gatewayPid = gatewayChild.child.pid as number;
   const rates: Record<string, number[]> = { direct: [], gateway: [], mitmproxy: [] };
+  const gatewayCpuMicrosPerRequest: number[] = [];
+  const loads: number[] = [];
   const throughput: Record<string, number[]> = { direct: [], "gateway tunnel": [], "gateway intercepted": [], mitmproxy: [] };
   for (let repetition = 0; repetition < repetitions; repetition++) {
-    for (const mode of ["direct", "gateway", "mitmproxy"] as const) rates[mode]?.push(await requestRate(routes[mode], serverPort, bundlePem, keys[mode][0], keys[mode][1]));
+    loads.push(loadavg()[0] as number);
+    for (const mode of ["direct", "gateway", "mitmproxy"] as const) {
+      const cpuBefore = cpuSeconds(gatewayPid);
+      const measured = await requestRate(routes[mode], serverPort, bundlePem, keys[mode][0], keys[mode][1]);
+      if (mode === "gateway") gatewayCpuMicrosPerRequest.push(((cpuSeconds(gatewayPid) - cpuBefore) * 1e6) / measured.requests);
+      rates[mode]?.push(measured.rate);
+    }
+    if (sizeMiB === 0) {
+      process.stderr.write(`repetition ${repetition + 1}/${repetitions} done\n`);
+      continue;
+    }
     throughput.direct?.push(await download(routes.direct, BULK_HOST, serverPort, bundle));
     throughput["gateway tunnel"]?.push(await download(routes.gateway, BULK_HOST, serverPort, bundle));
     throughput["gateway intercepted"]?.push(await download(routes.gateway, API_HOST, serverPort, bundle));
@@ -249,7 +275,7 @@ async function main(): Promise<void> {
   // The mint alone: mean milliseconds per leaf certificate for distinct names, in this process.
   const authority = await createRunCertificateAuthority("bench");
   const mintStart = performance.now();
-  const mints = 500;
+  const mints = newHosts === 0 ? 0 : 500;
   for (let i = 0; i < mints; i++) {
     const parsed = canonicalHost(`m${i}.${MINT_SUFFIX}`);
     if (parsed.ok) await authority.secureContextFor(parsed.host);
@@ -266,6 +292,9 @@ async function main(): Promise<void> {
     gatewayOverMitmproxy: round(median(rates.gateway ?? []) / median(rates.mitmproxy ?? [])),
     // Ratios within each repetition, which cancel load that changed between repetitions.
     gatewayOverMitmproxyPerRepetition: (rates.gateway ?? []).map((value, index) => round(value / (rates.mitmproxy?.[index] ?? Number.NaN))),
+    // Gateway CPU microseconds per intercepted request, per repetition (1 tick is 10 ms of CPU).
+    gatewayCpuMicrosPerRequest: gatewayCpuMicrosPerRequest.map((value) => Math.round(value)),
+    loadAverageAtRepetitionStart: loads.map(round),
     downloadMiBps: Object.fromEntries(Object.entries(throughput).map(([mode, values]) => [mode, mib(median(values))])),
     interceptedOverTunnel: round(median(throughput["gateway intercepted"] ?? []) / median(throughput["gateway tunnel"] ?? [])),
     interceptedOverTunnelPerRepetition: (throughput["gateway intercepted"] ?? []).map((value, index) => round(value / (throughput["gateway tunnel"]?.[index] ?? Number.NaN))),
