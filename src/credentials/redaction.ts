@@ -10,6 +10,8 @@ export interface Redaction {
   label: string;
   /** True when the pattern is removed in any letter case, as the leak check finds it. */
   ignoreCase: boolean;
+  /** The pattern lower-cased, made once for the search in lower-cased text. */
+  lowerPattern: string;
 }
 
 /**
@@ -19,11 +21,12 @@ export interface Redaction {
  */
 export function redactionsOf(credentials: readonly RunCredential[]): Redaction[] {
   const redactions: Redaction[] = [];
+  const add = (pattern: string, label: string, ignoreCase: boolean) => redactions.push({ pattern, label, ignoreCase, lowerPattern: pattern.toLowerCase() });
   for (const entry of credentials) {
-    redactions.push({ pattern: entry.placeholder, label: `[placeholder of ${entry.name}]`, ignoreCase: true });
-    redactions.push({ pattern: entry.secret, label: `[secret of ${entry.name}]`, ignoreCase: true });
-    for (const form of encodedForms(entry.placeholder)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}placeholder of ${entry.name}]`, ignoreCase: form.caseInsensitive });
-    for (const form of encodedForms(entry.secret)) redactions.push({ pattern: form.text, label: `[${labelPrefix(form.encoding)}secret of ${entry.name}]`, ignoreCase: form.caseInsensitive });
+    add(entry.placeholder, `[placeholder of ${entry.name}]`, true);
+    add(entry.secret, `[secret of ${entry.name}]`, true);
+    for (const form of encodedForms(entry.placeholder)) add(form.text, `[${labelPrefix(form.encoding)}placeholder of ${entry.name}]`, form.caseInsensitive);
+    for (const form of encodedForms(entry.secret)) add(form.text, `[${labelPrefix(form.encoding)}secret of ${entry.name}]`, form.caseInsensitive);
   }
   return redactions.sort((a, b) => b.pattern.length - a.pattern.length);
 }
@@ -48,13 +51,18 @@ export function redactText(text: string, redactions: readonly Redaction[]): stri
 }
 
 function replaceAll(text: string, redactions: readonly Redaction[]): string {
+  // Most text holds no pattern, and one lower-cased copy shows that for every redaction at once.
+  // The check is the same one replaceIgnoringCase makes, so text it passes would come back unchanged.
+  const lower = text.toLowerCase();
+  if (lower.length === text.length && !redactions.some((redaction) => (redaction.ignoreCase ? lower.includes(redaction.lowerPattern) : text.includes(redaction.pattern)))) return text;
+
   let result = text;
   for (const redaction of redactions) {
     if (!redaction.ignoreCase) {
       if (result.includes(redaction.pattern)) result = result.split(redaction.pattern).join(redaction.label);
       continue;
     }
-    result = replaceIgnoringCase(result, redaction.pattern, redaction.label);
+    result = replaceIgnoringCase(result, redaction.pattern, redaction.lowerPattern, redaction.label);
   }
   return result;
 }
@@ -62,8 +70,7 @@ function replaceAll(text: string, redactions: readonly Redaction[]): string {
 // Finds the pattern in a lower-cased copy of `text`. The copy keeps each index only while
 // lower-casing keeps every character's length, which is so for the ASCII text of events. When a
 // character changes length, only the pattern's own spelling and its lower case are replaced.
-function replaceIgnoringCase(text: string, pattern: string, label: string): string {
-  const lowerPattern = pattern.toLowerCase();
+function replaceIgnoringCase(text: string, pattern: string, lowerPattern: string, label: string): string {
   const lower = text.toLowerCase();
   if (lower.length !== text.length) return text.split(pattern).join(label).split(lowerPattern).join(label);
   if (!lower.includes(lowerPattern)) return text;

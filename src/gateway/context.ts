@@ -52,7 +52,8 @@ export type Redactor = ((text: string) => string) | null;
 export function redactEvent<T extends object>(event: T, redact: Redactor): T {
   if (redact === null) return event;
   const copy = { ...event } as Record<string, unknown>;
-  for (const [key, value] of Object.entries(copy)) {
+  for (const key of Object.keys(copy)) {
+    const value = copy[key];
     if (typeof value === "string") copy[key] = redact(value);
   }
   return copy as T;
