@@ -103,14 +103,23 @@ export async function handleInterceptedRequest(context: GatewayContext, session:
       transcript?.close();
     }),
   );
-  forwardBody(exchange, examined.requestBody === null ? null : examined.requestBody());
+  forwardBody(exchange, examined.requestBody);
 }
 
 // Streams the request body upstream, through the leak check when there is one. A leak stops
 // the body before the matching bytes leave the gateway; the upstream request is aborted, so the
 // server sees a truncated body, and the client gets a 403.
-function forwardBody(exchange: Exchange, check: Transform | null): void {
+function forwardBody(exchange: Exchange, makeCheck: (() => Transform) | null): void {
   const { request, upstream, record, transcript } = exchange;
+  // Most requests (GET, HEAD, DELETE) carry no body, and then the check and the pipe are not
+  // built. Bytes Node would read anyway are dropped, never forwarded unchecked.
+  if (transcript === null && !hasBody(request)) {
+    request.resume();
+    upstream.end();
+    return;
+  }
+
+  const check = makeCheck === null ? null : makeCheck();
   request.on("data", (chunk: Buffer) => record.addBytesUp(chunk.length));
   if (check === null) {
     if (transcript !== null) captureRequestBody(exchange, request, transcript.request);
@@ -137,6 +146,13 @@ function forwardBody(exchange: Exchange, check: Transform | null): void {
   // The transcript takes the body as it leaves the check, so bytes of a blocked leak are never stored.
   if (transcript !== null) captureRequestBody(exchange, check, transcript.request);
   request.pipe(check).pipe(upstream);
+}
+
+// A request has a body only when it has Transfer-Encoding or a Content-Length other than 0
+// (RFC 9112, section 6.3). Any other value takes the checked path.
+function hasBody(request: IncomingMessage): boolean {
+  const length = request.headers["content-length"];
+  return request.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
 // Copies the body into its transcript file and finishes the file when the body ends or fails.
