@@ -2,7 +2,7 @@ import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches } from "../policy/host-pattern.js";
 import type { Credential } from "../policy/types.js";
 import { encodedForms, LINE_WRAPPED_ENCODINGS, percentEncoded } from "./encodings.js";
-import type { Needle } from "./stream-matcher.js";
+import { freezeNeedles, type Needle } from "./stream-matcher.js";
 
 /** The bound list for plain HTTP, where no credential is bound; a constant so caches keyed by it hit. */
 export const NONE_BOUND: readonly RunCredential[] = Object.freeze([]);
@@ -20,7 +20,8 @@ export class CredentialSet {
   readonly all: readonly RunCredential[];
   readonly #leakNeedles = new Map<RunCredential, Needle[]>();
   readonly #boundCache = new Map<string, readonly RunCredential[]>();
-  readonly #othersCache = new WeakMap<readonly RunCredential[], Needle[]>();
+  readonly #othersCache = new WeakMap<readonly RunCredential[], readonly Needle[]>();
+  readonly #scrubCache = new WeakMap<readonly RunCredential[], readonly Needle[]>();
 
   constructor(credentials: readonly RunCredential[]) {
     this.all = credentials;
@@ -47,13 +48,23 @@ export class CredentialSet {
 
   /**
    * Leak needles of every credential not in `bound`, a list returned by boundTo (or NONE_BOUND).
-   * The result is cached per list, so the same array comes back for the same host.
+   * The result is cached per list and frozen, so the same array comes back for the same host.
    */
-  leakNeedlesExcept(bound: readonly RunCredential[]): Needle[] {
+  leakNeedlesExcept(bound: readonly RunCredential[]): readonly Needle[] {
     let needles = this.#othersCache.get(bound);
     if (needles === undefined) {
-      needles = this.leakNeedles(this.all.filter((entry) => !bound.includes(entry)));
+      needles = freezeNeedles(this.leakNeedles(this.all.filter((entry) => !bound.includes(entry))));
       this.#othersCache.set(bound, needles);
+    }
+    return needles;
+  }
+
+  /** scrubNeedles of `bound`, a list returned by boundTo, cached per list and frozen like leakNeedlesExcept. */
+  scrubNeedlesOf(bound: readonly RunCredential[]): readonly Needle[] {
+    let needles = this.#scrubCache.get(bound);
+    if (needles === undefined) {
+      needles = freezeNeedles(scrubNeedles(bound));
+      this.#scrubCache.set(bound, needles);
     }
     return needles;
   }

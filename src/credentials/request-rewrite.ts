@@ -1,7 +1,7 @@
 // Pure request-head logic of the credential broker: leak detection, placeholder replacement in
 // headers (including inside Authorization: Basic), "add this header" and query injection.
 import type { CanonicalHost } from "../policy/host.js";
-import { NONE_BOUND, scrubNeedles, type CredentialSet, type RunCredential } from "./credential-set.js";
+import { NONE_BOUND, type CredentialSet, type RunCredential } from "./credential-set.js";
 import { decodeBasic, encodeBasic, percentDecoded } from "./encodings.js";
 import type { Needle } from "./stream-matcher.js";
 
@@ -32,9 +32,9 @@ export type RequestPlan =
       /** Credentials the request now carries, for events. */
       injected: CredentialUse[];
       /** Needles to search the request body for; finding one is a leak. */
-      bodyNeedles: Needle[];
+      bodyNeedles: readonly Needle[];
       /** Needles that turn secrets in the response back into placeholders; empty when no credential is bound. */
-      scrubNeedles: Needle[];
+      scrubNeedles: readonly Needle[];
     };
 
 /** Content codings the gateway can decode and re-encode while scrubbing a response. */
@@ -56,10 +56,11 @@ export function planRequest(credentials: CredentialSet, view: RequestHeadView): 
   const rawHeaders = [...view.rawHeaders];
   let target = view.target;
   const injected: CredentialUse[] = [];
-  const responseNeedles = scrubNeedles(bound);
+  // Needles for secrets found inside Authorization: Basic; most requests add none.
+  const basicNeedles: Needle[] = [];
 
   for (const entry of bound) {
-    replaceInHeaders(rawHeaders, entry, injected, responseNeedles);
+    replaceInHeaders(rawHeaders, entry, injected, basicNeedles);
 
     const inject = entry.credential.inject;
     if (inject.kind === "header") {
@@ -72,6 +73,8 @@ export function planRequest(credentials: CredentialSet, view: RequestHeadView): 
   }
   if (bound.length > 0) restrictAcceptEncoding(rawHeaders);
 
+  const scrubNeedles = credentials.scrubNeedlesOf(bound);
+  const responseNeedles = basicNeedles.length === 0 ? scrubNeedles : [...scrubNeedles, ...basicNeedles];
   return { action: "pass", target, rawHeaders, injected: dedupe(injected), bodyNeedles: leakNeedles, scrubNeedles: responseNeedles };
 }
 
@@ -116,7 +119,7 @@ function needleText(needle: Needle): string {
   return text;
 }
 
-function replaceInHeaders(rawHeaders: string[], entry: RunCredential, injected: CredentialUse[], responseNeedles: Needle[]): void {
+function replaceInHeaders(rawHeaders: string[], entry: RunCredential, injected: CredentialUse[], basicNeedles: Needle[]): void {
   for (let i = 1; i < rawHeaders.length; i += 2) {
     const value = rawHeaders[i] as string;
     const location = `header ${(rawHeaders[i - 1] as string).toLowerCase()}`;
@@ -129,7 +132,7 @@ function replaceInHeaders(rawHeaders: string[], entry: RunCredential, injected: 
       // An endpoint that echoes the Authorization header would return the encoded secret.
       const encodedReal = Buffer.from(real, "utf8").toString("base64");
       const encodedPlaceholder = Buffer.from(basic, "utf8").toString("base64");
-      responseNeedles.push({ pattern: Buffer.from(encodedReal), replacement: Buffer.from(encodedPlaceholder), tag: entry.name });
+      basicNeedles.push({ pattern: Buffer.from(encodedReal), replacement: Buffer.from(encodedPlaceholder), tag: entry.name });
       continue;
     }
     if (value.includes(entry.placeholder)) {

@@ -44,16 +44,13 @@ export class StreamMatcher {
   /** Matcher over the lower-cased stream, for case-insensitive needles; null when there are none. */
   readonly #folded: StreamMatcher | null;
 
+  /** A frozen `needles` array (see freezeNeedles) is prepared once and shared by every matcher over it. */
   constructor(needles: readonly Needle[]) {
-    const nonEmpty = needles.filter((needle) => needle.pattern.length > 0);
-    const detectsFolded = (needle: Needle) => needle.caseInsensitive === true && needle.replacement === null;
-    const folded = nonEmpty.filter(detectsFolded).map((needle) => ({ ...needle, pattern: lowerCaseBytes(needle.pattern), caseInsensitive: false }));
-    this.#folded = folded.length === 0 ? null : new StreamMatcher(folded);
-
-    this.#needles = nonEmpty.filter((needle) => !detectsFolded(needle));
-    this.#longest = Math.max(1, ...this.#needles.map((needle) => needle.pattern.length));
-    const wrappable = this.#needles.filter((needle) => needle.wrappable === true && needle.replacement === null).map((needle) => ({ ...needle, wrappable: false }));
-    this.#unwrapped = wrappable.length === 0 ? null : new StreamMatcher(wrappable);
+    const prepared = preparedNeedles(needles);
+    this.#needles = prepared.needles;
+    this.#longest = prepared.longest;
+    this.#folded = prepared.folded === null ? null : new StreamMatcher(prepared.folded);
+    this.#unwrapped = prepared.unwrapped === null ? null : new StreamMatcher(prepared.unwrapped);
   }
 
   /** Number of bytes held back at the end of the stream so far, in the raw or the lower-cased view. */
@@ -155,6 +152,48 @@ export class StreamMatcher {
     }
     return start;
   }
+}
+
+/** What a matcher derives from its needles before it reads a byte. */
+interface PreparedNeedles {
+  /** Needles searched in the raw stream: the non-empty ones, less those only the lower-cased view detects. */
+  needles: readonly Needle[];
+  /** Length of the longest of `needles`, in bytes; at least 1. */
+  longest: number;
+  /** Needles of the lower-cased view, lower-cased and frozen; null when there are none. */
+  folded: readonly Needle[] | null;
+  /** Needles of the view without line breaks, frozen; null when there are none. */
+  unwrapped: readonly Needle[] | null;
+}
+
+// Keyed by frozen needle arrays only: an array that can still change could outgrow its entry.
+const preparedCache = new WeakMap<readonly Needle[], PreparedNeedles>();
+
+/** Freezes a needle list and its needles, so every StreamMatcher over it shares one preparation. */
+export function freezeNeedles(needles: readonly Needle[]): readonly Needle[] {
+  for (const needle of needles) Object.freeze(needle);
+  return Object.freeze(needles);
+}
+
+function preparedNeedles(needles: readonly Needle[]): PreparedNeedles {
+  const frozen = Object.isFrozen(needles);
+  const cached = frozen ? preparedCache.get(needles) : undefined;
+  if (cached !== undefined) return cached;
+
+  const nonEmpty = needles.filter((needle) => needle.pattern.length > 0);
+  const detectsFolded = (needle: Needle) => needle.caseInsensitive === true && needle.replacement === null;
+  const folded = nonEmpty.filter(detectsFolded).map((needle) => ({ ...needle, pattern: lowerCaseBytes(needle.pattern), caseInsensitive: false }));
+
+  const raw = nonEmpty.filter((needle) => !detectsFolded(needle));
+  const wrappable = raw.filter((needle) => needle.wrappable === true && needle.replacement === null).map((needle) => ({ ...needle, wrappable: false }));
+  const prepared: PreparedNeedles = {
+    needles: raw,
+    longest: Math.max(1, ...raw.map((needle) => needle.pattern.length)),
+    folded: folded.length === 0 ? null : freezeNeedles(folded),
+    unwrapped: wrappable.length === 0 ? null : freezeNeedles(wrappable),
+  };
+  if (frozen) preparedCache.set(needles, prepared);
+  return prepared;
 }
 
 const CR = 0x0d;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { StreamMatcher, type Needle } from "../../src/credentials/stream-matcher.js";
+import { freezeNeedles, StreamMatcher, type Needle } from "../../src/credentials/stream-matcher.js";
 
 const SECRET = "sk-live-0123456789abcdef";
 const PLACEHOLDER = "rfph_api_00000000000000000000000000000000";
@@ -10,7 +10,7 @@ function scrubNeedle(): Needle {
 }
 
 // Feeds `text` split at the given offsets and returns the output, or the tag of a hit.
-function run(needles: Needle[], text: string, splits: number[]): { output: string; hit: string | null; replaced: number } {
+function run(needles: readonly Needle[], text: string, splits: number[]): { output: string; hit: string | null; replaced: number } {
   const matcher = new StreamMatcher(needles);
   const parts: Buffer[] = [];
   let previous = 0;
@@ -119,5 +119,30 @@ describe("StreamMatcher case-insensitive needles", () => {
 
   it("keeps replacing exact needles beside folded ones", () => {
     assert.deepEqual(run([scrubNeedle(), hexNeedle], `a ${SECRET} b`, [5]), { output: `a ${PLACEHOLDER} b`, hit: null, replaced: 1 });
+  });
+});
+
+describe("StreamMatcher over frozen needles", () => {
+  const needles = freezeNeedles([
+    scrubNeedle(),
+    { pattern: Buffer.from("72667068deadbeef"), replacement: null, tag: "hex", caseInsensitive: true },
+    { pattern: Buffer.from("MFRGGZDFMZTWQ2LK"), replacement: null, tag: "base32", caseInsensitive: true, wrappable: true },
+  ]);
+
+  it("finds what unfrozen needles find", () => {
+    for (const text of [`a ${SECRET} b`, "x 72667068DEADbeef y", "mfrggzdf\nmztwq2lk", "nothing here"]) {
+      for (let split = 0; split <= text.length; split++) {
+        assert.deepEqual(run(needles, text, [split]), run([...needles], text, [split]), `${JSON.stringify(text)} split at ${split}`);
+      }
+    }
+  });
+
+  it("keeps each matcher's held bytes apart", () => {
+    const first = new StreamMatcher(needles);
+    const second = new StreamMatcher(needles);
+    assert.equal(first.write(Buffer.from("abc 72667068DEAD")).kind, "pass");
+    assert.equal(second.write(Buffer.from("BEEF")).kind, "pass");
+    assert.equal(second.heldBytes, 0);
+    assert.equal(first.write(Buffer.from("BEEF")).kind, "hit");
   });
 });
