@@ -216,6 +216,7 @@ class AllowDecision {
   readonly rule: NetworkRule;
   readonly inspect: boolean;
   readonly #allowsPerLayer: readonly (readonly CompiledRule[])[];
+  readonly #verdicts = new Map<string, AddressVerdict>();
 
   constructor(rule: NetworkRule, inspect: boolean, allowsPerLayer: readonly (readonly CompiledRule[])[]) {
     this.rule = rule;
@@ -228,9 +229,20 @@ class AllowDecision {
   }
 
   permitsAddress(address: string): AddressVerdict {
-    return permitsAddress(this.#allowsPerLayer, address);
+    // Decisions are shared between requests, and each kept-alive upstream connection asks again
+    // for its address, so verdicts are kept per address. The verdict depends on nothing else.
+    let verdict = this.#verdicts.get(address);
+    if (verdict === undefined) {
+      verdict = Object.freeze(permitsAddress(this.#allowsPerLayer, address));
+      if (this.#verdicts.size >= MAX_KEPT_VERDICTS) this.#verdicts.clear();
+      this.#verdicts.set(address, verdict);
+    }
+    return verdict;
   }
 }
+
+/** Address verdicts one decision keeps; past this many it starts over. */
+const MAX_KEPT_VERDICTS = 256;
 
 interface LayerScan {
   deny: CompiledRule | null;
@@ -298,6 +310,12 @@ function permitsAddress(allowsPerLayer: readonly (readonly CompiledRule[])[], ad
 }
 
 /**
+ * A path whose segments are non-empty runs of unreserved characters (RFC 3986), none of them "."
+ * or "..", such as `/v1/messages`. canonicalPath returns such a path unchanged, so it skips the work.
+ */
+const PLAIN_PATH = /^(?:\/(?!\.\.?(?:\/|$))[A-Za-z0-9\-._~]+)*\/?$/;
+
+/**
  * Canonicalises a request path for path rules: dot segments resolved, percent-encoding of
  * unreserved characters decoded, query and fragment removed. Returns null for a path that is
  * not origin-form, so the caller denies it.
@@ -310,6 +328,7 @@ function permitsAddress(allowsPerLayer: readonly (readonly CompiledRule[])[], ad
  */
 export function canonicalPath(rawPath: string): string | null {
   if (!rawPath.startsWith("/") || rawPath.startsWith("//")) return null;
+  if (PLAIN_PATH.test(rawPath)) return rawPath;
   if (/[\u0000-\u0020\u007f]/.test(rawPath)) return null;
   try {
     const query = rawPath.search(/[?#]/);
