@@ -301,7 +301,11 @@ export function checkHostHeader(request: IncomingMessage, target: Target, defaul
   if (values.length === 0) return "the request has no Host header; HTTP/1.1 requires one that matches the request target";
   if (values.length > 1) return `the request has ${values.length} Host headers; send exactly one`;
 
-  const host = parseAuthority(values[0] as string, defaultPort);
+  // Most clients send the target's canonical authority, which needs no parsing.
+  const value = values[0] as string;
+  if (value === `${target.display}:${target.port}` || (value === target.display && target.port === defaultPort)) return null;
+
+  const host = parseAuthority(value, defaultPort);
   const quotedHost = JSON.stringify((values[0] as string).slice(0, 300));
   if (!host.ok) return `Host header ${quotedHost} is invalid: ${host.reason}`;
   if (host.target.display !== target.display || host.target.port !== target.port) {
