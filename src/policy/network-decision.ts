@@ -217,6 +217,7 @@ class AllowDecision {
   readonly inspect: boolean;
   readonly #allowsPerLayer: readonly (readonly CompiledRule[])[];
   readonly #verdicts = new Map<string, AddressVerdict>();
+  #pinned: readonly string[] | null | undefined = undefined;
 
   constructor(rule: NetworkRule, inspect: boolean, allowsPerLayer: readonly (readonly CompiledRule[])[]) {
     this.rule = rule;
@@ -225,7 +226,12 @@ class AllowDecision {
   }
 
   get pinned(): readonly string[] | null {
-    return pinsOf(this.#allowsPerLayer[this.#allowsPerLayer.length - 1] as readonly CompiledRule[]);
+    // The upstream agent's key reads this on every request; the decision never changes, so neither do its pins.
+    if (this.#pinned === undefined) {
+      const pins = pinsOf(this.#allowsPerLayer[this.#allowsPerLayer.length - 1] as readonly CompiledRule[]);
+      this.#pinned = pins === null ? null : Object.freeze(pins);
+    }
+    return this.#pinned;
   }
 
   permitsAddress(address: string): AddressVerdict {
