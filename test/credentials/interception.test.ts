@@ -241,6 +241,8 @@ describe("leak blocking", () => {
     { name: "placeholder at the end of a large body", url: () => `https://other.example.com:${port}/upload`, args: () => ["--data-binary", `@${bigBody}`], credential: "github", location: "body" },
     { name: "real secret in a header to an unbound host", url: () => `https://other.example.com:${port}/x`, args: () => ["-H", `x-stolen: ${GITHUB_SECRET}`], credential: "github", location: "header x-stolen" },
     { name: "placeholder bound elsewhere to a credential host", url: () => `https://api.example.com:${port}/x`, args: () => ["-H", `x-other: ${github}`], credential: "github", location: "header x-other" },
+    { name: "placeholder in a GET body to a credential host", url: () => `https://api.example.com:${port}/x`, args: () => ["-X", "GET", "--data-binary", `{"key":"${github}"}`], credential: "github", location: "body" },
+    { name: "placeholder in a chunked body to a credential host", url: () => `https://api.example.com:${port}/x`, args: () => ["-H", "Transfer-Encoding: chunked", "--data-binary", `{"key":"${github}"}`], credential: "github", location: "body" },
     { name: "placeholder over plain HTTP", url: () => `http://plain.example.com:${plain.port}/x`, args: () => ["-H", `x-api-key: ${anthropic}`], credential: "anthropic", location: "header x-api-key" },
     { name: "placeholder in a plain HTTP body", url: () => `http://plain.example.com:${plain.port}/x`, args: () => ["--data-binary", `key=${anthropic}`], credential: "anthropic", location: "body" },
   ];
