@@ -317,20 +317,23 @@ export function checkHostHeader(request: IncomingMessage, target: Target, defaul
 // Returns raw headers (name, value, name, value, ...) without hop-by-hop headers, including any
 // that the Connection header names.
 export function forwardedHeaders(rawHeaders: readonly string[]): string[] {
-  const drop = new Set(HOP_BY_HOP);
+  const names: string[] = [];
+  let connectionNamed: Set<string> | null = null;
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    if ((rawHeaders[i] as string).toLowerCase() !== "connection") continue;
-    for (const token of (rawHeaders[i + 1] as string).split(",")) drop.add(token.trim().toLowerCase());
+    const name = (rawHeaders[i] as string).toLowerCase();
+    names.push(name);
+    if (name !== "connection") continue;
+    for (const token of (rawHeaders[i + 1] as string).split(",")) (connectionNamed ??= new Set()).add(token.trim().toLowerCase());
   }
-  // The request framing headers stay: Node's parser has validated them.
-  drop.delete("content-length");
-  drop.delete("transfer-encoding");
-  drop.delete("host");
+  // Framing headers stay even when Connection names them, because Node's parser has validated them.
+  connectionNamed?.delete("content-length");
+  connectionNamed?.delete("transfer-encoding");
+  connectionNamed?.delete("host");
 
   const out: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i] as string;
-    if (!drop.has(name.toLowerCase())) out.push(name, rawHeaders[i + 1] as string);
+    const name = names[i / 2] as string;
+    if (!HOP_BY_HOP.has(name) && connectionNamed?.has(name) !== true) out.push(rawHeaders[i] as string, rawHeaders[i + 1] as string);
   }
   return out;
 }
