@@ -51,18 +51,24 @@ export type Redactor = ((text: string) => string) | null;
  */
 export function redactEvent<T extends object>(event: T, redact: Redactor): T {
   if (redact === null) return event;
-  const copy = { ...event } as Record<string, unknown>;
-  for (const key of Object.keys(copy)) {
-    const value = copy[key];
-    if (typeof value === "string") copy[key] = redact(value);
+  return redactFieldsInPlace({ ...event }, redact);
+}
+
+// For events the emitters below have just built, which nothing else refers to yet.
+function redactFieldsInPlace<T extends object>(event: T, redact: (text: string) => string): T {
+  const fields = event as Record<string, unknown>;
+  for (const key of Object.keys(fields)) {
+    const value = fields[key];
+    if (typeof value === "string") fields[key] = redact(value);
   }
-  return copy as T;
+  return event;
 }
 
 /** Builds the event factory for one gateway; a throwing onEvent callback is logged, never fatal. */
 export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent: ((event: NetworkEvent) => void) | undefined, logger: Logger, redact: Redactor = null): (start: EventStart) => EventRecord {
+  // EventRecord.finish passes a copy of its event, so the copy can be redacted in place.
   const emit = (raw: NetworkEvent) => {
-    const event = redactEvent(raw, redact);
+    const event = redact === null ? raw : redactFieldsInPlace(raw, redact);
     if (onEvent === undefined) {
       logger.info({ event }, "network event");
       return;
@@ -79,7 +85,8 @@ export function eventFactory(ids: { runId: string; sandboxId: string }, onEvent:
 /** Builds the credential event emitter for one gateway; a throwing callback is logged, never fatal. */
 export function credentialEventEmitter(ids: { runId: string; sandboxId: string }, onEvent: ((event: CredentialEvent) => void) | undefined, logger: Logger, redact: Redactor = null): (fields: CredentialEventFields) => void {
   return (fields) => {
-    const event = redactEvent<CredentialEvent>({ type: "credential", version: 1, time: new Date().toISOString(), runId: ids.runId, sandboxId: ids.sandboxId, ...fields }, redact);
+    const built: CredentialEvent = { type: "credential", version: 1, time: new Date().toISOString(), runId: ids.runId, sandboxId: ids.sandboxId, ...fields };
+    const event = redact === null ? built : redactFieldsInPlace(built, redact);
     if (onEvent === undefined) {
       logger.info({ event }, "credential event");
       return;
