@@ -170,7 +170,20 @@ function chunkMatcher(needles: readonly Needle[]): ChunkMatcher {
   };
 }
 
+// A scrubber keeps no state between calls, so one per frozen needle list serves every request to its hosts.
+const scrubberCache = new WeakMap<readonly Needle[], ResponseScrubber>();
+
 function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
+  if (!Object.isFrozen(needles)) return makeResponseScrubber(needles);
+  let scrubber = scrubberCache.get(needles);
+  if (scrubber === undefined) {
+    scrubber = makeResponseScrubber(needles);
+    scrubberCache.set(needles, scrubber);
+  }
+  return scrubber;
+}
+
+function makeResponseScrubber(needles: readonly Needle[]): ResponseScrubber {
   return {
     headers: (rawHeaders) => scrubHeaders(rawHeaders, needles),
     text: (text) => scrubText(text, needles),
@@ -178,8 +191,9 @@ function responseScrubber(needles: readonly Needle[]): ResponseScrubber {
       const matcher = new StreamMatcher(needles);
       const result = matcher.write(body);
       // Scrub needles all have replacements, so the matcher never reports a hit here.
-      const output = result.kind === "pass" ? Buffer.concat([result.output, matcher.end()]) : Buffer.alloc(0);
-      return { body: output, replaced: matcher.replaced };
+      if (result.kind !== "pass") return { body: Buffer.alloc(0), replaced: matcher.replaced };
+      const rest = matcher.end();
+      return { body: rest.length === 0 ? result.output : Buffer.concat([result.output, rest]), replaced: matcher.replaced };
     },
     matcher: () => chunkMatcher(needles),
     body(contentEncoding) {
