@@ -11,7 +11,7 @@
 // Modes are interleaved within each repetition, so ratios come from the same run.
 //
 // The gateway's CPU time (user plus system, from /proc) during its request-rate runs, divided by
-// the requests they made, is reported too: it depends less on other load than the rate does.
+// the requests they made, is reported too, because it depends less on other load than the rate does.
 //
 // Usage: node --import tsx bench/credentials/run.ts [--size-mib 256] [--repetitions 3] [--seconds 5] [--concurrency 8] [--new-hosts 100]
 // --size-mib 0 skips the downloads and --new-hosts 0 the new-host runs, for a requests-only run.

@@ -51,7 +51,7 @@ export function redactText(text: string, redactions: readonly Redaction[]): stri
 }
 
 function replaceAll(text: string, redactions: readonly Redaction[]): string {
-  // Most text holds no pattern, and one lower-cased copy shows that for every redaction at once.
+  // Most text contains no pattern, and one lower-cased copy shows that for every redaction at once.
   // The check is the same one replaceIgnoringCase makes, so text it passes would come back unchanged.
   const lower = text.toLowerCase();
   if (lower.length === text.length && !redactions.some((redaction) => (redaction.ignoreCase ? lower.includes(redaction.lowerPattern) : text.includes(redaction.pattern)))) return text;

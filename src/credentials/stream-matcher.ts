@@ -154,7 +154,7 @@ export class StreamMatcher {
   }
 }
 
-/** What a matcher derives from its needles before it reads a byte. */
+/** The needle lists and lengths a matcher derives before it reads a byte. */
 interface PreparedNeedles {
   /** Needles searched in the raw stream: the non-empty ones, less those only the lower-cased view detects. */
   needles: readonly Needle[];
@@ -166,7 +166,7 @@ interface PreparedNeedles {
   unwrapped: readonly Needle[] | null;
 }
 
-// Keyed by frozen needle arrays only: an array that can still change could outgrow its entry.
+// Only frozen needle arrays are keys, because an array that can still change would no longer match its entry.
 const preparedCache = new WeakMap<readonly Needle[], PreparedNeedles>();
 
 /** Freezes a needle list and its needles, so every StreamMatcher over it shares one preparation. */

@@ -235,8 +235,8 @@ class AllowDecision {
   }
 
   permitsAddress(address: string): AddressVerdict {
-    // Decisions are shared between requests, and each kept-alive upstream connection asks again
-    // for its address, so verdicts are kept per address. The verdict depends on nothing else.
+    // Decisions are shared between requests, and a kept-alive upstream connection's address is
+    // checked again for every request on it. The verdict depends on the address alone, so it is kept.
     let verdict = this.#verdicts.get(address);
     if (verdict === undefined) {
       verdict = Object.freeze(permitsAddress(this.#allowsPerLayer, address));
