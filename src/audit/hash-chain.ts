@@ -37,13 +37,31 @@ const RESERVED = ["v", "seq", "time", "run", "type", "prev"] as const;
  * assembled from the JSON of `fields`, so the fields are not copied into a new object.
  */
 export function encodeRecord(base: Omit<AuditRecordBase, "v">, fields: Record<string, unknown>): string {
+  const fieldsPart = encodeFields(base.type, fields);
+  return encodeLine(base.seq, JSON.stringify(base.time).slice(1, -1), JSON.stringify(base.run), JSON.stringify(base.type), fieldsPart, JSON.stringify(base.prev).slice(1, -1));
+}
+
+/**
+ * Returns the JSON of an event's fields without the braces, with a leading comma unless it is
+ * empty: the part of a record line between `type` and `prev`. It fails on a field that uses an
+ * envelope name and on fields that do not serialise to a JSON object.
+ */
+export function encodeFields(type: string, fields: Record<string, unknown>): string {
   for (const name of RESERVED) {
     if (Object.hasOwn(fields, name)) throw new Error(`audit event field ${JSON.stringify(name)} is reserved for the record envelope; rename it`);
   }
   const fieldsJson = JSON.stringify(fields);
-  if (!fieldsJson.startsWith("{")) throw new Error(`audit event fields of type ${base.type} serialise to ${fieldsJson.slice(0, 40)}, not to a JSON object; pass a plain object`);
-  const fieldsPart = fieldsJson === "{}" ? "" : `,${fieldsJson.slice(1, -1)}`;
-  return `{"v":${AUDIT_SCHEMA_VERSION},"seq":${base.seq},"time":${JSON.stringify(base.time)},"run":${JSON.stringify(base.run)},"type":${JSON.stringify(base.type)}${fieldsPart},"prev":${JSON.stringify(base.prev)}}`;
+  if (typeof fieldsJson !== "string" || !fieldsJson.startsWith("{")) throw new Error(`audit event fields of type ${type} serialise to ${String(fieldsJson).slice(0, 40)}, not to a JSON object; pass a plain object`);
+  return fieldsJson === "{}" ? "" : `,${fieldsJson.slice(1, -1)}`;
+}
+
+/**
+ * Assembles a record line from its parts. `time` and `prev` go between quotes unescaped, so they
+ * must be text that JSON does not escape, such as an ISO time and a hex hash. `runJson` and
+ * `typeJson` are JSON strings, and `fieldsPart` comes from encodeFields.
+ */
+export function encodeLine(seq: number, time: string, runJson: string, typeJson: string, fieldsPart: string, prev: string): string {
+  return `{"v":${AUDIT_SCHEMA_VERSION},"seq":${seq},"time":"${time}","run":${runJson},"type":${typeJson}${fieldsPart},"prev":"${prev}"}`;
 }
 
 /** Cause of a failed verification, with the 0-based line where it was found. */

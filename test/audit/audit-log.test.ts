@@ -216,6 +216,36 @@ test("audit log: records match the encoding of a copied object", () => {
   assert.equal(line, expected);
 });
 
+test("audit log: record times match toISOString", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const times = ["2026-01-02T03:04:05.000Z", "2026-01-02T03:04:05.007Z", "2026-01-02T03:04:05.070Z", "2026-01-02T03:04:06.999Z", "1969-12-31T23:59:59.999Z", "0001-02-03T04:05:06.789Z", "+010000-01-01T00:00:00.001Z"].map((text) => new Date(text));
+  for (const time of times) log.append("network", {}, time);
+  log.close();
+  assert.deepEqual(lines(dir).map((line) => JSON.parse(line).time), times.map((time) => time.toISOString()));
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
+});
+
+test("audit log: an invalid time is rejected at append", () => {
+  const log = AuditLog.create(tempDir(), RUN, key);
+  assert.throws(() => log.append("network", {}, new Date(Number.NaN)), /invalid Date/);
+  assert.equal(log.count, 0);
+  log.close();
+});
+
+test("audit log: fields changed after append do not reach the record", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const fields: Record<string, unknown> = { host: "a.example.com", list: [1] };
+  log.append("network", fields);
+  fields.host = "b.example.com";
+  (fields.list as number[]).push(2);
+  log.close();
+  const [line] = lines(dir);
+  assert.equal(JSON.parse(line as string).host, "a.example.com");
+  assert.deepEqual(JSON.parse(line as string).list, [1]);
+});
+
 test("audit log: process.exit writes pending records", async () => {
   const dir = tempDir();
   const script = `
