@@ -1,6 +1,6 @@
 import { closeSync, fdatasync, fdatasyncSync, openSync, writeFileSync, writeSync, renameSync } from "node:fs";
 import { join } from "node:path";
-import { encodeFields, encodeLine, genesisHash, sha256Hex } from "./hash-chain.js";
+import { checkFieldNames, encodeLine, genesisHash, serialiseFields, sha256Hex } from "./hash-chain.js";
 import { signHead, type HostKey } from "./host-key.js";
 
 export const AUDIT_LOG_FILE = "audit.jsonl";
@@ -16,12 +16,8 @@ export const SYNC_INTERVAL_MS = 1000;
  */
 export const WRITE_INTERVAL_MS = 20;
 
-/**
- * Maximum size of the records kept in memory, in bytes counted in UTF-16 code units (one per byte
- * for ASCII), with ENVELOPE_BYTES for each record's envelope. A burst is written as it reaches
- * this size.
- */
-export const MAX_PENDING_BYTES = 64 * 1024;
+/** Maximum number of appended records kept in memory. A burst is written as it reaches this count. */
+export const MAX_PENDING_RECORDS = 256;
 
 /** The signed summary written when a run ends. */
 export interface AuditHead {
@@ -33,9 +29,6 @@ export interface AuditHead {
   /** Ed25519 signature (base64) over headMessage(run, count, lastHash). */
   signature: string;
 }
-
-/** Bytes of a record line besides its fields, for counting what is pending. */
-const ENVELOPE_BYTES = 200;
 
 let cachedSecond = Number.NaN;
 let cachedSecondPrefix = "";
@@ -59,13 +52,14 @@ let exitHandlerInstalled = false;
 /**
  * An append-only, hash-chained audit log for one run. Appended records are written to the file
  * together, with one write call at most WRITE_INTERVAL_MS after the first of them (sooner when
- * MAX_PENDING_BYTES is reached, and at flush() and close()). The file is synced to disk at most
+ * MAX_PENDING_RECORDS is reached, and at flush() and close()). The file is synced to disk at most
  * SYNC_INTERVAL_MS after a write, and again at close.
  *
- * append() serialises the event's fields and keeps them with the record's type and time. The
- * envelope of each line and its hash are made when the batch is written, in one loop. Spread over
- * a busy gateway's requests, the date formatting and hashing cost several times what they cost
- * in a loop, where their code and data stay in the processor's caches.
+ * append() keeps the event's fields object with the record's type and time. The write that
+ * follows serialises the fields and builds and hashes each line, in one loop over the batch.
+ * Beside a busy gateway, the same work done once per request runs with cold processor caches,
+ * and it took several times as long in a CPU profile of bench/audit/gateway-overhead.ts
+ * (docs/benchmarks.md has the numbers).
  *
  * A process that exits through process.exit() or an uncaught exception still writes its
  * pending records from its 'exit' handler. A process killed by SIGKILL loses the records
@@ -86,15 +80,13 @@ export class AuditLog {
   #lastHash: string;
   #syncTimer: NodeJS.Timeout | null = null;
   readonly #key: HostKey;
-  // Records appended and not yet encoded, one entry per record in each array. append() keeps
-  // only what the line needs, and flush() builds and hashes the lines of a batch in one loop.
+  // Records appended and not yet encoded, one entry per record in each array.
   #pendingTypes: string[] = [];
   #pendingTimes: number[] = [];
-  #pendingFields: string[] = [];
-  #pendingBytes = 0;
+  #pendingFields: Record<string, unknown>[] = [];
   #writeTimer: NodeJS.Timeout | null = null;
-  /** First failed write; every later append and close raises it. */
-  #writeError: Error | null = null;
+  /** First failed write or serialisation, and what to do about it; every later append and close raises it. */
+  #failure: { error: Error; advice: string } | null = null;
 
   private constructor(dir: string, runId: string, key: HostKey, fd: number) {
     this.dir = dir;
@@ -111,28 +103,30 @@ export class AuditLog {
     return new AuditLog(dir, runId, key, fd);
   }
 
+  /** Number of records appended, written or not. */
   get count(): number {
     return this.#seq;
   }
 
   /**
-   * Appends one event. `fields` must not use the envelope names (v, seq, time, run, type, prev).
-   * The fields are serialised now, so later changes to them do not reach the record.
+   * Appends one event; `time` defaults to now. `fields` must not use the envelope names (v, seq,
+   * time, run, type, prev), and must not change after this call: the log keeps the object and
+   * serialises it with JSON.stringify when it writes the record, at most WRITE_INTERVAL_MS later.
+   * Fields that do not serialise to a JSON object then fail the log, like a failed write.
    */
-  append(type: string, fields: Record<string, unknown> = {}, time: Date = new Date()): void {
+  append(type: string, fields: Record<string, unknown> = {}, time?: Date): void {
     if (this.#fd === null) throw new Error(`audit log of run ${this.runId} is closed; event ${type} was not recorded`);
-    if (this.#writeError !== null) throw this.#failedWrite(type);
-    const ms = time.getTime();
+    if (this.#failure !== null) throw this.#failed(type);
+    const ms = time === undefined ? Date.now() : time.getTime();
     if (Number.isNaN(ms)) throw new Error(`audit event ${type} has an invalid Date as its time; pass a valid Date`);
+    checkFieldNames(fields);
 
-    const fieldsPart = encodeFields(type, fields);
     this.#seq++;
     this.#pendingTypes.push(type);
     this.#pendingTimes.push(ms);
-    this.#pendingFields.push(fieldsPart);
-    this.#pendingBytes += fieldsPart.length + ENVELOPE_BYTES;
+    this.#pendingFields.push(fields);
 
-    if (this.#pendingBytes >= MAX_PENDING_BYTES) this.flush();
+    if (this.#pendingTypes.length >= MAX_PENDING_RECORDS) this.flush();
     else this.#scheduleWrite();
   }
 
@@ -142,20 +136,25 @@ export class AuditLog {
     if (this.#writeTimer !== null) clearTimeout(this.#writeTimer);
     this.#writeTimer = null;
     const fd = this.#fd;
-    if (fd === null || this.#pendingTypes.length === 0 || this.#writeError !== null) return;
+    if (fd === null || this.#pendingTypes.length === 0 || this.#failure !== null) return;
 
+    // A record whose fields fail to serialise ends the batch: the lines before it are written.
     const bytes = Buffer.from(this.#encodePending());
     try {
       let written = 0;
       while (written < bytes.length) written += writeSync(fd, bytes, written);
     } catch (error) {
-      this.#writeError = error instanceof Error ? error : new Error(String(error));
+      const cause = error instanceof Error ? error : new Error(String(error));
+      this.#failure = { error: new Error(`audit log of run ${this.runId} could not be written (${cause.message})`, { cause }), advice: `Check the space and permissions of ${this.dir}` };
       return;
     }
     this.#scheduleSync();
   }
 
-  /** Builds and hashes the lines of the pending records, in order, and returns them with their newlines. */
+  /**
+   * Serialises, builds and hashes the lines of the pending records in order, and returns them
+   * with their newlines. It stops at a record whose fields do not serialise and sets #failure.
+   */
   #encodePending(): string {
     const types = this.#pendingTypes;
     const times = this.#pendingTimes;
@@ -163,7 +162,6 @@ export class AuditLog {
     this.#pendingTypes = [];
     this.#pendingTimes = [];
     this.#pendingFields = [];
-    this.#pendingBytes = 0;
 
     const runJson = this.#runJson;
     let seq = this.#encoded;
@@ -177,7 +175,15 @@ export class AuditLog {
         lastType = type;
         typeJson = JSON.stringify(type);
       }
-      const line = encodeLine(seq++, isoTime(times[i] as number), runJson, typeJson, fields[i] as string, prev);
+      let fieldsPart: string;
+      try {
+        fieldsPart = serialiseFields(type, fields[i] as Record<string, unknown>);
+      } catch (error) {
+        const cause = error instanceof Error ? error : new Error(String(error));
+        this.#failure = { error: new Error(`audit record ${seq} of run ${this.runId}, of type ${type}, could not be serialised (${cause.message})`, { cause }), advice: "Pass fields that JSON.stringify turns into an object" };
+        break;
+      }
+      const line = encodeLine(seq++, isoTime(times[i] as number), runJson, typeJson, fieldsPart, prev);
       prev = sha256Hex(line);
       text += `${line}\n`;
     }
@@ -192,10 +198,10 @@ export class AuditLog {
     this.flush();
     if (this.#syncTimer !== null) clearTimeout(this.#syncTimer);
     this.#syncTimer = null;
-    if (this.#writeError !== null) {
+    if (this.#failure !== null) {
       closeSync(this.#fd);
       this.#fd = null;
-      throw this.#failedWrite("head");
+      throw this.#failed("head");
     }
 
     fdatasyncSync(this.#fd);
@@ -217,9 +223,9 @@ export class AuditLog {
     return head;
   }
 
-  #failedWrite(what: string): Error {
-    const cause = this.#writeError as Error;
-    return new Error(`audit log of run ${this.runId} could not be written (${cause.message}); ${what} was not recorded. Check the space and permissions of ${this.dir}`, { cause });
+  #failed(what: string): Error {
+    const { error, advice } = this.#failure as { error: Error; advice: string };
+    return new Error(`${error.message}; ${what} was not recorded. ${advice}`, { cause: error.cause });
   }
 
   // The timer does not keep the process alive: the exit handler writes what is pending.

@@ -37,19 +37,24 @@ const RESERVED = ["v", "seq", "time", "run", "type", "prev"] as const;
  * assembled from the JSON of `fields`, so the fields are not copied into a new object.
  */
 export function encodeRecord(base: Omit<AuditRecordBase, "v">, fields: Record<string, unknown>): string {
-  const fieldsPart = encodeFields(base.type, fields);
+  checkFieldNames(fields);
+  const fieldsPart = serialiseFields(base.type, fields);
   return encodeLine(base.seq, JSON.stringify(base.time).slice(1, -1), JSON.stringify(base.run), JSON.stringify(base.type), fieldsPart, JSON.stringify(base.prev).slice(1, -1));
+}
+
+/** Fails on an event field that uses an envelope name (v, seq, time, run, type, prev). */
+export function checkFieldNames(fields: Record<string, unknown>): void {
+  for (const name of RESERVED) {
+    if (Object.hasOwn(fields, name)) throw new Error(`audit event field ${JSON.stringify(name)} is reserved for the record envelope; rename it`);
+  }
 }
 
 /**
  * Returns the JSON of an event's fields without the braces, with a leading comma unless it is
- * empty: the part of a record line between `type` and `prev`. It fails on a field that uses an
- * envelope name and on fields that do not serialise to a JSON object.
+ * empty. That text is the part of a record line between `type` and `prev`. It fails when the
+ * fields do not serialise to a JSON object.
  */
-export function encodeFields(type: string, fields: Record<string, unknown>): string {
-  for (const name of RESERVED) {
-    if (Object.hasOwn(fields, name)) throw new Error(`audit event field ${JSON.stringify(name)} is reserved for the record envelope; rename it`);
-  }
+export function serialiseFields(type: string, fields: Record<string, unknown>): string {
   const fieldsJson = JSON.stringify(fields);
   if (typeof fieldsJson !== "string" || !fieldsJson.startsWith("{")) throw new Error(`audit event fields of type ${type} serialise to ${String(fieldsJson).slice(0, 40)}, not to a JSON object; pass a plain object`);
   return fieldsJson === "{}" ? "" : `,${fieldsJson.slice(1, -1)}`;
@@ -58,7 +63,7 @@ export function encodeFields(type: string, fields: Record<string, unknown>): str
 /**
  * Assembles a record line from its parts. `time` and `prev` go between quotes unescaped, so they
  * must be text that JSON does not escape, such as an ISO time and a hex hash. `runJson` and
- * `typeJson` are JSON strings, and `fieldsPart` comes from encodeFields.
+ * `typeJson` are JSON strings, and `fieldsPart` comes from serialiseFields.
  */
 export function encodeLine(seq: number, time: string, runJson: string, typeJson: string, fieldsPart: string, prev: string): string {
   return `{"v":${AUDIT_SCHEMA_VERSION},"seq":${seq},"time":"${time}","run":${runJson},"type":${typeJson}${fieldsPart},"prev":"${prev}"}`;

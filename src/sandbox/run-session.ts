@@ -40,7 +40,11 @@ export interface RunSessionOptions {
   localServices?: LocalServices;
   /** Called once the run directory exists, before the box starts. */
   onStart?: (run: { runId: string; runDir: string }) => void;
-  /** Receives every audit record as it is appended: its type and fields. */
+  /**
+   * Receives every audit record as it is appended: its type and fields. The fields are frozen,
+   * with the arrays and objects in them, because the audit log serialises them only when it
+   * writes the record.
+   */
   onAuditRecord?: (type: string, fields: Readonly<Record<string, unknown>>, time: Date) => void;
 }
 
@@ -137,7 +141,7 @@ export class RunSession {
     writeFileSync(join(runDir.path, RUN_POLICY_FILE), `${JSON.stringify(policy, null, 2)}\n`, { mode: 0o600 });
     this.#writeSummary();
     options.onStart?.({ runId: runDir.id, runDir: runDir.path });
-    this.record("run.start", { command: options.command, backend: this.backend.name, policyFiles: policy.files, workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(this.backend.name) });
+    this.record("run.start", { command: [...options.command], backend: this.backend.name, policyFiles: [...policy.files], workspace: policy.workspace.path, mode: policy.workspace.mode, policySha256: sha256Hex(JSON.stringify(policy)), enforcement: enforcementOf(this.backend.name) });
     if (options.dryRun === true) return;
 
     // The credential broker terminates TLS where the policy needs it: for credentials, captured
@@ -186,11 +190,17 @@ export class RunSession {
     write(printableLine(line));
   }
 
-  /** Appends one audit record and passes it to the session's listener. */
+  /**
+   * Appends one audit record and passes it to the session's listener. The audit log keeps
+   * `fields` until it writes the record, so the caller must not change them afterwards.
+   */
   record(type: string, fields: Record<string, unknown> = {}): void {
     const time = new Date();
     this.#audit.append(type, fields, time);
-    this.#options.onAuditRecord?.(type, fields, time);
+    const listener = this.#options.onAuditRecord;
+    if (listener === undefined) return;
+    deepFreeze(fields);
+    listener(type, fields, time);
   }
 
   /** Builds the backend's request: everything about this run, plus the box's command and the caller's directory. */
@@ -282,4 +292,11 @@ export class RunSession {
   #writeSummary(): void {
     writeFileSync(join(this.runDir.path, RUN_SUMMARY_FILE), `${JSON.stringify(this.#summary, null, 2)}\n`, { mode: 0o600 });
   }
+}
+
+/** Freezes `value` and the arrays and objects inside it; a typed array or Buffer cannot be frozen and is left as it is. */
+function deepFreeze(value: unknown): void {
+  if (typeof value !== "object" || value === null || ArrayBuffer.isView(value) || Object.isFrozen(value)) return;
+  Object.freeze(value);
+  for (const child of Object.values(value)) deepFreeze(child);
 }

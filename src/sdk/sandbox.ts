@@ -256,7 +256,7 @@ export class Sandbox implements AsyncDisposable {
     const channel = this.#client.open({ argv, env, cwd, tty: options.tty ?? null });
     const started = Date.now();
     // Variable values can be secrets, so the audit record names the added variables only.
-    this.#record("command.start", { channel: channel.id, argv, cwd, tty: options.tty !== undefined, env: Object.keys(options.env ?? {}) });
+    this.#record("command.start", { channel: channel.id, argv: [...argv], cwd, tty: options.tty !== undefined, env: Object.keys(options.env ?? {}) });
     const child = new SandboxProcess(channel, { ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }), ...(options.signal === undefined ? {} : { signal: options.signal }) });
     const ended = child.wait().then(
       (exit) => this.#record("command.end", { channel: channel.id, exitCode: exit.exitCode, signal: exit.signal, timedOut: exit.timedOut, aborted: exit.aborted, durationMs: Date.now() - started }),

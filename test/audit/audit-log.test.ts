@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
+import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, MAX_PENDING_RECORDS, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey, signHead } from "../../src/audit/host-key.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
 
@@ -197,12 +197,11 @@ test("audit log: records are written within the interval", async () => {
 test("audit log: a burst is written past the pending limit", () => {
   const dir = tempDir();
   const log = AuditLog.create(dir, RUN, key);
-  const padding = "x".repeat(1000);
-  for (let i = 0; i < 100; i++) log.append("network", { padding });
-  // 64 KiB hold about 55 records of this size.
-  assert.ok(lines(dir).length >= 50, `only ${lines(dir).length} of 100 records written`);
+  for (let i = 0; i < MAX_PENDING_RECORDS * 2 + 10; i++) log.append("network", { n: i });
+  assert.equal(lines(dir).length, MAX_PENDING_RECORDS * 2);
   log.close();
-  assert.equal(lines(dir).length, 100);
+  assert.equal(lines(dir).length, MAX_PENDING_RECORDS * 2 + 10);
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
 });
 
 test("audit log: records match the encoding of a copied object", () => {
@@ -233,17 +232,48 @@ test("audit log: an invalid time is rejected at append", () => {
   log.close();
 });
 
-test("audit log: fields changed after append do not reach the record", () => {
+test("audit log: unserialisable fields stop the log", () => {
   const dir = tempDir();
   const log = AuditLog.create(dir, RUN, key);
-  const fields: Record<string, unknown> = { host: "a.example.com", list: [1] };
-  log.append("network", fields);
-  fields.host = "b.example.com";
-  (fields.list as number[]).push(2);
-  log.close();
-  const [line] = lines(dir);
-  assert.equal(JSON.parse(line as string).host, "a.example.com");
-  assert.deepEqual(JSON.parse(line as string).list, [1]);
+  log.append("network", { n: 0 });
+  log.append("network", { n: 1n });
+  log.append("network", { n: 2 });
+  log.flush();
+
+  assert.equal(lines(dir).length, 1);
+  assert.throws(() => log.append("network", { n: 3 }), /record 1 of run run-test-1, of type network, could not be serialised \(.*BigInt.*\); network was not recorded/);
+  assert.throws(() => log.close(), /could not be serialised .*; head was not recorded/);
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "incomplete", JSON.stringify(report));
+  assert.equal(report.validCount, 1);
+});
+
+test("audit log: a failed write stops the log", async () => {
+  const dir = tempDir();
+  // The shell limits the writer's file size to 4 KiB, so a write past it fails with EFBIG (Node
+  // ignores SIGXFSZ). The writer reports what append and close raise after that.
+  const script = `
+    import { AuditLog } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/audit-log.ts"))};
+    import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
+    const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
+    for (let i = 0; i < 100; i++) log.append("network", { n: i, padding: "x".repeat(100) });
+    log.flush();
+    const errors = [];
+    try { log.append("network", { n: 100 }); } catch (error) { errors.push(error.message); }
+    try { log.close(); } catch (error) { errors.push(error.message); }
+    process.stdout.write(JSON.stringify(errors));
+  `;
+  const child = spawn("bash", ["-c", 'ulimit -f 4 && exec "$0" --import tsx --input-type=module -e "$1"', process.execPath, script], { stdio: ["ignore", "pipe", "inherit"] });
+  let output = "";
+  child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  const code = await new Promise((done) => child.on("close", done));
+  assert.equal(code, 0);
+
+  const errors = JSON.parse(output) as string[];
+  assert.equal(errors.length, 2, output);
+  assert.match(errors[0] as string, /could not be written \(.*EFBIG.*\); network was not recorded. Check the space and permissions of /);
+  assert.match(errors[1] as string, /could not be written \(.*EFBIG.*\); head was not recorded/);
+  assert.equal(existsSync(join(dir, AUDIT_HEAD_FILE)), false);
 });
 
 test("audit log: process.exit writes pending records", async () => {

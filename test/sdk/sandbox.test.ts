@@ -83,6 +83,10 @@ test("sandbox delivers audit events", async () => {
   assert.ok(network !== undefined, `no network event in ${types.join(", ")}`);
   assert.equal(network.fields.host, "blocked.example.invalid");
   assert.equal(network.runId, sandbox.runId);
+  // The audit log serialises the fields when it writes them, so a listener must not change them.
+  assert.throws(() => Object.assign(network.fields, { host: "changed.example.invalid" }), TypeError);
+  const commandStart = seen.find((event) => event.type === "command.start");
+  assert.throws(() => (commandStart?.fields.argv as string[]).push("--changed"), TypeError);
 
   // The same records are in the run's audit log.
   const logged = readFileSync(join(sandbox.runDir, "audit.jsonl"), "utf8")
