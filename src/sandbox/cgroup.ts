@@ -134,7 +134,11 @@ export class RunCgroups {
   /** Kills anything left in the groups and removes them. */
   async remove(): Promise<void> {
     for (const dir of this.#dirs.values()) {
-      for (let attempt = 0; attempt < 50; attempt += 1) {
+      // A killed process leaves the group a moment after it dies. The waits start at 1 ms and
+      // double up to 20 ms, so a group that empties quickly costs little, and all attempts
+      // together wait about a second.
+      let waitMs = 1;
+      for (let attempt = 0; attempt < 60; attempt += 1) {
         const pids = readText(join(dir, "cgroup.procs")).split("\n").filter((line) => line !== "");
         for (const pid of pids) {
           try {
@@ -147,8 +151,8 @@ export class RunCgroups {
           rmdirSync(dir);
           break;
         } catch {
-          // A killed process leaves the group a moment after it dies.
-          await new Promise((resolve) => setTimeout(resolve, 20));
+          await new Promise((resolve) => setTimeout(resolve, waitMs));
+          waitMs = Math.min(waitMs * 2, 20);
         }
       }
     }
