@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Duplex, Readable } from "node:stream";
@@ -9,6 +9,7 @@ import { probeCgroups, RunCgroups } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
 import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
+import { AGENT_FD, BOX_SHELL_SCRIPT, BWRAP_ARGS_FD, BWRAP_ARGS_FILE, launchBox, type LaunchedBox } from "./box-launch.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
 import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
@@ -134,38 +135,6 @@ export class NamespaceBackend implements SandboxBackend {
       throw new SandboxError("whole-host", "the policy shows / (as the workspace or in filesystem.read or filesystem.write), which would give the box the whole host; name the directories the command needs instead");
     }
 
-    // Overlay mode: the box writes to a copy in the run directory, and the host copy stays as it
-    // was until the changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
-    let workspaceSource = workspace.path;
-    if (workspace.mode === "overlay") {
-      workspaceSource = join(request.runDir, "overlay", "workspace");
-    }
-    if (workspace.mode === "overlay" && request.dryRun !== true) {
-      mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
-      const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
-      if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
-      // The baseline lets `ringfence diff` and `apply` tell the run's changes from host edits.
-      recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
-    }
-
-    // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
-    // the copy would have, and shows the paths the copy would have.
-    const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
-    // A run killed with SIGKILL could not remove its placeholders. They go before this run's
-    // plan is made, because the plan would otherwise protect them as existing paths.
-    const staleWarnings = request.dryRun === true || workspace.mode === "ro" ? [] : removeStalePlaceholders(dirname(request.runDir));
-    // Nested repositories get the root `.git`'s protection. The box cannot write below the
-    // hidden paths, so the scan skips them, and the runs directory with its overlay copies.
-    const scanSkip = new Set(
-      [...policy.filesystem.deny, ...request.privatePaths].filter((path) => path.startsWith(`${workspace.path}/`)).map((path) => path.slice(workspace.path.length + 1)),
-    );
-    const nestedBefore = workspace.mode === "ro" ? null : scanNestedGit(planRoot, scanSkip);
-    const nestedGlobs = nestedBefore === null ? [] : nestedGitGlobs(nestedBefore, workspace.protect);
-    const protectGlobs = [...workspace.protect, ...nestedGlobs];
-    const protect: ProtectPlan =
-      workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, protectGlobs, diskView), planRoot, workspaceSource);
-    if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
-
     const forwarder = request.gatewaySocket === null ? null : prepareForwarder({ preferNode: request.hostEnv.RINGFENCE_FORWARDER === "node" });
     let forwarderTarget: string | null = null;
     if (forwarder !== null) forwarderTarget = forwarder.kind === "native" ? `${BOX_RUNTIME_DIR}/forwarder` : `${BOX_RUNTIME_DIR}/forwarder.mjs`;
@@ -173,20 +142,6 @@ export class NamespaceBackend implements SandboxBackend {
     // helper cannot be built, the run goes on and warns that only the top-level command is recorded.
     const execAudit = request.hostEnv.RINGFENCE_EXEC_AUDIT === "off" ? { unavailable: "RINGFENCE_EXEC_AUDIT=off is set on the host" } : prepareExecAudit();
     const execHelper = "path" in execAudit ? execAudit.path : null;
-    const mounts = planMounts({
-      policy,
-      home: request.home,
-      view: diskView,
-      workspaceSource,
-      protect,
-      forwarder: forwarder === null || forwarderTarget === null ? null : { source: forwarder.path, target: forwarderTarget },
-      gatewaySocket: request.gatewaySocket,
-      privatePaths: request.privatePaths,
-      caBundle: request.caBundle ?? null,
-      execAudit: execHelper === null ? null : { source: execHelper, target: BOX_EXEC_AUDIT },
-      execAgent: request.execAgent ?? null,
-    });
-
     const arch = seccompArchFor(process.arch);
     if (arch === null) throw new SandboxError("seccomp-arch", `no seccomp filter is built in for ${process.arch}`);
     const seccompPath = join(request.runDir, "seccomp.bpf");
@@ -205,121 +160,194 @@ export class NamespaceBackend implements SandboxBackend {
 
     const SECCOMP_FD = 3;
     const cwd = boxWorkingDirectory(policy, request.cwd);
-    const bwrapArgs = bwrapArguments({ mounts, cwd, seccompFd: SECCOMP_FD, hostname: "ringfence", argv: commandArgv, disableUserns: supportsDisableUserns(bwrapVersion()) });
-
     const support = probeCgroups();
     const limits = planLimits(policy.resources, support);
+    // A limit the user asked for must hold or the run does not start. The built-in default's
+    // limits are a safety net, so the box still runs where the host cannot enforce them.
+    const builtInDefault = policy.files.length === 0;
+    const limitsHold = limits.unenforced.length === 0 || builtInDefault;
 
+    // The box's processes start now, before the mount plan exists, and wait for it (see
+    // launchBox). Joining the cgroups can wait for a kernel RCU grace period, which took 10 to
+    // 15 ms on a 2-core test machine, so it passes while the plan is made. A dry run starts
+    // nothing, and a run whose limits cannot hold fails in run().
     let cgroups: RunCgroups | null = null;
-    let cleaned = false;
-    const cleanup = async () => {
-      if (cleaned) return;
-      cleaned = true;
-      await cgroups?.remove();
-      removePlaceholders(protect);
-      markPlaceholdersRemoved(request.runDir);
+    let launched: LaunchedBox | null = null;
+    let protectForExit: ProtectPlan | null = null;
+    let placeholdersMade = false;
+    // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
+    // through --die-with-parent. This handler removes what was made on the host for the box.
+    const onExit = () => {
+      cgroups?.removeNow();
+      if (placeholdersMade && protectForExit !== null) removePlaceholders(protectForExit);
     };
-
-    return {
-      environment: env,
-      workingDirectory: cwd,
-      describe: () => [
-        "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
-        `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags; ${SECCOMP_SET_ID_NAMES.join(", ")} with a set-user-ID or set-group-ID mode`,
-        `network: ${forwarder === null ? "none" : `forwarder (${forwarder.kind}) on 127.0.0.1:${BOX_PROXY_PORT} -> gateway socket`}`,
-        `exec audit: ${execHelper === null ? `off (${"unavailable" in execAudit ? execAudit.unavailable : ""}); only the top-level command is recorded` : "every execve and execveat, through seccomp user notification to a host-side supervisor"}`,
-        `limits (${limits.mechanism}):${limits.report.length === 0 ? " none set" : ""}`,
-        ...limits.report.map((line) => `  ${line}`),
-        ...limits.unenforced.map((line) => `  NOT ENFORCED: ${line}`),
-        ...(protect.uncovered.length > 0 ? [`protected globs checked after the run only: ${protect.uncovered.join(", ")}`] : []),
-        ...(nestedBefore === null
-          ? []
-          : [
-              `nested git repositories protected like the root one: ${nestedBefore.found.size === 0 ? "none found" : [...nestedBefore.found.keys()].join(", ")}${nestedBefore.complete ? "" : ` (scan stopped after ${MAX_NESTED_GIT_ENTRIES} entries)`}`,
-            ]),
-        `working directory: ${cwd}`,
-        "environment:",
-        ...Object.keys(env)
-          .sort()
-          .map((name) => `  ${name}=${env[name]}`),
-        "filesystem:",
-        ...describeMounts(mounts).map((line) => `  ${line}`),
-        `bwrap ${bwrapArgs.join(" ")}`,
-      ],
-
-      run: async ({ timeoutMs, stop, onExec, agent }) => {
-        // A limit the user asked for must hold or the run does not start. The built-in default's
-        // limits are a safety net, so the box still runs where the host cannot enforce them.
-        const builtInDefault = policy.files.length === 0;
-        if (limits.unenforced.length > 0 && !builtInDefault) {
-          throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
-        }
-        const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
-        // Recorded before they exist, so a later run can remove them if this one is killed.
-        writePlaceholderRecord(request.runDir, workspaceSource, protect);
-        for (const placeholder of protect.placeholders) {
-          if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
-          else mkdirSync(placeholder.path);
-        }
+    if (request.dryRun !== true && limitsHold) {
+      process.once("exit", onExit);
+      try {
         if (limits.writes.length > 0) cgroups = RunCgroups.create(limits, support, request.runId);
-
-        // A shell starts bwrap. It writes its own PID into the run's cgroups first, so every
-        // process of the box starts inside them. It also ignores SIGINT and SIGQUIT: the
-        // terminal sends them to the whole foreground process group, and Ctrl-C must reach the
-        // command without ending bwrap. The in-box forwarder restores both for the command.
-        const procsFiles = cgroups?.procsFiles() ?? [];
-        const prefix = ["/bin/sh", "-c", 'trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"', "ringfence-box", ...procsFiles, "--"];
+        // The shell joins the cgroups, so every process of the box starts inside them.
+        const prefix = ["/bin/sh", "-c", BOX_SHELL_SCRIPT, "ringfence-box", ...(cgroups?.procsFiles() ?? []), "--", join(request.runDir, BWRAP_ARGS_FILE)];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
-        const boxArgv = [...prefix, "bwrap", ...bwrapArgs];
+        const boxArgv = [...prefix, "bwrap", "--args", String(BWRAP_ARGS_FD), "--", ...commandArgv];
         const argv = execHelper === null ? boxArgv : [execHelper, "supervise", String(process.pid), "--", ...boxArgv];
-        const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
+        launched = launchBox(argv, env, seccompPath, { execRecords: execHelper !== null, agent: request.execAgent !== undefined && request.execAgent !== null, argsPath: join(request.runDir, BWRAP_ARGS_FILE) });
+      } catch (cause) {
+        await cgroups?.remove();
+        process.off("exit", onExit);
+        throw cause;
+      }
+    }
 
-        // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
-        // through --die-with-parent. This handler removes what was made on the host for the box.
-        const onExit = () => {
-          cgroups?.removeNow();
-          removePlaceholders(protect);
-        };
-        process.once("exit", onExit);
+    try {
+      // Overlay mode: the box writes to a copy in the run directory, and the host copy stays as it
+      // was until the changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
+      let workspaceSource = workspace.path;
+      if (workspace.mode === "overlay") {
+        workspaceSource = join(request.runDir, "overlay", "workspace");
+      }
+      if (workspace.mode === "overlay" && request.dryRun !== true) {
+        mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
+        const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
+        if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
+        // The baseline lets `ringfence diff` and `apply` tell the run's changes from host edits.
+        recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
+      }
 
-        const seccompFd = openSync(seccompPath, "r");
-        const before = new Set([...protect.readOnly, ...protect.redirects]);
-        try {
-          const groups = cgroups as RunCgroups | null;
-          const checkLimits =
-            groups === null || policy.resources.processes === null
-              ? null
-              : () => {
-                  const failures = groups.events().processLimitHits;
-                  return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
-                };
-          const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
-          const exit = await runChild(argv, env, seccompFd, timeoutMs, checkLimits, stop, execLines, agent);
-          exit.warnings.push(...staleWarnings, ...limitWarnings, ...execWarnings);
-          const limitMessage = cgroups === null ? null : describeLimitEvents(cgroups.events(), policy.resources);
-          if (workspace.mode !== "ro") {
-            const after = planProtection(workspaceSource, protectGlobs, diskView);
-            const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
-            // A `.git` that appeared or was replaced below the root during the run would make host
-            // git run the box's hooks and config commands in that directory.
-            const nestedAfter = scanNestedGit(workspaceSource, scanSkip);
-            if (nestedBefore !== null) created.push(...newNestedGit(nestedBefore, nestedAfter).map((path) => join(workspaceSource, path)));
-            if (!nestedAfter.complete) exit.warnings.push(`the workspace has more than ${MAX_NESTED_GIT_ENTRIES} entries, so only part of it was checked for .git directories the box created below the root`);
-            const outermost = [...new Set(created)].filter((path, _index, all) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
-            const { moved, failed } = quarantine(outermost, workspaceSource, join(request.runDir, "quarantine"));
-            exit.warnings.push(...failed);
-            if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+      // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
+      // the copy would have, and shows the paths the copy would have.
+      const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+      // A run killed with SIGKILL could not remove its placeholders. They go before this run's
+      // plan is made, because the plan would otherwise protect them as existing paths.
+      const staleWarnings = request.dryRun === true || workspace.mode === "ro" ? [] : removeStalePlaceholders(dirname(request.runDir));
+      // Nested repositories get the root `.git`'s protection. The box cannot write below the
+      // hidden paths, so the scan skips them, and the runs directory with its overlay copies.
+      const scanSkip = new Set(
+        [...policy.filesystem.deny, ...request.privatePaths].filter((path) => path.startsWith(`${workspace.path}/`)).map((path) => path.slice(workspace.path.length + 1)),
+      );
+      const nestedBefore = workspace.mode === "ro" ? null : scanNestedGit(planRoot, scanSkip);
+      const nestedGlobs = nestedBefore === null ? [] : nestedGitGlobs(nestedBefore, workspace.protect);
+      const protectGlobs = [...workspace.protect, ...nestedGlobs];
+      const protect: ProtectPlan =
+        workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, protectGlobs, diskView), planRoot, workspaceSource);
+      if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
+
+      const mounts = planMounts({
+        policy,
+        home: request.home,
+        view: diskView,
+        workspaceSource,
+        protect,
+        forwarder: forwarder === null || forwarderTarget === null ? null : { source: forwarder.path, target: forwarderTarget },
+        gatewaySocket: request.gatewaySocket,
+        privatePaths: request.privatePaths,
+        caBundle: request.caBundle ?? null,
+        execAudit: execHelper === null ? null : { source: execHelper, target: BOX_EXEC_AUDIT },
+        execAgent: request.execAgent ?? null,
+      });
+
+      const bwrapArgs = bwrapArguments({ mounts, cwd, seccompFd: SECCOMP_FD, hostname: "ringfence", argv: commandArgv, disableUserns: supportsDisableUserns(bwrapVersion()) });
+      // bwrapArguments ends with "--" and the command, which the launched shell already holds.
+      const bwrapOptions = bwrapArgs.slice(0, bwrapArgs.length - commandArgv.length - 1);
+      protectForExit = protect;
+
+      let cleaned = false;
+      const cleanup = async () => {
+        if (cleaned) return;
+        cleaned = true;
+        await launched?.abort();
+        await cgroups?.remove();
+        process.off("exit", onExit);
+        removePlaceholders(protect);
+        markPlaceholdersRemoved(request.runDir);
+      };
+
+      return {
+        environment: env,
+        workingDirectory: cwd,
+        describe: () => [
+          "namespaces: user, pid, ipc, uts, net (loopback only), cgroup; no capabilities; no_new_privs; new user namespaces disabled",
+          `seccomp (${arch}): EPERM or ENOSYS for ${SECCOMP_DENIED_NAMES.join(", ")}; ioctl TIOCSTI and TIOCLINUX; clone with namespace flags; ${SECCOMP_SET_ID_NAMES.join(", ")} with a set-user-ID or set-group-ID mode`,
+          `network: ${forwarder === null ? "none" : `forwarder (${forwarder.kind}) on 127.0.0.1:${BOX_PROXY_PORT} -> gateway socket`}`,
+          `exec audit: ${execHelper === null ? `off (${"unavailable" in execAudit ? execAudit.unavailable : ""}); only the top-level command is recorded` : "every execve and execveat, through seccomp user notification to a host-side supervisor"}`,
+          `limits (${limits.mechanism}):${limits.report.length === 0 ? " none set" : ""}`,
+          ...limits.report.map((line) => `  ${line}`),
+          ...limits.unenforced.map((line) => `  NOT ENFORCED: ${line}`),
+          ...(protect.uncovered.length > 0 ? [`protected globs checked after the run only: ${protect.uncovered.join(", ")}`] : []),
+          ...(nestedBefore === null
+            ? []
+            : [
+                `nested git repositories protected like the root one: ${nestedBefore.found.size === 0 ? "none found" : [...nestedBefore.found.keys()].join(", ")}${nestedBefore.complete ? "" : ` (scan stopped after ${MAX_NESTED_GIT_ENTRIES} entries)`}`,
+              ]),
+          `working directory: ${cwd}`,
+          "environment:",
+          ...Object.keys(env)
+            .sort()
+            .map((name) => `  ${name}=${env[name]}`),
+          "filesystem:",
+          ...describeMounts(mounts).map((line) => `  ${line}`),
+          `bwrap ${bwrapArgs.join(" ")}`,
+        ],
+
+        run: async ({ timeoutMs, stop, onExec, agent }) => {
+          const before = new Set([...protect.readOnly, ...protect.redirects]);
+          try {
+            if (!limitsHold) {
+              throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
+            }
+            if (launched === null || cleaned) throw new SandboxError("box-used", "this box was cleaned up or already ran; prepare a new box for each run");
+            if ((agent !== undefined) !== launched.agent) {
+              throw new SandboxError("box-agent", `this box was prepared ${launched.agent ? "with" : "without"} an exec agent, but run() was called ${agent === undefined ? "without" : "with"} one; prepare and run a box the same way`);
+            }
+            const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
+            // Recorded before they exist, so a later run can remove them if this one is killed.
+            writePlaceholderRecord(request.runDir, workspaceSource, protect);
+            placeholdersMade = true;
+            for (const placeholder of protect.placeholders) {
+              if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
+              else mkdirSync(placeholder.path);
+            }
+            const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
+
+            const groups = cgroups as RunCgroups | null;
+            const checkLimits =
+              groups === null || policy.resources.processes === null
+                ? null
+                : () => {
+                    const failures = groups.events().processLimitHits;
+                    return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
+                  };
+            const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
+            const exit = await runChild(launched, bwrapOptions, timeoutMs, checkLimits, stop, execLines, agent);
+            exit.warnings.push(...staleWarnings, ...limitWarnings, ...execWarnings);
+            const limitMessage = groups === null ? null : describeLimitEvents(groups.events(), policy.resources);
+            if (workspace.mode !== "ro") {
+              const after = planProtection(workspaceSource, protectGlobs, diskView);
+              const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+              // A `.git` that appeared or was replaced below the root during the run would make host
+              // git run the box's hooks and config commands in that directory.
+              const nestedAfter = scanNestedGit(workspaceSource, scanSkip);
+              if (nestedBefore !== null) created.push(...newNestedGit(nestedBefore, nestedAfter).map((path) => join(workspaceSource, path)));
+              if (!nestedAfter.complete) exit.warnings.push(`the workspace has more than ${MAX_NESTED_GIT_ENTRIES} entries, so only part of it was checked for .git directories the box created below the root`);
+              const outermost = [...new Set(created)].filter((path, _index, all) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
+              const { moved, failed } = quarantine(outermost, workspaceSource, join(request.runDir, "quarantine"));
+              exit.warnings.push(...failed);
+              if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+            }
+            return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
+          } finally {
+            await cleanup();
           }
-          return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
-        } finally {
-          process.off("exit", onExit);
-          closeSync(seccompFd);
-          await cleanup();
-        }
-      },
+        },
 
-      cleanup,
-    };
+        cleanup,
+      };
+    } catch (cause) {
+      // The plan failed after the box's processes started, so they get no options and exit.
+      await launched?.abort();
+      await cgroups?.remove();
+      process.off("exit", onExit);
+      throw cause;
+    }
   }
 }
 
@@ -386,12 +414,6 @@ export function removePlaceholders(protect: ProtectPlan): void {
 /** Signal numbers for exit statuses (Linux, x86_64 and arm64). */
 const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 };
 
-/**
- * File descriptor of the socket to the exec agent in a long-lived box: 3 is the seccomp program
- * and 4 the exec audit channel.
- */
-const AGENT_FD = 5;
-
 /** Failed forks after which the box counts as runaway (a fork bomb) and is stopped. */
 export const RUNAWAY_FORK_FAILURES = 100;
 
@@ -403,25 +425,18 @@ const LIMIT_POLL_MS = 250;
  * to stop the box early, or null.
  */
 function runChild(
-  argv: readonly string[],
-  env: Record<string, string>,
-  seccompFd: number,
+  box: LaunchedBox,
+  bwrapOptions: readonly string[],
   timeoutMs: number | null,
   checkLimits: (() => string | null) | null,
   stop?: AbortSignal,
   onExec: ((record: ExecRecord) => void) | null = null,
   agent?: AgentConnection,
 ): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
+  // Throws before any process of the box runs when the options cannot be written.
+  box.release(bwrapOptions);
+  const { child } = box;
   return new Promise((resolve, reject) => {
-    // A long-lived box keeps its stdio away from the caller's and talks over a socket pair,
-    // which Node creates for a "pipe" entry, at AGENT_FD.
-    const stdio: ("inherit" | "ignore" | "pipe" | number)[] = agent === undefined ? ["inherit", "inherit", "inherit", seccompFd] : ["ignore", "ignore", "pipe", seccompFd];
-    if (onExec !== null) stdio.push("pipe");
-    if (agent !== undefined) {
-      if (onExec === null) stdio.push("ignore");
-      stdio.push("pipe");
-    }
-    const child = spawn(argv[0] as string, argv.slice(1), { stdio, env });
     // The exec audit supervisor stops the box on SIGUSR1 and leaves the box's execs pending until every
     // process in it is gone. SIGKILL to the supervisor would fail those execs with ENOSYS, and a
     // shell in the box would run its next builtin before bwrap's death reached it.
@@ -517,14 +532,14 @@ function runChild(
       process.off("SIGTERM", forwarders.SIGTERM);
       process.off("SIGHUP", forwarders.SIGHUP);
     };
-    child.on("error", (error) => {
-      finish();
-      reject(new SandboxError("spawn", `starting ${argv[0]} failed: ${error.message}`));
-    });
     // "close" comes after "exit" once the record pipe is drained, so no exec record is lost.
-    child.on("close", (code, signal) => {
+    void box.ended.then((ending) => {
       finish();
-      const status = code ?? 128 + (signal === null ? 0 : (SIGNAL_NUMBERS[signal] ?? 0));
+      if ("error" in ending) {
+        reject(new SandboxError("spawn", `starting ${box.command} failed: ${ending.error.message}`));
+        return;
+      }
+      const status = ending.code ?? 128 + (ending.signal === null ? 0 : (SIGNAL_NUMBERS[ending.signal] ?? 0));
       resolve({ status, stoppedBy, warnings });
     });
   });

@@ -662,7 +662,8 @@ for (const backend of BACKENDS) {
         const supervisors = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
           try {
             const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-            return argv[1] === "supervise" && argv.includes(workspace);
+            // bwrap reads its mounts from a file, so the command, with the marker, names this run.
+            return argv[1] === "supervise" && argv.some((arg) => arg.includes(marker));
           } catch {
             return false;
           }
