@@ -1,4 +1,4 @@
-import { getPublicSuffix } from "tldts";
+import { createRequire } from "node:module";
 import { canonicalHost, type CanonicalHost } from "./host.js";
 
 /**
@@ -42,7 +42,7 @@ export function parseHostPattern(raw: string): HostPatternResult {
   }
 
   // A wildcard over a public suffix ("*.com", "*.co.uk") would allow most of the internet.
-  const publicSuffix = getPublicSuffix(host.name, { allowPrivateDomains: false });
+  const publicSuffix = publicSuffixOf(host.name);
   if (!host.name.includes(".") || publicSuffix === host.name) {
     return {
       ok: false,
@@ -72,4 +72,17 @@ export function hostPatternMatches(pattern: HostPattern, host: CanonicalHost): b
   const name = host.name;
   if (pattern.kind === "domain-and-subdomains" && name === pattern.suffix) return true;
   return name.length > pattern.suffix.length + 1 && name.endsWith(`.${pattern.suffix}`);
+}
+
+let tldts: typeof import("tldts") | null = null;
+
+/**
+ * Returns the public suffix of `name` from tldts's list, without private domains. tldts loads on
+ * the first call, because initialising its list costs milliseconds of start-up and only wildcard
+ * patterns need it. In the CommonJS bundles `require` is esbuild's or Node's own, and in the ES
+ * modules it comes from createRequire.
+ */
+function publicSuffixOf(name: string): string | null {
+  tldts ??= (typeof require === "function" ? require("tldts") : createRequire(import.meta.url)("tldts")) as typeof import("tldts");
+  return tldts.getPublicSuffix(name, { allowPrivateDomains: false });
 }
