@@ -62,13 +62,19 @@ interface CompiledRange {
   class: AddressClass;
 }
 
-const COMPILED: readonly CompiledRange[] = RANGES.map((range) => {
-  const [network, prefix] = range.cidr.split("/") as [string, string];
-  const family = isIPv4(network) ? "ipv4" : "ipv6";
-  const list = new BlockList();
-  list.addSubnet(network, Number(prefix), family);
-  return { list, family, class: range.class };
-});
+let compiled: readonly CompiledRange[] | null = null;
+
+/** Returns RANGES as BlockLists, built on the first call, because a run may classify no address. */
+function compiledRanges(): readonly CompiledRange[] {
+  compiled ??= RANGES.map((range) => {
+    const [network, prefix] = range.cidr.split("/") as [string, string];
+    const family = isIPv4(network) ? "ipv4" : "ipv6";
+    const list = new BlockList();
+    list.addSubnet(network, Number(prefix), family);
+    return { list, family, class: range.class };
+  });
+  return compiled;
+}
 
 /**
  * Classifies an IP address. Returns null for a public unicast address, otherwise the reason it
@@ -82,7 +88,7 @@ export function classifyAddress(address: string): AddressClass | null {
   // BlockList.check builds a SocketAddress from a string on every call, so one is built here
   // and shared by all ranges.
   const socketAddress = new SocketAddress({ address, family });
-  for (const range of COMPILED) {
+  for (const range of compiledRanges()) {
     if (range.family === family && range.list.check(socketAddress)) return range.class;
   }
   return null;
