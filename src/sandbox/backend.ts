@@ -101,5 +101,10 @@ export interface SandboxBackend {
   readonly name: "namespace" | "vm";
   /** Problems that stop this backend on this host, each with what to change; empty when usable. */
   check(): SandboxError[];
+  /**
+   * Starts work that makes a later prepare() for this policy faster, without waiting for it.
+   * It is best effort, changes nothing the box can observe, and reports no errors.
+   */
+  warmUp?(policy: Policy): void;
   prepare(request: BoxRequest): Promise<PreparedBox>;
 }

@@ -3,9 +3,10 @@ import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, rena
 import { dirname, join } from "node:path";
 import type { Duplex, Readable } from "node:stream";
 import { recordOverlayBaseline } from "../workspace/overlay-record.js";
+import type { Policy } from "../policy/types.js";
 import { SandboxError, type AgentConnection, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "./backend.js";
 import { bwrapArguments, describeMounts, parseBwrapVersion, supportsDisableUserns } from "./bwrap-args.js";
-import { probeCgroups, RunCgroups } from "./cgroup.js";
+import { probeCgroups, RunCgroups, warmCgroupMigration } from "./cgroup.js";
 import { boxEnvironment } from "./environment.js";
 import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
@@ -121,6 +122,12 @@ export class NamespaceBackend implements SandboxBackend {
     return errors;
   }
 
+  /** Starts warming the cgroup migration lock when this policy's box will join cgroups (see warmCgroupMigration). */
+  warmUp(policy: Policy): void {
+    const support = probeCgroups();
+    if (planLimits(policy.resources, support).writes.length > 0) void warmCgroupMigration(support);
+  }
+
   async prepare(request: BoxRequest): Promise<PreparedBox> {
     const { policy } = request;
     const workspace = policy.workspace;
@@ -168,9 +175,9 @@ export class NamespaceBackend implements SandboxBackend {
     const limitsHold = limits.unenforced.length === 0 || builtInDefault;
 
     // The box's processes start now, before the mount plan exists, and wait for it (see
-    // launchBox). Joining the cgroups can wait for a kernel RCU grace period, which took 10 to
-    // 15 ms on a 2-core test machine, so it passes while the plan is made. A dry run starts
-    // nothing, and a run whose limits cannot hold fails in run().
+    // launchBox). Joining the cgroups can wait for a kernel RCU grace period (see
+    // warmCgroupMigration), so it passes while the plan is made. A dry run starts nothing, and a
+    // run whose limits cannot hold fails in run().
     let cgroups: RunCgroups | null = null;
     let launched: LaunchedBox | null = null;
     let protectForExit: ProtectPlan | null = null;

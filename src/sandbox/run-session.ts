@@ -118,6 +118,7 @@ export class RunSession {
 
     const problems = backend.check();
     if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));
+    if (options.dryRun !== true) backend.warmUp?.(policy);
 
     const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
     const privatePaths = ringfencePrivatePaths(root, hostEnv, home);
