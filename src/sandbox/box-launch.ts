@@ -25,8 +25,9 @@ export const BWRAP_ARGS_FILE = "bwrap.args";
  * sends them to the whole foreground process group, and Ctrl-C must reach the command without
  * ending bwrap. The in-box forwarder restores both for the command. Then it waits for "go" on
  * GO_FD and opens the options file for bwrap. ringfence writes that file completely and renames
- * it into place before it sends "go". When ringfence closes GO_FD without "go", or dies, or the
- * file is missing, the shell exits with 125 before bwrap starts.
+ * it into place before it sends "go". When ringfence closes GO_FD without "go", or dies, the
+ * shell exits with 125 before bwrap starts. When the file cannot be opened, dash and other POSIX
+ * shells exit at the failed redirection of `exec`, with 2 in dash's case, also before bwrap.
  */
 export const BOX_SHELL_SCRIPT = `trap "" INT QUIT; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; IFS= read -r go <&${GO_FD} && [ "$go" = go ] && exec ${GO_FD}<&- ${BWRAP_ARGS_FD}<"$1" || exit 125; shift; exec "$@"`;
 
