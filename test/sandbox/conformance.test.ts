@@ -646,7 +646,7 @@ for (const backend of BACKENDS) {
         assert.match(run.stdout, /^listener: Device or resource busy$/m, show(run));
       });
 
-      test("exec audit fails closed", { skip: skipOn(backend, "exec audit fails closed") }, async () => {
+      test("exec audit fails closed", { skip: skipOn(backend, "exec audit fails closed"), timeout: 120_000 }, async () => {
         // Killing the supervisor mid-run must end the box: no exec goes unrecorded. In the guest
         // the supervisor is the command's parent, which guest root can kill from inside.
         const workspace = makeWorkspace(user);
@@ -658,7 +658,23 @@ for (const backend of BACKENDS) {
         }
         const marker = `ringfence-exec-${process.pid}-${user.uid}`;
         const running = runBox(user, workspace, [], ["bash", "-c", `touch started; exec -a ${marker} sh -c 'while true; do sleep 0.1; done'`]);
-        assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the box never started");
+        // The box loops until its supervisor dies, so a failed check ends the box before it raises.
+        const boxPids = () =>
+          readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+            try {
+              return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
+            } catch {
+              return false;
+            }
+          });
+        const endBox = async () => {
+          for (const pid of boxPids()) process.kill(Number(pid), "SIGKILL");
+          await running;
+        };
+        if (!(await waitFor(() => existsSync(join(workspace, "started"))))) {
+          await endBox();
+          assert.fail("the box never started");
+        }
         const supervisors = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
           try {
             const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
@@ -668,19 +684,13 @@ for (const backend of BACKENDS) {
             return false;
           }
         });
+        if (supervisors.length !== 1) await endBox();
         assert.equal(supervisors.length, 1, "exactly one supervisor for this run");
         process.kill(Number(supervisors[0]), "SIGKILL");
         const run = await running;
 
         assert.notEqual(run.status, 0, show(run));
-        const left = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
-          try {
-            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker);
-          } catch {
-            return false;
-          }
-        });
-        assert.deepEqual(left, [], "a process of the box outlived its supervisor");
+        assert.deepEqual(boxPids(), [], "a process of the box outlived its supervisor");
       });
 
       test("exit status and signals", async () => {
