@@ -1,21 +1,23 @@
 /*
  * In-box exec agent: the exec side of the guest protocol (docs/guest-protocol.md).
  *
- *   ringfence-exec-agent --fd N [--audit PROGRAM] [--limit-events FD]
- *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--limit-events FD]
+ *   ringfence-exec-agent --fd N [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]
+ *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]
  *
  * With --audit, a command whose OPEN sets "audit" runs under PROGRAM (exec-audit.c) as `PROGRAM
  * supervise AGENT_PID -- PROGRAM guard 4 -- COMMAND...`: the supervisor records every execve and
  * execveat of the command and its descendants, and the agent carries the records to the host as
  * AUDIT frames. With --limit-events, FD is the command cgroup's pids.events, opened before the
  * agent was chrooted. While a command whose OPEN sets "limits" runs, the agent rereads it and
- * sends LIMITS when more forks failed.
+ * sends LIMITS when more forks failed; HELLO then also names the agent's cgroup.
  *
  * The host opens one channel per command or file operation over the stream. The agent starts
  * each command in a session of its own, so SIGNAL reaches its whole process group. It carries
  * the command's stdio or terminal with per-channel windows, and sends EXIT once the command has
  * exited and its output reached end of file. On SHUTDOWN, on end of file of the stream, or on a
- * protocol error, the agent kills every process group it started and exits.
+ * protocol error, the agent kills every process group it started and exits. With
+ * --sync-on-shutdown (the micro-VM's init sets it), SHUTDOWN also syncs the file systems, and
+ * the agent acknowledges it with a SHUTDOWN of its own before it exits.
  *
  * Every frame from the host is bounds-checked before use: the stream is the host's, but the
  * parser is small enough to check completely. The file is self-contained C99 plus POSIX and
@@ -86,6 +88,8 @@ static int stream_fd = -1;
 static const char *audit_program = NULL;
 /* The command cgroup's pids.events, or -1; and the failed-fork count last sent in LIMITS. */
 static int limit_events_fd = -1;
+/* Set by --sync-on-shutdown: SHUTDOWN also syncs the file systems and is acknowledged with SHUTDOWN. */
+static int sync_on_shutdown;
 static long long limit_hits_sent = 0;
 static unsigned char frame_out[HEADER_BYTES + MAX_PAYLOAD];
 
@@ -580,10 +584,14 @@ static struct channel channels[MAX_CHANNELS];
 static uint32_t highest_opened;
 static int child_pipe[2] = {-1, -1};
 
-static void kill_all_and_exit(int status) {
+static void kill_all(void) {
   for (int i = 0; i < MAX_CHANNELS; i++) {
     if (channels[i].used && channels[i].pid > 0 && !channels[i].reaped) kill(-channels[i].pid, SIGKILL);
   }
+}
+
+static void kill_all_and_exit(int status) {
+  kill_all();
   _exit(status);
 }
 
@@ -996,6 +1004,18 @@ static void open_channel(uint32_t id, int type, const unsigned char *payload, si
 
 static void handle_frame(uint32_t id, int type, const unsigned char *payload, size_t length) {
   if (id == 0) {
+    if (type == T_SHUTDOWN && sync_on_shutdown) {
+      /* Killed commands can no longer dirty pages, and sync() writes out what they left (such
+       * as pages of a shared mapping) through virtiofs. The acknowledgement tells the host that
+       * it may end the VM without waiting for the guest to power off. */
+      kill_all();
+      sync();
+      /* Without blocking: a virtio-serial write waits while the host end is closed, and a host
+       * that closed the stream after SHUTDOWN waits for the guest to power off instead. */
+      fcntl(stream_fd, F_SETFL, fcntl(stream_fd, F_GETFL) | O_NONBLOCK);
+      send_frame(0, T_SHUTDOWN, NULL, 0);
+      _exit(0);
+    }
     if (type == T_SHUTDOWN) kill_all_and_exit(0);
     protocol_error("unexpected frame type on the control channel", id);
   }
@@ -1270,8 +1290,13 @@ static void run(void) {
 }
 
 int main(int argc, char **argv) {
-  /* Options after the stream: --audit PROGRAM and --limit-events FD. */
+  /* Options after the stream: --audit PROGRAM, --limit-events FD and --sync-on-shutdown. */
   for (int i = 3; i < argc; i += 2) {
+    if (strcmp(argv[i], "--sync-on-shutdown") == 0) {
+      sync_on_shutdown = 1;
+      i -= 1; /* A flag without a value. */
+      continue;
+    }
     if (i + 1 >= argc) {
       fprintf(stderr, "ringfence-exec-agent: %s needs a value\n", argv[i]);
       return 2;
@@ -1311,7 +1336,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   } else {
-    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE [--audit PROGRAM] [--limit-events FD]\n");
+    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]\n");
     return 2;
   }
 
@@ -1339,6 +1364,19 @@ int main(int argc, char **argv) {
     buffer_json_string(&hello, host.release);
   }
   if (audit_program != NULL) buffer_text(&hello, ",\"audit\":true");
+  if (limit_events_fd >= 0) {
+    /* The agent's cgroup, so the host can check the process limit without a FILE_READ round trip. */
+    char cgroup[512];
+    int cgroup_fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    ssize_t got = cgroup_fd < 0 ? -1 : read(cgroup_fd, cgroup, sizeof cgroup - 1);
+    if (cgroup_fd >= 0) close(cgroup_fd);
+    if (got > 0) {
+      cgroup[got] = '\0';
+      cgroup[strcspn(cgroup, "\n")] = '\0';
+      buffer_text(&hello, ",\"cgroup\":");
+      buffer_json_string(&hello, cgroup);
+    }
+  }
   buffer_text(&hello, "}");
   send_frame(0, T_HELLO, hello.data, hello.length);
   free(hello.data);

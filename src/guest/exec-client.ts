@@ -244,6 +244,8 @@ export interface AgentHello {
   kernel?: string;
   /** Set by an agent started with --audit, which runs every command under exec-audit. */
   audit?: boolean;
+  /** The first line of the agent's /proc/self/cgroup, sent by an agent started with --limit-events. */
+  cgroup?: string;
 }
 
 /** The guest's LIMITS report: forks that failed at the command cgroup's pids.max so far. */
@@ -261,6 +263,12 @@ export class ExecClient {
   readonly ready: Promise<AgentHello>;
   /** Resolves when the stream is finished, with the error that ended it, or null for a clean end. */
   readonly closed: Promise<Error | null>;
+  /**
+   * Resolves when the agent acknowledges the host's SHUTDOWN. An agent started with
+   * --sync-on-shutdown sends the acknowledgement after it killed every command and synced the
+   * file systems.
+   */
+  readonly shutdownAcknowledged: Promise<void>;
   /** Receives each LIMITS report; the count never decreases, because a decrease is a protocol error. */
   onLimits: ((limits: AgentLimits) => void) | null = null;
   /**
@@ -276,6 +284,7 @@ export class ExecClient {
   #nextChannel = 1;
   #ended: Error | null = null;
   #isClosed = false;
+  #shutdownSent = false;
 
   constructor(stream: Duplex) {
     this.#stream = stream;
@@ -288,6 +297,8 @@ export class ExecClient {
     this.ready.catch(() => {});
     let resolveClosed!: (error: Error | null) => void;
     this.closed = new Promise((resolve) => (resolveClosed = resolve));
+    let resolveShutdownAcknowledged!: () => void;
+    this.shutdownAcknowledged = new Promise((resolve) => (resolveShutdownAcknowledged = resolve));
 
     const end = (error: Error | null) => {
       if (this.#isClosed) return;
@@ -303,6 +314,11 @@ export class ExecClient {
         for (const frame of this.#decoder.push(chunk)) {
           if (frame.channel === CONTROL_CHANNEL && frame.type === FrameType.LIMITS) {
             this.#handleLimits(decodeJsonObject(frame.type, frame.payload));
+            continue;
+          }
+          if (frame.channel === CONTROL_CHANNEL && frame.type === FrameType.SHUTDOWN) {
+            if (!this.#shutdownSent) throw new ProtocolError("the exec agent sent SHUTDOWN before the host requested a shutdown");
+            resolveShutdownAcknowledged();
             continue;
           }
           if (frame.channel === CONTROL_CHANNEL) {
@@ -354,8 +370,19 @@ export class ExecClient {
   /** Asks the agent to kill every command and exit, then closes the stream. */
   shutdown(): void {
     if (this.#isClosed) return;
-    this.send(CONTROL_CHANNEL, FrameType.SHUTDOWN);
+    this.requestShutdown();
     this.#stream.end();
+  }
+
+  /**
+   * Asks the agent to kill every command and exit, and keeps the stream open, so the
+   * acknowledgement of an agent started with --sync-on-shutdown can arrive
+   * (`shutdownAcknowledged`).
+   */
+  requestShutdown(): void {
+    if (this.#isClosed) return;
+    this.#shutdownSent = true;
+    this.send(CONTROL_CHANNEL, FrameType.SHUTDOWN);
   }
 
   #openChannel(type: number, fields: unknown): ExecChannel {

@@ -1,6 +1,6 @@
 import { constants } from "node:os";
 import { finished } from "node:stream/promises";
-import { ExecClient, ExecFailedError, FileFrameType, type ExecExit } from "../guest/exec-client.js";
+import { ExecClient, ExecFailedError, FileFrameType, type AgentHello, type ExecExit } from "../guest/exec-client.js";
 import type { AgentConnection } from "../sandbox/backend.js";
 import type { Machine } from "./machine.js";
 import { NetHost } from "./net-host.js";
@@ -36,17 +36,24 @@ const LIMIT_CGROUP = "0::/box";
 /**
  * Checks that the exec agent runs in the guest init's limit cgroup. An initramfs prepared
  * before the process limit existed ignores rf.pids, and the run must not go on without it.
+ * The agent names its cgroup in HELLO. For an agent that does not, the host reads the file
+ * with FILE_READ.
  */
-async function checkProcessLimit(client: ExecClient, limit: number): Promise<CommandEnd | null> {
-  const channel = client.fileOperation(FileFrameType.FILE_READ, { path: "/proc/self/cgroup" });
-  const chunks: Buffer[] = [];
-  channel.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
-  try {
-    await channel.exit;
-  } catch (error) {
-    return { kind: "lost", message: `reading the exec agent's cgroup to check the process limit failed: ${(error as Error).message}` };
+async function checkProcessLimit(client: ExecClient, hello: AgentHello, limit: number): Promise<CommandEnd | null> {
+  let cgroup: string;
+  if (typeof hello.cgroup === "string") {
+    cgroup = hello.cgroup;
+  } else {
+    const channel = client.fileOperation(FileFrameType.FILE_READ, { path: "/proc/self/cgroup" });
+    const chunks: Buffer[] = [];
+    channel.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+    try {
+      await channel.exit;
+    } catch (error) {
+      return { kind: "lost", message: `reading the exec agent's cgroup to check the process limit failed: ${(error as Error).message}` };
+    }
+    cgroup = Buffer.concat(chunks).toString("utf8").trim();
   }
-  const cgroup = Buffer.concat(chunks).toString("utf8").trim();
   if (cgroup === LIMIT_CGROUP) return null;
   return { kind: "lost", message: `the guest did not apply the process limit of ${limit} (the exec agent's cgroup is ${JSON.stringify(cgroup)}); the prepared initramfs is older than this ringfence, so run: ringfence vm prepare` };
 }
@@ -102,19 +109,25 @@ async function connectGuest(machine: Machine, gatewaySocket: string | null, proc
   );
   let failure = await Promise.race([ready, lost, helloTimeout]);
   clearTimeout(timer);
-  if (failure === null && processLimit !== null) failure = await Promise.race([checkProcessLimit(client, processLimit), lost]);
+  if (failure === null && processLimit !== null) failure = await Promise.race([checkProcessLimit(client, await client.ready, processLimit), lost]);
   return { connection, failure };
 }
 
-/** Makes the guest power off with SHUTDOWN, kills QEMU if it has not exited after the grace period, and closes the net port. */
+/**
+ * Sends SHUTDOWN, waits for the first of three events, then kills QEMU and closes the net port.
+ * The events are the agent's acknowledgement, the guest's power-off and the end of the grace
+ * period. The agent acknowledges after it killed every command and synced the file systems, so
+ * nothing the host needs is left in the guest. An agent without --sync-on-shutdown sends no
+ * acknowledgement, and the guest init powers off after the agent exits.
+ */
 async function disconnectGuest(machine: Machine, connection: GuestConnection): Promise<void> {
-  connection.client.shutdown();
+  connection.client.requestShutdown();
   let timer: NodeJS.Timeout | undefined;
   const grace = new Promise((resolve) => {
     timer = setTimeout(resolve, POWER_OFF_GRACE_MS);
     timer.unref();
   });
-  await Promise.race([machine.exited, grace]);
+  await Promise.race([machine.exited, connection.client.shutdownAcknowledged, grace]);
   clearTimeout(timer);
   await machine.kill();
   connection.net.close();

@@ -10,7 +10,7 @@ import { finished } from "node:stream/promises";
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { prepareExecAgent } from "../../src/guest/exec-agent.js";
-import { ExecClient, ExecFailedError, FileFrameType, type ExecChannel } from "../../src/guest/exec-client.js";
+import { AgentGoneError, ExecClient, ExecFailedError, FileFrameType, type ExecChannel } from "../../src/guest/exec-client.js";
 import { encodeFrame, FrameType } from "../../src/guest/frame.js";
 import { prepareExecAudit } from "../../src/sandbox/exec-audit.js";
 
@@ -310,4 +310,55 @@ test("exec agent reports failed forks", async () => {
   assert.deepEqual(reports, [150]);
   agent.client.shutdown();
   await agent.exited;
+});
+
+test("exec agent names its cgroup in hello", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-limits-"));
+  const events = join(dir, "pids.events");
+  writeFileSync(events, "max 0\n");
+  const fd = openSync(events, "r");
+  const agent = startAgentWith(["--limit-events", "4"], [fd]);
+  closeSync(fd);
+  const hello = await agent.client.ready;
+  const expected = readFileSync(`/proc/${agent.child.pid}/cgroup`, "utf8").split("\n")[0];
+  assert.equal(hello.cgroup, expected);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent without limits sends no cgroup", async () => {
+  const agent = startAgent();
+  const hello = await agent.client.ready;
+  assert.equal(hello.cgroup, undefined);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent acknowledges shutdown when syncing", async () => {
+  const agent = startAgentWith(["--sync-on-shutdown"]);
+  await agent.client.ready;
+  const channel = agent.client.open({ argv: ["sleep", "60"], env: ENV, cwd: null, tty: null });
+  // The agent exits without an EXIT for the killed command.
+  const exit = channel.exit.then(
+    () => null,
+    (error: Error) => error,
+  );
+  const pid = await channel.started;
+  agent.client.requestShutdown();
+  // The acknowledgement comes after the agent killed the command, with the stream still open.
+  await agent.client.shutdownAcknowledged;
+  assert.equal(await agent.exited, 0);
+  assert.ok(await waitGone(pid), `the command (pid ${pid}) outlived the shutdown`);
+  assert.ok((await exit) instanceof AgentGoneError);
+});
+
+test("exec agent otherwise sends no acknowledgement", async () => {
+  const agent = startAgent();
+  await agent.client.ready;
+  let acknowledged = false;
+  void agent.client.shutdownAcknowledged.then(() => (acknowledged = true));
+  agent.client.requestShutdown();
+  assert.equal(await agent.exited, 0);
+  await agent.client.closed;
+  assert.equal(acknowledged, false);
 });

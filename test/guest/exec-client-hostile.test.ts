@@ -126,3 +126,27 @@ test("stdin bounded when agent reads nothing", async () => {
   agent.destroy();
   server.close();
 });
+
+test("unrequested SHUTDOWN is a protocol error", async () => {
+  const { agent, server, client } = await pair();
+  agent.write(encodeFrame(0, FrameType.SHUTDOWN));
+  const error = await client.closed;
+  assert.ok(error instanceof ProtocolError, String(error));
+  assert.match(error.message, /before the host requested/);
+  agent.destroy();
+  server.close();
+});
+
+test("requested SHUTDOWN is acknowledged", async () => {
+  const { agent, server, client } = await pair();
+  const received = new FrameDecoder();
+  // The agent acknowledges once the host's SHUTDOWN has arrived.
+  agent.on("data", (chunk: Buffer) => {
+    if (received.push(chunk).some((frame) => frame.channel === 0 && frame.type === FrameType.SHUTDOWN)) agent.write(encodeFrame(0, FrameType.SHUTDOWN));
+  });
+  client.requestShutdown();
+  await client.shutdownAcknowledged;
+  assert.equal(await Promise.race([client.closed, Promise.resolve("open")]), "open");
+  agent.destroy();
+  server.close();
+});

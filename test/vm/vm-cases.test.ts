@@ -135,4 +135,24 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     assert.equal(readFileSync(join(workspace, "out.txt"), "utf8"), "from host\n");
     assert.equal(readFileSync(join(workspace, "d", "e", "f"), "utf8"), "deep\n");
   });
+
+  test("last write and exec kept", async () => {
+    // The host ends QEMU as soon as the guest acknowledges SHUTDOWN, so a command that writes
+    // and exits at once shows whether its data and its exec record reached the host first.
+    const workspace = makeWorkspace(user);
+    const run = await runBox(user, workspace, [], ["sh", "-c", "seq 1 20000 > all.txt; exec seq 1 3 > last.txt"]);
+    assert.equal(run.status, 0, show(run));
+    const expected = Array.from({ length: 20000 }, (_, index) => `${index + 1}\n`).join("");
+    assert.equal(readFileSync(join(workspace, "all.txt"), "utf8"), expected);
+    assert.equal(readFileSync(join(workspace, "last.txt"), "utf8"), "1\n2\n3\n");
+
+    const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+    assert.ok(runDir !== undefined, show(run));
+    const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; argv?: string[]; path?: string; missing?: boolean });
+    const execs = records.filter((record) => record.type === "exec" && record.missing !== true).map((record) => record.argv?.join(" "));
+    assert.ok(execs.includes("seq 1 20000"), `exec records: ${JSON.stringify(execs)}`);
+    assert.ok(execs.includes("seq 1 3"), `exec records: ${JSON.stringify(execs)}`);
+    const changed = records.filter((record) => record.type === "workspace.change").map((record) => record.path);
+    assert.ok(changed.some((path) => path?.endsWith("last.txt")), `workspace changes: ${JSON.stringify(changed)}`);
+  });
 });
