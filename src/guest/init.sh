@@ -23,7 +23,9 @@ mount -t devtmpfs devtmpfs /dev
 tmp=
 mode=run
 pids=
-for word in $(cat /proc/cmdline); do
+# read is a shell builtin, and each external command costs a fork under the emulated CPU.
+read -r cmdline < /proc/cmdline
+for word in $cmdline; do
   case "$word" in
     rf.tmp=*) tmp=${word#rf.tmp=} ;;
     rf.mode=*) mode=${word#rf.mode=} ;;
@@ -34,9 +36,9 @@ done
 # The floor for benchmarks: the same kernel and modules, then power off at once.
 [ "$mode" = floor ] && reboot -f
 
-for module in $(cat /lib/modules/order); do
+while read -r module; do
   insmod "/lib/modules/$module.ko" || fail "loading kernel module $module failed"
-done
+done < /lib/modules/order
 
 # virtio-serial ports show up as /dev/vportNpM once the driver has probed them; their names
 # are in sysfs, because no udev runs here to make /dev/virtio-ports/NAME.
@@ -46,7 +48,8 @@ tries=0
 while [ -z "$exec_port" ] || [ -z "$net_port" ]; do
   for port in /sys/class/virtio-ports/*; do
     [ -e "$port/name" ] || continue
-    case "$(cat "$port/name")" in
+    read -r name < "$port/name"
+    case "$name" in
       ringfence.exec) exec_port=/dev/${port##*/} ;;
       ringfence.net) net_port=/dev/${port##*/} ;;
     esac
@@ -56,51 +59,61 @@ while [ -z "$exec_port" ] || [ -z "$net_port" ]; do
   [ -n "$exec_port" ] && [ -n "$net_port" ] || usleep 10000
 done
 
-mkdir -p /sysroot
 mount -t virtiofs root /sysroot || fail "mounting the virtiofs root share failed"
 
 # The command's CA bundle lives in the share's /run/ringfence, which the guest's own /run covers.
 [ -f /sysroot/run/ringfence/ca-bundle.pem ] && cp /sysroot/run/ringfence/ca-bundle.pem /ca-bundle.pem
 
-tmp_size=${tmp:+,size=$tmp}
-mount -t proc proc /sysroot/proc || fail "mounting /proc failed"
+# One mount process mounts the guest's own /proc, /sys, /dev and /run over the share. devtmpfs has
+# one instance, so the directories made in /dev here are also in /sysroot/dev.
+mkdir -p /dev/pts /dev/shm
+{
+  echo "proc /sysroot/proc proc defaults 0 0"
+  echo "/sysroot/proc/sys /sysroot/proc/sys none bind 0 0"
+  echo "sysfs /sysroot/sys sysfs ro 0 0"
+  echo "devtmpfs /sysroot/dev devtmpfs defaults 0 0"
+  echo "devpts /sysroot/dev/pts devpts newinstance,ptmxmode=0666,mode=0620 0 0"
+  echo "tmpfs /sysroot/dev/shm tmpfs mode=1777${tmp:+,size=$tmp} 0 0"
+  echo "tmpfs /sysroot/run tmpfs mode=0755,size=16m 0 0"
+  # The process limit's cgroup file system, outside /sysroot (see below).
+  [ -z "$pids" ] || echo "cgroup2 /cgroup cgroup2 defaults 0 0"
+} > /etc/fstab.sysroot
+mount -a -T /etc/fstab.sysroot || fail "mounting the guest's /proc, /sys, /dev, /run or cgroup2 failed"
 # The guest kernel's settings are its own, but they stay read-only as in the namespace backend.
-mount -o bind /sysroot/proc/sys /sysroot/proc/sys && mount -o remount,bind,ro /sysroot/proc/sys
-mount -t sysfs -o ro sysfs /sysroot/sys 2>/dev/null
-mount -t devtmpfs devtmpfs /sysroot/dev || fail "mounting /dev failed"
-mkdir -p /sysroot/dev/pts /sysroot/dev/shm
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /sysroot/dev/pts
-ln -sf pts/ptmx /sysroot/dev/ptmx 2>/dev/null
-mount -t tmpfs -o mode=1777$tmp_size tmpfs /sysroot/dev/shm
-mount -t tmpfs -o mode=0755,size=16m tmpfs /sysroot/run || fail "mounting /run failed"
+# busybox mount -a skips a second line for a mount point, so the remount runs on its own.
+mount -o remount,bind,ro /sysroot/proc/sys || fail "making /proc/sys read-only failed"
+ln -sf pts/ptmx /sysroot/dev/ptmx
 mkdir -p /sysroot/run/ringfence
 [ -f /ca-bundle.pem ] && cp /ca-bundle.pem /sysroot/run/ringfence/ca-bundle.pem
-cp /bin/exec-agent /sysroot/run/ringfence/exec-agent
-cp /bin/exec-audit /sysroot/run/ringfence/exec-audit
+cp /bin/exec-agent /bin/exec-audit /sysroot/run/ringfence/
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
-hostname ringfence
+echo ringfence > /proc/sys/kernel/hostname
 
 /bin/net-mux --path "$net_port" --port 3128 &
 
 # The exec agent runs each command under exec-audit, which records every exec in the guest.
-audit="--audit /run/ringfence/exec-audit"
+# With --sync-on-shutdown the agent syncs the file systems at SHUTDOWN and acknowledges it, so
+# the host can end the VM at once instead of waiting for the power-off below.
+agent_options="--audit /run/ringfence/exec-audit --sync-on-shutdown"
 
 # The process limit: the exec agent and everything it starts share one cgroup, whose pids.max
 # is the limit plus two, for the agent and the command's exec-audit supervisor. The cgroup file
-# system is mounted only here, outside /sysroot, so the command does not see it. Guest root
+# system is mounted at /cgroup, outside /sysroot, so the command does not see it. Guest root
 # could still mount it and raise the limit. The agent gets the cgroup's pids.events as
 # descriptor 3, opened before the chroot, to report forks the limit failed.
 if [ -n "$pids" ]; then
-  mkdir -p /cgroup
-  mount -t cgroup2 cgroup2 /cgroup || fail "mounting cgroup2 for the process limit failed"
   echo +pids > /cgroup/cgroup.subtree_control || fail "enabling the pids controller failed"
   mkdir /cgroup/box || fail "creating the command cgroup failed"
   echo $((pids + 2)) > /cgroup/box/pids.max || fail "setting pids.max to $((pids + 2)) failed"
-  # A child shell moves itself into the cgroup and becomes the exec agent; init stays outside.
-  sh -c 'echo $$ > /cgroup/box/cgroup.procs || exit 125; exec chroot /sysroot /run/ringfence/exec-agent --path "$1" $2 --limit-events 3 3</cgroup/box/pids.events' sh "$exec_port" "$audit"
+  # A subshell moves itself into the cgroup (writing 0 to cgroup.procs moves the writer) and
+  # becomes the exec agent; init stays outside.
+  (
+    echo 0 > /cgroup/box/cgroup.procs || exit 125
+    exec chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $agent_options --limit-events 3 3</cgroup/box/pids.events
+  )
   [ $? -eq 125 ] && fail "moving the exec agent into the command cgroup failed"
 else
-  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $audit
+  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $agent_options
 fi
 reboot -f

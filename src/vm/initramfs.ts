@@ -27,7 +27,7 @@ export interface InitramfsInputs {
  */
 export function initramfsEntries(inputs: InitramfsInputs): CpioEntry[] {
   const entries: CpioEntry[] = [];
-  for (const dir of ["bin", "dev", "lib", "lib/modules", "proc", "sys", "sysroot", "tmp"]) entries.push({ kind: "dir", path: dir, mode: 0o755 });
+  for (const dir of ["bin", "cgroup", "dev", "etc", "lib", "lib/modules", "proc", "sys", "sysroot", "tmp"]) entries.push({ kind: "dir", path: dir, mode: 0o755 });
   // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
   entries.push({ kind: "chardev", path: "dev/console", mode: 0o600, major: 5, minor: 1 });
   entries.push({ kind: "file", path: "bin/busybox", mode: 0o755, data: inputs.busybox });

@@ -90,11 +90,23 @@ function writeOrder(dir: string, order: readonly string[]): void {
   writeFileSync(join(dir, "modules.order"), text);
 }
 
-/** Reads a kernel directory made by fetchKernel, or returns null when it is missing or incomplete. */
+/**
+ * Reads a kernel directory made by fetchKernel, or returns null when it is missing or
+ * incomplete. The load order is computed again from GUEST_MODULES and the kept modules. So a
+ * directory kept for a longer module list loads only what the guest needs now, and a directory
+ * that lacks a needed module is fetched again.
+ */
 export function loadKernel(dir: string, release: string): GuestKernel | null {
   try {
-    const order = readFileSync(join(dir, "modules.order"), "utf8").split("\n").filter((line) => line !== "");
+    readFileSync(join(dir, "modules.order"), "utf8");
     statSync(join(dir, "vmlinuz"));
+    const order = moduleLoadOrder(GUEST_MODULES, (name) => {
+      try {
+        return moduleDependencies(readFileSync(join(dir, "modules", `${name}.ko`)));
+      } catch {
+        return null;
+      }
+    });
     return { release, vmlinuz: join(dir, "vmlinuz"), modules: order.map((name) => ({ name, path: join(dir, "modules", `${name}.ko`) })) };
   } catch {
     return null;

@@ -4,8 +4,12 @@
  * `depends=` string is the source of its dependencies.
  */
 
-/** Modules the guest needs, by name: virtio-mmio devices, virtio-serial ports, virtiofs and overlay. */
-export const GUEST_MODULES: readonly string[] = ["virtio_mmio", "virtio_console", "virtiofs", "overlay"];
+/**
+ * Modules the guest needs, by name: virtio-mmio devices, virtio-serial ports and virtiofs. The
+ * guest init loads each one at every boot, so a module nothing in the guest uses only costs
+ * start-up time.
+ */
+export const GUEST_MODULES: readonly string[] = ["virtio_mmio", "virtio_console", "virtiofs"];
 
 /**
  * Returns the value of `depends=` in a module's modinfo section as a list of module names, or

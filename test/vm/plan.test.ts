@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { chooseAccelerator, choiceIsCurrent, parseChoice, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
-import { kernelPackageOf } from "../../src/vm/kernel.js";
+import { kernelPackageOf, loadKernel } from "../../src/vm/kernel.js";
 import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
 import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qemu-args.js";
 import { rootShareCommand, shareMountArguments, SHARE_ROOT } from "../../src/vm/root-share.js";
@@ -42,6 +45,7 @@ describe("qemu arguments", () => {
       plan: BASE,
       check: (args) => assert.deepEqual(values(args, "-device").filter((device) => device.startsWith("virtserialport")), ["virtserialport,chardev=exec,name=ringfence.exec", "virtserialport,chardev=net,name=ringfence.net"]),
     },
+    { name: "serial ports limited", plan: BASE, check: (args) => assert.ok(values(args, "-device").includes("virtio-serial-device,max_ports=3")) },
     { name: "root share device", plan: BASE, check: (args) => assert.ok(values(args, "-device").includes("vhost-user-fs-device,chardev=fs,tag=root")) },
     { name: "floor has no devices", plan: { ...BASE, devices: null }, check: (args) => assert.deepEqual(values(args, "-device"), []) },
     { name: "console to file", plan: BASE, check: (args) => assert.deepEqual(values(args, "-serial"), ["file:/run/x/console.log"]) },
@@ -187,6 +191,33 @@ describe("kernel modules", () => {
   });
   test("cycle rejected", () => {
     assert.throws(() => moduleLoadOrder(["a"], (name) => (name === "a" ? ["b"] : ["a"])), /cycle/);
+  });
+});
+
+describe("kept kernel", () => {
+  const modinfo = (depends: string) => Buffer.from(`\u007fELF junk\0license=GPL\0depends=${depends}\0name=x\0`, "latin1");
+  const depends: Record<string, string> = { virtio_ring: "", virtio: "", virtio_mmio: "virtio,virtio_ring", virtio_console: "virtio,virtio_ring", fuse: "", virtiofs: "fuse,virtio,virtio_ring", overlay: "" };
+
+  /** Writes a kernel directory as fetchKernel leaves it, with the given modules and modules.order. */
+  function keptKernel(names: readonly string[]): string {
+    const dir = mkdtempSync(join(tmpdir(), "ringfence-kernel-"));
+    mkdirSync(join(dir, "modules"));
+    writeFileSync(join(dir, "vmlinuz"), "kernel");
+    for (const name of names) writeFileSync(join(dir, "modules", `${name}.ko`), modinfo(depends[name] ?? ""));
+    writeFileSync(join(dir, "modules.order"), `${names.join("\n")}\n`);
+    return dir;
+  }
+
+  test("order follows guest modules", () => {
+    // A directory kept for a longer module list, which also held overlay.
+    const kernel = loadKernel(keptKernel(Object.keys(depends)), "6.1.0-test");
+    assert.deepEqual(
+      kernel?.modules.map((module) => module.name),
+      ["virtio", "virtio_ring", "virtio_mmio", "virtio_console", "fuse", "virtiofs"],
+    );
+  });
+  test("missing module refetched", () => {
+    assert.equal(loadKernel(keptKernel(["virtio_ring", "virtio", "virtio_mmio", "virtio_console"]), "6.1.0-test"), null);
   });
 });
 
