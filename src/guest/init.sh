@@ -3,7 +3,8 @@
 # for virtio-mmio, virtio-serial and virtiofs, mounts the host's root share at /sysroot with the
 # guest's own /proc, /sys, /dev and /run over it (the share brings /tmp and home as private
 # tmpfs, with the workspace mounted inside where it lives there), starts the net mux and the exec agent on
-# their virtio-serial ports, and powers the VM off when the exec agent exits.
+# their virtio-serial ports, and powers the VM off when the exec agent exits. After a run the
+# host usually ends QEMU before that, at the agent's acknowledgement of SHUTDOWN.
 # Kernel command line: rf.tmp=BYTES (size of /dev/shm) rf.mode=run|floor
 #   rf.pids=N (the most processes the exec agent and the commands may have at once)
 
