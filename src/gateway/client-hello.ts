@@ -148,7 +148,7 @@ function parseServerName(extension: Uint8Array): string | ClientHelloResult {
       const bytes = extension.subarray(start, start + length);
       // host_name is ASCII without control characters or spaces (RFC 6066, section 3).
       if (bytes.some((byte) => byte <= 0x20 || byte >= 0x7f)) return invalid("host_name contains a byte outside printable ASCII");
-      name = Buffer.from(bytes).toString("latin1");
+      name = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("latin1");
     }
     pos = start + length;
   }
@@ -161,7 +161,10 @@ function readU16(data: Uint8Array, offset: number): number {
 }
 
 // Returns the first `length` bytes of the concatenated fragments; the caller ensures they exist.
+// A ClientHello usually fits in its first record, whose bytes are then returned without a copy.
 function concat(fragments: readonly Uint8Array[], length: number): Uint8Array {
+  const first = fragments[0];
+  if (first !== undefined && first.length >= length) return first.subarray(0, length);
   const out = new Uint8Array(length);
   let filled = 0;
   for (const fragment of fragments) {

@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import type { GatewayContext } from "./context.js";
 import { rawDenialResponse, type Denial } from "./deny-response.js";
 import { dialTarget } from "./dial.js";
-import { parseAuthority } from "./target.js";
+import { parseConnectAuthority } from "./target.js";
 import { runTunnel } from "./tunnel.js";
 import { parentFor } from "./upstream-proxy.js";
 import { decideRequest } from "./verdict.js";
@@ -18,7 +18,7 @@ export async function handleConnect(context: GatewayContext, request: IncomingMe
   };
   client.on("error", (error) => context.logger.debug({ err: error }, "CONNECT client socket error"));
 
-  const parsed = parseAuthority(request.url ?? "", null);
+  const parsed = parseConnectAuthority(request.url ?? "");
   if (!parsed.ok) {
     record.update({ host: parsed.rawHost });
     record.deny(`invalid CONNECT target: ${parsed.reason}`);

@@ -1,7 +1,7 @@
 import type { Socket } from "node:net";
 import { canonicalHost } from "../policy/host.js";
 import type { Transform } from "node:stream";
-import { MAX_CLIENT_HELLO_BYTES, parseClientHello } from "./client-hello.js";
+import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from "./client-hello.js";
 import type { GatewayContext } from "./context.js";
 import type { EventRecord } from "./events.js";
 import { relayFor, type ReadRelay } from "./relay.js";
@@ -97,16 +97,17 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
     // A TLS server never speaks before the ClientHello, so a tunnel whose upstream has sent bytes
     // carries a server-first protocol (SSH, SMTP) whose client may stay silent for a while.
     if (upstream.bytesRead > 0 && firstBytes.length === 0) {
-      passThrough();
+      passThrough(false);
       return;
     }
     destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`);
   }, limits.handshakeTimeoutMs);
 
-  const passThrough = () => {
+  // `isClientHello` is true when the held bytes parsed as a complete TLS ClientHello.
+  const passThrough = (isClientHello: boolean) => {
     client.off("data", onData);
     client.off("end", onEndBeforeInspection);
-    const scanner = parseClientHello(firstBytes).kind === "client-hello" ? null : streamScanner(context, options, destroyBoth);
+    const scanner = isClientHello ? null : streamScanner(context, options, destroyBoth);
     if (scanner === null) {
       if (firstBytes.length > 0) upstream.write(firstBytes);
       client.pipe(upstream);
@@ -165,7 +166,8 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   };
 
   const inspect = (): boolean => {
-    const verdict = checkClientHello(firstBytes, target);
+    const parsed = parseClientHello(firstBytes);
+    const verdict = checkClientHello(firstBytes, target, parsed);
     if (verdict === "wait") return false;
 
     clearTimeout(handshakeTimer);
@@ -178,7 +180,7 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
       return true;
     }
 
-    passThrough();
+    passThrough(parsed.kind === "client-hello");
     return true;
   };
   const onData = (chunk: Buffer) => {
@@ -223,10 +225,10 @@ function streamScanner(context: GatewayContext, options: TunnelOptions, destroyB
 
 /**
  * Checks the held start of a client stream. Returns "wait" for more bytes, "ok" to pass the
- * stream on, or the reason to refuse it.
+ * stream on, or the reason to refuse it. `parsed` is parseClientHello of `firstBytes`, for a
+ * caller that has parsed them already.
  */
-export function checkClientHello(firstBytes: Buffer, target: Target): "wait" | "ok" | string {
-  const parsed = parseClientHello(firstBytes);
+export function checkClientHello(firstBytes: Buffer, target: Target, parsed: ClientHelloResult = parseClientHello(firstBytes)): "wait" | "ok" | string {
 
   switch (parsed.kind) {
     case "incomplete":

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseAbsoluteUrl, parseAuthority } from "../../src/gateway/target.js";
+import { parseAbsoluteUrl, parseAuthority, parseConnectAuthority } from "../../src/gateway/target.js";
 
 describe("parseAuthority", () => {
   const cases: { raw: string; defaultPort: number | null; expected: { display: string; port: number } | RegExp }[] = [
@@ -35,6 +35,41 @@ describe("parseAuthority", () => {
       assert.equal(result.target.port, testCase.expected.port);
     });
   }
+});
+
+describe("parseConnectAuthority", () => {
+  it("returns one frozen target per authority", () => {
+    const first = parseConnectAuthority("Kept.Example.com:443");
+    const second = parseConnectAuthority("Kept.Example.com:443");
+    assert.ok(first.ok);
+    assert.ok(second.ok);
+    assert.equal(second, first);
+    assert.equal(first.target.display, "kept.example.com");
+    assert.ok(Object.isFrozen(first.target));
+    assert.ok(Object.isFrozen(first.target.host));
+    assert.throws(() => {
+      (first.target as { port: number }).port = 80;
+    }, TypeError);
+  });
+
+  it("matches parseAuthority on every input", () => {
+    for (const raw of ["api.example.com:8443", "[::ffff:127.0.0.1]:80", "0x7f.1:80", "api.example.com", "::1:443", "user@api.example.com:443"]) {
+      assert.deepEqual(parseConnectAuthority(raw), parseAuthority(raw, null), raw);
+      assert.deepEqual(parseConnectAuthority(raw), parseAuthority(raw, null), `${raw}, second time`);
+    }
+  });
+
+  it("stays correct past its size bound", () => {
+    for (let i = 0; i < 600; i++) {
+      const result = parseConnectAuthority(`host${i}.example.com:${1 + (i % 1000)}`);
+      assert.ok(result.ok);
+      assert.equal(result.target.display, `host${i}.example.com`);
+      assert.equal(result.target.port, 1 + (i % 1000));
+    }
+    const again = parseConnectAuthority("host3.example.com:4");
+    assert.ok(again.ok);
+    assert.equal(again.target.display, "host3.example.com");
+  });
 });
 
 describe("parseAbsoluteUrl", () => {
