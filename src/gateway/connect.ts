@@ -1,4 +1,3 @@
-import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { GatewayContext } from "./context.js";
 import { rawDenialResponse, type Denial } from "./deny-response.js";
@@ -10,15 +9,54 @@ import { decideRequest } from "./verdict.js";
 
 const ESTABLISHED = Buffer.from("HTTP/1.1 200 Connection Established\r\n\r\n", "latin1");
 
-/** Handles one CONNECT request: decide, dial a checked address, send 200, then run the tunnel. */
-export async function handleConnect(context: GatewayContext, request: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
+/** A CONNECT request head read without Node's HTTP parser. */
+export interface ConnectHead {
+  /** The request target, an authority such as `api.example.com:443`. */
+  url: string;
+  /** Bytes that followed the head in the same read, the start of the tunnel's client stream. */
+  rest: Buffer;
+}
+
+/** Largest head readConnectHead reads itself; longer heads go to Node's HTTP parser. */
+export const MAX_DIRECT_HEAD_BYTES = 4096;
+const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.[01]$/;
+// A field name (RFC 9110 token), a colon, and a value of tabs and printable ASCII only.
+const HEADER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*$/;
+const BODY_HEADER = /^(?:content-length|transfer-encoding):/i;
+
+/**
+ * Reads a CONNECT head that arrived whole in one chunk, in the plain form clients send: the
+ * request line, simple header lines and an empty line. Returns null for anything else (a partial
+ * head, a long one, unusual characters, folded lines, a body header), which the caller leaves to
+ * Node's HTTP parser, so that parser still decides and rejects every unusual request. Heads
+ * longer than `maxBytes` (at most MAX_DIRECT_HEAD_BYTES) also go there, to meet its size limit.
+ */
+export function readConnectHead(chunk: Buffer, maxBytes = MAX_DIRECT_HEAD_BYTES): ConnectHead | null {
+  const end = chunk.indexOf("\r\n\r\n");
+  if (end === -1 || end + 4 > Math.min(maxBytes, MAX_DIRECT_HEAD_BYTES)) return null;
+
+  const lines = chunk.toString("latin1", 0, end).split("\r\n");
+  const requestLine = REQUEST_LINE.exec(lines[0] as string);
+  if (requestLine === null) return null;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] as string;
+    if (!HEADER_LINE.test(line) || BODY_HEADER.test(line)) return null;
+  }
+  return { url: requestLine[1] as string, rest: chunk.subarray(end + 4) };
+}
+
+/**
+ * Handles one CONNECT request for the request target `url`: decide, dial a checked address, send
+ * 200, then run the tunnel. `head` contains the client bytes that followed the request head.
+ */
+export async function handleConnect(context: GatewayContext, url: string, client: Socket, head: Buffer): Promise<void> {
   const record = context.startEvent({ protocol: "connect", host: "", port: 0 });
   const rejectRequest = (denial: Denial, description: string) => {
     if (!client.destroyed) client.end(rawDenialResponse(denial, description));
   };
   client.on("error", (error) => context.logger.debug({ err: error }, "CONNECT client socket error"));
 
-  const parsed = parseConnectAuthority(request.url ?? "");
+  const parsed = parseConnectAuthority(url);
   if (!parsed.ok) {
     record.update({ host: parsed.rawHost });
     record.deny(`invalid CONNECT target: ${parsed.reason}`);

@@ -5,7 +5,7 @@ import { pino, type Logger } from "pino";
 import type { CanonicalHost } from "../policy/host.js";
 import { NetworkRules } from "../policy/network-decision.js";
 import type { Policy } from "../policy/types.js";
-import { handleConnect } from "./connect.js";
+import { handleConnect, readConnectHead } from "./connect.js";
 import { credentialEventEmitter, eventFactory, type GatewayContext } from "./context.js";
 import { rawDenialResponse, type Denial } from "./deny-response.js";
 import type { Resolver } from "./dial.js";
@@ -177,6 +177,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
 }
 
+/** "C", the first byte of a CONNECT request line. */
+const CONNECT_FIRST_BYTE = 0x43;
+
 // Timers for the first request head of each HTTP connection, cleared when the head is parsed.
 const headTimers = new WeakMap<Socket, NodeJS.Timeout>();
 
@@ -210,7 +213,7 @@ function createHttpDispatcher(context: GatewayContext): HttpServer {
   });
   server.on("connect", (request: IncomingMessage, socket: Socket, head: Buffer) => {
     headArrived(socket);
-    guard("CONNECT", handleConnect(context, request, socket, head));
+    guard("CONNECT", handleConnect(context, request.url ?? "", socket, head));
   });
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => rejectMalformed(context, error, socket));
   return server;
@@ -262,6 +265,20 @@ function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Se
   socket.once("data", (chunk: Buffer) => {
     clearTimeout(handshakeTimer);
     socket.pause();
+
+    // A CONNECT head that arrived whole in the plain form is read here, because Node's HTTP server
+    // cost about 5 to 10 % of the gateway's CPU time per short tunnel.
+    const connectHead = overLimit || chunk[0] !== CONNECT_FIRST_BYTE ? null : readConnectHead(chunk, limits.maxHeaderBytes);
+    if (connectHead !== null) {
+      // Resumed, a refused client's end of stream is read and its socket closes. handleConnect
+      // pauses the socket before it awaits anything, so a tunnel loses no byte before it listens.
+      socket.resume();
+      handleConnect(context, connectHead.url, socket, connectHead.rest).catch((error: unknown) => {
+        logger.error({ err: error }, "CONNECT handler failed");
+        socket.destroy();
+      });
+      return;
+    }
     socket.unshift(chunk);
 
     if (overLimit) {

@@ -5,7 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { after, before, describe, it } from "node:test";
-import { connectThrough, curl, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
+import { readConnectHead } from "../../src/gateway/connect.js";
+import { connectThrough, curl, getOverTls, openSocket, policyFromYaml, rawExchange, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { patternBytes, startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
 
@@ -266,6 +267,30 @@ describe("CONNECT refusals before the tunnel", () => {
     assert.equal(event.host, "api.example.com");
   });
 
+  // The gateway reads the first head itself. The second has a byte outside ASCII, so Node's HTTP
+  // parser reads it. Both carry a request in the same write as the head.
+  const pipelined: { name: string; extraHeader: Buffer }[] = [
+    { name: "a plain head", extraHeader: Buffer.from("X-Note: plain\r\n", "latin1") },
+    { name: "a head left to Node's parser", extraHeader: Buffer.from("X-Note: caf\xe9\r\n", "latin1") },
+  ];
+  for (const testCase of pipelined) {
+    it(`tunnels bytes sent with ${testCase.name}`, async () => {
+      const before = gw.events.length;
+      const request = Buffer.concat([
+        Buffer.from(`CONNECT api.example.com:${http.port} HTTP/1.1\r\nHost: api.example.com:${http.port}\r\n`, "latin1"),
+        testCase.extraHeader,
+        Buffer.from(`\r\nGET /pipelined HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n`, "latin1"),
+      ]);
+      const response = await rawExchange(gw.port, request);
+      assert.match(response, /^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200/);
+
+      const event = await gw.nextEvent((e) => gw.events.indexOf(e) >= before && e.protocol === "connect");
+      assert.equal(event.decision, "allow");
+      assert.equal(event.port, http.port);
+      assert.ok(event.bytesUp > 0);
+    });
+  }
+
   for (const testCase of cases) {
     it(`refuses ${testCase.name}`, async () => {
       const before = gw.events.length;
@@ -277,6 +302,48 @@ describe("CONNECT refusals before the tunnel", () => {
       assert.equal(event.protocol, "connect");
       assert.equal(event.decision, "deny");
       assert.match(event.reason ?? "", testCase.reason);
+    });
+  }
+});
+
+describe("readConnectHead", () => {
+  it("reads a plain head and the bytes after it", () => {
+    const head = readConnectHead(Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\nUser-Agent: curl/7.88.1\r\n\r\n\x16\x03\x01", "latin1"));
+    assert.ok(head !== null);
+    assert.equal(head.url, "api.example.com:443");
+    assert.deepEqual([...head.rest], [0x16, 0x03, 0x01]);
+  });
+
+  it("reads an HTTP/1.0 head without headers", () => {
+    assert.equal(readConnectHead(Buffer.from("CONNECT [::1]:443 HTTP/1.0\r\n\r\n"))?.url, "[::1]:443");
+  });
+
+  it("leaves a head over the header limit to Node", () => {
+    const raw = Buffer.from(`CONNECT api.example.com:443 HTTP/1.1\r\nX-Big: ${"a".repeat(1100)}\r\n\r\n`);
+    assert.ok(readConnectHead(raw) !== null);
+    assert.equal(readConnectHead(raw, 1024), null);
+  });
+
+  const leftToNode: { name: string; raw: Buffer }[] = [
+    { name: "a partial head", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nHost: a\r\n") },
+    { name: "a head over 4096 bytes", raw: Buffer.from(`CONNECT api.example.com:443 HTTP/1.1\r\nX-Big: ${"a".repeat(4096)}\r\n\r\n`) },
+    { name: "a lower-case method", raw: Buffer.from("connect api.example.com:443 HTTP/1.1\r\n\r\n") },
+    { name: "another method", raw: Buffer.from("CONNECTX api.example.com:443 HTTP/1.1\r\n\r\n") },
+    { name: "HTTP/2.0", raw: Buffer.from("CONNECT api.example.com:443 HTTP/2.0\r\n\r\n") },
+    { name: "two spaces in the request line", raw: Buffer.from("CONNECT  api.example.com:443 HTTP/1.1\r\n\r\n") },
+    { name: "userinfo in the target", raw: Buffer.from("CONNECT user@api.example.com:443 HTTP/1.1\r\n\r\n") },
+    { name: "a percent sign in the target", raw: Buffer.from("CONNECT api%2eexample.com:443 HTTP/1.1\r\n\r\n") },
+    { name: "a folded header line", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n") },
+    { name: "a header without a colon", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nbroken header\r\n\r\n") },
+    { name: "a space before the colon", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nHost : a\r\n\r\n") },
+    { name: "a bare LF in a header", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n") },
+    { name: "a byte outside ASCII", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nX-A: caf\xe9\r\n\r\n", "latin1") },
+    { name: "a Content-Length header", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\ncontent-length: 5\r\n\r\n") },
+    { name: "a Transfer-Encoding header", raw: Buffer.from("CONNECT api.example.com:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") },
+  ];
+  for (const testCase of leftToNode) {
+    it(`leaves ${testCase.name} to Node`, () => {
+      assert.equal(readConnectHead(testCase.raw), null);
     });
   }
 });
