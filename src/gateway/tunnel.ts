@@ -58,19 +58,21 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
     upstream.destroy();
   };
 
-  client.on("close", onClose);
-  upstream.on("close", onClose);
   // Closing Node's copies of the descriptors does not close the connection while the relay has
-  // its own, so the relay is stopped too. That covers the total time limit and a closing gateway.
-  client.on("close", () => stopRelay?.());
-  upstream.on("close", () => stopRelay?.());
-
+  // its own, so each close stops the relay too. That covers the total time limit and a closing
+  // gateway.
   // A client that is gone cannot receive anything more. An upstream that closes (both ways, or
   // by an error) has already ended the client's side through pipe() or the relay. Once that has
   // flushed, the client socket closes too, because nothing it sends could reach the upstream any
   // more. An upstream that only ends its side keeps the tunnel open for the client's bytes.
-  client.on("close", () => upstream.destroy());
+  client.on("close", () => {
+    onClose();
+    stopRelay?.();
+    upstream.destroy();
+  });
   upstream.on("close", () => {
+    onClose();
+    stopRelay?.();
     if (client.writableFinished) client.destroy();
     else client.once("finish", () => client.destroy());
   });
