@@ -243,23 +243,26 @@ function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Se
   const { limits, logger } = context;
   const overLimit = sockets.size >= limits.maxConnections;
   sockets.add(socket);
-  socket.once("close", () => sockets.delete(socket));
   socket.on("error", (error) => logger.debug({ err: error }, "client socket error"));
 
+  let totalTimer: NodeJS.Timeout | undefined;
   if (limits.totalTimeoutMs > 0) {
-    const timer = setTimeout(() => {
+    totalTimer = setTimeout(() => {
       logger.warn({ limitMs: limits.totalTimeoutMs }, "client connection reached the total time limit; closing it");
       socket.destroy();
     }, limits.totalTimeoutMs);
-    timer.unref();
-    socket.once("close", () => clearTimeout(timer));
+    totalTimer.unref();
   }
 
   const handshakeTimer = setTimeout(() => {
     context.startEvent({ protocol: "http", host: "", port: 0 }).deny(`client sent no request within ${limits.handshakeTimeoutMs} ms`);
     socket.destroy();
   }, limits.handshakeTimeoutMs);
-  socket.once("close", () => clearTimeout(handshakeTimer));
+  socket.once("close", () => {
+    sockets.delete(socket);
+    clearTimeout(totalTimer);
+    clearTimeout(handshakeTimer);
+  });
 
   // The first byte identifies the protocol: 0x05 starts a SOCKS5 greeting, anything else is HTTP.
   socket.once("data", (chunk: Buffer) => {
