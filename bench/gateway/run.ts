@@ -2,7 +2,7 @@
 // through a CONNECT tunnel of the ringfence gateway, and through Squid as an allowlisting CONNECT
 // proxy. Modes are interleaved within each repetition, so ratios come from the same run.
 //
-// Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200]
+// Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200] [--warmup 1]
 // Needs curl and Squid (Debian package "squid") on PATH. Everything listens on 127.0.0.1.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -26,6 +26,9 @@ function option(name: string, fallback: number): number {
 const sizeMiB = option("size-mib", 256);
 const repetitions = option("repetitions", 5);
 const connectionsPerRound = option("connections", 200);
+// New connections per mode before any measurement. The gateway's CPU time per tunnel falls over
+// its first few thousand tunnels, so a larger warm-up measures a long-running gateway.
+const warmupConnections = option("warmup", 1);
 
 const benchDir = fileURLToPath(new URL(".", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "ringfence-bench-gateway-"));
@@ -228,8 +231,10 @@ async function main(): Promise<void> {
   const proxyCpuConnectionsMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
   const proxySystemCpuConnectionsMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
 
-  // Warm up every path once, so that first-use costs are not measured.
-  for (const mode of MODES) await oneConnection(mode, ports, serverPort, ca.certPem);
+  // Warm up every path, so that first-use costs are not measured.
+  for (const mode of MODES) {
+    for (let i = 0; i < warmupConnections; i++) await oneConnection(mode, ports, serverPort, ca.certPem);
+  }
 
   const throughput: Record<Mode, number[]> = { direct: [], gateway: [], squid: [] };
   for (let repetition = 0; repetition < repetitions; repetition++) {
@@ -281,7 +286,7 @@ async function main(): Promise<void> {
   });
 
   const fixed = (value: number, digits: number) => value.toFixed(digits);
-  console.log(`gateway benchmark: ${sizeMiB} MiB download x ${repetitions}, ${connectionsPerRound} new connections x ${repetitions} per mode`);
+  console.log(`gateway benchmark: ${sizeMiB} MiB download x ${repetitions}, ${connectionsPerRound} new connections x ${repetitions} per mode, after ${warmupConnections} warm-up connection${warmupConnections === 1 ? "" : "s"} per mode`);
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? "unknown CPU"}, node ${process.version}`);
   console.log("");
   console.log(`load average before the run: ${loadBefore}`);
@@ -294,7 +299,7 @@ async function main(): Promise<void> {
     );
   }
   console.log("");
-  console.log(JSON.stringify({ sizeMiB, repetitions, connectionsPerRound, throughputBytesPerSecond: throughput, connectionsPerSecond: rates, rows }));
+  console.log(JSON.stringify({ sizeMiB, repetitions, connectionsPerRound, warmupConnections, throughputBytesPerSecond: throughput, connectionsPerSecond: rates, rows }));
 }
 
 try {
