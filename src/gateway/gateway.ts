@@ -315,6 +315,9 @@ function rejectOverLimit(context: GatewayContext, socket: Socket, socks: boolean
   const reason = `the sandbox already has ${context.limits.maxConnections} open connections through the gateway, the maximum`;
   context.startEvent({ protocol: socks ? "socks5" : "http", host: "", port: 0 }).deny(reason);
   context.logger.warn({ maxConnections: context.limits.maxConnections }, "connection limit reached; rejecting a connection");
+  // The socket was paused to read its first byte. Reading again (and discarding) lets it see the
+  // client's end of stream and close, and free its place in the count of open connections.
+  socket.resume();
 
   if (socks) {
     // Method selection reply "no acceptable methods" ends a SOCKS5 client's attempt at once.

@@ -154,6 +154,56 @@ describe("connection limit", () => {
   });
 });
 
+describe("connection limit after closed connections", () => {
+  let gw: TestGateway;
+  before(async () => {
+    gw = await startTestGateway(policyFromYaml(policyYaml()), { limits: { maxConnections: 1 } });
+  });
+  after(async () => {
+    await gw.close();
+  });
+
+  // Each refused CONNECT's socket must close on the gateway's side once the client hangs up, or
+  // it would hold the only slot. The slot frees after the gateway reads the client's FIN, so each
+  // request is retried, a bounded number of times, while the gateway returns 503.
+  const sendUntilAdmitted = async (request: string): Promise<number> => {
+    let status = 503;
+    for (let attempt = 0; attempt < 200 && status === 503; attempt++) {
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      const socket = await openSocket(gw.port);
+      const response = readResponseHead(socket);
+      socket.write(request);
+      status = (await response).status;
+      const closed = readToEnd(socket);
+      socket.resume();
+      await closed;
+    }
+    return status;
+  };
+
+  it("frees the slot of a rejected connection", async () => {
+    const held = await openSocket(gw.port);
+    held.write("GET http://api.example.com/ HTTP/1.1\r\n");
+    const rejected = await openSocket(gw.port);
+    const response = readResponseHead(rejected);
+    rejected.write(`GET http://api.example.com:${upstream.port}/ HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\n\r\n`);
+    assert.equal((await response).status, 503);
+    const closed = readToEnd(rejected);
+    rejected.resume();
+    await closed;
+    held.destroy();
+
+    assert.equal(await sendUntilAdmitted(`GET http://api.example.com:${upstream.port}/slot HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\nConnection: close\r\n\r\n`), 200);
+  });
+
+  it("frees the slot of each refused CONNECT", async () => {
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await sendUntilAdmitted(`CONNECT evil.example.org:${upstream.port} HTTP/1.1\r\nHost: evil.example.org\r\n\r\n`), 403);
+    }
+    assert.equal(await sendUntilAdmitted(`GET http://api.example.com:${upstream.port}/slot HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\nConnection: close\r\n\r\n`), 200);
+  });
+});
+
 describe("timeouts", () => {
   let gw: TestGateway;
   before(async () => {
