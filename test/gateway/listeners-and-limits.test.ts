@@ -168,7 +168,7 @@ describe("connection limit after closed connections", () => {
   // request is retried, a bounded number of times, while the gateway returns 503.
   const sendUntilAdmitted = async (request: string): Promise<number> => {
     let status = 503;
-    for (let attempt = 0; attempt < 200 && status === 503; attempt++) {
+    for (let attempt = 0; attempt < 1000 && status === 503; attempt++) {
       if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 10));
       const socket = await openSocket(gw.port);
       const response = readResponseHead(socket);
