@@ -87,6 +87,12 @@ export class AuditLog {
   #writeTimer: NodeJS.Timeout | null = null;
   /** First failed write or serialisation, and what to do about it; every later append and close raises it. */
   #failure: { error: Error; advice: string } | null = null;
+  /**
+   * Called once, with the error, when a write or a record's serialisation first fails. The log
+   * accepts no record after that, so a caller that runs a box stops it here: the failure happens
+   * in a timer, and without this hook nothing notices it until the next append.
+   */
+  onFailure: ((error: Error) => void) | null = null;
 
   private constructor(dir: string, runId: string, key: HostKey, fd: number) {
     this.dir = dir;
@@ -143,12 +149,14 @@ export class AuditLog {
     try {
       let written = 0;
       while (written < bytes.length) written += writeSync(fd, bytes, written);
+      this.#scheduleSync();
     } catch (error) {
       const cause = error instanceof Error ? error : new Error(String(error));
       this.#failure = { error: new Error(`audit log of run ${this.runId} could not be written (${cause.message})`, { cause }), advice: `Check the space and permissions of ${this.dir}` };
-      return;
     }
-    this.#scheduleSync();
+    // flush() returns early once #failure is set, so the hook runs once.
+    const failure = this.#failure;
+    if (failure !== null) this.onFailure?.(new Error(`${failure.error.message}. ${failure.advice}`, { cause: failure.error.cause }));
   }
 
   /**

@@ -64,7 +64,7 @@ export class RunSession {
   readonly privatePaths: readonly string[];
   readonly blocked: BlockedSummary;
   readonly logger: Logger;
-  /** Aborted when the policy requires the box to stop, such as a credential leak with on_leak: end-run. */
+  /** Aborted when the box must stop: a credential leak with on_leak: end-run, or a failed audit log. */
   readonly stopSignal: AbortSignal;
   readonly started = new Date();
 
@@ -88,6 +88,11 @@ export class RunSession {
     this.runDir = new RunDirectory(runsRoot);
     this.#audit = AuditLog.create(this.runDir.path, this.runDir.id, loadOrCreateHostKey(auditKeyDir(this.hostEnv, this.home)));
     this.stopSignal = this.#leakStop.signal;
+    // A box must not go on unrecorded. A box can cause the failure itself, for one by filling
+    // the file system that holds both its workspace and the run directory.
+    this.#audit.onFailure = (error) => {
+      if (!this.#leakStop.signal.aborted) this.#leakStop.abort(`the audit log stopped recording: ${error.message}`);
+    };
     this.logger = pino({ level: "info" }, pino.destination({ dest: join(this.runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
     this.blocked = new BlockedSummary({ hint: this.policy.files.length === 0 });
     this.#summary = {

@@ -248,6 +248,22 @@ test("audit log: unserialisable fields stop the log", () => {
   assert.equal(report.validCount, 1);
 });
 
+test("audit log: unserialisable fields call onFailure once", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const failures: string[] = [];
+  log.onFailure = (error) => failures.push(error.message);
+  log.append("network", { n: 0 });
+  log.append("network", { n: 1n });
+  log.flush();
+  assert.equal(failures.length, 1);
+  assert.match(failures[0] as string, /record 1 of run run-test-1, of type network, could not be serialised \(.*BigInt.*\)\. Pass fields that JSON.stringify turns into an object/);
+
+  assert.throws(() => log.append("network", { n: 2 }), /could not be serialised/);
+  assert.throws(() => log.close(), /could not be serialised/);
+  assert.equal(failures.length, 1);
+});
+
 test("audit log: a failed write stops the log", async () => {
   const dir = tempDir();
   // The shell limits the writer's file size to 4 KiB, so a write past it fails with EFBIG (Node
@@ -256,9 +272,10 @@ test("audit log: a failed write stops the log", async () => {
     import { AuditLog } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/audit-log.ts"))};
     import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
     const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
+    const errors = [];
+    log.onFailure = (error) => errors.push("onFailure: " + error.message);
     for (let i = 0; i < 100; i++) log.append("network", { n: i, padding: "x".repeat(100) });
     log.flush();
-    const errors = [];
     try { log.append("network", { n: 100 }); } catch (error) { errors.push(error.message); }
     try { log.close(); } catch (error) { errors.push(error.message); }
     process.stdout.write(JSON.stringify(errors));
@@ -270,9 +287,10 @@ test("audit log: a failed write stops the log", async () => {
   assert.equal(code, 0);
 
   const errors = JSON.parse(output) as string[];
-  assert.equal(errors.length, 2, output);
-  assert.match(errors[0] as string, /could not be written \(.*EFBIG.*\); network was not recorded. Check the space and permissions of /);
-  assert.match(errors[1] as string, /could not be written \(.*EFBIG.*\); head was not recorded/);
+  assert.equal(errors.length, 3, output);
+  assert.match(errors[0] as string, /^onFailure: audit log of run run-test-1 could not be written \(.*EFBIG.*\)\. Check the space and permissions of /);
+  assert.match(errors[1] as string, /could not be written \(.*EFBIG.*\); network was not recorded. Check the space and permissions of /);
+  assert.match(errors[2] as string, /could not be written \(.*EFBIG.*\); head was not recorded/);
   assert.equal(existsSync(join(dir, AUDIT_HEAD_FILE)), false);
 });
 

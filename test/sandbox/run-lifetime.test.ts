@@ -1,8 +1,8 @@
 // The box's lifetime against ringfence's: a real `ringfence run` with real bubblewrap and the exec
 // audit supervisor, killed from outside or stopped by its own timeout.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -98,4 +98,27 @@ test("timeout stop holds box execs", async () => {
   assert.doesNotMatch(run.stdout, /survived/, show(run));
   assert.doesNotMatch(run.stderr, /Function not implemented/, show(run));
   assert.match(run.stderr, /timeout/, show(run));
+});
+
+test("failed audit log stops the box", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
+  // One small tmpfs contains the home, with the runs directory and the audit key, and the workspace,
+  // so the box can fill the file system its audit log is written to. A record can still fit in
+  // the free end of the log's last page, so the box then execs a shell whose argv holds 16 KiB:
+  // its exec record needs new pages, and writing it fails.
+  const disk = mkdtempSync(join(tmpdir(), "ringfence-full-"));
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", disk], { encoding: "utf8" });
+  assert.equal(mounted.status, 0, `mounting a tmpfs on ${disk} failed: ${mounted.stderr}`);
+  try {
+    const user: BoxUser = { ...me, home: join(disk, "home") };
+    const workspace = join(disk, "workspace");
+    mkdirSync(user.home);
+    mkdirSync(workspace);
+    // Without the stop, sleep runs until the harness kills ringfence, and the status is null.
+    const run = await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; exec sh -c "exec sleep 3011" "$(printf %016384d 0)"`]);
+    assert.equal(run.status, 125, show(run));
+    assert.match(run.stderr, /audit log of run \S+ could not be written \(ENOSPC/, show(run));
+  } finally {
+    spawnSync("umount", [disk]);
+    rmdirSync(disk);
+  }
 });
