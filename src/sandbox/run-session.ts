@@ -89,7 +89,7 @@ export class RunSession {
     this.#audit = AuditLog.create(this.runDir.path, this.runDir.id, loadOrCreateHostKey(auditKeyDir(this.hostEnv, this.home)));
     this.stopSignal = this.#leakStop.signal;
     // A box must not go on unrecorded. A box can cause the failure itself, for one by filling
-    // the file system that holds both its workspace and the run directory.
+    // the file system that contains both its workspace and the run directory.
     this.#audit.onFailure = (error) => {
       if (!this.#leakStop.signal.aborted) this.#leakStop.abort(`the audit log stopped recording: ${error.message}`);
     };
@@ -290,7 +290,14 @@ export class RunSession {
     this.#closed = true;
     await this.#gateway?.close();
     this.#broker?.close();
-    this.#audit.close();
+    try {
+      this.#audit.close();
+    } catch (cause) {
+      // A failed audit log has stopped the box (see onFailure), and its cause is the user's to
+      // fix, such as a full disk, so it is reported like other run failures, not as a bug.
+      this.runDir.close();
+      throw new SandboxError("audit-log", cause instanceof Error ? cause.message : String(cause));
+    }
     this.runDir.close();
     this.logger.flush();
   }

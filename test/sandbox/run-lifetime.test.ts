@@ -103,7 +103,7 @@ test("timeout stop holds box execs", async () => {
 test("failed audit log stops the box", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
   // One small tmpfs contains the home, with the runs directory and the audit key, and the workspace,
   // so the box can fill the file system its audit log is written to. A record can still fit in
-  // the free end of the log's last page, so the box then execs a shell whose argv holds 16 KiB:
+  // the free end of the log's last page, so the box then execs a shell whose argv contains 16 KiB:
   // its exec record needs new pages, and writing it fails.
   const disk = mkdtempSync(join(tmpdir(), "ringfence-full-"));
   const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", disk], { encoding: "utf8" });
@@ -116,7 +116,8 @@ test("failed audit log stops the box", { skip: current.uid === 0 ? false : "moun
     // Without the stop, sleep runs until the harness kills ringfence, and the status is null.
     const run = await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; exec sh -c "exec sleep 3011" "$(printf %016384d 0)"`]);
     assert.equal(run.status, 125, show(run));
-    assert.match(run.stderr, /audit log of run \S+ could not be written \(ENOSPC/, show(run));
+    assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
+    assert.doesNotMatch(run.stderr, /internal error/, show(run));
   } finally {
     spawnSync("umount", [disk]);
     rmdirSync(disk);
