@@ -161,8 +161,8 @@ export function enforcementOf(backend: SandboxBackend["name"]): Record<string, s
       network: "no network device in the guest; the net mux carries connections over a virtio-serial port to the host-side gateway",
       credentials: "host-side broker in the gateway; the guest holds placeholders and trusts a per-run CA",
       env: "the guest command's environment is built from env.pass and env.set only",
-      resources: "guest RAM and vCPUs from resources; wall-clock timeout by ringfence; resources.processes not enforced",
-      process: "QEMU microvm with its own kernel, QEMU's seccomp sandbox, no_new_privs; execs in the guest are not recorded",
+      resources: "guest RAM and vCPUs from resources; wall-clock timeout by ringfence; resources.processes by a pids cgroup in the guest, which guest root can raise",
+      process: "QEMU microvm with its own kernel, QEMU's seccomp sandbox, no_new_privs; execs in the guest are recorded by exec-audit inside the guest, as claims of the guest kernel",
       audit: "hash-chained log in the host run directory, outside the VM, signed with the host key at the end",
     };
   }

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EventRecord, type CredentialEvent, type NetworkEvent } from "../../src/gateway/events.js";
-import { eventFields } from "../../src/sandbox/run.js";
+import { enforcementOf, eventFields } from "../../src/sandbox/run.js";
 
 /** Copies the record fields with the object rest pattern: every own property but the envelope's, then startedAt. */
 function restCopy(event: NetworkEvent | CredentialEvent): Record<string, unknown> {
@@ -45,4 +45,14 @@ test("event fields: credential event keeps every field", () => {
   const event: CredentialEvent = { type: "credential", version: 1, time: "2026-12-05T06:00:00.000Z", runId: "run-1", sandboxId: "main", action: "injected", credential: "API_KEY", host: "api.example.com", port: 443, protocol: "https", method: "POST", path: "/v1", location: "header x-api-key", count: 1, reason: null };
   assert.equal(JSON.stringify(eventFields(event)), JSON.stringify(restCopy(event)));
   assert.equal(eventFields(event).startedAt, "2026-12-05T06:00:00.000Z");
+});
+
+test("vm enforcement names guest execs and process limit", () => {
+  // run.start carries this text into the audit log, so it must match what the guest enforces:
+  // its init puts the exec agent in a pids cgroup, and the agent runs commands under exec-audit.
+  const enforcement = enforcementOf("vm");
+  assert.doesNotMatch(enforcement.process ?? "", /not recorded/);
+  assert.match(enforcement.process ?? "", /execs in the guest are recorded by exec-audit inside the guest/);
+  assert.doesNotMatch(enforcement.resources ?? "", /not enforced/);
+  assert.match(enforcement.resources ?? "", /resources\.processes by a pids cgroup in the guest/);
 });
