@@ -15,12 +15,12 @@ const CACHE_NAME = /^cli-other-[0-9a-f]{32}\.bin$/;
 const HOME = userInfo().homedir;
 const MOUNT_THEN_RUN = 'mkdir -p "$1/.cache" && mount --bind "$2" "$1/.cache" && shift 2 && exec "$@"';
 
-function runVersion(cacheHome: string, extraEnv: Record<string, string> = {}, bin = BIN): { code: number | null; stdout: string; stderr: string } {
+function runVersion(cacheHome: string, extraEnv: Record<string, string> = {}, bin = BIN, args: readonly string[] = ["--version"]): { code: number | null; stdout: string; stderr: string } {
   const env: Record<string, string | undefined> = { ...process.env, HOME, ...extraEnv };
   if (extraEnv.XDG_CACHE_HOME === undefined) delete env.XDG_CACHE_HOME;
   // Root gets a plain mount namespace; anyone else a user namespace that maps them to themselves.
   const namespaces = process.getuid?.() === 0 ? ["--mount"] : ["--map-current-user", "--mount"];
-  const result = spawnSync("unshare", [...namespaces, "--propagation", "private", "sh", "-c", MOUNT_THEN_RUN, "sh", HOME, cacheHome, bin, "--version"], { encoding: "utf8", env });
+  const result = spawnSync("unshare", [...namespaces, "--propagation", "private", "sh", "-c", MOUNT_THEN_RUN, "sh", HOME, cacheHome, bin, ...args], { encoding: "utf8", env });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -211,4 +211,23 @@ test("code cache: planted cache runs only from the default place", () => {
   writeFileSync(real.file, payload, { mode: 0o600 });
   const atDefault = runVersion(real.cacheHome);
   assert.equal(atDefault.stdout.trim(), forgedVersion);
+});
+
+test("code cache: vm runs keep their own cache", () => {
+  const cases: { args: string[]; name: RegExp }[] = [
+    { args: ["run", "--help"], name: /^cli-run-[0-9a-f]{32}\.bin$/ },
+    { args: ["run", "--backend", "vm", "--help"], name: /^cli-run-vm-[0-9a-f]{32}\.bin$/ },
+    { args: ["run", "--backend=vm", "--help"], name: /^cli-run-vm-[0-9a-f]{32}\.bin$/ },
+    { args: ["run", "-b", "vm", "--help"], name: /^cli-run-vm-[0-9a-f]{32}\.bin$/ },
+    { args: ["run", "--backend", "namespace", "--help"], name: /^cli-run-[0-9a-f]{32}\.bin$/ },
+    // After "--", the words belong to the boxed command.
+    { args: ["run", "--help", "--", "tool", "--backend", "vm"], name: /^cli-run-[0-9a-f]{32}\.bin$/ },
+  ];
+  for (const { args, name } of cases) {
+    const cacheHome = newCacheHome();
+    const result = runVersion(cacheHome, {}, BIN, args);
+    assert.equal(result.code, 0, `${args.join(" ")}: ${result.stderr}`);
+    assert.deepEqual(readdirSync(cacheDirOf(cacheHome)).filter((entry) => name.test(entry)).length, 1, `${args.join(" ")} writes one cache named like ${name}`);
+    assert.deepEqual(readdirSync(cacheDirOf(cacheHome)).length, 1, `${args.join(" ")} writes only that cache`);
+  }
 });
