@@ -12,6 +12,7 @@ import { AuditLog } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey } from "../../src/audit/host-key.js";
 import { startGateway, type NetworkEvent } from "../../src/gateway/index.js";
 import { loadPolicyFile } from "../../src/policy/load.js";
+import { eventFields } from "../../src/sandbox/run.js";
 
 const ROUNDS = 10;
 const REQUESTS_PER_ROUND = 3000;
@@ -34,8 +35,8 @@ const control = process.env.RINGFENCE_BENCH_CONTROL === "1";
 let auditing = false;
 const gateway = await startGateway({ policy, runId: "bench-run", tcp: { host: "127.0.0.1", port: 0 }, onEvent: (event: NetworkEvent) => {
   if (!auditing || control) return;
-  const { type: _type, time: _time, runId: _runId, version: _version, ...fields } = event;
-  audit.append("network", fields);
+  // The same fields a run's session appends for each network event.
+  audit.append("network", eventFields(event));
 } });
 
 function oneRequest(gatewayPort: number): Promise<void> {
