@@ -16,6 +16,7 @@ import { AuditLog } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey } from "../../src/audit/host-key.js";
 import { startGateway, type NetworkEvent } from "../../src/gateway/index.js";
 import { loadPolicyFile } from "../../src/policy/load.js";
+import { eventFields } from "../../src/sandbox/run.js";
 
 const REQUESTS_PER_ROUND = 3000;
 const CONCURRENCY = 16;
@@ -49,10 +50,10 @@ audit.flush = () => {
   flushMs += performance.now() - start;
 };
 
-// The same event handling as gateway-overhead.ts, with the envelope fields dropped before append.
+// The same event handling as gateway-overhead.ts: the fields a run's session appends.
 const gateway = await startGateway({ policy, runId: "bench-run", tcp: { host: "127.0.0.1", port: 0 }, onEvent: (event: NetworkEvent) => {
   if (mode !== "audited") return;
-  const { type: _type, time: _time, runId: _runId, version: _version, ...fields } = event;
+  const fields = eventFields(event);
   const start = performance.now();
   audit.append("network", fields);
   appendMs += performance.now() - start;
