@@ -24,11 +24,12 @@ import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOM
 export function findExecutable(name: string, path: string = process.env.PATH ?? ""): string | null {
   for (const dir of path.split(":")) {
     if (dir === "") continue;
+    const candidate = join(dir, name);
     try {
-      const candidate = join(dir, name);
-      if (statSync(candidate).isFile()) return candidate;
+      // No exception for a missing entry: building one costs more than the stat on a long PATH.
+      if (statSync(candidate, { throwIfNoEntry: false })?.isFile() === true) return candidate;
     } catch {
-      // Not in this directory.
+      // Not readable in this directory (for example a PATH entry that is a file).
     }
   }
   return null;
