@@ -20,6 +20,25 @@ import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirector
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
 import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
 
+/**
+ * Returns the directory the box sees as its workspace. In overlay mode that is a copy in the run
+ * directory, made here unless this is a dry run, and the host copy stays as it was until the
+ * changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
+ */
+export function prepareWorkspaceSource(request: BoxRequest): string {
+  const workspace = request.policy.workspace;
+  if (workspace.mode !== "overlay") return workspace.path;
+  const workspaceSource = join(request.runDir, "overlay", "workspace");
+  if (request.dryRun !== true) {
+    mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
+    const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
+    if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
+    // The baseline lets `ringfence diff` and `apply` tell the run's changes from host edits.
+    recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
+  }
+  return workspaceSource;
+}
+
 /** Finds an executable on PATH, or returns null. */
 export function findExecutable(name: string, path: string = process.env.PATH ?? ""): string | null {
   for (const dir of path.split(":")) {
@@ -207,19 +226,7 @@ export class NamespaceBackend implements SandboxBackend {
     }
 
     try {
-      // Overlay mode: the box writes to a copy in the run directory, and the host copy stays as it
-      // was until the changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
-      let workspaceSource = workspace.path;
-      if (workspace.mode === "overlay") {
-        workspaceSource = join(request.runDir, "overlay", "workspace");
-      }
-      if (workspace.mode === "overlay" && request.dryRun !== true) {
-        mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
-        const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
-        if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
-        // The baseline lets `ringfence diff` and `apply` tell the run's changes from host edits.
-        recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
-      }
+      const workspaceSource = prepareWorkspaceSource(request);
 
       // A dry run in overlay mode makes no copy, so it plans on the host workspace, whose content
       // the copy would have, and shows the paths the copy would have.

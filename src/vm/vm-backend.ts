@@ -1,7 +1,5 @@
 import { closeSync, mkdirSync, openSync, readFileSync } from "node:fs";
-import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { recordOverlayBaseline } from "../workspace/overlay-record.js";
 import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "../sandbox/backend.js";
 import { boxEnvironment } from "../sandbox/environment.js";
 import { BOX_PROXY_PORT } from "../sandbox/forwarder.js";
@@ -9,7 +7,7 @@ import { diskView } from "../sandbox/host-view.js";
 import { describeMounts } from "../sandbox/bwrap-args.js";
 import { describeLimitEvents } from "../sandbox/limits.js";
 import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
-import { findExecutable, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
+import { findExecutable, prepareWorkspaceSource, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
 import type { Accelerator } from "./qemu-args.js";
 import { requestAccelerator } from "./accel.js";
@@ -66,14 +64,7 @@ export class VmBackend implements SandboxBackend {
     const image = findGuestImage(vmDirectories(request.hostEnv, request.home)) ?? findGuestImage(vmDirectories());
     if (image === null) throw new SandboxError("vm-not-prepared", "the guest kernel and initramfs are not prepared; run: ringfence vm prepare");
 
-    let workspaceSource = workspace.path;
-    if (workspace.mode === "overlay") workspaceSource = join(request.runDir, "overlay", "workspace");
-    if (workspace.mode === "overlay" && request.dryRun !== true) {
-      mkdirSync(join(request.runDir, "overlay"), { mode: 0o700 });
-      const copied = spawnSync("cp", ["-a", "--reflink=auto", "--", workspace.path, workspaceSource], { stdio: ["ignore", "ignore", "pipe"] });
-      if (copied.status !== 0) throw new SandboxError("overlay-copy", `copying the workspace ${workspace.path} for overlay mode failed: ${copied.stderr.toString().trim()}`);
-      recordOverlayBaseline(request.runDir, workspace.path, workspace.protect);
-    }
+    const workspaceSource = prepareWorkspaceSource(request);
     const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
     const protect: ProtectPlan =
       workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, workspace.protect, diskView), planRoot, workspaceSource);
