@@ -21,7 +21,7 @@ import { planProtection, type ProtectPlan } from "./protect-plan.js";
 import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
 
 /**
- * Returns the directory the box sees as its workspace. In overlay mode that is a copy in the run
+ * Returns the directory mounted as the box's workspace. In overlay mode that is a copy in the run
  * directory, made here unless this is a dry run, and the host copy stays as it was until the
  * changes are reviewed. cp --reflink=auto shares blocks where the filesystem can.
  */

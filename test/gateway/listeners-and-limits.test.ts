@@ -182,8 +182,8 @@ describe("connection limit after closed connections", () => {
   };
 
   it("frees the slot of a rejected connection", async () => {
-    const held = await openSocket(gw.port);
-    held.write("GET http://api.example.com/ HTTP/1.1\r\n");
+    const slowClient = await openSocket(gw.port);
+    slowClient.write("GET http://api.example.com/ HTTP/1.1\r\n");
     const rejected = await openSocket(gw.port);
     const response = readResponseHead(rejected);
     rejected.write(`GET http://api.example.com:${upstream.port}/ HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\n\r\n`);
@@ -191,7 +191,7 @@ describe("connection limit after closed connections", () => {
     const closed = readToEnd(rejected);
     rejected.resume();
     await closed;
-    held.destroy();
+    slowClient.destroy();
 
     assert.equal(await sendUntilAdmitted(`GET http://api.example.com:${upstream.port}/slot HTTP/1.1\r\nHost: api.example.com:${upstream.port}\r\nConnection: close\r\n\r\n`), 200);
   });
