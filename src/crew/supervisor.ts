@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { pino } from "pino";
+import { openDiagnosticLog } from "../sandbox/diagnostic-log.js";
 import { AuditLog } from "../audit/audit-log.js";
 import { loadOrCreateHostKey } from "../audit/host-key.js";
 import { RUN_SUMMARY_FILE, type RunSummary } from "../audit/run-record.js";
@@ -62,7 +62,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
   const { crew } = options;
   const runDir = new RunDirectory(options.runsRoot);
   const log = AuditLog.create(runDir.path, runDir.id, loadOrCreateHostKey(options.keyDirectory));
-  const logger = pino({ level: "info" }, pino.destination({ dest: join(runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
+  const logger = openDiagnosticLog(join(runDir.path, "ringfence.log"), (message) => process.stderr.write(`ringfence: warning: ${message}\n`));
   mkdirSync(join(runDir.path, "agents"), { mode: 0o700 });
 
   // The broker sockets go where every box hides them, never into the run directory: another run

@@ -1,7 +1,7 @@
 import { rmSync, writeFileSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
-import { pino, type Logger } from "pino";
+import type { Logger } from "pino";
 import type { CredentialBroker } from "../credentials/index.js";
 import { startGateway, type CredentialEvent, type Gateway, type LocalServices, type NetworkEvent, type TranscriptRecord } from "../gateway/index.js";
 import type { Policy } from "../policy/types.js";
@@ -16,6 +16,7 @@ import { checkPrivatePathsOutsideWritable, enforcementOf, eventFields, needsInte
 import { clearNewSetIdFiles, recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { printableLine } from "../text/printable.js";
 import { RunDirectory } from "./run-dir.js";
+import { openDiagnosticLog } from "./diagnostic-log.js";
 
 export interface RunSessionOptions {
   policy: Policy;
@@ -93,7 +94,7 @@ export class RunSession {
     this.#audit.onFailure = (error) => {
       if (!this.#leakStop.signal.aborted) this.#leakStop.abort(`the audit log stopped recording: ${error.message}`);
     };
-    this.logger = pino({ level: "info" }, pino.destination({ dest: join(this.runDir.path, "ringfence.log"), sync: true, mode: 0o600 }));
+    this.logger = openDiagnosticLog(join(this.runDir.path, "ringfence.log"), (message) => this.message(`ringfence: warning: ${message}`));
     this.blocked = new BlockedSummary({ hint: this.policy.files.length === 0 });
     this.#summary = {
       v: 1,

@@ -142,10 +142,15 @@ test("crew survives a crashed agent", { timeout: 120_000 }, async () => {
 
   const state = crewState(fixture, "crash");
   const agent = (name: string) => state?.agents.find((entry) => entry.name === name);
-  assert.equal(agent("crasher")?.state, "failed");
-  assert.equal(agent("crasher")?.status, 137);
-  assert.equal(agent("first")?.state, "exited");
-  assert.equal(agent("second")?.state, "exited");
+  // A failure names the agent's state and its box's output, which the test directory loses.
+  const explain = (name: string) => {
+    const entry = agent(name);
+    return `${name}: ${JSON.stringify(entry)}\n${entry === undefined ? "" : readFileSync(entry.log, "utf8")}\ncrew up stderr:\n${result.stderr}`;
+  };
+  assert.equal(agent("crasher")?.state, "failed", explain("crasher"));
+  assert.equal(agent("crasher")?.status, 137, explain("crasher"));
+  assert.equal(agent("first")?.state, "exited", explain("first"));
+  assert.equal(agent("second")?.state, "exited", explain("second"));
   assert.equal(JSON.parse(readFileSync(join(fixture.workspace("second"), "from-first.json"), "utf8")).body, "after the crash");
 });
 
