@@ -1,4 +1,4 @@
-import { accessSync, close, constants, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, write, writeFileSync } from "node:fs";
+import { accessSync, close, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, write, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { CgroupSupport, CgroupWrite, LimitEvents, LimitPlan } from "./limits.js";
 
@@ -79,6 +79,43 @@ export function warmCgroupMigration(support: CgroupSupport): Promise<void> {
   return new Promise((resolve) => write(fd, String(process.pid), () => close(fd, () => resolve())));
 }
 
+/** Matches the name of a run's cgroup and captures the PID of the ringfence process that made it. */
+const RUN_GROUP_NAME = /^ringfence-[^/]+\.owner-([1-9][0-9]*)$/;
+
+/** Returns the name of a run's cgroup, which carries the owner's PID so that a later run can tell a leftover group. */
+export function runGroupName(runId: string, ownerPid: number): string {
+  return `ringfence-${runId}.owner-${ownerPid}`;
+}
+
+/**
+ * Removes the empty run cgroups under `parent` whose owner process is gone. A run killed with
+ * SIGKILL cannot remove its own groups, and its box's processes die with it, so its groups stay
+ * empty until a later run sweeps them. A group whose owner PID is alive stays, even where the
+ * PID was reused, and the kernel refuses to remove a group that still has processes. Returns
+ * the number removed; failures are ignored, because a leftover group costs only a directory.
+ */
+export function removeStaleRunGroups(parent: string, ownerAlive: (pid: number) => boolean = processExists): number {
+  let entries: string[];
+  try {
+    entries = readdirSync(parent);
+  } catch {
+    return 0;
+  }
+
+  let removed = 0;
+  for (const entry of entries) {
+    const match = RUN_GROUP_NAME.exec(entry);
+    if (match === null || ownerAlive(Number(match[1]))) continue;
+    try {
+      rmdirSync(join(parent, entry));
+      removed += 1;
+    } catch {
+      // Busy (processes inside) or already removed by another run's sweep.
+    }
+  }
+  return removed;
+}
+
 /** The cgroup directories of one run, created before the box starts and removed after. */
 export class RunCgroups {
   readonly #dirs = new Map<CgroupWrite["controller"], string>();
@@ -91,12 +128,13 @@ export class RunCgroups {
    */
   static create(plan: LimitPlan, support: CgroupSupport, runId: string): RunCgroups {
     const groups = new RunCgroups();
-    const name = `ringfence-${runId}`;
+    const name = runGroupName(runId, process.pid);
     for (const write of plan.writes) {
       let dir = groups.#dirs.get(write.controller);
       if (dir === undefined) {
         const parent = write.controller === "unified" ? support.v2?.dir : support.v1[write.controller];
         if (parent === undefined || parent === null) throw new Error(`cgroup for ${write.controller} is not available`);
+        removeStaleRunGroups(parent);
         dir = join(parent, name);
         mkdirSync(dir);
         groups.#dirs.set(write.controller, dir);
@@ -179,6 +217,16 @@ export class RunCgroups {
         }
       }
     }
+  }
+}
+
+/** Returns whether a process with this PID exists; EPERM means it exists under another user. */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

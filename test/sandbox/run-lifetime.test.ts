@@ -7,9 +7,11 @@ import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { probeCgroups } from "../../src/sandbox/cgroup.js";
 import { boxCommand, makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
 
 const current = userInfo();
+const support = probeCgroups();
 const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: mkdtempSync(join(tmpdir(), "ringfence-home-")) };
 
 /** Returns "PID start-time" for every live process whose ancestry includes `root`. */
@@ -70,6 +72,11 @@ test("box dies with SIGKILLed ringfence", async () => {
   const box = descendants(pid);
   assert.ok(box.length >= 3, `expected the supervisor, bwrap and python under ringfence, found ${box.join(", ")}`);
 
+  // The run's cgroups carry its PID in their names; only a killed run leaves them behind.
+  const parents = [support.v2?.dir, support.v1.memory, support.v1.pids, support.v1.cpu].filter((dir): dir is string => typeof dir === "string");
+  const groups = parents.flatMap((parent) => readdirSync(parent).filter((name) => name.endsWith(`.owner-${pid}`)).map((name) => join(parent, name)));
+  if (parents.length > 0) assert.ok(groups.length > 0, `no cgroup of run ${pid} under ${parents.join(", ")}`);
+
   process.kill(pid, "SIGKILL");
   for (const identity of box) {
     assert.ok(await eventually(() => !alive(identity)), `process ${identity} of the box outlived ringfence`);
@@ -85,6 +92,7 @@ test("box dies with SIGKILLed ringfence", async () => {
   assert.match(next.stderr, /ended without removing its placeholders/, show(next));
   assert.equal(existsSync(join(workspace, ".github")), false, show(next));
   assert.equal(existsSync(join(workspace, ".vscode")), false, show(next));
+  for (const group of groups) assert.equal(existsSync(group), false, `cgroup ${group} of the killed run is still there`);
 });
 
 test("timeout stop holds box execs", async () => {
