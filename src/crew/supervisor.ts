@@ -62,7 +62,8 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
   const { crew } = options;
   const runDir = new RunDirectory(options.runsRoot);
   const log = AuditLog.create(runDir.path, runDir.id, loadOrCreateHostKey(options.keyDirectory));
-  const logger = openDiagnosticLog(join(runDir.path, "ringfence.log"), (message) => process.stderr.write(`ringfence: warning: ${message}\n`));
+  const diagnostics = openDiagnosticLog(join(runDir.path, "ringfence.log"), (message) => process.stderr.write(`ringfence: warning: ${message}\n`));
+  const logger = diagnostics.logger;
   mkdirSync(join(runDir.path, "agents"), { mode: 0o700 });
 
   // The broker sockets go where every box hides them, never into the run directory: another run
@@ -77,25 +78,52 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
   const members = new Map<string, Member>();
   const state: CrewState = { v: 1, name: crew.name, crewId: runDir.id, crewDir: runDir.path, file: crew.file, pid: process.pid, start: started.toISOString(), end: null, agents: [] };
   let broker: CrewBroker | null = null;
+  // The members and state files are rewritten on every change. publish runs inside event
+  // handlers, so a failed write (a full disk, say) is reported once instead of thrown there.
+  let publishFailed = false;
   const publish = () => {
     for (const member of members.values()) Object.assign(member.status, broker?.traffic(member.status.name) ?? {});
     state.agents = [...members.values()].map((member) => ({ ...member.status }));
-    writeFileSync(join(runDir.path, CREW_MEMBERS_FILE), `${JSON.stringify({ v: 1, name: crew.name, agents: Object.fromEntries(state.agents.map((agent) => [agent.name, agent.runId])) }, null, 2)}\n`, { mode: 0o600 });
-    writeCrewState(options.stateDirectory, state);
+    try {
+      writeFileSync(join(runDir.path, CREW_MEMBERS_FILE), `${JSON.stringify({ v: 1, name: crew.name, agents: Object.fromEntries(state.agents.map((agent) => [agent.name, agent.runId])) }, null, 2)}\n`, { mode: 0o600 });
+      writeCrewState(options.stateDirectory, state);
+    } catch (cause) {
+      if (!publishFailed) {
+        publishFailed = true;
+        process.stderr.write(`ringfence: warning: writing the crew's state failed (${cause instanceof Error ? cause.message : String(cause)}); \`ringfence crew status\` and \`audit show\` may miss later changes\n`);
+      }
+    }
     options.onChange?.(state);
+  };
+
+  // Once the crew's audit log has failed, every later append raises that failure again. The
+  // crew is already stopping because of it, so those appends are dropped instead of thrown
+  // out of event handlers, and close() reports the failure at the end.
+  let logFailed = false;
+  const record = (type: string, fields: Record<string, unknown>) => {
+    try {
+      log.append(type, fields);
+    } catch (cause) {
+      if (!logFailed) throw cause;
+    }
   };
 
   let stopReason: string | null = null;
   const stopAll = (reason: string) => {
     if (stopReason !== null) return;
     stopReason = reason;
-    log.append("crew.stop", { reason });
+    record("crew.stop", { reason });
     for (const member of members.values()) stopMember(member, options.stopGraceMs ?? DEFAULT_STOP_GRACE_MS);
   };
   const onAbort = () => stopAll(String(options.stop.reason ?? "the crew was stopped"));
+  // A crew must not go on unrecorded, so the first failed write of its log stops every agent.
+  log.onFailure = (error) => {
+    logFailed = true;
+    stopAll(`the crew's audit log stopped recording: ${error.message}`);
+  };
 
   try {
-    log.append("crew.start", { name: crew.name, file: crew.file, sha256: options.crewSha256, exit: crew.exit, agents: crew.agents.map((agent) => agent.name), channels: crew.channels.map((channel) => channel.label) });
+    record("crew.start", { name: crew.name, file: crew.file, sha256: options.crewSha256, exit: crew.exit, agents: crew.agents.map((agent) => agent.name), channels: crew.channels.map((channel) => channel.label) });
     broker = await CrewBroker.start({
       rules: { agents: crew.agents.map((agent) => agent.name), channels: crew.channels },
       log,
@@ -114,7 +142,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
         onReport: (report) => {
           if (report.type === "run") {
             Object.assign(status, { state: "running", runId: report.runId, runDir: report.runDir });
-            log.append("crew.agent.run", { agent: agent.name, runId: report.runId });
+            record("crew.agent.run", { agent: agent.name, runId: report.runId });
           } else {
             Object.assign(status, { status: report.status, error: report.error });
           }
@@ -123,12 +151,12 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
         onExit: () => {
           if (status.status === 0) status.state = "exited";
           else status.state = stopReason !== null ? "stopped" : "failed";
-          log.append("crew.agent.end", { agent: agent.name, state: status.state, status: status.status, error: status.error });
+          record("crew.agent.end", { agent: agent.name, state: status.state, status: status.status, error: status.error });
           publish();
           if (crew.exit === "any-failed" && status.state === "failed") stopAll(`agent ${agent.name} failed with status ${status.status ?? "unknown"}, and the crew's exit rule is any-failed`);
         },
       });
-      log.append("crew.agent.start", { agent: agent.name, pid: member.child?.pid ?? null });
+      record("crew.agent.start", { agent: agent.name, pid: member.child?.pid ?? null });
     }
     publish();
 
@@ -146,15 +174,26 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
     publish();
     const ended = new Date();
     const status = crewStatus(state, stopReason !== null && options.stop.aborted);
-    log.append("crew.end", { status, durationMs: ended.getTime() - started.getTime(), stoppedBy: stopReason });
-    log.close();
+    record("crew.end", { status, durationMs: ended.getTime() - started.getTime(), stoppedBy: stopReason });
+    let closeFailure: unknown = null;
+    try {
+      log.close();
+    } catch (cause) {
+      closeFailure = cause;
+    }
     Object.assign(summary, { end: ended.toISOString(), durationMs: ended.getTime() - started.getTime(), status });
-    writeSummary();
+    try {
+      writeSummary();
+    } catch (cause) {
+      closeFailure ??= cause;
+    }
     state.end = ended.toISOString();
-    writeCrewState(options.stateDirectory, state);
+    publish();
     runDir.close();
     rmSync(socketDir, { recursive: true, force: true });
-    logger.flush();
+    await diagnostics.close();
+    // The crew's record is incomplete, so the crew fails with the log's error, after clean-up.
+    if (closeFailure !== null) throw closeFailure;
   }
 
   return { crewId: runDir.id, crewDir: runDir.path, status: crewStatus(state, stopReason !== null && options.stop.aborted), state };

@@ -16,7 +16,7 @@ import { checkPrivatePathsOutsideWritable, enforcementOf, eventFields, needsInte
 import { clearNewSetIdFiles, recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { printableLine } from "../text/printable.js";
 import { RunDirectory } from "./run-dir.js";
-import { openDiagnosticLog } from "./diagnostic-log.js";
+import { openDiagnosticLog, type DiagnosticLog } from "./diagnostic-log.js";
 
 export interface RunSessionOptions {
   policy: Policy;
@@ -71,6 +71,7 @@ export class RunSession {
 
   #options: RunSessionOptions;
   #audit: AuditLog;
+  #diagnostics: DiagnosticLog;
   #summary: RunSummary;
   #leakStop = new AbortController();
   #gateway: Gateway | null = null;
@@ -94,7 +95,8 @@ export class RunSession {
     this.#audit.onFailure = (error) => {
       if (!this.#leakStop.signal.aborted) this.#leakStop.abort(`the audit log stopped recording: ${error.message}`);
     };
-    this.logger = openDiagnosticLog(join(this.runDir.path, "ringfence.log"), (message) => this.message(`ringfence: warning: ${message}`));
+    this.#diagnostics = openDiagnosticLog(join(this.runDir.path, "ringfence.log"), (message) => this.message(`ringfence: warning: ${message}`));
+    this.logger = this.#diagnostics.logger;
     this.blocked = new BlockedSummary({ hint: this.policy.files.length === 0 });
     this.#summary = {
       v: 1,
@@ -297,10 +299,11 @@ export class RunSession {
       // A failed audit log has stopped the box (see onFailure), and its cause is the user's to
       // fix, such as a full disk, so it is reported like other run failures, not as a bug.
       this.runDir.close();
+      await this.#diagnostics.close();
       throw new SandboxError("audit-log", cause instanceof Error ? cause.message : String(cause));
     }
     this.runDir.close();
-    this.logger.flush();
+    await this.#diagnostics.close();
   }
 
   #writeSummary(): void {

@@ -1,7 +1,8 @@
 // The supervisor with agent host commands that do not follow the protocol: one that ignores
 // the stop request, and one that cannot be started at all.
 import assert from "node:assert/strict";
-
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { readAuditRecords } from "../../src/audit/run-record.js";
@@ -69,5 +70,77 @@ test("supervisor reports an agent host that cannot start", { timeout: 60_000 }, 
   for (const agent of result.state.agents) {
     assert.equal(agent.state, "failed");
     assert.match(agent.error ?? "", /the agent host could not start: spawn .*ENOENT/);
+  }
+});
+
+// Each agent host reads its start message. Agent "one" waits for the test's signal file, then
+// reports an error long enough that its audit record needs a new page of the full file system.
+// The others wait to be stopped.
+const FILLING_HOST = `
+const { existsSync } = require("node:fs");
+process.on("message", (message) => {
+  if (message.type === "stop") process.exit(143);
+  if (message.type !== "start" || message.agent !== "one") return;
+  const timer = setInterval(() => {
+    if (!existsSync(process.env.FILLED)) return;
+    clearInterval(timer);
+    process.send({ type: "exit", status: 3, error: "e".repeat(12000) }, () => process.exit(3));
+  }, 20);
+});
+`;
+
+test("failed crew audit log stops agents", { timeout: 60_000, skip: process.getuid?.() === 0 ? false : "mounting the small tmpfs needs root" }, async () => {
+  const { crew, root } = loadCrew("full");
+  const disk = temporaryDirectory("ringfence-crew-full-");
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", disk], { encoding: "utf8" });
+  assert.equal(mounted.status, 0, `mounting a tmpfs on ${disk} failed: ${mounted.stderr}`);
+  const filled = join(root, "filled");
+  try {
+    let pids: number[] = [];
+    let stderr = "";
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string) => {
+      stderr += chunk;
+      return true;
+    }) as typeof process.stderr.write;
+    let outcome: unknown;
+    try {
+      const running = runCrew({
+        crew,
+        crewSha256: "0".repeat(64),
+        runsRoot: join(disk, "runs"),
+        stateDirectory: join(root, "crews"),
+        keyDirectory: join(root, "keys"),
+        agentHost: [process.execPath, "-e", FILLING_HOST],
+        env: { ...process.env, FILLED: filled },
+        stop: new AbortController().signal,
+        stopGraceMs: 2000,
+        onChange: (state) => {
+          if (state.agents.length === 3 && state.agents.every((agent) => agent.state === "starting" && agent.pid !== null)) pids = state.agents.map((agent) => agent.pid as number);
+        },
+      });
+      while (pids.length < 3) await new Promise((resolve) => setTimeout(resolve, 20));
+      // Fill the file system that contains the crew's run directory, then let agent one end.
+      spawnSync("dd", ["if=/dev/zero", `of=${join(disk, "fill")}`, "bs=64k"], { encoding: "utf8" });
+      writeFileSync(filled, "");
+      outcome = await running.then(
+        (result) => result,
+        (error: unknown) => error,
+      );
+    } finally {
+      process.stderr.write = write;
+    }
+
+    assert.ok(outcome instanceof Error, `runCrew resolved instead of failing: ${JSON.stringify(outcome)}`);
+    assert.match(outcome.message, /audit log of run \S+ could not be written \(ENOSPC/);
+    assert.deepEqual(pids.filter(processRunning), [], "an agent host outlived the crew");
+    const state = JSON.parse(readFileSync(join(root, "crews", "full.json"), "utf8")) as { agents: { name: string; state: string }[] };
+    const states = state.agents.map((agent) => `${agent.name} ${agent.state}`).join(", ");
+    for (const name of ["two", "three"]) {
+      assert.equal(state.agents.find((agent) => agent.name === name)?.state, "stopped", `${states}\n${stderr}`);
+    }
+  } finally {
+    // Lazy, so that a file a failed run left open cannot keep the test mount behind.
+    spawnSync("umount", ["--lazy", disk]);
   }
 });
