@@ -8,6 +8,7 @@
 // GiB of the proxy process, the upstream server and curl.
 //
 // Usage: node --import tsx bench/credentials/relay-ceiling.ts [--size-mib 256] [--repetitions 3]
+// Set BENCH_CPU_PROF=DIR to write a V8 CPU profile of the relay process into DIR.
 // Needs curl on PATH. Everything listens on 127.0.0.1.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -98,7 +99,8 @@ async function main(): Promise<void> {
   const serverPort = Number(server.line);
   const gatewayChild = await startChild([...tsx, join(here, "gateway-process.ts"), API_HOST, BULK_HOST, "mint.bench.example.com", String(serverPort), upstreamCaFile, "0"], { ...process.env, BENCH_SECRET: "sk-bench-secret-0123456789abcdef" });
   const gateway = JSON.parse(gatewayChild.line) as { port: number; caCertPath: string };
-  const relayChild = await startChild([...tsx, ...(process.env.BENCH_CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`]), join(here, "relay-ceiling-process.ts"), API_HOST, String(serverPort), upstreamCaFile], process.env);
+  const profile = process.env.BENCH_CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`];
+  const relayChild = await startChild([...tsx, ...profile, join(here, "relay-ceiling-process.ts"), API_HOST, String(serverPort), upstreamCaFile], process.env);
   const relay = JSON.parse(relayChild.line) as { port: number; caCertPath: string };
   const bundle = join(dir, "bundle.pem");
   writeFileSync(bundle, `${ca.certPem}\n${readFileSync(gateway.caCertPath, "utf8")}\n${readFileSync(relay.caCertPath, "utf8")}`);
