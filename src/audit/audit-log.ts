@@ -1,6 +1,6 @@
 import { closeSync, fdatasync, fdatasyncSync, openSync, writeFileSync, writeSync, renameSync } from "node:fs";
 import { join } from "node:path";
-import { checkFieldNames, encodeLine, genesisHash, serialiseFields, sha256Hex } from "./hash-chain.js";
+import { checkFieldNames, genesisHash, maxLineBytes, serialiseFieldsObject, sha256Hex, writeLine } from "./hash-chain.js";
 import { signHead, type HostKey } from "./host-key.js";
 
 export const AUDIT_LOG_FILE = "audit.jsonl";
@@ -18,6 +18,13 @@ export const WRITE_INTERVAL_MS = 20;
 
 /** Maximum number of appended records kept in memory. A burst is written as it reaches this count. */
 export const MAX_PENDING_RECORDS = 256;
+
+/**
+ * Size of the buffer a log keeps for the lines of one write, in bytes. A batch that needs more
+ * gets a larger buffer for that write only. A gateway's network record takes about 400 bytes, so
+ * MAX_PENDING_RECORDS of them fit.
+ */
+const LINE_BUFFER_BYTES = 128 * 1024;
 
 /** The signed summary written when a run ends. */
 export interface AuditHead {
@@ -85,6 +92,8 @@ export class AuditLog {
   #pendingTimes: number[] = [];
   #pendingFields: Record<string, unknown>[] = [];
   #writeTimer: NodeJS.Timeout | null = null;
+  /** Buffer for the lines of one write, which are encoded, hashed and written from it. */
+  #lineBuffer = Buffer.allocUnsafe(LINE_BUFFER_BYTES);
   /** First failed write or serialisation, and what to do about it; every later append and close raises it. */
   #failure: { error: Error; advice: string } | null = null;
   /**
@@ -145,10 +154,10 @@ export class AuditLog {
     if (fd === null || this.#pendingTypes.length === 0 || this.#failure !== null) return;
 
     // A record whose fields fail to serialise ends the batch: the lines before it are written.
-    const bytes = Buffer.from(this.#encodePending());
+    const bytes = this.#encodePending();
     try {
       let written = 0;
-      while (written < bytes.length) written += writeSync(fd, bytes, written);
+      while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written);
       this.#scheduleSync();
     } catch (error) {
       const cause = error instanceof Error ? error : new Error(String(error));
@@ -160,10 +169,12 @@ export class AuditLog {
   }
 
   /**
-   * Serialises, builds and hashes the lines of the pending records in order, and returns them
-   * with their newlines. It stops at a record whose fields do not serialise and sets #failure.
+   * Serialises, builds and hashes the lines of the pending records in order, and returns their
+   * UTF-8 bytes with a newline after each line. Each line is encoded once: it is hashed from the
+   * returned bytes, which stay valid until the next call. It stops at a record whose fields do
+   * not serialise and sets #failure.
    */
-  #encodePending(): string {
+  #encodePending(): Buffer {
     const types = this.#pendingTypes;
     const times = this.#pendingTimes;
     const fields = this.#pendingFields;
@@ -172,32 +183,41 @@ export class AuditLog {
     this.#pendingFields = [];
 
     const runJson = this.#runJson;
+    let buffer = this.#lineBuffer;
+    let end = 0;
     let seq = this.#encoded;
     let prev = this.#lastHash;
     let lastType = "";
     let typeJson = "";
-    let text = "";
     for (let i = 0; i < types.length; i++) {
       const type = types[i] as string;
       if (type !== lastType) {
         lastType = type;
         typeJson = JSON.stringify(type);
       }
-      let fieldsPart: string;
+      let fieldsJson: string;
       try {
-        fieldsPart = serialiseFields(type, fields[i] as Record<string, unknown>);
+        fieldsJson = serialiseFieldsObject(type, fields[i] as Record<string, unknown>);
       } catch (error) {
         const cause = error instanceof Error ? error : new Error(String(error));
         this.#failure = { error: new Error(`audit record ${seq} of run ${this.runId}, of type ${type}, could not be serialised (${cause.message})`, { cause }), advice: "Pass fields that JSON.stringify turns into an object" };
         break;
       }
-      const line = encodeLine(seq++, isoTime(times[i] as number), runJson, typeJson, fieldsPart, prev);
-      prev = sha256Hex(line);
-      text += `${line}\n`;
+      const needed = end + maxLineBytes(runJson, typeJson, fieldsJson);
+      if (needed > buffer.length) {
+        // The larger buffer serves this batch only, and the next batch starts in #lineBuffer again.
+        const larger = Buffer.allocUnsafe(Math.max(needed, 2 * buffer.length));
+        buffer.copy(larger, 0, 0, end);
+        buffer = larger;
+      }
+      const start = end;
+      end = writeLine(buffer, start, seq++, isoTime(times[i] as number), runJson, typeJson, fieldsJson, prev);
+      // The hash covers the line without its newline.
+      prev = sha256Hex(buffer.subarray(start, end - 1));
     }
     this.#encoded = seq;
     this.#lastHash = prev;
-    return text;
+    return buffer.subarray(0, end);
   }
 
   /** Writes and syncs the log, writes the signed head, and closes the file. Safe to call twice. */

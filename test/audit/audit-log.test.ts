@@ -7,6 +7,7 @@ import { join, resolve } from "node:path";
 import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, MAX_PENDING_RECORDS, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey, signHead } from "../../src/audit/host-key.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
+import { encodeRecord, genesisHash, sha256Hex } from "../../src/audit/hash-chain.js";
 
 const RUN = "run-test-1";
 
@@ -213,6 +214,54 @@ test("audit log: records match the encoding of a copied object", () => {
   const [line] = lines(dir);
   const expected = JSON.stringify({ v: 1, seq: 0, time: "2026-01-02T03:04:05.678Z", run: RUN, type: "network", ...fields, prev: JSON.parse(line as string).prev });
   assert.equal(line, expected);
+});
+
+/** Builds the expected file of a log with encodeRecord, one line string at a time. */
+function referenceLog(runId: string, records: readonly (readonly [string, Record<string, unknown>, Date])[]): string {
+  let prev = genesisHash(runId);
+  let text = "";
+  records.forEach(([type, fields, time], seq) => {
+    const line = encodeRecord({ seq, time: time.toISOString(), run: runId, type, prev }, fields);
+    prev = sha256Hex(line);
+    text += `${line}\n`;
+  });
+  return text;
+}
+
+test("audit log: bytes match encodeRecord for non-ASCII text", () => {
+  const runId = "run-é-日本";
+  const dir = tempDir();
+  const log = AuditLog.create(dir, runId, key);
+  const time = new Date("2026-01-02T03:04:05.678Z");
+  const records = [
+    ["run.start", {}, time],
+    ["network", { host: "bücher.example", path: "/日本/😀", note: "lone \ud800 surrogate" }, time],
+    ["type-ü", { quote: 'say "hi"\n', nested: { list: [1, "två"] } }, time],
+    ["network", { empty: "" }, time],
+  ] as const;
+  for (const [type, fields, at] of records) log.append(type, fields, at);
+  log.close();
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), referenceLog(runId, records));
+  assert.equal(verifyRunLog(dir, runId, key.publicKey).status, "valid");
+});
+
+test("audit log: batch larger than the line buffer", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const time = new Date("2026-01-02T03:04:05.678Z");
+  // 300,000 characters of 2 bytes each in UTF-8 do not fit in the log's own line buffer.
+  const large = "é".repeat(300_000);
+  const records: [string, Record<string, unknown>, Date][] = [];
+  for (let i = 0; i < 5; i++) records.push(["network", { n: i, body: i % 2 === 0 ? large : "small" }, time]);
+  for (const [type, fields, at] of records) log.append(type, fields, at);
+  log.flush();
+  // The next batch uses the log's own buffer again.
+  const later: [string, Record<string, unknown>, Date] = ["run.end", { exitCode: 0 }, time];
+  records.push(later);
+  log.append(...later);
+  log.close();
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), referenceLog(RUN, records));
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
 });
 
 test("audit log: record times match toISOString", () => {
