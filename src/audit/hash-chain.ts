@@ -55,8 +55,7 @@ export function checkFieldNames(fields: Record<string, unknown>): void {
  * fields do not serialise to a JSON object.
  */
 export function serialiseFields(type: string, fields: Record<string, unknown>): string {
-  const fieldsJson = JSON.stringify(fields);
-  if (typeof fieldsJson !== "string" || !fieldsJson.startsWith("{")) throw new Error(`audit event fields of type ${type} serialise to ${String(fieldsJson).slice(0, 40)}, not to a JSON object; pass a plain object`);
+  const fieldsJson = serialiseFieldsObject(type, fields);
   return fieldsJson === "{}" ? "" : `,${fieldsJson.slice(1, -1)}`;
 }
 
@@ -68,6 +67,50 @@ export function serialiseFields(type: string, fields: Record<string, unknown>): 
 export function encodeLine(seq: number, time: string, runJson: string, typeJson: string, fieldsPart: string, prev: string): string {
   return `{"v":${AUDIT_SCHEMA_VERSION},"seq":${seq},"time":"${time}","run":${runJson},"type":${typeJson}${fieldsPart},"prev":"${prev}"}`;
 }
+
+/**
+ * Returns the JSON of an event's fields, braces included. It fails when the fields do not
+ * serialise to a JSON object.
+ */
+export function serialiseFieldsObject(type: string, fields: Record<string, unknown>): string {
+  const fieldsJson = JSON.stringify(fields);
+  if (typeof fieldsJson !== "string" || !fieldsJson.startsWith("{")) throw new Error(`audit event fields of type ${type} serialise to ${String(fieldsJson).slice(0, 40)}, not to a JSON object; pass a plain object`);
+  return fieldsJson;
+}
+
+/**
+ * Returns the maximum number of bytes that writeLine writes for these parts, newline included.
+ * UTF-8 takes at most 3 bytes per UTF-16 code unit, and a surrogate pair (2 units) takes 4.
+ */
+export function maxLineBytes(runJson: string, typeJson: string, fieldsJson: string): number {
+  // Bytes of the envelope around the parts: v, seq (up to 16 digits), time (up to 27 for years
+  // past 9999), the names, and prev (64). They add up to 157.
+  const envelope = 200;
+  return envelope + 3 * (runJson.length + typeJson.length + fieldsJson.length);
+}
+
+/**
+ * Writes the UTF-8 bytes of the line that encodeLine builds from the same parts, and a newline,
+ * into `target` at `offset`, and returns the offset after the newline. `fieldsJson` is the JSON
+ * object from serialiseFieldsObject. Its bytes are copied once, and its braces are replaced in
+ * place by the commas around it, so no line string is built. `target` must have
+ * maxLineBytes(runJson, typeJson, fieldsJson) bytes free at `offset`.
+ */
+export function writeLine(target: Buffer, offset: number, seq: number, time: string, runJson: string, typeJson: string, fieldsJson: string, prev: string): number {
+  let end = offset + target.write(`{"v":${AUDIT_SCHEMA_VERSION},"seq":${seq},"time":"${time}","run":${runJson},"type":${typeJson}`, offset);
+  if (fieldsJson === "{}") {
+    end += target.write(`,"prev":"${prev}"}\n`, end);
+    return end;
+  }
+  const fieldsStart = end;
+  end += target.write(fieldsJson, end);
+  target[fieldsStart] = COMMA;
+  target[end - 1] = COMMA;
+  end += target.write(`"prev":"${prev}"}\n`, end);
+  return end;
+}
+
+const COMMA = 0x2c;
 
 /** Cause of a failed verification, with the 0-based line where it was found. */
 export type ChainProblem =

@@ -5,7 +5,7 @@ export interface SandboxEvent {
   /** ISO 8601 time the record was appended. */
   time: string;
   runId: string;
-  /** The record's fields, as in audit.jsonl. They are frozen, because the audit log writes them up to 20 ms later. */
+  /** The record's fields, as in audit.jsonl. They are frozen, because the audit log serialises them up to 20 ms later. */
   fields: Readonly<Record<string, unknown>>;
 }
 

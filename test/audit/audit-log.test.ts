@@ -4,9 +4,10 @@ import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, MAX_PENDING_RECORDS, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
+import { AUDIT_HEAD_FILE, AUDIT_LOG_FILE, AuditLog, ENCODE_INTERVAL_MS, MAX_PENDING_RECORDS, WRITE_INTERVAL_MS } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey, signHead } from "../../src/audit/host-key.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
+import { encodeRecord, genesisHash, sha256Hex } from "../../src/audit/hash-chain.js";
 
 const RUN = "run-test-1";
 
@@ -194,6 +195,46 @@ test("audit log: records are written within the interval", async () => {
   assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
 });
 
+test("audit log: encoded lines wait for the write interval", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("run.start");
+  log.append("network", { host: "a.example.com" });
+
+  // Each tick of ENCODE_INTERVAL_MS encodes the pending records. The lines are written on the
+  // last tick at most WRITE_INTERVAL_MS after the first record was appended: the fourth of 20 ms.
+  const writeTick = WRITE_INTERVAL_MS / ENCODE_INTERVAL_MS - 1;
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "", "written after tick 1");
+  log.append("network", { host: "b.example.com" });
+  for (let tick = 2; tick < writeTick; tick++) {
+    t.mock.timers.tick(ENCODE_INTERVAL_MS);
+    assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "", `written after tick ${tick}`);
+  }
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  assert.equal(lines(dir).length, 3);
+
+  log.append("run.end", { exitCode: 0 });
+  log.close();
+  assert.equal(lines(dir).length, 4);
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
+});
+
+test("audit log: flush writes encoded lines", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("network", { n: 0 });
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "");
+  log.append("network", { n: 1 });
+  log.flush();
+  assert.deepEqual(lines(dir).map((line) => JSON.parse(line).n), [0, 1]);
+  log.close();
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
+});
+
 test("audit log: a burst is written past the pending limit", () => {
   const dir = tempDir();
   const log = AuditLog.create(dir, RUN, key);
@@ -213,6 +254,54 @@ test("audit log: records match the encoding of a copied object", () => {
   const [line] = lines(dir);
   const expected = JSON.stringify({ v: 1, seq: 0, time: "2026-01-02T03:04:05.678Z", run: RUN, type: "network", ...fields, prev: JSON.parse(line as string).prev });
   assert.equal(line, expected);
+});
+
+/** Builds the expected file of a log with encodeRecord, one line string at a time. */
+function referenceLog(runId: string, records: readonly (readonly [string, Record<string, unknown>, Date])[]): string {
+  let prev = genesisHash(runId);
+  let text = "";
+  records.forEach(([type, fields, time], seq) => {
+    const line = encodeRecord({ seq, time: time.toISOString(), run: runId, type, prev }, fields);
+    prev = sha256Hex(line);
+    text += `${line}\n`;
+  });
+  return text;
+}
+
+test("audit log: bytes match encodeRecord for non-ASCII text", () => {
+  const runId = "run-é-日本";
+  const dir = tempDir();
+  const log = AuditLog.create(dir, runId, key);
+  const time = new Date("2026-01-02T03:04:05.678Z");
+  const records = [
+    ["run.start", {}, time],
+    ["network", { host: "bücher.example", path: "/日本/😀", note: "lone \ud800 surrogate" }, time],
+    ["type-ü", { quote: 'say "hi"\n', nested: { list: [1, "två"] } }, time],
+    ["network", { empty: "" }, time],
+  ] as const;
+  for (const [type, fields, at] of records) log.append(type, fields, at);
+  log.close();
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), referenceLog(runId, records));
+  assert.equal(verifyRunLog(dir, runId, key.publicKey).status, "valid");
+});
+
+test("audit log: batch larger than the line buffer", () => {
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const time = new Date("2026-01-02T03:04:05.678Z");
+  // 400,000 characters of 2 bytes each in UTF-8 do not fit in the log's own line buffer.
+  const large = "é".repeat(400_000);
+  const records: [string, Record<string, unknown>, Date][] = [];
+  for (let i = 0; i < 5; i++) records.push(["network", { n: i, body: i % 2 === 0 ? large : "small" }, time]);
+  for (const [type, fields, at] of records) log.append(type, fields, at);
+  log.flush();
+  // The next batch uses the log's own buffer again.
+  const later: [string, Record<string, unknown>, Date] = ["run.end", { exitCode: 0 }, time];
+  records.push(later);
+  log.append(...later);
+  log.close();
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), referenceLog(RUN, records));
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
 });
 
 test("audit log: record times match toISOString", () => {
@@ -243,6 +332,28 @@ test("audit log: unserialisable fields stop the log", () => {
   assert.equal(lines(dir).length, 1);
   assert.throws(() => log.append("network", { n: 3 }), /record 1 of run run-test-1, of type network, could not be serialised \(.*BigInt.*\); network was not recorded/);
   assert.throws(() => log.close(), /could not be serialised .*; head was not recorded/);
+  const report = verifyRunLog(dir, RUN, key.publicKey);
+  assert.equal(report.status, "incomplete", JSON.stringify(report));
+  assert.equal(report.validCount, 1);
+});
+
+test("audit log: encoded lines survive a later unserialisable record", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  const failures: string[] = [];
+  log.onFailure = (error) => failures.push(error.message);
+  log.append("network", { n: 0 });
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  log.append("network", { n: 1n });
+  log.append("network", { n: 2 });
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+
+  assert.equal(failures.length, 1);
+  assert.match(failures[0] as string, /record 1 of run run-test-1, of type network, could not be serialised/);
+  assert.equal(lines(dir).length, 1);
+  assert.throws(() => log.close(), /could not be serialised .*; head was not recorded/);
+  assert.equal(failures.length, 1);
   const report = verifyRunLog(dir, RUN, key.publicKey);
   assert.equal(report.status, "incomplete", JSON.stringify(report));
   assert.equal(report.validCount, 1);
@@ -296,12 +407,17 @@ test("audit log: a failed write stops the log", async () => {
 
 test("audit log: process.exit writes pending records", async () => {
   const dir = tempDir();
+  // The first 10 records are usually encoded and not yet written when the process exits, and
+  // the last 5 are still pending. Either way the exit handler writes all of them.
   const script = `
     import { AuditLog } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/audit-log.ts"))};
     import { loadOrCreateHostKey } from ${JSON.stringify(resolve(import.meta.dirname, "../../src/audit/host-key.ts"))};
     const log = AuditLog.create(${JSON.stringify(dir)}, ${JSON.stringify(RUN)}, loadOrCreateHostKey(${JSON.stringify(keyDir)}));
     for (let i = 0; i < 10; i++) log.append("network", { n: i });
-    process.exit(3);
+    setTimeout(() => {
+      for (let i = 10; i < 15; i++) log.append("network", { n: i });
+      process.exit(3);
+    }, ${ENCODE_INTERVAL_MS * 2});
   `;
   const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "ignore", "inherit"] });
   const code = await new Promise((done) => child.on("close", done));
@@ -309,7 +425,7 @@ test("audit log: process.exit writes pending records", async () => {
 
   const report = verifyRunLog(dir, RUN, key.publicKey);
   assert.equal(report.status, "incomplete", JSON.stringify(report));
-  assert.equal(report.validCount, 10);
+  assert.equal(report.validCount, 15);
 });
 
 test("host key: a group-readable key is rejected", () => {
