@@ -296,12 +296,16 @@ describe("root share", () => {
   });
 
   test("virtiofsd chroots into the share", () => {
-    const command = rootShareCommand({ mounts: ops, socketDir: "/r/vm", socketPath: "/r/vm/fs.sock", view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }), seccompFd: 3 });
+    const command = rootShareCommand({ mounts: ops, socketFd: 4, view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }), seccompFd: 3 });
     assert.equal(command[command.indexOf("--seccomp") + 1], "3");
     assert.equal(command[0], "bwrap");
     assert.ok(command.includes("--die-with-parent"));
     const daemon = command.slice(command.indexOf("--") + 1);
-    assert.deepEqual(daemon.slice(0, 2), ["/usr/lib/qemu/virtiofsd", "--socket-path=/r/vm/fs.sock"]);
+    assert.deepEqual(daemon.slice(0, 2), ["/usr/lib/qemu/virtiofsd", "--fd=4"]);
+    // The socket arrives as a descriptor, so no host directory is bound writable for it.
+    const bindTargets = command.flatMap((arg, index) => (arg === "--bind" ? [command[index + 2] ?? ""] : []));
+    assert.deepEqual(bindTargets, [`${SHARE_ROOT}/home/u/project`]);
+    assert.ok(!command.some((arg) => arg.startsWith("--socket-path")));
     assert.ok(daemon.includes(`source=${SHARE_ROOT}`));
     assert.ok(daemon.includes("sandbox=chroot"));
     // The composed view starts from an empty tmpfs, so only the plan's paths exist in it.
