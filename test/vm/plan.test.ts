@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { chooseAccelerator, choiceIsCurrent, parseChoice, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
+import { stripModuleBtf } from "../../src/vm/initramfs.js";
 import { kernelPackageOf, loadKernel } from "../../src/vm/kernel.js";
 import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
 import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qemu-args.js";
@@ -191,6 +193,23 @@ describe("kernel modules", () => {
   test("unsigned module unchanged", () => {
     const body = Buffer.from("\u007fELF module body without a signature");
     assert.equal(stripModuleSignature(body), body);
+  });
+  test("BTF section removed", () => {
+    // A relocatable object with a .BTF section beside its code, as a kernel module has.
+    const dir = mkdtempSync(join(tmpdir(), "ringfence-btf-"));
+    writeFileSync(join(dir, "m.c"), 'int value = 1;\n__attribute__((section(".BTF"), used)) static const char types[64] = "btf";\nint get(void) { return value; }\n');
+    const compiled = spawnSync("cc", ["-c", "-o", join(dir, "m.o"), join(dir, "m.c")], { encoding: "utf8" });
+    assert.equal(compiled.status, 0, compiled.stderr);
+    const sections = (object: Uint8Array) => {
+      writeFileSync(join(dir, "check.o"), object);
+      return spawnSync("readelf", ["-S", "-W", join(dir, "check.o")], { encoding: "utf8" }).stdout;
+    };
+    const module = readFileSync(join(dir, "m.o"));
+    assert.match(sections(module), / \.BTF /);
+    const stripped = stripModuleBtf("m", module, dir);
+    assert.doesNotMatch(sections(stripped), / \.BTF /);
+    assert.match(sections(stripped), / \.text /);
+    assert.match(sections(stripped), / \.data /);
   });
   test("cycle rejected", () => {
     assert.throws(() => moduleLoadOrder(["a"], (name) => (name === "a" ? ["b"] : ["a"])), /cycle/);
