@@ -1,8 +1,9 @@
 // Compares the start-up of two ringfence builds on the vm backend in one run. Each build has its
 // own prepared initramfs. Per round and build it does one untimed `ringfence run`, because both
 // builds share the V8 code cache, which keeps one file per command. Then it boots the floor of
-// that build's initramfs and times `ringfence run --backend vm -- true`. The builds take turns, in swapped order every
-// round, so load from other programs hits both alike. Reports wall and process-tree CPU medians.
+// that build's initramfs, with that build's QEMU and kernel options, and times
+// `ringfence run --backend vm -- true`. The builds take turns, in swapped order every round, so
+// load from other programs hits both alike. Reports wall and process-tree CPU medians.
 // It rewrites image.json in the shared VM cache for each build and leaves it naming NEW_INITRAMFS.
 // Needs root, like the vm backend on QEMU 7.2.
 //   node bench/vm/compare-builds.mjs ROUNDS OLD_CHECKOUT OLD_INITRAMFS NEW_INITRAMFS
@@ -12,8 +13,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { bootFloor } from "../../dist/vm/calibrate.js";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { findGuestImage, vmDirectories } from "../../dist/vm/image.js";
 
 const [roundsText, oldCheckout, oldInitramfs, newInitramfs] = process.argv.slice(2);
@@ -22,12 +22,19 @@ const rounds = Number(roundsText);
 const prepared = findGuestImage(vmDirectories());
 if (prepared === null) throw new Error("no prepared guest; run: ringfence vm prepare");
 
+const newCheckout = fileURLToPath(new URL("../..", import.meta.url));
 const builds = {
-  old: { ringfence: join(oldCheckout, "bin", "ringfence"), image: { release: prepared.release, kernel: prepared.kernel, initramfs: oldInitramfs } },
-  new: { ringfence: fileURLToPath(new URL("../../bin/ringfence", import.meta.url)), image: { release: prepared.release, kernel: prepared.kernel, initramfs: newInitramfs } },
+  old: { ringfence: join(oldCheckout, "bin", "ringfence"), bootFloor: await floorOf(oldCheckout), image: { release: prepared.release, kernel: prepared.kernel, initramfs: oldInitramfs } },
+  new: { ringfence: join(newCheckout, "bin", "ringfence"), bootFloor: await floorOf(newCheckout), image: { release: prepared.release, kernel: prepared.kernel, initramfs: newInitramfs } },
 };
 const workspace = mkdtempSync(join(tmpdir(), "ringfence-bench-vm-"));
 const env = { ...process.env, RINGFENCE_VM_ACCEL: "tcg" };
+
+/** Returns a checkout's floor boot, so each build's floor has that build's QEMU and kernel options. */
+async function floorOf(checkout) {
+  const { bootFloor } = await import(pathToFileURL(join(checkout, "dist", "vm", "calibrate.js")).href);
+  return bootFloor;
+}
 
 /** Milliseconds of CPU time used by this process's waited-for descendants (cutime + cstime in /proc/self/stat). */
 function childrenCpuMs() {
@@ -55,7 +62,7 @@ async function measure(name) {
   if (warm.status !== 0) throw new Error(`the ${name} build's run failed: ${warm.stderr}`);
 
   let cpuBefore = childrenCpuMs();
-  const floorMs = await bootFloor({ ...build.image, dir: prepared.dir }, "tcg", 300_000, 4096);
+  const floorMs = await build.bootFloor({ ...build.image, dir: prepared.dir }, "tcg", 300_000, 4096);
   if (floorMs === null) throw new Error(`the floor boot of ${build.image.initramfs} did not finish`);
   samples[name].floorCpu.push(childrenCpuMs() - cpuBefore);
   samples[name].floor.push(floorMs);

@@ -74,6 +74,8 @@ mkdir -p /dev/pts /dev/shm
   echo "sysfs /sysroot/sys sysfs ro 0 0"
   echo "devtmpfs /sysroot/dev devtmpfs defaults 0 0"
   echo "devpts /sysroot/dev/pts devpts newinstance,ptmxmode=0666,mode=0620 0 0"
+  # /dev/ptmx opens the new devpts instance, as a bind mount of its ptmx in place of a symlink.
+  echo "/sysroot/dev/pts/ptmx /sysroot/dev/ptmx none bind 0 0"
   echo "tmpfs /sysroot/dev/shm tmpfs mode=1777${tmp:+,size=$tmp} 0 0"
   echo "tmpfs /sysroot/run tmpfs mode=0755,size=16m 0 0"
   # The process limit's cgroup file system, outside /sysroot (see below).
@@ -83,14 +85,14 @@ mount -a -T /etc/fstab.sysroot || fail "mounting the guest's /proc, /sys, /dev, 
 # The guest kernel's settings are its own, but they stay read-only as in the namespace backend.
 # busybox mount -a skips a second line for a mount point, so the remount runs on its own.
 mount -o remount,bind,ro /sysroot/proc/sys || fail "making /proc/sys read-only failed"
-ln -sf pts/ptmx /sysroot/dev/ptmx
-mkdir -p /sysroot/run/ringfence
+# One mkdir for the agent's directory and, with a process limit, the command cgroup (see below).
+mkdir -p /sysroot/run/ringfence ${pids:+/cgroup/box} || fail "creating /run/ringfence${pids:+ or the command cgroup} failed"
 [ -f /ca-bundle.pem ] && cp /ca-bundle.pem /sysroot/run/ringfence/ca-bundle.pem
 cp /bin/exec-agent /bin/exec-audit /sysroot/run/ringfence/
 
-ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 echo ringfence > /proc/sys/kernel/hostname
 
+# The net mux also brings the loopback interface up before it listens on 127.0.0.1.
 /bin/net-mux --path "$net_port" --port 3128 &
 
 # The exec agent runs each command under exec-audit, which records every exec in the guest.
@@ -105,7 +107,6 @@ agent_options="--audit /run/ringfence/exec-audit --sync-on-shutdown"
 # descriptor 3, opened before the chroot, to report forks the limit failed.
 if [ -n "$pids" ]; then
   echo +pids > /cgroup/cgroup.subtree_control || fail "enabling the pids controller failed"
-  mkdir /cgroup/box || fail "creating the command cgroup failed"
   echo $((pids + 2)) > /cgroup/box/pids.max || fail "setting pids.max to $((pids + 2)) failed"
   # A subshell moves itself into the cgroup (writing 0 to cgroup.procs moves the writer) and
   # becomes the exec agent; init stays outside.

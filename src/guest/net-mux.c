@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,6 +60,22 @@ static size_t in_len;
 static void die(const char *what) {
   fprintf(stderr, "ringfence net-mux: %s: %s\n", what, strerror(errno));
   exit(1);
+}
+
+/*
+ * Brings the loopback interface up, which the guest kernel then gives 127.0.0.1/8. The guest
+ * init leaves this to the net mux, because each command the init runs costs a fork under TCG.
+ */
+static void loopback_up(void) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket for setting lo up");
+  struct ifreq request;
+  memset(&request, 0, sizeof request);
+  strncpy(request.ifr_name, "lo", IFNAMSIZ - 1);
+  if (ioctl(fd, SIOCGIFFLAGS, &request) < 0) die("reading the flags of lo");
+  request.ifr_flags |= IFF_UP;
+  if (ioctl(fd, SIOCSIFFLAGS, &request) < 0) die("setting lo up");
+  close(fd);
 }
 
 static void protocol_error(const char *what) {
@@ -254,6 +272,7 @@ int main(int argc, char **argv) {
   int port = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (port < 0) die(path);
 
+  loopback_up();
   int listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listener < 0) die("socket");
   int one = 1;

@@ -13,9 +13,12 @@ const DAEMON_SYSTEM = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/li
 export interface RootShareOptions {
   /** The box's filesystem from planMounts: the same visibility rules as the namespace backend. */
   mounts: readonly MountOp[];
-  /** Host directory holding the vhost-user socket, bound writable into the daemon's view. */
-  socketDir: string;
-  socketPath: string;
+  /**
+   * File descriptor, in the spawned bwrap, of the vhost-user socket that ringfence has bound and
+   * put in the listening state. virtiofsd accepts QEMU's connection on it, so the daemon's view
+   * needs no writable host directory for a socket of its own.
+   */
+  socketFd: number;
   view: HostView;
   /** File descriptor, in the spawned bwrap, of a seccomp program for virtiofsd, or null for none. */
   seccompFd: number | null;
@@ -42,7 +45,6 @@ export function rootShareCommand(options: RootShareOptions): string[] {
   args.push("--proc", "/proc", "--dev", "/dev");
   // virtiofsd keeps a lock file under /var/run/virtiofsd.
   args.push("--tmpfs", "/var/run");
-  args.push("--bind", options.socketDir, options.socketDir);
 
   args.push("--tmpfs", SHARE_ROOT);
   // Mount points for what the guest mounts itself; /proc, /dev, /tmp and home come from the plan.
@@ -53,7 +55,7 @@ export function rootShareCommand(options: RootShareOptions): string[] {
   // root's. The filter makes any mode with set-ID bits fail, so no host user can run a set-ID
   // file the guest made while the run lasts.
   if (options.seccompFd !== null) args.push("--seccomp", String(options.seccompFd));
-  args.push("--", VIRTIOFSD_PATH, `--socket-path=${options.socketPath}`, "-o", `source=${SHARE_ROOT}`, "-o", "sandbox=chroot", "-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0");
+  args.push("--", VIRTIOFSD_PATH, `--fd=${options.socketFd}`, "-o", `source=${SHARE_ROOT}`, "-o", "sandbox=chroot", "-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0");
   return args;
 }
 

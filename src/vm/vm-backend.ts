@@ -147,7 +147,8 @@ export class VmBackend implements SandboxBackend {
           if (exit.status === 125 && exit.lost !== null) {
             const console = readFileSync(machine.consoleLog, "utf8").trim().split("\n").slice(-5).join("\n  ");
             const net = exit.warnings.length === 0 ? "" : `; ${exit.warnings.join("; ")}`;
-            throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${net}${console === "" ? "" : `; guest console:\n  ${console}`}`);
+            const helpers = machine.failureDetail();
+            throw new SandboxError("vm-guest", `the micro-VM ended before the command did: ${exit.lost}${helpers === "" ? "" : `; ${helpers}`}${net}${console === "" ? "" : `; guest console:\n  ${console}`}`);
           }
 
           if (workspace.mode !== "ro") {

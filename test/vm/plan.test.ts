@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { chooseAccelerator, choiceIsCurrent, parseChoice, requestAccelerator, type AccelChoice } from "../../src/vm/accel.js";
 import { buildCpio } from "../../src/vm/cpio.js";
+import { stripModuleBtf } from "../../src/vm/initramfs.js";
 import { kernelPackageOf, loadKernel } from "../../src/vm/kernel.js";
 import { moduleDependencies, moduleLoadOrder, stripModuleSignature } from "../../src/vm/modules.js";
 import { kernelCommandLine, qemuArguments, type QemuPlan } from "../../src/vm/qemu-args.js";
@@ -67,6 +69,9 @@ describe("kernel command line", () => {
   });
   test("reboot by triple fault", () => {
     assert.match(kernelCommandLine(BASE), /(^| )reboot=t( |$)/);
+  });
+  test("page zeroing on allocation off", () => {
+    assert.match(kernelCommandLine(BASE), /(^| )init_on_alloc=0( |$)/);
   });
   test("guest settings carried", () => {
     assert.match(kernelCommandLine(BASE), / rf\.tmp=1048576$/);
@@ -189,6 +194,23 @@ describe("kernel modules", () => {
     const body = Buffer.from("\u007fELF module body without a signature");
     assert.equal(stripModuleSignature(body), body);
   });
+  test("BTF section removed", () => {
+    // A relocatable object with a .BTF section beside its code, as a kernel module has.
+    const dir = mkdtempSync(join(tmpdir(), "ringfence-btf-"));
+    writeFileSync(join(dir, "m.c"), 'int value = 1;\n__attribute__((section(".BTF"), used)) static const char types[64] = "btf";\nint get(void) { return value; }\n');
+    const compiled = spawnSync("cc", ["-c", "-o", join(dir, "m.o"), join(dir, "m.c")], { encoding: "utf8" });
+    assert.equal(compiled.status, 0, compiled.stderr);
+    const sections = (object: Uint8Array) => {
+      writeFileSync(join(dir, "check.o"), object);
+      return spawnSync("readelf", ["-S", "-W", join(dir, "check.o")], { encoding: "utf8" }).stdout;
+    };
+    const module = readFileSync(join(dir, "m.o"));
+    assert.match(sections(module), / \.BTF /);
+    const stripped = stripModuleBtf("m", module, dir);
+    assert.doesNotMatch(sections(stripped), / \.BTF /);
+    assert.match(sections(stripped), / \.text /);
+    assert.match(sections(stripped), / \.data /);
+  });
   test("cycle rejected", () => {
     assert.throws(() => moduleLoadOrder(["a"], (name) => (name === "a" ? ["b"] : ["a"])), /cycle/);
   });
@@ -296,12 +318,16 @@ describe("root share", () => {
   });
 
   test("virtiofsd chroots into the share", () => {
-    const command = rootShareCommand({ mounts: ops, socketDir: "/r/vm", socketPath: "/r/vm/fs.sock", view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }), seccompFd: 3 });
+    const command = rootShareCommand({ mounts: ops, socketFd: 4, view: tableView({ "/usr": "dir", "/bin": "->usr/bin", "/lib": "->usr/lib" }), seccompFd: 3 });
     assert.equal(command[command.indexOf("--seccomp") + 1], "3");
     assert.equal(command[0], "bwrap");
     assert.ok(command.includes("--die-with-parent"));
     const daemon = command.slice(command.indexOf("--") + 1);
-    assert.deepEqual(daemon.slice(0, 2), ["/usr/lib/qemu/virtiofsd", "--socket-path=/r/vm/fs.sock"]);
+    assert.deepEqual(daemon.slice(0, 2), ["/usr/lib/qemu/virtiofsd", "--fd=4"]);
+    // The socket arrives as a descriptor, so no host directory is bound writable for it.
+    const bindTargets = command.flatMap((arg, index) => (arg === "--bind" ? [command[index + 2] ?? ""] : []));
+    assert.deepEqual(bindTargets, [`${SHARE_ROOT}/home/u/project`]);
+    assert.ok(!command.some((arg) => arg.startsWith("--socket-path")));
     assert.ok(daemon.includes(`source=${SHARE_ROOT}`));
     assert.ok(daemon.includes("sandbox=chroot"));
     // The composed view starts from an empty tmpfs, so only the plan's paths exist in it.

@@ -2,7 +2,7 @@
 // loopback server. Each boot costs seconds of CPU, so one sandbox serves the shared cases.
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -24,9 +24,38 @@ const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.m
 const problems = new VmBackend().check();
 const skip = problems.length === 0 ? false : `the vm backend cannot run here: ${problems.map((problem) => problem.message).join("; ")}`;
 
-/** Host processes of a run's micro-VM: QEMU and virtiofsd name sockets in the run directory. */
+/**
+ * PIDs of processes with an open descriptor of a Unix socket bound at a path that starts with
+ * `prefix`. /proc/net/unix gives the inode of each socket and the path it was bound at.
+ */
+function socketHolders(prefix: string): number[] {
+  const inodes = new Set(
+    readFileSync("/proc/net/unix", "utf8")
+      .split("\n")
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/))
+      .filter((fields) => fields[7]?.startsWith(prefix) === true)
+      .map((fields) => `socket:[${fields[6]}]`),
+  );
+  const holders: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const descriptors = readdirSync(`/proc/${entry}/fd`);
+      if (descriptors.some((fd) => inodes.has(readlinkSync(`/proc/${entry}/fd/${fd}`)))) holders.push(Number(entry));
+    } catch {
+      // The process ended while being read.
+    }
+  }
+  return holders;
+}
+
+/**
+ * Host processes of a run's micro-VM: QEMU names sockets in the run directory, and bwrap and
+ * virtiofsd hold the vhost-user socket that ringfence bound there.
+ */
 function vmProcesses(runDir: string): number[] {
-  return processTree(join(runDir, "vm"));
+  return [...new Set([...processTree(join(runDir, "vm")), ...socketHolders(join(runDir, "vm", "fs.sock"))])];
 }
 
 /** Returns the command names (comm) of the given processes that are still alive. */

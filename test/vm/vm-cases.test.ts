@@ -2,9 +2,10 @@
 // the mount plan, and no QEMU or virtiofsd left behind, even when ringfence is killed.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { VIRTIOFSD_PATH } from "../../src/vm/root-share.js";
 
 process.env.RINGFENCE_TEST_BACKEND = "vm";
 const { boxCommand, boxUsers, makeWorkspace, runBox, show } = await import("../sandbox/harness.js");
@@ -23,6 +24,28 @@ function processesWith(text: string): string[] {
         return false;
       }
     });
+}
+
+/** PIDs of processes running `program` (the first word of their command line), other than this test's own. */
+function processesRunning(program: string): string[] {
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name) && Number(name) !== process.pid)
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] === program;
+      } catch {
+        return false;
+      }
+    });
+}
+
+/**
+ * PIDs of a run's helpers: QEMU and bwrap name the run's directory under `home` on their command
+ * lines, and virtiofsd, which gets its socket as a descriptor, is any virtiofsd not in `before`.
+ */
+function helpersOf(home: string, before: ReadonlySet<string>): string[] {
+  const daemons = processesRunning(VIRTIOFSD_PATH).filter((pid) => !before.has(pid));
+  return [...new Set([...processesWith(home), ...daemons])];
 }
 
 async function waitFor(condition: () => boolean, attempts = 600): Promise<boolean> {
@@ -86,27 +109,43 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
 
   test("no helpers left after run", async () => {
     const workspace = makeWorkspace(user);
+    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const run = await runBox(user, workspace, [], ["true"]);
     assert.equal(run.status, 0, show(run));
-    // Every helper's command line names the run's directory under the test user's home.
-    assert.deepEqual(processesWith(user.home), [], "QEMU, virtiofsd or bwrap outlived the run");
+    assert.deepEqual(helpersOf(user.home, before), [], "QEMU, virtiofsd or bwrap outlived the run");
   });
 
   test("no helpers left after SIGKILL", async () => {
     const workspace = makeWorkspace(user);
+    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
     const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
     try {
       assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
-      const helpers = processesWith(user.home);
-      assert.ok(helpers.length >= 2, `expected QEMU and virtiofsd, found ${helpers.length} processes`);
+      const daemons = processesRunning(VIRTIOFSD_PATH).filter((pid) => !before.has(pid));
+      assert.equal(daemons.length, 1, `expected one virtiofsd for the run, found ${daemons.length}`);
+      const helpers = helpersOf(user.home, before);
+      assert.ok(helpers.length >= 3, `expected QEMU, bwrap and virtiofsd, found ${helpers.length} processes`);
       ringfence.kill("SIGKILL");
-      const allEnded = await waitFor(() => processesWith(user.home).length === 0, 100);
-      leftovers.push(...processesWith(user.home));
-      assert.ok(allEnded, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+      const allEnded = await waitFor(() => helpersOf(user.home, before).length === 0, 100);
+      leftovers.push(...helpersOf(user.home, before));
+      assert.ok(allEnded, `still running after ringfence was killed: ${helpersOf(user.home, before).join(", ")}`);
     } finally {
       ringfence.kill("SIGKILL");
     }
+  });
+
+  test("virtiofsd failure stops the VM", async () => {
+    // QEMU starts before virtiofsd is ready, so a daemon that fails must end the VM and the run.
+    const workspace = makeWorkspace(user);
+    const fakeBin = join(workspace, "fake-bin");
+    mkdirSync(fakeBin);
+    writeFileSync(join(fakeBin, "bwrap"), "#!/bin/sh\necho 'fake bwrap failed' >&2\nexit 3\n", { mode: 0o755 });
+    const before = new Set(processesRunning(VIRTIOFSD_PATH));
+    const run = await runBox(user, workspace, [], ["true"], { env: { PATH: `${fakeBin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` } });
+    assert.equal(run.status, 125, show(run));
+    assert.match(run.stderr, /virtiofsd exited while QEMU ran \(status 3\): fake bwrap failed/, show(run));
+    assert.deepEqual(helpersOf(user.home, before), [], "QEMU or bwrap outlived the failed start");
   });
 
   test("accelerator flag shown in plan", async () => {
