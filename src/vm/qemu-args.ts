@@ -59,12 +59,6 @@ export function kernelCommandLine(plan: QemuPlan): string {
     "i8042.dumbkbd",
     "cryptomgr.notests",
     "random.trust_cpu=on",
-    // Debian's kernel zeroes every page it allocates (CONFIG_INIT_ON_ALLOC_DEFAULT_ON), which
-    // TCG emulates slowly: loading the six modules took about 25 ms less without it. Zeroing
-    // keeps one guest process from reading another's freed memory, but every guest process
-    // runs as guest root, which can read all guest memory anyway. The host's own pages are
-    // unaffected, because the host zeroes the memory it gives QEMU.
-    "init_on_alloc=0",
   ];
   if (plan.accel === "tcg" && plan.tscKhz !== null) {
     // Under TCG on a loaded host the guest's PIT calibration of the TSC can fail, and the kernel

@@ -70,9 +70,6 @@ describe("kernel command line", () => {
   test("reboot by triple fault", () => {
     assert.match(kernelCommandLine(BASE), /(^| )reboot=t( |$)/);
   });
-  test("page zeroing on allocation off", () => {
-    assert.match(kernelCommandLine(BASE), /(^| )init_on_alloc=0( |$)/);
-  });
   test("guest settings carried", () => {
     assert.match(kernelCommandLine(BASE), / rf\.tmp=1048576$/);
   });
