@@ -53,6 +53,8 @@ function formatRawRecord(record: AuditRecord): string {
     case "run.start":
       return `${prefix} ${text(record.backend)} backend, workspace ${text(record.workspace)} (${text(record.mode)}): ${Array.isArray(record.command) ? record.command.join(" ") : text(record.command)}`;
     case "run.end":
+      // A run that ended before its command did (a failed start, say) has no status but an error.
+      if (record.status === null && record.error) return `${prefix} failed after ${text(record.durationMs)} ms, ${text(record.blocked)} blocked: ${text(record.error)}`;
       return `${prefix} status ${text(record.status)} after ${text(record.durationMs)} ms, ${text(record.blocked)} blocked${record.stoppedBy ? `, stopped: ${text(record.stoppedBy)}` : ""}`;
     default: {
       const { v: _v, seq: _seq, time: _time, run: _run, type: _type, prev: _prev, ...rest } = record;

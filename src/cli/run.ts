@@ -77,9 +77,31 @@ export async function runCommand(
     return EXIT_RINGFENCE_FAILED;
   }
 
+  // Until the box starts, Ctrl-C, SIGTERM or SIGHUP ends the run through its usual path, so the
+  // audit log records the end and the box's placeholders and cgroups are removed. Without these
+  // handlers Node would exit at once. Once the box runs, the backend handles those signals, and
+  // these only keep a late signal from cutting ringfence's clean-up short.
+  const interrupt = new AbortController();
+  let interruptedBy: (typeof INTERRUPT_SIGNALS)[number] | null = null;
+  let boxStarted = false;
+  const handlers = Object.fromEntries(
+    INTERRUPT_SIGNALS.map((signal) => [
+      signal,
+      () => {
+        if (boxStarted || interruptedBy !== null) return;
+        interruptedBy = signal;
+        interrupt.abort(`ringfence received ${signal}`);
+      },
+    ]),
+  );
+  for (const [signal, handler] of Object.entries(handlers)) process.on(signal, handler);
+
   try {
     const accel = options.accel === undefined ? {} : { vmAccel: options.accel as "auto" | "kvm" | "tcg" };
-    const result = await runSandbox({ ...extra, ...accel, policy, command: boxCommand, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`) });
+    const onBoxStart = () => {
+      boxStarted = true;
+    };
+    const result = await runSandbox({ ...extra, ...accel, policy, command: boxCommand, cwd, dryRun: options.dryRun === true, message: (line) => io.err(`${line}\n`), stop: interrupt.signal, onBoxStart });
     if (options.dryRun === true) {
       io.out(`policy: ${policy.files.length === 0 ? "built-in default" : policy.files.join(" -> ")}\n`);
       io.out(`workspace: ${policy.workspace.path} (mode ${policy.workspace.mode})\n`);
@@ -88,6 +110,11 @@ export async function runCommand(
     }
     return result.status;
   } catch (cause) {
+    if (cause instanceof SandboxError && cause.code === "stopped" && interruptedBy !== null) {
+      io.err(`ringfence: ${cause.message}\n`);
+      // As a shell reports a command ended by that signal.
+      return 128 + SIGNAL_NUMBERS[interruptedBy];
+    }
     if (cause instanceof SandboxError) {
       io.err(`ringfence: ${cause.message}\n`);
       return EXIT_RINGFENCE_FAILED;
@@ -96,8 +123,14 @@ export async function runCommand(
     io.err(`ringfence: internal error: ${cause instanceof Error ? cause.message : String(cause)}; please report it with the run's ringfence.log\n`);
     if (process.env.RINGFENCE_DEBUG !== undefined && cause instanceof Error) io.err(`${cause.stack ?? ""}\n`);
     return EXIT_RINGFENCE_FAILED;
+  } finally {
+    for (const [signal, handler] of Object.entries(handlers)) process.off(signal, handler);
   }
 }
+
+/** Signals that end a run before its box starts. */
+const INTERRUPT_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+const SIGNAL_NUMBERS: Readonly<Record<(typeof INTERRUPT_SIGNALS)[number], number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
 /** Loads `--policy FILE`, else ./ringfence.yaml, else the built-in default; prints diagnostics. */
 async function loadRunPolicy(file: string | undefined, cwd: string, io: Output): Promise<Policy | null> {

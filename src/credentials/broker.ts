@@ -42,6 +42,8 @@ export interface CredentialBrokerOptions {
   runId?: string;
   /** Time limit for each `command` source, in milliseconds. Default: 30 s. */
   commandTimeoutMs?: number;
+  /** Aborted, it kills the `command` sources still running, and the broker is not created. */
+  signal?: AbortSignal;
   /** Extra CA certificates (PEM) trusted for upstream TLS beside the host's, for internal services and tests. */
   upstreamCaPems?: readonly string[];
   /** Host CA bundle to trust upstream and to combine with the run CA; null uses Node's built-in roots. Default: the first of SYSTEM_CA_BUNDLES that exists. */
@@ -68,7 +70,7 @@ export interface CredentialBroker {
 /** Resolves secrets, makes placeholders and the run CA, and returns the broker. */
 export async function createCredentialBroker(options: CredentialBrokerOptions): Promise<CredentialBroker> {
   const { policy } = options;
-  const secrets = await resolveSecrets(policy.credentials, { env: options.env, ...(options.commandTimeoutMs === undefined ? {} : { commandTimeoutMs: options.commandTimeoutMs }) });
+  const secrets = await resolveSecrets(policy.credentials, { env: options.env, ...(options.commandTimeoutMs === undefined ? {} : { commandTimeoutMs: options.commandTimeoutMs }), ...(options.signal === undefined ? {} : { signal: options.signal }) });
 
   let runCredentials: RunCredential[] = policy.credentials.map((credential) => ({
     credential,

@@ -28,6 +28,8 @@ export interface ResolveOptions {
   env: NodeJS.ProcessEnv;
   /** Time limit for each `command` source, in milliseconds. */
   commandTimeoutMs?: number;
+  /** Aborted, it kills each `command` source still running with SIGKILL, and resolution fails. */
+  signal?: AbortSignal;
 }
 
 /** Describes where a credential's secret comes from, for messages. */
@@ -99,14 +101,16 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
   const [file, ...args] = argv as [string, ...string[]];
 
   return new Promise((resolve, reject) => {
-    execFile(file, args, { env: options.env, timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
+    const signal = options.signal === undefined ? {} : { signal: options.signal };
+    execFile(file, args, { env: options.env, timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true, ...signal }, (error, stdout) => {
       if (error === null) {
         resolve(stdout);
         return;
       }
       const failure = error as NodeJS.ErrnoException & { killed?: boolean; code?: string | number | null; signal?: NodeJS.Signals | null };
       let why: string;
-      if (failure.code === "ENOENT") why = `command ${shown} was not found`;
+      if (options.signal?.aborted === true) why = `command ${shown} was stopped (${String(options.signal.reason ?? "aborted")})`;
+      else if (failure.code === "ENOENT") why = `command ${shown} was not found`;
       else if (failure.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") why = `command ${shown} wrote more than ${MAX_SECRET_BYTES} bytes`;
       else if (failure.killed === true && failure.signal === "SIGKILL") why = `command ${shown} timed out after ${timeoutMs} ms`;
       else if (typeof failure.code === "number") why = `command ${shown} failed with exit status ${failure.code}`;

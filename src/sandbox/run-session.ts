@@ -47,6 +47,8 @@ export interface RunSessionOptions {
    * writes the record.
    */
   onAuditRecord?: (type: string, fields: Readonly<Record<string, unknown>>, time: Date) => void;
+  /** Aborted while the session opens, it ends the credential commands it waits for, and open fails. */
+  stop?: AbortSignal;
 }
 
 /**
@@ -159,7 +161,7 @@ export class RunSession {
       // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
       const { createCredentialBroker } = await import("../credentials/index.js");
       try {
-        this.#broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...this.hostEnv }, runId: runDir.id, upstreamCaPems });
+        this.#broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...this.hostEnv }, runId: runDir.id, upstreamCaPems, ...(options.stop === undefined ? {} : { signal: options.stop }) });
       } catch (cause) {
         // A missing or unusable secret is the user's to fix; its message names the credential and source only.
         if (cause instanceof Error && cause.name === "CredentialError") throw new SandboxError("credential", cause.message);

@@ -36,8 +36,14 @@ export interface RunSandboxOptions {
   localServices?: LocalServices;
   /** Called once the run directory exists, before the box starts. */
   onStart?: (run: { runId: string; runDir: string }) => void;
-  /** Stops the box early when aborted; the abort reason is recorded as what stopped it. */
+  /**
+   * Stops the box early when aborted; the abort reason is recorded as what stopped it. Aborted
+   * before the box starts, the run ends without starting it and runSandbox throws SandboxError
+   * with code "stopped".
+   */
   stop?: AbortSignal;
+  /** Called once the box is prepared, just before it starts. */
+  onBoxStart?: () => void;
 }
 
 export interface RunSandboxResult {
@@ -78,11 +84,19 @@ export function needsInterception(policy: Policy): boolean {
  * problems the user can fix before the command starts.
  */
 export async function runSandbox(options: RunSandboxOptions): Promise<RunSandboxResult> {
-  const session = await RunSession.open(options);
+  let session: RunSession;
+  try {
+    session = await RunSession.open(options);
+  } catch (cause) {
+    // A stop during open kills the credential commands it waits for, which fails the open.
+    throwIfStopped(options.stop);
+    throw cause;
+  }
   const runId = session.runDir.id;
   const runDir = session.runDir.path;
 
   try {
+    throwIfStopped(options.stop);
     const box = await session.backend.prepare(session.boxRequest(options.command, options.cwd ?? process.cwd(), options.vmAccel === undefined ? {} : { vmAccel: options.vmAccel }));
 
     if (options.dryRun === true) {
@@ -91,8 +105,13 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       await session.discard();
       return { runId, runDir, status: 0, blocked: 0, description: box.describe() };
     }
+    if (options.stop?.aborted === true) {
+      await box.cleanup();
+      throwIfStopped(options.stop);
+    }
 
     session.trackWorkspace();
+    options.onBoxStart?.();
     const stop = options.stop === undefined ? session.stopSignal : AbortSignal.any([session.stopSignal, options.stop]);
     const exit = await box.run({ timeoutMs: session.policy.resources.timeoutMs, stop, onExec: (record) => session.record("exec", { ...record }) });
     const status = session.finish(exit);
@@ -104,6 +123,12 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
   } finally {
     await session.close();
   }
+}
+
+/** Throws SandboxError "stopped" with the abort reason when `stop` was aborted before the box started. */
+function throwIfStopped(stop: AbortSignal | undefined): void {
+  if (stop?.aborted !== true) return;
+  throw new SandboxError("stopped", `the run was stopped before its box started: ${String(stop.reason ?? "no reason given")}`);
 }
 
 // The audit record's envelope carries the type, time and run id; the event's own copies go.

@@ -57,3 +57,17 @@ describe("resolveSecret failures", () => {
     });
   }
 });
+
+describe("resolveSecret stop", () => {
+  it("kills a command when stopped", { timeout: 60_000 }, async () => {
+    const stop = new AbortController();
+    const pending = resolveSecret(credential({ kind: "command", argv: ["sleep", "600"] }), { env: { PATH: process.env.PATH }, signal: stop.signal });
+    stop.abort("the user pressed Ctrl-C");
+    const error = await pending.then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
+    assert.match(error.message, /^credential svc: command "sleep 600" was stopped \(the user pressed Ctrl-C\)$/);
+  });
+});

@@ -48,6 +48,16 @@ function alive(identity: string): boolean {
   }
 }
 
+/** Returns the start time field of a process's stat, or "" when it is gone. */
+function processStart(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] as string;
+  } catch {
+    return "";
+  }
+}
+
 /** Polls `condition` every 100 ms, at most 300 times; returns whether it became true. */
 async function eventually(condition: () => boolean): Promise<boolean> {
   for (let attempt = 0; attempt < 300; attempt += 1) {
@@ -93,6 +103,39 @@ test("box dies with SIGKILLed ringfence", async () => {
   assert.equal(existsSync(join(workspace, ".github")), false, show(next));
   assert.equal(existsSync(join(workspace, ".vscode")), false, show(next));
   for (const group of groups) assert.equal(existsSync(group), false, `cgroup ${group} of the killed run is still there`);
+});
+
+test("interrupt before box start", async () => {
+  // The credential command writes its PID, then becomes the sleep, so ringfence waits for it
+  // while it opens the run, and SIGKILL of that PID ends the wait.
+  const workspace = makeWorkspace(me);
+  const directory = mkdtempSync(join(tmpdir(), "ringfence-interrupt-"));
+  const pidFile = join(directory, "credential.pid");
+  const policy = join(directory, "policy.yaml");
+  const command = `echo $$ > ${pidFile}; exec sleep 600`;
+  writeFileSync(policy, `version: 1\ncredentials:\n  - name: slow\n    source: {command: [sh, -c, ${JSON.stringify(command)}]}\n    hosts: [api.example.com]\n    inject: {header: x-api-key}\n`);
+  const { argv, env } = boxCommand(me, ["--policy", policy], ["true"]);
+  const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  ringfence.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  const exited = new Promise<number | null>((resolve) => ringfence.once("exit", (code) => resolve(code)));
+
+  assert.ok(await eventually(() => existsSync(pidFile) && readFileSync(pidFile, "utf8").endsWith("\n")), `the credential command never started\n${stderr}`);
+  const credentialPid = Number(readFileSync(pidFile, "utf8"));
+  ringfence.kill("SIGINT");
+
+  assert.equal(await exited, 130, stderr);
+  assert.match(stderr, /^ringfence: the run was stopped before its box started: ringfence received SIGINT$/m);
+  assert.ok(await eventually(() => !alive(`${credentialPid} ${processStart(credentialPid)}`)), `credential command ${credentialPid} outlived the run`);
+
+  // The run's record gives the reason it ended, and its log verifies.
+  const runs = join(me.home, ".local", "state", "ringfence", "runs");
+  const runId = readdirSync(runs).sort().at(-1) as string;
+  const types = readFileSync(join(runs, runId, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; error?: string });
+  assert.deepEqual(types.map((record) => record.type), ["run.start", "run.end"]);
+  assert.match(types[1]?.error ?? "", /ringfence received SIGINT/);
+  const verify = spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "..", "src", "cli", "main.ts"), "audit", "verify", runId], { env, encoding: "utf8" });
+  assert.equal(verify.status, 0, `${verify.stdout}${verify.stderr}`);
 });
 
 test("timeout stop holds box execs", async () => {
