@@ -1,5 +1,5 @@
 import { spawnSync } from "node:child_process";
-import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, cpSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Duplex, Readable } from "node:stream";
 import { recordOverlayBaseline } from "../workspace/overlay-record.js";
@@ -411,15 +411,14 @@ export function rebaseProtection(plan: ProtectPlan, from: string, to: string): P
   };
 }
 
+/** Removes the run's placeholders that are still empty. A directory the box filled stays. */
 export function removePlaceholders(protect: ProtectPlan): void {
   // Deepest first, so a parent made for the run is empty by the time its turn comes.
   for (const placeholder of [...protect.placeholders].reverse()) {
     try {
-      if (placeholder.kind !== "file") {
-        if (readdirSync(placeholder.path).length === 0) rmdirSync(placeholder.path);
-      } else if (statSync(placeholder.path).size === 0) {
-        rmSync(placeholder.path);
-      }
+      // rmdir removes only an empty directory (ENOTEMPTY otherwise), so no listing is needed.
+      if (placeholder.kind !== "file") rmdirSync(placeholder.path);
+      else if (statSync(placeholder.path).size === 0) rmSync(placeholder.path);
     } catch {
       // Already gone, or no longer empty: leave it for the user to see.
     }

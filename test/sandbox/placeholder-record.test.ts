@@ -11,6 +11,7 @@ import {
   reservedPaths,
   writePlaceholderRecord,
 } from "../../src/sandbox/placeholder-record.js";
+import { removePlaceholders } from "../../src/sandbox/namespace-backend.js";
 import type { ProtectPlan } from "../../src/sandbox/protect-plan.js";
 
 const bases: string[] = [];
@@ -93,4 +94,42 @@ test("placeholder record: stale scan removes a dead run's placeholders", () => {
   assert.ok(!existsSync(join(workspace, ".vscode")));
   assert.ok(!existsSync(join(workspace, ".envrc")));
   assert.ok(existsSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE)));
+});
+
+test("removePlaceholders keeps what the box filled", () => {
+  const base = mkdtempSync(join(tmpdir(), "ringfence-placeholder-test-"));
+  bases.push(base);
+  const path = (name: string) => join(base, name);
+  const protect: ProtectPlan = {
+    readOnly: [],
+    placeholders: [
+      { path: path(".git"), kind: "parent" },
+      { path: path(".vscode"), kind: "dir" },
+      { path: path(".idea"), kind: "dir" },
+      { path: path(".codex"), kind: "dir" },
+      { path: path(".git/hooks"), kind: "dir" },
+      { path: path(".git/config.worktree"), kind: "file" },
+      { path: path(".git/info"), kind: "file" },
+    ],
+    pins: [],
+    problems: [],
+    redirects: [],
+    uncovered: [],
+  };
+  mkdirSync(path(".git/hooks"), { recursive: true });
+  mkdirSync(path(".vscode"));
+  mkdirSync(path(".idea/sub"), { recursive: true });
+  writeFileSync(path(".git/config.worktree"), "");
+  writeFileSync(path(".git/info"), "written in the box\n");
+  // .codex is missing, as after a box that removed it.
+
+  removePlaceholders(protect);
+
+  assert.equal(existsSync(path(".vscode")), false, "an empty placeholder directory stays");
+  assert.equal(existsSync(path(".git/hooks")), false, "an empty nested placeholder stays");
+  assert.equal(existsSync(path(".git/config.worktree")), false, "an empty placeholder file stays");
+  assert.equal(existsSync(path(".idea/sub")), true, "a filled placeholder directory was removed");
+  assert.equal(readFileSync(path(".git/info"), "utf8"), "written in the box\n");
+  assert.equal(existsSync(path(".git")), true, "a parent that still holds a file was removed");
+  assert.equal(existsSync(path(".codex")), false);
 });
