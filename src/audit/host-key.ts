@@ -51,8 +51,20 @@ export function loadOrCreateHostKey(keyDir: string): HostKey {
   const privateKey = createPrivateKey(pem);
   const publicKey = createPublicKey(privateKey);
   const publicPem = publicKey.export({ type: "spki", format: "pem" }).toString();
-  writeFileSync(join(keyDir, PUBLIC_FILE), publicPem, { mode: 0o644 });
+  // Written only when missing or different. Rewriting the same bytes truncated and refilled the
+  // file before every box started, which is journal work on ext4 that waits behind other writers.
+  const publicPath = join(keyDir, PUBLIC_FILE);
+  if (readTextIfPresent(publicPath) !== publicPem) writeFileSync(publicPath, publicPem, { mode: 0o644 });
   return { privateKey, publicKey, fingerprint: fingerprintOf(publicKey) };
+}
+
+function readTextIfPresent(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw cause;
+  }
 }
 
 /** Returns the SHA-256 (hex) of the raw 32-byte Ed25519 public key. */

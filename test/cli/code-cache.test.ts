@@ -49,6 +49,34 @@ function primedCache(): { cacheHome: string; file: string } {
   return { cacheHome, file: join(cacheDirOf(cacheHome), names[0] ?? "") };
 }
 
+/** Waits until `path` last changed more than 100 ms ago, so bin/ringfence writes a cache for it. */
+function waitUntilSettled(path: string): void {
+  const ageMs = Date.now() - Number(statSync(path, { bigint: true }).ctimeNs / 1_000_000n);
+  if (ageMs < 150) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 150 - ageMs);
+}
+
+/** Encodes the bundle identity that bin/ringfence stores after the digest: device, inode, size, mtime and ctime in ns. */
+function identityOf(path: string): Buffer {
+  const stat = statSync(path, { bigint: true });
+  const encoded = Buffer.alloc(40);
+  [stat.dev, stat.ino, stat.size, stat.mtimeNs, stat.ctimeNs].forEach((value, index) => encoded.writeBigUInt64LE(value, index * 8));
+  return encoded;
+}
+
+/** Copies bin/ringfence and the bundle into a new directory, whose bundle has an identity of its own. */
+function copyOfTree(bundleText?: string): { tree: string; bin: string; bundle: string } {
+  const tree = newCacheHome();
+  mkdirSync(join(tree, "bin"));
+  mkdirSync(join(tree, "dist"));
+  copyFileSync(BIN, join(tree, "bin", "ringfence"));
+  copyFileSync(resolve(import.meta.dirname, "../../bin/package.json"), join(tree, "bin", "package.json"));
+  const bundle = join(tree, "dist", "cli.cjs");
+  if (bundleText === undefined) copyFileSync(resolve(import.meta.dirname, "../../dist/cli.cjs"), bundle);
+  else writeFileSync(bundle, bundleText, "latin1");
+  waitUntilSettled(bundle);
+  return { tree, bin: join(tree, "bin", "ringfence"), bundle };
+}
+
 function hasValidDigest(file: string): boolean {
   const data = readFileSync(file);
   return createHash("sha256").update(data.subarray(32)).digest().equals(data.subarray(0, 32));
@@ -184,22 +212,20 @@ test("code cache: planted cache runs only from the default place", () => {
   // a cache from a copy of the bundle whose version has every digit set to 9. Planted under the
   // real bundle's cache name, it runs from the default place, which is why only that place is
   // used. Where XDG_CACHE_HOME points, it does not run.
+  // A planter can also write the real bundle's identity and a matching digest into the file.
   const real = primedCache();
   const name = real.file.slice(real.file.lastIndexOf("/") + 1);
-  const tree = newCacheHome();
-  mkdirSync(join(tree, "bin"));
-  mkdirSync(join(tree, "dist"));
-  copyFileSync(BIN, join(tree, "bin", "ringfence"));
-  copyFileSync(resolve(import.meta.dirname, "../../bin/package.json"), join(tree, "bin", "package.json"));
   const bundle = readFileSync(resolve(import.meta.dirname, "../../dist/cli.cjs"), "latin1");
   assert.ok(bundle.includes(`"${VERSION}"`));
   const forgedVersion = VERSION.replace(/[0-9]/g, "9");
-  writeFileSync(join(tree, "dist", "cli.cjs"), bundle.replaceAll(`"${VERSION}"`, `"${forgedVersion}"`), "latin1");
+  const copy = copyOfTree(bundle.replaceAll(`"${VERSION}"`, `"${forgedVersion}"`));
   const forged = newCacheHome();
-  const built = runVersion(forged, {}, join(tree, "bin", "ringfence"));
+  const built = runVersion(forged, {}, copy.bin);
   assert.equal(built.stdout.trim(), forgedVersion);
   const forgedFile = readdirSync(cacheDirOf(forged)).find((entry) => CACHE_NAME.test(entry)) ?? "";
-  const payload = readFileSync(join(cacheDirOf(forged), forgedFile));
+  const v8Data = readFileSync(join(cacheDirOf(forged), forgedFile)).subarray(32 + 40);
+  const relabelled = Buffer.concat([identityOf(resolve(import.meta.dirname, "../../dist/cli.cjs")), v8Data]);
+  const payload = Buffer.concat([createHash("sha256").update(relabelled).digest(), relabelled]);
 
   const elsewhere = newCacheHome();
   mkdirSync(cacheDirOf(elsewhere), { recursive: true, mode: 0o700 });
@@ -230,4 +256,45 @@ test("code cache: vm runs keep their own cache", () => {
     assert.deepEqual(readdirSync(cacheDirOf(cacheHome)).filter((entry) => name.test(entry)).length, 1, `${args.join(" ")} writes one cache named like ${name}`);
     assert.deepEqual(readdirSync(cacheDirOf(cacheHome)).length, 1, `${args.join(" ")} writes only that cache`);
   }
+});
+
+test("code cache: changed bundle gets a new cache", () => {
+  const copy = copyOfTree();
+  const cacheHome = newCacheHome();
+  assert.equal(runVersion(cacheHome, {}, copy.bin).code, 0);
+  const name = readdirSync(cacheDirOf(cacheHome)).find((entry) => CACHE_NAME.test(entry)) ?? "";
+  const file = join(cacheDirOf(cacheHome), name);
+  assert.deepEqual(readFileSync(file).subarray(32, 72), identityOf(copy.bundle));
+  const first = statSync(file);
+
+  // Writing the same bytes again, as a rebuild that changed nothing does, still changes the identity.
+  writeFileSync(copy.bundle, readFileSync(copy.bundle));
+  waitUntilSettled(copy.bundle);
+  const result = runVersion(cacheHome, {}, copy.bin);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.trim(), VERSION);
+  assert.notEqual(statSync(file).ino, first.ino, "the cache of the old identity was kept");
+  assert.deepEqual(readFileSync(file).subarray(32, 72), identityOf(copy.bundle));
+  assert.ok(hasValidDigest(file));
+});
+
+test("code cache: just-changed bundle writes none", () => {
+  // A preloaded module sets the clock the entry point reads to a time shortly after the
+  // bundle's last change, then to a later one.
+  const copy = copyOfTree();
+  const changedMs = Number(statSync(copy.bundle, { bigint: true }).ctimeNs / 1_000_000n);
+  const preload = join(copy.tree, "clock.cjs");
+  writeFileSync(preload, "const at = Number(process.env.FAKE_NOW_MS); Date.now = () => at;\n");
+  const args = ["--require", preload, copy.bin, "--version"];
+
+  const soon = newCacheHome();
+  const early = runVersion(soon, { FAKE_NOW_MS: String(changedMs + 50) }, process.execPath, args);
+  assert.equal(early.code, 0, early.stderr);
+  assert.equal(early.stdout.trim(), VERSION);
+  assert.deepEqual(existsSync(cacheDirOf(soon)) ? readdirSync(cacheDirOf(soon)) : [], []);
+
+  const later = newCacheHome();
+  const settled = runVersion(later, { FAKE_NOW_MS: String(changedMs + 150) }, process.execPath, args);
+  assert.equal(settled.code, 0, settled.stderr);
+  assert.equal(readdirSync(cacheDirOf(later)).filter((entry) => CACHE_NAME.test(entry)).length, 1);
 });

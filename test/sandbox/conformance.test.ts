@@ -22,6 +22,7 @@ const BACKENDS = [TEST_BACKEND] as const;
 const NAMESPACE_ONLY: Readonly<Record<string, string>> = {
   "seccomp and privileges": "the guest kernel is the boundary; there is no host seccomp filter or capability set to check",
   "Node forwarder carries traffic": "the vm backend has no in-box forwarder; the net mux carries connections",
+  "forwarder execs command once": "the vm backend has no in-box forwarder, and its agent starts the command",
 };
 
 /** Returns the skip reason for a case on this backend, or false to run it. */
@@ -620,6 +621,21 @@ for (const backend of BACKENDS) {
 
         const plan = await runBox(user, workspace, ["--dry-run"], []);
         assert.match(plan.stdout, /^exec audit: every execve and execveat/m, show(plan));
+      });
+
+      test("forwarder execs command once", { skip: skipOn(backend, "forwarder execs command once") }, async () => {
+        // The forwarder looks the command up on PATH before its one execve, where execvp would
+        // try /usr/local/sbin/true, /usr/local/bin/true and others first.
+        const workspace = makeWorkspace(user);
+        const run = await runBox(user, workspace, [], ["true"]);
+        assert.equal(run.status, 0, show(run));
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+        assert.ok(runDir !== undefined, show(run));
+        const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; call?: string; path?: string; argv?: string[]; missing?: boolean });
+        const commandExecs = records.filter((record) => record.type === "exec" && record.call === "execve" && record.argv?.[0] === "true");
+        assert.equal(commandExecs.length, 1, JSON.stringify(commandExecs, null, 1));
+        assert.notEqual(commandExecs[0]?.missing, true, JSON.stringify(commandExecs[0]));
+        assert.match(commandExecs[0]?.path ?? "", /\/true$/);
       });
 
       test("second exec listener rejected", { skip: skipOn(backend, "second exec listener rejected") }, async () => {

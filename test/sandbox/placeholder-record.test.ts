@@ -11,6 +11,7 @@ import {
   reservedPaths,
   writePlaceholderRecord,
 } from "../../src/sandbox/placeholder-record.js";
+import { removePlaceholders, removePlaceholdersConcurrently } from "../../src/sandbox/namespace-backend.js";
 import type { ProtectPlan } from "../../src/sandbox/protect-plan.js";
 
 const bases: string[] = [];
@@ -94,3 +95,54 @@ test("placeholder record: stale scan removes a dead run's placeholders", () => {
   assert.ok(!existsSync(join(workspace, ".envrc")));
   assert.ok(existsSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE)));
 });
+
+const removers: [string, (protect: ProtectPlan) => void | Promise<void>][] = [
+  ["removePlaceholders", removePlaceholders],
+  ["removePlaceholdersConcurrently", removePlaceholdersConcurrently],
+];
+
+for (const [name, remove] of removers) {
+  test(`${name} keeps what the box filled`, async () => {
+    const base = mkdtempSync(join(tmpdir(), "ringfence-placeholder-test-"));
+    bases.push(base);
+    const path = (relative: string) => join(base, relative);
+    const protect: ProtectPlan = {
+      readOnly: [],
+      placeholders: [
+        { path: path(".git"), kind: "parent" },
+        { path: path(".github"), kind: "parent" },
+        { path: path(".vscode"), kind: "dir" },
+        { path: path(".idea"), kind: "dir" },
+        { path: path(".codex"), kind: "dir" },
+        { path: path(".git/hooks"), kind: "dir" },
+        { path: path(".git/config.worktree"), kind: "file" },
+        { path: path(".git/info"), kind: "file" },
+        { path: path(".github/workflows"), kind: "dir" },
+        { path: path(".github/actions"), kind: "dir" },
+      ],
+      pins: [],
+      problems: [],
+      redirects: [],
+      uncovered: [],
+    };
+    mkdirSync(path(".git/hooks"), { recursive: true });
+    mkdirSync(path(".github/workflows"), { recursive: true });
+    mkdirSync(path(".github/actions"));
+    mkdirSync(path(".vscode"));
+    mkdirSync(path(".idea/sub"), { recursive: true });
+    writeFileSync(path(".git/config.worktree"), "");
+    writeFileSync(path(".git/info"), "written in the box\n");
+    // .codex is missing, as after a box that removed it.
+
+    await remove(protect);
+
+    assert.equal(existsSync(path(".vscode")), false, "an empty placeholder directory stays");
+    assert.equal(existsSync(path(".git/hooks")), false, "an empty nested placeholder stays");
+    assert.equal(existsSync(path(".git/config.worktree")), false, "an empty placeholder file stays");
+    assert.equal(existsSync(path(".github")), false, "a parent whose placeholders were all empty stays");
+    assert.equal(existsSync(path(".idea/sub")), true, "a filled placeholder directory was removed");
+    assert.equal(readFileSync(path(".git/info"), "utf8"), "written in the box\n");
+    assert.equal(existsSync(path(".git")), true, "a parent that still holds a file was removed");
+    assert.equal(existsSync(path(".codex")), false);
+  });
+}
