@@ -5,13 +5,12 @@ import { setFlagsFromString } from "node:v8";
  *
  * With it, V8 frees dead ArrayBuffers' memory on the thread that ran the collection instead
  * of in a background task. An intercepted download allocates external memory for every TLS
- * record and body chunk. Without the flag, a loaded machine often put a gateway process into
- * repeated major collections ("external memory pressure") that took V8's worker threads 2 to
- * 3.5 CPU seconds per GiB. In
- * `bench/credentials/ab-intercepted.ts` runs of both kinds of process, at load average 7.4 to
- * 9.4 on 2 x Intel Xeon with Node 20.20.2, 7 of 12 processes without the flag ran them
- * throughout and none of 12 with it. Gateway CPU per GiB fell from 4.28 to 3.50 seconds on
- * average. docs/benchmarks.md has the runs.
+ * record and body chunk. Without the flag, a gateway process often fell into repeated major
+ * collections ("external memory pressure") that took V8's worker threads 2 to 3.5 CPU seconds
+ * per GiB. In `bench/credentials/ab-intercepted.ts` runs of both kinds of process, at load
+ * average 2.6 to 9.4 on 2 x Intel Xeon with Node 20.20.2, 12 of 20 processes without the flag
+ * ran them throughout and none of 20 with it. Gateway CPU per GiB fell from 4.28 to 3.37
+ * seconds on average. docs/benchmarks.md has the runs.
  *
  * Set after start-up, the flag still takes effect: in a loop that allocates and drops 16 KiB
  * buffers, the other threads' CPU time fell from 5 to 6 ticks to 0, as with the flag on the
