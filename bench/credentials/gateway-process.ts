@@ -9,6 +9,10 @@ import { pino } from "pino";
 import { createCredentialBroker } from "../../src/credentials/broker.js";
 import { startGateway } from "../../src/gateway/gateway.js";
 import { loadPolicyFile } from "../../src/policy/load.js";
+import { applyGatewayV8Flags } from "../../src/gateway/v8-flags.js";
+
+// Runs the gateway with the V8 flags of the ringfence CLI, so the benchmark measures what a run does.
+applyGatewayV8Flags();
 
 const [apiHost, bulkHost, mintSuffix, port, upstreamCaFile, mintHosts] = process.argv.slice(2) as [string, string, string, string, string, string];
 const dir = mkdtempSync(join(tmpdir(), "ringfence-bench-credentials-"));

@@ -1,6 +1,7 @@
 import { Command, Option } from "commander";
 import type { RunCommandOptions } from "./run.js";
 import { PRESET_NAMES } from "../policy/init.js";
+import { applyGatewayV8Flags } from "../gateway/v8-flags.js";
 
 // Each command loads its module when it runs, so start-up pays only for the command used (in
 // the CommonJS bundle, esbuild initialises a dynamically imported module on first use).
@@ -15,6 +16,9 @@ declare const RINGFENCE_VERSION: string;
 function exitWith(code: number): never {
   process.exit(code);
 }
+
+// The gateway of `ringfence run`, `ringfence mcp` and each crew agent host runs in this process.
+applyGatewayV8Flags();
 
 const program = new Command()
   .name("ringfence")
