@@ -5,7 +5,7 @@
  *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]
  *
  * With --audit, a command whose OPEN sets "audit" runs under PROGRAM (exec-audit.c) as `PROGRAM
- * supervise AGENT_PID -- PROGRAM guard 4 -- COMMAND...`: the supervisor records every execve and
+ * supervise AGENT_PID --guard -- COMMAND...`: the supervisor records every execve and
  * execveat of the command and its descendants, and the agent carries the records to the host as
  * AUDIT frames. With --limit-events, FD is the command cgroup's pids.events, opened before the
  * agent was chrooted. While a command whose OPEN sets "limits" runs, the agent rereads it and
@@ -732,7 +732,7 @@ static void start_command(struct channel *channel, struct request *request) {
     /* The agent's PID lets the supervisor check that its parent is still the one that started it. */
     static char agent_pid[24];
     snprintf(agent_pid, sizeof agent_pid, "%d", (int)getpid());
-    const char *prefix[] = {audit_program, "supervise", agent_pid, "--", audit_program, "guard", "4", "--"};
+    const char *prefix[] = {audit_program, "supervise", agent_pid, "--guard", "--"};
     size_t prefix_count = sizeof prefix / sizeof prefix[0];
     what = "starting the exec audit for";
     wrapped = calloc(prefix_count + request->argc + 1, sizeof *wrapped);
