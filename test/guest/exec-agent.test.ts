@@ -345,6 +345,27 @@ test("audited unknown name exits 127", async () => {
   await agent.exited;
 });
 
+test("exec agent opens --audit before --chroot", { skip: process.getuid?.() !== 0 ? "chroot needs root" : false }, async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  // The audit program lies outside the new root, as /bin/exec-audit of the guest's initramfs
+  // does, and the marker file exists only inside it.
+  const root = mkdtempSync(join(tmpdir(), "ringfence-root-"));
+  writeFileSync(join(root, "marker"), "inside");
+  const agent = startAgentWith(["--audit", helper.path, "--chroot", root]);
+  assert.equal((await agent.client.ready).audit, true);
+  const read = agent.client.fileOperation(FileFrameType.FILE_READ, { path: "/marker" });
+  const chunks: Buffer[] = [];
+  read.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+  await read.exit;
+  assert.equal(Buffer.concat(chunks).toString(), "inside");
+  agent.client.shutdown();
+  assert.equal(await agent.exited, 0);
+
+  const missing = startAgentWith(["--chroot", join(root, "absent")]);
+  assert.equal(await missing.exited, 2);
+});
+
 test("exec agent rejects audit without --audit", async () => {
   const agent = startAgent();
   assert.equal((await agent.client.ready).audit, undefined);
