@@ -524,7 +524,7 @@ static int supervise(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
-    // The socket replaces the record pipe at CHANNEL_FD, so the command never holds the pipe.
+    // The socket replaces the record pipe at CHANNEL_FD, so the command cannot write records.
     if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
     if (guard_in_child) _exit(guard_and_exec(CHANNEL_FD, command));
     execvp(command[0], command);
