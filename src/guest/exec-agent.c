@@ -1,11 +1,13 @@
 /*
  * In-box exec agent: the exec side of the guest protocol (docs/guest-protocol.md).
  *
- *   ringfence-exec-agent --fd N [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]
- *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]
+ *   ringfence-exec-agent --fd N [--audit PROGRAM] [--chroot DIR] [--limit-events FD] [--sync-on-shutdown]
+ *   ringfence-exec-agent --path DEVICE [--audit PROGRAM] [--chroot DIR] [--limit-events FD] [--sync-on-shutdown]
  *
+ * With --chroot, the agent changes its root to DIR after it opens PROGRAM and before it opens
+ * DEVICE, and runs PROGRAM through that descriptor, so PROGRAM can lie outside DIR.
  * With --audit, a command whose OPEN sets "audit" runs under PROGRAM (exec-audit.c) as `PROGRAM
- * supervise AGENT_PID -- PROGRAM guard 4 -- COMMAND...`: the supervisor records every execve and
+ * supervise AGENT_PID --guard -- COMMAND...`: the supervisor records every execve and
  * execveat of the command and its descendants, and the agent carries the records to the host as
  * AUDIT frames. With --limit-events, FD is the command cgroup's pids.events, opened before the
  * agent was chrooted. While a command whose OPEN sets "limits" runs, the agent rereads it and
@@ -37,6 +39,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -86,6 +89,8 @@ extern char **environ;
 static int stream_fd = -1;
 /* exec-audit's path inside the box, or NULL when commands run without exec records. */
 static const char *audit_program = NULL;
+/* The audit program, opened when the agent starts, so --chroot need not make it visible. */
+static int audit_program_fd = -1;
 /* The command cgroup's pids.events, or -1; and the failed-fork count last sent in LIMITS. */
 static int limit_events_fd = -1;
 /* Set by --sync-on-shutdown: SHUTDOWN also syncs the file systems and is acknowledged with SHUTDOWN. */
@@ -704,8 +709,12 @@ static void exec_child(struct request *request, char **argv, int stdin_fd, int s
   step = 1;
   if (request->cwd != NULL && chdir(request->cwd) < 0) goto failed;
   step = 2;
-  environ = request->env;
-  execvp(argv[0], argv);
+  if (request->audit) {
+    syscall(SYS_execveat, audit_program_fd, "", argv, request->env, AT_EMPTY_PATH);
+  } else {
+    environ = request->env;
+    execvp(argv[0], argv);
+  }
 failed:;
   int report_words[2] = {errno, step};
   if (write(report, report_words, sizeof report_words) < 0) {
@@ -732,7 +741,7 @@ static void start_command(struct channel *channel, struct request *request) {
     /* The agent's PID lets the supervisor check that its parent is still the one that started it. */
     static char agent_pid[24];
     snprintf(agent_pid, sizeof agent_pid, "%d", (int)getpid());
-    const char *prefix[] = {audit_program, "supervise", agent_pid, "--", audit_program, "guard", "4", "--"};
+    const char *prefix[] = {audit_program, "supervise", agent_pid, "--guard", "--"};
     size_t prefix_count = sizeof prefix / sizeof prefix[0];
     what = "starting the exec audit for";
     wrapped = calloc(prefix_count + request->argc + 1, sizeof *wrapped);
@@ -1290,7 +1299,8 @@ static void run(void) {
 }
 
 int main(int argc, char **argv) {
-  /* Options after the stream: --audit PROGRAM, --limit-events FD and --sync-on-shutdown. */
+  /* Options after the stream: --audit PROGRAM, --chroot DIR, --limit-events FD and --sync-on-shutdown. */
+  const char *root = NULL;
   for (int i = 3; i < argc; i += 2) {
     if (strcmp(argv[i], "--sync-on-shutdown") == 0) {
       sync_on_shutdown = 1;
@@ -1302,11 +1312,9 @@ int main(int argc, char **argv) {
       return 2;
     }
     if (strcmp(argv[i], "--audit") == 0) {
-      if (argv[i + 1][0] != '/' || access(argv[i + 1], X_OK) != 0) {
-        fprintf(stderr, "ringfence-exec-agent: the exec audit program %s is not an executable absolute path; no command can run without it\n", argv[i + 1]);
-        return 2;
-      }
       audit_program = argv[i + 1];
+    } else if (strcmp(argv[i], "--chroot") == 0) {
+      root = argv[i + 1];
     } else if (strcmp(argv[i], "--limit-events") == 0) {
       char *end;
       long fd = strtol(argv[i + 1], &end, 10);
@@ -1319,6 +1327,24 @@ int main(int argc, char **argv) {
       fprintf(stderr, "ringfence-exec-agent: unknown option %s\n", argv[i]);
       return 2;
     }
+  }
+
+  if (audit_program != NULL) {
+    int opened = audit_program[0] == '/' && access(audit_program, X_OK) == 0 ? open(audit_program, O_PATH | O_CLOEXEC) : -1;
+    /* Above the descriptors a command's child sets up (stdio and AUDIT_RECORD_FD), which dup2 would replace. */
+    if (opened >= 0) {
+      audit_program_fd = fcntl(opened, F_DUPFD_CLOEXEC, AUDIT_RECORD_FD + 1);
+      close(opened);
+    }
+    if (audit_program_fd < 0) {
+      fprintf(stderr, "ringfence-exec-agent: the exec audit program %s is not an executable absolute path; no command can run without it\n", audit_program);
+      return 2;
+    }
+  }
+  /* The guest's init starts the agent and exec-audit from the initramfs, outside DIR. */
+  if (root != NULL && (chroot(root) != 0 || chdir("/") != 0)) {
+    fprintf(stderr, "ringfence-exec-agent: changing the root to %s failed: %s\n", root, strerror(errno));
+    return 2;
   }
 
   if (argc >= 3 && strcmp(argv[1], "--fd") == 0) {
@@ -1336,7 +1362,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   } else {
-    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE [--audit PROGRAM] [--limit-events FD] [--sync-on-shutdown]\n");
+    fprintf(stderr, "usage: ringfence-exec-agent --fd N | --path DEVICE [--audit PROGRAM] [--chroot DIR] [--limit-events FD] [--sync-on-shutdown]\n");
     return 2;
   }
 

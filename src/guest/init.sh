@@ -88,7 +88,6 @@ mount -o remount,bind,ro /sysroot/proc/sys || fail "making /proc/sys read-only f
 # One mkdir for the agent's directory and, with a process limit, the command cgroup (see below).
 mkdir -p /sysroot/run/ringfence ${pids:+/cgroup/box} || fail "creating /run/ringfence${pids:+ or the command cgroup} failed"
 [ -f /ca-bundle.pem ] && cp /ca-bundle.pem /sysroot/run/ringfence/ca-bundle.pem
-cp /bin/exec-agent /bin/exec-audit /sysroot/run/ringfence/
 
 echo ringfence > /proc/sys/kernel/hostname
 
@@ -98,7 +97,9 @@ echo ringfence > /proc/sys/kernel/hostname
 # The exec agent runs each command under exec-audit, which records every exec in the guest.
 # With --sync-on-shutdown the agent syncs the file systems at SHUTDOWN and acknowledges it, so
 # the host can end the VM at once instead of waiting for the power-off below.
-agent_options="--audit /run/ringfence/exec-audit --sync-on-shutdown"
+# The agent runs from the initramfs and changes its root to /sysroot itself. It opens exec-audit
+# before that and runs it through the descriptor, so neither program is copied into the root.
+agent_options="--audit /bin/exec-audit --chroot /sysroot --sync-on-shutdown"
 
 # The process limit: the exec agent and everything it starts share one cgroup, whose pids.max
 # is the limit plus two, for the agent and the command's exec-audit supervisor. The cgroup file
@@ -112,10 +113,10 @@ if [ -n "$pids" ]; then
   # becomes the exec agent; init stays outside.
   (
     echo 0 > /cgroup/box/cgroup.procs || exit 125
-    exec chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $agent_options --limit-events 3 3</cgroup/box/pids.events
+    exec /bin/exec-agent --path "$exec_port" $agent_options --limit-events 3 3</cgroup/box/pids.events
   )
   [ $? -eq 125 ] && fail "moving the exec agent into the command cgroup failed"
 else
-  chroot /sysroot /run/ringfence/exec-agent --path "$exec_port" $agent_options
+  /bin/exec-agent --path "$exec_port" $agent_options
 fi
 reboot -f

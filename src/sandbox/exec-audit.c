@@ -2,14 +2,15 @@
  * Records every execve and execveat in the box, from the host, through seccomp user
  * notification. One binary, two roles:
  *
- *   ringfence-exec-audit supervise PARENT_PID -- COMMAND [ARG...]   (host side)
+ *   ringfence-exec-audit supervise PARENT_PID [--guard] -- COMMAND [ARG...]   (host side)
  *   ringfence-exec-audit guard FD -- COMMAND [ARG...]      (first process in the box)
  *
  * The supervisor makes a socket pair, starts COMMAND (the shell that starts bwrap) as its child
  * with one end at descriptor 4, and writes one JSON line per exec to its own descriptor 4, a
  * pipe that ringfence reads. Inside the box, the guard installs a seccomp filter that turns
  * execve and execveat into notifications, sends the filter's listener descriptor to the
- * supervisor over FD, closes FD, and runs COMMAND.
+ * supervisor over FD, closes FD, and runs COMMAND. With --guard, the supervisor's child does the
+ * guard's work itself and runs COMMAND, for a caller that starts no bwrap in between.
  *
  * For each notification the supervisor reads the path and argv from /proc/PID/mem, checks that
  * the notification is still live (so the PID was not reused), writes the record, and lets the
@@ -132,12 +133,39 @@ static int receive_fd(int socket_fd) {
   return fd;
 }
 
-static int guard(int argc, char **argv) {
-  if (argc < 5 || strcmp(argv[3], "--") != 0) {
-    fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND [ARG...]\n");
-    return 125;
+/*
+ * Finds a bare command name in PATH as execvp would, without trying an exec per entry: the
+ * first entry that names an executable regular file. Each exec under the filter is a round trip
+ * to the supervisor and a record, so this makes the common case one exec. Returns NULL for a
+ * name with a slash, an unset PATH or no match, where the caller falls back to execvp.
+ */
+static const char *find_in_path(const char *name, char *found, size_t size) {
+  const char *path = getenv("PATH");
+  if (name[0] == '\0' || strchr(name, '/') != NULL || path == NULL) return NULL;
+  size_t name_length = strlen(name);
+  for (const char *entry = path;; ) {
+    const char *end = strchrnul(entry, ':');
+    size_t entry_length = (size_t)(end - entry);
+    // An empty entry is the working directory, as in execvp.
+    const char *directory = entry_length == 0 ? "." : entry;
+    if (entry_length == 0) entry_length = 1;
+    if (entry_length + 1 + name_length < size) {
+      memcpy(found, directory, entry_length);
+      found[entry_length] = '/';
+      memcpy(found + entry_length + 1, name, name_length + 1);
+      struct stat info;
+      if (stat(found, &info) == 0 && S_ISREG(info.st_mode) && access(found, X_OK) == 0) return found;
+    }
+    if (*end == '\0') return NULL;
+    entry = end + 1;
   }
-  int socket_fd = atoi(argv[2]);
+}
+
+/*
+ * Installs the filter, hands its listener to the supervisor over socket_fd, closes both and
+ * execs the command. Returns the exit status for a failure, having printed why.
+ */
+static int guard_and_exec(int socket_fd, char **command) {
   int listener = install_filter();
   if (listener < 0) {
     fprintf(stderr, "ringfence: installing the exec audit filter failed: %s; the command was not started\n", strerror(errno));
@@ -149,10 +177,22 @@ static int guard(int argc, char **argv) {
   }
   close(listener);
   close(socket_fd);
-  execvp(argv[4], &argv[4]);
+  char found[MAX_PATH_BYTES];
+  const char *program = find_in_path(command[0], found, sizeof(found));
+  // A found file that execv rejects (a script without #!, for one) gets execvp's full handling.
+  if (program != NULL) execv(program, command);
+  execvp(command[0], command);
   int code = errno == ENOENT ? 127 : 126;
-  fprintf(stderr, "ringfence: %s: %s\n", argv[4], strerror(errno));
+  fprintf(stderr, "ringfence: %s: %s\n", command[0], strerror(errno));
   return code;
+}
+
+static int guard(int argc, char **argv) {
+  if (argc < 5 || strcmp(argv[3], "--") != 0) {
+    fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND [ARG...]\n");
+    return 125;
+  }
+  return guard_and_exec(atoi(argv[2]), &argv[4]);
 }
 
 /* Appends `text` (length bytes) to `out` as the body of a JSON string; returns the new end. */
@@ -430,10 +470,15 @@ static int exit_like(int status) {
 }
 
 static int supervise(int argc, char **argv) {
-  if (argc < 5 || strcmp(argv[3], "--") != 0) {
-    fprintf(stderr, "ringfence-exec-audit: usage: supervise PARENT_PID -- COMMAND [ARG...]\n");
+  // With --guard the child installs the filter itself and runs COMMAND, which saves the exec of
+  // a separate guard where no bwrap runs between the two, as in the micro-VM's guest.
+  int guard_in_child = argc >= 4 && strcmp(argv[3], "--guard") == 0;
+  int command_index = guard_in_child ? 5 : 4;
+  if (argc < command_index + 1 || strcmp(argv[command_index - 1], "--") != 0) {
+    fprintf(stderr, "ringfence-exec-audit: usage: supervise PARENT_PID [--guard] -- COMMAND [ARG...]\n");
     return 125;
   }
+  char **command = &argv[command_index];
   char *parent_end;
   long expected_parent = strtol(argv[2], &parent_end, 10);
   if (*parent_end != '\0' || expected_parent <= 1) {
@@ -479,9 +524,11 @@ static int supervise(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
+    // The socket replaces the record pipe at CHANNEL_FD, so the command cannot write records.
     if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
-    execvp(argv[4], &argv[4]);
-    fprintf(stderr, "ringfence: %s: %s\n", argv[4], strerror(errno));
+    if (guard_in_child) _exit(guard_and_exec(CHANNEL_FD, command));
+    execvp(command[0], command);
+    fprintf(stderr, "ringfence: %s: %s\n", command[0], strerror(errno));
     _exit(125);
   }
   close(pair[1]);
@@ -563,6 +610,6 @@ static int supervise(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "guard") == 0) return guard(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "supervise") == 0) return supervise(argc, argv);
-  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise PARENT_PID -- COMMAND...\n");
+  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise PARENT_PID [--guard] -- COMMAND...\n");
   return 125;
 }

@@ -2,7 +2,7 @@
 // commands, stdio, windows, terminals, signals, file operations and malformed input.
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
@@ -277,6 +277,93 @@ test("exec agent records execs with --audit", async () => {
   assert.equal(plainBytes, 0);
   agent.client.shutdown();
   await agent.exited;
+});
+
+/** Runs one audited command and returns its exit and its exec records other than "executed". */
+async function runAudited(agent: Agent, argv: string[], env: Record<string, string>): Promise<{ code: number | null; records: Array<{ call: string; path?: string; argv?: string[]; missing?: boolean }> }> {
+  const channel = agent.client.open({ argv, env, cwd: null, tty: null, audit: true });
+  const lines: Buffer[] = [];
+  channel.audit.on("data", (chunk: Buffer) => lines.push(chunk));
+  const result = await collect(channel);
+  const text = Buffer.concat(lines).toString().trim();
+  const records = text === "" ? [] : text.split("\n").map((line) => JSON.parse(line) as { call: string; path?: string; argv?: string[]; missing?: boolean });
+  return { code: result.code, records: records.filter((record) => record.call !== "executed") };
+}
+
+test("audited bare name is one exec", async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  // PATH entries before the real one: a missing directory, a non-executable file and a
+  // directory, each named like the command, none of which execvp would run.
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-path-"));
+  mkdirSync(join(dir, "plain"));
+  writeFileSync(join(dir, "plain", "sh"), "exit 9\n", { mode: 0o644 });
+  mkdirSync(join(dir, "nested", "sh"), { recursive: true });
+  const agent = startAgentWith(["--audit", helper.path]);
+  await agent.client.ready;
+
+  const path = `${join(dir, "absent")}:${join(dir, "plain")}:${join(dir, "nested")}:/bin`;
+  const { code, records } = await runAudited(agent, ["sh", "-c", "exit 4"], { PATH: path, LANG: "C" });
+  assert.equal(code, 4);
+  assert.deepEqual(records.map((record) => record.path), ["/bin/sh"]);
+  assert.deepEqual(records[0]?.argv, ["sh", "-c", "exit 4"]);
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("audited script without #! still runs", async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  // execve fails with ENOEXEC for this file, and execvp then runs it with /bin/sh.
+  const dir = mkdtempSync(join(tmpdir(), "ringfence-path-"));
+  writeFileSync(join(dir, "bare-script"), "exit 6\n");
+  chmodSync(join(dir, "bare-script"), 0o755);
+  const agent = startAgentWith(["--audit", helper.path]);
+  await agent.client.ready;
+
+  const { code, records } = await runAudited(agent, ["bare-script"], { PATH: `${dir}:/bin`, LANG: "C" });
+  assert.equal(code, 6);
+  const paths = records.map((record) => record.path);
+  assert.ok(paths.includes(join(dir, "bare-script")), JSON.stringify(records));
+  assert.ok(paths.includes("/bin/sh"), JSON.stringify(records));
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("audited unknown name exits 127", async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  const agent = startAgentWith(["--audit", helper.path]);
+  await agent.client.ready;
+
+  const { code, records } = await runAudited(agent, ["no-such-command-ringfence"], ENV);
+  assert.equal(code, 127);
+  // execvp's search is recorded, one missing attempt per PATH entry.
+  assert.equal(records.length, 2, JSON.stringify(records));
+  assert.ok(records.every((record) => record.missing === true), JSON.stringify(records));
+  agent.client.shutdown();
+  await agent.exited;
+});
+
+test("exec agent opens --audit before --chroot", { skip: process.getuid?.() !== 0 ? "chroot needs root" : false }, async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  // The audit program lies outside the new root, as /bin/exec-audit of the guest's initramfs
+  // does, and the marker file exists only inside it.
+  const root = mkdtempSync(join(tmpdir(), "ringfence-root-"));
+  writeFileSync(join(root, "marker"), "inside");
+  const agent = startAgentWith(["--audit", helper.path, "--chroot", root]);
+  assert.equal((await agent.client.ready).audit, true);
+  const read = agent.client.fileOperation(FileFrameType.FILE_READ, { path: "/marker" });
+  const chunks: Buffer[] = [];
+  read.stdout.on("data", (chunk: Buffer) => chunks.push(chunk));
+  await read.exit;
+  assert.equal(Buffer.concat(chunks).toString(), "inside");
+  agent.client.shutdown();
+  assert.equal(await agent.exited, 0);
+
+  const missing = startAgentWith(["--chroot", join(root, "absent")]);
+  assert.equal(await missing.exited, 2);
 });
 
 test("exec agent rejects audit without --audit", async () => {
