@@ -148,6 +148,25 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     assert.deepEqual(helpersOf(user.home, before), [], "QEMU or bwrap outlived the failed start");
   });
 
+  test("SIGTERM during VM start stops it", async () => {
+    // The vm backend adds its signal handlers once QEMU has connected its ports. This QEMU
+    // wrapper sends SIGTERM to ringfence (its parent, because setpriv execs it) before QEMU runs,
+    // so the signal arrives after the box started and before those handlers exist.
+    const workspace = makeWorkspace(user);
+    const fakeBin = join(workspace, "fake-bin");
+    mkdirSync(fakeBin);
+    const qemu = spawnSync("sh", ["-c", "command -v qemu-system-x86_64"], { encoding: "utf8" }).stdout.trim();
+    assert.notEqual(qemu, "", "qemu-system-x86_64 is not on PATH");
+    writeFileSync(join(fakeBin, "qemu-system-x86_64"), `#!/bin/sh\nkill -TERM $PPID\nexec ${qemu} "$@"\n`, { mode: 0o755 });
+    const run = await runBox(user, workspace, [], ["sh", "-c", "touch ran"], { env: { PATH: `${fakeBin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` } });
+    assert.equal(run.status, 137, show(run));
+    assert.match(run.stderr, /stopped the box: ringfence received SIGTERM/, show(run));
+    assert.equal(existsSync(join(workspace, "ran")), false, "the command ran after ringfence received SIGTERM");
+    // QEMU and both bwraps name the run's directory under the home. virtiofsd does not, but it
+    // ends with its bwrap, and other vm runs on the host may start daemons of their own meanwhile.
+    assert.deepEqual(processesWith(user.home), [], "QEMU or bwrap outlived the stopped start");
+  });
+
   test("accelerator flag shown in plan", async () => {
     const workspace = makeWorkspace(user);
     const run = await runBox(user, workspace, ["--accel", "tcg", "--dry-run"], []);
