@@ -135,6 +135,31 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     }
   });
 
+  test("placeholders removed after SIGKILL", async () => {
+    // A killed ringfence cannot remove the placeholders it made for protected paths, so the
+    // next run removes them from the record the killed run wrote before making them.
+    const workspace = makeWorkspace(user);
+    const before = new Set(processesRunning(VIRTIOFSD_PATH));
+    const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
+    const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
+    try {
+      assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
+      assert.equal(existsSync(join(workspace, ".github")), true, "the run made no .github placeholder");
+      ringfence.kill("SIGKILL");
+      const helpersEnded = await waitFor(() => processesWith(user.home).length === 0, 100);
+      leftovers.push(...helpersOf(user.home, before));
+      assert.ok(helpersEnded, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+    } finally {
+      ringfence.kill("SIGKILL");
+    }
+
+    const next = await runBox(user, workspace, [], ["true"]);
+    assert.equal(next.status, 0, show(next));
+    assert.match(next.stderr, /ended without removing its placeholders/, show(next));
+    assert.equal(existsSync(join(workspace, ".github")), false, show(next));
+    assert.equal(existsSync(join(workspace, ".vscode")), false, show(next));
+  });
+
   test("virtiofsd failure stops the VM", async () => {
     // QEMU starts before virtiofsd is ready, so a daemon that fails must end the VM and the run.
     const workspace = makeWorkspace(user);
