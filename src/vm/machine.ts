@@ -48,7 +48,8 @@ export interface Machine {
   kill(): Promise<void>;
   /**
    * Returns what the helpers reported when they failed: virtiofsd's exit status and the end of
-   * its log when it ended before QEMU, and the end of QEMU's error output. Empty when neither did.
+   * its log when it failed (any end but status 0 or kill()), and the end of QEMU's error output.
+   * Empty when neither did.
    */
   failureDetail(): string;
 }
