@@ -79,22 +79,29 @@ export async function runCommand(
 
   // Until the box starts, Ctrl-C, SIGTERM or SIGHUP ends the run through its usual path, so the
   // audit log records the end and the box's placeholders and cgroups are removed. Without these
-  // handlers Node would exit at once. Once the box runs, the backend handles those signals, and
-  // these only keep a late signal from cutting ringfence's clean-up short.
+  // handlers Node would exit at once. While the box runs, the backend's own handlers forward
+  // these signals to the command or ignore them. The vm backend adds them only once QEMU has
+  // connected its ports, so a signal that finds no backend handler stops the box instead. After
+  // the box, these handlers keep a late signal from cutting ringfence's clean-up short.
   const interrupt = new AbortController();
   let interruptedBy: (typeof INTERRUPT_SIGNALS)[number] | null = null;
   let boxStarted = false;
+  const ownListeners = new Map<string, number>();
   const handlers = Object.fromEntries(
     INTERRUPT_SIGNALS.map((signal) => [
       signal,
       () => {
-        if (boxStarted || interruptedBy !== null) return;
+        if (interruptedBy !== null) return;
+        if (boxStarted && process.listenerCount(signal) > (ownListeners.get(signal) ?? 1)) return;
         interruptedBy = signal;
         interrupt.abort(`ringfence received ${signal}`);
       },
     ]),
   );
-  for (const [signal, handler] of Object.entries(handlers)) process.on(signal, handler);
+  for (const [signal, handler] of Object.entries(handlers)) {
+    process.on(signal, handler);
+    ownListeners.set(signal, process.listenerCount(signal));
+  }
 
   try {
     const accel = options.accel === undefined ? {} : { vmAccel: options.accel as "auto" | "kvm" | "tcg" };

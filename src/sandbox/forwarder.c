@@ -117,13 +117,13 @@ static void exec_command(char **argv) {
       size_t length = (size_t)(end - start);
       if (length == 0) break;
       int written = snprintf(candidate, sizeof candidate, "%.*s/%s", (int)length, start, name);
-      if (written > 0 && (size_t)written < sizeof candidate) {
-        struct stat facts;
-        if (stat(candidate, &facts) == 0 && S_ISREG(facts.st_mode) && access(candidate, X_OK) == 0) {
-          execv(candidate, argv);
-          /* execv fails on a script without a #! line (ENOEXEC), which execvp hands to /bin/sh. */
-          break;
-        }
+      /* A path this long is left to execvp, which can stop there with ENAMETOOLONG. */
+      if (written < 0 || (size_t)written >= sizeof candidate) break;
+      struct stat facts;
+      if (stat(candidate, &facts) == 0 && S_ISREG(facts.st_mode) && access(candidate, X_OK) == 0) {
+        execv(candidate, argv);
+        /* execv fails on a script without a #! line (ENOEXEC), which execvp hands to /bin/sh. */
+        break;
       }
       if (*end == '\0') break;
       start = end + 1;

@@ -48,7 +48,8 @@ export interface Machine {
   kill(): Promise<void>;
   /**
    * Returns what the helpers reported when they failed: virtiofsd's exit status and the end of
-   * its log when it ended before QEMU, and the end of QEMU's error output. Empty when neither did.
+   * its log when it failed (any end but status 0 or kill()), and the end of QEMU's error output.
+   * Empty when neither did.
    */
   failureDetail(): string;
 }
@@ -177,7 +178,10 @@ export async function startMachine(options: MachineOptions): Promise<Machine> {
     }
     daemonExited = waitExit(daemon);
     void daemonExited.then(({ code, signal }) => {
-      if (killing || (qemu !== null && (qemu.exitCode !== null || qemu.signalCode !== null))) return;
+      // virtiofsd ends with status 0 once QEMU disconnects, and by SIGKILL from kill(). Any other
+      // end is its own failure, which can also end QEMU. Node may report QEMU's exit first, and
+      // kill() may start before this runs, so the failure is kept in those orders too.
+      if (code === 0 || (killing && signal === "SIGKILL")) return;
       let log = "";
       try {
         log = readFileSync(daemonLogPath, "utf8").trim().split("\n").slice(-3).join("; ");

@@ -1,5 +1,5 @@
 import { closeSync, mkdirSync, openSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { SandboxError, type BoxExit, type BoxRequest, type PreparedBox, type SandboxBackend } from "../sandbox/backend.js";
 import { boxEnvironment } from "../sandbox/environment.js";
 import { BOX_PROXY_PORT } from "../sandbox/forwarder.js";
@@ -8,6 +8,7 @@ import { describeMounts } from "../sandbox/bwrap-args.js";
 import { describeLimitEvents } from "../sandbox/limits.js";
 import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
 import { findExecutable, prepareWorkspaceSource, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
+import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "../sandbox/placeholder-record.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
 import type { Accelerator } from "./qemu-args.js";
 import { requestAccelerator } from "./accel.js";
@@ -66,6 +67,9 @@ export class VmBackend implements SandboxBackend {
 
     const workspaceSource = prepareWorkspaceSource(request);
     const planRoot = request.dryRun === true ? workspace.path : workspaceSource;
+    // A run killed with SIGKILL could not remove its placeholders, whichever backend it used.
+    // They go before this run's plan is made, which would otherwise protect them as existing paths.
+    if (request.dryRun !== true && workspace.mode !== "ro") warnings.push(...removeStalePlaceholders(dirname(request.runDir)));
     const protect: ProtectPlan =
       workspace.mode === "ro" ? { readOnly: [], placeholders: [], pins: [], problems: [], redirects: [], uncovered: [] } : rebaseProtection(planProtection(planRoot, workspace.protect, diskView), planRoot, workspaceSource);
     if (protect.problems.length > 0) throw new SandboxError("protect", `the box cannot keep protected paths read-only:\n  ${protect.problems.join("\n  ")}`);
@@ -88,6 +92,7 @@ export class VmBackend implements SandboxBackend {
       if (cleaned) return;
       cleaned = true;
       removePlaceholders(protect);
+      markPlaceholdersRemoved(request.runDir);
     };
 
     return {
@@ -109,6 +114,8 @@ export class VmBackend implements SandboxBackend {
       workingDirectory: cwd,
 
       run: async ({ timeoutMs, stop, agent, onExec }) => {
+        // Recorded before they exist, so a later run can remove them if this one is killed.
+        writePlaceholderRecord(request.runDir, workspaceSource, protect);
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);

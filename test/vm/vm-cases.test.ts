@@ -135,6 +135,31 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     }
   });
 
+  test("placeholders removed after SIGKILL", async () => {
+    // A killed ringfence cannot remove the placeholders it made for protected paths, so the
+    // next run removes them from the record the killed run wrote before making them.
+    const workspace = makeWorkspace(user);
+    const before = new Set(processesRunning(VIRTIOFSD_PATH));
+    const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
+    const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
+    try {
+      assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
+      assert.equal(existsSync(join(workspace, ".github")), true, "the run made no .github placeholder");
+      ringfence.kill("SIGKILL");
+      const helpersEnded = await waitFor(() => processesWith(user.home).length === 0, 100);
+      leftovers.push(...helpersOf(user.home, before));
+      assert.ok(helpersEnded, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+    } finally {
+      ringfence.kill("SIGKILL");
+    }
+
+    const next = await runBox(user, workspace, [], ["true"]);
+    assert.equal(next.status, 0, show(next));
+    assert.match(next.stderr, /ended without removing its placeholders/, show(next));
+    assert.equal(existsSync(join(workspace, ".github")), false, show(next));
+    assert.equal(existsSync(join(workspace, ".vscode")), false, show(next));
+  });
+
   test("virtiofsd failure stops the VM", async () => {
     // QEMU starts before virtiofsd is ready, so a daemon that fails must end the VM and the run.
     const workspace = makeWorkspace(user);
@@ -146,6 +171,25 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     assert.equal(run.status, 125, show(run));
     assert.match(run.stderr, /virtiofsd exited while QEMU ran \(status 3\): fake bwrap failed/, show(run));
     assert.deepEqual(helpersOf(user.home, before), [], "QEMU or bwrap outlived the failed start");
+  });
+
+  test("SIGTERM during VM start stops it", async () => {
+    // The vm backend adds its signal handlers once QEMU has connected its ports. This QEMU
+    // wrapper sends SIGTERM to ringfence (its parent, because setpriv execs it) before QEMU runs,
+    // so the signal arrives after the box started and before those handlers exist.
+    const workspace = makeWorkspace(user);
+    const fakeBin = join(workspace, "fake-bin");
+    mkdirSync(fakeBin);
+    const qemu = spawnSync("sh", ["-c", "command -v qemu-system-x86_64"], { encoding: "utf8" }).stdout.trim();
+    assert.notEqual(qemu, "", "qemu-system-x86_64 is not on PATH");
+    writeFileSync(join(fakeBin, "qemu-system-x86_64"), `#!/bin/sh\nkill -TERM $PPID\nexec ${qemu} "$@"\n`, { mode: 0o755 });
+    const run = await runBox(user, workspace, [], ["sh", "-c", "touch ran"], { env: { PATH: `${fakeBin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` } });
+    assert.equal(run.status, 137, show(run));
+    assert.match(run.stderr, /stopped the box: ringfence received SIGTERM/, show(run));
+    assert.equal(existsSync(join(workspace, "ran")), false, "the command ran after ringfence received SIGTERM");
+    // QEMU and both bwraps name the run's directory under the home. virtiofsd does not, but it
+    // ends with its bwrap, and other vm runs on the host may start daemons of their own meanwhile.
+    assert.deepEqual(processesWith(user.home), [], "QEMU or bwrap outlived the stopped start");
   });
 
   test("accelerator flag shown in plan", async () => {
