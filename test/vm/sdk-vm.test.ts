@@ -15,6 +15,7 @@ import { Sandbox, type SandboxEvent } from "../../src/index.js";
 import { VmBackend } from "../../src/vm/vm-backend.js";
 import { checkAbortKills, checkCommands, checkConcurrentCommands, checkFileOperations, checkLargeOutput, checkProtectedPaths, checkTimeoutKills, makeCaseDirs } from "../sdk/cases.js";
 import { createSandbox, isAlive, processTree, waitAllGone, type TestDirs } from "../sdk/support.js";
+import { socketHolders } from "./support/socket-holders.js";
 
 const FIXTURE = fileURLToPath(new URL("../sdk/fixtures/unclosed-sandbox.ts", import.meta.url));
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
@@ -23,32 +24,6 @@ const TSX_LOADER = `file://${join(REPO, "node_modules", "tsx", "dist", "loader.m
 
 const problems = new VmBackend().check();
 const skip = problems.length === 0 ? false : `the vm backend cannot run here: ${problems.map((problem) => problem.message).join("; ")}`;
-
-/**
- * PIDs of processes with an open descriptor of a Unix socket bound at a path that starts with
- * `prefix`. /proc/net/unix gives the inode of each socket and the path it was bound at.
- */
-function socketHolders(prefix: string): number[] {
-  const inodes = new Set(
-    readFileSync("/proc/net/unix", "utf8")
-      .split("\n")
-      .slice(1)
-      .map((line) => line.trim().split(/\s+/))
-      .filter((fields) => fields[7]?.startsWith(prefix) === true)
-      .map((fields) => `socket:[${fields[6]}]`),
-  );
-  const holders: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      const descriptors = readdirSync(`/proc/${entry}/fd`);
-      if (descriptors.some((fd) => inodes.has(readlinkSync(`/proc/${entry}/fd/${fd}`)))) holders.push(Number(entry));
-    } catch {
-      // The process ended while being read.
-    }
-  }
-  return holders;
-}
 
 /**
  * Host processes of a run's micro-VM: QEMU names sockets in the run directory, and bwrap and

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFil
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { VIRTIOFSD_PATH } from "../../src/vm/root-share.js";
+import { socketHolders } from "./support/socket-holders.js";
 
 process.env.RINGFENCE_TEST_BACKEND = "vm";
 const { boxCommand, boxUsers, makeWorkspace, runBox, show } = await import("../sandbox/harness.js");
@@ -41,11 +42,16 @@ function processesRunning(program: string): string[] {
 
 /**
  * PIDs of a run's helpers: QEMU and bwrap name the run's directory under `home` on their command
- * lines, and virtiofsd, which gets its socket as a descriptor, is any virtiofsd not in `before`.
+ * lines, and virtiofsd, which gets its socket as a descriptor, holds a socket bound under `home`.
+ * Other VMs on the host, such as another test run's, are not counted.
  */
-function helpersOf(home: string, before: ReadonlySet<string>): string[] {
-  const daemons = processesRunning(VIRTIOFSD_PATH).filter((pid) => !before.has(pid));
-  return [...new Set([...processesWith(home), ...daemons])];
+function helpersOf(home: string): string[] {
+  return [...new Set([...processesWith(home), ...socketHolders(home).map(String)])];
+}
+
+/** PIDs of the virtiofsd daemons among `pids`. */
+function daemonsAmong(pids: readonly string[]): string[] {
+  return pids.filter((pid) => processesRunning(VIRTIOFSD_PATH).includes(pid));
 }
 
 async function waitFor(condition: () => boolean, attempts = 600): Promise<boolean> {
@@ -109,27 +115,25 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
 
   test("no helpers left after run", async () => {
     const workspace = makeWorkspace(user);
-    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const run = await runBox(user, workspace, [], ["true"]);
     assert.equal(run.status, 0, show(run));
-    assert.deepEqual(helpersOf(user.home, before), [], "QEMU, virtiofsd or bwrap outlived the run");
+    assert.deepEqual(helpersOf(user.home), [], "QEMU, virtiofsd or bwrap outlived the run");
   });
 
   test("no helpers left after SIGKILL", async () => {
     const workspace = makeWorkspace(user);
-    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
     const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
     try {
       assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
-      const daemons = processesRunning(VIRTIOFSD_PATH).filter((pid) => !before.has(pid));
+      const helpers = helpersOf(user.home);
+      const daemons = daemonsAmong(helpers);
       assert.equal(daemons.length, 1, `expected one virtiofsd for the run, found ${daemons.length}`);
-      const helpers = helpersOf(user.home, before);
       assert.ok(helpers.length >= 3, `expected QEMU, bwrap and virtiofsd, found ${helpers.length} processes`);
       ringfence.kill("SIGKILL");
-      const allEnded = await waitFor(() => helpersOf(user.home, before).length === 0, 100);
-      leftovers.push(...helpersOf(user.home, before));
-      assert.ok(allEnded, `still running after ringfence was killed: ${helpersOf(user.home, before).join(", ")}`);
+      const allEnded = await waitFor(() => helpersOf(user.home).length === 0, 100);
+      leftovers.push(...helpersOf(user.home));
+      assert.ok(allEnded, `still running after ringfence was killed: ${helpersOf(user.home).join(", ")}`);
     } finally {
       ringfence.kill("SIGKILL");
     }
@@ -139,16 +143,15 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     // A killed ringfence cannot remove the placeholders it made for protected paths, so the
     // next run removes them from the record the killed run wrote before making them.
     const workspace = makeWorkspace(user);
-    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const { argv, env } = boxCommand(user, [], ["sh", "-c", "touch started; sleep 120"]);
     const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: "ignore" });
     try {
       assert.ok(await waitFor(() => existsSync(join(workspace, "started"))), "the command never started in the guest");
       assert.equal(existsSync(join(workspace, ".github")), true, "the run made no .github placeholder");
       ringfence.kill("SIGKILL");
-      const helpersEnded = await waitFor(() => processesWith(user.home).length === 0, 100);
-      leftovers.push(...helpersOf(user.home, before));
-      assert.ok(helpersEnded, `still running after ringfence was killed: ${processesWith(user.home).join(", ")}`);
+      const helpersEnded = await waitFor(() => helpersOf(user.home).length === 0, 100);
+      leftovers.push(...helpersOf(user.home));
+      assert.ok(helpersEnded, `still running after ringfence was killed: ${helpersOf(user.home).join(", ")}`);
     } finally {
       ringfence.kill("SIGKILL");
     }
@@ -166,11 +169,10 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     const fakeBin = join(workspace, "fake-bin");
     mkdirSync(fakeBin);
     writeFileSync(join(fakeBin, "bwrap"), "#!/bin/sh\necho 'fake bwrap failed' >&2\nexit 3\n", { mode: 0o755 });
-    const before = new Set(processesRunning(VIRTIOFSD_PATH));
     const run = await runBox(user, workspace, [], ["true"], { env: { PATH: `${fakeBin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` } });
     assert.equal(run.status, 125, show(run));
     assert.match(run.stderr, /virtiofsd exited while QEMU ran \(status 3\): fake bwrap failed/, show(run));
-    assert.deepEqual(helpersOf(user.home, before), [], "QEMU or bwrap outlived the failed start");
+    assert.deepEqual(helpersOf(user.home), [], "QEMU or bwrap outlived the failed start");
   });
 
   test("SIGTERM during VM start stops it", async () => {
@@ -187,9 +189,7 @@ describe("vm backend", { skip: process.getuid?.() === 0 ? false : "the vm backen
     assert.equal(run.status, 137, show(run));
     assert.match(run.stderr, /stopped the box: ringfence received SIGTERM/, show(run));
     assert.equal(existsSync(join(workspace, "ran")), false, "the command ran after ringfence received SIGTERM");
-    // QEMU and both bwraps name the run's directory under the home. virtiofsd does not, but it
-    // ends with its bwrap, and other vm runs on the host may start daemons of their own meanwhile.
-    assert.deepEqual(processesWith(user.home), [], "QEMU or bwrap outlived the stopped start");
+    assert.deepEqual(helpersOf(user.home), [], "QEMU, virtiofsd or bwrap outlived the stopped start");
   });
 
   test("accelerator flag shown in plan", async () => {
