@@ -114,6 +114,9 @@ test("interrupt before box start", async () => {
   const policy = join(directory, "policy.yaml");
   const command = `echo $$ > ${pidFile}; exec sleep 600`;
   writeFileSync(policy, `version: 1\ncredentials:\n  - name: slow\n    source: {command: [sh, -c, ${JSON.stringify(command)}]}\n    hosts: [api.example.com]\n    inject: {header: x-api-key}\n`);
+  const runs = join(me.home, ".local", "state", "ringfence", "runs");
+  // Earlier tests' runs share this home, and run ids sort by second only, so the run is the new one.
+  const earlierRuns = new Set(existsSync(runs) ? readdirSync(runs) : []);
   const { argv, env } = boxCommand(me, ["--policy", policy], ["true"]);
   const ringfence = spawn(argv[0] as string, argv.slice(1), { cwd: workspace, env, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
@@ -129,8 +132,9 @@ test("interrupt before box start", async () => {
   assert.ok(await eventually(() => !alive(`${credentialPid} ${processStart(credentialPid)}`)), `credential command ${credentialPid} outlived the run`);
 
   // The run's record gives the reason it ended, and its log verifies.
-  const runs = join(me.home, ".local", "state", "ringfence", "runs");
-  const runId = readdirSync(runs).sort().at(-1) as string;
+  const newRuns = readdirSync(runs).filter((entry) => !earlierRuns.has(entry));
+  assert.equal(newRuns.length, 1, `expected one new run directory, found ${newRuns.join(", ")}`);
+  const runId = newRuns[0] as string;
   const types = readFileSync(join(runs, runId, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; error?: string });
   assert.deepEqual(types.map((record) => record.type), ["run.start", "run.end"]);
   assert.match(types[1]?.error ?? "", /ringfence received SIGINT/);
