@@ -80,8 +80,8 @@ describe("compressed request bodies inside TLS", () => {
   const uncheckable: { name: string; coding: string; body: () => Buffer; reason: RegExp }[] = [
     { name: "a gzip zip bomb", coding: "gzip", body: () => gzipSync(Buffer.alloc(65 * 1024 * 1024)), reason: /decodes to more than 67108864 bytes/ },
     { name: "an unknown coding", coding: "zstd", body: () => Buffer.from("(zstd frame)"), reason: /Content-Encoding "zstd"/ },
-    // Text fails in br's stream header, so no byte is released. Random bytes were used before,
-    // and some of them decode cleanly for a while, so part of the body went upstream first.
+    // Text fails in br's stream header, so no byte is released. Some random prefixes decode
+    // cleanly for a while, and then part of the body goes upstream before the failure.
     { name: "a body that is not br", coding: "br", body: () => Buffer.from("this is not brotli data at all. ".repeat(16)), reason: /not valid br data/ },
     { name: "data after a br stream", coding: "br", body: () => Buffer.concat([Buffer.from([0x1a]), randomBytes(499)]), reason: /499 bytes follow the end of its br stream/ },
   ];
