@@ -149,13 +149,14 @@ static const char *find_in_path(const char *name, char *found, size_t size) {
     // An empty entry is the working directory, as in execvp.
     const char *directory = entry_length == 0 ? "." : entry;
     if (entry_length == 0) entry_length = 1;
-    if (entry_length + 1 + name_length < size) {
-      memcpy(found, directory, entry_length);
-      found[entry_length] = '/';
-      memcpy(found + entry_length + 1, name, name_length + 1);
-      struct stat info;
-      if (stat(found, &info) == 0 && S_ISREG(info.st_mode) && access(found, X_OK) == 0) return found;
-    }
+    // A path this long is left to execvp, which can stop there with ENAMETOOLONG, as the
+    // forwarder's search does.
+    if (entry_length + 1 + name_length >= size) return NULL;
+    memcpy(found, directory, entry_length);
+    found[entry_length] = '/';
+    memcpy(found + entry_length + 1, name, name_length + 1);
+    struct stat info;
+    if (stat(found, &info) == 0 && S_ISREG(info.st_mode) && access(found, X_OK) == 0) return found;
     if (*end == '\0') return NULL;
     entry = end + 1;
   }

@@ -311,6 +311,24 @@ test("audited bare name is one exec", async () => {
   await agent.exited;
 });
 
+test("audited over-long PATH entry", async () => {
+  const helper = prepareExecAudit();
+  if ("unavailable" in helper) throw new Error(helper.unavailable);
+  // The first entry makes a candidate longer than PATH_MAX, so the audited search leaves the
+  // whole PATH to execvp. glibc 2.36's execvp then tries a path of its own for that entry,
+  // which shows as a missing exec before /bin/sh. The search by itself would exec only /bin/sh.
+  const agent = startAgentWith(["--audit", helper.path]);
+  await agent.client.ready;
+
+  const { code, records } = await runAudited(agent, ["sh", "-c", "exit 4"], { PATH: `/${"a".repeat(4100)}:/bin`, LANG: "C" });
+  assert.equal(code, 4, JSON.stringify(records));
+  assert.ok(records.length >= 2, `execvp did not search: ${JSON.stringify(records)}`);
+  assert.equal(records[0]?.missing, true, JSON.stringify(records));
+  assert.equal(records.at(-1)?.path, "/bin/sh", JSON.stringify(records));
+  agent.client.shutdown();
+  await agent.exited;
+});
+
 test("audited script without #! still runs", async () => {
   const helper = prepareExecAudit();
   if ("unavailable" in helper) throw new Error(helper.unavailable);
