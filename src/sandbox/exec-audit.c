@@ -149,8 +149,8 @@ static const char *find_in_path(const char *name, char *found, size_t size) {
     // An empty entry is the working directory, as in execvp.
     const char *directory = entry_length == 0 ? "." : entry;
     if (entry_length == 0) entry_length = 1;
-    // A path this long is left to execvp, which can stop there with ENAMETOOLONG, as the
-    // forwarder's search does.
+    // A candidate this long leaves the whole PATH to execvp, whose handling of it differs
+    // with the entry's length, so the command found is always execvp's.
     if (entry_length + 1 + name_length >= size) return NULL;
     memcpy(found, directory, entry_length);
     found[entry_length] = '/';
