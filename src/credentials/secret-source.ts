@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import type { Credential } from "../policy/types.js";
+import { killProcessTree } from "../sandbox/process-tree.js";
 
 /** Time a `command` source may run before it is killed, in milliseconds. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
@@ -28,7 +29,7 @@ export interface ResolveOptions {
   env: NodeJS.ProcessEnv;
   /** Time limit for each `command` source, in milliseconds. */
   commandTimeoutMs?: number;
-  /** Aborted, it kills each `command` source still running with SIGKILL, and resolution fails. */
+  /** Aborted, it kills each `command` source still running, and the processes it started, with SIGKILL, and resolution fails. */
   signal?: AbortSignal;
 }
 
@@ -95,27 +96,44 @@ async function readSecretFile(credential: Credential, path: string): Promise<str
 }
 
 // Neither standard output nor standard error goes into a message: either may hold the secret.
+// The command keeps ringfence's process group, so it can still prompt on the terminal; a stop or
+// a timeout therefore kills it with the processes it started, found through /proc.
 function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
   const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const shown = JSON.stringify(argv.join(" "));
   const [file, ...args] = argv as [string, ...string[]];
 
   return new Promise((resolve, reject) => {
-    const signal = options.signal === undefined ? {} : { signal: options.signal };
-    execFile(file, args, { env: options.env, timeout: timeoutMs, killSignal: "SIGKILL", maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true, ...signal }, (error, stdout) => {
-      if (error === null) {
+    let ended: "timeout" | "stopped" | null = null;
+    const child = execFile(file, args, { env: options.env, maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      if (error === null && ended === null) {
         resolve(stdout);
         return;
       }
-      const failure = error as NodeJS.ErrnoException & { killed?: boolean; code?: string | number | null; signal?: NodeJS.Signals | null };
+      const failure = (error ?? {}) as NodeJS.ErrnoException & { code?: string | number | null; signal?: NodeJS.Signals | null };
       let why: string;
-      if (options.signal?.aborted === true) why = `command ${shown} was stopped (${String(options.signal.reason ?? "aborted")})`;
+      if (ended === "stopped") why = `command ${shown} was stopped (${String(options.signal?.reason ?? "aborted")})`;
+      else if (ended === "timeout") why = `command ${shown} timed out after ${timeoutMs} ms`;
       else if (failure.code === "ENOENT") why = `command ${shown} was not found`;
       else if (failure.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") why = `command ${shown} wrote more than ${MAX_SECRET_BYTES} bytes`;
-      else if (failure.killed === true && failure.signal === "SIGKILL") why = `command ${shown} timed out after ${timeoutMs} ms`;
       else if (typeof failure.code === "number") why = `command ${shown} failed with exit status ${failure.code}`;
       else why = `command ${shown} failed (${String(failure.code ?? failure.signal ?? "unknown error")})`;
       reject(new CredentialError(credential.name, why));
     });
+
+    const end = (how: "timeout" | "stopped"): void => {
+      if (ended !== null) return;
+      ended = how;
+      // Destroying the pipes lets the callback run even if a process outside the tree holds them.
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+      if (child.pid !== undefined) killProcessTree(child.pid);
+    };
+    const onAbort = (): void => end("stopped");
+    const timer = setTimeout(() => end("timeout"), timeoutMs);
+    if (options.signal?.aborted === true) end("stopped");
+    else options.signal?.addEventListener("abort", onAbort, { once: true });
   });
 }

@@ -73,30 +73,44 @@ describe("resolveSecret stop", () => {
 });
 
 describe("resolveSecret stop of child processes", () => {
-  // TODO: only the command's own process gets SIGKILL, so a process it started in the background
-  // lives on after the stop (and after a timeout). Killing its process group needs a session of
-  // its own, which would take the terminal away from commands that prompt on /dev/tty.
-  it("kills a command's background process", { timeout: 60_000, todo: "the stop kills the command's process, not its process group" }, async () => {
-    const pidFile = tempFile("background.pid", "");
-    const stop = new AbortController();
-    const pending = resolveSecret(credential({ kind: "command", argv: ["sh", "-c", `sleep 600 & echo $! > ${pidFile}; exec sleep 600`] }), { env: { PATH: process.env.PATH }, signal: stop.signal });
-    let backgroundPid = 0;
-    for (let attempt = 0; attempt < 600 && backgroundPid === 0; attempt++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      backgroundPid = Number(readFileSync(pidFile, "utf8").trim() || 0);
-    }
-    assert.notEqual(backgroundPid, 0, "the command never wrote its background PID");
-    stop.abort("the user pressed Ctrl-C");
-    await pending.catch(() => null);
+  const ends = [
+    { name: "a stop", timeoutMs: undefined, stop: true, message: /was stopped \(the user pressed Ctrl-C\)$/ },
+    { name: "a timeout", timeoutMs: 1_000, stop: false, message: /timed out after 1000 ms$/ },
+  ];
+  for (const end of ends) {
+    it(`kills a command's background processes on ${end.name}`, { timeout: 60_000 }, async () => {
+      const pidFile = tempFile(`background-${end.stop ? "stop" : "timeout"}.pid`, "");
+      const stop = new AbortController();
+      // Two levels: a background shell that starts its own background sleep.
+      const script = `sh -c 'sleep 600 & echo $! >> ${pidFile}; wait' & echo $! >> ${pidFile}; exec sleep 600`;
+      const pending = resolveSecret(credential({ kind: "command", argv: ["sh", "-c", script] }), {
+        env: { PATH: process.env.PATH },
+        signal: stop.signal,
+        ...(end.timeoutMs === undefined ? {} : { commandTimeoutMs: end.timeoutMs }),
+      });
+      let pids: number[] = [];
+      for (let attempt = 0; attempt < 600 && pids.length < 2; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        pids = readFileSync(pidFile, "utf8").split("\n").filter((line) => line !== "").map(Number);
+      }
+      assert.equal(pids.length, 2, "the command never wrote both background PIDs");
+      if (end.stop) stop.abort("the user pressed Ctrl-C");
+      const error = await pending.then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
+      assert.match(error.message, end.message);
 
-    let alive = true;
-    for (let attempt = 0; attempt < 100 && alive; attempt++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      alive = processAlive(backgroundPid);
-    }
-    if (alive) process.kill(backgroundPid, "SIGKILL");
-    assert.equal(alive, false, `background process ${backgroundPid} outlived the stop`);
-  });
+      const alive = new Set(pids);
+      for (let attempt = 0; attempt < 100 && alive.size > 0; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        for (const pid of alive) if (!processAlive(pid)) alive.delete(pid);
+      }
+      for (const pid of alive) process.kill(pid, "SIGKILL");
+      assert.deepEqual([...alive], [], `background processes outlived ${end.name}`);
+    });
+  }
 });
 
 /** Returns whether a process with this PID exists and is not a zombie. */
