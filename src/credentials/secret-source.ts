@@ -96,8 +96,8 @@ async function readSecretFile(credential: Credential, path: string): Promise<str
 }
 
 // Neither standard output nor standard error goes into a message: either may hold the secret.
-// The command keeps ringfence's process group, so it can still prompt on the terminal; a stop or
-// a timeout therefore kills it with the processes it started, found through /proc.
+// The command stays in ringfence's process group, so it can still prompt on the terminal. A stop
+// or a timeout therefore kills it together with the processes it started, found through /proc.
 function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
   const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const shown = JSON.stringify(argv.join(" "));
@@ -123,10 +123,10 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
       reject(new CredentialError(credential.name, why));
     });
 
-    const end = (how: "timeout" | "stopped"): void => {
+    const end = (reason: "timeout" | "stopped"): void => {
       if (ended !== null) return;
-      ended = how;
-      // Destroying the pipes lets the callback run even if a process outside the tree holds them.
+      ended = reason;
+      // Destroying the pipes lets the callback run even when a process outside the tree has them open.
       child.stdout?.destroy();
       child.stderr?.destroy();
       if (child.pid !== undefined) killProcessTree(child.pid);

@@ -11,7 +11,7 @@ export type ParentTable = ReadonlyMap<number, number>;
 /** Rounds of stopping newly found descendants before the tree is killed. */
 const MAX_STOP_ROUNDS = 20;
 
-/** The descendants of `root` in `parents`, parents before their children; `root` itself is not included. */
+/** Lists the descendants of `root` in `parents`, parents before their children, without `root` itself. */
 export function descendantsOf(root: number, parents: ParentTable): number[] {
   const children = new Map<number, number[]>();
   for (const [pid, parent] of parents) {
@@ -35,7 +35,7 @@ export function descendantsOf(root: number, parents: ParentTable): number[] {
 }
 
 /**
- * Parses the parent id out of a /proc/PID/stat line. The command name in parentheses may hold
+ * Parses the parent id out of a /proc/PID/stat line. The command name in parentheses may contain
  * spaces and parentheses itself, so the fields are counted from the last ")". Returns null for
  * a line that does not have that shape.
  */
