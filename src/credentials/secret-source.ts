@@ -129,7 +129,9 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
       // Destroying the pipes lets the callback run even when a process outside the tree has them open.
       child.stdout?.destroy();
       child.stderr?.destroy();
-      if (child.pid !== undefined) killProcessTree(child.pid);
+      // Once Node has reaped the command, its PID may belong to another process, and the
+      // processes it left behind have a new parent, so there is no tree left to find.
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) killProcessTree(child.pid);
     };
     const onAbort = (): void => end("stopped");
     const timer = setTimeout(() => end("timeout"), timeoutMs);

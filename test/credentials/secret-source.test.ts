@@ -38,6 +38,7 @@ describe("resolveSecret failures", () => {
     { name: "missing command", source: { kind: "command", argv: ["ringfence-no-such-command"] }, message: /command "ringfence-no-such-command" was not found/ },
     { name: "failing command", source: { kind: "command", argv: ["sh", "-c", `cat ${secretFile}; cat ${secretFile} >&2; exit 3`] }, message: /failed with exit status 3$/ },
     { name: "slow command", source: { kind: "command", argv: ["sleep", "5"] }, timeoutMs: 200, message: /command "sleep 5" timed out after 200 ms$/ },
+    { name: "output held open after exit", source: { kind: "command", argv: ["sh", "-c", "sleep 5 & echo secret-value"] }, timeoutMs: 300, message: /timed out after 300 ms$/ },
     { name: "short secret", source: { kind: "env", name: "SHORT" }, env: { SHORT: "abc" }, message: /shorter than 8 characters/ },
     { name: "multi-line secret", source: { kind: "env", name: "LINES" }, env: { LINES: `${SECRET}\n${SECRET}` }, message: /contains a line break or NUL byte/ },
   ];
