@@ -1,5 +1,5 @@
-import { existsSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import type { ProtectPlan } from "./protect-plan.js";
 
 /**
@@ -16,6 +16,25 @@ export const PLACEHOLDER_RECORD_FILE = "placeholders.json";
  * every run, so reading every record slowed each start as runs piled up.
  */
 export const REMOVED_PLACEHOLDER_RECORD_FILE = "placeholders.removed.json";
+
+/**
+ * Prefix of the marker files in the runs directory: `.placeholders-RUNID` exists from before a
+ * run creates its placeholders until they are removed. The scan for killed runs reads only the
+ * markers, so its cost follows the runs with placeholders outstanding, not every run kept. A
+ * marker is a file, and the run listing shows directories only.
+ */
+const PENDING_MARKER_PREFIX = ".placeholders-";
+
+/**
+ * File in the runs directory whose presence means that every record there has its marker.
+ * Until it exists, a scan reads every run's record, because runs of older versions of ringfence
+ * have no marker.
+ */
+const MARKERS_COMPLETE_FILE = ".placeholders-markers-complete";
+
+function markerPath(runDir: string): string {
+  return join(dirname(runDir), `${PENDING_MARKER_PREFIX}${basename(runDir)}`);
+}
 
 interface PlaceholderRecord {
   v: 1;
@@ -43,6 +62,8 @@ function processStart(pid: number): string | null {
 export function writePlaceholderRecord(runDir: string, root: string, protect: ProtectPlan): void {
   const paths = protect.placeholders.map((entry) => ({ path: entry.path.slice(root.length + 1), kind: entry.kind }));
   const record: PlaceholderRecord = { v: 1, pid: process.pid, start: processStart(process.pid), root, paths, removed: false };
+  // The marker comes first, so no record is ever without one.
+  writeFileSync(markerPath(runDir), "", { mode: 0o600 });
   writeFileSync(join(runDir, PLACEHOLDER_RECORD_FILE), JSON.stringify(record), { mode: 0o600 });
 }
 
@@ -63,10 +84,16 @@ function readRecord(runDir: string): PlaceholderRecord | null {
 export function markPlaceholdersRemoved(runDir: string): void {
   const path = join(runDir, PLACEHOLDER_RECORD_FILE);
   const record = readRecordFile(path);
-  if (record === null) return;
-  // Marked inside the file first, so a crash before the rename still leaves a removed record.
-  writeFileSync(path, JSON.stringify({ ...record, removed: true }), { mode: 0o600 });
-  renameSync(path, join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE));
+  if (record !== null) {
+    // Marked inside the file first, so a crash before the rename still leaves a removed record.
+    writeFileSync(path, JSON.stringify({ ...record, removed: true }), { mode: 0o600 });
+    renameSync(path, join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE));
+  }
+  try {
+    unlinkSync(markerPath(runDir));
+  } catch {
+    // No marker: a run of an older version, or one that another scan finished.
+  }
 }
 
 /** Returns the workspace-relative paths of the placeholders a run created. */
@@ -80,15 +107,24 @@ export function reservedPaths(runDir: string): string[] {
  */
 export function removeStalePlaceholders(runsRoot: string): string[] {
   const messages: string[] = [];
-  let runs: string[];
+  let entries: string[];
   try {
-    runs = readdirSync(runsRoot);
+    entries = readdirSync(runsRoot);
   } catch {
     return messages;
   }
+  const markersComplete = entries.includes(MARKERS_COMPLETE_FILE);
+  const runs = markersComplete
+    ? entries.filter((entry) => entry.startsWith(PENDING_MARKER_PREFIX) && entry !== MARKERS_COMPLETE_FILE).map((entry) => entry.slice(PENDING_MARKER_PREFIX.length))
+    : entries.filter((entry) => !entry.startsWith("."));
   for (const run of runs) {
     const runDir = join(runsRoot, run);
-    if (!existsSync(join(runDir, PLACEHOLDER_RECORD_FILE))) continue;
+    if (!existsSync(join(runDir, PLACEHOLDER_RECORD_FILE))) {
+      // A marker without a record belongs to a run that is about to write its record, or to one
+      // that finished but could not remove the marker. Only the second is removed.
+      if (markersComplete && existsSync(join(runDir, REMOVED_PLACEHOLDER_RECORD_FILE))) markPlaceholdersRemoved(runDir);
+      continue;
+    }
     const record = readRecordFile(join(runDir, PLACEHOLDER_RECORD_FILE));
     if (record === null) continue;
     if (record.removed) {
@@ -97,7 +133,11 @@ export function removeStalePlaceholders(runsRoot: string): string[] {
       continue;
     }
     const start = processStart(record.pid);
-    if (start !== null && start === record.start) continue;
+    if (start !== null && start === record.start) {
+      // A live run of an older version gets a marker, so a later scan still finds it.
+      if (!markersComplete) writeFileSync(markerPath(runDir), "", { mode: 0o600 });
+      continue;
+    }
 
     const left: string[] = [];
     // Deepest first, so a parent made for the run is empty by the time its turn comes.
@@ -117,6 +157,13 @@ export function removeStalePlaceholders(runsRoot: string): string[] {
     messages.push(
       `run ${run} ended without removing its placeholders in ${record.root}; removed the empty ones${left.length > 0 ? `, and left these, which are no longer empty: ${left.join(", ")}` : ""}`,
     );
+  }
+  if (!markersComplete) {
+    try {
+      writeFileSync(join(runsRoot, MARKERS_COMPLETE_FILE), "", { mode: 0o600 });
+    } catch {
+      // The next scan reads every record again.
+    }
   }
   return messages;
 }

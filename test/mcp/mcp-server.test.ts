@@ -75,7 +75,8 @@ test("mcp tools run in a sandbox", async () => {
   await client.close();
 
   // The session's sandbox left one finished, signed run record.
-  const runs = readdirSync(session.runsRoot);
+  // Names that start with a dot are the runs directory's own files, not runs.
+  const runs = readdirSync(session.runsRoot).filter((entry) => !entry.startsWith("."));
   assert.equal(runs.length, 1);
   const runDir = join(session.runsRoot, runs[0] as string);
   const waitForHead = async () => {
@@ -107,5 +108,5 @@ test("mcp sessions get separate sandboxes", async () => {
   for (let attempt = 0; attempt < 400 && readdirSync(first.runsRoot).filter((run) => existsSync(join(first.runsRoot, run, "audit.head.json"))).length < 2; attempt++) {
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  assert.equal(readdirSync(first.runsRoot).length, 2);
+  assert.equal(readdirSync(first.runsRoot).filter((entry) => !entry.startsWith(".")).length, 2);
 });

@@ -146,3 +146,52 @@ for (const [name, remove] of removers) {
     assert.equal(existsSync(path(".codex")), false);
   });
 }
+
+test("placeholder record: markers track pending runs", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  assert.ok(existsSync(join(runsRoot, ".placeholders-run-1")), "the record has no marker");
+  markPlaceholdersRemoved(runDir);
+  assert.ok(!existsSync(join(runsRoot, ".placeholders-run-1")), "the marker outlived the removal");
+});
+
+test("placeholder record: scan reads only marked runs", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(runsRoot, ".placeholders-markers-complete")));
+
+  // A dead run's record without a marker, as an older version wrote it: the scan no longer reads it.
+  writePlaceholderRecord(runDir, workspace, protect);
+  const path = join(runDir, PLACEHOLDER_RECORD_FILE);
+  writeFileSync(path, JSON.stringify({ ...JSON.parse(readFileSync(path, "utf8")), pid: 2 ** 30 }));
+  rmSync(join(runsRoot, ".placeholders-run-1"));
+  mkdirSync(join(workspace, ".vscode"));
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(workspace, ".vscode")));
+
+  // With its marker back, the same run is found and cleaned up.
+  writeFileSync(join(runsRoot, ".placeholders-run-1"), "");
+  assert.equal(removeStalePlaceholders(runsRoot).length, 1);
+  assert.ok(!existsSync(join(workspace, ".vscode")));
+  assert.ok(!existsSync(join(runsRoot, ".placeholders-run-1")));
+});
+
+test("placeholder record: first scan marks live old runs", () => {
+  const { runsRoot, runDir, workspace, protect } = layout();
+  writePlaceholderRecord(runDir, workspace, protect);
+  // A live run of a version without markers: this process's record, with the marker removed.
+  rmSync(join(runsRoot, ".placeholders-run-1"));
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(runsRoot, ".placeholders-run-1")), "the live run got no marker");
+  assert.ok(existsSync(join(runDir, PLACEHOLDER_RECORD_FILE)));
+});
+
+test("placeholder record: marker without a record stays", () => {
+  const { runsRoot, runDir } = layout();
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  // A run between writing its marker and its record.
+  writeFileSync(join(runsRoot, ".placeholders-run-1"), "");
+  assert.deepEqual(removeStalePlaceholders(runsRoot), []);
+  assert.ok(existsSync(join(runsRoot, ".placeholders-run-1")));
+  assert.ok(existsSync(runDir));
+});

@@ -132,7 +132,7 @@ test("interrupt before box start", async () => {
   assert.ok(await eventually(() => !alive(`${credentialPid} ${processStart(credentialPid)}`)), `credential command ${credentialPid} outlived the run`);
 
   // The run's record gives the reason it ended, and its log verifies.
-  const newRuns = readdirSync(runs).filter((entry) => !earlierRuns.has(entry));
+  const newRuns = readdirSync(runs).filter((entry) => !earlierRuns.has(entry) && !entry.startsWith("."));
   assert.equal(newRuns.length, 1, `expected one new run directory, found ${newRuns.join(", ")}`);
   const runId = newRuns[0] as string;
   const types = readFileSync(join(runs, runId, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; error?: string });
