@@ -304,17 +304,20 @@ export class RunSession {
     await this.backend.releaseWarmUp?.(this.runDir.id);
     await this.#gateway?.close();
     this.#broker?.close();
+    // Nothing logs after the gateway and broker, so the diagnostic log's fsync and close run on
+    // the thread pool while the audit log syncs on this thread.
+    const diagnosticsClosed = this.#diagnostics.close();
     try {
       this.#audit.close();
     } catch (cause) {
       // A failed audit log has stopped the box (see onFailure), and its cause is the user's to
       // fix, such as a full disk, so it is reported like other run failures, not as a bug.
       this.runDir.close();
-      await this.#diagnostics.close();
+      await diagnosticsClosed;
       throw new SandboxError("audit-log", cause instanceof Error ? cause.message : String(cause));
     }
     this.runDir.close();
-    await this.#diagnostics.close();
+    await diagnosticsClosed;
   }
 
   #writeSummary(): void {
