@@ -252,13 +252,12 @@ export class NamespaceBackend implements SandboxBackend {
       try {
         if (limits.writes.length > 0) {
           cgroups = warmCgroups ?? RunCgroups.create(limits, support, request.runId);
-          // A second warm-up, a few milliseconds before the shell joins, because under load the
-          // one RunSession.open started can lapse first. It starts after the groups exist: on
-          // cgroup v1, Linux takes the cgroup mutex before that wait (__cgroup1_procs_write), and
-          // creating a group needs the same mutex. In 30 alternating runs at a load average of
-          // 5.7, timed by a bash shell in place of sh, the shell's join waited more than 1 ms in
-          // 17 runs without this warm-up and in 5 with it.
-          void warmCgroupMigration(support);
+          // No second warm-up starts here. One that ran while the supervisor below was spawned
+          // made the spawn slower, most likely because fork takes the cgroup threadgroup rwsem
+          // that a cgroup.procs write holds. In 4 alternating blocks of 15 runs on a 2-core test
+          // machine (kernel 6.18, load average 3.4 to 3.7), the spawn took a median of 5.6 ms with
+          // it and 2.8 ms without. Timed by a bash shell in place of sh, the shell's join ended
+          // after `go` in 9 of 40 runs with it and in 2 of 40 without.
         }
         // The shell joins the cgroups, so every process of the box starts inside them.
         const prefix = ["/bin/sh", "-c", BOX_SHELL_SCRIPT, "ringfence-box", ...(cgroups?.procsFiles() ?? []), "--", join(request.runDir, BWRAP_ARGS_FILE)];
