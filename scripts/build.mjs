@@ -3,6 +3,7 @@
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { copyFileSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { cjsBundleOptions } from "./cjs-bundle.mjs";
 
 const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
@@ -16,8 +17,20 @@ if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 // initialises that command's modules on first use, so commands still load lazily.
 // Unlike the library bundle, it includes its dependencies, so the code cache covers them too.
 const { packages: _externalPackages, ...cliBundleOptions } = cjsBundleOptions;
+
+// sonic-boom and thread-stream require Node's assert module at load time. Their checks need it
+// only when they fail, so scripts/lazy-assert.cjs loads it then.
+const lazyAssert = {
+  name: "lazy-assert",
+  setup(build) {
+    const shim = fileURLToPath(new URL("lazy-assert.cjs", import.meta.url));
+    build.onResolve({ filter: /^(node:)?assert$/ }, (args) => (/[\\/]node_modules[\\/](sonic-boom|thread-stream)[\\/]/.test(args.importer) ? { path: shim } : undefined));
+  },
+};
+
 await build({
   ...cliBundleOptions,
+  plugins: [lazyAssert],
   entryPoints: ["src/cli/main.ts"],
   outfile: "dist/cli.cjs",
   minify: true,

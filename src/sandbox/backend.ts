@@ -102,9 +102,13 @@ export interface SandboxBackend {
   /** Problems that stop this backend on this host, each with what to change; empty when usable. */
   check(): SandboxError[];
   /**
-   * Starts work that makes a later prepare() for this policy faster, without waiting for it.
-   * It is best effort, changes nothing the box can observe, and reports no errors.
+   * Starts work that makes a later prepare() for this policy and run id faster, without waiting
+   * for it. It is best effort, changes nothing the box can observe, and reports no errors. What
+   * it makes on the host belongs to prepare() for the same run id and policy, or goes with
+   * releaseWarmUp().
    */
-  warmUp?(policy: Policy): void;
+  warmUp?(policy: Policy, runId: string): void;
+  /** Removes what warmUp() made for a run whose prepare() did not take it. Otherwise it does nothing. */
+  releaseWarmUp?(runId: string): Promise<void>;
   prepare(request: BoxRequest): Promise<PreparedBox>;
 }

@@ -124,26 +124,33 @@ export class RunCgroups {
 
   /**
    * Creates one child group per controller the plan uses and writes the limits. Throws with the
-   * file that failed, so the run stops instead of running without a limit it promised.
+   * file that failed, so the run stops instead of running without a limit it promised. The
+   * groups it made go before the throw, so a second try for the same run id can create them.
    */
   static create(plan: LimitPlan, support: CgroupSupport, runId: string): RunCgroups {
     const groups = new RunCgroups();
     const name = runGroupName(runId, process.pid);
-    for (const write of plan.writes) {
-      let dir = groups.#dirs.get(write.controller);
-      if (dir === undefined) {
-        const parent = write.controller === "unified" ? support.v2?.dir : support.v1[write.controller];
-        if (parent === undefined || parent === null) throw new Error(`cgroup for ${write.controller} is not available`);
-        removeStaleRunGroups(parent);
-        dir = join(parent, name);
-        mkdirSync(dir);
-        groups.#dirs.set(write.controller, dir);
+    try {
+      for (const write of plan.writes) {
+        let dir = groups.#dirs.get(write.controller);
+        if (dir === undefined) {
+          const parent = write.controller === "unified" ? support.v2?.dir : support.v1[write.controller];
+          if (parent === undefined || parent === null) throw new Error(`cgroup for ${write.controller} is not available`);
+          removeStaleRunGroups(parent);
+          dir = join(parent, name);
+          mkdirSync(dir);
+          groups.#dirs.set(write.controller, dir);
+        }
+        try {
+          writeFileSync(join(dir, write.file), write.value);
+        } catch (cause) {
+          throw new Error(`writing ${write.value} to ${join(dir, write.file)} failed: ${(cause as Error).message}`);
+        }
       }
-      try {
-        writeFileSync(join(dir, write.file), write.value);
-      } catch (cause) {
-        throw new Error(`writing ${write.value} to ${join(dir, write.file)} failed: ${(cause as Error).message}`);
-      }
+    } catch (cause) {
+      // No process has joined them yet, so they are empty and rmdir removes them.
+      groups.removeNow();
+      throw cause;
     }
     return groups;
   }

@@ -16,7 +16,7 @@ import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, 
 import { diskView } from "./host-view.js";
 import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
 import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } from "./nested-git.js";
-import { describeLimitEvents, planLimits } from "./limits.js";
+import { describeLimitEvents, planLimits, type LimitPlan } from "./limits.js";
 import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
 import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
@@ -127,6 +127,15 @@ export function userNamespaceProblems(isRoot: boolean): string[] {
   return problems;
 }
 
+/**
+ * Returns whether the run may start with these limits. A limit the user asked for must hold or
+ * the run does not start. The built-in default's limits are a safety net, so the box still runs
+ * where the host cannot enforce them.
+ */
+function limitsAllowRun(policy: Policy, limits: LimitPlan): boolean {
+  return limits.unenforced.length === 0 || policy.files.length === 0;
+}
+
 /** The Linux namespace backend: bubblewrap builds the box from a mount plan and a seccomp filter. */
 export class NamespaceBackend implements SandboxBackend {
   readonly name = "namespace" as const;
@@ -143,10 +152,36 @@ export class NamespaceBackend implements SandboxBackend {
     return errors;
   }
 
-  /** Starts warming the cgroup migration lock when this policy's box will join cgroups (see warmCgroupMigration). */
-  warmUp(policy: Policy): void {
+  /** Run cgroups that warmUp created ahead of prepare(), by run id, with the policy they were planned for. */
+  readonly #warmCgroups = new Map<string, { policy: Policy; cgroups: RunCgroups }>();
+
+  /**
+   * Creates the run's cgroups when this policy's box will join some, then starts warming the
+   * cgroup migration lock (see warmCgroupMigration). The groups come first because on cgroup
+   * v1 the warm-up's write holds the cgroup mutex while it waits for an RCU grace period, and
+   * creating a group needs that mutex. Made later, in prepare(), the mkdir blocked the main
+   * thread for a median of 5.3 and 7.2 ms in two sets of 25 timed runs on a 2-core test machine
+   * (kernel 6.18, load average 2 to 2.5). A group that cannot be made here is made again in
+   * prepare(), which reports the failure.
+   */
+  warmUp(policy: Policy, runId: string): void {
     const support = probeCgroups();
-    if (planLimits(policy.resources, support).writes.length > 0) void warmCgroupMigration(support);
+    const limits = planLimits(policy.resources, support);
+    if (limits.writes.length === 0) return;
+    if (limitsAllowRun(policy, limits)) {
+      try {
+        this.#warmCgroups.set(runId, { policy, cgroups: RunCgroups.create(limits, support, runId) });
+      } catch {
+        // prepare() tries again and stops the run with the error.
+      }
+    }
+    void warmCgroupMigration(support);
+  }
+
+  async releaseWarmUp(runId: string): Promise<void> {
+    const warm = this.#warmCgroups.get(runId);
+    this.#warmCgroups.delete(runId);
+    await warm?.cgroups.remove();
   }
 
   async prepare(request: BoxRequest): Promise<PreparedBox> {
@@ -190,10 +225,13 @@ export class NamespaceBackend implements SandboxBackend {
     const cwd = boxWorkingDirectory(policy, request.cwd);
     const support = probeCgroups();
     const limits = planLimits(policy.resources, support);
-    // A limit the user asked for must hold or the run does not start. The built-in default's
-    // limits are a safety net, so the box still runs where the host cannot enforce them.
     const builtInDefault = policy.files.length === 0;
-    const limitsHold = limits.unenforced.length === 0 || builtInDefault;
+    const runAllowed = limitsAllowRun(policy, limits);
+    // The groups warmUp made are used only for the same policy object, whose limits they have.
+    const warm = this.#warmCgroups.get(request.runId);
+    this.#warmCgroups.delete(request.runId);
+    const warmCgroups = warm !== undefined && warm.policy === policy && request.dryRun !== true && runAllowed ? warm.cgroups : null;
+    if (warm !== undefined && warmCgroups === null) await warm.cgroups.remove();
 
     // The box's processes start now, before the mount plan exists, and wait for it (see
     // launchBox). Joining the cgroups can wait for a kernel RCU grace period (see
@@ -209,18 +247,17 @@ export class NamespaceBackend implements SandboxBackend {
       cgroups?.removeNow();
       if (placeholdersMade && protectForExit !== null) removePlaceholders(protectForExit);
     };
-    if (request.dryRun !== true && limitsHold) {
+    if (request.dryRun !== true && runAllowed) {
       process.once("exit", onExit);
       try {
         if (limits.writes.length > 0) {
-          cgroups = RunCgroups.create(limits, support, request.runId);
-          // A second warm-up, a few milliseconds before the shell joins, because under load the
-          // one RunSession.open started can lapse first. It starts after the groups exist: on
-          // cgroup v1, Linux takes the cgroup mutex before that wait (__cgroup1_procs_write), and
-          // creating a group needs the same mutex. In 30 alternating runs at a load average of
-          // 5.7, timed by a bash shell in place of sh, the shell's join waited more than 1 ms in
-          // 17 runs without this warm-up and in 5 with it.
-          void warmCgroupMigration(support);
+          cgroups = warmCgroups ?? RunCgroups.create(limits, support, request.runId);
+          // No second warm-up starts here. One that ran while the supervisor below was spawned
+          // made the spawn slower, most likely because fork takes the cgroup threadgroup rwsem
+          // that a cgroup.procs write holds. In 4 alternating blocks of 15 runs on a 2-core test
+          // machine (kernel 6.18, load average 3.4 to 3.7), the spawn took a median of 5.6 ms with
+          // it and 2.8 ms without. Timed by a bash shell in place of sh, the shell's join ended
+          // after `go` in 9 of 40 runs with it and in 2 of 40 without.
         }
         // The shell joins the cgroups, so every process of the box starts inside them.
         const prefix = ["/bin/sh", "-c", BOX_SHELL_SCRIPT, "ringfence-box", ...(cgroups?.procsFiles() ?? []), "--", join(request.runDir, BWRAP_ARGS_FILE)];
@@ -317,7 +354,7 @@ export class NamespaceBackend implements SandboxBackend {
         run: async ({ timeoutMs, stop, onExec, agent }) => {
           const before = new Set([...protect.readOnly, ...protect.redirects]);
           try {
-            if (!limitsHold) {
+            if (!runAllowed) {
               throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
             }
             if (launched === null || cleaned) throw new SandboxError("box-used", "this box was cleaned up or already ran; prepare a new box for each run");

@@ -15,7 +15,7 @@ import { auditKeyDir, defaultRunsRoot, RUN_POLICY_FILE, RUN_SUMMARY_FILE, type R
 import { checkPrivatePathsOutsideWritable, enforcementOf, eventFields, needsInterception, readUpstreamCas, ringfencePrivatePaths, selectBackend } from "./run.js";
 import { clearNewSetIdFiles, recordWorkspaceChanges, WorkspaceTracker } from "./workspace-changes.js";
 import { printableLine } from "../text/printable.js";
-import { RunDirectory } from "./run-dir.js";
+import { newRunId, RunDirectory } from "./run-dir.js";
 import { openDiagnosticLog, type DiagnosticLog } from "./diagnostic-log.js";
 
 export interface RunSessionOptions {
@@ -82,14 +82,14 @@ export class RunSession {
   #ended = false;
   #closed = false;
 
-  private constructor(options: RunSessionOptions, backend: SandboxBackend, runsRoot: string, privatePaths: string[]) {
+  private constructor(options: RunSessionOptions, backend: SandboxBackend, runsRoot: string, privatePaths: string[], runId: string) {
     this.#options = options;
     this.policy = options.policy;
     this.backend = backend;
     this.home = options.home ?? homedir();
     this.hostEnv = options.hostEnv ?? process.env;
     this.privatePaths = privatePaths;
-    this.runDir = new RunDirectory(runsRoot);
+    this.runDir = new RunDirectory(runsRoot, runId);
     this.#audit = AuditLog.create(this.runDir.path, this.runDir.id, loadOrCreateHostKey(auditKeyDir(this.hostEnv, this.home)));
     this.stopSignal = this.#leakStop.signal;
     // A box must not go on unrecorded. A box can cause the failure itself, for one by filling
@@ -128,14 +128,22 @@ export class RunSession {
 
     const problems = backend.check();
     if (problems.length > 0) throw new SandboxError(problems[0]?.code ?? "backend", problems.map((problem) => problem.message).join("\n"));
-    if (options.dryRun !== true) backend.warmUp?.(policy);
+    // The run id exists before the run directory, so the warm-up can make the run's cgroups.
+    const runId = newRunId();
+    if (options.dryRun !== true) backend.warmUp?.(policy, runId);
 
-    const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
-    const privatePaths = ringfencePrivatePaths(root, hostEnv, home);
-    checkPrivatePathsOutsideWritable(policy, privatePaths);
-    const upstreamCaPems = [...(options.upstreamCaPems ?? []), ...readUpstreamCas(policy)];
-
-    const session = new RunSession(options, backend, root, privatePaths);
+    let session: RunSession;
+    let upstreamCaPems: string[];
+    try {
+      const root = options.runsRoot ?? policy.audit.dir ?? defaultRunsRoot(hostEnv, home);
+      const privatePaths = ringfencePrivatePaths(root, hostEnv, home);
+      checkPrivatePathsOutsideWritable(policy, privatePaths);
+      upstreamCaPems = [...(options.upstreamCaPems ?? []), ...readUpstreamCas(policy)];
+      session = new RunSession(options, backend, root, privatePaths, runId);
+    } catch (cause) {
+      await backend.releaseWarmUp?.(runId);
+      throw cause;
+    }
     try {
       await session.#start(upstreamCaPems);
       return session;
@@ -293,19 +301,23 @@ export class RunSession {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.backend.releaseWarmUp?.(this.runDir.id);
     await this.#gateway?.close();
     this.#broker?.close();
+    // Nothing logs after the gateway and broker, so the diagnostic log's fsync and close run on
+    // the thread pool while the audit log syncs on this thread.
+    const diagnosticsClosed = this.#diagnostics.close();
     try {
       this.#audit.close();
     } catch (cause) {
       // A failed audit log has stopped the box (see onFailure), and its cause is the user's to
       // fix, such as a full disk, so it is reported like other run failures, not as a bug.
       this.runDir.close();
-      await this.#diagnostics.close();
+      await diagnosticsClosed;
       throw new SandboxError("audit-log", cause instanceof Error ? cause.message : String(cause));
     }
     this.runDir.close();
-    await this.#diagnostics.close();
+    await diagnosticsClosed;
   }
 
   #writeSummary(): void {
