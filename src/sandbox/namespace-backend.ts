@@ -14,7 +14,7 @@ import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { AGENT_FD, BOX_SHELL_SCRIPT, BWRAP_ARGS_FD, BWRAP_ARGS_FILE, launchBox, type LaunchedBox } from "./box-launch.js";
 import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
-import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
+import { markPlaceholdersRemoved, markRemovedOnExit, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
 import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } from "./nested-git.js";
 import { describeLimitEvents, planLimits, type LimitPlan } from "./limits.js";
 import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
@@ -245,7 +245,10 @@ export class NamespaceBackend implements SandboxBackend {
     // through --die-with-parent. This handler removes what was made on the host for the box.
     const onExit = () => {
       cgroups?.removeNow();
-      if (placeholdersMade && protectForExit !== null) removePlaceholders(protectForExit);
+      if (placeholdersMade && protectForExit !== null) {
+        removePlaceholders(protectForExit);
+        markRemovedOnExit(request.runDir);
+      }
     };
     if (request.dryRun !== true && runAllowed) {
       process.once("exit", onExit);

@@ -96,6 +96,19 @@ export function markPlaceholdersRemoved(runDir: string): void {
   }
 }
 
+/**
+ * Marks the run's placeholders as removed from a process "exit" handler, where a throw would
+ * replace the exit status. A failure leaves the record, and the next run's scan finds the
+ * placeholders gone.
+ */
+export function markRemovedOnExit(runDir: string): void {
+  try {
+    markPlaceholdersRemoved(runDir);
+  } catch {
+    // See above: the next run's scan handles the record.
+  }
+}
+
 /** Returns the workspace-relative paths of the placeholders a run created. */
 export function reservedPaths(runDir: string): string[] {
   return readRecord(runDir)?.paths.map((entry) => entry.path) ?? [];

@@ -8,7 +8,7 @@ import { describeMounts } from "../sandbox/bwrap-args.js";
 import { describeLimitEvents } from "../sandbox/limits.js";
 import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
 import { findExecutable, prepareWorkspaceSource, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
-import { markPlaceholdersRemoved, removeStalePlaceholders, writePlaceholderRecord } from "../sandbox/placeholder-record.js";
+import { markPlaceholdersRemoved, markRemovedOnExit, removeStalePlaceholders, writePlaceholderRecord } from "../sandbox/placeholder-record.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
 import type { Accelerator } from "./qemu-args.js";
 import { requestAccelerator } from "./accel.js";
@@ -120,7 +120,10 @@ export class VmBackend implements SandboxBackend {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);
         }
-        const onExit = () => removePlaceholders(protect);
+        const onExit = () => {
+          removePlaceholders(protect);
+          markRemovedOnExit(request.runDir);
+        };
         process.once("exit", onExit);
         const before = new Set([...protect.readOnly, ...protect.redirects]);
 
