@@ -1,7 +1,15 @@
 import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Credential } from "../policy/types.js";
-import { killProcessTree } from "../sandbox/process-tree.js";
+import { killProcessesWithEnvironmentEntry, killProcessTree } from "../sandbox/process-tree.js";
+
+/**
+ * Variable set in a `command` source's environment to a value unique to that run of the command.
+ * A stop or a timeout kills the processes in ringfence's process group that have it, so the
+ * command's background processes are found even after the command has exited.
+ */
+export const COMMAND_MARKER_VARIABLE = "RINGFENCE_CREDENTIAL_COMMAND";
 
 /** Time a `command` source may run before it is killed, in milliseconds. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
@@ -97,15 +105,19 @@ async function readSecretFile(credential: Credential, path: string): Promise<str
 
 // Neither standard output nor standard error goes into a message: either may hold the secret.
 // The command stays in ringfence's process group, so it can still prompt on the terminal. A stop
-// or a timeout therefore kills it together with the processes it started, found through /proc.
+// or a timeout therefore kills it together with the processes it started, found through /proc
+// as its descendants and as the processes with its marker variable.
 function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
   const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const shown = JSON.stringify(argv.join(" "));
   const [file, ...args] = argv as [string, ...string[]];
 
+  const marker = `${COMMAND_MARKER_VARIABLE}=${randomBytes(16).toString("hex")}`;
+  const env = { ...options.env, [COMMAND_MARKER_VARIABLE]: marker.slice(COMMAND_MARKER_VARIABLE.length + 1) };
+
   return new Promise((resolve, reject) => {
     let ended: "timeout" | "stopped" | null = null;
-    const child = execFile(file, args, { env: options.env, maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
+    const child = execFile(file, args, { env, maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       if (error === null && ended === null) {
@@ -129,9 +141,11 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
       // Destroying the pipes lets the callback run even when a process outside the tree has them open.
       child.stdout?.destroy();
       child.stderr?.destroy();
-      // Once Node has reaped the command, its PID may belong to another process, and the
-      // processes it left behind have a new parent, so there is no tree left to find.
+      // Once Node has reaped the command, its PID may belong to another process, so its tree
+      // is searched only before that.
       if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) killProcessTree(child.pid);
+      // Processes the command left behind have a new parent, so they are found by the marker.
+      killProcessesWithEnvironmentEntry(marker);
     };
     const onAbort = (): void => end("stopped");
     const timer = setTimeout(() => end("timeout"), timeoutMs);

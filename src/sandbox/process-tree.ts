@@ -47,6 +47,22 @@ export function parentFromStat(stat: string): number | null {
   return Number.isInteger(parent) && parent >= 0 ? parent : null;
 }
 
+/** Parses the process group id out of a /proc/PID/stat line, as parentFromStat parses the parent. */
+export function processGroupFromStat(stat: string): number | null {
+  const end = stat.lastIndexOf(")");
+  if (end === -1) return null;
+  const group = Number(stat.slice(end + 2).split(" ")[2]);
+  return Number.isInteger(group) && group >= 0 ? group : null;
+}
+
+function processGroupOf(pid: number | "self"): number | null {
+  try {
+    return processGroupFromStat(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return null;
+  }
+}
+
 /** Reads the parent of every process in /proc. Processes that end while it reads are left out. */
 export function readParentTable(procRoot = "/proc"): Map<number, number> {
   const parents = new Map<number, number>();
@@ -96,4 +112,58 @@ export function killProcessTree(root: number): void {
   }
   signal(root, "SIGKILL");
   for (const pid of stopped) if (pid !== root) signal(pid, "SIGKILL");
+}
+
+/** Reads the environment of a process as NAME=VALUE entries, or null when it cannot be read. */
+function readEnvironment(pid: number, procRoot: string): string[] | null {
+  try {
+    return readFileSync(`${procRoot}/${pid}/environ`, "latin1").split("\0");
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Lists the processes other than this one whose environment contains `entry` (NAME=VALUE).
+ * Processes of other users, whose environment cannot be read, are left out.
+ */
+export function processesWithEnvironmentEntry(entry: string, procRoot = "/proc"): number[] {
+  const found: number[] = [];
+  for (const name of readdirSync(procRoot)) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    if (readEnvironment(pid, procRoot)?.includes(entry) === true) found.push(pid);
+  }
+  return found;
+}
+
+/**
+ * Kills every process in this process's process group whose environment contains `entry`
+ * (NAME=VALUE), and their descendants. Give a command's environment a unique entry, and this
+ * finds the processes it started even after they left its tree, such as background processes
+ * of a command that has exited. A daemon that started a session of its own (setsid) is in
+ * another group and keeps running. Each process is stopped and read again before it is killed,
+ * so a PID reused in between is left alone. A process that replaced its environment (env -i,
+ * say) is not found.
+ */
+export function killProcessesWithEnvironmentEntry(entry: string): void {
+  const known = new Set<number>();
+  const ownGroup = processGroupOf("self");
+  if (ownGroup === null) return;
+  const matches = (pid: number): boolean => processGroupOf(pid) === ownGroup && readEnvironment(pid, "/proc")?.includes(entry) === true;
+  try {
+    for (let round = 0; round < MAX_STOP_ROUNDS; round += 1) {
+      const found = processesWithEnvironmentEntry(entry).filter((pid) => !known.has(pid) && processGroupOf(pid) === ownGroup);
+      if (found.length === 0) break;
+      for (const pid of found) {
+        known.add(pid);
+        if (!signal(pid, "SIGSTOP")) continue;
+        if (matches(pid)) killProcessTree(pid);
+        else signal(pid, "SIGCONT");
+      }
+    }
+  } catch {
+    // No /proc (macOS): nothing can be found.
+  }
 }

@@ -114,6 +114,106 @@ describe("resolveSecret stop of child processes", () => {
   }
 });
 
+describe("resolveSecret stop after the command exits", () => {
+  const ends = [
+    { name: "a stop", timeoutMs: undefined, stop: true, message: /was stopped \(the user pressed Ctrl-C\)$/ },
+    { name: "a timeout", timeoutMs: 1_000, stop: false, message: /timed out after 1000 ms$/ },
+  ];
+  for (const end of ends) {
+    it(`kills a process left holding output on ${end.name}`, { timeout: 60_000 }, async () => {
+      const pidFile = tempFile(`left-${end.stop ? "stop" : "timeout"}.pid`, "");
+      const stop = new AbortController();
+      // The command exits at once, and its background sleep keeps standard output open, so
+      // Node waits for the output to close. The sleep's parent is then no longer the command.
+      const script = `sleep 600 & echo $$ $! >> ${pidFile}; echo ${SECRET}`;
+      const pending = resolveSecret(credential({ kind: "command", argv: ["sh", "-c", script] }), {
+        env: { PATH: process.env.PATH },
+        signal: stop.signal,
+        ...(end.timeoutMs === undefined ? {} : { commandTimeoutMs: end.timeoutMs }),
+      });
+      let pids: number[] = [];
+      for (let attempt = 0; attempt < 600 && pids.length < 1; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        pids = readFileSync(pidFile, "utf8").split(/\s+/).filter((word) => word !== "").map(Number);
+      }
+      assert.equal(pids.length, 2, "the command never wrote its PID and the background PID");
+      const [command, background] = pids as [number, number];
+      for (let attempt = 0; attempt < 600 && parentOf(background) === command; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      if (end.stop) stop.abort("the user pressed Ctrl-C");
+      const error = await pending.then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
+      assert.match(error.message, end.message);
+
+      assert.notEqual(parentOf(background), command, "the command had not exited before the end");
+
+      const alive = new Set([background]);
+      for (let attempt = 0; attempt < 100 && alive.size > 0; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        for (const pid of alive) if (!processAlive(pid)) alive.delete(pid);
+      }
+      for (const pid of alive) process.kill(pid, "SIGKILL");
+      assert.deepEqual([...alive], [], `a process holding the command's output outlived ${end.name}`);
+    });
+  }
+});
+
+describe("resolveSecret stop and daemons", () => {
+  it("leaves a daemon in its own session running", { timeout: 60_000 }, async () => {
+    const pidFile = tempFile("daemon.pid", "");
+    const stop = new AbortController();
+    // As an agent that daemonizes does, the daemon starts a session of its own (setsid) and
+    // its parent exits, so it has left the command's tree.
+    const starter = tempFile("start-daemon.sh", `setsid sh -c 'echo $$ >> ${pidFile}; exec sleep 600' < /dev/null > /dev/null 2>&1 &\necho $$ >> ${pidFile}\n`);
+    const pending = resolveSecret(credential({ kind: "command", argv: ["sh", "-c", `sh ${starter}; exec sleep 600`] }), { env: { PATH: process.env.PATH }, signal: stop.signal });
+    let pids: number[] = [];
+    for (let attempt = 0; attempt < 600 && pids.length < 2; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      pids = readFileSync(pidFile, "utf8").split("\n").filter((line) => line !== "").map(Number);
+    }
+    assert.equal(pids.length, 2, "the command never wrote the daemon's PID and its parent's");
+    const daemon = pids.find((pid) => processGroupOf(pid) === pid) as number;
+    const starterPid = pids.find((pid) => pid !== daemon) as number;
+    for (let attempt = 0; attempt < 600 && parentOf(daemon) === starterPid; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    stop.abort("the user pressed Ctrl-C");
+    const error = await pending.then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    const survived = processAlive(daemon);
+    if (survived) process.kill(daemon, "SIGKILL");
+
+    assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
+    assert.ok(survived, "the stop killed a daemon that had started its own session");
+  });
+});
+
+/** Returns the process group of a process, or null when it is gone. */
+function processGroupOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+  } catch {
+    return null;
+  }
+}
+
+/** Returns the parent PID of a process, or null when it is gone. */
+function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return null;
+  }
+}
+
 /** Returns whether a process with this PID exists and is not a zombie. */
 function processAlive(pid: number): boolean {
   try {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import { descendantsOf, killProcessTree, parentFromStat, readParentTable } from "../../src/sandbox/process-tree.js";
+import { descendantsOf, killProcessTree, parentFromStat, processGroupFromStat, readParentTable } from "../../src/sandbox/process-tree.js";
 
 describe("descendantsOf", () => {
   const cases: { name: string; parents: [number, number][]; root: number; expected: number[] }[] = [
@@ -30,6 +30,20 @@ describe("parentFromStat", () => {
   for (const testCase of cases) {
     it(testCase.name, () => {
       assert.equal(parentFromStat(testCase.stat), testCase.expected);
+    });
+  }
+});
+
+describe("processGroupFromStat", () => {
+  const cases: { name: string; stat: string; expected: number | null }[] = [
+    { name: "a plain name", stat: "123 (sleep) S 45 120 45 0 -1", expected: 120 },
+    { name: "spaces and parentheses in the name", stat: "123 (a) S 9 (b) R 77 120 77 0 -1", expected: 120 },
+    { name: "no closing parenthesis", stat: "123 (sleep S 45 120", expected: null },
+    { name: "a group that is not a number", stat: "123 (sleep) S 45 x", expected: null },
+  ];
+  for (const testCase of cases) {
+    it(testCase.name, () => {
+      assert.equal(processGroupFromStat(testCase.stat), testCase.expected);
     });
   }
 });
