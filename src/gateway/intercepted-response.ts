@@ -3,7 +3,7 @@
 // and trailers from the upstream are not forwarded, so their contents never reach the client.
 import type { IncomingMessage } from "node:http";
 import { pipeline, type Transform } from "node:stream";
-import { CoalescingTransform } from "./coalesce.js";
+import { ResponseBodyWriter } from "./response-body-writer.js";
 import { describeError } from "./dial.js";
 import { failExchange, guard, type Exchange } from "./intercepted-exchange.js";
 import { responseHeaders } from "./http-proxy.js";
@@ -53,7 +53,7 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
 
   const hasBody = method !== "HEAD" && status !== 204 && status !== 304;
   if (scrubber === null || !hasBody) {
-    streamBody(exchange, upstreamResponse, head, hasBody ? [new CoalescingTransform()] : [], null);
+    streamBody(exchange, upstreamResponse, head, [], null, hasBody);
     return;
   }
 
@@ -72,7 +72,7 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
   }
   // The scrubbed body may differ in length, so the gateway frames it itself.
   removeHeader(head.headers, "content-length");
-  streamBody(exchange, upstreamResponse, head, [...body.transforms, new CoalescingTransform()], body.replaced);
+  streamBody(exchange, upstreamResponse, head, body.transforms, body.replaced, true);
 }
 
 // A small body of known length is read whole, scrubbed, and sent with a corrected
@@ -99,10 +99,12 @@ function relayWholeBody(exchange: Exchange, upstreamResponse: IncomingMessage, s
   );
 }
 
-// Sends the head, then streams the body through `bodyStages` (scrubbing, coalescing) to the client.
-function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, bodyStages: Transform[], bodyCounts: (() => ReadonlyMap<string, number>) | null): void {
+// Sends the head, then streams the body through `bodyStages` (scrubbing) to the client.
+function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, bodyStages: Transform[], bodyCounts: (() => ReadonlyMap<string, number>) | null, hasBody: boolean): void {
   if (!writeResponseHead(exchange, head)) return;
-  // The transcript copies the body last, so it stores exactly the bytes the client receives.
+  const { response } = exchange;
+  // The transcript copies the body after every stage that changes its bytes, so it stores
+  // exactly the body the client receives.
   const stages = exchange.transcript === null ? bodyStages : [...bodyStages, exchange.transcript.responseTee()];
   // Listeners added before pipeline() run before it destroys the other streams, so the failure
   // is reported as the transform's (a corrupt gzip body, say) and not as the client's.
@@ -110,7 +112,16 @@ function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head:
     stage.on("error", guard(exchange, (error: Error) => failExchange(exchange, `the upstream response body could not be processed (${describeError(error)})`, error, "upstream")));
   }
 
-  const streams = [upstreamResponse, ...stages, exchange.response] as unknown as [NodeJS.ReadableStream, NodeJS.WritableStream];
+  let sink: NodeJS.WritableStream = response;
+  if (hasBody) {
+    // writeHead chose chunked framing when the head has no Content-Length and the client
+    // speaks HTTP/1.1. The writer then frames the body itself, so that every write reaches the
+    // TLS socket as one buffer.
+    const chunkedFraming = response.chunkedEncoding;
+    response.chunkedEncoding = false;
+    sink = new ResponseBodyWriter(response, { chunkedFraming });
+  }
+  const streams = [upstreamResponse, ...stages, sink] as unknown as [NodeJS.ReadableStream, NodeJS.WritableStream];
   pipeline(
     ...streams,
     guard(exchange, (error: NodeJS.ErrnoException | null | undefined) => {
