@@ -1,5 +1,6 @@
 import type { ServerResponse } from "node:http";
 import { finished, Writable } from "node:stream";
+import type { ChunkMatcher } from "./interceptor.js";
 
 /** Body bytes merged into one write, at most. */
 const COALESCE_BYTES = 256 * 1024;
@@ -14,6 +15,15 @@ const WRITE_BUFFER_BYTES = SIZE_LINE_ROOM + COALESCE_BYTES + CRLF.length + LAST_
 /** Write buffers kept for reuse once the response has written them. */
 const SPARE_BUFFERS = 2;
 
+export interface ResponseBodyWriterOptions {
+  /** Frame the body as HTTP/1.1 chunks; the response's own chunked framing must be off. */
+  chunkedFraming: boolean;
+  /** Replaces bytes before they are written (a scrubbing matcher); a hit fails the body. */
+  matcher?: ChunkMatcher | null;
+  /** Receives every body byte the client is sent, in order, such as an exchange transcript. */
+  observer?: ((bytes: Buffer) => void) | null;
+}
+
 /**
  * The last stage of a relayed response body: it writes the body to a ServerResponse and ends it.
  * The chunks that arrive within one turn of the event loop (up to COALESCE_BYTES) are copied
@@ -26,7 +36,8 @@ const SPARE_BUFFERS = 2;
  * With `chunkedFraming`, each write is framed as one HTTP/1.1 chunk in the same buffer, and the
  * end of the body adds the last chunk. The response's own chunked framing must then be off.
  * Framed by Node, each write becomes four buffers that Node's TLS socket copies into one before
- * it encrypts them.
+ * it encrypts them. A `matcher` here saves the stream stage it would otherwise need, which
+ * costs a little for every TLS record of a download.
  *
  * The writer ends with an error when the response closes before it has finished, and
  * destroying the writer with an error destroys the response.
@@ -34,6 +45,8 @@ const SPARE_BUFFERS = 2;
 export class ResponseBodyWriter extends Writable {
   readonly #response: ServerResponse;
   readonly #chunkedFraming: boolean;
+  readonly #matcher: ChunkMatcher | null;
+  readonly #observer: ((bytes: Buffer) => void) | null;
   /** Buffer that collects the next write, or null before the first byte of it. */
   #current: Buffer | null = null;
   /** Data bytes in #current, which start at SIZE_LINE_ROOM. */
@@ -41,24 +54,28 @@ export class ResponseBodyWriter extends Writable {
   readonly #spare: Buffer[] = [];
   #scheduled: NodeJS.Immediate | null = null;
 
-  constructor(response: ServerResponse, options: { chunkedFraming: boolean }) {
+  constructor(response: ServerResponse, options: ResponseBodyWriterOptions) {
     super();
     this.#response = response;
     this.#chunkedFraming = options.chunkedFraming;
+    this.#matcher = options.matcher ?? null;
+    this.#observer = options.observer ?? null;
     finished(response, (error) => {
       if (error && !this.destroyed) this.destroy(error);
     });
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    let offset = 0;
-    while (offset < chunk.length) {
-      const buffer = (this.#current ??= this.#spare.pop() ?? Buffer.allocUnsafe(WRITE_BUFFER_BYTES));
-      const copied = chunk.copy(buffer, SIZE_LINE_ROOM + this.#currentBytes, offset, Math.min(chunk.length, offset + COALESCE_BYTES - this.#currentBytes));
-      offset += copied;
-      this.#currentBytes += copied;
-      if (this.#currentBytes === COALESCE_BYTES) this.#writeCurrent();
+    let bytes = chunk;
+    if (this.#matcher !== null) {
+      const result = this.#matcher.write(chunk);
+      if (result.kind === "hit") {
+        callback(new Error(`the response body carries a secret of credential ${result.credential} that has no placeholder to replace it`));
+        return;
+      }
+      bytes = result.output;
     }
+    this.#collect(bytes);
     if (this.#currentBytes > 0) this.#scheduled ??= setImmediate(() => this.#writeCurrent());
 
     if (this.#response.writableNeedDrain) this.#response.once("drain", () => callback());
@@ -67,9 +84,24 @@ export class ResponseBodyWriter extends Writable {
 
   override _final(callback: (error?: Error | null) => void): void {
     this.#cancel();
+    if (this.#matcher !== null) this.#collect(this.#matcher.end());
     const rest = this.#takeCurrent(true);
     if (rest === null) this.#response.end(() => callback());
     else this.#response.end(rest, () => callback());
+  }
+
+  // Passes `bytes` to the observer and copies them into write buffers, writing each one that fills.
+  #collect(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    this.#observer?.(bytes);
+    let offset = 0;
+    while (offset < bytes.length) {
+      const buffer = (this.#current ??= this.#spare.pop() ?? Buffer.allocUnsafe(WRITE_BUFFER_BYTES));
+      const copied = bytes.copy(buffer, SIZE_LINE_ROOM + this.#currentBytes, offset, Math.min(bytes.length, offset + COALESCE_BYTES - this.#currentBytes));
+      offset += copied;
+      this.#currentBytes += copied;
+      if (this.#currentBytes === COALESCE_BYTES) this.#writeCurrent();
+    }
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
