@@ -16,11 +16,11 @@ const WRITE_BUFFER_BYTES = SIZE_LINE_ROOM + COALESCE_BYTES + CRLF.length + LAST_
 const SPARE_BUFFERS = 2;
 
 export interface ResponseBodyWriterOptions {
-  /** Frame the body as HTTP/1.1 chunks; the response's own chunked framing must be off. */
+  /** Whether to frame the body as HTTP/1.1 chunks. The response's own chunked framing must then be off. */
   chunkedFraming: boolean;
-  /** Replaces bytes before they are written (a scrubbing matcher); a hit fails the body. */
+  /** Matcher that replaces bytes before they are written, such as a scrubbing matcher. A hit fails the body. */
   matcher?: ChunkMatcher | null;
-  /** Receives every body byte the client is sent, in order, such as an exchange transcript. */
+  /** Function that receives every body byte the client is sent, in order, such as an exchange transcript. */
   observer?: ((bytes: Buffer) => void) | null;
 }
 
@@ -90,6 +90,13 @@ export class ResponseBodyWriter extends Writable {
     else this.#response.end(rest, () => callback());
   }
 
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#cancel();
+    this.#current = null;
+    if (error !== null && !this.#response.destroyed) this.#response.destroy();
+    callback(error);
+  }
+
   // Passes `bytes` to the observer and copies them into write buffers, writing each one that fills.
   #collect(bytes: Buffer): void {
     if (bytes.length === 0) return;
@@ -102,13 +109,6 @@ export class ResponseBodyWriter extends Writable {
       this.#currentBytes += copied;
       if (this.#currentBytes === COALESCE_BYTES) this.#writeCurrent();
     }
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.#cancel();
-    this.#current = null;
-    if (error !== null && !this.#response.destroyed) this.#response.destroy();
-    callback(error);
   }
 
   #writeCurrent(): void {

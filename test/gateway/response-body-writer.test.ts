@@ -4,7 +4,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, type AddressInfo, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
 import { PassThrough, pipeline, Readable } from "node:stream";
-import { ResponseBodyWriter } from "../../src/gateway/response-body-writer.js";
+import { StreamMatcher, type Needle } from "../../src/credentials/stream-matcher.js";
+import type { ChunkMatcher } from "../../src/gateway/interceptor.js";
+import { ResponseBodyWriter, type ResponseBodyWriterOptions } from "../../src/gateway/response-body-writer.js";
 
 type Handler = (request: IncomingMessage, response: ServerResponse) => void;
 
@@ -21,11 +23,11 @@ async function startServer(handler: Handler): Promise<number> {
 }
 
 /** Sends the body of `source` through a ResponseBodyWriter, framed as Node would frame it. Resolves with pipeline's error. */
-function relay(response: ServerResponse, source: NodeJS.ReadableStream, headers: Record<string, string> = {}): Promise<Error | null> {
+function relay(response: ServerResponse, source: NodeJS.ReadableStream, headers: Record<string, string> = {}, options: Omit<ResponseBodyWriterOptions, "chunkedFraming"> = {}): Promise<Error | null> {
   response.writeHead(200, headers);
   const chunkedFraming = response.chunkedEncoding;
   response.chunkedEncoding = false;
-  const writer = new ResponseBodyWriter(response, { chunkedFraming });
+  const writer = new ResponseBodyWriter(response, { chunkedFraming, ...options });
   return new Promise((resolve) => pipeline(source, writer, (error) => resolve(error ?? null)));
 }
 
@@ -89,6 +91,19 @@ async function openClient(port: number): Promise<Socket> {
     socket.once("error", reject);
   });
   return socket;
+}
+
+/** Builds a ChunkMatcher over one needle, as the broker does for scrubbing and for leak checks. */
+function chunkMatcher(needle: Needle): ChunkMatcher {
+  const matcher = new StreamMatcher([needle]);
+  return {
+    write(chunk) {
+      const result = matcher.write(chunk);
+      return result.kind === "hit" ? { kind: "hit", credential: result.needle.tag } : result;
+    },
+    end: () => matcher.end(),
+    replaced: matcher.replaced,
+  };
 }
 
 function get(socket: Socket, path: string): void {
@@ -214,6 +229,43 @@ describe("ResponseBodyWriter", () => {
     const { data } = decodeChunked(raw);
     assert.equal(data.length, body.length);
     assert.equal(createHash("sha256").update(data).digest("hex"), createHash("sha256").update(body).digest("hex"));
+  });
+
+  it("scrubs with a matcher across chunks", async () => {
+    const matcher = chunkMatcher({ pattern: Buffer.from("sk-secret-value"), replacement: Buffer.from("rfph_placeholder_0123"), tag: "api" });
+    const observed: Buffer[] = [];
+    const pieces = ["before sk-sec", "ret-value middle sk-secret-", "value after sk-se"].map((text) => Buffer.from(text));
+    const port = await startServer((_request, response) => void relay(response, Readable.from(pieces), {}, { matcher, observer: (bytes) => observed.push(Buffer.from(bytes)) }));
+    const socket = await openClient(port);
+    get(socket, "/");
+    const { raw } = await readResponse(socket, { chunked: true });
+    socket.destroy();
+
+    const expected = "before rfph_placeholder_0123 middle rfph_placeholder_0123 after sk-se";
+    assert.equal(decodeChunked(raw).data.toString(), expected);
+    assert.equal(Buffer.concat(observed).toString(), expected);
+    assert.equal(matcher.replaced.get("api"), 2);
+  });
+
+  it("fails the body on a matcher hit", async () => {
+    const matcher = chunkMatcher({ pattern: Buffer.from("leaked-value"), replacement: null, tag: "api" });
+    let result: Promise<Error | null> | null = null;
+    const port = await startServer((_request, response) => {
+      result = relay(response, Readable.from([Buffer.from("first part, "), Buffer.from("then leaked-value")]), {}, { matcher });
+    });
+    const socket = await openClient(port);
+    let received = "";
+    socket.on("data", (data: Buffer) => {
+      received += data.toString("latin1");
+    });
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    get(socket, "/");
+    await closed;
+    const error = await (result as unknown as Promise<Error | null>);
+
+    assert.match(error?.message ?? "", /credential api/);
+    assert.doesNotMatch(received, /leaked-value/);
+    assert.doesNotMatch(received, /\r\n0\r\n\r\n$/);
   });
 
   it("passes a chunk on before the body ends", async () => {
