@@ -12,8 +12,10 @@ const CRLF = Buffer.from("\r\n", "latin1");
 const LAST_CHUNK = Buffer.from("0\r\n\r\n", "latin1");
 /** Bytes of one write buffer: the size line, the data, the CRLF after it and the last chunk. */
 const WRITE_BUFFER_BYTES = SIZE_LINE_ROOM + COALESCE_BYTES + CRLF.length + LAST_CHUNK.length;
-/** Write buffers kept for reuse once the response has written them. */
-const SPARE_BUFFERS = 2;
+/** Unsent bytes the response may have before the writer waits for 'drain'. */
+const MAX_QUEUED_BYTES = 1024 * 1024;
+/** Write buffers kept for reuse once the response has written them: enough for MAX_QUEUED_BYTES and the one being filled. */
+const SPARE_BUFFERS = MAX_QUEUED_BYTES / COALESCE_BYTES + 1;
 
 export interface ResponseBodyWriterOptions {
   /** Whether to frame the body as HTTP/1.1 chunks. The response's own chunked framing must then be off. */
@@ -31,7 +33,9 @@ export interface ResponseBodyWriterOptions {
  * record's worth separately costs a TLS record and a system call downstream. Merged, a fast
  * download is written in large pieces, while a slow stream such as server-sent events is passed
  * on without waiting. A buffer is reused once the response reports it written, so a download
- * does not allocate new memory for every write.
+ * does not allocate new memory for every write. The writer waits for 'drain' only when the
+ * response has more than MAX_QUEUED_BYTES unsent, because each wait pauses and resumes the
+ * upstream socket, while one write already fills the response's 16 KiB high water mark.
  *
  * With `chunkedFraming`, each write is framed as one HTTP/1.1 chunk in the same buffer, and the
  * end of the body adds the last chunk. The response's own chunked framing must then be off.
@@ -78,7 +82,7 @@ export class ResponseBodyWriter extends Writable {
     this.#collect(bytes);
     if (this.#currentBytes > 0) this.#scheduled ??= setImmediate(() => this.#writeCurrent());
 
-    if (this.#response.writableNeedDrain) this.#response.once("drain", () => callback());
+    if (this.#response.writableNeedDrain && this.#response.writableLength > MAX_QUEUED_BYTES) this.#response.once("drain", () => callback());
     else callback();
   }
 
