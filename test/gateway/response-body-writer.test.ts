@@ -150,6 +150,43 @@ describe("ResponseBodyWriter", () => {
     assert.equal(decodeChunked(second.raw).data.toString(), "body of /two");
   });
 
+  it("queues a pipelined response behind the first", async () => {
+    // The second response is written while the first still has the socket, so Node queues it
+    // unsent. It is larger than the writer's queue limit, so the writer waits for 'drain'.
+    const first = new PassThrough();
+    const secondBody = randomBytes(3 * 1024 * 1024);
+    let requests = 0;
+    const port = await startServer((_request, response) => {
+      requests++;
+      if (requests === 1) {
+        void relay(response, first);
+        return;
+      }
+      const chunks = Array.from({ length: secondBody.length / (16 * 1024) }, (_, index) => secondBody.subarray(index * 16 * 1024, (index + 1) * 16 * 1024));
+      void relay(response, Readable.from(chunks));
+      setImmediate(() => first.end("first body"));
+    });
+    const socket = await openClient(port);
+    const received: Buffer[] = [];
+    socket.on("data", (data: Buffer) => received.push(data));
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    socket.write("GET /one HTTP/1.1\r\nHost: test.invalid\r\n\r\nGET /two HTTP/1.1\r\nHost: test.invalid\r\nConnection: close\r\n\r\n");
+    await closed;
+
+    // Splits the stream into the two responses: each is a head and a complete chunked body.
+    const all = Buffer.concat(received);
+    const firstBodyStart = all.indexOf("\r\n\r\n") + 4;
+    const firstBodyLength = chunkedBodyLength(all.subarray(firstBodyStart));
+    assert.ok(firstBodyLength !== null, "the first response is incomplete");
+    const rest = all.subarray(firstBodyStart + firstBodyLength);
+    const secondBodyStart = rest.indexOf("\r\n\r\n") + 4;
+    assert.match(rest.subarray(0, secondBodyStart).toString("latin1"), /^HTTP\/1\.1 200/);
+    assert.equal(decodeChunked(all.subarray(firstBodyStart)).data.toString(), "first body");
+    const { data } = decodeChunked(rest.subarray(secondBodyStart));
+    assert.equal(data.length, secondBody.length);
+    assert.ok(data.equals(secondBody), "the pipelined body differs from what was sent");
+  });
+
   it("writes a Content-Length body unframed", async () => {
     const body = randomBytes(600 * 1024);
     const port = await startServer((_request, response) => void relay(response, Readable.from([body.subarray(0, 1000), body.subarray(1000)]), { "Content-Length": String(body.length) }));
