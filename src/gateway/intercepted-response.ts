@@ -3,11 +3,11 @@
 // and trailers from the upstream are not forwarded, so their contents never reach the client.
 import type { IncomingMessage } from "node:http";
 import { pipeline, type Transform } from "node:stream";
-import { ResponseBodyWriter } from "./response-body-writer.js";
 import { describeError } from "./dial.js";
 import { failExchange, guard, type Exchange } from "./intercepted-exchange.js";
 import { responseHeaders } from "./http-proxy.js";
 import type { ChunkMatcher, ResponseScrubber } from "./interceptor.js";
+import { ResponseBodyWriter } from "./response-body-writer.js";
 
 /** Largest response body that is read whole before scrubbing, in bytes; larger ones stream. */
 const MAX_WHOLE_BODY_BYTES = 64 * 1024;
