@@ -3,11 +3,11 @@
 // and trailers from the upstream are not forwarded, so their contents never reach the client.
 import type { IncomingMessage } from "node:http";
 import { pipeline, type Transform } from "node:stream";
-import { CoalescingTransform } from "./coalesce.js";
 import { describeError } from "./dial.js";
 import { failExchange, guard, type Exchange } from "./intercepted-exchange.js";
 import { responseHeaders } from "./http-proxy.js";
-import type { ResponseScrubber } from "./interceptor.js";
+import type { ChunkMatcher, ResponseScrubber } from "./interceptor.js";
+import { ResponseBodyWriter } from "./response-body-writer.js";
 
 /** Largest response body that is read whole before scrubbing, in bytes; larger ones stream. */
 const MAX_WHOLE_BODY_BYTES = 64 * 1024;
@@ -53,7 +53,7 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
 
   const hasBody = method !== "HEAD" && status !== 204 && status !== 304;
   if (scrubber === null || !hasBody) {
-    streamBody(exchange, upstreamResponse, head, hasBody ? [new CoalescingTransform()] : [], null);
+    streamBody(exchange, upstreamResponse, head, { stages: [], matcher: null, counts: null }, hasBody);
     return;
   }
 
@@ -64,15 +64,27 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
     return;
   }
 
+  // The scrubbed body may differ in length, so the gateway frames it itself.
+  removeHeader(head.headers, "content-length");
+  if (isIdentityCoding(encoding)) {
+    // The writer scrubs an uncompressed body itself, which saves a stream stage.
+    const matcher = scrubber.matcher();
+    streamBody(exchange, upstreamResponse, head, { stages: [], matcher, counts: () => matcher.replaced }, true);
+    return;
+  }
   const body = scrubber.body(encoding);
   if (!body.ok) {
     failExchange(exchange, body.reason, null, "upstream");
     upstreamResponse.destroy();
     return;
   }
-  // The scrubbed body may differ in length, so the gateway frames it itself.
-  removeHeader(head.headers, "content-length");
-  streamBody(exchange, upstreamResponse, head, [...body.transforms, new CoalescingTransform()], body.replaced);
+  streamBody(exchange, upstreamResponse, head, { stages: body.transforms, matcher: null, counts: body.replaced }, true);
+}
+
+/** Whether a Content-Encoding value leaves the body uncompressed, read as the broker's scrubPipeline reads it. */
+function isIdentityCoding(contentEncoding: string | undefined): boolean {
+  const coding = (contentEncoding ?? "identity").trim().toLowerCase();
+  return coding === "" || coding === "identity";
 }
 
 // A small body of known length is read whole, scrubbed, and sent with a corrected
@@ -99,18 +111,38 @@ function relayWholeBody(exchange: Exchange, upstreamResponse: IncomingMessage, s
   );
 }
 
-// Sends the head, then streams the body through `bodyStages` (scrubbing, coalescing) to the client.
-function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, bodyStages: Transform[], bodyCounts: (() => ReadonlyMap<string, number>) | null): void {
+/** How a streamed body is scrubbed: stream stages (decoding, scrubbing, encoding) or a matcher in the writer. */
+interface BodyScrubbing {
+  stages: Transform[];
+  matcher: ChunkMatcher | null;
+  /** Replacements made in the body so far, per credential; null when the body is not scrubbed. */
+  counts: (() => ReadonlyMap<string, number>) | null;
+}
+
+// Sends the head, then streams the body through the scrubbing stages to the client.
+function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head: ResponseHead, scrubbing: BodyScrubbing, hasBody: boolean): void {
   if (!writeResponseHead(exchange, head)) return;
-  // The transcript copies the body last, so it stores exactly the bytes the client receives.
-  const stages = exchange.transcript === null ? bodyStages : [...bodyStages, exchange.transcript.responseTee()];
+  const { response, transcript } = exchange;
+  const { stages, matcher, counts: bodyCounts } = scrubbing;
   // Listeners added before pipeline() run before it destroys the other streams, so the failure
   // is reported as the transform's (a corrupt gzip body, say) and not as the client's.
   for (const stage of stages) {
     stage.on("error", guard(exchange, (error: Error) => failExchange(exchange, `the upstream response body could not be processed (${describeError(error)})`, error, "upstream")));
   }
 
-  const streams = [upstreamResponse, ...stages, exchange.response] as unknown as [NodeJS.ReadableStream, NodeJS.WritableStream];
+  let sink: NodeJS.WritableStream = response;
+  if (hasBody) {
+    // writeHead chose chunked framing when the head has no Content-Length and the client
+    // speaks HTTP/1.1. The writer then frames the body itself, so that every write reaches the
+    // TLS socket as one buffer.
+    const chunkedFraming = response.chunkedEncoding;
+    response.chunkedEncoding = false;
+    // The transcript receives the body after every change to its bytes, so it stores exactly
+    // the body the client receives.
+    const observer = transcript === null ? null : (bytes: Buffer) => transcript.response.write(bytes);
+    sink = new ResponseBodyWriter(response, { chunkedFraming, matcher, observer });
+  }
+  const streams = [upstreamResponse, ...stages, sink] as unknown as [NodeJS.ReadableStream, NodeJS.WritableStream];
   pipeline(
     ...streams,
     guard(exchange, (error: NodeJS.ErrnoException | null | undefined) => {

@@ -6,7 +6,6 @@
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import { createWriteStream, mkdirSync, renameSync, unlinkSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
-import { Transform } from "node:stream";
 import type { Logger } from "pino";
 import type { CanonicalHost } from "../policy/host.js";
 import { hostPatternMatches, type HostPattern } from "../policy/host-pattern.js";
@@ -109,16 +108,6 @@ export class ExchangeTranscript {
     this.#status = status;
     this.#responseContentType = contentType;
     this.#responseContentEncoding = contentEncoding;
-  }
-
-  /** Returns a pass-through stage that copies the response body into its file without holding it back. */
-  responseTee(): Transform {
-    return new Transform({
-      transform: (chunk: Buffer, _encoding, callback) => {
-        this.response.write(chunk);
-        callback(null, chunk);
-      },
-    });
   }
 
   /**
