@@ -22,7 +22,11 @@ export interface ResponseBodyWriterOptions {
   chunkedFraming: boolean;
   /** Matcher that replaces bytes before they are written, such as a scrubbing matcher. A hit fails the body. */
   matcher?: ChunkMatcher | null;
-  /** Function that receives every body byte the client is sent, in order, such as an exchange transcript. */
+  /**
+   * Function that receives every body byte the client is sent, in order, such as an exchange
+   * transcript. It receives bytes when they are passed to the response, so bytes dropped by a
+   * failed body never reach it. It must not modify them.
+   */
   observer?: ((bytes: Buffer) => void) | null;
 }
 
@@ -55,6 +59,8 @@ export class ResponseBodyWriter extends Writable {
   #current: Buffer | null = null;
   /** Data bytes in #current, which start at SIZE_LINE_ROOM. */
   #currentBytes = 0;
+  /** The bytes in #current, as slices of the chunks they came from, for the observer. */
+  #unobserved: Buffer[] = [];
   readonly #spare: Buffer[] = [];
   #scheduled: NodeJS.Immediate | null = null;
 
@@ -97,18 +103,19 @@ export class ResponseBodyWriter extends Writable {
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     this.#cancel();
     this.#current = null;
+    this.#unobserved = [];
     if (error !== null && !this.#response.destroyed) this.#response.destroy();
     callback(error);
   }
 
-  // Passes `bytes` to the observer and copies them into write buffers, writing each one that fills.
+  // Copies `bytes` into write buffers, writing each one that fills.
   #collect(bytes: Buffer): void {
     if (bytes.length === 0) return;
-    this.#observer?.(bytes);
     let offset = 0;
     while (offset < bytes.length) {
       const buffer = (this.#current ??= this.#spare.pop() ?? Buffer.allocUnsafe(WRITE_BUFFER_BYTES));
       const copied = bytes.copy(buffer, SIZE_LINE_ROOM + this.#currentBytes, offset, Math.min(bytes.length, offset + COALESCE_BYTES - this.#currentBytes));
+      if (this.#observer !== null) this.#unobserved.push(bytes.subarray(offset, offset + copied));
       offset += copied;
       this.#currentBytes += copied;
       if (this.#currentBytes === COALESCE_BYTES) this.#writeCurrent();
@@ -128,7 +135,10 @@ export class ResponseBodyWriter extends Writable {
 
   // Returns the collected bytes, framed when #chunkedFraming is set and followed by the last
   // chunk when `last` is true, and starts a new write. Returns null when there is nothing to send.
+  // The caller passes the result to the response, so the observer receives the bytes here.
   #takeCurrent(last: boolean): Buffer | null {
+    for (const bytes of this.#unobserved) this.#observer?.(bytes);
+    this.#unobserved = [];
     const buffer = this.#current;
     const bytes = this.#currentBytes;
     this.#current = null;

@@ -343,6 +343,31 @@ describe("ResponseBodyWriter", () => {
     assert.ok(source.destroyed, "the source was not destroyed");
   });
 
+  it("records only sent bytes when the body fails", async () => {
+    const observed: Buffer[] = [];
+    const port = await startServer((_request, response) => {
+      response.writeHead(200);
+      const chunkedFraming = response.chunkedEncoding;
+      response.chunkedEncoding = false;
+      const writer = new ResponseBodyWriter(response, { chunkedFraming, observer: (bytes) => observed.push(Buffer.from(bytes)) });
+      writer.on("error", () => {});
+      // An upstream that sends part of its body and then closes ends the body in the same
+      // turn of the event loop, before the writer has written that part.
+      writer.write(Buffer.from("partial body"));
+      writer.destroy(new Error("the upstream body failed"));
+    });
+    const socket = await openClient(port);
+    get(socket, "/");
+    let received = "";
+    socket.on("data", (data: Buffer) => {
+      received += data.toString("latin1");
+    });
+    await new Promise<void>((resolve) => socket.once("close", () => resolve()));
+
+    const recorded = Buffer.concat(observed).toString("latin1");
+    assert.ok(received.includes(recorded), `the observer recorded ${JSON.stringify(recorded)}, which the client did not receive: ${JSON.stringify(received)}`);
+  });
+
   it("closes the connection without the last chunk when the body fails", async () => {
     const source = new PassThrough();
     const port = await startServer((_request, response) => {
