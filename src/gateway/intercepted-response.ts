@@ -135,6 +135,9 @@ function streamBody(exchange: Exchange, upstreamResponse: IncomingMessage, head:
     // writeHead chose chunked framing when the head has no Content-Length and the client
     // speaks HTTP/1.1. The writer then frames the body itself, so that every write reaches the
     // TLS socket as one buffer.
+    // NOTE: this relies on Node's OutgoingMessage reading chunkedEncoding at each write and at
+    // end(), as Node 20 does. test/gateway/response-body-writer.test.ts checks the framing on a
+    // real ServerResponse, so a Node that behaves otherwise fails those tests.
     const chunkedFraming = response.chunkedEncoding;
     response.chunkedEncoding = false;
     // The transcript receives the body after every change to its bytes, so it stores exactly
