@@ -1,5 +1,5 @@
 // Builds the library (tsc: JavaScript and type declarations in dist/) and the CLI bundle
-// (esbuild: dist/cli.cjs, which bin/ringfence loads).
+// (esbuild: dist/cli.cjs, which bin/ringfence.cjs loads).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { copyFileSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
@@ -11,7 +11,7 @@ const packageVersion = JSON.parse(readFileSync("package.json", "utf8")).version;
 const tsc = spawnSync(process.execPath, ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
 if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 
-// The CLI is one CommonJS file, because bin/ringfence compiles it through vm.Script with a V8
+// The CLI is one CommonJS file, because bin/ringfence.cjs compiles it through vm.Script with a V8
 // code cache, and Node 20 has no code cache for ES modules. It is minified because every start
 // reads and hashes the whole file. esbuild turns each dynamic import into a function that
 // initialises that command's modules on first use, so commands still load lazily.

@@ -27,4 +27,4 @@ npm run build
 
 # The vm backend's guest: Debian's cloud kernel (downloaded, not installed), the initramfs, and
 # the accelerator calibration. As root this fills /var/cache/ringfence/vm for every user.
-node bin/ringfence vm prepare || echo "setup: ringfence vm prepare failed; the vm backend is unavailable until it succeeds" >&2
+bin/ringfence vm prepare || echo "setup: ringfence vm prepare failed; the vm backend is unavailable until it succeeds" >&2

@@ -46,30 +46,44 @@ node_forwarder="$cache/ringfence/forwarder.mjs"
 bare="bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/sbin /sbin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --ro-bind /etc /etc --proc /proc --dev /dev --tmpfs /tmp --bind $ws $ws --chdir $ws"
 runtime="--ro-bind /dev/null /run/ringfence/gateway.sock"
 
-echo
-echo "## start-up: \`true\` in a box"
-(cd "$ws" && hyperfine -N --warmup 3 --runs "$runs" --style none --export-markdown "$work/startup.md" \
-  -n "node -e 0" "node -e 0" \
-  -n "bare bwrap" "$bare true" \
-  -n "bwrap + C forwarder" "$bare $runtime --ro-bind $native /run/ringfence/forwarder /run/ringfence/forwarder 3128 /run/ringfence/gateway.sock true" \
-  -n "bwrap + Node forwarder" "$bare $runtime --ro-bind $node_forwarder /run/ringfence/forwarder.mjs node /run/ringfence/forwarder.mjs 3128 /run/ringfence/gateway.sock true" \
-  -n "bwrap + socat forwarder" "$bare $runtime sh -c 'socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/run/ringfence/gateway.sock & exec true'" \
-  -n "ringfence --version" "$ringfence --version" \
-  -n "ringfence run -- true" "$ringfence run -- true" \
-  -n "srt true" "$srt true" --export-json "$work/startup.json" >/dev/null)
-cat "$work/startup.md"
+# Runs the start-up comparison with the environment this script has. $1 names the table.
+startup_table() {
+  echo
+  echo "## start-up: \`true\` in a box ($1)"
+  (cd "$ws" && hyperfine -N --warmup 3 --runs "$runs" --style none --export-markdown "$work/startup.md" \
+    -n "node -e 0" "node -e 0" \
+    -n "bare bwrap" "$bare true" \
+    -n "bwrap + C forwarder" "$bare $runtime --ro-bind $native /run/ringfence/forwarder /run/ringfence/forwarder 3128 /run/ringfence/gateway.sock true" \
+    -n "bwrap + Node forwarder" "$bare $runtime --ro-bind $node_forwarder /run/ringfence/forwarder.mjs node /run/ringfence/forwarder.mjs 3128 /run/ringfence/gateway.sock true" \
+    -n "bwrap + socat forwarder" "$bare $runtime sh -c 'socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:/run/ringfence/gateway.sock & exec true'" \
+    -n "ringfence --version" "$ringfence --version" \
+    -n "ringfence run -- true" "$ringfence run -- true" \
+    -n "srt true" "$srt true" --export-json "$work/startup.json" >/dev/null)
+  cat "$work/startup.md"
 
-# CPU time of each command's whole process tree (user plus system, from hyperfine's rusage of the
-# reaped children) moves far less than wall time when other jobs share the machine.
-echo
-echo "CPU time, load average $(cut -d' ' -f1-3 /proc/loadavg):"
-echo
-node -e '
+  # CPU time of each command's whole process tree (user plus system, from hyperfine's rusage of
+  # the reaped children) moves far less than wall time when other jobs share the machine.
+  echo
+  echo "CPU time, load average $(cut -d' ' -f1-3 /proc/loadavg):"
+  echo
+  node -e '
 const { results } = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
 console.log("| command | user + system CPU [ms] | user [ms] | system [ms] |");
 console.log("|:---|---:|---:|---:|");
 for (const r of results) console.log(`| ${r.command} | ${((r.user + r.system) * 1000).toFixed(1)} | ${(r.user * 1000).toFixed(1)} | ${(r.system * 1000).toFixed(1)} |`);
+const mean = (name) => results.find((r) => r.command === name).mean;
+console.log(`\nringfence run -- true ÷ srt true, by means: ${(mean("ringfence run -- true") / mean("srt true")).toFixed(3)}`);
 ' "$work/startup.json"
+}
+
+startup_table "this environment"
+# Node reads the file NODE_EXTRA_CA_CERTS names, with its own root certificates, when it
+# starts, before any JavaScript runs. With a system bundle of a few hundred certificates that
+# adds tens of milliseconds to every Node process, ringfence and srt alike. The comparison is
+# repeated without it, so the tools' own start-up can be compared as well.
+if [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then
+  (unset NODE_EXTRA_CA_CERTS && startup_table "NODE_EXTRA_CA_CERTS unset")
+fi
 [ "${STARTUP_ONLY:-}" = 1 ] && exit 0
 
 echo

@@ -6,10 +6,10 @@ import { createHash } from "node:crypto";
 import { tmpdir, userInfo } from "node:os";
 import { join, resolve } from "node:path";
 
-// bin/ringfence keeps a V8 code cache of dist/cli.cjs under ~/.cache/ringfence/code-cache, with
+// bin/ringfence.cjs keeps a V8 code cache of dist/cli.cjs under ~/.cache/ringfence/code-cache, with
 // ~ from the user database. Each test runs the real entry point in a mount namespace of its own
 // with a temporary directory bound over that ~/.cache, and checks the files it leaves behind.
-const BIN = resolve(import.meta.dirname, "../../bin/ringfence");
+const BIN = resolve(import.meta.dirname, "../../bin/ringfence.cjs");
 const VERSION = JSON.parse(readFileSync(resolve(import.meta.dirname, "../../package.json"), "utf8")).version as string;
 const CACHE_NAME = /^cli-other-[0-9a-f]{32}\.bin$/;
 const HOME = userInfo().homedir;
@@ -49,13 +49,13 @@ function primedCache(): { cacheHome: string; file: string } {
   return { cacheHome, file: join(cacheDirOf(cacheHome), names[0] ?? "") };
 }
 
-/** Waits until `path` last changed more than 100 ms ago, so bin/ringfence writes a cache for it. */
+/** Waits until `path` last changed more than 100 ms ago, so bin/ringfence.cjs writes a cache for it. */
 function waitUntilSettled(path: string): void {
   const ageMs = Date.now() - Number(statSync(path, { bigint: true }).ctimeNs / 1_000_000n);
   if (ageMs < 150) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 150 - ageMs);
 }
 
-/** Encodes the bundle identity that bin/ringfence stores after the digest: device, inode, size, mtime and ctime in ns. */
+/** Encodes the bundle identity that bin/ringfence.cjs stores after the digest: device, inode, size, mtime and ctime in ns. */
 function identityOf(path: string): Buffer {
   const stat = statSync(path, { bigint: true });
   const encoded = Buffer.alloc(40);
@@ -63,18 +63,18 @@ function identityOf(path: string): Buffer {
   return encoded;
 }
 
-/** Copies bin/ringfence and the bundle into a new directory, whose bundle has an identity of its own. */
+/** Copies bin/ringfence.cjs and the bundle into a new directory, whose bundle has an identity of its own. */
 function copyOfTree(bundleText?: string): { tree: string; bin: string; bundle: string } {
   const tree = newCacheHome();
   mkdirSync(join(tree, "bin"));
   mkdirSync(join(tree, "dist"));
-  copyFileSync(BIN, join(tree, "bin", "ringfence"));
+  copyFileSync(BIN, join(tree, "bin", "ringfence.cjs"));
   copyFileSync(resolve(import.meta.dirname, "../../bin/package.json"), join(tree, "bin", "package.json"));
   const bundle = join(tree, "dist", "cli.cjs");
   if (bundleText === undefined) copyFileSync(resolve(import.meta.dirname, "../../dist/cli.cjs"), bundle);
   else writeFileSync(bundle, bundleText, "latin1");
   waitUntilSettled(bundle);
-  return { tree, bin: join(tree, "bin", "ringfence"), bundle };
+  return { tree, bin: join(tree, "bin", "ringfence.cjs"), bundle };
 }
 
 function hasValidDigest(file: string): boolean {
