@@ -24,8 +24,8 @@
 // foreign or rejected cache only costs speed: the bundle is compiled as usual and the cache
 // rewritten when the process exits. RINGFENCE_CODE_CACHE=off turns the cache off.
 "use strict";
-// bin/ringfence moved NODE_EXTRA_CA_CERTS aside so that Node did not load it at start; it is put
-// back here, so that the processes ringfence starts see the user's value.
+// bin/ringfence moved NODE_EXTRA_CA_CERTS aside, so that Node did not load it at start. It is put
+// back here, so that the processes ringfence starts get the user's value.
 if (process.env.RINGFENCE_NODE_EXTRA_CA_CERTS !== undefined) {
   if (process.env.NODE_EXTRA_CA_CERTS === undefined) process.env.NODE_EXTRA_CA_CERTS = process.env.RINGFENCE_NODE_EXTRA_CA_CERTS;
   delete process.env.RINGFENCE_NODE_EXTRA_CA_CERTS;

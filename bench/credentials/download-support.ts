@@ -15,7 +15,7 @@ export const BULK_HOST = "bulk.bench.example.com";
 /** USER_HZ of Linux /proc times; 100 on every mainstream architecture. */
 const CLOCK_TICKS_PER_SECOND = 100;
 const TSX = ["--import", "tsx"];
-const here = fileURLToPath(new URL(".", import.meta.url));
+const benchDir = fileURLToPath(new URL(".", import.meta.url));
 
 /** Returns the value after `--NAME` on the command line, or undefined. */
 export function stringOption(name: string): string | undefined {
@@ -106,7 +106,7 @@ export async function startUpstream(processes: BenchProcesses): Promise<Upstream
   writeFileSync(caFile, ca.certPem);
   writeFileSync(join(processes.dir, "cert.pem"), leaf.certPem);
   writeFileSync(join(processes.dir, "key.pem"), leaf.keyPem);
-  const server = await processes.start([join(here, "upstream-process.ts"), join(processes.dir, "cert.pem"), join(processes.dir, "key.pem")], process.env);
+  const server = await processes.start([join(benchDir, "upstream-process.ts"), join(processes.dir, "cert.pem"), join(processes.dir, "key.pem")], process.env);
   return { ca, port: Number(server.line), pid: server.child.pid as number, caFile };
 }
 

@@ -81,7 +81,7 @@ export function relayResponse(exchange: Exchange, upstreamResponse: IncomingMess
   streamBody(exchange, upstreamResponse, head, { stages: body.transforms, matcher: null, counts: body.replaced }, true);
 }
 
-/** Whether a Content-Encoding value leaves the body uncompressed, read as the broker's scrubPipeline reads it. */
+/** Returns whether a Content-Encoding value leaves the body uncompressed, read as the broker's scrubPipeline reads it. */
 function isIdentityCoding(contentEncoding: string | undefined): boolean {
   const coding = (contentEncoding ?? "identity").trim().toLowerCase();
   return coding === "" || coding === "identity";
@@ -111,7 +111,7 @@ function relayWholeBody(exchange: Exchange, upstreamResponse: IncomingMessage, s
   );
 }
 
-/** How a streamed body is scrubbed: stream stages (decoding, scrubbing, encoding) or a matcher in the writer. */
+/** The scrubbing of a streamed body: stream stages (decoding, scrubbing, encoding) or a matcher in the writer. */
 interface BodyScrubbing {
   stages: Transform[];
   matcher: ChunkMatcher | null;
