@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { chmodSync, readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { CredentialError, resolveSecret } from "../../src/credentials/secret-source.js";
+import { parentFromStat, processGroupFromStat } from "../../src/sandbox/process-tree.js";
 import type { Credential, CredentialSource } from "../../src/policy/types.js";
 import { tempFile } from "./support/setup.js";
 
@@ -73,12 +74,14 @@ describe("resolveSecret stop", () => {
   });
 });
 
+/** The two ways a running command source ends early, with the message each gives. */
+const EARLY_ENDS = [
+  { name: "a stop", timeoutMs: undefined, stop: true, message: /was stopped \(the user pressed Ctrl-C\)$/ },
+  { name: "a timeout", timeoutMs: 1_000, stop: false, message: /timed out after 1000 ms$/ },
+];
+
 describe("resolveSecret stop of child processes", () => {
-  const ends = [
-    { name: "a stop", timeoutMs: undefined, stop: true, message: /was stopped \(the user pressed Ctrl-C\)$/ },
-    { name: "a timeout", timeoutMs: 1_000, stop: false, message: /timed out after 1000 ms$/ },
-  ];
-  for (const end of ends) {
+  for (const end of EARLY_ENDS) {
     it(`kills a command's background processes on ${end.name}`, { timeout: 60_000 }, async () => {
       const pidFile = tempFile(`background-${end.stop ? "stop" : "timeout"}.pid`, "");
       const stop = new AbortController();
@@ -89,37 +92,20 @@ describe("resolveSecret stop of child processes", () => {
         signal: stop.signal,
         ...(end.timeoutMs === undefined ? {} : { commandTimeoutMs: end.timeoutMs }),
       });
-      let pids: number[] = [];
-      for (let attempt = 0; attempt < 600 && pids.length < 2; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        pids = readFileSync(pidFile, "utf8").split("\n").filter((line) => line !== "").map(Number);
-      }
+      const pids = await readPids(pidFile, 2);
       assert.equal(pids.length, 2, "the command never wrote both background PIDs");
       if (end.stop) stop.abort("the user pressed Ctrl-C");
-      const error = await pending.then(
-        () => null,
-        (caught: unknown) => caught,
-      );
+      const error = await rejection(pending);
       assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
       assert.match(error.message, end.message);
 
-      const alive = new Set(pids);
-      for (let attempt = 0; attempt < 100 && alive.size > 0; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        for (const pid of alive) if (!processAlive(pid)) alive.delete(pid);
-      }
-      for (const pid of alive) process.kill(pid, "SIGKILL");
-      assert.deepEqual([...alive], [], `background processes outlived ${end.name}`);
+      assert.deepEqual(await survivors(pids), [], `background processes outlived ${end.name}`);
     });
   }
 });
 
 describe("resolveSecret stop after the command exits", () => {
-  const ends = [
-    { name: "a stop", timeoutMs: undefined, stop: true, message: /was stopped \(the user pressed Ctrl-C\)$/ },
-    { name: "a timeout", timeoutMs: 1_000, stop: false, message: /timed out after 1000 ms$/ },
-  ];
-  for (const end of ends) {
+  for (const end of EARLY_ENDS) {
     it(`kills a process left holding output on ${end.name}`, { timeout: 60_000 }, async () => {
       const pidFile = tempFile(`left-${end.stop ? "stop" : "timeout"}.pid`, "");
       const stop = new AbortController();
@@ -131,33 +117,17 @@ describe("resolveSecret stop after the command exits", () => {
         signal: stop.signal,
         ...(end.timeoutMs === undefined ? {} : { commandTimeoutMs: end.timeoutMs }),
       });
-      let pids: number[] = [];
-      for (let attempt = 0; attempt < 600 && pids.length < 1; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        pids = readFileSync(pidFile, "utf8").split(/\s+/).filter((word) => word !== "").map(Number);
-      }
+      const pids = await readPids(pidFile, 2);
       assert.equal(pids.length, 2, "the command never wrote its PID and the background PID");
       const [command, background] = pids as [number, number];
-      for (let attempt = 0; attempt < 600 && parentOf(background) === command; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
+      await whileParentIs(background, command);
       if (end.stop) stop.abort("the user pressed Ctrl-C");
-      const error = await pending.then(
-        () => null,
-        (caught: unknown) => caught,
-      );
+      const error = await rejection(pending);
       assert.ok(error instanceof CredentialError, `expected a CredentialError, got ${String(error)}`);
       assert.match(error.message, end.message);
 
       assert.notEqual(parentOf(background), command, "the command had not exited before the end");
-
-      const alive = new Set([background]);
-      for (let attempt = 0; attempt < 100 && alive.size > 0; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        for (const pid of alive) if (!processAlive(pid)) alive.delete(pid);
-      }
-      for (const pid of alive) process.kill(pid, "SIGKILL");
-      assert.deepEqual([...alive], [], `a process holding the command's output outlived ${end.name}`);
+      assert.deepEqual(await survivors([background]), [], `a process holding the command's output outlived ${end.name}`);
     });
   }
 });
@@ -170,22 +140,13 @@ describe("resolveSecret stop and daemons", () => {
     // its parent exits, so it has left the command's tree.
     const starter = tempFile("start-daemon.sh", `setsid sh -c 'echo $$ >> ${pidFile}; exec sleep 600' < /dev/null > /dev/null 2>&1 &\necho $$ >> ${pidFile}\n`);
     const pending = resolveSecret(credential({ kind: "command", argv: ["sh", "-c", `sh ${starter}; exec sleep 600`] }), { env: { PATH: process.env.PATH }, signal: stop.signal });
-    let pids: number[] = [];
-    for (let attempt = 0; attempt < 600 && pids.length < 2; attempt++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      pids = readFileSync(pidFile, "utf8").split("\n").filter((line) => line !== "").map(Number);
-    }
+    const pids = await readPids(pidFile, 2);
     assert.equal(pids.length, 2, "the command never wrote the daemon's PID and its parent's");
     const daemon = pids.find((pid) => processGroupOf(pid) === pid) as number;
     const starterPid = pids.find((pid) => pid !== daemon) as number;
-    for (let attempt = 0; attempt < 600 && parentOf(daemon) === starterPid; attempt++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    await whileParentIs(daemon, starterPid);
     stop.abort("the user pressed Ctrl-C");
-    const error = await pending.then(
-      () => null,
-      (caught: unknown) => caught,
-    );
+    const error = await rejection(pending);
     const survived = processAlive(daemon);
     if (survived) process.kill(daemon, "SIGKILL");
 
@@ -194,31 +155,62 @@ describe("resolveSecret stop and daemons", () => {
   });
 });
 
+const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits up to 12 s until `file` lists `count` PIDs (separated by spaces or lines), and returns those it lists. */
+async function readPids(file: string, count: number): Promise<number[]> {
+  let pids: number[] = [];
+  for (let attempt = 0; attempt < 600 && pids.length < count; attempt++) {
+    await pause(20);
+    pids = readFileSync(file, "utf8").split(/\s+/).filter((word) => word !== "").map(Number);
+  }
+  return pids;
+}
+
+/** Waits up to 12 s while `parent` is still the parent of `pid`. */
+async function whileParentIs(pid: number, parent: number): Promise<void> {
+  for (let attempt = 0; attempt < 600 && parentOf(pid) === parent; attempt++) await pause(20);
+}
+
+/** Returns what `pending` rejects with, or null when it resolves. */
+function rejection(pending: Promise<unknown>): Promise<unknown> {
+  return pending.then(
+    () => null,
+    (caught: unknown) => caught,
+  );
+}
+
+/** Waits up to 5 s for the processes to end, then kills and returns those still running. */
+async function survivors(pids: readonly number[]): Promise<number[]> {
+  const alive = new Set(pids);
+  for (let attempt = 0; attempt < 100 && alive.size > 0; attempt++) {
+    await pause(50);
+    for (const pid of alive) if (!processAlive(pid)) alive.delete(pid);
+  }
+  for (const pid of alive) process.kill(pid, "SIGKILL");
+  return [...alive];
+}
+
+function readStat(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return "";
+  }
+}
+
 /** Returns the process group of a process, or null when it is gone. */
 function processGroupOf(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-  } catch {
-    return null;
-  }
+  return processGroupFromStat(readStat(pid));
 }
 
 /** Returns the parent PID of a process, or null when it is gone. */
 function parentOf(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-  } catch {
-    return null;
-  }
+  return parentFromStat(readStat(pid));
 }
 
 /** Returns whether a process with this PID exists and is not a zombie. */
 function processAlive(pid: number): boolean {
-  try {
-    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return false;
-  }
+  const stat = readStat(pid);
+  return stat !== "" && !/^\d+ \(.*\) Z /.test(stat);
 }
