@@ -78,7 +78,8 @@ export const MAX_STAT_ENTRIES = 500_000;
 
 /**
  * Walks `root` without following symlinks and records each entry's stat fields. Returns null
- * when the tree has more than MAX_STAT_ENTRIES entries.
+ * when the tree has more than MAX_STAT_ENTRIES entries. A subdirectory that cannot be read (an
+ * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents.
  */
 export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set()): Record<string, StatEntry> | null {
   const manifest: Record<string, StatEntry> = {};
@@ -99,7 +100,13 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     manifest[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
     if (type !== "dir") continue;
 
-    for (const name of readdirSync(absolute)) {
+    let names: string[];
+    try {
+      names = readdirSync(absolute);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { existsSync, linkSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
+import { chmodSync, existsSync, linkSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { createServer as createNetServer } from "node:net";
@@ -251,6 +251,24 @@ for (const backend of BACKENDS) {
         const changes = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
         const recorded = changes.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
         assert.deepEqual(recorded, ["added added.txt", "modified file.txt"]);
+      });
+
+      test("workspace with a directory the user cannot list", async () => {
+        // Root lists a directory of mode 000 anyway; an ordinary user cannot. The walk that notes
+        // the workspace for the change records used to fail the run there with EACCES.
+        const workspace = makeWorkspace(user, { "file.txt": "one\n", "locked/inner.txt": "x\n" });
+        chmodSync(join(workspace, "locked"), 0o000);
+        try {
+          const run = await runBox(user, workspace, [], ["sh", "-c", "echo two > file.txt"]);
+          assert.equal(run.status, 0, show(run));
+          const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+          assert.ok(runDir !== undefined, show(run));
+          const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
+          const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
+          assert.deepEqual(recorded, ["modified file.txt"]);
+        } finally {
+          chmodSync(join(workspace, "locked"), 0o755);
+        }
       });
 
       test("git usable in protected repository", async () => {
