@@ -110,8 +110,15 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       throwIfStopped(options.stop);
     }
 
-    session.trackWorkspace();
-    options.onBoxStart?.();
+    try {
+      session.trackWorkspace();
+      options.onBoxStart?.();
+    } catch (cause) {
+      // The box's host processes are already waiting for their options; without the cleanup they
+      // would wait for ever and keep a library caller's process alive.
+      await box.cleanup();
+      throw cause;
+    }
     const stop = options.stop === undefined ? session.stopSignal : AbortSignal.any([session.stopSignal, options.stop]);
     const exit = await box.run({ timeoutMs: session.policy.resources.timeoutMs, stop, onExec: (record) => session.record("exec", { ...record }) });
     const status = session.finish(exit);

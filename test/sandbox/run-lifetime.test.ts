@@ -7,7 +7,9 @@ import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { defaultPolicy } from "../../src/policy/load.js";
 import { probeCgroups } from "../../src/sandbox/cgroup.js";
+import { runSandbox } from "../../src/sandbox/run.js";
 import { boxCommand, makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
 
 const current = userInfo();
@@ -177,4 +179,30 @@ test("failed audit log stops the box", { skip: current.uid === 0 ? false : "moun
     spawnSync("umount", [disk]);
     rmdirSync(disk);
   }
+});
+
+test("failure between prepare and start ends the box's processes", { timeout: 120_000 }, async () => {
+  // prepare() already started the exec audit supervisor and the shell that waits for bwrap's
+  // options. A failure before the box starts must end them; they used to wait for ever and
+  // keep the calling process alive.
+  const workspace = makeWorkspace(me, { "file.txt": "one\n" });
+  const policy = { ...defaultPolicy({ cwd: workspace }), backend: "namespace" as const };
+  let started = false;
+  await assert.rejects(
+    runSandbox({
+      policy,
+      command: ["true"],
+      cwd: workspace,
+      home: me.home,
+      runsRoot: mkdtempSync(join(tmpdir(), "ringfence-runs-")),
+      message: () => {},
+      onBoxStart: () => {
+        started = descendants(process.pid).length > 0;
+        throw new Error("caller failed before the start");
+      },
+    }),
+    /caller failed before the start/,
+  );
+  assert.equal(started, true, "prepare() started no host process, so this test checks nothing");
+  assert.deepEqual(descendants(process.pid), []);
 });
