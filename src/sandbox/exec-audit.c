@@ -241,28 +241,39 @@ static int write_all(int fd, const char *data, size_t length) {
   return 0;
 }
 
-/* Returns the PID as the box sees it (the last NSpid field), or 0 when it cannot be read. */
-static long box_pid(pid_t pid) {
+/*
+ * Reads the thread group (process) ID of thread `tid` and the thread's PID as the box sees it
+ * (the last NSpid field) from one read of /proc/TID/status. Either is 0 when it cannot be read.
+ */
+struct caller_ids {
+  pid_t tgid;
+  long box_pid;
+};
+static struct caller_ids read_caller_ids(pid_t tid) {
+  struct caller_ids ids = {0, 0};
   char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/status", pid);
+  snprintf(path, sizeof(path), "/proc/%d/status", tid);
   FILE *file = fopen(path, "re");
-  if (file == NULL) return 0;
+  if (file == NULL) return ids;
   char line[256];
-  long value = 0;
   while (fgets(line, sizeof(line), file) != NULL) {
-    if (strncmp(line, "NSpid:", 6) != 0) continue;
-    char *cursor = line + 6;
-    char *end;
-    for (;;) {
-      long number = strtol(cursor, &end, 10);
-      if (end == cursor) break;
-      value = number;
-      cursor = end;
+    if (strncmp(line, "Tgid:", 5) == 0) {
+      ids.tgid = (pid_t)strtol(line + 5, NULL, 10);
+    } else if (strncmp(line, "NSpid:", 6) == 0) {
+      char *cursor = line + 6;
+      char *end;
+      for (;;) {
+        long number = strtol(cursor, &end, 10);
+        if (end == cursor) break;
+        ids.box_pid = number;
+        cursor = end;
+      }
+      // NSpid comes after Tgid in the file.
+      break;
     }
-    break;
   }
   fclose(file);
-  return value;
+  return ids;
 }
 
 /* Returns whether `path`, as the process sees it (its root, or its working directory), exists. */
@@ -296,26 +307,8 @@ struct pending_exec {
 static struct pending_exec pending[MAX_PENDING];
 static int pending_count = 0;
 
-/* Returns the thread group (process) ID of thread `tid`, or 0 when it cannot be read. */
-static pid_t thread_group(pid_t tid) {
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/status", tid);
-  FILE *file = fopen(path, "re");
-  if (file == NULL) return 0;
-  char line[256];
-  long value = 0;
-  while (fgets(line, sizeof(line), file) != NULL) {
-    if (strncmp(line, "Tgid:", 5) == 0) {
-      value = strtol(line + 5, NULL, 10);
-      break;
-    }
-  }
-  fclose(file);
-  return (pid_t)value;
-}
-
-static void remember_exec(pid_t tid, long box_pid_value) {
-  pid_t tgid = thread_group(tid);
+static void remember_exec(pid_t tid, struct caller_ids ids) {
+  pid_t tgid = ids.tgid;
   char path[64];
   snprintf(path, sizeof(path), "/proc/%d/exe", tgid);
   struct stat before;
@@ -325,7 +318,7 @@ static void remember_exec(pid_t tid, long box_pid_value) {
     memmove(&pending[0], &pending[1], sizeof(pending[0]) * (MAX_PENDING - 1));
     pending_count -= 1;
   }
-  pending[pending_count++] = (struct pending_exec){.tid = tid, .tgid = tgid, .box_pid = box_pid_value, .dev = before.st_dev, .ino = before.st_ino, .ticks = 0};
+  pending[pending_count++] = (struct pending_exec){.tid = tid, .tgid = tgid, .box_pid = ids.box_pid, .dev = before.st_dev, .ino = before.st_ino, .ticks = 0};
 }
 
 /*
@@ -377,10 +370,10 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
     if (child_pid > 0) kill(child_pid, SIGKILL);
     return;
   }
-  long caller_box_pid = box_pid((pid_t)request->pid);
+  struct caller_ids caller = read_caller_ids((pid_t)request->pid);
 
   char *out = line;
-  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, caller_box_pid, is_execveat ? "execveat" : "execve");
+  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, caller.box_pid, is_execveat ? "execveat" : "execve");
   if (is_execveat) out += sprintf(out, ",\"dirfd\":%d", (int)request->data.args[0]);
 
   int truncated = 0;
@@ -437,7 +430,7 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
       if (child_pid > 0) kill(child_pid, SIGKILL);
       return;
     }
-    remember_exec((pid_t)request->pid, caller_box_pid);
+    remember_exec((pid_t)request->pid, caller);
   }
 
   response->id = request->id;
