@@ -2,7 +2,7 @@
 # Benchmarks `ringfence run`. Start-up is compared with Node, bare bwrap with the same
 # namespaces, bwrap with each candidate forwarder, and srt (@anthropic-ai/sandbox-runtime) in one
 # hyperfine invocation, so its ratios come from the same run. Workspace I/O inside the box is
-# compared with the host in interleaved rounds. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
+# compared with the host in alternating sessions, each on a new ext4 file system as root. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
 # is installed into a temporary directory, not into the project.
 #
 #   npm run bench:run            # prints markdown tables
@@ -88,7 +88,7 @@ fi
 [ "${STARTUP_ONLY:-}" = 1 ] && exit 0
 
 echo
-echo "## workspace I/O: host against box, interleaved rounds"
+echo "## workspace I/O: host against box, alternating sessions"
 node -e '
 const fs = require("node:fs");
 for (let i = 0; i < 5000; i += 1) {
@@ -99,7 +99,7 @@ for (let i = 0; i < 5000; i += 1) {
 git -C "$ws" add -A && git -C "$ws" -c user.email=bench@example.invalid -c user.name=bench commit -qm tree
 tar -C "$ws" -cf "$ws/tree.tar" src
 printf 'tree.tar\nout/\n' >> "$ws/.git/info/exclude"
-node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}"
+node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}" "${TIMED_PER_SESSION:-3}"
 
 echo
 echo "## throughput: 256 MiB from a loopback HTTP server"

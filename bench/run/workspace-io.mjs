@@ -1,30 +1,94 @@
-// Times workspace I/O inside a ringfence box against the host. Each round runs the workload
-// once on the host and once in a fresh box, where the box's own clock measures it, so start-up
-// is excluded. Interleaving makes disk contention from other programs hit both sides alike.
-//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS
-import { spawnSync } from "node:child_process";
+// Times workspace I/O inside a ringfence box against the host.
+//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS [TIMED_PER_SESSION]
+//
+// Each round opens one session on the host (a bash) and one in a fresh box (`ringfence run --
+// bash`), in alternating order, so slow drift of the disk or the machine hits both sides alike.
+// A session runs the workload once untimed and then TIMED_PER_SESSION times, each timed by
+// bash's EPOCHREALTIME where it runs. The untimed run matters: a box's first command follows
+// ringfence's start-up, whose Node process has just filled the CPU caches with its own data,
+// while the host's first command follows a small bash. Start-up is measured by its own
+// benchmark; this one compares the I/O. The table also shows the first runs alone.
+//
+// Unpacking writes into `out` in the workspace. As root, each session gets a new ext4 file
+// system (mkfs.ext4's defaults, so with a journal) mounted there from an image file, so every
+// session starts from the same state. The mount is visible in the box, because the workspace
+// is bound with its submounts. Without root, each run unpacks into a new directory of `out` on the workspace's own
+// file system and nothing is deleted until the end, and the table says so. On that file system
+// the state carries over between sessions: on the benchmark machine, ext4 without a journal,
+// the inode allocator skips inodes freed in the last minutes (ext4's recently_deleted check), so
+// a workload that deleted and recreated 5,000 files each round grew slower round by round, by
+// up to ten times, and measured that instead of the box.
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
-const [ringfence, workspace, roundsText] = process.argv.slice(2);
+const [ringfence, workspace, roundsText, timedText] = process.argv.slice(2);
+if (ringfence === undefined || workspace === undefined) {
+  console.error("usage: node bench/run/workspace-io.mjs RINGFENCE WORKSPACE [ROUNDS] [TIMED_PER_SESSION]");
+  process.exit(2);
+}
 const rounds = Number(roundsText ?? "9");
+const timedPerSession = Number(timedText ?? "3");
+for (const [name, value] of [["ROUNDS", rounds], ["TIMED_PER_SESSION", timedPerSession]]) {
+  if (!Number.isInteger(value) || value < 1) {
+    console.error(`workspace-io: ${name} must be a whole number of at least 1, got ${value}`);
+    process.exit(2);
+  }
+}
 
+const out = join(workspace, "out");
+const freshFileSystems = process.getuid?.() === 0 && spawnSync("mkfs.ext4", ["-V"]).status === 0;
+const imageDir = freshFileSystems ? mkdtempSync(join(tmpdir(), "ringfence-bench-fs-")) : null;
+
+/** Mounts a new ext4 file system on `out`, replacing the previous session's. */
+function freshOut() {
+  if (imageDir === null) return;
+  const image = join(imageDir, "out.img");
+  spawnSync("umount", [out]);
+  rmSync(image, { force: true });
+  // Each run of a session unpacks 5,050 entries of 4 KiB blocks; mkfs's defaults give too few
+  // inodes for more than about five runs.
+  const runs = timedPerSession + 1;
+  execFileSync("truncate", ["-s", `${Math.max(512, runs * 40)}M`, image]);
+  execFileSync("mkfs.ext4", ["-q", "-F", "-N", String(runs * 6000 + 1000), image]);
+  mkdirSync(out, { recursive: true });
+  execFileSync("mount", ["-o", "loop", image, out]);
+}
+
+// `$run` names the session's run of the workload, so each unpack has a directory of its own.
 const workloads = [
-  { name: "git status (5,000 tracked files)", script: "git status --porcelain >/dev/null" },
-  { name: "unpack 5,000 files (tar -x)", script: "rm -rf out && mkdir out && tar -xf tree.tar -C out" },
+  { name: "git status (5,000 tracked files)", script: "git status --porcelain >/dev/null", prepare: () => {} },
+  {
+    name: `unpack 5,000 files (tar -x)${freshFileSystems ? ", new ext4 per session" : ", same file system throughout"}`,
+    script: 'mkdir -p "out/$run" && tar -xf tree.tar -C "out/$run"',
+    prepare: freshOut,
+  },
 ];
 
+const sides = {
+  host: (script) => ["bash", "-c", script],
+  box: (script) => [ringfence, "run", "--", "bash", "-c", script],
+};
+
 /**
- * Runs `script` under `prefix` and returns the nanoseconds it took, measured where it runs by
- * bash's EPOCHREALTIME. A clock read by `date` would put the start of a process inside the
- * measurement, and in a box that process's exec also waits for the exec audit, which is a cost
- * of the timer, not of the workload.
+ * Runs one session and returns the nanoseconds of each of its runs, the untimed one first. The
+ * session prints one line per run; a run that fails ends the session with its error.
  */
-function timed(prefix, script) {
-  const wrapped = `start=$EPOCHREALTIME; ${script}; end=$EPOCHREALTIME; echo "ELAPSED $start $end"`;
-  const result = spawnSync(prefix[0] ?? "bash", [...prefix.slice(1), "bash", "-c", wrapped], { cwd: workspace, encoding: "utf8" });
-  const match = /ELAPSED (\d+)\.(\d{6}) (\d+)\.(\d{6})/.exec(result.stdout);
-  if (match === null) throw new Error(`workload failed: ${result.stderr}`);
-  const [, startSeconds, startMicros, endSeconds, endMicros] = match.map(Number);
-  return ((endSeconds - startSeconds) * 1e6 + (endMicros - startMicros)) * 1e3;
+function session(side, label, script) {
+  const loop = `set -e; for i in $(seq 0 ${timedPerSession}); do run=${label}-$i; start=$EPOCHREALTIME; ${script}; end=$EPOCHREALTIME; echo "ELAPSED $start $end"; done`;
+  const [command, ...args] = sides[side](loop);
+  const result = spawnSync(command, args, { cwd: workspace, encoding: "utf8" });
+  const times = [...result.stdout.matchAll(/ELAPSED (\d+)\.(\d{6}) (\d+)\.(\d{6})/g)].map((match) => {
+    const [startSeconds, startMicros, endSeconds, endMicros] = match.slice(1).map(Number);
+    return ((endSeconds - startSeconds) * 1e6 + (endMicros - startMicros)) * 1e3;
+  });
+  if (result.status !== 0 || times.length !== timedPerSession + 1) {
+    const errors = result.stderr.trim().split("\n");
+    const firstLines = errors.slice(0, 5).join("\n") + (errors.length > 5 ? `\n(${errors.length - 5} more lines)` : "");
+    throw new Error(`workload failed on the ${side} (status ${result.status}):\n${firstLines}`);
+  }
+  return times;
 }
 
 function median(values) {
@@ -32,17 +96,30 @@ function median(values) {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | rounds |`);
-console.log(`|---|---|---|---|---|`);
-for (const workload of workloads) {
-  const host = [];
-  const box = [];
-  timed(["env"], workload.script);
-  for (let round = 0; round < rounds; round += 1) {
-    host.push(timed(["env"], workload.script));
-    box.push(timed([ringfence, "run", "--"], workload.script));
+console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | first run of a session: host, box (ms) | rounds x timed runs |`);
+console.log(`|---|---|---|---|---|---|`);
+try {
+  for (const [index, workload] of workloads.entries()) {
+    const timed = { host: [], box: [] };
+    const first = { host: [], box: [] };
+    for (let round = 0; round < rounds; round += 1) {
+      const order = round % 2 === 0 ? ["host", "box"] : ["box", "host"];
+      for (const side of order) {
+        workload.prepare();
+        const [untimed, ...rest] = session(side, `w${index}-r${round}-${side}`, workload.script);
+        first[side].push(untimed);
+        timed[side].push(...rest);
+      }
+    }
+    const hostMs = median(timed.host) / 1e6;
+    const boxMs = median(timed.box) / 1e6;
+    const firstRuns = `${(median(first.host) / 1e6).toFixed(1)}, ${(median(first.box) / 1e6).toFixed(1)}`;
+    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${firstRuns} | ${rounds} x ${timedPerSession} |`);
   }
-  const hostMs = median(host) / 1e6;
-  const boxMs = median(box) / 1e6;
-  console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${rounds} |`);
+} finally {
+  if (imageDir !== null) {
+    spawnSync("umount", [out]);
+    rmSync(imageDir, { recursive: true, force: true });
+  }
+  rmSync(out, { recursive: true, force: true });
 }
