@@ -2,7 +2,7 @@ import { closeSync, constants, existsSync, fchmodSync, fstatSync, openSync } fro
 import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry } from "../workspace/manifest.js";
+import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry, type UnlistedDir } from "../workspace/manifest.js";
 import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
 
 /**
@@ -13,7 +13,7 @@ import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record
 export type WorkspaceTracker =
   | { mode: "ro" }
   | { mode: "overlay"; runDir: string; baseline: ReturnType<typeof buildManifest> }
-  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null };
+  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null; unlistedBefore: UnlistedDir[] };
 
 export const WorkspaceTracker = {
   start(policy: Policy, runDir: string): WorkspaceTracker {
@@ -22,7 +22,8 @@ export const WorkspaceTracker = {
     if (workspace.mode === "overlay" && existsSync(overlayPaths(runDir).workspace)) {
       return { mode: "overlay", runDir, baseline: recordOverlayBaseline(runDir, workspace.path, workspace.protect) };
     }
-    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path) };
+    const unlistedBefore: UnlistedDir[] = [];
+    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path, new Set(), unlistedBefore), unlistedBefore };
   },
 };
 
@@ -34,6 +35,9 @@ export interface WorkspaceChangeFields {
   size: number | null;
   sha256: string | null;
 }
+
+/** Directories that could not be listed get one line each on stderr up to this many. */
+const MAX_UNLISTED_MESSAGES = 5;
 
 /** Compares the workspace with the tracker's snapshot and records one event per change. */
 export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (fields: Record<string, unknown>) => void, message: (line: string) => void): void {
@@ -53,13 +57,31 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
-  const after = buildStatManifest(tracker.root);
+  const unlistedAfter: UnlistedDir[] = [];
+  const after = buildStatManifest(tracker.root, new Set(), unlistedAfter);
   if (after === null) {
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
 
-  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "").sort();
+  // A directory that could not be listed before or after the run may hide changes: the box can
+  // take away the host user's read permission on a directory it wrote into. Its contents are
+  // not compared, and one untracked record names the directory.
+  const unlisted = new Map<string, string>();
+  for (const { path, code } of [...tracker.unlistedBefore, ...unlistedAfter]) unlisted.set(path, code);
+  const unlistedSorted = [...unlisted].sort(([a], [b]) => a.localeCompare(b, "en"));
+  for (const [index, [path, code]] of unlistedSorted.entries()) {
+    if (index < MAX_UNLISTED_MESSAGES) message(`ringfence: could not list ${path === "" ? "the workspace" : path} (${code}), so changes inside it were not recorded`);
+    record({ path, change: "untracked", entry: "dir", size: null, sha256: null, reason: `could not list the directory (${code})` });
+  }
+  if (unlistedSorted.length > MAX_UNLISTED_MESSAGES) message(`ringfence: ${unlistedSorted.length - MAX_UNLISTED_MESSAGES} more directories could not be listed; the audit log names each`);
+  const insideUnlisted = (path: string): boolean => {
+    if (unlisted.has("")) return true;
+    for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) if (unlisted.has(path.slice(0, slash))) return true;
+    return false;
+  };
+
+  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "" && !insideUnlisted(path)).sort();
   for (const path of paths) {
     const old = tracker.before[path];
     const now = after[path];
@@ -111,10 +133,14 @@ function clearSetId(path: string, message: (line: string) => void): void {
  */
 export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void): void {
   for (const root of roots) {
-    const entries = buildStatManifest(root);
+    const unlisted: UnlistedDir[] = [];
+    const entries = buildStatManifest(root, new Set(), unlisted);
     if (entries === null) {
       message(`ringfence: ${root} has more than ${MAX_STAT_ENTRIES} entries, so it was not checked for set-ID files the box may have left`);
       continue;
+    }
+    for (const { path, code } of unlisted.slice(0, MAX_UNLISTED_MESSAGES)) {
+      message(`ringfence: could not list ${path === "" ? root : join(root, path)} (${code}), so it was not checked for set-ID files the box may have left`);
     }
     for (const [path, entry] of Object.entries(entries)) {
       if (entry.type === "file" && (entry.mode & 0o6000) !== 0 && entry.ctimeMs >= sinceMs) clearSetId(path === "" ? root : join(root, path), message);

@@ -76,12 +76,19 @@ export interface StatEntry {
 /** Maximum entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
 export const MAX_STAT_ENTRIES = 500_000;
 
+/** A directory a stat walk recorded but could not list, with the error code, such as EACCES. */
+export interface UnlistedDir {
+  path: string;
+  code: string;
+}
+
 /**
  * Walks `root` without following symlinks and records each entry's stat fields. Returns null
- * when the tree has more than MAX_STAT_ENTRIES entries. A subdirectory that cannot be read (an
- * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents.
+ * when the tree has more than MAX_STAT_ENTRIES entries. A directory that cannot be listed (an
+ * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents, and
+ * its relative path goes to `unlisted`.
  */
-export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set()): Record<string, StatEntry> | null {
+export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set(), unlisted: UnlistedDir[] = []): Record<string, StatEntry> | null {
   const manifest: Record<string, StatEntry> = {};
   const pending: string[] = [""];
   let count = 0;
@@ -103,7 +110,8 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     let names: string[];
     try {
       names = readdirSync(absolute);
-    } catch {
+    } catch (cause) {
+      unlisted.push({ path: relative, code: (cause as NodeJS.ErrnoException).code ?? String(cause) });
       continue;
     }
     for (const name of names) {

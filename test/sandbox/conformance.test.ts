@@ -265,9 +265,28 @@ for (const backend of BACKENDS) {
           assert.ok(runDir !== undefined, show(run));
           const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
           const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
-          assert.deepEqual(recorded, ["modified file.txt"]);
+          // A directory ringfence could not list gets an untracked record.
+          assert.deepEqual(recorded, user.uid === 0 ? ["modified file.txt"] : ["untracked locked", "modified file.txt"], show(run));
+          if (user.uid !== 0) assert.match(run.stderr, /could not list locked \(EACCES\), so changes inside it were not recorded/, show(run));
         } finally {
           chmodSync(join(workspace, "locked"), 0o755);
+        }
+      });
+
+      test("box cannot hide a change by locking a directory", async () => {
+        // A box that writes into a directory and then takes away its read permission: root's walk
+        // still lists it, an ordinary user's cannot, and the record then says what went unchecked.
+        const workspace = makeWorkspace(user, { "dir/old.txt": "old\n" });
+        try {
+          const run = await runBox(user, workspace, [], ["sh", "-c", "echo new > dir/new.txt && chmod 000 dir"]);
+          assert.equal(run.status, 0, show(run));
+          const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+          assert.ok(runDir !== undefined, show(run));
+          const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
+          const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
+          assert.deepEqual(recorded, user.uid === 0 ? ["modified dir", "added dir/new.txt"] : ["untracked dir", "modified dir"], show(run));
+        } finally {
+          chmodSync(join(workspace, "dir"), 0o755);
         }
       });
 
