@@ -2,8 +2,9 @@
 # Benchmarks `ringfence run`. Start-up is compared with Node, bare bwrap with the same
 # namespaces, bwrap with each candidate forwarder, and srt (@anthropic-ai/sandbox-runtime) in one
 # hyperfine invocation, so its ratios come from the same run. Workspace I/O inside the box is
-# compared with the host in alternating sessions, each on a new ext4 file system as root. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt
-# is installed into a temporary directory, not into the project.
+# compared with the host in alternating sessions; as root, each session unpacks onto a new ext4
+# file system. Needs hyperfine, bubblewrap, socat and ripgrep (srt needs the last two); srt is
+# installed into a temporary directory, not into the project.
 #
 #   npm run bench:run            # prints markdown tables
 #   RUNS=30 npm run bench:run    # more repetitions
