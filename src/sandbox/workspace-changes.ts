@@ -2,7 +2,7 @@ import { closeSync, constants, existsSync, fchmodSync, fstatSync, openSync } fro
 import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry, type UnlistedDir } from "../workspace/manifest.js";
+import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry, type UncheckedEntry } from "../workspace/manifest.js";
 import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
 
 /**
@@ -13,7 +13,7 @@ import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record
 export type WorkspaceTracker =
   | { mode: "ro" }
   | { mode: "overlay"; runDir: string; baseline: ReturnType<typeof buildManifest> }
-  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null; unlistedBefore: UnlistedDir[] };
+  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null; uncheckedBefore: UncheckedEntry[] };
 
 export const WorkspaceTracker = {
   start(policy: Policy, runDir: string): WorkspaceTracker {
@@ -22,8 +22,8 @@ export const WorkspaceTracker = {
     if (workspace.mode === "overlay" && existsSync(overlayPaths(runDir).workspace)) {
       return { mode: "overlay", runDir, baseline: recordOverlayBaseline(runDir, workspace.path, workspace.protect) };
     }
-    const unlistedBefore: UnlistedDir[] = [];
-    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path, new Set(), unlistedBefore), unlistedBefore };
+    const uncheckedBefore: UncheckedEntry[] = [];
+    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path, new Set(), uncheckedBefore), uncheckedBefore };
   },
 };
 
@@ -36,8 +36,8 @@ export interface WorkspaceChangeFields {
   sha256: string | null;
 }
 
-/** Directories that could not be listed get one line each on stderr up to this many. */
-const MAX_UNLISTED_MESSAGES = 5;
+/** Entries that could not be checked get one line each on stderr up to this many. */
+const MAX_UNCHECKED_MESSAGES = 5;
 
 /** Compares the workspace with the tracker's snapshot and records one event per change. */
 export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (fields: Record<string, unknown>) => void, message: (line: string) => void): void {
@@ -57,31 +57,34 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
-  const unlistedAfter: UnlistedDir[] = [];
-  const after = buildStatManifest(tracker.root, new Set(), unlistedAfter);
+  const uncheckedAfter: UncheckedEntry[] = [];
+  const after = buildStatManifest(tracker.root, new Set(), uncheckedAfter);
   if (after === null) {
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
 
-  // A directory that could not be listed before or after the run may hide changes: the box can
-  // take away the host user's read permission on a directory it wrote into. Its contents are
-  // not compared, and one untracked record names the directory.
-  const unlisted = new Map<string, string>();
-  for (const { path, code } of [...tracker.unlistedBefore, ...unlistedAfter]) unlisted.set(path, code);
-  const unlistedSorted = [...unlisted].sort(([a], [b]) => a.localeCompare(b, "en"));
-  for (const [index, [path, code]] of unlistedSorted.entries()) {
-    if (index < MAX_UNLISTED_MESSAGES) message(`ringfence: could not list ${path === "" ? "the workspace" : path} (${code}), so changes inside it were not recorded`);
-    record({ path, change: "untracked", entry: "dir", size: null, sha256: null, reason: `could not list the directory (${code})` });
+  // An entry that could not be checked before or after the run may hide changes: the box can
+  // take away the host user's permissions on a directory it wrote into. Nothing below such a
+  // path is compared, and one untracked record names it.
+  const unchecked = new Map<string, UncheckedEntry>();
+  for (const entry of [...tracker.uncheckedBefore, ...uncheckedAfter]) unchecked.set(entry.path, entry);
+  const uncheckedSorted = [...unchecked.values()].sort((a, b) => a.path.localeCompare(b.path, "en"));
+  for (const [index, { path, code, failed }] of uncheckedSorted.entries()) {
+    const what = failed === "list" ? "list" : "examine";
+    if (index < MAX_UNCHECKED_MESSAGES) message(`ringfence: could not ${what} ${path === "" ? "the workspace" : path} (${code}), so changes ${failed === "list" ? "inside it" : "to it"} were not recorded`);
+    record({ path, change: "untracked", entry: failed === "list" ? "dir" : null, size: null, sha256: null, reason: failed === "list" ? `could not list the directory (${code})` : `could not examine the entry (${code})` });
   }
-  if (unlistedSorted.length > MAX_UNLISTED_MESSAGES) message(`ringfence: ${unlistedSorted.length - MAX_UNLISTED_MESSAGES} more directories could not be listed; the audit log names each`);
-  const insideUnlisted = (path: string): boolean => {
-    if (unlisted.has("")) return true;
-    for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) if (unlisted.has(path.slice(0, slash))) return true;
+  if (uncheckedSorted.length > MAX_UNCHECKED_MESSAGES) message(`ringfence: ${uncheckedSorted.length - MAX_UNCHECKED_MESSAGES} more entries could not be checked; the audit log names each`);
+  // A directory that could not be listed still has its own stat fields compared; an entry that
+  // lstat could not examine has none.
+  const hidden = (path: string): boolean => {
+    if (unchecked.has("") || unchecked.get(path)?.failed === "lstat") return true;
+    for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) if (unchecked.has(path.slice(0, slash))) return true;
     return false;
   };
 
-  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "" && !insideUnlisted(path)).sort();
+  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "" && !hidden(path)).sort();
   for (const path of paths) {
     const old = tracker.before[path];
     const now = after[path];
@@ -133,14 +136,14 @@ function clearSetId(path: string, message: (line: string) => void): void {
  */
 export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void): void {
   for (const root of roots) {
-    const unlisted: UnlistedDir[] = [];
-    const entries = buildStatManifest(root, new Set(), unlisted);
+    const unchecked: UncheckedEntry[] = [];
+    const entries = buildStatManifest(root, new Set(), unchecked);
     if (entries === null) {
       message(`ringfence: ${root} has more than ${MAX_STAT_ENTRIES} entries, so it was not checked for set-ID files the box may have left`);
       continue;
     }
-    for (const { path, code } of unlisted.slice(0, MAX_UNLISTED_MESSAGES)) {
-      message(`ringfence: could not list ${path === "" ? root : join(root, path)} (${code}), so it was not checked for set-ID files the box may have left`);
+    for (const { path, code, failed } of unchecked.slice(0, MAX_UNCHECKED_MESSAGES)) {
+      message(`ringfence: could not ${failed === "list" ? "list" : "examine"} ${path === "" ? root : join(root, path)} (${code}), so it was not checked for set-ID files the box may have left`);
     }
     for (const [path, entry] of Object.entries(entries)) {
       if (entry.type === "file" && (entry.mode & 0o6000) !== 0 && entry.ctimeMs >= sinceMs) clearSetId(path === "" ? root : join(root, path), message);

@@ -76,19 +76,23 @@ export interface StatEntry {
 /** Maximum entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
 export const MAX_STAT_ENTRIES = 500_000;
 
-/** A directory a stat walk recorded but could not list, with the error code, such as EACCES. */
-export interface UnlistedDir {
+/**
+ * An entry a stat walk could not check: a directory it could not list, or an entry it could not
+ * examine with lstat. `code` is the error code, such as EACCES.
+ */
+export interface UncheckedEntry {
   path: string;
   code: string;
+  failed: "list" | "lstat";
 }
 
 /**
  * Walks `root` without following symlinks and records each entry's stat fields. Returns null
  * when the tree has more than MAX_STAT_ENTRIES entries. A directory that cannot be listed (an
- * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents, and
- * its relative path goes to `unlisted`.
+ * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents. Its
+ * relative path goes to `unchecked`, and so does that of an entry that lstat cannot examine.
  */
-export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set(), unlisted: UnlistedDir[] = []): Record<string, StatEntry> | null {
+export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set(), unchecked: UncheckedEntry[] = []): Record<string, StatEntry> | null {
   const manifest: Record<string, StatEntry> = {};
   const pending: string[] = [""];
   let count = 0;
@@ -99,7 +103,12 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     let stats: Stats;
     try {
       stats = lstatSync(absolute);
-    } catch {
+    } catch (cause) {
+      // An entry that vanished during the walk is gone. One that cannot be examined (its
+      // directory is readable but not searchable) goes to `unchecked`, so it is not taken for
+      // added or deleted.
+      const code = (cause as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT") unchecked.push({ path: relative, code: code ?? String(cause), failed: "lstat" });
       continue;
     }
     if (++count > MAX_STAT_ENTRIES) return null;
@@ -111,7 +120,7 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     try {
       names = readdirSync(absolute);
     } catch (cause) {
-      unlisted.push({ path: relative, code: (cause as NodeJS.ErrnoException).code ?? String(cause) });
+      unchecked.push({ path: relative, code: (cause as NodeJS.ErrnoException).code ?? String(cause), failed: "list" });
       continue;
     }
     for (const name of names) {

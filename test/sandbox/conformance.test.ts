@@ -273,22 +273,29 @@ for (const backend of BACKENDS) {
         }
       });
 
-      test("box cannot hide a change by locking a directory", async () => {
-        // A box that writes into a directory and then takes away its read permission: root's walk
-        // still lists it, an ordinary user's cannot, and the record then says what went unchecked.
-        const workspace = makeWorkspace(user, { "dir/old.txt": "old\n" });
-        try {
-          const run = await runBox(user, workspace, [], ["sh", "-c", "echo new > dir/new.txt && chmod 000 dir"]);
-          assert.equal(run.status, 0, show(run));
-          const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
-          assert.ok(runDir !== undefined, show(run));
-          const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
-          const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
-          assert.deepEqual(recorded, user.uid === 0 ? ["modified dir", "added dir/new.txt"] : ["untracked dir", "modified dir"], show(run));
-        } finally {
-          chmodSync(join(workspace, "dir"), 0o755);
-        }
-      });
+      // A box that writes into a directory and then takes away permissions on it: root's walk
+      // still sees everything, an ordinary user's does not, and the record then names what went
+      // unchecked instead of reporting entries as added or deleted.
+      const lockCases = [
+        { name: "no permissions", mode: "000", unchecked: ["untracked dir"] },
+        { name: "readable but not searchable", mode: "444", unchecked: ["untracked dir/new.txt", "untracked dir/old.txt"] },
+      ];
+      for (const lock of lockCases) {
+        test(`box cannot hide a change behind a directory with ${lock.name}`, async () => {
+          const workspace = makeWorkspace(user, { "dir/old.txt": "old\n" });
+          try {
+            const run = await runBox(user, workspace, [], ["sh", "-c", `echo new > dir/new.txt && chmod ${lock.mode} dir`]);
+            assert.equal(run.status, 0, show(run));
+            const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+            assert.ok(runDir !== undefined, show(run));
+            const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
+            const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
+            assert.deepEqual(recorded, user.uid === 0 ? ["modified dir", "added dir/new.txt"] : [...lock.unchecked, "modified dir"], show(run));
+          } finally {
+            chmodSync(join(workspace, "dir"), 0o755);
+          }
+        });
+      }
 
       test("git usable in protected repository", async () => {
         const workspace = makeWorkspace(user, { "file.txt": "one\n" });
