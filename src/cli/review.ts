@@ -1,7 +1,7 @@
 import { reservedPaths } from "../sandbox/placeholder-record.js";
 import { applyOverlay } from "../workspace/apply.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest } from "../workspace/manifest.js";
+import { buildManifest, UnreadableTreeError } from "../workspace/manifest.js";
 import { overlayPaths, readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../workspace/overlay-record.js";
 import { renderDiff } from "../workspace/review.js";
 import { existsSync } from "node:fs";
@@ -27,11 +27,27 @@ function open(reference: string, root: string | undefined): ReviewTarget | null 
   }
 }
 
+/**
+ * Runs `read`, which walks the overlay copy. When the box left part of the copy unreadable,
+ * prints how to make it readable and returns null; nothing is applied from a partial walk.
+ */
+function readable<T>(read: () => T): T | null {
+  try {
+    return read();
+  } catch (cause) {
+    if (!(cause instanceof UnreadableTreeError)) throw cause;
+    process.stderr.write(`ringfence: ${cause.message}\n`);
+    return null;
+  }
+}
+
 /** `ringfence diff RUN`: the overlay run's changes as a unified diff against the host workspace. */
 export function diffCommand(reference: string, options: { root?: string; stat?: boolean }): number {
   const target = open(reference, options.root);
   if (target === null) return EXIT_USAGE;
-  const changes = diffManifests(target.record.baseline, buildManifest(target.record.workspaceCopy));
+  const copy = readable(() => buildManifest(target.record.workspaceCopy));
+  if (copy === null) return EXIT_FAILED;
+  const changes = diffManifests(target.record.baseline, copy);
   if (changes.length === 0) {
     process.stdout.write(`run ${target.run.id} changed nothing in ${target.record.review.workspace}\n`);
     return EXIT_OK;
@@ -48,7 +64,7 @@ export function diffCommand(reference: string, options: { root?: string; stat?: 
 export function applyCommand(reference: string, options: { root?: string; includeProtected?: string[]; dryRun?: boolean }): number {
   const target = open(reference, options.root);
   if (target === null) return EXIT_USAGE;
-  const outcomes = applyOverlay({
+  const outcomes = readable(() => applyOverlay({
     workspace: target.record.review.workspace,
     overlayRoot: target.record.workspaceCopy,
     baseline: target.record.baseline,
@@ -56,7 +72,8 @@ export function applyCommand(reference: string, options: { root?: string; includ
     includeProtected: options.includeProtected ?? [],
     reserved: reservedPaths(target.run.dir),
     dryRun: options.dryRun === true,
-  });
+  }));
+  if (outcomes === null) return EXIT_FAILED;
 
   for (const outcome of outcomes) {
     const verb = options.dryRun === true && outcome.result === "applied" ? "would apply" : outcome.result;

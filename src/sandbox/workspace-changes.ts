@@ -2,7 +2,7 @@ import { closeSync, constants, existsSync, fchmodSync, fstatSync, openSync } fro
 import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatEntry, type UncheckedEntry } from "../workspace/manifest.js";
+import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, UnreadableTreeError, type StatEntry, type UncheckedEntry } from "../workspace/manifest.js";
 import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
 
 /**
@@ -44,7 +44,16 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
   if (tracker.mode === "ro") return;
 
   if (tracker.mode === "overlay") {
-    const changes = diffManifests(tracker.baseline, buildManifest(overlayPaths(tracker.runDir).workspace));
+    let copy: ReturnType<typeof buildManifest>;
+    try {
+      copy = buildManifest(overlayPaths(tracker.runDir).workspace);
+    } catch (cause) {
+      if (!(cause instanceof UnreadableTreeError)) throw cause;
+      message(`ringfence: this run's changes were not recorded: ${cause.message}; then review them with ringfence diff`);
+      record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `could not read ${cause.path} in the overlay copy (${cause.code})` });
+      return;
+    }
+    const changes = diffManifests(tracker.baseline, copy);
     for (const change of changes) {
       const after = change.after;
       record({ path: change.path, change: change.kind, entry: after?.type ?? null, size: after?.type === "file" ? after.size : null, sha256: after?.type === "file" ? after.sha256 : null, applied: false });

@@ -51,16 +51,38 @@ export function buildManifest(root: string, skip: ReadonlySet<string> = new Set(
   while (pending.length > 0) {
     const relative = pending.pop() as string;
     const absolute = relative === "" ? root : join(root, relative);
-    const entry = describeEntry(absolute);
+    let entry: ManifestEntry;
+    let names: string[] = [];
+    try {
+      entry = describeEntry(absolute);
+      if (entry.type === "dir") names = readdirSync(absolute);
+    } catch (cause) {
+      // A vanished entry is gone from the tree. Any other failure stops the walk: diff and apply
+      // read a missing entry as a deletion, so skipping it could delete host files.
+      if ((cause as NodeJS.ErrnoException).code === "ENOENT") continue;
+      throw new UnreadableTreeError(root, absolute, cause as NodeJS.ErrnoException);
+    }
     manifest[relative] = entry;
-    if (entry.type !== "dir") continue;
-
-    for (const name of readdirSync(absolute)) {
+    for (const name of names) {
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }
   }
   return manifest;
+}
+
+/** buildManifest could not read an entry of the tree; the message tells how to make it readable. */
+export class UnreadableTreeError extends Error {
+  readonly path: string;
+  readonly code: string;
+
+  constructor(root: string, path: string, cause: NodeJS.ErrnoException) {
+    const code = cause.code ?? "unknown error";
+    super(`could not read ${path} (${code}): the box may have removed its permissions; restore them with chmod -R u+rwX ${root} and try again`, { cause });
+    this.name = "UnreadableTreeError";
+    this.path = path;
+    this.code = code;
+  }
 }
 
 /** One entry of a stat-only snapshot: enough to notice a change without reading content. */

@@ -8,10 +8,10 @@ import { chmodSync, existsSync, linkSync, readFileSync, readdirSync, statSync, s
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { createServer as createNetServer } from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { createTestCa, type TestCa } from "../gateway/support/test-ca.js";
-import { boxCommand, boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, show, TEST_BACKEND, writeOwned, type BoxUser } from "./harness.js";
+import { boxCommand, boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, runReview, show, TEST_BACKEND, writeOwned, type BoxUser } from "./harness.js";
 
 const BACKENDS = [TEST_BACKEND] as const;
 
@@ -296,6 +296,35 @@ for (const backend of BACKENDS) {
           }
         });
       }
+
+      test("overlay copy the box made unreadable", async () => {
+        // The overlay copy belongs to the user who runs ringfence, so an ordinary user cannot read
+        // a directory of it that the box set to mode 000. Diff and apply read a missing entry as a
+        // deletion, so they must refuse a copy they cannot read, not work from part of it.
+        const workspace = makeWorkspace(user, { "dir/old.txt": "old\n" });
+        const run = await runBox(user, workspace, ["--mode", "overlay"], ["sh", "-c", "echo new > dir/new.txt && chmod 000 dir"]);
+        assert.equal(run.status, 0, show(run));
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1];
+        assert.ok(runDir !== undefined, show(run));
+        try {
+          const records = readFileSync(join(runDir, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as { type: string; path?: string; change?: string });
+          const recorded = records.filter((record) => record.type === "workspace.change").map((record) => `${record.change} ${record.path}`);
+          if (user.uid === 0) {
+            assert.deepEqual(recorded, ["mode dir", "added dir/new.txt"], show(run));
+            return;
+          }
+          assert.deepEqual(recorded, ["untracked "], show(run));
+          assert.match(run.stderr, /this run's changes were not recorded: could not read \S+\/dir \(EACCES\)/, show(run));
+          for (const command of ["diff", "apply"] as const) {
+            const review = runReview(user, command, "last", dirname(runDir));
+            assert.equal(review.status, 1, show(review));
+            assert.match(review.stderr, /could not read \S+\/dir \(EACCES\).*chmod -R u\+rwX/, show(review));
+          }
+          assert.deepEqual(readdirSync(join(workspace, "dir")), ["old.txt"]);
+        } finally {
+          chmodSync(join(runDir, "overlay", "workspace", "dir"), 0o755);
+        }
+      });
 
       test("git usable in protected repository", async () => {
         const workspace = makeWorkspace(user, { "file.txt": "one\n" });

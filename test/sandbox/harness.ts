@@ -128,6 +128,17 @@ export function runBox(user: BoxUser, cwd: string, flags: readonly string[], com
   });
 }
 
+/** Runs the handler of `ringfence diff RUN` or `ringfence apply RUN` as `user`, on the runs in `root`. */
+export function runReview(user: BoxUser, command: "diff" | "apply", run: string, root: string): BoxRun {
+  const module = JSON.stringify(`file://${join(REPO, "src", "cli", "review.ts")}`);
+  const handler = command === "diff" ? "diffCommand" : "applyCommand";
+  const code = `import(${module}).then((review) => { process.exitCode = review.${handler}(${JSON.stringify(run)}, { root: ${JSON.stringify(root)} }); })`;
+  const argv = [process.execPath, "--import", TSX_LOADER, "-e", code];
+  const full = user.name === userInfo().username ? argv : ["runuser", "-u", user.name, "--", "env", `HOME=${user.home}`, ...argv];
+  const result = spawnSync(full[0] as string, full.slice(1), { encoding: "utf8" });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
 /** Formats a run for assertion messages. */
 export function show(run: BoxRun): string {
   return `status ${run.status}\n--- stdout\n${run.stdout}\n--- stderr\n${run.stderr}`;
