@@ -12,12 +12,13 @@
 // Unpacking writes into `out` in the workspace. As root, each session gets a new ext4 file
 // system (mkfs.ext4's defaults, so with a journal) mounted there from an image file, so every
 // session starts from the same state. The mount is visible in the box, because the workspace
-// is bound with its submounts. Without root, each run unpacks into a new directory of `out` on the workspace's own
-// file system and nothing is deleted until the end, and the table says so. On that file system
-// the state carries over between sessions: on the benchmark machine, ext4 without a journal,
-// the inode allocator skips inodes freed in the last minutes (ext4's recently_deleted check), so
-// a workload that deleted and recreated 5,000 files each round grew slower round by round, by
-// up to ten times, and measured that instead of the box.
+// is bound with its submounts. Without root, each run unpacks into a new directory of `out` on
+// the workspace's own file system, nothing is deleted until the end, and the workload's name in
+// the table shows which way it ran. On that file system the state carries over between
+// sessions: on the benchmark machine, ext4 without a journal, the inode allocator skips inodes
+// freed in the last minutes (ext4's recently_deleted check). So a workload that deleted and
+// recreated 5,000 files each round grew slower round by round, by up to ten times, and measured
+// that instead of the box.
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";

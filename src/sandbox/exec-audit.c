@@ -242,7 +242,7 @@ static int write_all(int fd, const char *data, size_t length) {
 }
 
 /*
- * Reads the thread group (process) ID of thread `tid` and the thread's PID as the box sees it
+ * Reads the thread group (process) ID of thread `tid` and the thread's PID in the box's PID namespace
  * (the last NSpid field) from one read of /proc/TID/status. Either is 0 when it cannot be read.
  */
 struct caller_ids {

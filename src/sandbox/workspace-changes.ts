@@ -80,8 +80,8 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
   for (const entry of [...tracker.uncheckedBefore, ...uncheckedAfter]) unchecked.set(entry.path, entry);
   const uncheckedSorted = [...unchecked.values()].sort((a, b) => a.path.localeCompare(b.path, "en"));
   for (const [index, { path, code, failed }] of uncheckedSorted.entries()) {
-    const what = failed === "list" ? "list" : "examine";
-    if (index < MAX_UNCHECKED_MESSAGES) message(`ringfence: could not ${what} ${path === "" ? "the workspace" : path} (${code}), so changes ${failed === "list" ? "inside it" : "to it"} were not recorded`);
+    const verb = failed === "list" ? "list" : "examine";
+    if (index < MAX_UNCHECKED_MESSAGES) message(`ringfence: could not ${verb} ${path === "" ? "the workspace" : path} (${code}), so changes ${failed === "list" ? "inside it" : "to it"} were not recorded`);
     record({ path, change: "untracked", entry: failed === "list" ? "dir" : null, size: null, sha256: null, reason: failed === "list" ? `could not list the directory (${code})` : `could not examine the entry (${code})` });
   }
   if (uncheckedSorted.length > MAX_UNCHECKED_MESSAGES) message(`ringfence: ${uncheckedSorted.length - MAX_UNCHECKED_MESSAGES} more entries could not be checked; the audit log names each`);

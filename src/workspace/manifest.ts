@@ -71,7 +71,7 @@ export function buildManifest(root: string, skip: ReadonlySet<string> = new Set(
   return manifest;
 }
 
-/** buildManifest could not read an entry of the tree; the message tells how to make it readable. */
+/** buildManifest could not read an entry of the tree. The message names the entry and the chmod that makes the tree readable. */
 export class UnreadableTreeError extends Error {
   readonly path: string;
   readonly code: string;

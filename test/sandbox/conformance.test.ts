@@ -274,7 +274,7 @@ for (const backend of BACKENDS) {
       });
 
       // A box that writes into a directory and then takes away permissions on it: root's walk
-      // still sees everything, an ordinary user's does not, and the record then names what went
+      // still reads everything, an ordinary user's does not, and the record then names what went
       // unchecked instead of reporting entries as added or deleted.
       const lockCases = [
         { name: "no permissions", mode: "000", unchecked: ["untracked dir"] },
