@@ -241,16 +241,32 @@ static int write_all(int fd, const char *data, size_t length) {
   return 0;
 }
 
+/* Returns the last number of a /proc status line such as "NSpid:\t4021\t7" (the innermost namespace's). */
+static long last_number(const char *cursor) {
+  long value = 0;
+  char *end;
+  for (;;) {
+    long number = strtol(cursor, &end, 10);
+    if (end == cursor) return value;
+    value = number;
+    cursor = end;
+  }
+}
+
 /*
- * Reads the thread group (process) ID of thread `tid` and the thread's PID in the box's PID namespace
- * (the last NSpid field) from one read of /proc/TID/status. Either is 0 when it cannot be read.
+ * IDs of the thread that called exec, from one read of /proc/TID/status: its thread group
+ * (process) ID on the host, and the process's and the thread's IDs in the box's PID namespace
+ * (the last NStgid and NSpid fields). Each is 0 when it cannot be read. The two differ when a
+ * thread other than the first calls exec, and a successful exec then gives that thread the
+ * process's ID, so records name the process.
  */
 struct caller_ids {
   pid_t tgid;
   long box_pid;
+  long box_tid;
 };
 static struct caller_ids read_caller_ids(pid_t tid) {
-  struct caller_ids ids = {0, 0};
+  struct caller_ids ids = {0, 0, 0};
   char path[64];
   snprintf(path, sizeof(path), "/proc/%d/status", tid);
   FILE *file = fopen(path, "re");
@@ -259,16 +275,11 @@ static struct caller_ids read_caller_ids(pid_t tid) {
   while (fgets(line, sizeof(line), file) != NULL) {
     if (strncmp(line, "Tgid:", 5) == 0) {
       ids.tgid = (pid_t)strtol(line + 5, NULL, 10);
+    } else if (strncmp(line, "NStgid:", 7) == 0) {
+      ids.box_pid = last_number(line + 7);
     } else if (strncmp(line, "NSpid:", 6) == 0) {
-      char *cursor = line + 6;
-      char *end;
-      for (;;) {
-        long number = strtol(cursor, &end, 10);
-        if (end == cursor) break;
-        ids.box_pid = number;
-        cursor = end;
-      }
-      // NSpid comes after Tgid in the file.
+      ids.box_tid = last_number(line + 6);
+      // NSpid comes after Tgid and NStgid in the file.
       break;
     }
   }
@@ -339,7 +350,7 @@ static int resolve_pending(char *line, pid_t next_caller, int tick) {
       ssize_t length = readlink(path, target, sizeof(target));
       if (length > 0) {
         char *out = line;
-        out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"executed\",\"exe\":\"", entry.tid, entry.box_pid);
+        out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"executed\",\"exe\":\"", entry.tgid, entry.box_pid);
         out = append_escaped(out, target, (size_t)length);
         out += sprintf(out, "\"}\n");
         if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) return -1;
@@ -373,7 +384,9 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
   struct caller_ids caller = read_caller_ids((pid_t)request->pid);
 
   char *out = line;
-  out += sprintf(out, "{\"hostPid\":%u,\"pid\":%ld,\"call\":\"%s\"", request->pid, caller.box_pid, is_execveat ? "execveat" : "execve");
+  pid_t caller_process = caller.tgid > 0 ? caller.tgid : (pid_t)request->pid;
+  out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"%s\"", caller_process, caller.box_pid, is_execveat ? "execveat" : "execve");
+  if (caller_process != (pid_t)request->pid) out += sprintf(out, ",\"tid\":%ld", caller.box_tid);
   if (is_execveat) out += sprintf(out, ",\"dirfd\":%d", (int)request->data.args[0]);
 
   int truncated = 0;

@@ -33,9 +33,12 @@ export const MAX_EXEC_RECORD_BYTES = 1024 * 1024;
  * threads can change before the kernel reads it.
  */
 export interface ExecRecord {
-  /** PID inside the box, or 0 when the supervisor could not read it. */
+  /** The calling process's PID inside the box, or 0 when the supervisor could not read it. */
   pid: number;
+  /** The calling process's PID on the host. */
   hostPid: number;
+  /** Set when a thread other than the process's first called exec: that thread's ID in the box. */
+  tid?: number;
   call: "execve" | "execveat" | "executed";
   /** The path as the caller passed it; null when it could not be read, and for `executed`. */
   path: string | null;
@@ -70,6 +73,7 @@ export function parseExecRecord(line: string): ExecRecord | null {
   const argv = Array.isArray(raw.argv) ? raw.argv.filter((entry): entry is string => typeof entry === "string") : [];
 
   const record: ExecRecord = { pid: raw.pid, hostPid: raw.hostPid, call: raw.call, path: typeof raw.path === "string" ? raw.path : null, argv };
+  if (typeof raw.tid === "number") record.tid = raw.tid;
   if (typeof raw.dirfd === "number") record.dirfd = raw.dirfd;
   if (typeof raw.exe === "string") record.exe = raw.exe;
   if (raw.missing === true) record.missing = true;

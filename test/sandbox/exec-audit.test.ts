@@ -43,6 +43,10 @@ describe("parseExecRecord", () => {
     test(`rejects ${name}`, () => assert.equal(parseExecRecord(line), null));
   }
 
+  test("thread ID kept", () => {
+    assert.equal(parseExecRecord('{"hostPid":9,"pid":3,"tid":5,"call":"execve","path":"/bin/true","argv":[]}')?.tid, 5);
+  });
+
   test("non-string arguments dropped", () => {
     assert.deepEqual(parseExecRecord('{"hostPid":1,"pid":1,"call":"execve","argv":["a",2,"b"]}')?.argv, ["a", "b"]);
   });
@@ -52,7 +56,7 @@ describe("executed records with real runs", () => {
   const current = userInfo();
   const me: BoxUser = { name: current.username, uid: current.uid, gid: current.gid, home: mkdtempSync(join(tmpdir(), "ringfence-home-")) };
 
-  function execRecords(stderr: string): { call: string; path?: string; exe?: string; hostPid: number }[] {
+  function execRecords(stderr: string): { call: string; path?: string; exe?: string; hostPid: number; pid: number; tid?: number }[] {
     const runDir = /events in (.*)\/audit\.jsonl/.exec(stderr)?.[1] as string;
     return readFileSync(join(runDir, "audit.jsonl"), "utf8")
       .trim()
@@ -72,6 +76,49 @@ describe("executed records with real runs", () => {
     assert.ok(call !== undefined, JSON.stringify(records));
     const executed = records.find((record) => record.call === "executed" && record.hostPid === call.hostPid);
     assert.equal(executed?.exe, "/usr/bin/sleep", JSON.stringify(records));
+  });
+
+  test("exec from second thread", async () => {
+    // The kernel gives the exec'ing thread the process's PID, so both records must name the
+    // process, not the thread: the thread's ID no longer exists once the exec succeeds.
+    const source = [
+      "#include <pthread.h>",
+      "#include <stdio.h>",
+      "#include <sys/syscall.h>",
+      "#include <unistd.h>",
+      "static void *run(void *unused) {",
+      "  (void)unused;",
+      '  printf("tid %ld\\n", (long)syscall(SYS_gettid));',
+      "  fflush(stdout);",
+      '  char *argv[] = {"sleep", "0.3", 0};',
+      '  execv("/usr/bin/sleep", argv);',
+      "  return 0;",
+      "}",
+      "int main(void) {",
+      '  printf("pid %d\\n", getpid());',
+      "  fflush(stdout);",
+      "  pthread_t thread;",
+      "  pthread_create(&thread, 0, run, 0);",
+      "  for (;;) pause();",
+      "}",
+    ].join("\n");
+    const workspace = makeWorkspace(me, { "threaded.c": source });
+    const run = await runBox(me, workspace, [], ["sh", "-c", "cc -pthread -o threaded threaded.c && ./threaded"]);
+    assert.equal(run.status, 0, show(run));
+    const pid = Number(/^pid (\d+)$/m.exec(run.stdout)?.[1]);
+    const tid = Number(/^tid (\d+)$/m.exec(run.stdout)?.[1]);
+    assert.notEqual(pid, tid, run.stdout);
+
+    const records = execRecords(run.stderr);
+    const call = records.find((record) => record.call === "execve" && record.path === "/usr/bin/sleep");
+    assert.ok(call !== undefined, JSON.stringify(records));
+    assert.equal(call.pid, pid, JSON.stringify(call));
+    assert.equal(call.tid, tid, JSON.stringify(call));
+    const threaded = records.find((record) => record.call === "execve" && record.path === "./threaded");
+    assert.equal(call.hostPid, threaded?.hostPid, JSON.stringify(records));
+    const executed = records.find((record) => record.call === "executed" && record.exe === "/usr/bin/sleep");
+    assert.equal(executed?.pid, pid, JSON.stringify(records));
+    assert.equal(executed?.hostPid, call.hostPid, JSON.stringify(records));
   });
 
   test("swapped path caught by executed", async () => {
