@@ -39,6 +39,26 @@ for (const [name, value] of [["ROUNDS", rounds], ["TIMED_PER_SESSION", timedPerS
 }
 
 const out = join(workspace, "out");
+
+// Ctrl-C in a terminal sends SIGINT to the whole process group. Node's default action would end
+// this process at once and leave the image mounted on `out`. The session running in the child
+// ends on the same signal, so the benchmark stops after it, and the `finally` below cleans up.
+let stoppedBy = null;
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(signal, () => {
+    stoppedBy = signal;
+  });
+}
+
+/**
+ * Throws when a stop signal came. Node runs signal listeners only from its event loop, which
+ * spawnSync blocks, so this first lets the loop turn once.
+ */
+async function throwIfStopped() {
+  await new Promise((resolve) => setImmediate(resolve));
+  if (stoppedBy !== null) throw new Error(`workspace-io: stopped by ${stoppedBy}`);
+}
+
 const freshFileSystems = process.getuid?.() === 0 && spawnSync("mkfs.ext4", ["-V"]).status === 0;
 const imageDir = freshFileSystems ? mkdtempSync(join(tmpdir(), "ringfence-bench-fs-")) : null;
 
@@ -106,8 +126,16 @@ try {
     for (let round = 0; round < rounds; round += 1) {
       const order = round % 2 === 0 ? ["host", "box"] : ["box", "host"];
       for (const side of order) {
+        await throwIfStopped();
         workload.prepare();
-        const [untimed, ...rest] = session(side, `w${index}-r${round}-${side}`, workload.script);
+        let times;
+        try {
+          times = session(side, `w${index}-r${round}-${side}`, workload.script);
+        } finally {
+          // A session that a stop signal ended fails, and the signal is the error to report.
+          await throwIfStopped();
+        }
+        const [untimed, ...rest] = times;
         first[side].push(untimed);
         timed[side].push(...rest);
       }
@@ -117,10 +145,26 @@ try {
     const firstRuns = `${(median(first.host) / 1e6).toFixed(1)}, ${(median(first.box) / 1e6).toFixed(1)}`;
     console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${firstRuns} | ${rounds} x ${timedPerSession} |`);
   }
+} catch (error) {
+  console.error(error instanceof Error ? error.message : error);
+  process.exitCode = stoppedBy === null ? 1 : 130;
 } finally {
-  if (imageDir !== null) {
-    spawnSync("umount", [out]);
-    rmSync(imageDir, { recursive: true, force: true });
+  cleanUp();
+}
+
+/**
+ * Unmounts `out` and removes the image and `out`. When the unmount fails, both stay, because
+ * removing `out` would delete the files of the mounted image, and the message names them.
+ */
+function cleanUp() {
+  if (imageDir !== null && spawnSync("mountpoint", ["-q", out]).status === 0) {
+    const unmounted = spawnSync("umount", [out], { encoding: "utf8" });
+    if (unmounted.status !== 0) {
+      console.error(`workspace-io: umount ${out} failed: ${unmounted.stderr.trim()}; unmount it, then remove ${out} and ${imageDir}`);
+      process.exitCode = 1;
+      return;
+    }
   }
+  if (imageDir !== null) rmSync(imageDir, { recursive: true, force: true });
   rmSync(out, { recursive: true, force: true });
 }
