@@ -1,7 +1,7 @@
 import { reservedPaths } from "../sandbox/placeholder-record.js";
 import { applyOverlay } from "../workspace/apply.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest, UnreadableTreeError } from "../workspace/manifest.js";
+import { buildManifest, ManifestError } from "../workspace/manifest.js";
 import { overlayPaths, readOverlayRecord, recordOverlayOutcome, type OverlayRecord } from "../workspace/overlay-record.js";
 import { renderDiff } from "../workspace/review.js";
 import { existsSync } from "node:fs";
@@ -27,26 +27,18 @@ function open(reference: string, root: string | undefined): ReviewTarget | null 
   }
 }
 
-/**
- * Runs `read`, which walks the overlay copy. When the box left part of the copy unreadable,
- * prints how to make it readable and returns null; nothing is applied from a partial walk.
- */
-function readable<T>(read: () => T): T | null {
-  try {
-    return read();
-  } catch (cause) {
-    if (!(cause instanceof UnreadableTreeError)) throw cause;
-    process.stderr.write(`ringfence: ${cause.message}\n`);
-    return null;
-  }
-}
-
 /** `ringfence diff RUN`: the overlay run's changes as a unified diff against the host workspace. */
 export function diffCommand(reference: string, options: { root?: string; stat?: boolean }): number {
   const target = open(reference, options.root);
   if (target === null) return EXIT_USAGE;
-  const copy = readable(() => buildManifest(target.record.workspaceCopy));
-  if (copy === null) return EXIT_FAILED;
+  let copy: ReturnType<typeof buildManifest>;
+  try {
+    copy = buildManifest(target.record.workspaceCopy);
+  } catch (cause) {
+    if (!(cause instanceof ManifestError)) throw cause;
+    process.stderr.write(`ringfence: cannot review run ${target.run.id}: ${cause.message}\n`);
+    return EXIT_FAILED;
+  }
   const changes = diffManifests(target.record.baseline, copy);
   if (changes.length === 0) {
     process.stdout.write(`run ${target.run.id} changed nothing in ${target.record.review.workspace}\n`);
@@ -64,16 +56,23 @@ export function diffCommand(reference: string, options: { root?: string; stat?: 
 export function applyCommand(reference: string, options: { root?: string; includeProtected?: string[]; dryRun?: boolean }): number {
   const target = open(reference, options.root);
   if (target === null) return EXIT_USAGE;
-  const outcomes = readable(() => applyOverlay({
-    workspace: target.record.review.workspace,
-    overlayRoot: target.record.workspaceCopy,
-    baseline: target.record.baseline,
-    protect: target.record.review.protect,
-    includeProtected: options.includeProtected ?? [],
-    reserved: reservedPaths(target.run.dir),
-    dryRun: options.dryRun === true,
-  }));
-  if (outcomes === null) return EXIT_FAILED;
+  let outcomes: ReturnType<typeof applyOverlay>;
+  try {
+    outcomes = applyOverlay({
+      workspace: target.record.review.workspace,
+      overlayRoot: target.record.workspaceCopy,
+      baseline: target.record.baseline,
+      protect: target.record.review.protect,
+      includeProtected: options.includeProtected ?? [],
+      reserved: reservedPaths(target.run.dir),
+      dryRun: options.dryRun === true,
+    });
+  } catch (cause) {
+    // applyOverlay records the whole copy before it writes anything, so nothing was applied.
+    if (!(cause instanceof ManifestError)) throw cause;
+    process.stderr.write(`ringfence: cannot apply run ${target.run.id}, so nothing was applied: ${cause.message}\n`);
+    return EXIT_FAILED;
+  }
 
   for (const outcome of outcomes) {
     const verb = options.dryRun === true && outcome.result === "applied" ? "would apply" : outcome.result;

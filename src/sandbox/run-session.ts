@@ -259,7 +259,7 @@ export class RunSession {
     const ended = new Date();
     const durationMs = ended.getTime() - this.started.getTime();
     if (exit.limitMessage !== null) this.record("limit", { message: exit.limitMessage });
-    if (this.#tracker !== null) recordWorkspaceChanges(this.#tracker, (fields) => this.record("workspace.change", fields), (line) => this.message(line));
+    if (this.#tracker !== null) this.#recordWorkspaceChanges(this.#tracker);
     clearNewSetIdFiles(this.policy.filesystem.write, this.started.getTime(), (line) => this.message(line));
     this.record("run.end", { status: exit.status, durationMs, stoppedBy: exit.stoppedBy, blocked: this.blocked.total, warnings: exit.warnings });
 
@@ -276,6 +276,21 @@ export class RunSession {
     const blockedLine = this.blocked.summary();
     this.message(`ringfence: run ${runId} exited with status ${exit.status}${blockedLine === null ? "" : `; ${blockedLine}`}; events in ${join(this.runDir.path, AUDIT_LOG_FILE)}`);
     return exit.status;
+  }
+
+  /**
+   * Records the workspace's changes. The overlay walk fails on a name that is not valid UTF-8 or
+   * a directory it cannot list. Such a failure gives one untracked record, so a box cannot keep
+   * run.end out of the audit log by leaving such an entry.
+   */
+  #recordWorkspaceChanges(tracker: WorkspaceTracker): void {
+    try {
+      recordWorkspaceChanges(tracker, (fields) => this.record("workspace.change", fields), (line) => this.message(line));
+    } catch (cause) {
+      const reason = `comparing the workspace failed: ${(cause as Error).message}`;
+      this.record("workspace.change", { path: "", change: "untracked", entry: null, size: null, sha256: null, reason });
+      this.message(`ringfence: this run's workspace changes were not recorded, because ${reason}`);
+    }
   }
 
   /** Records the reason the run ended early in the audit log and in `ringfence runs`. */

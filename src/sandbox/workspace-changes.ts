@@ -2,7 +2,7 @@ import { closeSync, constants, existsSync, fchmodSync, fstatSync, openSync } fro
 import { join } from "node:path";
 import type { Policy } from "../policy/types.js";
 import { diffManifests } from "../workspace/changes.js";
-import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, UnreadableTreeError, type StatEntry, type UncheckedEntry } from "../workspace/manifest.js";
+import { buildManifest, buildStatManifest, describeEntry, MAX_STAT_ENTRIES, type StatManifest, type UncheckedPath } from "../workspace/manifest.js";
 import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record.js";
 
 /**
@@ -13,7 +13,7 @@ import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record
 export type WorkspaceTracker =
   | { mode: "ro" }
   | { mode: "overlay"; runDir: string; baseline: ReturnType<typeof buildManifest> }
-  | { mode: "rw"; root: string; before: Record<string, StatEntry> | null; uncheckedBefore: UncheckedEntry[] };
+  | { mode: "rw"; root: string; before: StatManifest | null };
 
 export const WorkspaceTracker = {
   start(policy: Policy, runDir: string): WorkspaceTracker {
@@ -22,8 +22,7 @@ export const WorkspaceTracker = {
     if (workspace.mode === "overlay" && existsSync(overlayPaths(runDir).workspace)) {
       return { mode: "overlay", runDir, baseline: recordOverlayBaseline(runDir, workspace.path, workspace.protect) };
     }
-    const uncheckedBefore: UncheckedEntry[] = [];
-    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path, new Set(), uncheckedBefore), uncheckedBefore };
+    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path) };
   },
 };
 
@@ -36,24 +35,12 @@ export interface WorkspaceChangeFields {
   sha256: string | null;
 }
 
-/** Entries that could not be checked get one line each on stderr up to this many. */
-const MAX_UNCHECKED_MESSAGES = 5;
-
 /** Compares the workspace with the tracker's snapshot and records one event per change. */
 export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (fields: Record<string, unknown>) => void, message: (line: string) => void): void {
   if (tracker.mode === "ro") return;
 
   if (tracker.mode === "overlay") {
-    let copy: ReturnType<typeof buildManifest>;
-    try {
-      copy = buildManifest(overlayPaths(tracker.runDir).workspace);
-    } catch (cause) {
-      if (!(cause instanceof UnreadableTreeError)) throw cause;
-      message(`ringfence: this run's changes were not recorded: ${cause.message}; then review them with ringfence diff`);
-      record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `could not read ${cause.path} in the overlay copy (${cause.code})` });
-      return;
-    }
-    const changes = diffManifests(tracker.baseline, copy);
+    const changes = diffManifests(tracker.baseline, buildManifest(overlayPaths(tracker.runDir).workspace));
     for (const change of changes) {
       const after = change.after;
       record({ path: change.path, change: change.kind, entry: after?.type ?? null, size: after?.type === "file" ? after.size : null, sha256: after?.type === "file" ? after.sha256 : null, applied: false });
@@ -66,36 +53,25 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
-  const uncheckedAfter: UncheckedEntry[] = [];
-  const after = buildStatManifest(tracker.root, new Set(), uncheckedAfter);
-  if (after === null) {
+  const afterManifest = buildStatManifest(tracker.root);
+  if (afterManifest === null) {
     record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
     return;
   }
+  const before = tracker.before.entries;
+  const after = afterManifest.entries;
 
-  // An entry that could not be checked before or after the run may hide changes: the box can
-  // take away the host user's permissions on a directory it wrote into. Nothing below such a
-  // path is compared, and one untracked record names it.
-  const unchecked = new Map<string, UncheckedEntry>();
-  for (const entry of [...tracker.uncheckedBefore, ...uncheckedAfter]) unchecked.set(entry.path, entry);
-  const uncheckedSorted = [...unchecked.values()].sort((a, b) => a.path.localeCompare(b.path, "en"));
-  for (const [index, { path, code, failed }] of uncheckedSorted.entries()) {
-    const verb = failed === "list" ? "list" : "examine";
-    if (index < MAX_UNCHECKED_MESSAGES) message(`ringfence: could not ${verb} ${path === "" ? "the workspace" : path} (${code}), so changes ${failed === "list" ? "inside it" : "to it"} were not recorded`);
-    record({ path, change: "untracked", entry: failed === "list" ? "dir" : null, size: null, sha256: null, reason: failed === "list" ? `could not list the directory (${code})` : `could not examine the entry (${code})` });
-  }
-  if (uncheckedSorted.length > MAX_UNCHECKED_MESSAGES) message(`ringfence: ${uncheckedSorted.length - MAX_UNCHECKED_MESSAGES} more entries could not be checked; the audit log names each`);
-  // A directory that could not be listed still has its own stat fields compared; an entry that
-  // lstat could not examine has none.
-  const hidden = (path: string): boolean => {
-    if (unchecked.has("") || unchecked.get(path)?.failed === "lstat") return true;
-    for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) if (unchecked.has(path.slice(0, slash))) return true;
-    return false;
-  };
-
-  const paths = [...new Set([...Object.keys(tracker.before), ...Object.keys(after)])].filter((path) => path !== "" && !hidden(path)).sort();
+  // A path the walk missed before or after the run may hide a change, for example a file the
+  // box wrote into a directory and then made unreadable with chmod 000. Entries below a path
+  // whose contents one walk missed are left out of the diff, because their absence from that
+  // walk is no evidence of a change. The path's untracked record covers them.
+  const missed = [...tracker.before.unchecked, ...afterManifest.unchecked];
+  // An entry lstat failed on is absent from that walk for the same reason, so it is left out too.
+  const hidden = missed.filter((entry) => entry.contentsMissing).map((entry) => (entry.path === "" ? "" : `${entry.path}/`));
+  const unexamined = new Set(missed.filter((entry) => entry.entryMissing).map((entry) => entry.path));
+  const paths = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((path) => path !== "" && !unexamined.has(path) && !hidden.some((prefix) => path.startsWith(prefix))).sort();
   for (const path of paths) {
-    const old = tracker.before[path];
+    const old = before[path];
     const now = after[path];
     if (old !== undefined && now !== undefined && old.type === now.type && old.mode === now.mode && old.size === now.size && old.mtimeMs === now.mtimeMs && old.ctimeMs === now.ctimeMs && old.ino === now.ino) continue;
     // Directories change mtime whenever an entry inside them does; those entries are recorded.
@@ -117,6 +93,35 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
       }
     }
     record({ path, change, entry: now?.type ?? null, size: now?.type === "file" ? now.size : null, sha256, ...(setId ? { setIdCleared: true } : {}) });
+  }
+
+  const unchecked = uniqueUnchecked(missed);
+  for (const { path, reason } of unchecked) {
+    record({ path, change: "untracked", entry: null, size: null, sha256: null, reason });
+  }
+  reportUnchecked(tracker.root, unchecked, "so changes inside it were not recorded", message);
+}
+
+/** Keeps the first reason given for each path, in path order. */
+function uniqueUnchecked(paths: readonly UncheckedPath[]): UncheckedPath[] {
+  const byPath = new Map<string, UncheckedPath>();
+  for (const entry of paths) if (!byPath.has(entry.path)) byPath.set(entry.path, entry);
+  const unique = [...byPath.values()];
+  // Paths are unique, so the comparison never meets two equal ones.
+  unique.sort((a, b) => (a.path < b.path ? -1 : 1));
+  return unique;
+}
+
+/** Maximum unchecked paths named one per line; the rest are counted in one more line. */
+const MAX_UNCHECKED_LINES = 5;
+
+/** Tells the user which paths under `root` were not checked, and why. */
+function reportUnchecked(root: string, unchecked: readonly UncheckedPath[], consequence: string, message: (line: string) => void): void {
+  for (const { path, reason } of unchecked.slice(0, MAX_UNCHECKED_LINES)) {
+    message(`ringfence: could not check ${path === "" ? root : join(root, path)} (${reason}), ${consequence}; check it by hand`);
+  }
+  if (unchecked.length > MAX_UNCHECKED_LINES) {
+    message(`ringfence: ${unchecked.length - MAX_UNCHECKED_LINES} more paths under ${root} could not be checked, ${consequence}`);
   }
 }
 
@@ -145,17 +150,14 @@ function clearSetId(path: string, message: (line: string) => void): void {
  */
 export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void): void {
   for (const root of roots) {
-    const unchecked: UncheckedEntry[] = [];
-    const entries = buildStatManifest(root, new Set(), unchecked);
-    if (entries === null) {
+    const manifest = buildStatManifest(root);
+    if (manifest === null) {
       message(`ringfence: ${root} has more than ${MAX_STAT_ENTRIES} entries, so it was not checked for set-ID files the box may have left`);
       continue;
     }
-    for (const { path, code, failed } of unchecked.slice(0, MAX_UNCHECKED_MESSAGES)) {
-      message(`ringfence: could not ${failed === "list" ? "list" : "examine"} ${path === "" ? root : join(root, path)} (${code}), so it was not checked for set-ID files the box may have left`);
-    }
-    for (const [path, entry] of Object.entries(entries)) {
+    for (const [path, entry] of Object.entries(manifest.entries)) {
       if (entry.type === "file" && (entry.mode & 0o6000) !== 0 && entry.ctimeMs >= sinceMs) clearSetId(path === "" ? root : join(root, path), message);
     }
+    reportUnchecked(root, uniqueUnchecked(manifest.unchecked), "so it was not checked for set-ID files the box may have left", message);
   }
 }

@@ -40,9 +40,17 @@ export function describeEntry(path: string, stats: Stats = lstatSync(path)): Man
   return { type: "other", mode };
 }
 
+/** A tree that buildManifest cannot record completely, with the path and what to do. */
+export class ManifestError extends Error {
+  override name = "ManifestError";
+}
+
 /**
  * Walks `root` without following symlinks and records every entry. `skip` names relative paths
- * whose subtrees are not recorded (for example a nested run directory).
+ * whose subtrees are not recorded (for example a nested run directory). Throws ManifestError
+ * for an entry it cannot read, a directory it cannot list and an entry whose name is not valid
+ * UTF-8, because a review that left them out would hide a change, and apply would read a
+ * missing entry as a deletion.
  */
 export function buildManifest(root: string, skip: ReadonlySet<string> = new Set()): Manifest {
   const manifest: Manifest = {};
@@ -52,37 +60,31 @@ export function buildManifest(root: string, skip: ReadonlySet<string> = new Set(
     const relative = pending.pop() as string;
     const absolute = relative === "" ? root : join(root, relative);
     let entry: ManifestEntry;
-    let names: string[] = [];
     try {
       entry = describeEntry(absolute);
-      if (entry.type === "dir") names = readdirSync(absolute);
     } catch (cause) {
-      // A vanished entry is gone from the tree. Any other failure stops the walk: diff and apply
-      // read a missing entry as a deletion, so skipping it could delete host files.
-      if ((cause as NodeJS.ErrnoException).code === "ENOENT") continue;
-      throw new UnreadableTreeError(root, absolute, cause as NodeJS.ErrnoException);
+      // A file the box set to mode 000 cannot be hashed by an ordinary user.
+      throw new ManifestError(`reading ${absolute} failed: ${(cause as Error).message}; make it readable, or remove it`);
     }
     manifest[relative] = entry;
-    for (const name of names) {
+    if (entry.type !== "dir") continue;
+
+    let names: Buffer[];
+    try {
+      names = readdirSync(absolute, { encoding: "buffer" });
+    } catch (cause) {
+      throw new ManifestError(`listing ${absolute} failed: ${(cause as Error).message}; make the directory readable, or remove it`);
+    }
+    for (const raw of names) {
+      const name = raw.toString("utf8");
+      if (!Buffer.from(name, "utf8").equals(raw)) {
+        throw new ManifestError(`${absolute} contains an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")}), so the tree cannot be compared; rename or remove that entry`);
+      }
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }
   }
   return manifest;
-}
-
-/** buildManifest could not read an entry of the tree. The message names the entry and the chmod that makes the tree readable. */
-export class UnreadableTreeError extends Error {
-  readonly path: string;
-  readonly code: string;
-
-  constructor(root: string, path: string, cause: NodeJS.ErrnoException) {
-    const code = cause.code ?? "unknown error";
-    super(`could not read ${path} (${code}): the box may have removed its permissions; restore them with chmod -R u+rwX ${root} and try again`, { cause });
-    this.name = "UnreadableTreeError";
-    this.path = path;
-    this.code = code;
-  }
 }
 
 /** One entry of a stat-only snapshot: enough to notice a change without reading content. */
@@ -98,24 +100,34 @@ export interface StatEntry {
 /** Maximum entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
 export const MAX_STAT_ENTRIES = 500_000;
 
-/**
- * An entry a stat walk could not check: a directory it could not list, or an entry it could not
- * examine with lstat. `code` is the error code, such as EACCES.
- */
-export interface UncheckedEntry {
+/** A path whose subtree a stat snapshot could not record, relative to the tree's root. */
+export interface UncheckedPath {
   path: string;
-  code: string;
-  failed: "list" | "lstat";
+  reason: string;
+  /** True when nothing below `path` was recorded, so a diff must not read its absence as deletion. */
+  contentsMissing: boolean;
+  /** True when `path` itself was not recorded (lstat failed on it), for the same reason. */
+  entryMissing: boolean;
+}
+
+/** A stat-only snapshot: the entries recorded, and the paths under which some were missed. */
+export interface StatManifest {
+  entries: Record<string, StatEntry>;
+  unchecked: UncheckedPath[];
 }
 
 /**
  * Walks `root` without following symlinks and records each entry's stat fields. Returns null
- * when the tree has more than MAX_STAT_ENTRIES entries. A directory that cannot be listed (an
- * ordinary user's walk meeting a directory of mode 000) is recorded, but not its contents. Its
- * relative path goes to `unchecked`, and so does that of an entry that lstat cannot examine.
+ * when the tree has more than MAX_STAT_ENTRIES entries. The walk goes on past what it cannot
+ * record and lists it in `unchecked`. One kind is a directory it cannot list, as an ordinary
+ * user meets one of mode 000. Another is a directory with an entry whose name is not valid
+ * UTF-8, which Node's string paths cannot name. The last is an entry lstat fails on, such as
+ * ENAMETOOLONG beyond PATH_MAX.
+ * An entry that vanishes during the walk is left out without a note.
  */
-export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set(), unchecked: UncheckedEntry[] = []): Record<string, StatEntry> | null {
-  const manifest: Record<string, StatEntry> = {};
+export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set()): StatManifest | null {
+  const entries: Record<string, StatEntry> = {};
+  const unchecked: UncheckedPath[] = [];
   const pending: string[] = [""];
   let count = 0;
 
@@ -126,29 +138,37 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     try {
       stats = lstatSync(absolute);
     } catch (cause) {
-      // An entry that vanished during the walk is gone. One that cannot be examined (its
-      // directory is readable but not searchable) goes to `unchecked`, so it is not taken for
-      // added or deleted.
-      const code = (cause as NodeJS.ErrnoException).code;
-      if (code !== "ENOENT") unchecked.push({ path: relative, code: code ?? String(cause), failed: "lstat" });
+      const code = errorCode(cause);
+      if (code !== "ENOENT") unchecked.push({ path: relative, reason: `lstat failed: ${code}`, contentsMissing: true, entryMissing: true });
       continue;
     }
     if (++count > MAX_STAT_ENTRIES) return null;
     const type = stats.isSymbolicLink() ? "symlink" : stats.isDirectory() ? "dir" : stats.isFile() ? "file" : "other";
-    manifest[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
+    entries[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
     if (type !== "dir") continue;
 
-    let names: string[];
+    let names: Buffer[];
     try {
-      names = readdirSync(absolute);
+      names = readdirSync(absolute, { encoding: "buffer" });
     } catch (cause) {
-      unchecked.push({ path: relative, code: (cause as NodeJS.ErrnoException).code ?? String(cause), failed: "list" });
+      const code = errorCode(cause);
+      if (code !== "ENOENT") unchecked.push({ path: relative, reason: `could not list the directory: ${code}`, contentsMissing: true, entryMissing: false });
       continue;
     }
-    for (const name of names) {
+    for (const raw of names) {
+      const name = raw.toString("utf8");
+      if (!Buffer.from(name, "utf8").equals(raw)) {
+        unchecked.push({ path: relative, reason: `the directory holds an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")})`, contentsMissing: false, entryMissing: false });
+        continue;
+      }
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }
   }
-  return manifest;
+  return { entries, unchecked };
+}
+
+function errorCode(cause: unknown): string {
+  const code = (cause as NodeJS.ErrnoException).code;
+  return typeof code === "string" ? code : String(cause);
 }

@@ -1,7 +1,7 @@
 // The after-run clearing of set-ID bits, the second line behind the seccomp filter, on real
 // files: the filter makes such files impossible to create in a box, so these are made on the host.
 import assert from "node:assert/strict";
-import { chmodSync, copyFileSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -50,5 +50,73 @@ describe("set-ID clearing after the run", () => {
 
     assert.equal(statSync(join(root, "tool")).mode & 0o7777, 0o755);
     assert.equal(messages.length, 1);
+  });
+});
+
+// Paths the walk cannot check: a name that is not valid UTF-8 (Node decodes it to U+FFFD, and
+// the decoded path names no file) and a path longer than PATH_MAX (4096 bytes on Linux). Root
+// meets both, so these run as root too. A directory of mode 000 is covered for an ordinary user
+// in the conformance suite.
+describe("workspace paths the walk cannot check", () => {
+  const NON_UTF8_NAME = Buffer.from([0x62, 0x61, 0x64, 0xff]);
+
+  test("non-UTF-8 file name reported", () => {
+    const workspace = mkdtempSync(join(tmpdir(), "ringfence-unchecked-"));
+    const runDir = mkdtempSync(join(tmpdir(), "ringfence-unchecked-run-"));
+    const tracker = WorkspaceTracker.start(defaultPolicy({ cwd: workspace }), runDir);
+
+    writeFileSync(Buffer.concat([Buffer.from(`${workspace}/`), NON_UTF8_NAME]), "x\n");
+    const records: Record<string, unknown>[] = [];
+    const messages: string[] = [];
+    recordWorkspaceChanges(tracker, (fields) => records.push(fields), (line) => messages.push(line));
+
+    const untracked = records.filter((record) => record.change === "untracked");
+    assert.equal(untracked.length, 1, JSON.stringify(records));
+    assert.equal(untracked[0]?.path, "");
+    assert.match(String(untracked[0]?.reason), /not valid UTF-8/);
+    assert.match(messages.join("\n"), /were not recorded/);
+  });
+
+  test("path beyond PATH_MAX reported", () => {
+    const workspace = mkdtempSync(join(tmpdir(), "ringfence-unchecked-"));
+    const runDir = mkdtempSync(join(tmpdir(), "ringfence-unchecked-run-"));
+    const tracker = WorkspaceTracker.start(defaultPolicy({ cwd: workspace }), runDir);
+
+    // 40 levels of 120-byte names make a path of about 4,840 bytes. Relative mkdir and chdir
+    // calls reach it, as a box can; one absolute path that long fails with ENAMETOOLONG.
+    const start = process.cwd();
+    try {
+      process.chdir(workspace);
+      for (let level = 0; level < 40; level += 1) {
+        mkdirSync("d".repeat(120));
+        process.chdir("d".repeat(120));
+      }
+      writeFileSync("deep.txt", "x\n");
+    } finally {
+      process.chdir(start);
+    }
+    const records: Record<string, unknown>[] = [];
+    const messages: string[] = [];
+    recordWorkspaceChanges(tracker, (fields) => records.push(fields), (line) => messages.push(line));
+
+    const untracked = records.filter((record) => record.change === "untracked");
+    assert.equal(untracked.length, 1, JSON.stringify(untracked));
+    assert.match(String(untracked[0]?.reason), /ENAMETOOLONG/);
+    assert.match(messages.join("\n"), /were not recorded/);
+  });
+
+  test("set-ID check reports unchecked path", () => {
+    const root = mkdtempSync(join(tmpdir(), "ringfence-unchecked-write-"));
+    const since = Date.now() - 1000;
+    const directory = Buffer.concat([Buffer.from(`${root}/`), NON_UTF8_NAME]);
+    mkdirSync(directory);
+    const tool = Buffer.concat([directory, Buffer.from("/tool")]);
+    writeFileSync(tool, "#!/bin/sh\n", { mode: 0o755 });
+    chmodSync(tool, 0o4755);
+    const messages: string[] = [];
+    clearNewSetIdFiles([root], since, (line) => messages.push(line));
+
+    assert.match(messages.join("\n"), /not checked for set-ID files/);
+    assert.match(messages.join("\n"), /not valid UTF-8/);
   });
 });

