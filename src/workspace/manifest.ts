@@ -49,8 +49,8 @@ export class ManifestError extends Error {
  * Walks `root` without following symlinks and records every entry. `skip` names relative paths
  * whose subtrees are not recorded (for example a nested run directory). Throws ManifestError
  * for an entry it cannot read, a directory it cannot list and an entry whose name is not valid
- * UTF-8, because a review that left them out would hide a change, and apply would read a
- * missing entry as a deletion.
+ * UTF-8. A review that left them out would hide a change. Apply would even read such an entry
+ * as deleted.
  */
 export function buildManifest(root: string, skip: ReadonlySet<string> = new Set()): Manifest {
   const manifest: Manifest = {};

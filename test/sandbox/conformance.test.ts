@@ -305,8 +305,8 @@ for (const backend of BACKENDS) {
       });
 
       test("file hidden by a directory that is readable but not searchable", async () => {
-        // With mode 444 an ordinary user lists the names but cannot lstat them; the entries must
-        // not come out as deleted, and the record names them as unchecked.
+        // With mode 444 an ordinary user lists the names but cannot lstat them. The entries must
+        // not come out as deleted. The record names each of them as untracked.
         const workspace = makeWorkspace(user, { "dir/old.txt": "x\n" });
         try {
           const run = await runBox(user, workspace, [], ["sh", "-c", "echo new > dir/new.txt && chmod 444 dir"]);
