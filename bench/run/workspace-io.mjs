@@ -59,7 +59,29 @@ async function throwIfStopped() {
   if (stoppedBy !== null) throw new Error(`workspace-io: stopped by ${stoppedBy}`);
 }
 
-const freshFileSystems = process.getuid?.() === 0 && spawnSync("mkfs.ext4", ["-V"]).status === 0;
+/**
+ * Returns whether a new ext4 image can be mounted here: as root, with mkfs.ext4, on a kernel
+ * (or in a container) that gives out loop devices. Says so on stderr when root cannot.
+ */
+function imagesMount() {
+  if (process.getuid?.() !== 0 || spawnSync("mkfs.ext4", ["-V"]).status !== 0) return false;
+  const probe = mkdtempSync(join(tmpdir(), "ringfence-bench-probe-"));
+  try {
+    const image = join(probe, "probe.img");
+    const point = join(probe, "mnt");
+    mkdirSync(point);
+    execFileSync("truncate", ["-s", "16M", image]);
+    execFileSync("mkfs.ext4", ["-q", "-F", image]);
+    const mounted = spawnSync("mount", ["-o", "loop", image, point]).status === 0;
+    if (mounted) spawnSync("umount", [point]);
+    else console.error("workspace-io: mounting an ext4 image failed here, so unpacking stays on the workspace's file system");
+    return mounted;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+}
+
+const freshFileSystems = imagesMount();
 const imageDir = freshFileSystems ? mkdtempSync(join(tmpdir(), "ringfence-bench-fs-")) : null;
 
 /** Mounts a new ext4 file system on `out`, replacing the previous session's. */
