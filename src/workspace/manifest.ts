@@ -40,6 +40,29 @@ export function describeEntry(path: string, stats: Stats = lstatSync(path)): Man
   return { type: "other", mode };
 }
 
+/** A directory's entries: the names that are valid UTF-8, and the raw bytes of the others. */
+interface Listing {
+  names: string[];
+  notUtf8: Buffer[];
+}
+
+/**
+ * Lists a directory. Node decodes a name that is not valid UTF-8 with U+FFFD in place of the bad
+ * bytes, and the decoded name then names no file. Only a listing with U+FFFD in it is read again
+ * as bytes, so the walks pay for the check only where such a name can be.
+ */
+function listDirectory(path: string): Listing {
+  const names = readdirSync(path);
+  if (!names.some((name) => name.includes("\uFFFD"))) return { names, notUtf8: [] };
+  const listing: Listing = { names: [], notUtf8: [] };
+  for (const raw of readdirSync(path, { encoding: "buffer" })) {
+    const name = raw.toString("utf8");
+    if (Buffer.from(name, "utf8").equals(raw)) listing.names.push(name);
+    else listing.notUtf8.push(raw);
+  }
+  return listing;
+}
+
 /** A tree that buildManifest cannot record completely, with the path and what to do. */
 export class ManifestError extends Error {
   override name = "ManifestError";
@@ -69,17 +92,17 @@ export function buildManifest(root: string, skip: ReadonlySet<string> = new Set(
     manifest[relative] = entry;
     if (entry.type !== "dir") continue;
 
-    let names: Buffer[];
+    let listing: Listing;
     try {
-      names = readdirSync(absolute, { encoding: "buffer" });
+      listing = listDirectory(absolute);
     } catch (cause) {
       throw new ManifestError(`listing ${absolute} failed: ${(cause as Error).message}; make the directory readable, or remove it`);
     }
-    for (const raw of names) {
-      const name = raw.toString("utf8");
-      if (!Buffer.from(name, "utf8").equals(raw)) {
-        throw new ManifestError(`${absolute} contains an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")}), so the tree cannot be compared; rename or remove that entry`);
-      }
+    const [badName] = listing.notUtf8;
+    if (badName !== undefined) {
+      throw new ManifestError(`${absolute} contains an entry whose name is not valid UTF-8 (hex ${badName.toString("hex")}), so the tree cannot be compared; rename or remove that entry`);
+    }
+    for (const name of listing.names) {
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }
@@ -147,20 +170,18 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
     entries[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
     if (type !== "dir") continue;
 
-    let names: Buffer[];
+    let listing: Listing;
     try {
-      names = readdirSync(absolute, { encoding: "buffer" });
+      listing = listDirectory(absolute);
     } catch (cause) {
       const code = errorCode(cause);
       if (code !== "ENOENT") unchecked.push({ path: relative, reason: `could not list the directory: ${code}`, contentsMissing: true, entryMissing: false });
       continue;
     }
-    for (const raw of names) {
-      const name = raw.toString("utf8");
-      if (!Buffer.from(name, "utf8").equals(raw)) {
-        unchecked.push({ path: relative, reason: `the directory holds an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")})`, contentsMissing: false, entryMissing: false });
-        continue;
-      }
+    for (const raw of listing.notUtf8) {
+      unchecked.push({ path: relative, reason: `the directory holds an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")})`, contentsMissing: false, entryMissing: false });
+    }
+    for (const name of listing.names) {
       const child = relative === "" ? name : `${relative}/${name}`;
       if (!skip.has(child)) pending.push(child);
     }
