@@ -62,14 +62,14 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
   const after = afterManifest.entries;
 
   // A path the walk missed before or after the run may hide a change, for example a file the
-  // box wrote into a directory and then made unreadable with chmod 000. Entries below a path
-  // whose contents one walk missed are left out of the diff, because their absence from that
-  // walk is no evidence of a change. The path's untracked record covers them.
+  // box wrote into a directory and then made unreadable with chmod 000. Entries below such a
+  // path, and the path itself when lstat failed on it, are left out of the diff, because their
+  // absence from one walk is no evidence of a change. The path's untracked record covers them.
   const missed = [...tracker.before.unchecked, ...afterManifest.unchecked];
-  // An entry lstat failed on is absent from that walk for the same reason, so it is left out too.
-  const hidden = missed.filter((entry) => entry.contentsMissing).map((entry) => (entry.path === "" ? "" : `${entry.path}/`));
-  const unexamined = new Set(missed.filter((entry) => entry.entryMissing).map((entry) => entry.path));
-  const paths = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((path) => path !== "" && !unexamined.has(path) && !hidden.some((prefix) => path.startsWith(prefix))).sort();
+  const contentsMissing = new Set(missed.filter((entry) => entry.contentsMissing).map((entry) => entry.path));
+  const entryMissing = new Set(missed.filter((entry) => entry.entryMissing).map((entry) => entry.path));
+  const excluded = (path: string): boolean => entryMissing.has(path) || contentsMissing.has("") || ancestors(path).some((ancestor) => contentsMissing.has(ancestor));
+  const paths = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((path) => path !== "" && !excluded(path)).sort();
   for (const path of paths) {
     const old = before[path];
     const now = after[path];
@@ -100,6 +100,13 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     record({ path, change: "untracked", entry: null, size: null, sha256: null, reason });
   }
   reportUnchecked(tracker.root, unchecked, "so changes inside it were not recorded", message);
+}
+
+/** Returns the proper ancestors of a relative path, "a" and "a/b" for "a/b/c". */
+function ancestors(path: string): string[] {
+  const found: string[] = [];
+  for (let slash = path.indexOf("/"); slash >= 0; slash = path.indexOf("/", slash + 1)) found.push(path.slice(0, slash));
+  return found;
 }
 
 /** Keeps the first reason given for each path, in path order. */

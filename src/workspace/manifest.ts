@@ -179,7 +179,7 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
       continue;
     }
     for (const raw of listing.notUtf8) {
-      unchecked.push({ path: relative, reason: `the directory holds an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")})`, contentsMissing: false, entryMissing: false });
+      unchecked.push({ path: relative, reason: `the directory contains an entry whose name is not valid UTF-8 (hex ${raw.toString("hex")})`, contentsMissing: false, entryMissing: false });
     }
     for (const name of listing.names) {
       const child = relative === "" ? name : `${relative}/${name}`;
@@ -189,6 +189,7 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
   return { entries, unchecked };
 }
 
+/** Returns the error code of a failed file system call, such as EACCES. */
 function errorCode(cause: unknown): string {
   const code = (cause as NodeJS.ErrnoException).code;
   return typeof code === "string" ? code : String(cause);
