@@ -13,6 +13,17 @@ export const COMMAND_MARKER_VARIABLE = "RINGFENCE_CREDENTIAL_COMMAND";
 
 /** Time a `command` source may run before it is killed, in milliseconds. */
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
+/**
+ * Time a `command` source's output may stay open after the command exits, in milliseconds. A
+ * process the command left in the background may hold it open. After this wait ringfence kills
+ * such processes (those that carry the command's marker variable in its process group).
+ */
+const OUTPUT_OPEN_AFTER_EXIT_MS = 200;
+/**
+ * Time to read on after those processes are killed, in milliseconds. Then ringfence closes its
+ * end of the pipes, because a daemon in a session of its own may still keep the output open.
+ */
+const OUTPUT_DRAIN_MS = 1_000;
 /** Largest secret read from a file or a command's standard output, in bytes. */
 const MAX_SECRET_BYTES = 64 * 1024;
 /**
@@ -106,7 +117,8 @@ async function readSecretFile(credential: Credential, path: string): Promise<str
 // Neither standard output nor standard error goes into a message: either may hold the secret.
 // The command stays in ringfence's process group, so it can still prompt on the terminal. A stop
 // or a timeout therefore kills it together with the processes it started, found through /proc
-// as its descendants and as the processes with its marker variable.
+// as its descendants and as the processes with its marker variable. The secret is what the
+// command wrote until its output closed, which is at most 1.2 s after the command exited.
 function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
   const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const shown = JSON.stringify(argv.join(" "));
@@ -117,8 +129,10 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
 
   return new Promise((resolve, reject) => {
     let ended: "timeout" | "stopped" | null = null;
+    let afterExit: NodeJS.Timeout | undefined;
     const child = execFile(file, args, { env, maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
       clearTimeout(timer);
+      clearTimeout(afterExit);
       options.signal?.removeEventListener("abort", onAbort);
       if (error === null && ended === null) {
         resolve(stdout);
@@ -135,12 +149,27 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
       reject(new CredentialError(credential.name, why));
     });
 
+    const closeOutput = (): void => {
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    };
+    // execFile calls back only once standard output and standard error have closed, and a
+    // background process that inherited them keeps them open after the command has exited.
+    child.once("exit", () => {
+      if (ended !== null) return;
+      clearTimeout(timer);
+      afterExit = setTimeout(() => {
+        killProcessesWithEnvironmentEntry(marker);
+        afterExit = setTimeout(closeOutput, OUTPUT_DRAIN_MS);
+      }, OUTPUT_OPEN_AFTER_EXIT_MS);
+    });
+
     const end = (reason: "timeout" | "stopped"): void => {
       if (ended !== null) return;
       ended = reason;
+      clearTimeout(afterExit);
       // Destroying the pipes lets the callback run even when a process outside the tree has them open.
-      child.stdout?.destroy();
-      child.stderr?.destroy();
+      closeOutput();
       // Once Node has reaped the command, its PID may belong to another process, so its tree
       // is searched only before that.
       if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) killProcessTree(child.pid);
