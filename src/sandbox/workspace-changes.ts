@@ -13,16 +13,22 @@ import { overlayPaths, recordOverlayBaseline } from "../workspace/overlay-record
 export type WorkspaceTracker =
   | { mode: "ro" }
   | { mode: "overlay"; runDir: string; baseline: ReturnType<typeof buildManifest> }
-  | { mode: "rw"; root: string; before: StatManifest | null };
+  | { mode: "rw"; root: string; before: StatManifest; maxEntries: number };
+
+export interface WalkOptions {
+  /** Entries each stat walk records before it stops; MAX_STAT_ENTRIES by default. */
+  maxEntries?: number;
+}
 
 export const WorkspaceTracker = {
-  start(policy: Policy, runDir: string): WorkspaceTracker {
+  start(policy: Policy, runDir: string, options: WalkOptions = {}): WorkspaceTracker {
     const { workspace } = policy;
     if (workspace.mode === "ro") return { mode: "ro" };
     if (workspace.mode === "overlay" && existsSync(overlayPaths(runDir).workspace)) {
       return { mode: "overlay", runDir, baseline: recordOverlayBaseline(runDir, workspace.path, workspace.protect) };
     }
-    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path) };
+    const maxEntries = options.maxEntries ?? MAX_STAT_ENTRIES;
+    return { mode: "rw", root: workspace.path, before: buildStatManifest(workspace.path, { maxEntries }), maxEntries };
   },
 };
 
@@ -48,16 +54,7 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
     return;
   }
 
-  if (tracker.before === null) {
-    message(`ringfence: the workspace has more than ${MAX_STAT_ENTRIES} entries, so this run's changes to it were not recorded`);
-    record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
-    return;
-  }
-  const afterManifest = buildStatManifest(tracker.root);
-  if (afterManifest === null) {
-    record({ path: "", change: "untracked", entry: null, size: null, sha256: null, reason: `more than ${MAX_STAT_ENTRIES} entries` });
-    return;
-  }
+  const afterManifest = buildStatManifest(tracker.root, { maxEntries: tracker.maxEntries });
   const before = tracker.before.entries;
   const after = afterManifest.entries;
 
@@ -65,9 +62,11 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
   // box wrote into a directory and then made unreadable with chmod 000. Entries below such a
   // path, and the path itself when lstat failed on it, are left out of the diff, because their
   // absence from one walk is no evidence of a change. The path's untracked record covers them.
+  // So do the paths a walk did not reach because it stopped at its entry limit.
   const missed = [...tracker.before.unchecked, ...afterManifest.unchecked];
-  const contentsMissing = new Set(missed.filter((entry) => entry.contentsMissing).map((entry) => entry.path));
-  const entryMissing = new Set(missed.filter((entry) => entry.entryMissing).map((entry) => entry.path));
+  const unvisited = [...tracker.before.unvisited, ...afterManifest.unvisited];
+  const contentsMissing = new Set([...missed.filter((entry) => entry.contentsMissing).map((entry) => entry.path), ...unvisited]);
+  const entryMissing = new Set([...missed.filter((entry) => entry.entryMissing).map((entry) => entry.path), ...unvisited]);
   const excluded = (path: string): boolean => entryMissing.has(path) || contentsMissing.has("") || ancestors(path).some((ancestor) => contentsMissing.has(ancestor));
   const paths = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((path) => path !== "" && !excluded(path)).sort();
   for (const path of paths) {
@@ -153,15 +152,12 @@ function clearSetId(path: string, message: (line: string) => void): void {
 /**
  * Clears set-ID bits on files under `roots` (filesystem.write entries) whose inode changed since
  * `sinceMs`. These paths are not tracked for the audit log, but a set-ID file the box leaves
- * there is as dangerous as one in the workspace. Walks at most MAX_STAT_ENTRIES entries per root.
+ * there is as dangerous as one in the workspace. Walks at most `maxEntries` entries per root
+ * (MAX_STAT_ENTRIES by default), and names the directory where a walk stopped.
  */
-export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void): void {
+export function clearNewSetIdFiles(roots: readonly string[], sinceMs: number, message: (line: string) => void, options: WalkOptions = {}): void {
   for (const root of roots) {
-    const manifest = buildStatManifest(root);
-    if (manifest === null) {
-      message(`ringfence: ${root} has more than ${MAX_STAT_ENTRIES} entries, so it was not checked for set-ID files the box may have left`);
-      continue;
-    }
+    const manifest = buildStatManifest(root, { maxEntries: options.maxEntries ?? MAX_STAT_ENTRIES });
     for (const [path, entry] of Object.entries(manifest.entries)) {
       if (entry.type === "file" && (entry.mode & 0o6000) !== 0 && entry.ctimeMs >= sinceMs) clearSetId(path === "" ? root : join(root, path), message);
     }

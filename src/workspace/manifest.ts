@@ -120,7 +120,7 @@ export interface StatEntry {
   ino: number;
 }
 
-/** Maximum entries a stat snapshot records before it gives up, so huge trees cost bounded time. */
+/** Default maximum of entries a stat snapshot records, so a huge tree costs bounded time. */
 export const MAX_STAT_ENTRIES = 500_000;
 
 /** A path whose subtree a stat snapshot could not record, relative to the tree's root. */
@@ -137,18 +137,33 @@ export interface UncheckedPath {
 export interface StatManifest {
   entries: Record<string, StatEntry>;
   unchecked: UncheckedPath[];
+  /**
+   * Paths the walk listed but did not reach because it stopped at its entry limit. Neither they
+   * nor anything below them was recorded. `unchecked` names the directory that contains them all.
+   */
+  unvisited: string[];
+}
+
+export interface StatManifestOptions {
+  /** Relative paths whose subtrees are not recorded. */
+  skip?: ReadonlySet<string>;
+  /** Entries the walk records before it stops; MAX_STAT_ENTRIES by default. */
+  maxEntries?: number;
 }
 
 /**
- * Walks `root` without following symlinks and records each entry's stat fields. Returns null
- * when the tree has more than MAX_STAT_ENTRIES entries. The walk goes on past what it cannot
- * record and lists it in `unchecked`. One kind is a directory it cannot list, as an ordinary
- * user meets one of mode 000. Another is a directory with an entry whose name is not valid
- * UTF-8, which Node's string paths cannot name. The last is an entry lstat fails on, such as
- * ENAMETOOLONG beyond PATH_MAX.
+ * Walks `root` without following symlinks and records each entry's stat fields. The walk goes
+ * on past what it cannot record and lists it in `unchecked`. One kind is a directory it cannot
+ * list, as an ordinary user meets one of mode 000. Another is a directory with an entry whose
+ * name is not valid UTF-8, which Node's string paths cannot name. A third is an entry lstat
+ * fails on, such as ENAMETOOLONG beyond PATH_MAX.
+ * After `maxEntries` entries the walk stops. The paths it listed but did not reach go into
+ * `unvisited`, and one `unchecked` path names the directory that contains them all.
  * An entry that vanishes during the walk is left out without a note.
  */
-export function buildStatManifest(root: string, skip: ReadonlySet<string> = new Set()): StatManifest | null {
+export function buildStatManifest(root: string, options: StatManifestOptions = {}): StatManifest {
+  const skip = options.skip ?? new Set<string>();
+  const maxEntries = options.maxEntries ?? MAX_STAT_ENTRIES;
   const entries: Record<string, StatEntry> = {};
   const unchecked: UncheckedPath[] = [];
   const pending: string[] = [""];
@@ -156,6 +171,11 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
 
   while (pending.length > 0) {
     const relative = pending.pop() as string;
+    if (count >= maxEntries) {
+      const unvisited = [relative, ...pending];
+      unchecked.push(limitReached(relative, unvisited, maxEntries));
+      return { entries, unchecked, unvisited };
+    }
     const absolute = relative === "" ? root : join(root, relative);
     let stats: Stats;
     try {
@@ -165,7 +185,7 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
       if (code !== "ENOENT") unchecked.push({ path: relative, reason: `lstat failed: ${code}`, contentsMissing: true, entryMissing: true });
       continue;
     }
-    if (++count > MAX_STAT_ENTRIES) return null;
+    count += 1;
     const type = stats.isSymbolicLink() ? "symlink" : stats.isDirectory() ? "dir" : stats.isFile() ? "file" : "other";
     entries[relative] = { type, mode: stats.mode & 0o7777, size: stats.size, mtimeMs: stats.mtimeMs, ctimeMs: stats.ctimeMs, ino: stats.ino };
     if (type !== "dir") continue;
@@ -186,7 +206,33 @@ export function buildStatManifest(root: string, skip: ReadonlySet<string> = new 
       if (!skip.has(child)) pending.push(child);
     }
   }
-  return { entries, unchecked };
+  return { entries, unchecked, unvisited: [] };
+}
+
+/**
+ * Describes where a walk stopped at its entry limit. The walk is depth-first, so every path it
+ * listed but did not reach is a child of a directory on the path from the root to `next`, and
+ * the shallowest of those directories contains them all.
+ */
+function limitReached(next: string, unvisited: readonly string[], maxEntries: number): UncheckedPath {
+  let cover = parentPath(next);
+  for (const path of unvisited) {
+    const parent = parentPath(path);
+    if (depth(parent) < depth(cover)) cover = parent;
+  }
+  const reason = `the walk stopped at its limit of ${maxEntries} entries before ${next === "" ? "." : next} and did not visit ${unvisited.length} entries listed below this directory`;
+  return { path: cover, reason, contentsMissing: false, entryMissing: false };
+}
+
+/** Returns the parent of a relative path, "" for a name at the root. */
+function parentPath(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash === -1 ? "" : path.slice(0, slash);
+}
+
+/** Returns the number of names in a relative path, 0 for the root "". */
+function depth(path: string): number {
+  return path === "" ? 0 : path.split("/").length;
 }
 
 /** Returns the error code of a failed file system call, such as EACCES. */

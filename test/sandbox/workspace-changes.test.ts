@@ -120,3 +120,66 @@ describe("workspace paths the walk cannot check", () => {
     assert.match(messages.join("\n"), /not valid UTF-8/);
   });
 });
+
+// A walk stops after its entry limit (500,000 by default). The tests set a small limit.
+describe("workspace walk at its entry limit", () => {
+  const LIMIT = 20;
+
+  /** Creates `count` empty files named f0, f1, ... in `directory`. */
+  function createFiles(directory: string, count: number): void {
+    mkdirSync(directory, { recursive: true });
+    for (let index = 0; index < count; index += 1) writeFileSync(join(directory, `f${index}`), "");
+  }
+
+  test("after-run walk stop reported", () => {
+    const workspace = mkdtempSync(join(tmpdir(), "ringfence-limit-"));
+    const runDir = mkdtempSync(join(tmpdir(), "ringfence-limit-run-"));
+    writeFileSync(join(workspace, "keep.txt"), "x\n");
+    createFiles(join(workspace, "sub"), 3);
+    const tracker = WorkspaceTracker.start(defaultPolicy({ cwd: workspace }), runDir, { maxEntries: LIMIT });
+
+    createFiles(join(workspace, "many"), 2 * LIMIT);
+    const records: Record<string, unknown>[] = [];
+    const messages: string[] = [];
+    recordWorkspaceChanges(tracker, (fields) => records.push(fields), (line) => messages.push(line));
+
+    const untracked = records.filter((record) => record.change === "untracked");
+    assert.equal(untracked.length, 1, JSON.stringify(records));
+    assert.ok(["", "many"].includes(String(untracked[0]?.path)), `unexpected path ${String(untracked[0]?.path)}`);
+    assert.match(String(untracked[0]?.reason), /^the walk stopped at its limit of 20 entries before \S+ and did not visit \d+ entries listed below this directory$/);
+    const limitLines = messages.filter((line) => line.includes("limit of 20 entries"));
+    assert.equal(limitLines.length, 1, messages.join("\n"));
+    assert.match(limitLines[0] ?? "", /were not recorded; check it by hand$/);
+    // Entries the walk did not reach are not evidence of a deletion.
+    assert.deepEqual(records.filter((record) => record.change === "deleted"), []);
+    assert.deepEqual(records.filter((record) => record.change === "added" && !String(record.path).startsWith("many")), []);
+  });
+
+  test("before-run walk stop reported", () => {
+    const workspace = mkdtempSync(join(tmpdir(), "ringfence-limit-"));
+    const runDir = mkdtempSync(join(tmpdir(), "ringfence-limit-run-"));
+    createFiles(join(workspace, "many"), 2 * LIMIT);
+    const tracker = WorkspaceTracker.start(defaultPolicy({ cwd: workspace }), runDir, { maxEntries: LIMIT });
+
+    const records: Record<string, unknown>[] = [];
+    const messages: string[] = [];
+    recordWorkspaceChanges(tracker, (fields) => records.push(fields), (line) => messages.push(line));
+
+    assert.equal(records.length, 1, JSON.stringify(records));
+    assert.equal(records[0]?.change, "untracked");
+    assert.match(String(records[0]?.reason), /limit of 20 entries/);
+    assert.equal(messages.length, 1, messages.join("\n"));
+    assert.match(messages[0] ?? "", /limit of 20 entries/);
+  });
+
+  test("set-ID walk stop reported", () => {
+    const root = mkdtempSync(join(tmpdir(), "ringfence-limit-write-"));
+    createFiles(join(root, "many"), 2 * LIMIT);
+    const messages: string[] = [];
+    clearNewSetIdFiles([root], Date.now() - 1000, (line) => messages.push(line), { maxEntries: LIMIT });
+
+    assert.equal(messages.length, 1, messages.join("\n"));
+    assert.match(messages[0] ?? "", /limit of 20 entries/);
+    assert.match(messages[0] ?? "", /not checked for set-ID files/);
+  });
+});
