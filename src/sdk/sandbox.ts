@@ -304,7 +304,8 @@ export class Sandbox implements AsyncDisposable {
 
   /**
    * Stops every command and the box, records the run's end and signs its audit log. Safe to
-   * call more than once; every call returns the same result.
+   * call more than once; every call returns the same result. When writing the run's end fails,
+   * it still closes the run and rejects with SandboxError code `run-record`.
    */
   close(): Promise<SandboxCloseResult> {
     if (this.#closing !== null) return this.#closing;
@@ -331,9 +332,25 @@ export class Sandbox implements AsyncDisposable {
         this.#hub.close();
         throw cause;
       }
-      const status = this.#session.finish(exit);
-      await this.#session.close();
-      this.#hub.close();
+      // finish() writes the audit log and summary.json in the run directory, and can fail there.
+      // The run is closed either way, so the gateway, the audit log and the event iterators end,
+      // and close() rejects with the first failure.
+      let status = 0;
+      let recordFailure: SandboxError | null = null;
+      try {
+        status = this.#session.finish(exit);
+      } catch (cause) {
+        recordFailure = new SandboxError("run-record", `recording the end of sandbox ${this.runId} failed: ${cause instanceof Error ? cause.message : String(cause)}; the box has ended and the run is closed, but its summary may be incomplete, so check that ${this.runDir} is writable and has free space`);
+      }
+      try {
+        await this.#session.close();
+      } catch (cause) {
+        if (recordFailure === null) throw cause;
+        this.#session.message(`ringfence: closing sandbox ${this.runId} failed after recording its end had failed: ${cause instanceof Error ? cause.message : String(cause)}`);
+      } finally {
+        this.#hub.close();
+      }
+      if (recordFailure !== null) throw recordFailure;
       return { runId: this.runId, runDir: this.runDir, status, blocked: this.#session.blocked.total };
     })();
     return this.#closing;

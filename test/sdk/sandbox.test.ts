@@ -1,10 +1,11 @@
 // Drives the SDK on the namespace backend with real bubblewrap boxes and real processes. The
 // cases shared with the vm backend are in cases.ts.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Sandbox, SandboxError, type SandboxEvent } from "../../src/index.js";
+import { socketRoot } from "../../src/sandbox/run-dir.js";
 import { checkAbortKills, checkCommands, checkConcurrentCommands, checkFileOperations, checkLargeOutput, checkProtectedPaths, checkTimeoutKills, makeCaseDirs } from "./cases.js";
 import { createSandbox, isAlive, makeDirs, mountsMentioning, processTree, sandboxOptions, waitAllGone } from "./support.js";
 
@@ -118,6 +119,36 @@ test("close stops the box", async () => {
   assert.notEqual(summary.end, null);
   assert.equal(existsSync(join(sandbox.runDir, "audit.head.json")), true);
   assert.deepEqual(await sandbox.close(), closed);
+});
+
+test("close releases run after record failure", { timeout: 120_000 }, async () => {
+  const dirs = makeDirs();
+  const sandbox = await createSandbox(dirs);
+  const running = sandbox.spawn(["sleep", "3005"]);
+  await running.pid;
+  const tree = processTree(`${sandbox.runDir}/`);
+  const events = sandbox.events();
+  // A directory in place of summary.json makes writing the run's end fail, for root too.
+  rmSync(join(sandbox.runDir, "summary.json"));
+  mkdirSync(join(sandbox.runDir, "summary.json"));
+
+  const error = await sandbox.close().then(
+    () => null,
+    (caught: unknown) => caught,
+  );
+  assert.ok(error instanceof SandboxError, `expected a SandboxError, got ${String(error)}`);
+  assert.equal(error.code, "run-record");
+  assert.match(error.message, /summary\.json/);
+  assert.equal(await sandbox.close().catch((caught: unknown) => caught), error, "a second close() must give the same error");
+
+  assert.deepEqual(await waitAllGone(tree), []);
+  assert.deepEqual(mountsMentioning(sandbox.runDir), []);
+  assert.equal(existsSync(join(sandbox.runDir, "audit.head.json")), true, "the audit log was not signed and closed");
+  const socketDirs = readdirSync(socketRoot()).filter((name) => name.startsWith(`run-${sandbox.runId}-`));
+  assert.deepEqual(socketDirs, [], "the gateway's socket directory is still there");
+  const types: string[] = [];
+  for await (const event of events) types.push(event.type);
+  assert.ok(types.includes("run.end"), `the event iterator ended without run.end: ${types.join(", ")}`);
 });
 
 test("interactive shell on a terminal", async () => {
