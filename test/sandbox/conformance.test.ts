@@ -4,14 +4,16 @@
 import assert from "node:assert/strict";
 import { execFile, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { chmodSync, existsSync, linkSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { createServer as createNetServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { createTestCa, type TestCa } from "../gateway/support/test-ca.js";
-import { boxCommand, boxUsers, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, runReview, show, TEST_BACKEND, writeOwned, type BoxRun, type BoxUser } from "./harness.js";
+import { boxCommand, boxUsers, chownTree, HOST_SECRET_NAME, HOST_SECRET_VALUE, makeWorkspace, runBox, runReview, show, TEST_BACKEND, writeOwned, type BoxRun, type BoxUser } from "./harness.js";
 
 const BACKENDS = [TEST_BACKEND] as const;
 
@@ -119,6 +121,39 @@ async function usesCgroups(user: BoxUser, workspace: string, policy: string): Pr
   return /^limits \(cgroup[12]\)/m.test(plan.stdout);
 }
 
+/** Compiles set-id-syscalls.c once, static where the C library allows it, and returns the binary's path. */
+let setIdHelper: string | null = null;
+function compileSetIdHelper(): string {
+  if (setIdHelper !== null) return setIdHelper;
+  const source = join(dirname(fileURLToPath(import.meta.url)), "set-id-syscalls.c");
+  const output = join(mkdtempSync(join(tmpdir(), "ringfence-set-id-")), "set-id-syscalls");
+  // -no-pie keeps the helper's data below 4 GiB, where its int 0x80 call can pass a pointer.
+  let compiled = spawnSync("cc", ["-O2", "-static", "-no-pie", "-o", output, source], { encoding: "utf8" });
+  if (compiled.status !== 0) compiled = spawnSync("cc", ["-O2", "-no-pie", "-o", output, source], { encoding: "utf8" });
+  if (compiled.status !== 0) throw new Error(`compiling ${source} with cc failed: ${compiled.stderr}; install a C compiler`);
+  setIdHelper = output;
+  return output;
+}
+
+/** Returns a set-user-ID program in /usr/bin, which every box can read, to copy and link from. */
+function hostSetUidProgram(): string {
+  for (const name of readdirSync("/usr/bin").sort()) {
+    const stats = lstatSync(join("/usr/bin", name));
+    if (stats.isFile() && (stats.mode & 0o4000) !== 0 && (stats.mode & 0o004) !== 0) return join("/usr/bin", name);
+  }
+  throw new Error("no set-user-ID program that others can read is in /usr/bin; the set-ID tries need one to copy");
+}
+
+/** Lists the regular files below `root` that have a set-ID bit, relative to `root`. */
+function setIdFiles(root: string): string[] {
+  const found: string[] = [];
+  for (const entry of readdirSync(root, { recursive: true, encoding: "utf8" })) {
+    const stats = lstatSync(join(root, entry));
+    if (stats.isFile() && (stats.mode & 0o6000) !== 0) found.push(entry);
+  }
+  return found.sort();
+}
+
 for (const backend of BACKENDS) {
   for (const user of usersFor(backend)) {
     describe(`${backend} backend as ${user.name}`, () => {
@@ -198,6 +233,50 @@ for (const backend of BACKENDS) {
           if (existsSync(join(workspace, name))) assert.equal(statSync(join(workspace, name)).mode & 0o6000, 0, `${name}\n${show(run)}`);
         }
         assert.equal(statSync(join(workspace, "suidcat")).mode & 0o777, 0o755, show(run));
+      });
+
+      // Ways to give a file a set-ID bit, tried in the box, which must all fail. The seccomp filter
+      // rejects the modes, in every call form and in the x32 and 32-bit ABIs. The kernel strips
+      // the bits from mkdir and below a set-group-ID parent, and a hard link cannot cross into
+      // the workspace's mount. As an ordinary user the after-run walk cannot list a directory of
+      // mode 000, so the last try hides its file in one, and the host checks it after the run.
+      test("set-ID file cannot be made", { timeout: 120_000 }, async () => {
+        const workspace = makeWorkspace(user);
+        copyFileSync(compileSetIdHelper(), join(workspace, "set-id-syscalls"));
+        mkdirSync(join(workspace, "sgid-dir"));
+        chownTree(workspace, user);
+        chmodSync(join(workspace, "sgid-dir"), 0o2775);
+        const program = hostSetUidProgram();
+        const tries = [
+          { name: "chmod 4755", command: "cp /bin/cat t-chmod; chmod 4755 t-chmod", file: "t-chmod" },
+          { name: "chmod g+s", command: "cp /bin/cat t-chmod-g; chmod g+s t-chmod-g", file: "t-chmod-g" },
+          { name: "install -m 4755", command: "install -m 4755 /bin/cat t-install", file: "t-install" },
+          { name: "cp -p", command: `cp -p ${program} t-cp-p`, file: "t-cp-p" },
+          { name: "cp -a", command: `cp -a ${program} t-cp-a`, file: "t-cp-a" },
+          { name: "tar -p", command: `tar cf t.tar -C ${dirname(program)} ${program.split("/").pop()}; mkdir t-tar; tar xpf t.tar -C t-tar`, file: `t-tar/${program.split("/").pop()}` },
+          { name: "hard link", command: `ln ${program} t-link`, file: "t-link" },
+          { name: "perl chmod", command: `cp /bin/cat t-perl; perl -e 'chmod 04755, "t-perl"'`, file: "t-perl" },
+          { name: "node open mode", command: `node -e 'require("fs").openSync("t-node", "w", 0o4755)'`, file: "t-node" },
+          { name: "mkdir mode", command: `perl -e 'mkdir "t-mkdir", 06755'; cp /bin/cat t-mkdir/file`, file: "t-mkdir/file" },
+          { name: "set-group-ID parent", command: "cp /bin/cat sgid-dir/file", file: "sgid-dir/file" },
+          ...["chmod", "fchmod", "fchmodat", "fchmodat2", "x32-chmod", "i386-chmod"].map((call) => ({ name: `syscall ${call}`, command: `cp /bin/cat raw-${call}; ./set-id-syscalls ${call}`, file: `raw-${call}` })),
+          ...["creat", "open", "openat", "openat2", "tmpfile", "mknod", "mknodat"].map((call) => ({ name: `syscall ${call}`, command: `./set-id-syscalls ${call}`, file: `raw-${call}` })),
+          { name: "under mode 000", command: "mkdir hidden; cp /bin/cat hidden/file; chmod 4755 hidden/file; ./set-id-syscalls chmod; perl -e 'chmod 06755, \"hidden/file\"'", file: "hidden/file" },
+        ];
+        const check = (name: string, file: string): string => `if [ ! -e ${file} ]; then echo "try ${name}: missing"; elif [ -u ${file} ] || [ -g ${file} ]; then echo "try ${name}: SET-ID"; else echo "try ${name}: plain"; fi`;
+        const script = [...tries.map((entry) => `(${entry.command}) >/dev/null 2>&1; ${check(entry.name, entry.file)}`), "chmod 000 hidden", "echo done"].join("\n");
+        try {
+          const run = await runBox(user, workspace, [], ["sh", "-c", script]);
+          assert.equal(run.status, 0, show(run));
+          assert.match(run.stdout, /^done$/m, show(run));
+          const results = run.stdout.split("\n").filter((line) => line.startsWith("try "));
+          assert.deepEqual(results.map((line) => line.slice(4, line.lastIndexOf(":"))), tries.map((entry) => entry.name), show(run));
+          for (const line of results) assert.match(line, /: (plain|missing)$/, show(run));
+          assert.doesNotMatch(run.stdout, /SET-ID/, show(run));
+        } finally {
+          chmodSync(join(workspace, "hidden"), 0o755);
+        }
+        assert.deepEqual(setIdFiles(workspace), []);
       });
 
       test("concurrent run cannot reach another", async () => {
