@@ -87,7 +87,11 @@ export interface PreparedBox {
    * With `agent`, the box runs the exec agent instead, leaves the caller's stdio and signal
    * handlers alone, and ends when the agent exits or `stop` aborts.
    */
-  run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord) => void; agent?: AgentConnection }): Promise<BoxExit>;
+  /**
+   * `onExec` receives each exec record with the host's time of the exec when the backend knows
+   * it, which can be a few milliseconds before the record arrives.
+   */
+  run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord, time?: Date) => void; agent?: AgentConnection }): Promise<BoxExit>;
   /** The environment a command in the box starts with. */
   readonly environment?: Readonly<Record<string, string>>;
   /** The working directory of a command in the box, inside the box. */

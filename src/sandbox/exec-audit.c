@@ -2,7 +2,7 @@
  * Records every execve and execveat in the box, from the host, through seccomp user
  * notification. One binary, two roles:
  *
- *   ringfence-exec-audit supervise PARENT_PID [--guard] -- COMMAND [ARG...]   (host side)
+ *   ringfence-exec-audit supervise PARENT_PID [--guard] [--queue] -- COMMAND [ARG...]   (host side)
  *   ringfence-exec-audit guard FD -- COMMAND [ARG...]      (first process in the box)
  *
  * The supervisor makes a socket pair, starts COMMAND (the shell that starts bwrap) as its child
@@ -13,8 +13,12 @@
  * guard's work itself and runs COMMAND, for a caller that starts no bwrap in between.
  *
  * For each notification the supervisor reads the path and argv from /proc/PID/mem, checks that
- * the notification is still live (so the PID was not reused), writes the record, and lets the
- * call go on. The box cannot stop this. The supervisor runs outside the box's PID namespace and
+ * the notification is still live (so the PID was not reused), writes the record, and lets the call
+ * go on. With --queue, which ringfence passes to its host-side supervisor, the record is queued
+ * instead. The queue is written after a millisecond with nothing to do, or RECORD_DELAY_MS after
+ * its first record. So the command runs while ringfence reads the records, and one write
+ * carries an exec and its "executed" record. Each record carries the time of its exec (timeMs),
+ * and a record that cannot be written stops the box. The box cannot stop this. The supervisor runs outside the box's PID namespace and
  * cgroups, and the box cannot ptrace (the main filter denies it). The kernel allows only one
  * listener in a filter chain, so a second one fails with EBUSY. A filter the box adds cannot
  * turn a notification into ALLOW, because USER_NOTIF takes precedence. If the supervisor dies,
@@ -56,6 +60,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -73,6 +78,12 @@
 #define MAX_ARGS 64
 #define MAX_ARG_BYTES 1024
 #define MAX_LINE_BYTES (16 + MAX_PATH_BYTES * 6 + MAX_ARGS * (MAX_ARG_BYTES * 6 + 4) + 256)
+/* Queued records are written once they reach this many bytes. */
+#define RECORD_FLUSH_BYTES (64 * 1024)
+/* Maximum wait of a queued record while execs keep coming, in milliseconds. */
+#define RECORD_DELAY_MS 5
+/* Idle time after which the queued records are written, in milliseconds. */
+#define RECORD_IDLE_MS 1
 
 static volatile sig_atomic_t forwarded_signal = 0;
 static volatile sig_atomic_t stopping = 0;
@@ -241,6 +252,49 @@ static int write_all(int fd, const char *data, size_t length) {
   return 0;
 }
 
+/*
+ * With --queue, records wait in `queued` and are written in batches (see the main loop). Only a
+ * supervisor that nothing in the box can stop may queue. In the micro-VM's guest, root can kill
+ * the supervisor, so there it writes each record before the exec goes on.
+ */
+static int queue_records = 0;
+/* Records not yet written to CHANNEL_FD. Its size leaves room for a line of MAX_LINE_BYTES after RECORD_FLUSH_BYTES. */
+static char *queued = NULL;
+static size_t queued_bytes = 0;
+static struct timespec queued_since;
+
+/* Returns the wall-clock time in milliseconds since the epoch, which each record carries as timeMs. */
+static long long realtime_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static long elapsed_ms(const struct timespec *since) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+/* Writes the queued records; returns -1, with errno set, when ringfence no longer takes them. */
+static int flush_records(void) {
+  if (queued_bytes == 0) return 0;
+  size_t length = queued_bytes;
+  queued_bytes = 0;
+  return write_all(CHANNEL_FD, queued, length);
+}
+
+/*
+ * Queues one record line. Without --queue, or once the queue is large, it writes the queue and
+ * returns -1 when that write fails.
+ */
+static int queue_record(const char *line, size_t length) {
+  if (queued_bytes == 0) clock_gettime(CLOCK_MONOTONIC, &queued_since);
+  memcpy(queued + queued_bytes, line, length);
+  queued_bytes += length;
+  return !queue_records || queued_bytes >= RECORD_FLUSH_BYTES ? flush_records() : 0;
+}
+
 /* Returns the last number of a /proc status line such as "NSpid:\t4021\t7" (the innermost namespace's). */
 static long last_number(const char *cursor) {
   long value = 0;
@@ -350,10 +404,10 @@ static int resolve_pending(char *line, pid_t next_caller, int tick) {
       ssize_t length = readlink(path, target, sizeof(target));
       if (length > 0) {
         char *out = line;
-        out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"executed\",\"exe\":\"", entry.tgid, entry.box_pid);
+        out += sprintf(out, "{\"timeMs\":%lld,\"hostPid\":%d,\"pid\":%ld,\"call\":\"executed\",\"exe\":\"", realtime_ms(), entry.tgid, entry.box_pid);
         out = append_escaped(out, target, (size_t)length);
         out += sprintf(out, "\"}\n");
-        if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) return -1;
+        if (queue_record(line, (size_t)(out - line)) != 0) return -1;
       }
       done = 1;
     }
@@ -385,7 +439,7 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
 
   char *out = line;
   pid_t caller_process = caller.tgid > 0 ? caller.tgid : (pid_t)request->pid;
-  out += sprintf(out, "{\"hostPid\":%d,\"pid\":%ld,\"call\":\"%s\"", caller_process, caller.box_pid, is_execveat ? "execveat" : "execve");
+  out += sprintf(out, "{\"timeMs\":%lld,\"hostPid\":%d,\"pid\":%ld,\"call\":\"%s\"", realtime_ms(), caller_process, caller.box_pid, is_execveat ? "execveat" : "execve");
   if (caller_process != (pid_t)request->pid) out += sprintf(out, ",\"tid\":%ld", caller.box_tid);
   if (is_execveat) out += sprintf(out, ",\"dirfd\":%d", (int)request->data.args[0]);
 
@@ -435,7 +489,9 @@ static void handle(int listener, struct seccomp_notif *request, struct seccomp_n
   // Only a notification that is still live belongs to the process that was read; otherwise the
   // caller is gone and its PID may already name another process.
   if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &request->id) == 0) {
-    if (write_all(CHANNEL_FD, line, (size_t)(out - line)) != 0) {
+    // The record is written (with --queue, queued) before the call goes on. The main loop writes
+    // the queue later, so the command does not wait while ringfence reads it.
+    if (queue_record(line, (size_t)(out - line)) != 0) {
       // ringfence stopped reading: without a record the exec must not happen, so it is held
       // unanswered like every exec during a stop.
       fprintf(stderr, "ringfence: writing the exec audit record failed: %s; stopping the box\n", strerror(errno));
@@ -479,10 +535,16 @@ static int exit_like(int status) {
 static int supervise(int argc, char **argv) {
   // With --guard the child installs the filter itself and runs COMMAND, which saves the exec of
   // a separate guard where no bwrap runs between the two, as in the micro-VM's guest.
-  int guard_in_child = argc >= 4 && strcmp(argv[3], "--guard") == 0;
-  int command_index = guard_in_child ? 5 : 4;
+  int guard_in_child = 0;
+  int command_index = 3;
+  for (; command_index < argc && strcmp(argv[command_index], "--") != 0; command_index++) {
+    if (strcmp(argv[command_index], "--guard") == 0) guard_in_child = 1;
+    else if (strcmp(argv[command_index], "--queue") == 0) queue_records = 1;
+    else break;
+  }
+  command_index += 1;
   if (argc < command_index + 1 || strcmp(argv[command_index - 1], "--") != 0) {
-    fprintf(stderr, "ringfence-exec-audit: usage: supervise PARENT_PID [--guard] -- COMMAND [ARG...]\n");
+    fprintf(stderr, "ringfence-exec-audit: usage: supervise PARENT_PID [--guard] [--queue] -- COMMAND [ARG...]\n");
     return 125;
   }
   char **command = &argv[command_index];
@@ -554,7 +616,8 @@ static int supervise(int argc, char **argv) {
   struct seccomp_notif_resp *response = calloc(1, sizes.seccomp_notif_resp > sizeof(struct seccomp_notif_resp) ? sizes.seccomp_notif_resp : sizeof(struct seccomp_notif_resp));
   char *line = malloc(MAX_LINE_BYTES);
   char *scratch = malloc(MAX_PATH_BYTES > MAX_ARG_BYTES ? MAX_PATH_BYTES : MAX_ARG_BYTES);
-  if (request == NULL || response == NULL || line == NULL || scratch == NULL) {
+  queued = malloc(RECORD_FLUSH_BYTES + MAX_LINE_BYTES);
+  if (request == NULL || response == NULL || line == NULL || scratch == NULL || queued == NULL) {
     kill(child_pid, SIGKILL);
     return 125;
   }
@@ -566,9 +629,17 @@ static int supervise(int argc, char **argv) {
     struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
     int timeout_ms = child_fd >= 0 ? -1 : 100;
     if (pending_count > 0) timeout_ms = pending[pending_count - 1].ticks < FAST_TICKS ? 1 : PENDING_TICK_MS;
+    if (queued_bytes > 0 && (timeout_ms < 0 || timeout_ms > RECORD_IDLE_MS)) timeout_ms = RECORD_IDLE_MS;
     int ready = poll(fds, listener >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
     if (pending_count > 0 && !stopping && resolve_pending(line, 0, ready == 0) != 0) {
+      stopping = 1;
+      kill(child_pid, SIGKILL);
+    }
+    // The queue is written after an idle wait, or once its first record has waited
+    // RECORD_DELAY_MS while execs kept coming.
+    if (queued_bytes > 0 && !stopping && (ready == 0 || elapsed_ms(&queued_since) >= RECORD_DELAY_MS) && flush_records() != 0) {
+      fprintf(stderr, "ringfence: writing the exec audit records failed: %s; stopping the box\n", strerror(errno));
       stopping = 1;
       kill(child_pid, SIGKILL);
     }
@@ -592,6 +663,8 @@ static int supervise(int argc, char **argv) {
     kill(child_pid, SIGKILL);
     waitpid(child_pid, &status, 0);
   }
+  // The execs of the queued records went on, so the records are written during a stop too.
+  if (flush_records() != 0 && !stopping) fprintf(stderr, "ringfence: writing the exec audit records failed: %s\n", strerror(errno));
 
   // Closing the listener would fail the held execs with ENOSYS, so after a stop it stays open
   // until every process under the filter is gone (POLLHUP). bwrap's death ends the box's PID
@@ -617,6 +690,6 @@ static int supervise(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "guard") == 0) return guard(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "supervise") == 0) return supervise(argc, argv);
-  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise PARENT_PID [--guard] -- COMMAND...\n");
+  fprintf(stderr, "ringfence-exec-audit: usage: guard FD -- COMMAND... | supervise PARENT_PID [--guard] [--queue] -- COMMAND...\n");
   return 125;
 }

@@ -55,11 +55,25 @@ export interface ExecRecord {
   unreadable?: boolean;
 }
 
+/** One line from the supervisor: the record, and the host's wall-clock time of the exec. */
+export interface ExecRecordLine {
+  record: ExecRecord;
+  /**
+   * Time the supervisor let the exec go on (for `executed`: saw the new file), in milliseconds
+   * since the epoch, or null when the line has no valid time. The supervisor writes records in
+   * batches, so the audit log uses this time and not the time the line arrived.
+   */
+  timeMs: number | null;
+}
+
+/** Latest accepted timeMs: the year 9999, beyond which an ISO time has no four-digit year. */
+const MAX_TIME_MS = 253_402_300_799_999;
+
 /**
  * Parses one line from the supervisor. Returns null for a line that is not a record, which
  * would be a bug in the helper, never input from the box: the helper escapes everything it reads.
  */
-export function parseExecRecord(line: string): ExecRecord | null {
+export function parseExecRecord(line: string): ExecRecordLine | null {
   let value: unknown;
   try {
     value = JSON.parse(line);
@@ -79,7 +93,8 @@ export function parseExecRecord(line: string): ExecRecord | null {
   if (raw.missing === true) record.missing = true;
   if (raw.truncated === true) record.truncated = true;
   if (raw.unreadable === true) record.unreadable = true;
-  return record;
+  const timeMs = Number.isSafeInteger(raw.timeMs) && (raw.timeMs as number) > 0 && (raw.timeMs as number) <= MAX_TIME_MS ? (raw.timeMs as number) : null;
+  return { record, timeMs };
 }
 
 /** Candidate locations of exec-audit.c: beside this module (tsx, tsc output) and in the source tree. */

@@ -266,7 +266,8 @@ export class NamespaceBackend implements SandboxBackend {
         const prefix = ["/bin/sh", "-c", BOX_SHELL_SCRIPT, "ringfence-box", ...(cgroups?.procsFiles() ?? []), "--", join(request.runDir, BWRAP_ARGS_FILE)];
         if (limits.rlimits.length > 0) prefix.push("prlimit", ...limits.rlimits, "--");
         const boxArgv = [...prefix, "bwrap", "--args", String(BWRAP_ARGS_FD), "--", ...commandArgv];
-        const argv = execHelper === null ? boxArgv : [execHelper, "supervise", String(process.pid), "--", ...boxArgv];
+        // The supervisor runs on the host, out of the box's reach, so it may queue its records.
+        const argv = execHelper === null ? boxArgv : [execHelper, "supervise", String(process.pid), "--queue", "--", ...boxArgv];
         launched = launchBox(argv, env, seccompPath, { execRecords: execHelper !== null, agent: request.execAgent !== undefined && request.execAgent !== null, argsPath: join(request.runDir, BWRAP_ARGS_FILE) });
       } catch (cause) {
         await cgroups?.remove();
@@ -382,7 +383,7 @@ export class NamespaceBackend implements SandboxBackend {
                     const failures = groups.events().processLimitHits;
                     return failures >= RUNAWAY_FORK_FAILURES ? `the box kept forking at its process limit (${policy.resources.processes}): ${failures} forks failed, which looks like a fork bomb` : null;
                   };
-            const execLines = execHelper === null ? null : (record: ExecRecord) => onExec?.(record);
+            const execLines = execHelper === null ? null : (record: ExecRecord, time?: Date) => onExec?.(record, time);
             const exit = await runChild(launched, bwrapOptions, timeoutMs, checkLimits, stop, execLines, agent);
             exit.warnings.push(...staleWarnings, ...limitWarnings, ...execWarnings);
             const limitMessage = groups === null ? null : describeLimitEvents(groups.events(), policy.resources);
@@ -525,7 +526,7 @@ function runChild(
   timeoutMs: number | null,
   checkLimits: (() => string | null) | null,
   stop?: AbortSignal,
-  onExec: ((record: ExecRecord) => void) | null = null,
+  onExec: ((record: ExecRecord, time?: Date) => void) | null = null,
   agent?: AgentConnection,
 ): Promise<{ status: number; stoppedBy: string | null; warnings: string[] }> {
   // Throws before any process of the box runs when the options cannot be written.
@@ -549,9 +550,10 @@ function runChild(
         pending += chunk;
         let newline = pending.indexOf("\n");
         while (newline >= 0) {
-          const record = parseExecRecord(pending.slice(0, newline));
-          if (record === null) malformed += 1;
-          else onExec(record);
+          const parsed = parseExecRecord(pending.slice(0, newline));
+          if (parsed === null) malformed += 1;
+          else if (parsed.timeMs === null) onExec(parsed.record);
+          else onExec(parsed.record, new Date(parsed.timeMs));
           pending = pending.slice(newline + 1);
           newline = pending.indexOf("\n");
         }

@@ -211,10 +211,10 @@ export class RunSession {
 
   /**
    * Appends one audit record and passes it to the session's listener. The audit log keeps
-   * `fields` until it writes the record, so the caller must not change them afterwards.
+   * `fields` until it writes the record, so the caller must not change them afterwards. `time`
+   * is when the event happened, when that was before now (an exec the supervisor reports late).
    */
-  record(type: string, fields: Record<string, unknown> = {}): void {
-    const time = new Date();
+  record(type: string, fields: Record<string, unknown> = {}, time: Date = new Date()): void {
     this.#audit.append(type, fields, time);
     const listener = this.#options.onAuditRecord;
     if (listener === undefined) return;

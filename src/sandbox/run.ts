@@ -120,7 +120,7 @@ export async function runSandbox(options: RunSandboxOptions): Promise<RunSandbox
       throw cause;
     }
     const stop = options.stop === undefined ? session.stopSignal : AbortSignal.any([session.stopSignal, options.stop]);
-    const exit = await box.run({ timeoutMs: session.policy.resources.timeoutMs, stop, onExec: (record) => session.record("exec", { ...record }) });
+    const exit = await box.run({ timeoutMs: session.policy.resources.timeoutMs, stop, onExec: (record, time) => session.record("exec", { ...record }, time) });
     const status = session.finish(exit);
     return { runId, runDir, status, blocked: session.blocked.total, description: [] };
   } catch (cause) {

@@ -194,7 +194,7 @@ export class Sandbox implements AsyncDisposable {
       exited = box.run({
         timeoutMs: policy.resources.timeoutMs,
         stop: AbortSignal.any([session.stopSignal, stop.signal]),
-        onExec: (record) => session.record("exec", { ...record }),
+        onExec: (record, time) => session.record("exec", { ...record }, time),
         agent: {
           onStream: (stream, client) => deliverClient(client ?? new ExecClient(stream)),
           onDiagnostic: (line) => {

@@ -4,16 +4,16 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { parseExecRecord } from "../../src/sandbox/exec-audit.js";
-import { makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
+import { makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 describe("parseExecRecord", () => {
   test("full execve record", () => {
-    const record = parseExecRecord('{"hostPid":812,"pid":5,"call":"execve","path":"/bin/true","argv":["/bin/true","a b","x\\u0009y"]}');
-    assert.deepEqual(record, { pid: 5, hostPid: 812, call: "execve", path: "/bin/true", argv: ["/bin/true", "a b", "x\ty"] });
+    const parsed = parseExecRecord('{"timeMs":1764950400123,"hostPid":812,"pid":5,"call":"execve","path":"/bin/true","argv":["/bin/true","a b","x\\u0009y"]}');
+    assert.deepEqual(parsed, { record: { pid: 5, hostPid: 812, call: "execve", path: "/bin/true", argv: ["/bin/true", "a b", "x\ty"] }, timeMs: 1764950400123 });
   });
 
   test("execveat with flags", () => {
-    const record = parseExecRecord('{"hostPid":9,"pid":3,"call":"execveat","dirfd":7,"path":"","argv":[],"missing":true,"truncated":true}');
+    const record = parseExecRecord('{"hostPid":9,"pid":3,"call":"execveat","dirfd":7,"path":"","argv":[],"missing":true,"truncated":true}')?.record;
     assert.equal(record?.dirfd, 7);
     assert.equal(record?.missing, true);
     assert.equal(record?.truncated, true);
@@ -21,15 +21,15 @@ describe("parseExecRecord", () => {
   });
 
   test("unreadable caller", () => {
-    const record = parseExecRecord('{"hostPid":9,"pid":0,"call":"execve","unreadable":true}');
+    const record = parseExecRecord('{"hostPid":9,"pid":0,"call":"execve","unreadable":true}')?.record;
     assert.equal(record?.path, null);
     assert.deepEqual(record?.argv, []);
     assert.equal(record?.unreadable, true);
   });
 
   test("executed record", () => {
-    const record = parseExecRecord('{"hostPid":9,"pid":3,"call":"executed","exe":"/usr/bin/sleep"}');
-    assert.deepEqual(record, { pid: 3, hostPid: 9, call: "executed", path: null, argv: [], exe: "/usr/bin/sleep" });
+    const parsed = parseExecRecord('{"hostPid":9,"pid":3,"call":"executed","exe":"/usr/bin/sleep"}');
+    assert.deepEqual(parsed, { record: { pid: 3, hostPid: 9, call: "executed", path: null, argv: [], exe: "/usr/bin/sleep" }, timeMs: null });
   });
 
   const invalid: [string, string][] = [
@@ -44,12 +44,34 @@ describe("parseExecRecord", () => {
   }
 
   test("thread ID kept", () => {
-    assert.equal(parseExecRecord('{"hostPid":9,"pid":3,"tid":5,"call":"execve","path":"/bin/true","argv":[]}')?.tid, 5);
+    assert.equal(parseExecRecord('{"hostPid":9,"pid":3,"tid":5,"call":"execve","path":"/bin/true","argv":[]}')?.record.tid, 5);
   });
 
   test("non-string arguments dropped", () => {
-    assert.deepEqual(parseExecRecord('{"hostPid":1,"pid":1,"call":"execve","argv":["a",2,"b"]}')?.argv, ["a", "b"]);
+    assert.deepEqual(parseExecRecord('{"hostPid":1,"pid":1,"call":"execve","argv":["a",2,"b"]}')?.record.argv, ["a", "b"]);
   });
+
+  // The time is the supervisor's; a value that is not a plausible epoch time in milliseconds
+  // leaves the record without one, so ringfence logs the time the line arrived.
+  const times: [string, string, number | null][] = [
+    ["a whole number of milliseconds", "1764950400123", 1764950400123],
+    ["the last millisecond of the year 9999", "253402300799999", 253402300799999],
+    ["zero", "0", null],
+    ["a negative number", "-5", null],
+    ["a fraction", "1764950400123.5", null],
+    ["a string", '"1764950400123"', null],
+    ["null", "null", null],
+    ["after the year 9999", "253402300800000", null],
+    ["beyond exact integers", "1e300", null],
+  ];
+  for (const [name, value, expected] of times) {
+    test(`timeMs as ${name}`, () => {
+      const parsed = parseExecRecord(`{"timeMs":${value},"hostPid":9,"pid":3,"call":"execve","path":"/bin/true","argv":[]}`);
+      assert.equal(parsed?.timeMs, expected);
+      assert.equal(parsed?.record.path, "/bin/true");
+      assert.equal("timeMs" in (parsed?.record ?? {}), false);
+    });
+  }
 });
 
 describe("executed records with real runs", () => {
@@ -76,6 +98,40 @@ describe("executed records with real runs", () => {
     assert.ok(call !== undefined, JSON.stringify(records));
     const executed = records.find((record) => record.call === "executed" && record.hostPid === call.hostPid);
     assert.equal(executed?.exe, "/usr/bin/sleep", JSON.stringify(records));
+  });
+
+  test("exec record carries the time of the exec, not of its arrival", async () => {
+    // date prints the time it started, after the supervisor let its exec go on, and the
+    // supervisor writes records in batches after the exec. So an exec record stamped with its
+    // arrival would often be later than the time date printed.
+    const workspace = makeWorkspace(me);
+    const run = await runBox(me, workspace, [], ["sh", "-c", "for i in 1 2 3 4 5; do /usr/bin/date +%s%3N; done"]);
+    assert.equal(run.status, 0, show(run));
+    const printed = run.stdout.trim().split("\n").map(Number);
+    const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1] as string;
+    const dates = readFileSync(join(runDir, "audit.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line))
+      .filter((record) => record.type === "exec" && record.call === "execve" && record.path === "/usr/bin/date");
+    assert.equal(dates.length, 5, JSON.stringify(dates));
+    dates.forEach((record, index) => assert.ok(Date.parse(record.time) <= (printed[index] as number), `exec of date ${index} logged at ${record.time}, after date printed ${new Date(printed[index] as number).toISOString()}`));
+  });
+
+  test("records queued when the box is stopped are written", async () => {
+    // An exec loop keeps the supervisor's queue full until the timeout stops the box. The loop
+    // notes each exec that returned, so the log must hold at least that many records of it.
+    const workspace = makeWorkspace(me);
+    const policy = join(makeWorkspace(me), "policy.yaml");
+    writeOwned(me, policy, "version: 1\nresources:\n  timeout: 2s\n");
+    const run = await runBox(me, workspace, ["--policy", policy], ["sh", "-c", "i=0; while :; do /bin/true; i=$((i+1)); echo $i >> done.count; done"]);
+    assert.equal(run.status, 137, show(run));
+    // The stop can cut the last line short, so only whole lines count.
+    const lines = readFileSync(join(workspace, "done.count"), "utf8").split("\n").slice(0, -1);
+    const finished = lines.length === 0 ? 0 : Number(lines[lines.length - 1]);
+    assert.ok(finished > 0, show(run));
+    const recorded = execRecords(run.stderr).filter((record) => record.call === "execve" && record.path === "/bin/true").length;
+    assert.ok(recorded >= finished, `${finished} execs of /bin/true returned, ${recorded} were recorded`);
   });
 
   test("exec from second thread", async () => {
