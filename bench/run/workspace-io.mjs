@@ -1,8 +1,12 @@
 // Times workspace I/O inside a ringfence box against the host.
 //   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS [TIMED_PER_SESSION]
 //
-// Each round opens one session on the host (a bash) and one in a fresh box (`ringfence run --
-// bash`), in alternating order, so slow drift of the disk or the machine hits both sides alike.
+// Each round opens one session on the host (a bash), one in a fresh box (`ringfence run --
+// bash`) and, where bwrap is installed, one in a bare bwrap. The order rotates, so slow drift of
+// the disk or the machine hits every side alike. The bare bwrap has the box's namespaces, the
+// system directories, /proc, /dev, a private /tmp and the workspace, and none of ringfence's
+// parts (seccomp filter, cgroups, exec audit, forwarder), so it shows what a namespace sandbox
+// by itself costs on the machine.
 // A session runs the workload once untimed and then TIMED_PER_SESSION times, each timed by
 // bash's EPOCHREALTIME where it runs. The untimed run matters: a box's first command follows
 // ringfence's start-up, whose Node process has just filled the CPU caches with its own data,
@@ -109,10 +113,15 @@ const workloads = [
   },
 ];
 
+const bareBwrap = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try", "--die-with-parent"]
+  .concat(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"])
+  .concat(["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", workspace, workspace, "--chdir", workspace]);
 const sides = {
   host: (script) => ["bash", "-c", script],
   box: (script) => [ringfence, "run", "--", "bash", "-c", script],
+  bwrap: (script) => [...bareBwrap, "bash", "-c", script],
 };
+const sideNames = spawnSync("bwrap", ["--version"]).status === 0 ? ["host", "box", "bwrap"] : ["host", "box"];
 
 /**
  * Runs one session and returns the nanoseconds of each of its runs, the untimed one first. The
@@ -139,14 +148,14 @@ function median(values) {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | first run of a session: host, box (ms) | rounds x timed runs |`);
-console.log(`|---|---|---|---|---|---|`);
+console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | bare bwrap median (ms) | bare bwrap speed / host speed | first run of a session: host, box (ms) | rounds x timed runs |`);
+console.log(`|---|---|---|---|---|---|---|---|`);
 try {
   for (const [index, workload] of workloads.entries()) {
-    const timed = { host: [], box: [] };
-    const first = { host: [], box: [] };
+    const timed = { host: [], box: [], bwrap: [] };
+    const first = { host: [], box: [], bwrap: [] };
     for (let round = 0; round < rounds; round += 1) {
-      const order = round % 2 === 0 ? ["host", "box"] : ["box", "host"];
+      const order = sideNames.map((_, position) => sideNames[(position + round) % sideNames.length]);
       for (const side of order) {
         await throwIfStopped();
         workload.prepare();
@@ -164,8 +173,10 @@ try {
     }
     const hostMs = median(timed.host) / 1e6;
     const boxMs = median(timed.box) / 1e6;
+    const bwrapMs = timed.bwrap.length === 0 ? null : median(timed.bwrap) / 1e6;
+    const bwrapColumns = bwrapMs === null ? "not installed | not installed" : `${bwrapMs.toFixed(1)} | ${(hostMs / bwrapMs).toFixed(2)}`;
     const firstRuns = `${(median(first.host) / 1e6).toFixed(1)}, ${(median(first.box) / 1e6).toFixed(1)}`;
-    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${firstRuns} | ${rounds} x ${timedPerSession} |`);
+    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${bwrapColumns} | ${firstRuns} | ${rounds} x ${timedPerSession} |`);
   }
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);
