@@ -100,7 +100,7 @@ for (let i = 0; i < 5000; i += 1) {
 git -C "$ws" add -A && git -C "$ws" -c user.email=bench@example.invalid -c user.name=bench commit -qm tree
 tar -C "$ws" -cf "$ws/tree.tar" src
 printf 'tree.tar\nout/\n' >> "$ws/.git/info/exclude"
-node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}" "${TIMED_PER_SESSION:-3}"
+node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}" "${TIMED_PER_SESSION:-3}" "${WARMUP_PER_SESSION:-10}"
 
 echo
 echo "## throughput: 256 MiB from a loopback HTTP server"

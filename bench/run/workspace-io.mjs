@@ -1,5 +1,5 @@
 // Times workspace I/O inside a ringfence box against the host.
-//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS [TIMED_PER_SESSION]
+//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS [TIMED_PER_SESSION] [WARMUP_PER_SESSION]
 //
 // Each round opens one session on the host (a bash), one in a fresh box (`ringfence run --
 // bash`) and, where bwrap is installed, one in a bare bwrap. The order rotates, so slow drift of
@@ -7,11 +7,14 @@
 // system directories, /proc, /dev, a private /tmp and the workspace, and none of ringfence's
 // parts (seccomp filter, cgroups, exec audit, forwarder), so it shows what a namespace sandbox
 // by itself costs on the machine.
-// A session runs the workload once untimed and then TIMED_PER_SESSION times, each timed by
-// bash's EPOCHREALTIME where it runs. The untimed run matters: a box's first command follows
-// ringfence's start-up, whose Node process has just filled the CPU caches with its own data,
-// while the host's first command follows a small bash. Start-up is measured by its own
-// benchmark; this one compares the I/O. The table also shows the first runs alone.
+// A session runs the workload WARMUP_PER_SESSION times untimed (10 unless given) and then
+// TIMED_PER_SESSION times, each timed by bash's EPOCHREALTIME where it runs. The untimed runs
+// matter: on the benchmark machine (2 x Intel Xeon, Linux 6.18), the first `git status` on
+// 5,000 files after a Node process had started and exited took about 1.5 times as long as in a
+// steady state, and the runs took about ten to get back, on the host as well. `cat /usr/bin/*`
+// had the same effect. A box's first commands always follow ringfence's start-up, so without these runs the
+// table would measure that start-up's effect on the machine, which the start-up benchmark
+// covers, instead of the box's I/O. The table also shows the first run of a session alone.
 //
 // Unpacking writes into `out` in the workspace. As root, each session gets a new ext4 file
 // system (mkfs.ext4's defaults, so with a journal) mounted there from an image file, so every
@@ -28,16 +31,17 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [ringfence, workspace, roundsText, timedText] = process.argv.slice(2);
+const [ringfence, workspace, roundsText, timedText, warmupText] = process.argv.slice(2);
 if (ringfence === undefined || workspace === undefined) {
-  console.error("usage: node bench/run/workspace-io.mjs RINGFENCE WORKSPACE [ROUNDS] [TIMED_PER_SESSION]");
+  console.error("usage: node bench/run/workspace-io.mjs RINGFENCE WORKSPACE [ROUNDS] [TIMED_PER_SESSION] [WARMUP_PER_SESSION]");
   process.exit(2);
 }
 const rounds = Number(roundsText ?? "9");
 const timedPerSession = Number(timedText ?? "3");
-for (const [name, value] of [["ROUNDS", rounds], ["TIMED_PER_SESSION", timedPerSession]]) {
-  if (!Number.isInteger(value) || value < 1) {
-    console.error(`workspace-io: ${name} must be a whole number of at least 1, got ${value}`);
+const warmupPerSession = Number(warmupText ?? "10");
+for (const [name, value, least] of [["ROUNDS", rounds, 1], ["TIMED_PER_SESSION", timedPerSession, 1], ["WARMUP_PER_SESSION", warmupPerSession, 1]]) {
+  if (!Number.isInteger(value) || value < least) {
+    console.error(`workspace-io: ${name} must be a whole number of at least ${least}, got ${value}`);
     process.exit(2);
   }
 }
@@ -96,7 +100,7 @@ function freshOut() {
   rmSync(image, { force: true });
   // Each run of a session unpacks 5,050 entries of 4 KiB blocks; mkfs's defaults give too few
   // inodes for more than about five runs.
-  const runs = timedPerSession + 1;
+  const runs = warmupPerSession + timedPerSession;
   execFileSync("truncate", ["-s", `${Math.max(512, runs * 40)}M`, image]);
   execFileSync("mkfs.ext4", ["-q", "-F", "-N", String(runs * 6000 + 1000), image]);
   mkdirSync(out, { recursive: true });
@@ -124,18 +128,19 @@ const sides = {
 const sideNames = spawnSync("bwrap", ["--version"]).status === 0 ? ["host", "box", "bwrap"] : ["host", "box"];
 
 /**
- * Runs one session and returns the nanoseconds of each of its runs, the untimed one first. The
+ * Runs one session and returns the nanoseconds of each of its runs, the untimed ones first. The
  * session prints one line per run; a run that fails ends the session with its error.
  */
 function session(side, label, script) {
-  const loop = `set -e; for i in $(seq 0 ${timedPerSession}); do run=${label}-$i; start=$EPOCHREALTIME; ${script}; end=$EPOCHREALTIME; echo "ELAPSED $start $end"; done`;
+  const runs = warmupPerSession + timedPerSession;
+  const loop = `set -e; for i in $(seq 1 ${runs}); do run=${label}-$i; start=$EPOCHREALTIME; ${script}; end=$EPOCHREALTIME; echo "ELAPSED $start $end"; done`;
   const [command, ...args] = sides[side](loop);
   const result = spawnSync(command, args, { cwd: workspace, encoding: "utf8" });
   const times = [...result.stdout.matchAll(/ELAPSED (\d+)\.(\d{6}) (\d+)\.(\d{6})/g)].map((match) => {
     const [startSeconds, startMicros, endSeconds, endMicros] = match.slice(1).map(Number);
     return ((endSeconds - startSeconds) * 1e6 + (endMicros - startMicros)) * 1e3;
   });
-  if (result.status !== 0 || times.length !== timedPerSession + 1) {
+  if (result.status !== 0 || times.length !== runs) {
     const errors = result.stderr.trim().split("\n");
     const firstLines = errors.slice(0, 5).join("\n") + (errors.length > 5 ? `\n(${errors.length - 5} more lines)` : "");
     throw new Error(`workload failed on the ${side} (status ${result.status}):\n${firstLines}`);
@@ -148,7 +153,7 @@ function median(values) {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | bare bwrap median (ms) | bare bwrap speed / host speed | first run of a session: host, box (ms) | rounds x timed runs |`);
+console.log(`| workload | host median (ms) | in box median (ms) | box speed / host speed | bare bwrap median (ms) | bare bwrap speed / host speed | first run of a session: host, box (ms) | rounds x (untimed + timed runs) |`);
 console.log(`|---|---|---|---|---|---|---|---|`);
 try {
   for (const [index, workload] of workloads.entries()) {
@@ -166,9 +171,8 @@ try {
           // A session that a stop signal ended fails, and the signal is the error to report.
           await throwIfStopped();
         }
-        const [untimed, ...rest] = times;
-        first[side].push(untimed);
-        timed[side].push(...rest);
+        first[side].push(times[0]);
+        timed[side].push(...times.slice(warmupPerSession));
       }
     }
     const hostMs = median(timed.host) / 1e6;
@@ -176,7 +180,7 @@ try {
     const bwrapMs = timed.bwrap.length === 0 ? null : median(timed.bwrap) / 1e6;
     const bwrapColumns = bwrapMs === null ? "not installed | not installed" : `${bwrapMs.toFixed(1)} | ${(hostMs / bwrapMs).toFixed(2)}`;
     const firstRuns = `${(median(first.host) / 1e6).toFixed(1)}, ${(median(first.box) / 1e6).toFixed(1)}`;
-    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${bwrapColumns} | ${firstRuns} | ${rounds} x ${timedPerSession} |`);
+    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${bwrapColumns} | ${firstRuns} | ${rounds} x (${warmupPerSession} + ${timedPerSession}) |`);
   }
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);
