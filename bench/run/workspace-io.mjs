@@ -4,17 +4,19 @@
 // Each round opens one session on the host (a bash), one in a fresh box (`ringfence run --
 // bash`) and, where bwrap is installed, one in a bare bwrap. The order rotates, so slow drift of
 // the disk or the machine hits every side alike. The bare bwrap has the box's namespaces, the
-// system directories, /proc, /dev, a private /tmp and the workspace, and none of ringfence's
+// system directories, /proc, /dev, a private /tmp and the workspace. It has none of ringfence's
 // parts (seccomp filter, cgroups, exec audit, forwarder), so it shows what a namespace sandbox
 // by itself costs on the machine.
+//
 // A session runs the workload WARMUP_PER_SESSION times untimed (10 unless given) and then
 // TIMED_PER_SESSION times, each timed by bash's EPOCHREALTIME where it runs. The untimed runs
 // matter: on the benchmark machine (2 x Intel Xeon, Linux 6.18), the first `git status` on
 // 5,000 files after a Node process had started and exited took about 1.5 times as long as in a
 // steady state, and the runs took about ten to get back, on the host as well. `cat /usr/bin/*`
-// had the same effect. A box's first commands always follow ringfence's start-up, so without these runs the
-// table would measure that start-up's effect on the machine, which the start-up benchmark
-// covers, instead of the box's I/O. The table also shows the first run of a session alone.
+// had the same effect. A box's first commands always follow ringfence's start-up. Without
+// these runs the table would measure that start-up's effect on the machine, which the start-up
+// benchmark covers, instead of the box's I/O. The table also shows the first run of a session
+// alone.
 //
 // Unpacking writes into `out` in the workspace. As root, each session gets a new ext4 file
 // system (mkfs.ext4's defaults, so with a journal) mounted there from an image file, so every
