@@ -573,6 +573,10 @@ static int supervise(int argc, char **argv) {
   // Ctrl-C and Ctrl-\ reach the whole foreground process group; the box decides what they do.
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
+  // A record write to a pipe ringfence no longer reads must fail with EPIPE, which stops the
+  // box and leaves its execs unanswered. SIGPIPE would end the supervisor, and the kernel
+  // would then fail those execs with ENOSYS while the box is still being torn down.
+  signal(SIGPIPE, SIG_IGN);
   struct sigaction forward = {0};
   forward.sa_handler = forward_signal;
   sigaction(SIGTERM, &forward, NULL);
@@ -593,6 +597,7 @@ static int supervise(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
     // The socket replaces the record pipe at CHANNEL_FD, so the command cannot write records.
     if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
     if (guard_in_child) _exit(guard_and_exec(CHANNEL_FD, command));

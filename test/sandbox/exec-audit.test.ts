@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
-import { parseExecRecord } from "../../src/sandbox/exec-audit.js";
+import type { Readable } from "node:stream";
+import { parseExecRecord, prepareExecAudit } from "../../src/sandbox/exec-audit.js";
 import { makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 describe("parseExecRecord", () => {
@@ -213,5 +215,45 @@ describe("executed records with real runs", () => {
       const last = executed[executed.length - 1] as string;
       assert.ok(last === "/usr/bin/sleep" || last === `${workspace}/evil`, `process ${pid} ran ${last}`);
     }
+  });
+});
+
+describe("supervisor with a closed record pipe", () => {
+  // The supervisor runs its command under the filter itself (--guard), so no bwrap is needed.
+  function startSupervisor(command: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } {
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--guard", "--queue", "--", ...command], { stdio: ["ignore", "pipe", "pipe", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => (stderr += text));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+    return { child, stderr: () => stderr, exited };
+  }
+
+  test("failed write stops the box, not the supervisor", async () => {
+    // ringfence's end of the record pipe is gone before the first record is written, as after
+    // ringfence was killed. The write must fail with EPIPE and stop the box, which leaves the
+    // box's execs unanswered until its processes are gone. SIGPIPE would end the supervisor,
+    // and the kernel would then fail those execs with ENOSYS.
+    const { child, stderr, exited } = startSupervisor(["/bin/sh", "-c", "while :; do /bin/true; done"]);
+    (child.stdio[4] as Readable).destroy();
+    const { signal } = await exited;
+    assert.notEqual(signal, "SIGPIPE", stderr());
+    assert.match(stderr(), /writing the exec audit records? failed: Broken pipe; stopping the box/);
+  });
+
+  test("command starts with SIGPIPE at its default", async () => {
+    // SIGPIPE is signal 13, bit 12 of the SigIgn mask.
+    const { child, exited } = startSupervisor(["/bin/cat", "/proc/self/status"]);
+    let status = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (text: string) => (status += text));
+    (child.stdio[4] as Readable).resume();
+    const { code } = await exited;
+    assert.equal(code, 0, status);
+    const ignored = /^SigIgn:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+    assert.ok(ignored !== undefined, status);
+    assert.equal(BigInt(`0x${ignored}`) & (1n << 12n), 0n, `SigIgn ${ignored}`);
   });
 });
