@@ -674,7 +674,11 @@ static int supervise(int argc, char **argv) {
   // Closing the listener would fail the held execs with ENOSYS, so after a stop it stays open
   // until every process under the filter is gone (POLLHUP). bwrap's death ends the box's PID
   // namespace, so this takes as long as the kernel needs to kill and reap those processes.
-  if (stopping && listener >= 0) {
+  // Without --guard the command is bwrap, and its end by any cause (a forwarded SIGTERM, the
+  // box's own exit) leaves the box's processes running for that time too, so their execs stay
+  // unanswered as in a stop. With --guard, as in the micro-VM's guest, the command's background
+  // processes may outlive it, and only a stop holds their execs.
+  if ((stopping || !guard_in_child) && listener >= 0) {
     int waited_ms = 0;
     while (waited_ms < STOP_DRAIN_MS) {
       struct pollfd drain = {.fd = listener, .events = POLLIN};

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { parseExecRecord, prepareExecAudit } from "../../src/sandbox/exec-audit.js";
+import { descendantsOf, killProcessTree, readParentTable } from "../../src/sandbox/process-tree.js";
 import { makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 describe("parseExecRecord", () => {
@@ -255,5 +256,49 @@ describe("supervisor with a closed record pipe", () => {
     const ignored = /^SigIgn:\s*([0-9a-f]+)$/m.exec(status)?.[1];
     assert.ok(ignored !== undefined, status);
     assert.equal(BigInt(`0x${ignored}`) & (1n << 12n), 0n, `SigIgn ${ignored}`);
+  });
+});
+
+describe("supervisor after its command exits", () => {
+  /** Returns whether the process is blocked in execve (syscall 59 on x86_64, 221 on aarch64). */
+  function inExec(pid: number): boolean {
+    try {
+      const call = readFileSync(`/proc/${pid}/syscall`, "utf8").split(" ")[0];
+      return call === (process.arch === "arm64" ? "221" : "59");
+    } catch {
+      return false;
+    }
+  }
+
+  test("leftover process exec stays unanswered", async () => {
+    // As with bwrap, the supervisor's command starts the guard, whose process runs under the
+    // filter. The command exits while that process lives on, which then calls exec. Until the
+    // last process under the filter is gone, that exec must stay unanswered. With the listener
+    // closed, the kernel would fail it with ENOSYS and the process would go on.
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const directory = mkdtempSync(join(tmpdir(), "ringfence-exec-left-"));
+    const pidFile = join(directory, "left.pid");
+    const statusFile = join(directory, "status");
+    const left = `echo $$ > ${pidFile}; while kill -0 "$1" 2>/dev/null; do :; done; /bin/true; echo $? > ${statusFile}`;
+    // The command exits once the left process runs the shell, so the guard's own exec is done.
+    const command = `${helper.path} guard 4 -- /bin/sh -c '${left}' left $$ & while [ ! -s ${pidFile} ]; do :; done; exit 0`;
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--queue", "--", "/bin/sh", "-c", command], { stdio: ["ignore", "ignore", "pipe", "ignore", "pipe"] });
+    (child.stdio[4] as Readable).resume();
+    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+
+    // Waits until the left shell's child is blocked in its exec, or that exec has returned.
+    let leftPid = 0;
+    const blocked = (): boolean => leftPid > 0 && descendantsOf(leftPid, readParentTable()).some(inExec);
+    while (!existsSync(statusFile) && !blocked()) {
+      if (leftPid === 0 && existsSync(pidFile)) leftPid = Number(readFileSync(pidFile, "utf8").trim()) || 0;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const returned = existsSync(statusFile) ? readFileSync(statusFile, "utf8").trim() : null;
+    if (leftPid > 0) killProcessTree(leftPid);
+    await exited;
+
+    assert.equal(returned, null, `the exec of the process left under the filter returned status ${returned}`);
+    assert.equal(existsSync(statusFile), false, "the exec returned after the process was killed");
   });
 });
