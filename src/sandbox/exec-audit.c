@@ -668,6 +668,9 @@ static int supervise(int argc, char **argv) {
     kill(child_pid, SIGKILL);
     waitpid(child_pid, &status, 0);
   }
+  // The child is reaped, so its PID may name another process. A stop or a forwarded signal
+  // during the wait below must not reach that process.
+  child_pid = -1;
   // The execs of the queued records went on, so the records are written during a stop too.
   if (flush_records() != 0 && !stopping) fprintf(stderr, "ringfence: writing the exec audit records failed: %s\n", strerror(errno));
 
