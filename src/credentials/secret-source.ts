@@ -17,6 +17,9 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
  * Time a `command` source's output may stay open after the command exits, in milliseconds. A
  * process the command left in the background may hold it open. After this wait ringfence kills
  * such processes (those that carry the command's marker variable in its process group).
+ * NOTE: a killed process may have been about to write the rest of the secret, and the secret is
+ * then taken cut short without an error. ringfence cannot distinguish such a writer from a
+ * helper that only keeps the output open.
  */
 const OUTPUT_OPEN_AFTER_EXIT_MS = 200;
 /**
@@ -118,7 +121,8 @@ async function readSecretFile(credential: Credential, path: string): Promise<str
 // The command stays in ringfence's process group, so it can still prompt on the terminal. A stop
 // or a timeout therefore kills it together with the processes it started, found through /proc
 // as its descendants and as the processes with its marker variable. The secret is what the
-// command wrote until its output closed, which is at most 1.2 s after the command exited.
+// command and its background processes wrote until the output closed, at most 1.2 s after the
+// command exited.
 function runSecretCommand(credential: Credential, argv: readonly string[], options: ResolveOptions): Promise<string> {
   const timeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
   const shown = JSON.stringify(argv.join(" "));

@@ -573,6 +573,10 @@ static int supervise(int argc, char **argv) {
   // Ctrl-C and Ctrl-\ reach the whole foreground process group; the box decides what they do.
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
+  // A record write to a pipe ringfence no longer reads must fail with EPIPE, which stops the
+  // box and leaves its execs unanswered. SIGPIPE would end the supervisor, and the kernel
+  // would then fail those execs with ENOSYS while the box is still being torn down.
+  signal(SIGPIPE, SIG_IGN);
   struct sigaction forward = {0};
   forward.sa_handler = forward_signal;
   sigaction(SIGTERM, &forward, NULL);
@@ -593,6 +597,7 @@ static int supervise(int argc, char **argv) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGUSR1, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
     // The socket replaces the record pipe at CHANNEL_FD, so the command cannot write records.
     if (dup2(pair[1], CHANNEL_FD) < 0) _exit(125);
     if (guard_in_child) _exit(guard_and_exec(CHANNEL_FD, command));
@@ -663,13 +668,20 @@ static int supervise(int argc, char **argv) {
     kill(child_pid, SIGKILL);
     waitpid(child_pid, &status, 0);
   }
+  // The child is reaped, so its PID may name another process. A stop or a forwarded signal
+  // during the wait below must not reach that process.
+  child_pid = -1;
   // The execs of the queued records went on, so the records are written during a stop too.
   if (flush_records() != 0 && !stopping) fprintf(stderr, "ringfence: writing the exec audit records failed: %s\n", strerror(errno));
 
   // Closing the listener would fail the held execs with ENOSYS, so after a stop it stays open
   // until every process under the filter is gone (POLLHUP). bwrap's death ends the box's PID
   // namespace, so this takes as long as the kernel needs to kill and reap those processes.
-  if (stopping && listener >= 0) {
+  // Without --guard the command is bwrap, and its end by any cause (a forwarded SIGTERM, the
+  // box's own exit) leaves the box's processes running for that time too, so their execs stay
+  // unanswered as in a stop. With --guard, as in the micro-VM's guest, the command's background
+  // processes may outlive it, and only a stop holds their execs.
+  if ((stopping || !guard_in_child) && listener >= 0) {
     int waited_ms = 0;
     while (waited_ms < STOP_DRAIN_MS) {
       struct pollfd drain = {.fd = listener, .events = POLLIN};

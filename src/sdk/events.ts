@@ -2,7 +2,11 @@
 export interface SandboxEvent {
   /** Record type: "network", "credential", "limit", "command.start", "command.end", "file", "run.end", ... */
   type: string;
-  /** ISO 8601 time the record was appended. */
+  /**
+   * ISO 8601 time of the record, as in audit.jsonl: when it was appended, or for an exec record
+   * the time of the exec, which the supervisor reports afterwards in a batch. Events come
+   * in the log's order, so their times can go backwards.
+   */
   time: string;
   runId: string;
   /** The record's fields, as in audit.jsonl. They are frozen, because the audit log serialises them up to 20 ms later. */

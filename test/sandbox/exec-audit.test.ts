@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
-import { parseExecRecord } from "../../src/sandbox/exec-audit.js";
+import type { Readable } from "node:stream";
+import { parseExecRecord, prepareExecAudit } from "../../src/sandbox/exec-audit.js";
+import { descendantsOf, killProcessTree, readParentTable } from "../../src/sandbox/process-tree.js";
 import { makeWorkspace, runBox, show, writeOwned, type BoxUser } from "./harness.js";
 
 describe("parseExecRecord", () => {
@@ -213,5 +216,89 @@ describe("executed records with real runs", () => {
       const last = executed[executed.length - 1] as string;
       assert.ok(last === "/usr/bin/sleep" || last === `${workspace}/evil`, `process ${pid} ran ${last}`);
     }
+  });
+});
+
+describe("supervisor with a closed record pipe", () => {
+  // The supervisor runs its command under the filter itself (--guard), so no bwrap is needed.
+  function startSupervisor(command: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } {
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--guard", "--queue", "--", ...command], { stdio: ["ignore", "pipe", "pipe", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => (stderr += text));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("close", (code, signal) => resolve({ code, signal })));
+    return { child, stderr: () => stderr, exited };
+  }
+
+  test("failed write stops the box, not the supervisor", async () => {
+    // ringfence's end of the record pipe is gone before the first record is written, as after
+    // ringfence was killed. The write must fail with EPIPE and stop the box, which leaves the
+    // box's execs unanswered until its processes are gone. SIGPIPE would end the supervisor,
+    // and the kernel would then fail those execs with ENOSYS.
+    const { child, stderr, exited } = startSupervisor(["/bin/sh", "-c", "while :; do /bin/true; done"]);
+    (child.stdio[4] as Readable).destroy();
+    const { signal } = await exited;
+    assert.notEqual(signal, "SIGPIPE", stderr());
+    assert.match(stderr(), /writing the exec audit records? failed: Broken pipe; stopping the box/);
+  });
+
+  test("command starts with SIGPIPE at its default", async () => {
+    // SIGPIPE is signal 13, bit 12 of the SigIgn mask.
+    const { child, exited } = startSupervisor(["/bin/cat", "/proc/self/status"]);
+    let status = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (text: string) => (status += text));
+    (child.stdio[4] as Readable).resume();
+    const { code } = await exited;
+    assert.equal(code, 0, status);
+    const ignored = /^SigIgn:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+    assert.ok(ignored !== undefined, status);
+    assert.equal(BigInt(`0x${ignored}`) & (1n << 12n), 0n, `SigIgn ${ignored}`);
+  });
+});
+
+describe("supervisor after its command exits", () => {
+  /** Returns whether the process is blocked in execve (syscall 59 on x86_64, 221 on aarch64). */
+  function inExec(pid: number): boolean {
+    try {
+      const call = readFileSync(`/proc/${pid}/syscall`, "utf8").split(" ")[0];
+      return call === (process.arch === "arm64" ? "221" : "59");
+    } catch {
+      return false;
+    }
+  }
+
+  test("leftover process exec stays unanswered", async () => {
+    // As with bwrap, the supervisor's command starts the guard, whose process runs under the
+    // filter. The command exits while that process lives on, which then calls exec. Until the
+    // last process under the filter is gone, that exec must stay unanswered. With the listener
+    // closed, the kernel would fail it with ENOSYS and the process would go on.
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const directory = mkdtempSync(join(tmpdir(), "ringfence-exec-left-"));
+    const pidFile = join(directory, "left.pid");
+    const statusFile = join(directory, "status");
+    const left = `echo $$ > ${pidFile}; while kill -0 "$1" 2>/dev/null; do :; done; /bin/true; echo $? > ${statusFile}`;
+    // The command exits once the left process runs the shell, so the guard's own exec is done.
+    const command = `${helper.path} guard 4 -- /bin/sh -c '${left}' left $$ & while [ ! -s ${pidFile} ]; do :; done; exit 0`;
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--queue", "--", "/bin/sh", "-c", command], { stdio: ["ignore", "ignore", "pipe", "ignore", "pipe"] });
+    (child.stdio[4] as Readable).resume();
+    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+
+    // Waits until the left shell's child is blocked in its exec, or that exec has returned.
+    let leftPid = 0;
+    const blocked = (): boolean => leftPid > 0 && descendantsOf(leftPid, readParentTable()).some(inExec);
+    while (!existsSync(statusFile) && !blocked()) {
+      if (leftPid === 0 && existsSync(pidFile)) leftPid = Number(readFileSync(pidFile, "utf8").trim()) || 0;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const returned = existsSync(statusFile) ? readFileSync(statusFile, "utf8").trim() : null;
+    if (leftPid > 0) killProcessTree(leftPid);
+    await exited;
+
+    assert.equal(returned, null, `the exec of the process left under the filter returned status ${returned}`);
+    assert.equal(existsSync(statusFile), false, "the exec returned after the process was killed");
   });
 });
