@@ -98,7 +98,7 @@ export function recordWorkspaceChanges(tracker: WorkspaceTracker, record: (field
   for (const { path, reason } of unchecked) {
     record({ path, change: "untracked", entry: null, size: null, sha256: null, reason });
   }
-  reportUnchecked(tracker.root, unchecked, "so changes inside it were not recorded", message);
+  reportUnchecked(tracker.root, unchecked, "so changes inside it may be missing from the record", message);
 }
 
 /** Returns the proper ancestors of a relative path, "a" and "a/b" for "a/b/c". */

@@ -220,7 +220,7 @@ function limitReached(next: string, unvisited: readonly string[], maxEntries: nu
     const parent = parentPath(path);
     if (depth(parent) < depth(cover)) cover = parent;
   }
-  const reason = `the walk stopped at its limit of ${maxEntries} entries before ${next === "" ? "." : next} and did not visit ${unvisited.length} entries listed below this directory`;
+  const reason = `the walk stopped at its limit of ${maxEntries} entries before ${next === "" ? "." : next} and did not visit ${unvisited.length} paths listed below this directory, nor anything inside them`;
   return { path: cover, reason, contentsMissing: false, entryMissing: false };
 }
 
