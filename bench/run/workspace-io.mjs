@@ -10,9 +10,9 @@
 //
 // A session runs the workload WARMUP_PER_SESSION times untimed (10 unless given) and then
 // TIMED_PER_SESSION times, each timed by bash's EPOCHREALTIME where it runs. The untimed runs
-// matter: on the benchmark machine (2 x Intel Xeon, Linux 6.18), the first `git status` on
+// matter. On the benchmark machine (2 x Intel Xeon, Linux 6.18), the first `git status` on
 // 5,000 files after a Node process had started and exited took about 1.5 times as long as in a
-// steady state, and the runs took about ten to get back, on the host as well. `cat /usr/bin/*`
+// steady state. The runs took about ten to get back, on the host as well. `cat /usr/bin/*`
 // had the same effect. A box's first commands always follow ringfence's start-up. Without
 // these runs the table would measure that start-up's effect on the machine, which the start-up
 // benchmark covers, instead of the box's I/O. The table also shows the first run of a session

@@ -88,8 +88,8 @@ export interface PreparedBox {
    * handlers alone, and ends when the agent exits or `stop` aborts.
    */
   /**
-   * `onExec` receives each exec record with the host's time of the exec when the backend knows
-   * it, which can be a few milliseconds before the record arrives.
+   * `onExec` receives each exec record, with the host's time of the exec where the backend has
+   * it. That time can be a few milliseconds before the record arrives.
    */
   run(options: { timeoutMs: number | null; stop?: AbortSignal; onExec?: (record: ExecRecord, time?: Date) => void; agent?: AgentConnection }): Promise<BoxExit>;
   /** The environment a command in the box starts with. */

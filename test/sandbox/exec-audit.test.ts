@@ -54,8 +54,8 @@ describe("parseExecRecord", () => {
     assert.deepEqual(parseExecRecord('{"hostPid":1,"pid":1,"call":"execve","argv":["a",2,"b"]}')?.record.argv, ["a", "b"]);
   });
 
-  // The time is the supervisor's; a value that is not a plausible epoch time in milliseconds
-  // leaves the record without one, so ringfence logs the time the line arrived.
+  // The time is the supervisor's. A value that is not a plausible epoch time in milliseconds
+  // leaves the record without one, and ringfence then logs the time the line arrived.
   const times: [string, string, number | null][] = [
     ["a whole number of milliseconds", "1764950400123", 1764950400123],
     ["the last millisecond of the year 9999", "253402300799999", 253402300799999],
