@@ -55,6 +55,27 @@ export function processGroupFromStat(stat: string): number | null {
   return Number.isInteger(group) && group >= 0 ? group : null;
 }
 
+/**
+ * Returns the state letter of a /proc/PID/stat line ("R", "S", "T" for stopped, "t" for stopped
+ * by a tracer, ...), or null when the line cannot be parsed.
+ */
+export function stateFromStat(stat: string): string | null {
+  const end = stat.lastIndexOf(")");
+  if (end === -1) return null;
+  const state = stat.slice(end + 2, end + 3);
+  return /^[A-Za-z]$/.test(state) ? state : null;
+}
+
+/** Returns whether the process is stopped now, by a signal or by a tracer. */
+function isStopped(pid: number): boolean {
+  try {
+    const state = stateFromStat(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    return state === "T" || state === "t";
+  } catch {
+    return false;
+  }
+}
+
 function processGroupOf(pid: number | "self"): number | null {
   try {
     return processGroupFromStat(readFileSync(`/proc/${pid}/stat`, "utf8"));
@@ -158,9 +179,12 @@ export function killProcessesWithEnvironmentEntry(entry: string): void {
       if (found.length === 0) break;
       for (const pid of found) {
         known.add(pid);
+        // A process that was already stopped, by job control say, stays stopped when the check
+        // below finds that its PID was reused.
+        const wasStopped = isStopped(pid);
         if (!signal(pid, "SIGSTOP")) continue;
         if (matches(pid)) killProcessTree(pid);
-        else signal(pid, "SIGCONT");
+        else if (!wasStopped) signal(pid, "SIGCONT");
       }
     }
   } catch {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import { descendantsOf, killProcessTree, parentFromStat, processGroupFromStat, readParentTable } from "../../src/sandbox/process-tree.js";
+import { descendantsOf, killProcessTree, parentFromStat, processGroupFromStat, readParentTable, stateFromStat } from "../../src/sandbox/process-tree.js";
 
 describe("descendantsOf", () => {
   const cases: { name: string; parents: [number, number][]; root: number; expected: number[] }[] = [
@@ -30,6 +30,22 @@ describe("parentFromStat", () => {
   for (const testCase of cases) {
     it(testCase.name, () => {
       assert.equal(parentFromStat(testCase.stat), testCase.expected);
+    });
+  }
+});
+
+describe("stateFromStat", () => {
+  const cases: { name: string; stat: string; expected: string | null }[] = [
+    { name: "sleeping", stat: "123 (sleep) S 45 120 45 0 -1", expected: "S" },
+    { name: "stopped", stat: "123 (sleep) T 45 120 45 0 -1", expected: "T" },
+    { name: "stopped by a tracer", stat: "123 (sleep) t 45 120 45 0 -1", expected: "t" },
+    { name: "a name that looks like a state", stat: "123 (a) T 9 (b) R 77 120", expected: "R" },
+    { name: "no closing parenthesis", stat: "123 (sleep T 45", expected: null },
+    { name: "nothing after the name", stat: "123 (sleep)", expected: null },
+  ];
+  for (const testCase of cases) {
+    it(testCase.name, () => {
+      assert.equal(stateFromStat(testCase.stat), testCase.expected);
     });
   }
 });
