@@ -179,8 +179,8 @@ export function killProcessesWithEnvironmentEntry(entry: string): void {
       if (found.length === 0) break;
       for (const pid of found) {
         known.add(pid);
-        // A process that was already stopped, by job control say, stays stopped when the check
-        // below finds that its PID was reused.
+        // A process that was already stopped (by job control, for example) stays stopped when
+        // the check below finds that its PID was reused.
         const wasStopped = isStopped(pid);
         if (!signal(pid, "SIGSTOP")) continue;
         if (matches(pid)) killProcessTree(pid);
