@@ -44,6 +44,8 @@ export interface CredentialBrokerOptions {
   commandTimeoutMs?: number;
   /** Aborted, it kills the `command` sources still running, and the broker is not created. */
   signal?: AbortSignal;
+  /** Receives lines for the user about resolving secrets (ResolveOptions.onNotice). */
+  onNotice?: (line: string) => void;
   /** Extra CA certificates (PEM) trusted for upstream TLS beside the host's, for internal services and tests. */
   upstreamCaPems?: readonly string[];
   /** Host CA bundle to trust upstream and to combine with the run CA; null uses Node's built-in roots. Default: the first of SYSTEM_CA_BUNDLES that exists. */
@@ -70,7 +72,12 @@ export interface CredentialBroker {
 /** Resolves secrets, makes placeholders and the run CA, and returns the broker. */
 export async function createCredentialBroker(options: CredentialBrokerOptions): Promise<CredentialBroker> {
   const { policy } = options;
-  const secrets = await resolveSecrets(policy.credentials, { env: options.env, ...(options.commandTimeoutMs === undefined ? {} : { commandTimeoutMs: options.commandTimeoutMs }), ...(options.signal === undefined ? {} : { signal: options.signal }) });
+  const secrets = await resolveSecrets(policy.credentials, {
+    env: options.env,
+    ...(options.commandTimeoutMs === undefined ? {} : { commandTimeoutMs: options.commandTimeoutMs }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+    ...(options.onNotice === undefined ? {} : { onNotice: options.onNotice }),
+  });
 
   let runCredentials: RunCredential[] = policy.credentials.map((credential) => ({
     credential,

@@ -18,8 +18,8 @@ export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
  * process the command left in the background may hold it open. After this wait ringfence kills
  * such processes (those that carry the command's marker variable in its process group).
  * NOTE: a killed process may have been about to write the rest of the secret, and the secret is
- * then taken cut short without an error. ringfence cannot distinguish such a writer from a
- * helper that only keeps the output open.
+ * then taken cut short, with a notice (ResolveOptions.onNotice) but without an error. ringfence
+ * cannot distinguish such a writer from a helper that only keeps the output open.
  */
 const OUTPUT_OPEN_AFTER_EXIT_MS = 200;
 /**
@@ -53,6 +53,8 @@ export interface ResolveOptions {
   commandTimeoutMs?: number;
   /** Aborted, it kills each `command` source still running, and the processes it started, with SIGKILL, and resolution fails. */
   signal?: AbortSignal;
+  /** Receives one line for the user when a `command` source's output outlived the command, as the secret may then be incomplete. */
+  onNotice?: (line: string) => void;
 }
 
 /** Describes where a credential's secret comes from, for messages. */
@@ -134,11 +136,18 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
   return new Promise((resolve, reject) => {
     let ended: "timeout" | "stopped" | null = null;
     let afterExit: NodeJS.Timeout | undefined;
+    let outputOutlivedCommand = false;
     const child = execFile(file, args, { env, maxBuffer: MAX_SECRET_BYTES, encoding: "utf8", windowsHide: true }, (error, stdout) => {
       clearTimeout(timer);
       clearTimeout(afterExit);
       options.signal?.removeEventListener("abort", onAbort);
       if (error === null && ended === null) {
+        // The line names no part of the output, which may hold the secret.
+        if (outputOutlivedCommand) {
+          options.onNotice?.(
+            `ringfence: credential ${credential.name}: command ${shown} exited while a process it left in the background kept its output open, so ringfence ended that process and took what the output held when it closed, at most ${OUTPUT_OPEN_AFTER_EXIT_MS + OUTPUT_DRAIN_MS} ms after the exit; if the secret is incomplete, make the command write all of it before it exits`,
+          );
+        }
         resolve(stdout);
         return;
       }
@@ -163,6 +172,7 @@ function runSecretCommand(credential: Credential, argv: readonly string[], optio
       if (ended !== null) return;
       clearTimeout(timer);
       afterExit = setTimeout(() => {
+        outputOutlivedCommand = true;
         killProcessesWithEnvironmentEntry(marker);
         afterExit = setTimeout(closeOutput, OUTPUT_DRAIN_MS);
       }, OUTPUT_OPEN_AFTER_EXIT_MS);

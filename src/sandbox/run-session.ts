@@ -169,7 +169,7 @@ export class RunSession {
       // Loaded only here: the broker's X.509 code takes a noticeable share of start-up.
       const { createCredentialBroker } = await import("../credentials/index.js");
       try {
-        this.#broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...this.hostEnv }, runId: runDir.id, upstreamCaPems, ...(options.stop === undefined ? {} : { signal: options.stop }) });
+        this.#broker = await createCredentialBroker({ policy, runDir: runDir.path, env: { ...this.hostEnv }, runId: runDir.id, upstreamCaPems, onNotice: (line) => this.message(line), ...(options.stop === undefined ? {} : { signal: options.stop }) });
       } catch (cause) {
         // A missing or unusable secret is the user's to fix; its message names the credential and source only.
         if (cause instanceof Error && cause.name === "CredentialError") throw new SandboxError("credential", cause.message);

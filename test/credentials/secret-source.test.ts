@@ -104,13 +104,21 @@ describe("resolveSecret stop of child processes", () => {
 });
 
 describe("resolveSecret command that exits with its output held open", () => {
+  it("gives no notice when the output closes with the command", { timeout: 60_000 }, async () => {
+    const notices: string[] = [];
+    const secret = await resolveSecret(credential({ kind: "command", argv: ["cat", tempFile("plain-secret", SECRET)] }), { env: { PATH: process.env.PATH }, onNotice: (line) => notices.push(line) });
+    assert.equal(secret, SECRET);
+    assert.deepEqual(notices, []);
+  });
+
   it("takes the secret and kills the holder", { timeout: 60_000 }, async () => {
     const pidFile = tempFile("holder.pid", "");
     // The command exits at once, and its background sleep keeps standard output open. The
     // timeout is far longer than the wait after the exit, so only the exit can end the read.
     const script = `sleep 600 & echo $! >> ${pidFile}; cat ${tempFile("held-secret", SECRET)}`;
     const printed = captureOutput();
-    const result = await resolveSecret(credential({ kind: "command", argv: ["sh", "-c", script] }), { env: { PATH: process.env.PATH }, commandTimeoutMs: 20_000 }).then(
+    const notices: string[] = [];
+    const result = await resolveSecret(credential({ kind: "command", argv: ["sh", "-c", script] }), { env: { PATH: process.env.PATH }, commandTimeoutMs: 20_000, onNotice: (line) => notices.push(line) }).then(
       (secret) => ({ secret, error: null }),
       (error: unknown) => ({ secret: null, error }),
     );
@@ -120,6 +128,9 @@ describe("resolveSecret command that exits with its output held open", () => {
     assert.equal(result.error, null, `expected the secret, got ${String(result.error)}`);
     assert.equal(result.secret, SECRET);
     assert.equal(output.includes(SECRET), false, "the secret was printed");
+    assert.equal(notices.length, 1, `expected one notice, got ${JSON.stringify(notices)}`);
+    assert.match(notices[0] ?? "", /^ringfence: credential svc: command .* kept its output open, .* make the command write all of it before it exits$/);
+    assert.equal(notices[0]?.includes(SECRET), false, "the notice contains the secret");
     assert.equal(pids.length, 1, "the command never wrote the background PID");
     assert.deepEqual(await survivors(pids), [], "the process holding the command's output outlived the read");
   });
