@@ -40,18 +40,13 @@ export function descendantsOf(root: number, parents: ParentTable): number[] {
  * a line that does not have that shape.
  */
 export function parentFromStat(stat: string): number | null {
-  const end = stat.lastIndexOf(")");
-  if (end === -1) return null;
-  const fields = stat.slice(end + 2).split(" ");
-  const parent = Number(fields[1]);
+  const parent = Number(statFields(stat)?.[1]);
   return Number.isInteger(parent) && parent >= 0 ? parent : null;
 }
 
 /** Parses the process group id out of a /proc/PID/stat line, as parentFromStat parses the parent. */
 export function processGroupFromStat(stat: string): number | null {
-  const end = stat.lastIndexOf(")");
-  if (end === -1) return null;
-  const group = Number(stat.slice(end + 2).split(" ")[2]);
+  const group = Number(statFields(stat)?.[2]);
   return Number.isInteger(group) && group >= 0 ? group : null;
 }
 
@@ -60,28 +55,39 @@ export function processGroupFromStat(stat: string): number | null {
  * by a tracer, ...), or null when the line cannot be parsed.
  */
 export function stateFromStat(stat: string): string | null {
-  const end = stat.lastIndexOf(")");
-  if (end === -1) return null;
-  const state = stat.slice(end + 2, end + 3);
+  const state = statFields(stat)?.[0] ?? "";
   return /^[A-Za-z]$/.test(state) ? state : null;
+}
+
+/**
+ * Splits the fields after the command name of a /proc/PID/stat line, state first. The name is
+ * in parentheses and may itself contain spaces and parentheses, so the split starts after the
+ * last ")". Returns null for a line without one.
+ */
+function statFields(stat: string): string[] | null {
+  const end = stat.lastIndexOf(")");
+  return end === -1 ? null : stat.slice(end + 2).split(" ");
+}
+
+/** Reads /proc/PID/stat, or returns null when the process is gone or cannot be read. */
+function readStat(pid: number | "self"): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return null;
+  }
 }
 
 /** Returns whether the process is stopped now, by a signal or by a tracer. */
 function isStopped(pid: number): boolean {
-  try {
-    const state = stateFromStat(readFileSync(`/proc/${pid}/stat`, "utf8"));
-    return state === "T" || state === "t";
-  } catch {
-    return false;
-  }
+  const stat = readStat(pid);
+  const state = stat === null ? null : stateFromStat(stat);
+  return state === "T" || state === "t";
 }
 
 function processGroupOf(pid: number | "self"): number | null {
-  try {
-    return processGroupFromStat(readFileSync(`/proc/${pid}/stat`, "utf8"));
-  } catch {
-    return null;
-  }
+  const stat = readStat(pid);
+  return stat === null ? null : processGroupFromStat(stat);
 }
 
 /** Reads the parent of every process in /proc. Processes that end while it reads are left out. */
