@@ -1,5 +1,5 @@
 // Times workspace I/O inside a ringfence box against the host.
-//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE ROUNDS [TIMED_PER_SESSION] [WARMUP_PER_SESSION]
+//   node bench/run/workspace-io.mjs RINGFENCE WORKSPACE [ROUNDS] [TIMED_PER_SESSION] [WARMUP_PER_SESSION]
 //
 // Each round opens one session on the host (a bash), one in a fresh box (`ringfence run --
 // bash`) and, where bwrap is installed, one in a bare bwrap. The order rotates, so slow drift of

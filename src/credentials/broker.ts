@@ -44,7 +44,7 @@ export interface CredentialBrokerOptions {
   commandTimeoutMs?: number;
   /** Aborted, it kills the `command` sources still running, and the broker is not created. */
   signal?: AbortSignal;
-  /** Receives lines for the user about resolving secrets (ResolveOptions.onNotice). */
+  /** Callback for lines to the user about resolving secrets (ResolveOptions.onNotice). */
   onNotice?: (line: string) => void;
   /** Extra CA certificates (PEM) trusted for upstream TLS beside the host's, for internal services and tests. */
   upstreamCaPems?: readonly string[];

@@ -53,7 +53,7 @@ export interface ResolveOptions {
   commandTimeoutMs?: number;
   /** Aborted, it kills each `command` source still running, and the processes it started, with SIGKILL, and resolution fails. */
   signal?: AbortSignal;
-  /** Receives one line for the user when a `command` source's output outlived the command, as the secret may then be incomplete. */
+  /** Callback for one line to the user when a `command` source's output outlived the command, because the secret may then be incomplete. */
   onNotice?: (line: string) => void;
 }
 

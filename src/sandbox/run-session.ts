@@ -212,7 +212,7 @@ export class RunSession {
   /**
    * Appends one audit record and passes it to the session's listener. The audit log keeps
    * `fields` until it writes the record, so the caller must not change them afterwards. `time`
-   * is when the event happened, when that was before now (an exec the supervisor reports late).
+   * is the time of the event, which can be earlier than now (an exec the supervisor reports late).
    */
   record(type: string, fields: Record<string, unknown> = {}, time: Date = new Date()): void {
     this.#audit.append(type, fields, time);

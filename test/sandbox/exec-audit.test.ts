@@ -103,7 +103,7 @@ describe("executed records with real runs", () => {
     assert.equal(executed?.exe, "/usr/bin/sleep", JSON.stringify(records));
   });
 
-  test("exec record carries the time of the exec, not of its arrival", async () => {
+  test("exec time logged, not arrival", async () => {
     // date prints the time it started, after the supervisor let its exec go on, and the
     // supervisor writes records in batches after the exec. So an exec record stamped with its
     // arrival would often be later than the time date printed.
@@ -121,7 +121,7 @@ describe("executed records with real runs", () => {
     dates.forEach((record, index) => assert.ok(Date.parse(record.time) <= (printed[index] as number), `exec of date ${index} logged at ${record.time}, after date printed ${new Date(printed[index] as number).toISOString()}`));
   });
 
-  test("records queued when the box is stopped are written", async () => {
+  test("queued records written on stop", async () => {
     // An exec loop keeps the supervisor's queue full until the timeout stops the box. The loop
     // notes each exec that returned, so the log must hold at least that many records of it.
     const workspace = makeWorkspace(me);
