@@ -46,9 +46,9 @@ for (const name of ["forwarder.c", "exec-audit.c"]) {
   copyFileSync(`src/sandbox/${name}`, `dist/${name}`);
   copyFileSync(`src/sandbox/${name}`, `dist/sandbox/${name}`);
 }
-// The splice tunnel relay likewise, beside the bundles and the library's gateway modules.
-copyFileSync("src/gateway/splice-relay.c", "dist/splice-relay.c");
-copyFileSync("src/gateway/splice-relay.c", "dist/gateway/splice-relay.c");
+// The tunnel relay likewise, beside the bundles and the library's gateway modules.
+copyFileSync("src/gateway/tunnel-relay.c", "dist/tunnel-relay.c");
+copyFileSync("src/gateway/tunnel-relay.c", "dist/gateway/tunnel-relay.c");
 
 // CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.
 await build({ ...cjsBundleOptions, outfile: "dist/index.cjs" });

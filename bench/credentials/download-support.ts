@@ -43,7 +43,7 @@ function statFields(path: string): string[] {
   return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
 }
 
-/** Returns the user plus system CPU seconds of a process so far, with its reaped children's (the splice relays). */
+/** Returns the user plus system CPU seconds of a process so far, with its reaped children's (the tunnel relays). */
 export function cpuSeconds(pid: number): number {
   const fields = statFields(`/proc/${pid}/stat`);
   return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS_PER_SECOND;

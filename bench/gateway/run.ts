@@ -4,6 +4,7 @@
 //
 // Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200] [--warmup 1]
 // Needs curl and Squid (Debian package "squid") on PATH. Everything listens on 127.0.0.1.
+// BENCH_RELAY=splice runs the gateway's tunnel relay in its splice(2) mode (gateway-process.ts).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
@@ -185,7 +186,7 @@ async function oneConnection(mode: Mode, ports: Record<Mode, number>, serverPort
 }
 
 // CPU time (user + system) of a process so far, with that of its children it has reaped (the
-// gateway's splice relays), in milliseconds, from /proc/PID/stat.
+// gateway's tunnel relays), in milliseconds, from /proc/PID/stat.
 function cpuMs(pid: number | undefined): number {
   if (pid === undefined) return 0;
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
@@ -290,6 +291,7 @@ async function main(): Promise<void> {
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? "unknown CPU"}, node ${process.version}`);
   console.log("");
   console.log(`load average before the run: ${loadBefore}`);
+  console.log(`tunnel relay: ${process.env.BENCH_RELAY === "splice" ? "splice(2) mode (BENCH_RELAY=splice)" : "read and write (the default)"}`);
   console.log("");
   console.log("| path | download MiB/s (median) | ratio to direct | new connections/s (median) | ratio to direct | latency p50 ms | latency p99 ms | added p50 ms | added p99 ms | proxy CPU ms per GiB | proxy CPU ms per connection | of which system |");
   console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -1,5 +1,6 @@
-// Relay CPU per GiB: the gateway's Node tunnel against the C relay (src/gateway/splice-relay.c)
-// with splice(2) and with read(2)/write(2), on a plain TCP download over loopback.
+// Relay CPU per GiB: the gateway's Node tunnel against the C relay (src/gateway/tunnel-relay.c)
+// with read(2)/write(2), its default, and with splice(2), on a plain TCP download over loopback.
+// It measures the relay's own CPU only; the gateway benchmark (run.ts) measures whole downloads.
 //
 // Usage: node --import tsx bench/gateway/splice-experiment.ts [--size-mib 256] [--repetitions 3]
 //
@@ -59,14 +60,14 @@ const sourcePort = await listen(source);
 let relayMode: "splice" | "copy" = "splice";
 let relayExited: Promise<void> = Promise.resolve();
 const binary = join(tmpdir(), `ringfence-splice-experiment-${process.pid}`);
-const compiled = spawnSync("cc", ["-O2", "-o", binary, join(here, "..", "..", "src", "gateway", "splice-relay.c")], { stdio: "inherit" });
-if (compiled.status !== 0) throw new Error("compiling splice-relay.c failed");
+const compiled = spawnSync("cc", ["-O2", "-o", binary, join(here, "..", "..", "src", "gateway", "tunnel-relay.c")], { stdio: "inherit" });
+if (compiled.status !== 0) throw new Error("compiling tunnel-relay.c failed");
 const front = createServer({ pauseOnConnect: true }, (client) => {
   // Paused before it connects, Node never starts reading, so no byte is taken from the relay.
   const upstream = new Socket();
   upstream.pause();
   upstream.connect({ host: "127.0.0.1", port: sourcePort }, () => {
-    const child: ChildProcess = spawn(binary, ["0", "0", String(process.pid), ...(relayMode === "copy" ? ["copy"] : [])], { stdio: ["ignore", "ignore", "inherit", client, upstream] });
+    const child: ChildProcess = spawn(binary, ["0", "0", String(process.pid), ...(relayMode === "splice" ? ["splice"] : [])], { stdio: ["ignore", "ignore", "inherit", client, upstream] });
     relayExited = new Promise((resolve) => child.once("exit", () => resolve()));
     client.destroy();
     upstream.destroy();

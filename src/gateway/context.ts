@@ -37,7 +37,7 @@ export interface GatewayContext {
   transcripts?: TranscriptRecorder | null;
   /** Reserved host names answered in-process instead of dialled. */
   localServices?: LocalServices;
-  /** The splice relay that large end-to-end tunnels are handed to; unset copies every tunnel in Node. */
+  /** The tunnel relay that large end-to-end tunnels are handed to; unset copies every tunnel in Node. */
   tunnelRelays?: TunnelRelays;
 }
 

@@ -66,7 +66,7 @@ export interface GatewayOptions {
   localServices?: LocalServices;
   /**
    * Copying of end-to-end tunnels. Default: mode "auto", which hands a tunnel that needs no
-   * further inspection to the splice relay (compiled with cc on first use) after handoffBytes
+   * further inspection to the tunnel relay (compiled with cc on first use) after handoffBytes
    * (8 MiB), and copies it in Node when the relay cannot run.
    */
   tunnelRelay?: Partial<TunnelRelayOptions>;

@@ -9,10 +9,10 @@ import { cacheDir } from "../sandbox/forwarder.js";
 /** The compiled tunnel relay, or why there is none. */
 export type RelayBinary = { path: string } | { unavailable: string };
 
-/** Candidate locations of splice-relay.c: beside this module (tsx, tsc output) and in the source tree. */
+/** Candidate locations of tunnel-relay.c: beside this module (tsx, tsc output) and in the source tree. */
 function sourceCandidates(): string[] {
   const here = fileURLToPath(new URL(".", import.meta.url));
-  return [join(here, "splice-relay.c"), join(here, "..", "..", "src", "gateway", "splice-relay.c"), join(here, "..", "src", "gateway", "splice-relay.c")];
+  return [join(here, "tunnel-relay.c"), join(here, "..", "..", "src", "gateway", "tunnel-relay.c"), join(here, "..", "src", "gateway", "tunnel-relay.c")];
 }
 
 let prepared: Promise<RelayBinary> | null = null;
@@ -33,12 +33,12 @@ export function prepareRelayBinary(): Promise<RelayBinary> {
  */
 export async function compileRelayBinary(cacheRoot: string): Promise<RelayBinary> {
   const source = sourceCandidates().find((path) => existsSync(path));
-  if (source === undefined) return { unavailable: "splice-relay.c was not found beside ringfence" };
+  if (source === undefined) return { unavailable: "tunnel-relay.c was not found beside ringfence" };
 
   const opened = openCacheDir(cacheRoot);
   if ("unsafe" in opened) return { unavailable: opened.unsafe };
   const hash = createHash("sha256").update(readFileSync(source)).update(process.arch).digest("hex").slice(0, 16);
-  const binary = join(opened.dir, `splice-relay-${hash}`);
+  const binary = join(opened.dir, `tunnel-relay-${hash}`);
   // A file that fails the check is replaced by the rename below.
   if (isTrustedCacheFile(binary)) return { path: binary };
 

@@ -9,18 +9,18 @@ import { prepareRelayBinary } from "./relay-binary.js";
 import { parseRelayReport, relayEndReason, type RelayReport } from "./relay-report.js";
 
 /**
- * Bytes a tunnel carries in Node before it is handed to the splice relay. Starting the relay
- * costs about 2 ms of CPU (a process spawn, measured on 2 vCPUs), and splice saves about
- * 0.4 ms per MiB against the Node relay, so a handoff pays for itself after about 5 MiB.
+ * Bytes a tunnel carries in Node before it is handed to the tunnel relay. Starting the relay
+ * costs about 2 ms of CPU (a process spawn, measured on 2 vCPUs), and the relay saves about
+ * 0.3 ms of CPU per MiB against Node, so a handoff pays for itself after about 7 MiB.
  */
 export const DEFAULT_HANDOFF_BYTES = 8 * 1024 * 1024;
 
 /** Milliseconds a relay has to exit after SIGTERM when the gateway closes, before it gets SIGKILL. */
 const RELAY_STOP_GRACE_MS = 2000;
 
-/** The splice relay as one gateway uses it. */
+/** The tunnel relay as one gateway uses it. */
 export interface TunnelRelayOptions {
-  /** "auto" hands large tunnels to the splice relay when it can run; "node" never does. */
+  /** "auto" hands large tunnels to the tunnel relay when it can run; "node" never does. */
   mode: "auto" | "node";
   /** Bytes a tunnel carries (both ways) before its handoff. */
   handoffBytes: number;
@@ -28,7 +28,7 @@ export interface TunnelRelayOptions {
   binary?: string;
 }
 
-/** State of one gateway's splice relay (ready, still compiling, or unavailable) and its running processes. */
+/** State of one gateway's tunnel relay (ready, still compiling, or unavailable) and its running processes. */
 export class TunnelRelays {
   readonly handoffBytes: number;
   #binary: string | null = null;
@@ -63,7 +63,7 @@ export class TunnelRelays {
   disable(reason: string): void {
     if (this.#unavailable) return;
     this.#unavailable = true;
-    this.#logger.warn({ reason }, "the splice tunnel relay is unavailable; tunnels are copied by Node");
+    this.#logger.warn({ reason }, "the tunnel relay is unavailable; tunnels are copied by Node");
   }
 
   track(child: ChildProcess, stop: () => void): void {
@@ -79,7 +79,7 @@ export class TunnelRelays {
     const children = [...this.#running.keys()];
     const exited = children.map((child) => new Promise<void>((resolve) => child.once("close", () => resolve())));
     for (const stop of this.#running.values()) stop();
-    // splice-relay.c exits at once on SIGTERM. A relay that does not is killed, so close() cannot hang.
+    // tunnel-relay.c exits at once on SIGTERM. A relay that does not is killed, so close() cannot hang.
     const kill = setTimeout(() => {
       for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     }, RELAY_STOP_GRACE_MS);
@@ -88,7 +88,7 @@ export class TunnelRelays {
   }
 }
 
-/** Outcome of a tunnel that the splice relay carried. */
+/** Outcome of a tunnel that the tunnel relay carried. */
 export interface RelayOutcome {
   /** Bytes the relay wrote to the upstream server and to the client. */
   up: number;
@@ -113,7 +113,7 @@ export interface HandoffOptions {
   ended(outcome: RelayOutcome): void;
 }
 
-/** Returns true when a tunnel between these sockets can be given to the splice relay. */
+/** Returns true when a tunnel between these sockets can be given to the tunnel relay. */
 export function canHandOff(client: Socket, upstream: Socket): boolean {
   // A TLS socket's descriptor carries records that Node decrypts, not the tunnel's bytes.
   if (client instanceof TLSSocket || upstream instanceof TLSSocket) return false;
@@ -123,7 +123,7 @@ export function canHandOff(client: Socket, upstream: Socket): boolean {
 }
 
 /**
- * Moves a running tunnel from Node to the splice relay. Node stops reading both sockets, writes
+ * Moves a running tunnel from Node to the tunnel relay. Node stops reading both sockets, writes
  * what it has already read, and waits until those writes have reached the kernel, so the relay
  * starts exactly where Node stopped: no byte is lost, repeated or reordered. The relay gets the
  * sockets as fds 3 and 4. If it cannot start, Node resumes copying.
@@ -164,7 +164,7 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
   createInterface({ input: child.stdout }).on("line", (line) => {
     const report = parseRelayReport(line);
     if (report !== null) last = report;
-    else options.logger.warn({ line: line.slice(0, 200) }, "the splice tunnel relay wrote a line that is not a report; it is ignored");
+    else options.logger.warn({ line: line.slice(0, 200) }, "the tunnel relay wrote a line that is not a report; it is ignored");
   });
   child.stderr.on("data", (chunk: Buffer) => {
     if (stderr.length < 2000) stderr += chunk.toString();
@@ -199,7 +199,7 @@ export async function handOffTunnel(options: HandoffOptions): Promise<void> {
       return;
     }
     const reason = relayEndReason(last, { code, signal }, stoppedByGateway, options.idleTimeoutMs);
-    if (stderr.trim() !== "") options.logger.warn({ stderr: stderr.trim().slice(0, 500), code, signal }, "the splice tunnel relay wrote to stderr");
+    if (stderr.trim() !== "") options.logger.warn({ stderr: stderr.trim().slice(0, 500), code, signal }, "the tunnel relay wrote to stderr");
     options.ended({ up: last?.up ?? 0, down: last?.down ?? 0, reason });
   });
 }

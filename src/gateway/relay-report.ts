@@ -1,5 +1,5 @@
 /**
- * A line the tunnel relay (splice-relay.c) writes on its stdout: "progress UP DOWN" while bytes
+ * A line the tunnel relay (tunnel-relay.c) writes on its stdout: "progress UP DOWN" while bytes
  * move, and "done UP DOWN REASON" when it exits. UP counts bytes written to the upstream server,
  * DOWN bytes written to the client.
  */

@@ -36,9 +36,9 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   let closed = 0;
   /** Reason the tunnel ended early, for the event emitted once both sockets have closed. */
   let endReason: string | null = null;
-  /** Bytes the splice relay moved, once it has ended. */
+  /** Bytes the tunnel relay moved, once it has ended. */
   let relayed: RelayOutcome = { up: 0, down: 0, reason: null };
-  /** Stops the splice relay while it carries the tunnel, else null. */
+  /** Stops the tunnel relay while it carries the tunnel, else null. */
   let stopRelay: (() => void) | null = null;
 
   // The event waits for both sockets to close and, after a handoff, for the relay's final byte counts.
@@ -121,7 +121,7 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
     firstBytes = Buffer.alloc(0);
   };
 
-  // A tunnel that needs no further inspection moves to the splice relay once it has carried
+  // A tunnel that needs no further inspection moves to the tunnel relay once it has carried
   // enough bytes either way to repay the relay's start.
   const watchForHandoff = (readRelay: ReadRelay) => {
     const relays = context.tunnelRelays;
@@ -141,7 +141,7 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
         logger,
         started: (stop, pid) => {
           stopRelay = stop;
-          logger.debug({ host: target.display, port: target.port, pid, bytesUp: upstream.bytesWritten, bytesDown: upstream.bytesRead }, "tunnel handed to the splice relay");
+          logger.debug({ host: target.display, port: target.port, pid, bytesUp: upstream.bytesWritten, bytesDown: upstream.bytesRead }, "tunnel handed to the tunnel relay");
         },
         resumed: () => {
           stopRelay = null;
@@ -156,8 +156,8 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
           finishEvent();
         },
       }).catch((error: unknown) => {
-        logger.error({ err: error, host: target.display }, "handing a tunnel to the splice relay failed");
-        destroyBoth("handing the tunnel to the splice relay failed");
+        logger.error({ err: error, host: target.display }, "handing a tunnel to the tunnel relay failed");
+        destroyBoth("handing the tunnel to the tunnel relay failed");
       });
     };
     const countUpload = () => {

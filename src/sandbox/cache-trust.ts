@@ -3,7 +3,7 @@ import { dirname } from "node:path";
 
 /**
  * Checks that ringfence may run or read a file it cached earlier. The cache contains compiled
- * helpers (the splice relay, the forwarder, the exec audit helper) that ringfence executes. A
+ * helpers (the tunnel relay, the forwarder, the exec audit helper) that ringfence executes. A
  * file another user could have written or replaced there would run with this user's rights,
  * and with root's under sudo when HOME or XDG_CACHE_HOME still names another user's directory.
  */

@@ -32,7 +32,7 @@ function recordingLogger(): { logger: Logger; records: Record<string, unknown>[]
   return { logger: pino<never>({ level: "debug" }, stream), records };
 }
 
-const handoffs = (records: Record<string, unknown>[]) => records.filter((record) => record.msg === "tunnel handed to the splice relay");
+const handoffs = (records: Record<string, unknown>[]) => records.filter((record) => record.msg === "tunnel handed to the tunnel relay");
 
 /** Starts a TCP server on loopback whose connections `serve` handles. */
 async function startTcpServer(serve: (socket: Socket) => void): Promise<{ server: Server; port: number; close(): Promise<void> }> {
@@ -129,7 +129,7 @@ function ended(socket: Socket): Promise<void> {
 
 const tunnelEvent = (gw: TestGateway) => gw.nextEvent((event: NetworkEvent) => event.protocol === "connect" && event.host === "raw.example.com");
 
-describe("splice tunnel relay", () => {
+describe("tunnel relay", () => {
   let ca: TestCa;
   let caFile: string;
   let https: Upstream;
@@ -180,39 +180,48 @@ network:
     }
   });
 
-  it("counts bytes exactly after a client half-close", async () => {
-    const upload = 5 * MiB + 7;
-    const download = 6 * MiB + 3;
-    let received: Promise<{ bytes: number; sha256: string }> | null = null;
-    const target = await startTcpServer((socket) => {
-      received = hashUntilEnd(socket);
-      // The server sends its data only after the client's end of stream, which the relay must pass on.
-      void received.then(() => writePattern(socket, download, () => socket.end()));
+  // The relay's default moves bytes with read and write; "splice" is kept for comparison in
+  // bench/gateway/splice-experiment.ts, so it must move them exactly too. A wrapper script
+  // passes the mode to the compiled relay.
+  for (const mode of ["read and write", "splice"] as const) {
+    it(`counts bytes after half-close, ${mode}`, async () => {
+      const binary = await prepareRelayBinary();
+      assert.ok("path" in binary);
+      const wrapper = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "relay");
+      writeFileSync(wrapper, `#!/bin/sh\nexec '${binary.path}' "$@"${mode === "splice" ? " splice" : ""}\n`, { mode: 0o755 });
+      const upload = 5 * MiB + 7;
+      const download = 6 * MiB + 3;
+      let received: Promise<{ bytes: number; sha256: string }> | null = null;
+      const target = await startTcpServer((socket) => {
+        received = hashUntilEnd(socket);
+        // The server sends its data only after the client's end of stream, which the relay must pass on.
+        void received.then(() => writePattern(socket, download, () => socket.end()));
+      });
+      const { logger, records } = recordingLogger();
+      const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: wrapper } });
+      try {
+        const { socket, rest } = await openTunnel(gw, target.port);
+        const answer = hashUntilEnd(socket, rest);
+        writePattern(socket, upload, () => socket.end());
+
+        const seen = await (received as unknown as Promise<{ bytes: number; sha256: string }>);
+        assert.equal(seen.bytes, upload);
+        assert.equal(seen.sha256, patternSha256(upload));
+        const got = await answer;
+        assert.equal(got.bytes, download);
+        assert.equal(got.sha256, patternSha256(download));
+        assert.equal(handoffs(records).length, 1);
+
+        const event = await tunnelEvent(gw);
+        assert.equal(event.reason, null);
+        assert.equal(event.bytesUp, upload);
+        assert.equal(event.bytesDown, download);
+      } finally {
+        await gw.close();
+        await target.close();
+      }
     });
-    const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
-    try {
-      const { socket, rest } = await openTunnel(gw, target.port);
-      const answer = hashUntilEnd(socket, rest);
-      writePattern(socket, upload, () => socket.end());
-
-      const seen = await (received as unknown as Promise<{ bytes: number; sha256: string }>);
-      assert.equal(seen.bytes, upload);
-      assert.equal(seen.sha256, patternSha256(upload));
-      const got = await answer;
-      assert.equal(got.bytes, download);
-      assert.equal(got.sha256, patternSha256(download));
-      assert.equal(handoffs(records).length, 1);
-
-      const event = await tunnelEvent(gw);
-      assert.equal(event.reason, null);
-      assert.equal(event.bytesUp, upload);
-      assert.equal(event.bytesDown, download);
-    } finally {
-      await gw.close();
-      await target.close();
-    }
-  });
+  }
 
   it("passes an upstream half-close on", async () => {
     const download = 3 * MiB + 1;
@@ -400,7 +409,7 @@ network:
         assert.equal(event.bytesDown, download);
       }
       assert.equal(handoffs(records).length, 0);
-      const warnings = records.filter((record) => record.msg === "the splice tunnel relay is unavailable; tunnels are copied by Node");
+      const warnings = records.filter((record) => record.msg === "the tunnel relay is unavailable; tunnels are copied by Node");
       assert.equal(warnings.length, 1);
       assert.match(String(warnings[0]?.reason), /ENOENT/);
     } finally {
@@ -412,7 +421,7 @@ network:
   it("falls back when the relay exits at start", async () => {
     const download = 2 * MiB + 3;
     const target = await startTcpServer((socket) => writePattern(socket, download, () => socket.end()));
-    // A relay that fails before touching the sockets, as splice-relay.c does on bad arguments.
+    // A relay that fails before touching the sockets, as tunnel-relay.c does on bad arguments.
     const failing = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "failing-relay");
     writeFileSync(failing, "#!/bin/sh\necho 'ringfence-relay: test failure' >&2\nexit 2\n", { mode: 0o755 });
     const { logger, records } = recordingLogger();
@@ -428,7 +437,7 @@ network:
       const event = await tunnelEvent(gw);
       assert.equal(event.reason, null);
       assert.equal(event.bytesDown, download);
-      const warnings = records.filter((record) => record.msg === "the splice tunnel relay is unavailable; tunnels are copied by Node");
+      const warnings = records.filter((record) => record.msg === "the tunnel relay is unavailable; tunnels are copied by Node");
       assert.equal(warnings.length, 1);
       assert.match(String(warnings[0]?.reason), /test failure/);
     } finally {
