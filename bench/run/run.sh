@@ -99,7 +99,21 @@ for (let i = 0; i < 5000; i += 1) {
 }' "$ws"
 git -C "$ws" add -A && git -C "$ws" -c user.email=bench@example.invalid -c user.name=bench commit -qm tree
 tar -C "$ws" -cf "$ws/tree.tar" src
-printf 'tree.tar\nout/\n' >> "$ws/.git/info/exclude"
+# For a file-heavy npm install without a registry: each of the tree's 50 directories becomes a
+# local package tarball, and npm/package.json depends on all of them.
+mkdir -p "$ws/npm/packages"
+for i in $(seq 0 49); do
+  stage="$work/packages/d$i/package"
+  mkdir -p "$stage" && cp "$ws/src/d$i/"* "$stage/"
+  printf '{"name":"bench-d%s","version":"1.0.0"}\n' "$i" > "$stage/package.json"
+  tar -C "$work/packages/d$i" -czf "$ws/npm/packages/d$i.tgz" package
+done
+node -e '
+const dependencies = {};
+for (let i = 0; i < 50; i += 1) dependencies[`bench-d${i}`] = `file:${process.argv[1]}/npm/packages/d${i}.tgz`;
+require("node:fs").writeFileSync(`${process.argv[1]}/npm/package.json`, JSON.stringify({ name: "bench-app", version: "1.0.0", private: true, dependencies }, null, 2));
+' "$ws"
+printf 'tree.tar\nout/\nnpm/\n' >> "$ws/.git/info/exclude"
 node "$repo/bench/run/workspace-io.mjs" "$ringfence" "$ws" "${ROUNDS:-9}" "${TIMED_PER_SESSION:-3}" "${WARMUP_PER_SESSION:-10}"
 
 echo
