@@ -1,13 +1,20 @@
 // Measures download throughput from a loopback HTTP server: curl on the host directly, against
 // curl inside a ringfence box, where the bytes pass the in-box forwarder and the gateway.
 // Rounds alternate host and box; the table gives medians.
-//   node bench/run/throughput.mjs RINGFENCE WORKSPACE ROUNDS
+//   node bench/run/throughput.mjs RINGFENCE WORKSPACE [ROUNDS]
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 
-const [ringfence, workspace, roundsText] = process.argv.slice(2);
+const [ringfenceArgument, workspaceArgument, roundsText] = process.argv.slice(2);
+if (ringfenceArgument === undefined || workspaceArgument === undefined) {
+  console.error("usage: node bench/run/throughput.mjs RINGFENCE WORKSPACE [ROUNDS]");
+  process.exit(2);
+}
+// Boxes run in the workspace, so a relative path to ringfence is made absolute first.
+const ringfence = ringfenceArgument.includes("/") ? resolve(ringfenceArgument) : ringfenceArgument;
+const workspace = resolve(workspaceArgument);
 const rounds = Number(roundsText ?? "5");
 const BODY_BYTES = 256 * 1024 * 1024;
 const CHUNK = Buffer.alloc(1024 * 1024, 0x61);
