@@ -1,6 +1,7 @@
 // Hostile requests sent as raw bytes to the crew broker's real Unix sockets: every one gets an
 // answer, none ends the broker, and each rejected request is in the crew log.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -27,7 +28,7 @@ async function startBroker(onTraffic?: () => void) {
 
 // Sends one request exactly as written, with no client-side checks on the target, and returns
 // the status code and body of the answer.
-function raw(socketPath: string, method: string, target: string, body = "", contentType = "application/json"): Promise<{ status: number; body: string }> {
+function raw(socketPath: string, method: string, target: string, body: string | Buffer = "", contentType = "application/json"): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const socket = connect(socketPath);
     const chunks: Buffer[] = [];
@@ -39,7 +40,7 @@ function raw(socketPath: string, method: string, target: string, body = "", cont
       resolve({ status, body: text.slice(text.indexOf("\r\n\r\n") + 4) });
     });
     const head = [`${method} ${target} HTTP/1.1`, "Host: crew.ringfence.invalid", "Connection: close", `Content-Type: ${contentType}`, `Content-Length: ${Buffer.byteLength(body)}`, "", ""].join("\r\n");
-    socket.end(head + body);
+    socket.end(Buffer.concat([Buffer.from(head), Buffer.from(body)]));
   });
 }
 
@@ -122,6 +123,45 @@ test("broker answers hostile send bodies", async () => {
     assert.equal(invalid[index]?.to, entry.to ?? "", `to recorded for ${entry.body.slice(0, 60)}`);
     assert.equal(invalid[index]?.kind, entry.kind ?? "", `kind recorded for ${entry.body.slice(0, 60)}`);
   }
+});
+
+test("broker rejects non-UTF-8 body", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  const coder = broker.socketPath("coder");
+  try {
+    // 0xff and 0xfe never occur in UTF-8. A body the broker decoded with replacement characters
+    // would reach the receiver with other bytes than the size and SHA-256 the crew log records.
+    const binary = Buffer.from([0xff, 0xfe, 0x00, 0x61]);
+    const sent = await raw(planner, "POST", "/v1/send?to=coder&kind=task", binary, "application/octet-stream");
+    assert.equal(sent.status, 400, sent.body);
+    assert.match(sent.body, /not valid UTF-8/);
+    const envelope = Buffer.concat([Buffer.from('{"to":"coder","kind":"task","body":"'), binary, Buffer.from('"}')]);
+    const enveloped = await raw(planner, "POST", "/v1/send", envelope);
+    assert.equal(enveloped.status, 400, enveloped.body);
+    assert.match(enveloped.body, /not valid UTF-8/);
+
+    const text = Buffer.from("caf\u00e9 \u2713\u0000", "utf8");
+    const accepted = await raw(planner, "POST", "/v1/send?to=coder&kind=task", text, "application/octet-stream");
+    assert.equal(accepted.status, 200, accepted.body);
+    const received = await raw(coder, "GET", "/v1/receive?wait=0");
+    assert.equal(received.status, 200, received.body);
+    const delivered = Buffer.from((JSON.parse(received.body) as { body: string }).body, "utf8");
+    assert.deepEqual(delivered, text, "the receiver gets the bytes that were sent");
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const records = readAuditRecords(dir);
+  const rejected = records.filter((record) => record.type === "crew.reject");
+  assert.equal(rejected.length, 2);
+  assert.equal(rejected[0]?.code, "invalid-request");
+  assert.equal(rejected[0]?.to, "coder");
+  assert.equal(rejected[1]?.code, "invalid-request");
+  const message = records.find((record) => record.type === "crew.message");
+  assert.equal(message?.bytes, 10);
+  assert.equal(message?.sha256, createHash("sha256").update(Buffer.from("caf\u00e9 \u2713\u0000", "utf8")).digest("hex"));
 });
 
 test("broker survives its own failure", async () => {
