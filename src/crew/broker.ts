@@ -11,11 +11,17 @@ import { parseSendRequest, type SendRequest } from "./send-request.js";
 export const MAX_WAIT_SECONDS = 60;
 /** Messages queued for one receiver before further sends to it are rejected. */
 export const MAX_PENDING = 1000;
+/**
+ * Body bytes the broker keeps in memory for one receiver, queued or delivered but not confirmed,
+ * before further sends to it are rejected. A channel's max_bytes may be 4 MiB, and without this
+ * limit MAX_PENDING such messages would hold 4 GiB.
+ */
+export const MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024;
 /** Bytes a send request may carry beyond its channel's limits, for the JSON envelope and base64. */
 const ENVELOPE_ALLOWANCE = 64 * 1024;
 
 /** Reason code of a rejected send: a channel rule, or a problem the broker found first. */
-export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full";
+export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full" | "too-many-sends";
 
 /** An attachment as the receiver gets it. The file itself stays on the host until fetched. */
 export interface DeliveredAttachment {
@@ -86,6 +92,8 @@ export class CrewBroker {
   readonly #servers = new Map<string, Server>();
   readonly #mailboxes = new Map<string, Mailbox>();
   readonly #sendTimes = new Map<string, number[]>();
+  /** Bytes of unfinished send requests kept in memory, by sender. */
+  readonly #bufferedBytes = new Map<string, number>();
   #closed = false;
 
   private constructor(options: CrewBrokerOptions) {
@@ -194,29 +202,62 @@ export class CrewBroker {
     this.#options.onTraffic?.();
   }
 
+  // A sender's unfinished send requests together may keep at most `limit` bytes in memory, the
+  // size of its largest allowed request. Without that bound, a box could keep that much in each
+  // of its gateway's connections at once (256 by default). A request over the bound is read to
+  // its end and dropped.
   #send(agent: string, request: IncomingMessage, response: ServerResponse, query: URLSearchParams): void {
     const limit = this.#requestLimit(agent);
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
     let size = 0;
+    let requestBytes = 0;
     let over = false;
+    let busy = false;
+    const release = () => {
+      this.#bufferedBytes.set(agent, (this.#bufferedBytes.get(agent) ?? 0) - requestBytes);
+      requestBytes = 0;
+      chunks = [];
+    };
     request.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) over = true;
-      else chunks.push(chunk);
+      if (over || busy) return;
+      if (size > limit) {
+        over = true;
+        release();
+        return;
+      }
+      if ((this.#bufferedBytes.get(agent) ?? 0) + chunk.length > limit) {
+        busy = true;
+        release();
+        return;
+      }
+      chunks.push(chunk);
+      requestBytes += chunk.length;
+      this.#bufferedBytes.set(agent, (this.#bufferedBytes.get(agent) ?? 0) + chunk.length);
     });
+    // close also comes when the sender aborts the request, which never ends.
+    request.on("close", release);
     request.on("end", () => {
+      const body = Buffer.concat(chunks);
+      release();
       // This runs outside #handle's try, and an exception here would end crew up with every agent.
       try {
-        this.#finishSend(agent, response, query, request.headers["content-type"], Buffer.concat(chunks), size, limit, over);
+        this.#finishSend(agent, response, query, request.headers["content-type"], body, { size, limit, over, busy });
       } catch (error) {
         this.#internalError(agent, response, "POST /v1/send", error);
       }
     });
   }
 
-  #finishSend(agent: string, response: ServerResponse, query: URLSearchParams, contentType: string | undefined, body: Buffer, size: number, limit: number, over: boolean): void {
-    if (over) {
+  #finishSend(agent: string, response: ServerResponse, query: URLSearchParams, contentType: string | undefined, body: Buffer, read: { size: number; limit: number; over: boolean; busy: boolean }): void {
+    const { size, limit } = read;
+    if (read.over) {
       this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-large", 413, `the send request is ${size} bytes, more than any channel from ${agent} allows (${limit} bytes with the envelope)`, null);
+      return;
+    }
+    if (read.busy) {
+      const reason = `${agent}'s unfinished send requests together carry more than ${limit} bytes, the size of the largest send ${agent} may make; send the next message after the broker has answered the previous one`;
+      this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-many-sends", 429, reason, null);
       return;
     }
     const parsed = parseSendRequest(contentType, query, body);
@@ -243,6 +284,12 @@ export class CrewBroker {
     const mailbox = this.#mailboxes.get(message.to) as Mailbox;
     if (mailbox.queue.length >= MAX_PENDING) {
       this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, `${message.to} has ${MAX_PENDING} messages it has not received yet; wait until it receives some`, decision.channel.label, message.claimedFrom);
+      return;
+    }
+    const pendingBytes = [...mailbox.queue, ...mailbox.unacked].reduce((sum, entry) => sum + Buffer.byteLength(entry.message.body), 0);
+    if (pendingBytes + message.body.length > MAX_PENDING_BODY_BYTES) {
+      const reason = `${message.to} has ${pendingBytes} bytes of messages it has not received or confirmed, and this ${message.body.length}-byte message would take it over ${MAX_PENDING_BODY_BYTES} bytes; wait until it receives some`;
+      this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, reason, decision.channel.label, message.claimedFrom);
       return;
     }
 

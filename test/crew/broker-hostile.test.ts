@@ -2,7 +2,7 @@
 // answer, none ends the broker, and each rejected request is in the crew log.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
@@ -10,7 +10,7 @@ import { AuditLog } from "../../src/audit/audit-log.js";
 import { loadOrCreateHostKey } from "../../src/audit/host-key.js";
 import { readAuditRecords } from "../../src/audit/run-record.js";
 import { verifyRunLog } from "../../src/audit/verify.js";
-import { CrewBroker, parseRequestTarget } from "../../src/crew/broker.js";
+import { CrewBroker, MAX_PENDING_BODY_BYTES, parseRequestTarget } from "../../src/crew/broker.js";
 import type { Channel } from "../../src/crew/types.js";
 import { temporaryDirectory } from "./support/temp-dir.js";
 
@@ -18,11 +18,11 @@ const channels: Channel[] = [
   { label: "channels[0] (planner -> coder)", from: "planner", to: "coder", kinds: ["task"], maxBytes: 64, rate: { count: 1000, windowMs: 60_000 }, attachments: { maxBytes: 32, maxCount: 2 } },
 ];
 
-async function startBroker(onTraffic?: () => void) {
+async function startBroker(onTraffic?: () => void, rules: Channel[] = channels) {
   const dir = temporaryDirectory("ringfence-broker-");
   const key = loadOrCreateHostKey(join(dir, "keys"));
   const log = AuditLog.create(dir, "crew-test", key);
-  const broker = await CrewBroker.start({ rules: { agents: ["planner", "coder"], channels }, log, inboxDir: join(dir, "inbox"), socketDir: dir, logger: pino({ level: "silent" }), ...(onTraffic === undefined ? {} : { onTraffic }) });
+  const broker = await CrewBroker.start({ rules: { agents: ["planner", "coder"], channels: rules }, log, inboxDir: join(dir, "inbox"), socketDir: dir, logger: pino({ level: "silent" }), ...(onTraffic === undefined ? {} : { onTraffic }) });
   return { dir, key, log, broker };
 }
 
@@ -162,6 +162,82 @@ test("broker rejects non-UTF-8 body", async () => {
   const message = records.find((record) => record.type === "crew.message");
   assert.equal(message?.bytes, 10);
   assert.equal(message?.sha256, createHash("sha256").update(Buffer.from("caf\u00e9 \u2713\u0000", "utf8")).digest("hex"));
+});
+
+// Opens a send request and writes part of its body, leaving the request unfinished.
+function unfinishedSend(socketPath: string, declared: number, written: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(socketPath);
+    socket.on("error", reject);
+    const head = ["POST /v1/send?to=coder&kind=task HTTP/1.1", "Host: crew.ringfence.invalid", "Content-Type: text/plain", `Content-Length: ${declared}`, "", ""].join("\r\n");
+    socket.write(Buffer.concat([Buffer.from(head), Buffer.alloc(written, 0x61)]), () => resolve(socket));
+  });
+}
+
+test("broker bounds unfinished sends", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  // The largest request the planner's channel allows: 64 * 6 for an escaped body, the
+  // attachments in base64, and 64 KiB for the envelope.
+  const limit = 64 * 6 + Math.ceil((32 * 4) / 3) + 64 * 1024;
+  const part = Math.ceil(limit * 0.6);
+  try {
+    const first = await unfinishedSend(planner, limit, part);
+    // The unfinished send's bytes were in the broker's socket before this request was sent, and
+    // the broker reads ready sockets in turn, so it has read them when it answers this one.
+    assert.equal((await raw(planner, "GET", "/v1/list")).status, 200);
+
+    const second = await raw(planner, "POST", "/v1/send?to=coder&kind=task", "x".repeat(part), "text/plain");
+    assert.equal(second.status, 429, second.body);
+    assert.match(second.body, /too-many-sends/);
+
+    first.destroy();
+    assert.equal((await raw(planner, "GET", "/v1/list")).status, 200);
+    const third = await raw(planner, "POST", "/v1/send?to=coder&kind=task", "x".repeat(part), "text/plain");
+    assert.equal(third.status, 413, `the aborted send no longer counts: ${third.body}`);
+    assert.match(third.body, /max_bytes/);
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const rejected = readAuditRecords(dir).filter((record) => record.type === "crew.reject");
+  assert.deepEqual(
+    rejected.map((record) => record.code),
+    ["too-many-sends", "too-large"],
+  );
+  assert.equal(rejected[0]?.to, "coder");
+});
+
+test("broker bounds pending body bytes", async () => {
+  const large: Channel[] = [{ ...(channels[0] as Channel), maxBytes: 4 * 1024 * 1024, attachments: null }];
+  const { dir, key, log, broker } = await startBroker(undefined, large);
+  const planner = broker.socketPath("planner");
+  const coder = broker.socketPath("coder");
+  const body = "x".repeat(4 * 1024 * 1024);
+  const fitting = MAX_PENDING_BODY_BYTES / body.length;
+  try {
+    for (let index = 0; index < fitting; index++) {
+      const sent = await raw(planner, "POST", "/v1/send?to=coder&kind=task", body, "text/plain");
+      assert.equal(sent.status, 200, `message ${index}: ${sent.body}`);
+    }
+    const full = await raw(planner, "POST", "/v1/send?to=coder&kind=task", body, "text/plain");
+    assert.equal(full.status, 503, full.body);
+    assert.match(full.body, /inbox-full/);
+    assert.match(full.body, new RegExp(`${MAX_PENDING_BODY_BYTES} bytes`));
+
+    // A message received without ack=1 leaves the broker, and its room is free again.
+    assert.equal((await raw(coder, "GET", "/v1/receive?wait=0")).status, 200);
+    const again = await raw(planner, "POST", "/v1/send?to=coder&kind=task", body, "text/plain");
+    assert.equal(again.status, 200, again.body);
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const rejected = readAuditRecords(dir).filter((record) => record.type === "crew.reject");
+  assert.equal(rejected.length, 1);
+  assert.equal(rejected[0]?.code, "inbox-full");
 });
 
 test("broker survives its own failure", async () => {
