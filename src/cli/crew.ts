@@ -24,11 +24,11 @@ const stdio: Output = {
 
 /** `ringfence crew up FILE`: runs the crew until its exit rule is met or Ctrl-C; exits 0 when every agent exited with 0. */
 export async function crewUp(file: string, options: { root?: string }, io: Output = stdio): Promise<number> {
-  const checked = checkCrewFile(file);
+  const checked = checkCrewFile(file, { requireWorkspaces: true });
   for (const diagnostic of checked.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
   const crew = checked.crew;
   if (crew === null) {
-    io.err(`ringfence: crew file ${file} is invalid; fix the errors above (ringfence policy check ${file})\n`);
+    io.err(`ringfence: crew ${file} was not started: fix the errors above, then run crew up again\n`);
     return EXIT_FAILED;
   }
 

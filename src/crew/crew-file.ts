@@ -33,6 +33,11 @@ export type CrewCheckResult = { crew: Crew | null; diagnostics: Diagnostic[] };
 export interface CrewLoadOptions {
   cwd?: string;
   home?: string;
+  /**
+   * Whether each agent's workspace must be an existing directory. `crew up` sets it, so that a
+   * missing workspace stops the crew before any agent starts. A file check leaves it unset.
+   */
+  requireWorkspaces?: boolean;
 }
 
 /** Returns whether a YAML file is a crew file (it has top-level `agents`) rather than a policy. */
@@ -84,6 +89,7 @@ export function checkCrewFile(file: string, options: CrewLoadOptions = {}): Crew
 
   const diagnostics: Diagnostic[] = [];
   const crew = validateCrew(parsed.data, source, path, home, diagnostics);
+  if (options.requireWorkspaces === true) checkWorkspacesExist(crew, parsed.data, source, diagnostics);
   const failed = diagnostics.some((diagnostic) => diagnostic.severity === "error");
   return { crew: failed ? null : crew, diagnostics };
 }
@@ -177,6 +183,22 @@ function validateChannel(raw: ChannelFile, index: number, names: readonly string
     rate: raw.max_rate === undefined ? DEFAULT_RATE : parseRate(raw.max_rate),
     attachments,
   };
+}
+
+// Reports each agent whose workspace is not an existing directory, at the key that sets it.
+function checkWorkspacesExist(crew: Crew, file: CrewFile, source: SourceMap, diagnostics: Diagnostic[]): void {
+  for (const agent of crew.agents) {
+    const path = agent.policy.workspace.path;
+    let directory = false;
+    try {
+      directory = statSync(path).isDirectory();
+    } catch {
+      // A path that cannot be read is reported as missing below.
+    }
+    if (directory) continue;
+    const at = file.agents[agent.name]?.workspace === undefined ? ["agents", agent.name, "policy"] : ["agents", agent.name, "workspace"];
+    diagnostics.push(source.diagnostic(at, `agent ${agent.name}: workspace ${path} does not exist or is not a directory; create it, or set agents.${agent.name}.workspace to an existing directory`));
+  }
 }
 
 /**

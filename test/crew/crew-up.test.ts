@@ -1,7 +1,7 @@
 // Crews of three real agents, each in its own bubblewrap box with its own gateway, started
 // through `ringfence crew up` as a separate process.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { temporaryDirectory } from "./support/temp-dir.js";
@@ -301,4 +301,16 @@ crew list >/dev/null && echo "still serving"
   for (const target of ["//", "//[", "//%", "//a:99999"]) assert.ok(output.includes(`${target} 400`), `${target} gets 400: ${output}`);
   assert.match(output, /^port 403$/m);
   assert.match(output, /^still serving$/m);
+});
+
+test("crew up rejects a missing workspace", { timeout: 120_000 }, async () => {
+  const fixture = crewFixture("missing", { present: "true\n", absent: "true\n" }, "channels: []");
+  rmSync(fixture.workspace("absent"), { recursive: true });
+
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 1, result.stderr);
+  assert.match(result.stderr, /agent absent: workspace \S+\/absent does not exist or is not a directory/);
+  assert.match(result.stderr, /agents\.absent\.workspace/);
+  assert.equal(crewState(fixture, "missing"), null, "no agent starts, so crew up writes no state file");
+  assert.ok(!existsSync(join(fixture.stateHome, "ringfence", "runs")), "no run starts");
 });
