@@ -1,7 +1,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, resolve } from "node:path";
-import { LineCounter, parseDocument } from "yaml";
+import { LineCounter, parseDocument, type YAMLError } from "yaml";
 import type { z } from "zod";
 import { composeLayers } from "../policy/compose.js";
 import { fieldName, SourceMap, type Diagnostic } from "../policy/diagnostic.js";
@@ -73,7 +73,7 @@ export function checkCrewFile(file: string, options: CrewLoadOptions = {}): Crew
       crew: null,
       diagnostics: yamlProblems.map((problem) => {
         const { line, col } = lines.linePos(problem.pos[0]);
-        return { file: path, line, column: col, severity: "error" as const, message: `invalid YAML: ${problem.message.split("\n")[0] ?? ""}` };
+        return { file: path, line, column: col, severity: "error" as const, message: `invalid YAML: ${yamlProblemText(problem, text)}` };
       }),
     };
   }
@@ -290,10 +290,24 @@ function issueDiagnostic(issue: z.core.$ZodIssue, data: unknown, source: SourceM
     case "invalid_union":
       return source.diagnostic(path, `${field} is ${quotedValue}, which is not ${/policy$/.test(field) ? "a policy file path or an inline policy mapping (check its keys with ringfence policy check)" : /max_bytes/.test(field) ? "a size such as 64KiB" : "any of the accepted forms"}`);
     case "too_small":
+      if (issue.origin === "number") return source.diagnostic(path, `${field} is ${quotedValue}; it must be ${issue.inclusive === false ? "more than" : "at least"} ${String(issue.minimum)}`);
       return source.diagnostic(path, `${field} is ${quotedValue}; it must have at least ${String(issue.minimum)} ${issue.origin === "array" ? "entries" : "characters"}`);
+    case "too_big":
+      if (issue.origin === "number") return source.diagnostic(path, `${field} is ${quotedValue}; it must be ${issue.inclusive === false ? "less than" : "at most"} ${String(issue.maximum)}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}; it may have at most ${String(issue.maximum)} ${issue.origin === "array" ? "entries" : "characters"}`);
     default:
       return source.diagnostic(path, `${field}: ${issue.message} (value ${quotedValue})`);
   }
+}
+
+// The yaml package's duplicate-key message names no key, and in a crew file the key is often an agent's name.
+function yamlProblemText(problem: YAMLError, text: string): string {
+  if (problem.code === "DUPLICATE_KEY") {
+    // The error's position is the first character of the repeated key, so the key runs to its colon.
+    const key = (/^[^:\n]*/.exec(text.slice(problem.pos[0]))?.[0] ?? "").trim().slice(0, 80);
+    return `key ${JSON.stringify(key)} appears twice in one mapping; remove or rename one of them, because each agent and each key may appear once`;
+  }
+  return problem.message.split("\n")[0] ?? "";
 }
 
 function formatHint(field: string): string {
