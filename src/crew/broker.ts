@@ -321,7 +321,7 @@ export class CrewBroker {
       bytes: message.body.length,
       sha256: sha256(message.body),
       attachments: attachments.map(({ name, bytes, sha256: hash }) => ({ name, bytes, sha256: hash })),
-      ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: message.claimedFrom }),
+      ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: recordedName(message.claimedFrom) }),
     });
     (this.#mailboxes.get(sender) as Mailbox).traffic.sent++;
     mailbox.queue.push({ message: delivered, files });

@@ -240,6 +240,27 @@ test("broker bounds pending body bytes", async () => {
   assert.equal(rejected[0]?.code, "inbox-full");
 });
 
+test("broker cuts a long sender claim", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  const claim = `coder\u001b[2J${"x".repeat(60_000)}`;
+  try {
+    const sent = await raw(planner, "POST", "/v1/send", JSON.stringify({ from: claim, to: "coder", kind: "task", body: "hi" }));
+    assert.equal(sent.status, 200, sent.body);
+    const rejected = await raw(planner, "POST", "/v1/send", JSON.stringify({ from: claim, to: "coder", kind: "chat", body: "hi" }));
+    assert.equal(rejected.status, 403, rejected.body);
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  // An accepted message records the claim as a rejected one does, cut and with control characters escaped.
+  const expected = `coder\\u001b[2J${"x".repeat(64 - "coder\u001b[2J".length)}`;
+  const records = readAuditRecords(dir);
+  assert.equal(records.find((record) => record.type === "crew.message")?.ignoredFrom, expected);
+  assert.equal(records.find((record) => record.type === "crew.reject")?.ignoredFrom, expected);
+});
+
 test("broker survives its own failure", async () => {
   let failures = 1;
   const { dir, log, broker } = await startBroker(() => {
