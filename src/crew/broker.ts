@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createReadStream, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { pipeline } from "node:stream";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -14,7 +15,7 @@ export const MAX_PENDING = 1000;
 /**
  * Body bytes the broker keeps in memory for one receiver, queued or delivered but not confirmed,
  * before further sends to it are rejected. A channel's max_bytes may be 4 MiB, and without this
- * limit MAX_PENDING such messages would hold 4 GiB.
+ * limit MAX_PENDING such messages would take 4 GiB.
  */
 export const MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024;
 /** Bytes a send request may carry beyond its channel's limits, for the JSON envelope and base64. */
@@ -412,9 +413,16 @@ export class CrewBroker {
       reply(response, 404, { error: "not-found", message: `${path} is not an attachment of a message ${agent} has received` });
       return;
     }
-    const data = readFileSync(file);
-    response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": data.length });
-    response.end(data);
+    // The file is streamed, because an attachment may be 64 MiB and a box may keep up to 256
+    // downloads open without reading them. A whole file in memory per download would add up.
+    const bytes = statSync(file).size;
+    response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": bytes });
+    pipeline(createReadStream(file), response, (error) => {
+      if (error === undefined || error === null) return;
+      // A receiver that closes its connection early ends the download. Any other error is the broker's.
+      if ((error as NodeJS.ErrnoException).code === "ERR_STREAM_PREMATURE_CLOSE") this.#options.logger.debug({ agent, path }, "attachment download closed by the receiver");
+      else this.#options.logger.error({ err: error, agent, path, file }, "crew broker failed to send an attachment");
+    });
   }
 
   #list(agent: string): Record<string, unknown> {

@@ -184,7 +184,7 @@ test("broker bounds unfinished sends", async () => {
   try {
     const first = await unfinishedSend(planner, limit, part);
     // The unfinished send's bytes were in the broker's socket before this request was sent, and
-    // the broker reads ready sockets in turn, so it has read them when it answers this one.
+    // the broker reads ready sockets in turn, so it has read them when it responds to this one.
     assert.equal((await raw(planner, "GET", "/v1/list")).status, 200);
 
     const second = await raw(planner, "POST", "/v1/send?to=coder&kind=task", "x".repeat(part), "text/plain");
@@ -259,6 +259,49 @@ test("broker cuts a long sender claim", async () => {
   const records = readAuditRecords(dir);
   assert.equal(records.find((record) => record.type === "crew.message")?.ignoredFrom, expected);
   assert.equal(records.find((record) => record.type === "crew.reject")?.ignoredFrom, expected);
+});
+
+// Opens a GET request and reads only the response head, so the response body waits in the broker.
+function stalledDownload(socketPath: string, target: string): Promise<{ socket: Socket; head: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(socketPath);
+    socket.on("error", reject);
+    socket.once("data", (chunk: Buffer) => {
+      socket.pause();
+      resolve({ socket, head: chunk.toString("latin1").split("\r\n")[0] ?? "" });
+    });
+    socket.write(`GET ${target} HTTP/1.1\r\nHost: crew.ringfence.invalid\r\n\r\n`);
+  });
+}
+
+test("broker streams stalled attachment downloads", async () => {
+  const size = 16 * 1024 * 1024;
+  const large: Channel[] = [{ ...(channels[0] as Channel), attachments: { maxBytes: size, maxCount: 1 } }];
+  const { broker, log } = await startBroker(undefined, large);
+  const planner = broker.socketPath("planner");
+  const coder = broker.socketPath("coder");
+  const downloads: Socket[] = [];
+  try {
+    const envelope = JSON.stringify({ to: "coder", kind: "task", attachments: [{ name: "big.bin", data: Buffer.alloc(size, 0x61).toString("base64") }] });
+    assert.equal((await raw(planner, "POST", "/v1/send", envelope)).status, 200);
+    const received = await raw(coder, "GET", "/v1/receive?wait=0");
+    const url = (JSON.parse(received.body) as { attachments: { url: string }[] }).attachments[0]?.url ?? "";
+
+    // The upload's buffers are garbage by now and can only shrink the count after this point.
+    const before = process.memoryUsage().arrayBuffers;
+    for (let index = 0; index < 8; index++) {
+      const download = await stalledDownload(coder, url);
+      downloads.push(download.socket);
+      assert.equal(download.head, "HTTP/1.1 200 OK");
+    }
+    const grown = process.memoryUsage().arrayBuffers - before;
+    // Holding each file whole would take 8 * 16 MiB. A stream keeps one read buffer per download.
+    assert.ok(grown < size * 2, `8 stalled downloads of a 16 MiB attachment grew buffers by ${grown} bytes`);
+  } finally {
+    for (const socket of downloads) socket.destroy();
+    await broker.close();
+    log.close();
+  }
 });
 
 test("broker survives its own failure", async () => {
