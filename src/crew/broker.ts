@@ -22,7 +22,7 @@ export const MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024;
 const ENVELOPE_ALLOWANCE = 64 * 1024;
 
 /** Reason code of a rejected send: a channel rule, or a problem the broker found first. */
-export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full" | "too-many-sends";
+export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full" | "too-many-sends" | "agent-ended";
 
 /** An attachment as the receiver gets it. The file itself stays on the host until fetched. */
 export interface DeliveredAttachment {
@@ -93,6 +93,8 @@ export class CrewBroker {
   readonly #servers = new Map<string, Server>();
   readonly #mailboxes = new Map<string, Mailbox>();
   readonly #sendTimes = new Map<string, number[]>();
+  /** Final state of each agent that has ended, by name. */
+  readonly #ended = new Map<string, string>();
   /** Bytes of unfinished send requests kept in memory, by sender. */
   readonly #bufferedBytes = new Map<string, number>();
   #closed = false;
@@ -132,6 +134,14 @@ export class CrewBroker {
   traffic(agent: string): AgentTraffic {
     const mailbox = this.#mailboxes.get(agent);
     return mailbox === undefined ? { sent: 0, received: 0, rejected: 0, pending: 0 } : { ...mailbox.traffic, pending: mailbox.queue.length };
+  }
+
+  /**
+   * Marks an agent as ended, in its final state such as `exited` or `failed`. Later messages to
+   * it are rejected, because no box would ever receive them.
+   */
+  agentEnded(agent: string, state: string): void {
+    this.#ended.set(agent, state);
   }
 
   /** Stops every listener and ends waiting receive requests with 204. */
@@ -280,6 +290,12 @@ export class CrewBroker {
     );
     if (decision.action === "reject") {
       this.#reject(sender, response, message.to, message.kind, decision.code, decision.status, decision.reason, decision.channel?.label ?? null, message.claimedFrom);
+      return;
+    }
+    const ended = this.#ended.get(message.to);
+    if (ended !== undefined) {
+      const reason = `${message.to} has ended (${ended}) and receives no more messages; stop sending to it`;
+      this.#reject(sender, response, message.to, message.kind, "agent-ended", 410, reason, decision.channel.label, message.claimedFrom);
       return;
     }
     const mailbox = this.#mailboxes.get(message.to) as Mailbox;

@@ -152,6 +152,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
           if (status.status === 0) status.state = "exited";
           else status.state = stopReason !== null ? "stopped" : "failed";
           record("crew.agent.end", { agent: agent.name, state: status.state, status: status.status, error: status.error });
+          broker?.agentEnded(agent.name, status.state);
           publish();
           if (crew.exit === "any-failed" && status.state === "failed") stopAll(`agent ${agent.name} failed with status ${status.status ?? "unknown"}, and the crew's exit rule is any-failed`);
         },

@@ -303,7 +303,7 @@ crew list >/dev/null && echo "still serving"
   assert.match(output, /^still serving$/m);
 });
 
-test("crew up rejects a missing workspace", { timeout: 120_000 }, async () => {
+test("crew up rejects missing workspace", { timeout: 120_000 }, async () => {
   const fixture = crewFixture("missing", { present: "true\n", absent: "true\n" }, "channels: []");
   rmSync(fixture.workspace("absent"), { recursive: true });
 
@@ -313,4 +313,23 @@ test("crew up rejects a missing workspace", { timeout: 120_000 }, async () => {
   assert.match(result.stderr, /agents\.absent\.workspace/);
   assert.equal(crewState(fixture, "missing"), null, "no agent starts, so crew up writes no state file");
   assert.ok(!existsSync(join(fixture.stateHome, "ringfence", "runs")), "no run starts");
+});
+
+test("crew rejects sends to ended agent", { timeout: 120_000 }, async () => {
+  // The sender sends until the broker learns that the receiver has ended. The loop bound only ends a hung test.
+  const sender = `${CREW}for i in $(seq 1 300); do
+  if crew send gone note -m "note $i" 2>err.txt >/dev/null; then sleep 0.1; else cat err.txt; break; fi
+done
+`;
+  const fixture = crewFixture("ended", { gone: "true\n", sender }, "channels:\n  - from: sender\n    to: gone\n    kinds: [note]");
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 0, result.stderr);
+
+  const state = crewState(fixture, "ended");
+  const output = readFileSync(state?.agents.find((agent) => agent.name === "sender")?.log as string, "utf8");
+  assert.match(output, /gone has ended \(exited\) and receives no more messages/);
+  const crewLog = readFileSync(join(state?.crewDir as string, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+  const rejected = crewLog.filter((record) => record.type === "crew.reject");
+  assert.equal(rejected.length, 1);
+  assert.equal(rejected[0]?.code, "agent-ended");
 });
