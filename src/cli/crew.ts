@@ -4,6 +4,7 @@ import { auditKeyDir, defaultRunsRoot } from "../audit/run-record.js";
 import { agentHostMain } from "../crew/agent-host.js";
 import { checkCrewFile } from "../crew/crew-file.js";
 import { crewStateDir, formatStatusLines, processAlive, readCrewState, type CrewState } from "../crew/crew-state.js";
+import { AGENT_NAME } from "../crew/schema.js";
 import { runCrew } from "../crew/supervisor.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
 import { printableLine } from "../text/printable.js";
@@ -90,8 +91,16 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
   }
 }
 
+// A crew name becomes a file name in the state directory, so only names a crew file allows are read.
+function checkCrewName(name: string | undefined, io: Output): boolean {
+  if (name === undefined || AGENT_NAME.test(name)) return true;
+  io.err(`ringfence: crew name ${JSON.stringify(name.slice(0, 80))} is invalid; use the name from the crew file: a lower-case letter, then up to 31 lower-case letters, digits or hyphens\n`);
+  return false;
+}
+
 /** `ringfence crew status [NAME]`: the crew's agents, from its state file. */
 export function crewStatus(name: string | undefined, io: Output = stdio): number {
+  if (!checkCrewName(name, io)) return EXIT_USAGE;
   const state = readCrewState(crewStateDir(), name);
   if (state === null) {
     io.err(`ringfence: ${name === undefined ? "no crew has run yet" : `crew ${name} has no state file`} under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
@@ -112,9 +121,10 @@ const FOLLOW_POLL_MS = 500;
  * with --follow keeps printing until the agent has ended.
  */
 export async function crewLogs(agent: string, options: { crew?: string; follow?: boolean }, io: Output = stdio): Promise<number> {
+  if (!checkCrewName(options.crew, io)) return EXIT_USAGE;
   const state = readCrewState(crewStateDir(), options.crew);
   if (state === null) {
-    io.err(`ringfence: no crew state found under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
+    io.err(`ringfence: ${options.crew === undefined ? "no crew has run yet" : `crew ${options.crew} has no state file`} under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
     return EXIT_USAGE;
   }
   const member = state.agents.find((entry) => entry.name === agent);
