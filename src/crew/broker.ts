@@ -72,7 +72,8 @@ interface Waiter {
   ack: boolean;
 }
 
-type QueueEntry = { message: DeliveredMessage; files: string[] };
+/** A message waiting in a mailbox, its attachment files on the host, and its body size in bytes. */
+type QueueEntry = { message: DeliveredMessage; files: string[]; bodyBytes: number };
 
 interface Mailbox {
   queue: QueueEntry[];
@@ -303,7 +304,7 @@ export class CrewBroker {
       this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, `${message.to} has ${MAX_PENDING} messages it has not received yet; wait until it receives some`, decision.channel.label, message.claimedFrom);
       return;
     }
-    const pendingBytes = [...mailbox.queue, ...mailbox.unacked].reduce((sum, entry) => sum + Buffer.byteLength(entry.message.body), 0);
+    const pendingBytes = [...mailbox.queue, ...mailbox.unacked].reduce((sum, entry) => sum + entry.bodyBytes, 0);
     if (pendingBytes + message.body.length > MAX_PENDING_BODY_BYTES) {
       const reason = `${message.to} has ${pendingBytes} bytes of messages it has not received or confirmed, and this ${message.body.length}-byte message would take it over ${MAX_PENDING_BODY_BYTES} bytes; wait until it receives some`;
       this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, reason, decision.channel.label, message.claimedFrom);
@@ -341,7 +342,7 @@ export class CrewBroker {
       ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: recordedName(message.claimedFrom) }),
     });
     (this.#mailboxes.get(sender) as Mailbox).traffic.sent++;
-    mailbox.queue.push({ message: delivered, files });
+    mailbox.queue.push({ message: delivered, files, bodyBytes: message.body.length });
     reply(response, 200, { id, to: message.to, kind: message.kind });
     this.#deliver(message.to);
     this.#options.onTraffic?.();
