@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { auditKeyDir, defaultRunsRoot } from "../audit/run-record.js";
 import { agentHostMain } from "../crew/agent-host.js";
 import { checkCrewFile } from "../crew/crew-file.js";
-import { crewStateDir, formatStatusLines, processAlive, readCrewState, type CrewState } from "../crew/crew-state.js";
+import { crewStateDir, formatStatusLines, lockCrew, processAlive, readCrewState, type CrewLock, type CrewState } from "../crew/crew-state.js";
 import { AGENT_NAME } from "../crew/schema.js";
 import { runCrew } from "../crew/supervisor.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
@@ -34,9 +34,15 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
   }
 
   const stateDirectory = crewStateDir();
-  const previous = readCrewState(stateDirectory, crew.name);
-  if (previous !== null && previous.end === null && previous.pid !== process.pid && processAlive(previous.pid)) {
-    io.err(`ringfence: crew ${crew.name} is already running (crew up PID ${previous.pid}); stop it first, or rename this crew\n`);
+  let lock: CrewLock;
+  try {
+    lock = lockCrew(stateDirectory, crew.name);
+  } catch (cause) {
+    io.err(`ringfence: the lock of crew ${crew.name} in ${stateDirectory} could not be taken (${cause instanceof Error ? cause.message : String(cause)}); check that directory's permissions\n`);
+    return EXIT_FAILED;
+  }
+  if (!lock.taken) {
+    io.err(`ringfence: crew ${crew.name} is already running (crew up PID ${lock.pid}, lock ${lock.path}); stop it first or rename this crew, and remove the lock only if PID ${lock.pid} is not a crew up\n`);
     return EXIT_FAILED;
   }
 
@@ -88,6 +94,11 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
     return EXIT_FAILED;
   } finally {
     for (const [signal, handler] of Object.entries(handlers)) process.off(signal, handler);
+    try {
+      lock.release();
+    } catch (cause) {
+      io.err(`ringfence: warning: the crew's lock ${lock.path} could not be removed (${cause instanceof Error ? cause.message : String(cause)}); the next crew up replaces it, because its PID is gone\n`);
+    }
   }
 }
 

@@ -1,7 +1,7 @@
 // Crews of three real agents, each in its own bubblewrap box with its own gateway, started
 // through `ringfence crew up` as a separate process.
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { temporaryDirectory } from "./support/temp-dir.js";
@@ -332,4 +332,21 @@ done
   const rejected = crewLog.filter((record) => record.type === "crew.reject");
   assert.equal(rejected.length, 1);
   assert.equal(rejected[0]?.code, "agent-ended");
+});
+
+test("crew up runs once at a time", { timeout: 120_000 }, async () => {
+  // The agent waits until the test releases it, so the crew up that takes the lock keeps it
+  // until the other one has ended. The loop bound only ends a hung test.
+  const waiter = "for i in $(seq 1 600); do [ -e release ] && exit 0; sleep 0.1; done\n";
+  const fixture = crewFixture("once", { only: waiter }, "channels: []");
+  const runs = [crewUp(fixture), crewUp(fixture)];
+
+  const first = await Promise.race(runs.map((run) => run.done));
+  writeFileSync(join(fixture.workspace("only"), "release"), "");
+  const results = await Promise.all(runs.map((run) => run.done));
+
+  assert.equal(first.status, 1, `${first.stderr}`);
+  assert.match(first.stderr, /crew once is already running \(crew up PID \d+/);
+  const statuses = results.map((result) => result.status).sort();
+  assert.deepEqual(statuses, [0, 1], results.map((result) => result.stderr).join("\n"));
 });
