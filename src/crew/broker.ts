@@ -72,8 +72,11 @@ interface Waiter {
   ack: boolean;
 }
 
-/** A message waiting in a mailbox, its attachment files on the host, and its body size in bytes. */
-type QueueEntry = { message: DeliveredMessage; files: string[]; bodyBytes: number };
+/**
+ * A message waiting in a mailbox, its attachment files on the host, and its body size in bytes.
+ * An unconfirmed message also keeps the response that carried it.
+ */
+type QueueEntry = { message: DeliveredMessage; files: string[]; bodyBytes: number; carrier?: ServerResponse };
 
 interface Mailbox {
   queue: QueueEntry[];
@@ -366,9 +369,13 @@ export class CrewBroker {
 
     // A new receive request means the receiver is done with the earlier ones: a message it has
     // not confirmed by then may never have reached it, so it goes back to the front of the queue.
-    if (mailbox.unacked.length > 0) {
-      const returned = mailbox.unacked.splice(0);
-      mailbox.queue.unshift(...returned);
+    // A message still being written to an earlier request stays until that request ends, so
+    // that receive requests that do not read cannot make the broker keep one copy each.
+    const sent = (entry: QueueEntry) => entry.carrier === undefined || entry.carrier.writableFinished || entry.carrier.destroyed;
+    const returned = mailbox.unacked.filter(sent);
+    if (returned.length > 0) {
+      mailbox.unacked = mailbox.unacked.filter((entry) => !sent(entry));
+      mailbox.queue.unshift(...returned.map(({ carrier: _carrier, ...entry }) => entry));
       mailbox.traffic.received -= returned.length;
     }
 
@@ -403,7 +410,7 @@ export class CrewBroker {
       const entry = mailbox.queue.shift() as QueueEntry;
       entry.message.attachments.forEach((attachment, index) => mailbox.delivered.set(attachment.url, entry.files[index] as string));
       mailbox.traffic.received++;
-      if (waiter.ack) mailbox.unacked.push(entry);
+      if (waiter.ack) mailbox.unacked.push({ ...entry, carrier: waiter.response });
       this.#options.log.append("crew.deliver", { id: entry.message.id, from: entry.message.from, to: agent, kind: entry.message.kind, ...(waiter.ack ? { ack: true } : {}) });
       reply(waiter.response, 200, entry.message);
       this.#options.onTraffic?.();

@@ -304,6 +304,40 @@ test("broker streams stalled attachment downloads", async () => {
   }
 });
 
+test("broker sends one copy at a time", async () => {
+  const large: Channel[] = [{ ...(channels[0] as Channel), maxBytes: 4 * 1024 * 1024, attachments: null }];
+  const { broker, log } = await startBroker(undefined, large);
+  const planner = broker.socketPath("planner");
+  const coder = broker.socketPath("coder");
+  const stalled: Socket[] = [];
+  try {
+    assert.equal((await raw(planner, "POST", "/v1/send?to=coder&kind=task", "x".repeat(4 * 1024 * 1024), "text/plain")).status, 200);
+
+    // Each receive request in ack mode returns the unconfirmed message to the queue. While the
+    // message is still being written to a receiver that does not read, it is not sent again, or
+    // each stalled request would keep its own copy in the broker.
+    const first = await stalledDownload(coder, "/v1/receive?wait=0&ack=1");
+    stalled.push(first.socket);
+    assert.equal(first.head, "HTTP/1.1 200 OK");
+    for (let index = 0; index < 4; index++) {
+      const again = await stalledDownload(coder, "/v1/receive?wait=0&ack=1");
+      stalled.push(again.socket);
+      assert.equal(again.head, "HTTP/1.1 204 No Content", `receive ${index + 2}`);
+    }
+
+    // Once the first receiver has gone, the message is delivered again.
+    first.socket.destroy();
+    assert.equal((await raw(coder, "GET", "/v1/list")).status, 200);
+    const redelivered = await stalledDownload(coder, "/v1/receive?wait=0&ack=1");
+    stalled.push(redelivered.socket);
+    assert.equal(redelivered.head, "HTTP/1.1 200 OK");
+  } finally {
+    for (const socket of stalled) socket.destroy();
+    await broker.close();
+    log.close();
+  }
+});
+
 test("broker survives its own failure", async () => {
   let failures = 1;
   const { dir, log, broker } = await startBroker(() => {
