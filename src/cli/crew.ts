@@ -87,6 +87,11 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
       stop: stop.signal,
       onChange: draw,
     });
+    // The status lines show that an agent failed but not why, and its output is in a file.
+    for (const agent of result.state.agents.filter((entry) => entry.state === "failed")) {
+      const reason = agent.error === null ? "" : ` (${printableLine(agent.error)})`;
+      io.err(`ringfence: agent ${agent.name} failed with status ${agent.status ?? "unknown"}${reason}; see its output with ringfence crew logs ${agent.name} --crew ${crew.name}\n`);
+    }
     io.err(`ringfence: crew ${crew.name} ended with status ${result.status}; crew log ${result.crewId} (ringfence audit show ${result.crewId} merges every agent's log)\n`);
     return result.status;
   } catch (cause) {

@@ -206,6 +206,9 @@ test("crew stops on failure under any-failed", { timeout: 120_000 }, async () =>
   const fixture = crewFixture("anyfail", { quitter: "sleep 1\nexit 3\n", waiter: "exec sleep 600\n", other: "exec sleep 600\n" }, "channels: []", { exit: "any-failed" });
   const result = await crewUp(fixture).done;
   assert.equal(result.status, 1, result.stderr);
+  // crew up names the agent that failed and where its output is.
+  assert.match(result.stderr, /agent quitter failed with status 3; see its output with ringfence crew logs quitter --crew anyfail/);
+  assert.doesNotMatch(result.stderr, /agent waiter failed/, "a stopped agent is not reported as failed");
   const state = crewState(fixture, "anyfail");
   const states = Object.fromEntries((state?.agents ?? []).map((agent) => [agent.name, `${agent.state} ${agent.status}`]));
   assert.equal(states.quitter, "failed 3");
