@@ -3,7 +3,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { auditKeyDir, defaultRunsRoot } from "../audit/run-record.js";
 import { agentHostMain } from "../crew/agent-host.js";
 import { checkCrewFile } from "../crew/crew-file.js";
-import { crewStateDir, formatStatusLines, processAlive, readCrewState, type CrewState } from "../crew/crew-state.js";
+import { crewStateDir, formatStatusLines, lockCrew, processAlive, readCrewState, type CrewLock, type CrewState } from "../crew/crew-state.js";
+import { AGENT_NAME } from "../crew/schema.js";
 import { runCrew } from "../crew/supervisor.js";
 import { formatDiagnostic } from "../policy/diagnostic.js";
 import { printableLine } from "../text/printable.js";
@@ -24,18 +25,24 @@ const stdio: Output = {
 
 /** `ringfence crew up FILE`: runs the crew until its exit rule is met or Ctrl-C; exits 0 when every agent exited with 0. */
 export async function crewUp(file: string, options: { root?: string }, io: Output = stdio): Promise<number> {
-  const checked = checkCrewFile(file);
+  const checked = checkCrewFile(file, { requireWorkspaces: true });
   for (const diagnostic of checked.diagnostics) io.err(`${formatDiagnostic(diagnostic)}\n`);
   const crew = checked.crew;
   if (crew === null) {
-    io.err(`ringfence: crew file ${file} is invalid; fix the errors above (ringfence policy check ${file})\n`);
+    io.err(`ringfence: crew ${file} was not started: fix the errors above, then run crew up again\n`);
     return EXIT_FAILED;
   }
 
   const stateDirectory = crewStateDir();
-  const previous = readCrewState(stateDirectory, crew.name);
-  if (previous !== null && previous.end === null && previous.pid !== process.pid && processAlive(previous.pid)) {
-    io.err(`ringfence: crew ${crew.name} is already running (crew up PID ${previous.pid}); stop it first, or rename this crew\n`);
+  let lock: CrewLock;
+  try {
+    lock = lockCrew(stateDirectory, crew.name);
+  } catch (cause) {
+    io.err(`ringfence: the lock of crew ${crew.name} in ${stateDirectory} could not be taken (${cause instanceof Error ? cause.message : String(cause)}); check that directory's permissions\n`);
+    return EXIT_FAILED;
+  }
+  if (!lock.taken) {
+    io.err(`ringfence: crew ${crew.name} is already running (crew up PID ${lock.pid}, lock ${lock.path}); stop it first or rename this crew, and remove the lock only if PID ${lock.pid} is not a crew up\n`);
     return EXIT_FAILED;
   }
 
@@ -80,6 +87,11 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
       stop: stop.signal,
       onChange: draw,
     });
+    // The status lines show that an agent failed but not why, and its output is in a file.
+    for (const agent of result.state.agents.filter((entry) => entry.state === "failed")) {
+      const reason = agent.error === null ? "" : ` (${printableLine(agent.error)})`;
+      io.err(`ringfence: agent ${agent.name} failed with status ${agent.status ?? "unknown"}${reason}; see its output with ringfence crew logs ${agent.name} --crew ${crew.name}\n`);
+    }
     io.err(`ringfence: crew ${crew.name} ended with status ${result.status}; crew log ${result.crewId} (ringfence audit show ${result.crewId} merges every agent's log)\n`);
     return result.status;
   } catch (cause) {
@@ -87,11 +99,24 @@ export async function crewUp(file: string, options: { root?: string }, io: Outpu
     return EXIT_FAILED;
   } finally {
     for (const [signal, handler] of Object.entries(handlers)) process.off(signal, handler);
+    try {
+      lock.release();
+    } catch (cause) {
+      io.err(`ringfence: warning: the crew's lock ${lock.path} could not be removed (${cause instanceof Error ? cause.message : String(cause)}); the next crew up replaces it, because its PID is gone\n`);
+    }
   }
+}
+
+// A crew name becomes a file name in the state directory, so only names a crew file allows are read.
+function checkCrewName(name: string | undefined, io: Output): boolean {
+  if (name === undefined || AGENT_NAME.test(name)) return true;
+  io.err(`ringfence: crew name ${JSON.stringify(name.slice(0, 80))} is invalid; use the name from the crew file: a lower-case letter, then up to 31 lower-case letters, digits or hyphens\n`);
+  return false;
 }
 
 /** `ringfence crew status [NAME]`: the crew's agents, from its state file. */
 export function crewStatus(name: string | undefined, io: Output = stdio): number {
+  if (!checkCrewName(name, io)) return EXIT_USAGE;
   const state = readCrewState(crewStateDir(), name);
   if (state === null) {
     io.err(`ringfence: ${name === undefined ? "no crew has run yet" : `crew ${name} has no state file`} under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
@@ -112,9 +137,10 @@ const FOLLOW_POLL_MS = 500;
  * with --follow keeps printing until the agent has ended.
  */
 export async function crewLogs(agent: string, options: { crew?: string; follow?: boolean }, io: Output = stdio): Promise<number> {
+  if (!checkCrewName(options.crew, io)) return EXIT_USAGE;
   const state = readCrewState(crewStateDir(), options.crew);
   if (state === null) {
-    io.err(`ringfence: no crew state found under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
+    io.err(`ringfence: ${options.crew === undefined ? "no crew has run yet" : `crew ${options.crew} has no state file`} under ${crewStateDir()}; start one with ringfence crew up FILE\n`);
     return EXIT_USAGE;
   }
   const member = state.agents.find((entry) => entry.name === agent);

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createReadStream, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { pipeline } from "node:stream";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -11,11 +12,17 @@ import { parseSendRequest, type SendRequest } from "./send-request.js";
 export const MAX_WAIT_SECONDS = 60;
 /** Messages queued for one receiver before further sends to it are rejected. */
 export const MAX_PENDING = 1000;
+/**
+ * Body bytes the broker keeps in memory for one receiver, queued or delivered but not confirmed,
+ * before further sends to it are rejected. A channel's max_bytes may be 4 MiB, and without this
+ * limit MAX_PENDING such messages would take 4 GiB.
+ */
+export const MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024;
 /** Bytes a send request may carry beyond its channel's limits, for the JSON envelope and base64. */
 const ENVELOPE_ALLOWANCE = 64 * 1024;
 
 /** Reason code of a rejected send: a channel rule, or a problem the broker found first. */
-export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full";
+export type BrokerRejectCode = RejectCode | "invalid-request" | "inbox-full" | "too-many-sends" | "agent-ended";
 
 /** An attachment as the receiver gets it. The file itself stays on the host until fetched. */
 export interface DeliveredAttachment {
@@ -65,7 +72,11 @@ interface Waiter {
   ack: boolean;
 }
 
-type QueueEntry = { message: DeliveredMessage; files: string[] };
+/**
+ * A message waiting in a mailbox, its attachment files on the host, and its body size in bytes.
+ * An unconfirmed message also keeps the response that carried it.
+ */
+type QueueEntry = { message: DeliveredMessage; files: string[]; bodyBytes: number; carrier?: ServerResponse };
 
 interface Mailbox {
   queue: QueueEntry[];
@@ -86,6 +97,10 @@ export class CrewBroker {
   readonly #servers = new Map<string, Server>();
   readonly #mailboxes = new Map<string, Mailbox>();
   readonly #sendTimes = new Map<string, number[]>();
+  /** Final state of each agent that has ended, by name. */
+  readonly #ended = new Map<string, string>();
+  /** Bytes of unfinished send requests kept in memory, by sender. */
+  readonly #bufferedBytes = new Map<string, number>();
   #closed = false;
 
   private constructor(options: CrewBrokerOptions) {
@@ -123,6 +138,14 @@ export class CrewBroker {
   traffic(agent: string): AgentTraffic {
     const mailbox = this.#mailboxes.get(agent);
     return mailbox === undefined ? { sent: 0, received: 0, rejected: 0, pending: 0 } : { ...mailbox.traffic, pending: mailbox.queue.length };
+  }
+
+  /**
+   * Marks an agent as ended, in its final state such as `exited` or `failed`. Later messages to
+   * it are rejected, because no box would ever receive them.
+   */
+  agentEnded(agent: string, state: string): void {
+    this.#ended.set(agent, state);
   }
 
   /** Stops every listener and ends waiting receive requests with 204. */
@@ -194,29 +217,62 @@ export class CrewBroker {
     this.#options.onTraffic?.();
   }
 
+  // A sender's unfinished send requests together may keep at most `limit` bytes in memory, the
+  // size of its largest allowed request. Without that bound, a box could keep that much in each
+  // of its gateway's connections at once (256 by default). A request over the bound is read to
+  // its end and dropped.
   #send(agent: string, request: IncomingMessage, response: ServerResponse, query: URLSearchParams): void {
     const limit = this.#requestLimit(agent);
-    const chunks: Buffer[] = [];
+    let chunks: Buffer[] = [];
     let size = 0;
+    let requestBytes = 0;
     let over = false;
+    let busy = false;
+    const release = () => {
+      this.#bufferedBytes.set(agent, (this.#bufferedBytes.get(agent) ?? 0) - requestBytes);
+      requestBytes = 0;
+      chunks = [];
+    };
     request.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) over = true;
-      else chunks.push(chunk);
+      if (over || busy) return;
+      if (size > limit) {
+        over = true;
+        release();
+        return;
+      }
+      if ((this.#bufferedBytes.get(agent) ?? 0) + chunk.length > limit) {
+        busy = true;
+        release();
+        return;
+      }
+      chunks.push(chunk);
+      requestBytes += chunk.length;
+      this.#bufferedBytes.set(agent, (this.#bufferedBytes.get(agent) ?? 0) + chunk.length);
     });
+    // close also comes when the sender aborts the request, which never ends.
+    request.on("close", release);
     request.on("end", () => {
+      const body = Buffer.concat(chunks);
+      release();
       // This runs outside #handle's try, and an exception here would end crew up with every agent.
       try {
-        this.#finishSend(agent, response, query, request.headers["content-type"], Buffer.concat(chunks), size, limit, over);
+        this.#finishSend(agent, response, query, request.headers["content-type"], body, { size, limit, over, busy });
       } catch (error) {
         this.#internalError(agent, response, "POST /v1/send", error);
       }
     });
   }
 
-  #finishSend(agent: string, response: ServerResponse, query: URLSearchParams, contentType: string | undefined, body: Buffer, size: number, limit: number, over: boolean): void {
-    if (over) {
+  #finishSend(agent: string, response: ServerResponse, query: URLSearchParams, contentType: string | undefined, body: Buffer, read: { size: number; limit: number; over: boolean; busy: boolean }): void {
+    const { size, limit } = read;
+    if (read.over) {
       this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-large", 413, `the send request is ${size} bytes, more than any channel from ${agent} allows (${limit} bytes with the envelope)`, null);
+      return;
+    }
+    if (read.busy) {
+      const reason = `${agent}'s unfinished send requests together carry more than ${limit} bytes, the size of the largest send ${agent} may make; send the next message after the broker has answered the previous one`;
+      this.#reject(agent, response, query.get("to") ?? "", query.get("kind") ?? "", "too-many-sends", 429, reason, null);
       return;
     }
     const parsed = parseSendRequest(contentType, query, body);
@@ -240,9 +296,21 @@ export class CrewBroker {
       this.#reject(sender, response, message.to, message.kind, decision.code, decision.status, decision.reason, decision.channel?.label ?? null, message.claimedFrom);
       return;
     }
+    const ended = this.#ended.get(message.to);
+    if (ended !== undefined) {
+      const reason = `${message.to} has ended (${ended}) and receives no more messages; stop sending to it`;
+      this.#reject(sender, response, message.to, message.kind, "agent-ended", 410, reason, decision.channel.label, message.claimedFrom);
+      return;
+    }
     const mailbox = this.#mailboxes.get(message.to) as Mailbox;
     if (mailbox.queue.length >= MAX_PENDING) {
       this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, `${message.to} has ${MAX_PENDING} messages it has not received yet; wait until it receives some`, decision.channel.label, message.claimedFrom);
+      return;
+    }
+    const pendingBytes = [...mailbox.queue, ...mailbox.unacked].reduce((sum, entry) => sum + entry.bodyBytes, 0);
+    if (pendingBytes + message.body.length > MAX_PENDING_BODY_BYTES) {
+      const reason = `${message.to} has ${pendingBytes} bytes of messages it has not received or confirmed, and this ${message.body.length}-byte message would take it over ${MAX_PENDING_BODY_BYTES} bytes; wait until it receives some`;
+      this.#reject(sender, response, message.to, message.kind, "inbox-full", 503, reason, decision.channel.label, message.claimedFrom);
       return;
     }
 
@@ -274,10 +342,10 @@ export class CrewBroker {
       bytes: message.body.length,
       sha256: sha256(message.body),
       attachments: attachments.map(({ name, bytes, sha256: hash }) => ({ name, bytes, sha256: hash })),
-      ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: message.claimedFrom }),
+      ...(message.claimedFrom === null || message.claimedFrom === sender ? {} : { ignoredFrom: recordedName(message.claimedFrom) }),
     });
     (this.#mailboxes.get(sender) as Mailbox).traffic.sent++;
-    mailbox.queue.push({ message: delivered, files });
+    mailbox.queue.push({ message: delivered, files, bodyBytes: message.body.length });
     reply(response, 200, { id, to: message.to, kind: message.kind });
     this.#deliver(message.to);
     this.#options.onTraffic?.();
@@ -301,9 +369,13 @@ export class CrewBroker {
 
     // A new receive request means the receiver is done with the earlier ones: a message it has
     // not confirmed by then may never have reached it, so it goes back to the front of the queue.
-    if (mailbox.unacked.length > 0) {
-      const returned = mailbox.unacked.splice(0);
-      mailbox.queue.unshift(...returned);
+    // A message still being written to an earlier request stays until that request ends, so
+    // that receive requests that do not read cannot make the broker keep one copy each.
+    const sent = (entry: QueueEntry) => entry.carrier === undefined || entry.carrier.writableFinished || entry.carrier.destroyed;
+    const returned = mailbox.unacked.filter(sent);
+    if (returned.length > 0) {
+      mailbox.unacked = mailbox.unacked.filter((entry) => !sent(entry));
+      mailbox.queue.unshift(...returned.map(({ carrier: _carrier, ...entry }) => entry));
       mailbox.traffic.received -= returned.length;
     }
 
@@ -338,7 +410,7 @@ export class CrewBroker {
       const entry = mailbox.queue.shift() as QueueEntry;
       entry.message.attachments.forEach((attachment, index) => mailbox.delivered.set(attachment.url, entry.files[index] as string));
       mailbox.traffic.received++;
-      if (waiter.ack) mailbox.unacked.push(entry);
+      if (waiter.ack) mailbox.unacked.push({ ...entry, carrier: waiter.response });
       this.#options.log.append("crew.deliver", { id: entry.message.id, from: entry.message.from, to: agent, kind: entry.message.kind, ...(waiter.ack ? { ack: true } : {}) });
       reply(waiter.response, 200, entry.message);
       this.#options.onTraffic?.();
@@ -365,9 +437,16 @@ export class CrewBroker {
       reply(response, 404, { error: "not-found", message: `${path} is not an attachment of a message ${agent} has received` });
       return;
     }
-    const data = readFileSync(file);
-    response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": data.length });
-    response.end(data);
+    // The file is streamed, because an attachment may be 64 MiB and a box may keep up to 256
+    // downloads open without reading them. A whole file in memory per download would add up.
+    const bytes = statSync(file).size;
+    response.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": bytes });
+    pipeline(createReadStream(file), response, (error) => {
+      if (error === undefined || error === null) return;
+      // A receiver that closes its connection early ends the download. Any other error is the broker's.
+      if ((error as NodeJS.ErrnoException).code === "ERR_STREAM_PREMATURE_CLOSE") this.#options.logger.debug({ agent, path }, "attachment download closed by the receiver");
+      else this.#options.logger.error({ err: error, agent, path, file }, "crew broker failed to send an attachment");
+    });
   }
 
   #list(agent: string): Record<string, unknown> {

@@ -1,7 +1,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, resolve } from "node:path";
-import { LineCounter, parseDocument } from "yaml";
+import { LineCounter, parseDocument, type YAMLError } from "yaml";
 import type { z } from "zod";
 import { composeLayers } from "../policy/compose.js";
 import { fieldName, SourceMap, type Diagnostic } from "../policy/diagnostic.js";
@@ -33,6 +33,11 @@ export type CrewCheckResult = { crew: Crew | null; diagnostics: Diagnostic[] };
 export interface CrewLoadOptions {
   cwd?: string;
   home?: string;
+  /**
+   * Whether each agent's workspace must be an existing directory. `crew up` sets it, so that a
+   * missing workspace stops the crew before any agent starts. A file check leaves it unset.
+   */
+  requireWorkspaces?: boolean;
 }
 
 /** Returns whether a YAML file is a crew file (it has top-level `agents`) rather than a policy. */
@@ -68,7 +73,7 @@ export function checkCrewFile(file: string, options: CrewLoadOptions = {}): Crew
       crew: null,
       diagnostics: yamlProblems.map((problem) => {
         const { line, col } = lines.linePos(problem.pos[0]);
-        return { file: path, line, column: col, severity: "error" as const, message: `invalid YAML: ${problem.message.split("\n")[0] ?? ""}` };
+        return { file: path, line, column: col, severity: "error" as const, message: `invalid YAML: ${yamlProblemText(problem, text)}` };
       }),
     };
   }
@@ -84,6 +89,7 @@ export function checkCrewFile(file: string, options: CrewLoadOptions = {}): Crew
 
   const diagnostics: Diagnostic[] = [];
   const crew = validateCrew(parsed.data, source, path, home, diagnostics);
+  if (options.requireWorkspaces === true) checkWorkspacesExist(crew, parsed.data, source, diagnostics);
   const failed = diagnostics.some((diagnostic) => diagnostic.severity === "error");
   return { crew: failed ? null : crew, diagnostics };
 }
@@ -179,6 +185,22 @@ function validateChannel(raw: ChannelFile, index: number, names: readonly string
   };
 }
 
+// Reports each agent whose workspace is not an existing directory, at the key that sets it.
+function checkWorkspacesExist(crew: Crew, file: CrewFile, source: SourceMap, diagnostics: Diagnostic[]): void {
+  for (const agent of crew.agents) {
+    const path = agent.policy.workspace.path;
+    let directory = false;
+    try {
+      directory = statSync(path).isDirectory();
+    } catch {
+      // A path that cannot be read is reported as missing below.
+    }
+    if (directory) continue;
+    const at = file.agents[agent.name]?.workspace === undefined ? ["agents", agent.name, "policy"] : ["agents", agent.name, "workspace"];
+    diagnostics.push(source.diagnostic(at, `agent ${agent.name}: workspace ${path} does not exist or is not a directory; create it, or set agents.${agent.name}.workspace to an existing directory`));
+  }
+}
+
 /**
  * Reports a path one agent can write that another agent can see. Such a path would be a channel
  * between their boxes that the broker neither checks nor records.
@@ -268,10 +290,24 @@ function issueDiagnostic(issue: z.core.$ZodIssue, data: unknown, source: SourceM
     case "invalid_union":
       return source.diagnostic(path, `${field} is ${quotedValue}, which is not ${/policy$/.test(field) ? "a policy file path or an inline policy mapping (check its keys with ringfence policy check)" : /max_bytes/.test(field) ? "a size such as 64KiB" : "any of the accepted forms"}`);
     case "too_small":
+      if (issue.origin === "number") return source.diagnostic(path, `${field} is ${quotedValue}; it must be ${issue.inclusive === false ? "more than" : "at least"} ${String(issue.minimum)}`);
       return source.diagnostic(path, `${field} is ${quotedValue}; it must have at least ${String(issue.minimum)} ${issue.origin === "array" ? "entries" : "characters"}`);
+    case "too_big":
+      if (issue.origin === "number") return source.diagnostic(path, `${field} is ${quotedValue}; it must be ${issue.inclusive === false ? "less than" : "at most"} ${String(issue.maximum)}`);
+      return source.diagnostic(path, `${field} is ${quotedValue}; it may have at most ${String(issue.maximum)} ${issue.origin === "array" ? "entries" : "characters"}`);
     default:
       return source.diagnostic(path, `${field}: ${issue.message} (value ${quotedValue})`);
   }
+}
+
+// The yaml package's duplicate-key message names no key, and in a crew file the key is often an agent's name.
+function yamlProblemText(problem: YAMLError, text: string): string {
+  if (problem.code === "DUPLICATE_KEY") {
+    // The error's position is the first character of the repeated key, so the key runs to its colon.
+    const key = (/^[^:\n]*/.exec(text.slice(problem.pos[0]))?.[0] ?? "").trim().slice(0, 80);
+    return `key ${JSON.stringify(key)} appears twice in one mapping; remove or rename one of them, because each agent and each key may appear once`;
+  }
+  return problem.message.split("\n")[0] ?? "";
 }
 
 function formatHint(field: string): string {

@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stateDir } from "../audit/run-record.js";
 
@@ -73,6 +73,54 @@ export function readCrewState(directory: string, name?: string): CrewState | nul
     return JSON.parse(readFileSync(file, "utf8")) as CrewState;
   } catch {
     return null;
+  }
+}
+
+/** A crew's lock: taken by this process, or held by the live `crew up` with `pid`. */
+export type CrewLock = { taken: true; path: string; release: () => void } | { taken: false; path: string; pid: number };
+
+/**
+ * Takes the lock of crew `name`, a file created with O_EXCL that contains the PID of its
+ * `crew up`, so that of two `crew up` started at once only one runs. A lock whose process is
+ * gone (a `crew up` that was killed) is replaced.
+ */
+export function lockCrew(directory: string, name: string): CrewLock {
+  mkdirSync(directory, { recursive: true, mode: 0o700 });
+  const path = join(directory, `${name}.lock`);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
+      return { taken: true, path, release: () => releaseCrewLock(path) };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw error;
+    }
+    const holder = lockHolder(path);
+    if (holder !== null && holder !== process.pid && processAlive(holder)) return { taken: false, path, pid: holder };
+    // NOTE: two `crew up` that find the same stale lock at once can both replace it and both run.
+    try {
+      unlinkSync(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+    }
+  }
+}
+
+function lockHolder(path: string): number | null {
+  try {
+    const pid = Number.parseInt(readFileSync(path, "utf8"), 10);
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+// Removes the lock only while it is this process's own, so a replaced lock stays with its new holder.
+function releaseCrewLock(path: string): void {
+  if (lockHolder(path) !== process.pid) return;
+  try {
+    unlinkSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }
 }
 

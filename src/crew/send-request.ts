@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { MESSAGE_KIND } from "./schema.js";
 
 /** Host name under which each box reaches the crew broker, through its own gateway. `.invalid` is reserved (RFC 2606), so no real host carries it. */
@@ -34,9 +35,14 @@ export function parseSendRequest(contentType: string | undefined, query: URLSear
     const to = query.get("to");
     const kind = query.get("kind");
     if (to === null || kind === null) return { ok: false, reason: "a message without a JSON envelope needs to and kind in the query string, such as /v1/send?to=coder&kind=task" };
+    // The receiver gets the body as a JSON string. Decoding other bytes would replace them, so it
+    // would get other bytes than the size and SHA-256 that the crew log records.
+    if (!isUtf8(raw)) return { ok: false, reason: "the message body is not valid UTF-8 text; send binary data as an attachment, or encode it as base64 text", to, kind };
     return checkKind({ to, kind, body: raw, attachments: [], claimedFrom: query.get("from") });
   }
 
+  // RFC 8259 requires UTF-8 for JSON, and decoding would replace other bytes without a trace.
+  if (!isUtf8(raw)) return { ok: false, reason: "the JSON envelope is not valid UTF-8 text; send binary data as a base64 attachment" };
   let envelope: unknown;
   try {
     envelope = JSON.parse(raw.toString("utf8"));

@@ -17,6 +17,14 @@ const EXIT_START_FAILED = 125;
 /** Time an agent gets to stop its box after the crew stops it, before its host process is killed. */
 export const DEFAULT_STOP_GRACE_MS = 10_000;
 
+/**
+ * Time between state file writes that message counts cause, in milliseconds. Each update
+ * rewrites two files (the state file and crew.json), so without this interval a box that floods
+ * the broker with rejected requests would cause two file writes per request. Agent starts and
+ * ends are written at once.
+ */
+export const DEFAULT_TRAFFIC_PUBLISH_MS = 250;
+
 export interface CrewUpOptions {
   crew: Crew;
   /** SHA-256 of the crew file's text, which each agent host checks before it starts. */
@@ -36,6 +44,8 @@ export interface CrewUpOptions {
   /** Called after every change of the crew's state. */
   onChange?: (state: CrewState) => void;
   stopGraceMs?: number;
+  /** Time between state file writes for message counts. Default: DEFAULT_TRAFFIC_PUBLISH_MS. */
+  trafficPublishMs?: number;
 }
 
 export interface CrewResult {
@@ -81,7 +91,10 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
   // The members and state files are rewritten on every change. publish runs inside event
   // handlers, so a failed write (a full disk, say) is reported once instead of thrown there.
   let publishFailed = false;
+  let trafficTimer: NodeJS.Timeout | null = null;
   const publish = () => {
+    if (trafficTimer !== null) clearTimeout(trafficTimer);
+    trafficTimer = null;
     for (const member of members.values()) Object.assign(member.status, broker?.traffic(member.status.name) ?? {});
     state.agents = [...members.values()].map((member) => ({ ...member.status }));
     try {
@@ -94,6 +107,12 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
       }
     }
     options.onChange?.(state);
+  };
+  // Message counts change with every request, so a change of counts alone writes the files at
+  // most once per interval.
+  const publishTraffic = () => {
+    if (trafficTimer !== null) return;
+    trafficTimer = setTimeout(publish, options.trafficPublishMs ?? DEFAULT_TRAFFIC_PUBLISH_MS);
   };
 
   // Once the crew's audit log has failed, every later append raises that failure again. The
@@ -130,7 +149,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
       inboxDir: join(runDir.path, "inbox"),
       socketDir,
       logger,
-      onTraffic: publish,
+      onTraffic: publishTraffic,
     });
 
     for (const agent of crew.agents) {
@@ -152,6 +171,7 @@ export async function runCrew(options: CrewUpOptions): Promise<CrewResult> {
           if (status.status === 0) status.state = "exited";
           else status.state = stopReason !== null ? "stopped" : "failed";
           record("crew.agent.end", { agent: agent.name, state: status.state, status: status.status, error: status.error });
+          broker?.agentEnded(agent.name, status.state);
           publish();
           if (crew.exit === "any-failed" && status.state === "failed") stopAll(`agent ${agent.name} failed with status ${status.status ?? "unknown"}, and the crew's exit rule is any-failed`);
         },

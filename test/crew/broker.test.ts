@@ -256,3 +256,29 @@ test("broker redelivers an unconfirmed message", async () => {
   const types = readAuditRecords(dir).map((record) => record.type);
   assert.deepEqual(types.filter((type) => type !== "crew.message"), ["crew.deliver", "crew.deliver", "crew.ack", "crew.deliver", "crew.ack"]);
 });
+
+test("broker rejects sends to ended agent", async () => {
+  const { dir, key, log, broker } = await startBroker();
+  const planner = broker.socketPath("planner");
+  try {
+    const before = await call(planner, "POST", "/v1/send", { to: "coder", kind: "task", body: "while running" });
+    assert.equal(before.status, 200, JSON.stringify(before.json));
+
+    broker.agentEnded("coder", "failed");
+    const after = await call(planner, "POST", "/v1/send", { to: "coder", kind: "task", body: "too late" });
+    assert.equal(after.status, 410, JSON.stringify(after.json));
+    assert.equal(after.json?.error, "agent-ended");
+    assert.match(String(after.json?.message), /coder has ended \(failed\)/);
+
+    // A rule still comes first: a message no channel allows is rejected for that reason.
+    const unlisted = await call(planner, "POST", "/v1/send", { to: "coder", kind: "chat", body: "x" });
+    assert.equal(unlisted.json?.error, "unknown-kind");
+  } finally {
+    await broker.close();
+    log.close();
+  }
+  assert.equal(verifyRunLog(dir, "crew-test", key.publicKey).status, "valid");
+  const rejects = readAuditRecords(dir).filter((record) => record.type === "crew.reject");
+  assert.equal(rejects[0]?.code, "agent-ended");
+  assert.equal(rejects[0]?.channel, "channels[0] (planner -> coder)");
+});

@@ -78,6 +78,10 @@ const invalid: { name: string; text: string; line: number; message: RegExp }[] =
   { name: "inline policy extends", text: VALID.replace("      version: 1\n      workspace:", "      version: 1\n      extends: planner.yaml\n      workspace:"), line: 12, message: /inline policy cannot use extends/ },
   { name: "bad agent name", text: VALID.replace("  coder:", "  Coder:").replace(/to: coder/, "to: planner2"), line: 9, message: /agent name "Coder" is invalid/ },
   { name: "missing command", text: VALID.replace('    command: [sh, -c, "echo plan"]\n', ""), line: 6, message: /agents\.planner\.command is required/ },
+  { name: "negative body limit", text: VALID.replace("max_bytes: 1KiB", "max_bytes: -1"), line: 19, message: /channels\[0\]\.max_bytes is -1; it must be at least 0$/ },
+  { name: "zero attachment count", text: VALID.replace("max_bytes: 2MiB", "max_bytes: 2MiB\n      max_count: 0"), line: 23, message: /attachments\.max_count is 0; it must be at least 1$/ },
+  { name: "attachment count too large", text: VALID.replace("max_bytes: 2MiB", "max_bytes: 2MiB\n      max_count: 65"), line: 23, message: /attachments\.max_count is 65; it must be at most 64$/ },
+  { name: "duplicate agent", text: VALID.replace("channels:", '  planner:\n    policy: {version: 1}\n    command: [sh]\nchannels:'), line: 15, message: /key "planner" appears twice in one mapping/ },
 ];
 
 for (const entry of invalid) {

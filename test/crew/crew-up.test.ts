@@ -1,7 +1,7 @@
 // Crews of three real agents, each in its own bubblewrap box with its own gateway, started
 // through `ringfence crew up` as a separate process.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { temporaryDirectory } from "./support/temp-dir.js";
@@ -206,6 +206,9 @@ test("crew stops on failure under any-failed", { timeout: 120_000 }, async () =>
   const fixture = crewFixture("anyfail", { quitter: "sleep 1\nexit 3\n", waiter: "exec sleep 600\n", other: "exec sleep 600\n" }, "channels: []", { exit: "any-failed" });
   const result = await crewUp(fixture).done;
   assert.equal(result.status, 1, result.stderr);
+  // crew up names the agent that failed and where its output is.
+  assert.match(result.stderr, /agent quitter failed with status 3; see its output with ringfence crew logs quitter --crew anyfail/);
+  assert.doesNotMatch(result.stderr, /agent waiter failed/, "a stopped agent is not reported as failed");
   const state = crewState(fixture, "anyfail");
   const states = Object.fromEntries((state?.agents ?? []).map((agent) => [agent.name, `${agent.state} ${agent.status}`]));
   assert.equal(states.quitter, "failed 3");
@@ -301,4 +304,52 @@ crew list >/dev/null && echo "still serving"
   for (const target of ["//", "//[", "//%", "//a:99999"]) assert.ok(output.includes(`${target} 400`), `${target} gets 400: ${output}`);
   assert.match(output, /^port 403$/m);
   assert.match(output, /^still serving$/m);
+});
+
+test("crew up rejects missing workspace", { timeout: 120_000 }, async () => {
+  const fixture = crewFixture("missing", { present: "true\n", absent: "true\n" }, "channels: []");
+  rmSync(fixture.workspace("absent"), { recursive: true });
+
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 1, result.stderr);
+  assert.match(result.stderr, /agent absent: workspace \S+\/absent does not exist or is not a directory/);
+  assert.match(result.stderr, /agents\.absent\.workspace/);
+  assert.equal(crewState(fixture, "missing"), null, "no agent starts, so crew up writes no state file");
+  assert.ok(!existsSync(join(fixture.stateHome, "ringfence", "runs")), "no run starts");
+});
+
+test("crew rejects sends to ended agent", { timeout: 120_000 }, async () => {
+  // The sender sends until the broker learns that the receiver has ended. The loop bound only ends a hung test.
+  const sender = `${CREW}for i in $(seq 1 300); do
+  if crew send gone note -m "note $i" 2>err.txt >/dev/null; then sleep 0.1; else cat err.txt; break; fi
+done
+`;
+  const fixture = crewFixture("ended", { gone: "true\n", sender }, "channels:\n  - from: sender\n    to: gone\n    kinds: [note]");
+  const result = await crewUp(fixture).done;
+  assert.equal(result.status, 0, result.stderr);
+
+  const state = crewState(fixture, "ended");
+  const output = readFileSync(state?.agents.find((agent) => agent.name === "sender")?.log as string, "utf8");
+  assert.match(output, /gone has ended \(exited\) and receives no more messages/);
+  const crewLog = readFileSync(join(state?.crewDir as string, "audit.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+  const rejected = crewLog.filter((record) => record.type === "crew.reject");
+  assert.equal(rejected.length, 1);
+  assert.equal(rejected[0]?.code, "agent-ended");
+});
+
+test("crew up runs once at a time", { timeout: 120_000 }, async () => {
+  // The agent waits until the test releases it, so the crew up that takes the lock keeps it
+  // until the other one has ended. The loop bound only ends a hung test.
+  const waiter = "for i in $(seq 1 600); do [ -e release ] && exit 0; sleep 0.1; done\n";
+  const fixture = crewFixture("once", { only: waiter }, "channels: []");
+  const runs = [crewUp(fixture), crewUp(fixture)];
+
+  const first = await Promise.race(runs.map((run) => run.done));
+  writeFileSync(join(fixture.workspace("only"), "release"), "");
+  const results = await Promise.all(runs.map((run) => run.done));
+
+  assert.equal(first.status, 1, `${first.stderr}`);
+  assert.match(first.stderr, /crew once is already running \(crew up PID \d+/);
+  const statuses = results.map((result) => result.status).sort();
+  assert.deepEqual(statuses, [0, 1], results.map((result) => result.stderr).join("\n"));
 });

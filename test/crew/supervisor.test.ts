@@ -144,3 +144,41 @@ test("failed crew audit log stops agents", { timeout: 60_000, skip: process.getu
     spawnSync("umount", ["--lazy", disk]);
   }
 });
+
+// An agent host that sends rejected requests straight to its broker socket, then reports its exit.
+const FLOODING_HOST = `
+const { request } = require("node:http");
+process.once("message", async (start) => {
+  const count = start.agent === "one" ? 50 : 0;
+  for (let index = 0; index < count; index++) {
+    await new Promise((resolve, reject) => {
+      const sent = request({ socketPath: start.brokerSocket, method: "POST", path: "/v1/send?to=two&kind=note" }, (response) => response.resume().on("end", resolve));
+      sent.on("error", reject);
+      sent.end("x");
+    });
+  }
+  process.send({ type: "exit", status: 0, error: null }, () => process.exit(0));
+});
+`;
+
+test("supervisor batches traffic state writes", { timeout: 60_000 }, async () => {
+  const { crew, root } = loadCrew("flood");
+  let changes = 0;
+  const result = await runCrew({
+    crew,
+    crewSha256: "0".repeat(64),
+    runsRoot: join(root, "runs"),
+    stateDirectory: join(root, "crews"),
+    keyDirectory: join(root, "keys"),
+    agentHost: [process.execPath, "-e", FLOODING_HOST],
+    stop: new AbortController().signal,
+    // Longer than the test, so no rejected request writes the state file before the crew ends.
+    trafficPublishMs: 3_600_000,
+    onChange: () => changes++,
+  });
+  assert.equal(result.status, 0);
+  assert.equal(result.state.agents.find((agent) => agent.name === "one")?.rejected, 50, "the final state has every count");
+  const saved = JSON.parse(readFileSync(join(root, "crews", "flood.json"), "utf8")) as { agents: { name: string; rejected: number }[] };
+  assert.equal(saved.agents.find((agent) => agent.name === "one")?.rejected, 50);
+  assert.ok(changes < 50, `the state was written ${changes} times for 50 rejected requests`);
+});
