@@ -19,6 +19,8 @@ import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } f
 import { describeLimitEvents, planLimits, type LimitPlan } from "./limits.js";
 import { BOX_EXEC_AGENT, BOX_GATEWAY_SOCKET, BOX_RUNTIME_DIR, boxWorkingDirectory, planMounts } from "./mount-plan.js";
 import { planProtection, type ProtectPlan } from "./protect-plan.js";
+import { newOrReplacedProtectedPaths, noteProtectedIdentities, type ProtectedIdentities } from "./protected-identity.js";
+import { claimWorkspace, type WorkspaceClaim } from "./workspace-claim.js";
 import { buildSeccompProgram, encodeSeccompProgram, SECCOMP_DENIED_NAMES, SECCOMP_SET_ID_NAMES, seccompArchFor } from "./seccomp.js";
 
 /**
@@ -241,14 +243,19 @@ export class NamespaceBackend implements SandboxBackend {
     let launched: LaunchedBox | null = null;
     let protectForExit: ProtectPlan | null = null;
     let placeholdersMade = false;
+    // The placeholders this run created. Only these are removed: a path another run created
+    // after this run's plan was made stays, because that run's box may have it mounted.
+    const madePlaceholders: ProtectPlan["placeholders"] = [];
+    let claim: WorkspaceClaim | null = null;
     // If ringfence itself dies mid-run (an uncaught error), bwrap and the box die with it
     // through --die-with-parent. This handler removes what was made on the host for the box.
     const onExit = () => {
       cgroups?.removeNow();
       if (placeholdersMade && protectForExit !== null) {
-        removePlaceholders(protectForExit);
+        removePlaceholders({ ...protectForExit, placeholders: madePlaceholders });
         markRemovedOnExit(request.runDir);
       }
+      claim?.release();
     };
     if (request.dryRun !== true && runAllowed) {
       process.once("exit", onExit);
@@ -321,11 +328,12 @@ export class NamespaceBackend implements SandboxBackend {
         if (cleaned) return;
         cleaned = true;
         await launched?.abort();
-        await Promise.all([cgroups?.remove(), removePlaceholdersConcurrently(protect)]);
+        await Promise.all([cgroups?.remove(), removePlaceholdersConcurrently({ ...protect, placeholders: madePlaceholders })]);
         // The exit handler goes only now, so a process that exits during the removal still
         // removes the placeholders.
         process.off("exit", onExit);
         markPlaceholdersRemoved(request.runDir);
+        claim?.release();
       };
 
       return {
@@ -356,7 +364,7 @@ export class NamespaceBackend implements SandboxBackend {
         ],
 
         run: async ({ timeoutMs, stop, onExec, agent }) => {
-          const before = new Set([...protect.readOnly, ...protect.redirects]);
+          let before: ProtectedIdentities = new Map();
           try {
             if (!runAllowed) {
               throw new SandboxError("limits", `the policy sets limits this host cannot enforce:\n  ${limits.unenforced.join("\n  ")}\nremove them from resources, or run where cgroups are available`);
@@ -366,13 +374,18 @@ export class NamespaceBackend implements SandboxBackend {
               throw new SandboxError("box-agent", `this box was prepared ${launched.agent ? "with" : "without"} an exec agent, but run() was called ${agent === undefined ? "without" : "with"} one; prepare and run a box the same way`);
             }
             const limitWarnings = builtInDefault ? limits.unenforced.map((line) => `the built-in default limit is not enforced on this host: ${line}`) : [];
+            // Before any placeholder exists, so another run that writes the same workspace refuses
+            // to start, or this one does.
+            if (workspace.mode === "rw") claim = claimWorkspace(dirname(request.runDir), request.runDir, workspace.path);
             // Recorded before they exist, so a later run can remove them if this one is killed.
             writePlaceholderRecord(request.runDir, workspaceSource, protect);
             placeholdersMade = true;
             for (const placeholder of protect.placeholders) {
               if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
               else mkdirSync(placeholder.path);
+              madePlaceholders.push(placeholder);
             }
+            before = noteProtectedIdentities([...protect.readOnly, ...protect.redirects, ...protect.placeholders.map((entry) => entry.path)]);
             const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
 
             const groups = cgroups as RunCgroups | null;
@@ -389,7 +402,7 @@ export class NamespaceBackend implements SandboxBackend {
             const limitMessage = groups === null ? null : describeLimitEvents(groups.events(), policy.resources);
             if (workspace.mode !== "ro") {
               const after = planProtection(workspaceSource, protectGlobs, diskView);
-              const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+              const created = newOrReplacedProtectedPaths([...after.readOnly, ...after.redirects], before);
               // A `.git` that appeared or was replaced below the root during the run would make host
               // git run the box's hooks and config commands in that directory.
               const nestedAfter = scanNestedGit(workspaceSource, scanSkip);
@@ -398,7 +411,7 @@ export class NamespaceBackend implements SandboxBackend {
               const outermost = [...new Set(created)].filter((path, _index, all) => !all.some((other) => other !== path && path.startsWith(`${other}/`)));
               const { moved, failed } = quarantine(outermost, workspaceSource, join(request.runDir, "quarantine"));
               exit.warnings.push(...failed);
-              if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+              if (moved.length > 0) exit.warnings.push(`protected paths created or replaced during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
             }
             return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: exit.warnings } satisfies BoxExit;
           } finally {

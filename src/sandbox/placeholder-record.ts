@@ -49,7 +49,7 @@ interface PlaceholderRecord {
 }
 
 /** Returns the start time field of a process from /proc, or null when it is not running. */
-function processStart(pid: number): string | null {
+export function processStart(pid: number): string | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;

@@ -155,6 +155,8 @@ export class Sandbox implements AsyncDisposable {
   /**
    * Starts a sandbox and resolves once its exec agent is ready. Rejects with SandboxError, whose
    * `code` names the cause (policy-invalid, bwrap-missing, workspace-missing, box-start, ...).
+   * The code is workspace-busy when another box of this user writes the same workspace, or one
+   * inside or around it, in rw mode: run commands in one sandbox, or use overlay or ro mode.
    */
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const cwd = options.cwd ?? process.cwd();

@@ -10,6 +10,8 @@ import { boxWorkingDirectory, planMounts } from "../sandbox/mount-plan.js";
 import { findExecutable, prepareWorkspaceSource, quarantine, rebaseProtection, removePlaceholders } from "../sandbox/namespace-backend.js";
 import { markPlaceholdersRemoved, markRemovedOnExit, removeStalePlaceholders, writePlaceholderRecord } from "../sandbox/placeholder-record.js";
 import { planProtection, type ProtectPlan } from "../sandbox/protect-plan.js";
+import { newOrReplacedProtectedPaths, noteProtectedIdentities } from "../sandbox/protected-identity.js";
+import { claimWorkspace, type WorkspaceClaim } from "../sandbox/workspace-claim.js";
 import type { Accelerator } from "./qemu-args.js";
 import { requestAccelerator } from "./accel.js";
 import { hostTscKhz, readChoice, resolveAutoAccelerator } from "./calibrate.js";
@@ -87,12 +89,17 @@ export class VmBackend implements SandboxBackend {
     const requested = requestedAccel.accel;
     const cachedChoice = readChoice([image.dir, ...vmDirectories(request.hostEnv, request.home)]);
 
+    // The placeholders this run created. Only these are removed: a path another run created
+    // after this run's plan was made stays, because that run's box may have it mounted.
+    const madePlaceholders: ProtectPlan["placeholders"] = [];
+    let claim: WorkspaceClaim | null = null;
     let cleaned = false;
     const cleanup = async () => {
       if (cleaned) return;
       cleaned = true;
-      removePlaceholders(protect);
+      removePlaceholders({ ...protect, placeholders: madePlaceholders });
       markPlaceholdersRemoved(request.runDir);
+      claim?.release();
     };
 
     return {
@@ -114,18 +121,23 @@ export class VmBackend implements SandboxBackend {
       workingDirectory: cwd,
 
       run: async ({ timeoutMs, stop, agent, onExec }) => {
+        // Before any placeholder exists, so another run that writes the same workspace refuses
+        // to start, or this one does.
+        if (workspace.mode === "rw") claim = claimWorkspace(dirname(request.runDir), request.runDir, workspace.path);
         // Recorded before they exist, so a later run can remove them if this one is killed.
         writePlaceholderRecord(request.runDir, workspaceSource, protect);
         for (const placeholder of protect.placeholders) {
           if (placeholder.kind === "file") closeSync(openSync(placeholder.path, "wx", 0o444));
           else mkdirSync(placeholder.path);
+          madePlaceholders.push(placeholder);
         }
         const onExit = () => {
-          removePlaceholders(protect);
+          removePlaceholders({ ...protect, placeholders: madePlaceholders });
           markRemovedOnExit(request.runDir);
+          claim?.release();
         };
         process.once("exit", onExit);
-        const before = new Set([...protect.readOnly, ...protect.redirects]);
+        const before = noteProtectedIdentities([...protect.readOnly, ...protect.redirects, ...protect.placeholders.map((entry) => entry.path)]);
 
         try {
           let accel: Accelerator;
@@ -163,10 +175,10 @@ export class VmBackend implements SandboxBackend {
 
           if (workspace.mode !== "ro") {
             const after = planProtection(workspaceSource, workspace.protect, diskView);
-            const created = [...new Set([...after.readOnly, ...after.redirects])].filter((path) => !before.has(path) && !protect.placeholders.some((entry) => entry.path === path));
+            const created = newOrReplacedProtectedPaths([...after.readOnly, ...after.redirects], before);
             const { moved, failed } = quarantine(created, workspaceSource, join(request.runDir, "quarantine"));
             exit.warnings.push(...failed);
-            if (moved.length > 0) exit.warnings.push(`protected paths created during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
+            if (moved.length > 0) exit.warnings.push(`protected paths created or replaced during the run were moved out of the workspace into ${join(request.runDir, "quarantine")}: ${moved.join(", ")}`);
           }
           const limitMessage = describeLimitEvents({ memoryLimitHits: 0, oomKills: 0, processLimitHits: exit.processLimitHits ?? 0 }, policy.resources);
           return { status: exit.status, stoppedBy: exit.stoppedBy, limitMessage, warnings: [...warnings, ...exit.warnings] } satisfies BoxExit;

@@ -454,7 +454,7 @@ for (const backend of BACKENDS) {
         // Names in another case and new protected files are moved out of the workspace after the run.
         assert.equal(existsSync(join(workspace, ".GIT", "hooks")), false, show(run));
         assert.equal(existsSync(join(workspace, ".envrc")), false, show(run));
-        assert.match(run.stderr, /protected paths created during the run/);
+        assert.match(run.stderr, /protected paths created or replaced during the run/);
       });
 
       test("planted .git symlink rejected", async () => {

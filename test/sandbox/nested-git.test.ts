@@ -73,7 +73,7 @@ describe("nested .git with real runs", () => {
 
     assert.match(run.stdout, /planted/, show(run));
     assert.equal(existsSync(join(workspace, "src", ".git")), false, show(run));
-    assert.match(run.stderr, /protected paths created during the run were moved out of the workspace into (\S+): .*src\/\.git/, show(run));
+    assert.match(run.stderr, /protected paths created or replaced during the run were moved out of the workspace into (\S+): .*src\/\.git/, show(run));
     const quarantined = /moved out of the workspace into (\S+):/.exec(run.stderr)?.[1] as string;
     assert.match(readFileSync(join(quarantined, "src", ".git", "config"), "utf8"), /fsmonitor/);
 
