@@ -1,7 +1,8 @@
 // Two runs on one workspace: the second rw run is refused, and a protected path that another
-// run's cleanup removed and the box then recreated is moved out of the workspace at the end.
+// run's cleanup removed, or a host program renamed over, and that the box then wrote is moved
+// out of the workspace at the end.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -53,7 +54,7 @@ async function waitFor(path: string): Promise<void> {
   for (let tries = 0; tries < 1200 && !existsSync(path); tries += 1) await sleep(50);
 }
 
-describe("concurrent runs on one workspace", () => {
+describe("other writers of a run's workspace", () => {
   test("second rw run refused", async () => {
     const workspace = makeWorkspace(me, { "sub/file.txt": "x\n" });
     const first = runBox(me, workspace, [], ["sh", "-c", "touch first-started; while [ ! -e release ]; do sleep 0.05; done"]);
@@ -96,5 +97,29 @@ describe("concurrent runs on one workspace", () => {
     assert.match(second.stdout, /hook-written/, show(second));
     assert.equal(existsSync(join(workspace, ".git", "hooks", "pre-commit")), false, show(second));
     assert.match(second.stderr, /protected paths created or replaced during the run were moved out of the workspace into \S+: .*\.git\/hooks/, show(second));
+  });
+
+  test("file renamed over on the host quarantined", async () => {
+    // git config writes .git/config.lock and renames it over .git/config, which detaches the
+    // box's read-only mount of the file.
+    const workspace = makeWorkspace(me, { "file.txt": "x\n" });
+    mkdirSync(join(workspace, ".git"));
+    writeFileSync(join(workspace, ".git", "config"), "[core]\n");
+    const script = [
+      "touch started",
+      "while [ ! -e renamed ]; do sleep 0.05; done",
+      "printf '[core]\\n\\tfsmonitor = echo PWNED\\n' >> .git/config && echo config-written",
+    ].join("; ");
+    const box = runBox(me, workspace, [], ["sh", "-c", script]);
+    await waitFor(join(workspace, "started"));
+    writeFileSync(join(workspace, ".git", "config.lock"), "[user]\n\tname = host\n");
+    renameSync(join(workspace, ".git", "config.lock"), join(workspace, ".git", "config"));
+    writeFileSync(join(workspace, "renamed"), "");
+    const run = await box;
+
+    assert.equal(run.status, 0, show(run));
+    assert.match(run.stdout, /config-written/, show(run));
+    assert.equal(existsSync(join(workspace, ".git", "config")), false, show(run));
+    assert.match(run.stderr, /protected paths created or replaced during the run were moved out of the workspace into \S+: .*\.git\/config/, show(run));
   });
 });
