@@ -1,6 +1,6 @@
-// Two runs on one workspace: the second rw run is refused, and a protected path that another
-// run's cleanup removed, or a host program renamed over, and that the box then wrote is moved
-// out of the workspace at the end.
+// Other writers of a box's workspace. A second rw run on it is refused. A protected path that
+// another run's cleanup removed or a host program renamed over loses the box's read-only mount.
+// If the box then writes it, the run's end moves it out of the workspace.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
