@@ -57,11 +57,16 @@ export function workspacesOverlap(a: string, b: string): boolean {
 export function claimWorkspace(runsRoot: string, runDir: string, workspace: string): WorkspaceClaim {
   const own = join(runsRoot, `${CLAIM_PREFIX}${basename(runDir)}`);
   const claim: Claim = { v: 1, pid: process.pid, start: processStart(process.pid), workspace };
-  const fd = openSync(own, "wx", 0o600);
   try {
-    writeSync(fd, JSON.stringify(claim));
-  } finally {
-    closeSync(fd);
+    const fd = openSync(own, "wx", 0o600);
+    try {
+      writeSync(fd, JSON.stringify(claim));
+    } finally {
+      closeSync(fd);
+    }
+  } catch (cause) {
+    const code = (cause as NodeJS.ErrnoException).code ?? String(cause);
+    throw new SandboxError("workspace-claim", `writing the workspace claim ${own} failed (${code}); check that the runs directory ${runsRoot} is writable and has space`);
   }
   let released = false;
   const release = () => {

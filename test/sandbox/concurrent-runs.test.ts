@@ -2,13 +2,14 @@
 // another run's cleanup removed or a host program renamed over loses the box's read-only mount.
 // If the box then writes it, the run's end moves it out of the workspace.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmdirSync, writeFileSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 import { newOrReplacedProtectedPaths, noteProtectedIdentities } from "../../src/sandbox/protected-identity.js";
-import { workspacesOverlap } from "../../src/sandbox/workspace-claim.js";
+import type { SandboxError } from "../../src/sandbox/backend.js";
+import { claimWorkspace, workspacesOverlap } from "../../src/sandbox/workspace-claim.js";
 import { makeWorkspace, runBox, show, type BoxUser } from "./harness.js";
 
 const current = userInfo();
@@ -28,6 +29,41 @@ describe("workspacesOverlap", () => {
       assert.equal(workspacesOverlap(a, b), expected);
     });
   }
+});
+
+describe("claimWorkspace", () => {
+  const runsRoot = () => mkdtempSync(join(tmpdir(), "ringfence-runs-"));
+  const start = () => readFileSync(`/proc/${process.pid}/stat`, "utf8").split(") ")[1]?.split(" ")[19] ?? null;
+
+  test("live overlapping claim refused", () => {
+    const root = runsRoot();
+    writeFileSync(join(root, ".workspace-other"), JSON.stringify({ v: 1, pid: process.pid, start: start(), workspace: "/w" }));
+    assert.throws(() => claimWorkspace(root, join(root, "mine"), "/w/sub"), (error: SandboxError) => error.code === "workspace-busy" && /run \(other, process \d+\)/.test(error.message));
+    assert.deepEqual(readdirSync(root), [".workspace-other"]);
+  });
+
+  test("stale claim removed", () => {
+    const root = runsRoot();
+    writeFileSync(join(root, ".workspace-gone"), JSON.stringify({ v: 1, pid: process.pid, start: "0", workspace: "/w" }));
+    const claim = claimWorkspace(root, join(root, "mine"), "/w");
+    assert.deepEqual(readdirSync(root), [".workspace-mine"]);
+    claim.release();
+    assert.deepEqual(readdirSync(root), []);
+  });
+
+  test("apart workspaces both claimed", () => {
+    const root = runsRoot();
+    const first = claimWorkspace(root, join(root, "a"), "/w/a");
+    const second = claimWorkspace(root, join(root, "b"), "/w/b");
+    assert.deepEqual(readdirSync(root).sort(), [".workspace-a", ".workspace-b"]);
+    first.release();
+    second.release();
+  });
+
+  test("unwritable runs directory reported", () => {
+    const missing = join(runsRoot(), "missing");
+    assert.throws(() => claimWorkspace(missing, join(missing, "mine"), "/w"), (error: SandboxError) => error.code === "workspace-claim" && /ENOENT/.test(error.message));
+  });
 });
 
 describe("protected path identities", () => {
