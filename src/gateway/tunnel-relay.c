@@ -18,8 +18,9 @@
  *   done UP DOWN REASON       UP and DOWN are bytes written to upstream and to the client
  * REASON is "closed" when both directions ended, "idle", "total", "signal", or
  * "error:OPERATION:SIDE:ERRNO_NAME". OPERATION is read, write or poll, and SIDE is client,
- * upstream or relay. The exit status is 0 for "closed" and 1 otherwise. Status 2 means the relay
- * could not start and did not touch either socket.
+ * upstream or relay. After a read or write fails, the bytes that the failed peer sent before still
+ * reach the other side, and REASON names the first failure. The exit status is 0 for "closed" and
+ * 1 otherwise. Status 2 means the relay could not start and did not touch either socket.
  *
  * ringfence compiles this file with the host's C compiler on first use and caches the binary.
  */
@@ -60,6 +61,9 @@ struct direction {
   size_t capacity;
   int source_ended;
   int finished;
+  /* read_failed is set when a read from `from` failed, write_failed when a write to `to` failed. */
+  int read_failed;
+  int write_failed;
   uint64_t written;
 };
 
@@ -112,6 +116,32 @@ static void finish_if_drained(struct direction *d) {
   d->finished = 1;
 }
 
+static void drop_direction(struct direction *d) {
+  d->pending = 0;
+  d->source_ended = 1;
+  d->finished = 1;
+}
+
+/*
+ * Ends the directions that a failed read or write has ended, and returns 1 if the relay goes on.
+ * A failure means that the socket's peer reset or closed the connection. The bytes the peer sent
+ * before that can still be read from the socket, and a direct connection would deliver them.
+ * After a failed write, only that direction ends and its pending bytes are dropped. The reverse
+ * direction runs until its own read ends or fails. After a failed read, the bytes already read
+ * (pending in splice mode) are still written, and the reverse direction ends, because its
+ * destination is gone.
+ */
+static int end_failed_direction(struct direction *d, struct direction *reverse) {
+  if (d->write_failed) {
+    if (reverse->finished) return 0;
+    drop_direction(d);
+    return 1;
+  }
+  drop_direction(reverse);
+  d->source_ended = 1;
+  return d->pending > 0;
+}
+
 /* Moves what it can without blocking. Returns 1 if any byte moved, 0 if none, -1 on error (errno set, *failed names "OPERATION:SIDE"). */
 static int pump(struct direction *d, char *failed, size_t failed_size) {
   int moved = 0;
@@ -129,6 +159,7 @@ static int pump(struct direction *d, char *failed, size_t failed_size) {
         d->source_ended = 1;
       } else if (errno != EAGAIN && errno != EINTR) {
         snprintf(failed, failed_size, "read:%s", d->from_name);
+        d->read_failed = 1;
         return -1;
       }
     }
@@ -143,6 +174,7 @@ static int pump(struct direction *d, char *failed, size_t failed_size) {
         progress = 1;
       } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
         snprintf(failed, failed_size, "write:%s", d->to_name);
+        d->write_failed = 1;
         return -1;
       }
     }
@@ -206,6 +238,9 @@ int main(int argc, char **argv) {
   int64_t last_progress = start;
   uint64_t reported_total = 0;
   const char *reason = "closed";
+  /* The first read or write failure, or NULL. */
+  const char *failure = NULL;
+  char failure_reason[96];
   char error_reason[96];
   char failed[32];
 
@@ -218,10 +253,14 @@ int main(int argc, char **argv) {
     int moved_up = pump(&up, failed, sizeof failed);
     int moved_down = moved_up < 0 ? 0 : pump(&down, failed, sizeof failed);
     if (moved_up < 0 || moved_down < 0) {
-      const char *name = strerrorname_np(errno);
-      snprintf(error_reason, sizeof error_reason, "error:%s:%s", failed, name != NULL ? name : "unknown");
-      reason = error_reason;
-      break;
+      /* The first failure is the tunnel's end reason, even when the reverse direction runs on. */
+      if (failure == NULL) {
+        const char *name = strerrorname_np(errno);
+        snprintf(failure_reason, sizeof failure_reason, "error:%s:%s", failed, name != NULL ? name : "unknown");
+        failure = failure_reason;
+      }
+      if (!(moved_up < 0 ? end_failed_direction(&up, &down) : end_failed_direction(&down, &up))) break;
+      moved_up = moved_down = 1;
     }
 
     int64_t now = now_ms();
@@ -272,6 +311,7 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (failure != NULL) reason = failure;
   report("done", &up, &down, reason);
   return strcmp(reason, "closed") == 0 ? 0 : 1;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
@@ -53,6 +53,23 @@ async function startTcpServer(serve: (socket: Socket) => void): Promise<{ server
         server.close(() => resolve());
       }),
   };
+}
+
+/** Returns two connected Unix stream sockets, made through a listener at `path`. */
+async function unixSocketPair(path: string): Promise<[Socket, Socket]> {
+  const accepted = new Promise<Socket>((resolve) => {
+    const server = createServer({ allowHalfOpen: true }, (socket) => {
+      server.close();
+      resolve(socket);
+    });
+    server.listen(path);
+  });
+  const socket = connect({ path, allowHalfOpen: true });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("error", reject);
+  });
+  return [socket, await accepted];
 }
 
 /** Writes `length` pattern bytes in 64 KiB pieces, respecting back-pressure, then calls `done`. */
@@ -529,6 +546,50 @@ credentials:
       await target.close();
     }
   });
+
+  // A failed write means the upstream reset or closed its connection, but the bytes it sent
+  // before that are still readable from its socket, as with a direct connection. Unix socket
+  // pairs keep the kernel's buffers small (about 200 KiB each, net.core.wmem_default), so bytes
+  // still wait in both directions when the upstream closes.
+  for (const mode of ["read and write", "splice"] as const) {
+    it(`delivers upstream bytes after a failed write, ${mode}`, async () => {
+      const binary = await prepareRelayBinary();
+      assert.ok("path" in binary);
+      const directory = mkdtempSync(join(tmpdir(), "ringfence-relay-"));
+      const [client, relayClient] = await unixSocketPair(join(directory, "client.sock"));
+      const [upstream, relayUpstream] = await unixSocketPair(join(directory, "upstream.sock"));
+      const args = ["0", "0", String(process.pid), ...(mode === "splice" ? ["splice"] : [])];
+      const relay = spawn(binary.path, args, { stdio: ["ignore", "pipe", "inherit", relayClient, relayUpstream] });
+      await new Promise((resolve) => relay.once("spawn", resolve));
+      // The relay has its own copies of the descriptors, so these ends of the sockets are now the relay's alone.
+      relayClient.destroy();
+      relayUpstream.destroy();
+      let output = "";
+      relay.stdout?.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => relay.once("close", (code) => resolve(code)));
+
+      // Each way, the bytes exceed one socket buffer but fit in the three on the path (sending
+      // socket, relay, receiving socket), so both writes complete with bytes still on the way.
+      // The upstream never reads, and the client reads only after the upstream has closed.
+      // NOTE: these sizes assume the default net.core.wmem_default of 212992 bytes.
+      const upload = 400 * 1024;
+      const download = 400 * 1024;
+      client.pause();
+      upstream.pause();
+      await new Promise<void>((resolve) => client.write(patternBytes(0, upload), () => resolve()));
+      await new Promise<void>((resolve) => upstream.write(patternBytes(0, download), () => resolve()));
+      // Closing a Unix socket with unread bytes resets its peer, so the relay's next write fails.
+      upstream.destroy();
+
+      const got = await hashUntilEnd(client);
+      assert.equal(got.bytes, download);
+      assert.equal(got.sha256, patternSha256(download));
+      assert.equal(await exited, 1);
+      const done = output.trim().split("\n").at(-1) ?? "";
+      assert.match(done, new RegExp(`^done [0-9]+ ${download} error:write:upstream:(EPIPE|ECONNRESET)$`));
+      client.destroy();
+    });
+  }
 
   it("relay exits when its parent is not the gateway", async () => {
     const binary = await prepareRelayBinary();
