@@ -570,10 +570,11 @@ credentials:
 
       // Each way, the bytes exceed one socket buffer but fit in the three on the path (sending
       // socket, relay, receiving socket), so both writes complete with bytes still on the way.
-      // The upstream never reads, and the client reads only after the upstream has closed.
-      // NOTE: these sizes assume the default net.core.wmem_default of 212992 bytes.
-      const upload = 400 * 1024;
-      const download = 400 * 1024;
+      // The upstream never reads, and the client reads only after the upstream has closed. A
+      // Unix socket's buffer is net.core.wmem_default (212992 bytes unless the host changed it).
+      const socketBuffer = Number(readFileSync("/proc/sys/net/core/wmem_default", "utf8").trim());
+      const upload = Math.floor(socketBuffer * 1.9);
+      const download = Math.floor(socketBuffer * 1.9);
       client.pause();
       upstream.pause();
       await new Promise<void>((resolve) => client.write(patternBytes(0, upload), () => resolve()));
