@@ -4,10 +4,10 @@ import { lstatSync } from "node:fs";
  * Device, inode and birth time of each protected path when the box starts, or null for a path
  * that does not exist. Every path in the workspace that the box has read-only is listed.
  *
- * The box's read-only mount of a path depends on the host's directory entry. When another
- * process removes that entry on the host (for example a concurrent run's cleanup removing a
- * placeholder it made), Linux (since 3.18) detaches the mounts on it in every other mount
- * namespace. The box can then create the path anew, writable. Comparing identities after the
+ * The box's read-only mount of a path depends on the host's directory entry. Another process
+ * may remove that entry on the host, or rename a file over it: a concurrent run's cleanup
+ * removes its placeholders, and `git config` renames over `.git/config`. Linux (since 3.18) then
+ * detaches the mounts on it in every other mount namespace, and the box can write the path. Comparing identities after the
  * run finds such a path even though it existed before. ext4 gives a new file the inode number
  * just freed (in a test, 50 of 50 times), so the identity includes the birth time, which
  * differs. A file system without birth times reports 0, and there only the inode number tells.

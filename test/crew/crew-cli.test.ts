@@ -43,18 +43,18 @@ test("crew lock replaces only a stale lock", async () => {
   const holder = spawn("sleep", ["30"], { stdio: "ignore" });
   try {
     writeFileSync(lockFile, `${holder.pid}\n`);
-    const held = lockCrew(directory, "review");
-    assert.equal(held.taken, false);
-    assert.equal(held.taken ? null : held.pid, holder.pid);
+    const refused = lockCrew(directory, "review");
+    assert.equal(refused.taken, false);
+    assert.equal(refused.taken ? null : refused.pid, holder.pid);
   } finally {
     holder.kill();
   }
   await once(holder, "exit");
 
   // The holder is gone, so its lock is stale and replaced.
-  const taken = lockCrew(directory, "review");
-  assert.equal(taken.taken, true);
+  const lock = lockCrew(directory, "review");
+  assert.equal(lock.taken, true);
   assert.equal(readFileSync(lockFile, "utf8"), `${process.pid}\n`);
-  if (taken.taken) taken.release();
+  if (lock.taken) lock.release();
   assert.ok(!existsSync(lockFile), "release removes the lock");
 });
