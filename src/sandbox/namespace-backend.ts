@@ -385,7 +385,7 @@ export class NamespaceBackend implements SandboxBackend {
               else mkdirSync(placeholder.path);
               madePlaceholders.push(placeholder);
             }
-            before = noteProtectedIdentities([...protect.readOnly, ...protect.redirects, ...protect.placeholders.map((entry) => entry.path)]);
+            before = noteProtectedIdentities(protect);
             const execWarnings = "unavailable" in execAudit ? [`commands started in the box were not recorded, only the top-level command: ${execAudit.unavailable}`] : [];
 
             const groups = cgroups as RunCgroups | null;

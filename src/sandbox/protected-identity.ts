@@ -1,4 +1,5 @@
 import { lstatSync } from "node:fs";
+import type { ProtectPlan } from "./protect-plan.js";
 
 /**
  * Device, inode and birth time of each protected path when the box starts, or null for a path
@@ -10,7 +11,8 @@ import { lstatSync } from "node:fs";
  * detaches the mounts on it in every other mount namespace, and the box can write the path. Comparing identities after the
  * run finds such a path even though it existed before. ext4 gives a new file the inode number
  * just freed (in a test, 50 of 50 times), so the identity includes the birth time, which
- * differs. A file system without birth times reports 0, and there only the inode number tells.
+ * differs. A file system without birth times reports 0, and there only the inode number is
+ * compared.
  */
 export type ProtectedIdentities = ReadonlyMap<string, string | null>;
 
@@ -23,8 +25,9 @@ function identityOf(path: string): string | null {
   }
 }
 
-/** Notes the identity of each of `paths` (absolute host paths). */
-export function noteProtectedIdentities(paths: Iterable<string>): ProtectedIdentities {
+/** Notes the identity of each path that `protect` mounts read-only, its placeholders included. */
+export function noteProtectedIdentities(protect: ProtectPlan): ProtectedIdentities {
+  const paths = [...protect.readOnly, ...protect.redirects, ...protect.placeholders.map((entry) => entry.path)];
   const identities = new Map<string, string | null>();
   for (const path of paths) identities.set(path, identityOf(path));
   return identities;

@@ -137,7 +137,7 @@ export class VmBackend implements SandboxBackend {
           claim?.release();
         };
         process.once("exit", onExit);
-        const before = noteProtectedIdentities([...protect.readOnly, ...protect.redirects, ...protect.placeholders.map((entry) => entry.path)]);
+        const before = noteProtectedIdentities(protect);
 
         try {
           let accel: Accelerator;

@@ -43,9 +43,9 @@ test("crew lock replaces only a stale lock", async () => {
   const holder = spawn("sleep", ["30"], { stdio: "ignore" });
   try {
     writeFileSync(lockFile, `${holder.pid}\n`);
-    const refused = lockCrew(directory, "review");
-    assert.equal(refused.taken, false);
-    assert.equal(refused.taken ? null : refused.pid, holder.pid);
+    const busy = lockCrew(directory, "review");
+    assert.equal(busy.taken, false);
+    assert.equal(busy.taken ? null : busy.pid, holder.pid);
   } finally {
     holder.kill();
   }

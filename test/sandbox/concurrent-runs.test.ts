@@ -72,7 +72,7 @@ describe("protected path identities", () => {
     const path = (name: string) => join(root, name);
     mkdirSync(path("kept"));
     mkdirSync(path("replaced"));
-    const before = noteProtectedIdentities([path("kept"), path("replaced"), path("missing")]);
+    const before = noteProtectedIdentities({ readOnly: [path("kept"), path("replaced")], placeholders: [{ path: path("missing"), kind: "dir" }], pins: [], problems: [], redirects: [], uncovered: [] });
 
     // ext4 gives the new directory the inode number just freed.
     rmdirSync(path("replaced"));
