@@ -70,9 +70,9 @@ let exitHandlerInstalled = false;
 /**
  * An append-only, hash-chained audit log for one run. Appended records are encoded together at
  * most ENCODE_INTERVAL_MS after the first of them, and their lines are written with one write call
- * at most about WRITE_INTERVAL_MS after it (both at once when MAX_PENDING_RECORDS is reached, and
- * at flush() and close()). The file is synced to disk at most SYNC_INTERVAL_MS after a write, and
- * again at close.
+ * at most about WRITE_INTERVAL_MS after it, or on the first tick that finds no new record (both
+ * at once when MAX_PENDING_RECORDS is reached, and at flush() and close()). The file is synced
+ * to disk at most SYNC_INTERVAL_MS after a write, and again at close.
  *
  * append() keeps the event's fields object with the record's type and time. The encoding that
  * follows serialises the fields and builds and hashes each line, in one loop over the batch.
@@ -177,11 +177,14 @@ export class AuditLog {
   #encodeTick(): void {
     this.#writeTimer = null;
     if (this.#fd === null || this.#failure !== null) return;
+    // Appends have paused when a tick finds no new record, so the lines are written now. Waiting
+    // would only wake the process on each tick until WRITE_INTERVAL_MS, taking CPU from a box.
+    const idle = this.#pendingTypes.length === 0;
     this.#encodePending();
     // Ticks come every ENCODE_INTERVAL_MS, and the lines encoded first were appended up to one
     // interval before this, so writing on the last tick before WRITE_INTERVAL_MS keeps the limit.
     const due = Date.now() - this.#bufferedSince >= WRITE_INTERVAL_MS - 2 * ENCODE_INTERVAL_MS;
-    if (this.#failure !== null || due || this.#buffered >= LINE_BUFFER_BYTES / 2) {
+    if (this.#failure !== null || idle || due || this.#buffered >= LINE_BUFFER_BYTES / 2) {
       openLogs.delete(this);
       this.#writeBuffered();
     } else {

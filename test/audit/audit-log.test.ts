@@ -202,22 +202,40 @@ test("audit log: encoded lines wait for the write interval", (t) => {
   log.append("run.start");
   log.append("network", { host: "a.example.com" });
 
-  // Each tick of ENCODE_INTERVAL_MS encodes the pending records. The lines are written on the
-  // last tick at most WRITE_INTERVAL_MS after the first record was appended: the fourth of 20 ms.
+  // Each tick of ENCODE_INTERVAL_MS encodes the pending records. While records keep coming, the
+  // lines are written on the last tick at most WRITE_INTERVAL_MS after the first record was
+  // appended: the fourth of 20 ms.
   const writeTick = WRITE_INTERVAL_MS / ENCODE_INTERVAL_MS - 1;
-  t.mock.timers.tick(ENCODE_INTERVAL_MS);
-  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "", "written after tick 1");
-  log.append("network", { host: "b.example.com" });
-  for (let tick = 2; tick < writeTick; tick++) {
+  let appended = 2;
+  for (let tick = 1; tick < writeTick; tick++) {
     t.mock.timers.tick(ENCODE_INTERVAL_MS);
     assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "", `written after tick ${tick}`);
+    log.append("network", { host: `${tick}.example.com` });
+    appended += 1;
   }
   t.mock.timers.tick(ENCODE_INTERVAL_MS);
-  assert.equal(lines(dir).length, 3);
+  assert.equal(lines(dir).length, appended);
 
   log.append("run.end", { exitCode: 0 });
   log.close();
-  assert.equal(lines(dir).length, 4);
+  assert.equal(lines(dir).length, appended + 1);
+  assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
+});
+
+test("audit log: idle tick writes at once", (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const dir = tempDir();
+  const log = AuditLog.create(dir, RUN, key);
+  log.append("run.start");
+  log.append("exec", { path: "/usr/bin/git" });
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  assert.equal(readFileSync(join(dir, AUDIT_LOG_FILE), "utf8"), "", "written on the tick that encoded the records");
+  t.mock.timers.tick(ENCODE_INTERVAL_MS);
+  assert.equal(lines(dir).length, 2, "not written on the next tick, which found no new record");
+
+  log.append("run.end", { exitCode: 0 });
+  log.close();
+  assert.equal(lines(dir).length, 3);
   assert.equal(verifyRunLog(dir, RUN, key.publicKey).status, "valid");
 });
 
