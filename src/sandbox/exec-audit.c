@@ -15,8 +15,8 @@
  * For each notification the supervisor reads the path and argv from /proc/PID/mem, checks that
  * the notification is still live (so the PID was not reused), writes the record, and lets the call
  * go on. With --queue, which ringfence passes to its host-side supervisor, the record is queued
- * instead. The queue is written after a millisecond with nothing to do, or RECORD_DELAY_MS after
- * its first record. So the command runs while ringfence reads the records, and one write
+ * instead. The queue is written once RECORD_IDLE_MS pass without an exec, or RECORD_DELAY_MS
+ * after its first record. So the command runs while ringfence reads the records, and one write
  * carries an exec and its "executed" record. Each record carries the time of its exec (timeMs),
  * and a record that cannot be written stops the box. The box cannot stop this. The supervisor runs outside the box's PID namespace and
  * cgroups, and the box cannot ptrace (the main filter denies it). The kernel allows only one
@@ -80,10 +80,13 @@
 #define MAX_LINE_BYTES (16 + MAX_PATH_BYTES * 6 + MAX_ARGS * (MAX_ARG_BYTES * 6 + 4) + 256)
 /* Queued records are written once they reach this many bytes. */
 #define RECORD_FLUSH_BYTES (64 * 1024)
-/* Maximum wait of a queued record while execs keep coming, in milliseconds. */
-#define RECORD_DELAY_MS 5
-/* Idle time after which the queued records are written, in milliseconds. */
-#define RECORD_IDLE_MS 1
+/*
+ * Maximum wait of a queued record while execs keep coming, in milliseconds. Each write wakes
+ * ringfence and takes CPU time from the box, so frequent execs share one write per interval.
+ */
+#define RECORD_DELAY_MS 100
+/* Time without an exec after which the queued records are written, in milliseconds. */
+#define RECORD_IDLE_MS 20
 
 static volatile sig_atomic_t forwarded_signal = 0;
 static volatile sig_atomic_t stopping = 0;
@@ -262,6 +265,8 @@ static int queue_records = 0;
 static char *queued = NULL;
 static size_t queued_bytes = 0;
 static struct timespec queued_since;
+/* When the last exec notification came; the queue is written once none has come for RECORD_IDLE_MS. */
+static struct timespec last_exec;
 
 /* Returns the wall-clock time in milliseconds since the epoch, which each record carries as timeMs. */
 static long long realtime_ms(void) {
@@ -634,16 +639,22 @@ static int supervise(int argc, char **argv) {
     struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
     int timeout_ms = child_fd >= 0 ? -1 : 100;
     if (pending_count > 0) timeout_ms = pending[pending_count - 1].ticks < FAST_TICKS ? 1 : PENDING_TICK_MS;
-    if (queued_bytes > 0 && (timeout_ms < 0 || timeout_ms > RECORD_IDLE_MS)) timeout_ms = RECORD_IDLE_MS;
+    if (queued_bytes > 0) {
+      long idle_left = RECORD_IDLE_MS - elapsed_ms(&last_exec);
+      long delay_left = RECORD_DELAY_MS - elapsed_ms(&queued_since);
+      long flush_in = idle_left < delay_left ? idle_left : delay_left;
+      if (flush_in < 0) flush_in = 0;
+      if (timeout_ms < 0 || timeout_ms > flush_in) timeout_ms = (int)flush_in;
+    }
     int ready = poll(fds, listener >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
     if (pending_count > 0 && !stopping && resolve_pending(line, 0, ready == 0) != 0) {
       stopping = 1;
       kill(child_pid, SIGKILL);
     }
-    // The queue is written after an idle wait, or once its first record has waited
-    // RECORD_DELAY_MS while execs kept coming.
-    if (queued_bytes > 0 && !stopping && (ready == 0 || elapsed_ms(&queued_since) >= RECORD_DELAY_MS) && flush_records() != 0) {
+    // A wait also ends for the checks of pending execs, so the idle time is measured from the
+    // last exec, not taken from a timed-out wait.
+    if (queued_bytes > 0 && !stopping && (elapsed_ms(&last_exec) >= RECORD_IDLE_MS || elapsed_ms(&queued_since) >= RECORD_DELAY_MS) && flush_records() != 0) {
       fprintf(stderr, "ringfence: writing the exec audit records failed: %s; stopping the box\n", strerror(errno));
       stopping = 1;
       kill(child_pid, SIGKILL);
@@ -652,7 +663,10 @@ static int supervise(int argc, char **argv) {
     if (listener >= 0 && (fds[1].revents & POLLIN)) {
       memset(request, 0, sizes.seccomp_notif);
       // During a stop a received exec gets no answer: its caller waits until the kernel kills it.
-      if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request) == 0 && !stopping) handle(listener, request, response, line, scratch);
+      if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, request) == 0 && !stopping) {
+        clock_gettime(CLOCK_MONOTONIC, &last_exec);
+        handle(listener, request, response, line, scratch);
+      }
     } else if (listener >= 0 && (fds[1].revents & (POLLHUP | POLLERR))) {
       // Every process under the filter is gone.
       close(listener);
