@@ -11,8 +11,9 @@
 // by itself costs on the machine.
 //
 // A session runs the workload WARMUP_PER_SESSION times untimed (10 unless given, but npm install
-// only once because each of its runs takes seconds). Then it runs TIMED_PER_SESSION times, each
-// timed by bash's EPOCHREALTIME where it runs. The untimed runs matter. On the benchmark
+// only once because each of its runs takes seconds). Then it runs TIMED_PER_SESSION times (3
+// unless given), each timed by bash's EPOCHREALTIME where it runs. `git status` gets more
+// rounds and timed runs (see GIT_ROUNDS). The untimed runs matter. On the benchmark
 // machine (2 x Intel Xeon, Linux 6.18), the first `git status` on 5,000 files after a Node
 // process had started and exited took about 1.5 times as long as in a steady state. The runs
 // took about ten to get back, on the host as well. `cat /usr/bin/*` had the same effect. A box's
@@ -57,6 +58,10 @@ const out = join(workspace, "out");
 // npm install runs take seconds each, so one untimed run is enough to get past the slow first
 // runs described above, and more would only lengthen the benchmark.
 const NPM_WARMUP_PER_SESSION = 1;
+// Sessions of `git status` (about 6 ms a run) differ more than the runs within one. With 9
+// rounds the ratio moved between 0.93 and 0.97 from one benchmark to the next, so git gets more.
+const GIT_TIMED_PER_SESSION = 20;
+const GIT_ROUNDS = 25;
 
 // Ctrl-C in a terminal sends SIGINT to the whole process group. Node's default action would end
 // this process at once and leave the image mounted on `out`. The session running in the child
@@ -118,7 +123,7 @@ function freshOut(runs) {
 
 // `$run` names the session's run of the workload, so each unpack has a directory of its own.
 const workloads = [
-  { key: "git", name: "git status (5,000 tracked files)", script: "git status --porcelain >/dev/null", prepare: () => {} },
+  { key: "git", name: "git status (5,000 tracked files)", script: "git status --porcelain >/dev/null", prepare: () => {}, timed: Math.max(timedPerSession, GIT_TIMED_PER_SESSION), rounds: Math.max(rounds, GIT_ROUNDS) },
   {
     key: "tar",
     name: `unpack 5,000 files (tar -x)${freshFileSystems ? ", new ext4 per session" : ", same file system throughout"}`,
@@ -162,8 +167,8 @@ const sideNames = spawnSync("bwrap", ["--version"]).status === 0 ? ["host", "box
  * Runs one session and returns the nanoseconds of each of its runs, the untimed ones first. The
  * session prints one line per run; a run that fails ends the session with its error.
  */
-function session(side, label, script, warmup) {
-  const runs = warmup + timedPerSession;
+function session(side, label, script, warmup, timed) {
+  const runs = warmup + timed;
   const loop = `set -e; for i in $(seq 1 ${runs}); do run=${label}-$i; start=$EPOCHREALTIME; ${script}; end=$EPOCHREALTIME; echo "ELAPSED $start $end"; done`;
   const [command, ...args] = sides[side](loop);
   const result = spawnSync(command, args, { cwd: workspace, encoding: "utf8" });
@@ -190,16 +195,18 @@ console.log(`|---|---|---|---|---|---|---|---|`);
 try {
   for (const [index, workload] of chosenWorkloads.entries()) {
     const warmup = workload.warmup ?? warmupPerSession;
+    const timedRuns = workload.timed ?? timedPerSession;
+    const workloadRounds = workload.rounds ?? rounds;
     const timed = { host: [], box: [], bwrap: [] };
     const first = { host: [], box: [], bwrap: [] };
-    for (let round = 0; round < rounds; round += 1) {
+    for (let round = 0; round < workloadRounds; round += 1) {
       const order = sideNames.map((_, position) => sideNames[(position + round) % sideNames.length]);
       for (const side of order) {
         await throwIfStopped();
-        workload.prepare(warmup + timedPerSession);
+        workload.prepare(warmup + timedRuns);
         let times;
         try {
-          times = session(side, `w${index}-r${round}-${side}`, workload.script, warmup);
+          times = session(side, `w${index}-r${round}-${side}`, workload.script, warmup, timedRuns);
         } finally {
           // A session that a stop signal ended fails, and the signal is the error to report.
           await throwIfStopped();
@@ -213,7 +220,7 @@ try {
     const bwrapMs = timed.bwrap.length === 0 ? null : median(timed.bwrap) / 1e6;
     const bwrapColumns = bwrapMs === null ? "not installed | not installed" : `${bwrapMs.toFixed(1)} | ${(hostMs / bwrapMs).toFixed(2)}`;
     const firstRuns = `${(median(first.host) / 1e6).toFixed(1)}, ${(median(first.box) / 1e6).toFixed(1)}`;
-    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${bwrapColumns} | ${firstRuns} | ${rounds} x (${warmup} + ${timedPerSession}) |`);
+    console.log(`| ${workload.name} | ${hostMs.toFixed(1)} | ${boxMs.toFixed(1)} | ${(hostMs / boxMs).toFixed(2)} | ${bwrapColumns} | ${firstRuns} | ${workloadRounds} x (${warmup} + ${timedRuns}) |`);
   }
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);
