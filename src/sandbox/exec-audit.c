@@ -47,6 +47,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -73,6 +74,14 @@
 
 /* Descriptor of the socket in the child, and of the record pipe in the supervisor. */
 #define CHANNEL_FD 4
+/* From <linux/seccomp.h> of Linux 6.6, for older headers. */
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
 /* Bounds of one record: longer paths and arguments are cut and the record says so. */
 #define MAX_PATH_BYTES 4096
 #define MAX_ARGS 64
@@ -611,11 +620,18 @@ static int supervise(int argc, char **argv) {
     _exit(125);
   }
   close(pair[1]);
+  // The checks of pending execs and the queue's writes are timer wake-ups, which preempted the
+  // box's threads at every exec. As SCHED_BATCH they wait for the running task's time slice.
+  struct sched_param no_priority = {0};
+  sched_setscheduler(0, SCHED_BATCH, &no_priority);
   // A stop that came before the fork found no child to kill.
   if (stopping) kill(child_pid, SIGKILL);
 
   int listener = receive_fd(pair[0]);
   close(pair[0]);
+  // Each notification then wakes the supervisor on the caller's CPU, which the blocked caller
+  // leaves free, so SCHED_BATCH does not delay it. Kernels before 6.6 lack the flag.
+  if (listener >= 0) ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
 
   struct seccomp_notif_sizes sizes;
   if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) {

@@ -259,6 +259,31 @@ describe("supervisor with a closed record pipe", () => {
   });
 });
 
+describe("supervisor scheduling", () => {
+  /** Returns the scheduling policy (field 41) of a /proc/PID/stat line: 0 normal, 3 batch. */
+  function policyOf(stat: string): number {
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[41 - 3]);
+  }
+
+  test("supervisor batch, command normal", async () => {
+    // The supervisor's timer wake-ups must not preempt the box, and the box must not inherit that.
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--guard", "--queue", "--", "/bin/sh", "-c", 'cat /proc/self/stat; cat "/proc/$PPID/stat"'], { stdio: ["ignore", "pipe", "pipe", "ignore", "pipe"] });
+    (child.stdio[4] as Readable).resume();
+    let output = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (text: string) => (output += text));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 0, output);
+    const [command, supervisor] = output.trim().split("\n");
+    assert.ok(command !== undefined && supervisor !== undefined, output);
+    assert.equal(policyOf(command), 0, `command: ${command}`);
+    assert.equal(policyOf(supervisor), 3, `supervisor: ${supervisor}`);
+  });
+});
+
 describe("supervisor after its command exits", () => {
   /** Returns whether the process is blocked in execve (syscall 59 on x86_64, 221 on aarch64). */
   function inExec(pid: number): boolean {
