@@ -1,6 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stateDir } from "../audit/run-record.js";
+import { processStart } from "../sandbox/placeholder-record.js";
 
 /** File in a crew's run directory that names its agents' runs, for merged timelines. */
 export const CREW_MEMBERS_FILE = "crew.json";
@@ -80,22 +81,22 @@ export function readCrewState(directory: string, name?: string): CrewState | nul
 export type CrewLock = { taken: true; path: string; release: () => void } | { taken: false; path: string; pid: number };
 
 /**
- * Takes the lock of crew `name`, a file created with O_EXCL that contains the PID of its
- * `crew up`, so that of two `crew up` started at once only one runs. A lock whose process is
- * gone (a `crew up` that was killed) is replaced.
+ * Takes the lock of crew `name`, a file created with O_EXCL that contains the PID and start time
+ * of its `crew up`, so that of two `crew up` started at once only one runs. A lock whose process
+ * is gone (a `crew up` that was killed) is replaced, also when its PID now names another process.
  */
 export function lockCrew(directory: string, name: string): CrewLock {
   mkdirSync(directory, { recursive: true, mode: 0o700 });
   const path = join(directory, `${name}.lock`);
   for (let attempt = 0; ; attempt++) {
     try {
-      writeFileSync(path, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
+      writeFileSync(path, `${process.pid} ${processStart(process.pid) ?? ""}\n`, { flag: "wx", mode: 0o600 });
       return { taken: true, path, release: () => releaseCrewLock(path) };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw error;
     }
     const holder = lockHolder(path);
-    if (holder !== null && holder !== process.pid && processAlive(holder)) return { taken: false, path, pid: holder };
+    if (holder !== null && holder.pid !== process.pid && holderAlive(holder)) return { taken: false, path, pid: holder.pid };
     // NOTE: two `crew up` that find the same stale lock at once can both replace it and both run.
     try {
       unlinkSync(path);
@@ -105,18 +106,31 @@ export function lockCrew(directory: string, name: string): CrewLock {
   }
 }
 
-function lockHolder(path: string): number | null {
+/** The `crew up` named in a lock file: its PID, and its start time where the file has one. */
+interface LockHolder {
+  pid: number;
+  start: string | null;
+}
+
+function lockHolder(path: string): LockHolder | null {
   try {
-    const pid = Number.parseInt(readFileSync(path, "utf8"), 10);
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+    const [pidText, start] = readFileSync(path, "utf8").trim().split(" ");
+    const pid = Number.parseInt(pidText ?? "", 10);
+    return Number.isSafeInteger(pid) && pid > 0 ? { pid, start: start === undefined || start === "" ? null : start } : null;
   } catch {
     return null;
   }
 }
 
+// A lock without a start time, as older versions wrote, is held while its PID exists.
+function holderAlive(holder: LockHolder): boolean {
+  if (!processAlive(holder.pid)) return false;
+  return holder.start === null || processStart(holder.pid) === holder.start;
+}
+
 // Removes the lock only while it is this process's own, so a replaced lock stays with its new holder.
 function releaseCrewLock(path: string): void {
-  if (lockHolder(path) !== process.pid) return;
+  if (lockHolder(path)?.pid !== process.pid) return;
   try {
     unlinkSync(path);
   } catch (error) {

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { crewLogs, crewStatus } from "../../src/cli/crew.js";
 import { lockCrew } from "../../src/crew/crew-state.js";
+import { processStart } from "../../src/sandbox/placeholder-record.js";
 import { temporaryDirectory } from "./support/temp-dir.js";
 
 function capture() {
@@ -54,7 +55,31 @@ test("crew lock replaces only a stale lock", async () => {
   // The holder is gone, so its lock is stale and replaced.
   const lock = lockCrew(directory, "review");
   assert.equal(lock.taken, true);
-  assert.equal(readFileSync(lockFile, "utf8"), `${process.pid}\n`);
+  assert.equal(readFileSync(lockFile, "utf8"), `${process.pid} ${processStart(process.pid)}\n`);
   if (lock.taken) lock.release();
   assert.ok(!existsSync(lockFile), "release removes the lock");
+});
+
+test("crew lock with reused PID replaced", async () => {
+  const directory = temporaryDirectory("ringfence-crew-lock-");
+  const lockFile = join(directory, "review.lock");
+  const other = spawn("sleep", ["30"], { stdio: "ignore" });
+  try {
+    const start = processStart(other.pid as number);
+    assert.ok(start !== null);
+
+    // The PID is live and its start time matches: the lock is held.
+    writeFileSync(lockFile, `${other.pid} ${start}\n`);
+    const busy = lockCrew(directory, "review");
+    assert.equal(busy.taken, false);
+
+    // The same PID with another start time names a process that reused it: the lock is stale.
+    writeFileSync(lockFile, `${other.pid} ${Number(start) + 1}\n`);
+    const lock = lockCrew(directory, "review");
+    assert.equal(lock.taken, true);
+    if (lock.taken) lock.release();
+  } finally {
+    other.kill();
+  }
+  await once(other, "exit");
 });
