@@ -141,6 +141,11 @@ export class AuditLog {
     return this.#seq;
   }
 
+  /** Whether a write or an encoding failed, after which append() and close() throw. */
+  get failed(): boolean {
+    return this.#failure !== null;
+  }
+
   /**
    * Appends one event; `time` defaults to now. `fields` must not use the envelope names (v, seq,
    * time, run, type, prev), and must not change after this call: the log keeps the object and

@@ -215,6 +215,9 @@ export class RunSession {
    * is the time of the event, which can be earlier than now (an exec the supervisor reports late).
    */
   record(type: string, fields: Record<string, unknown> = {}, time: Date = new Date()): void {
+    // A failed log has stopped the box (see onFailure), and close() reports the failure. Records
+    // that still arrive, such as the exec supervisor's queue written at the stop, are dropped.
+    if (this.#audit.failed) return;
     this.#audit.append(type, fields, time);
     const listener = this.#options.onAuditRecord;
     if (listener === undefined) return;
