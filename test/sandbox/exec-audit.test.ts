@@ -360,9 +360,12 @@ describe("supervisor after its command exits", () => {
 });
 
 describe("supervisor's record queue", () => {
-  test("records batch until a pause", async () => {
-    // Execs a millisecond apart share a write. The final sleep runs until the test kills it, so
-    // the records arrive because the execs paused, not because the command ended.
+  test("records written at a pause", async () => {
+    // The final sleep runs until the test kills it, so the records arrive because the execs
+    // paused, not because the command ended. How many reads carry them depends on the machine's
+    // load, so this test does not count them. The 40 execs came in one read on an idle 2-core
+    // test machine (5 to 11 with the 5 ms writes of the supervisor before). With three busy
+    // loops beside the test, one of six runs took 5 reads.
     const helper = prepareExecAudit();
     if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
     const execs = 40;
@@ -371,11 +374,9 @@ describe("supervisor's record queue", () => {
     const records = child.stdio[4] as Readable;
     records.setEncoding("utf8");
     let text = "";
-    let chunks = 0;
     const sleeping = new Promise<void>((resolve, reject) => {
       records.on("data", (chunk: string) => {
         text += chunk;
-        chunks += 1;
         if (text.includes('"path":"/bin/sleep"')) resolve();
       });
       child.on("close", (code, signal) => reject(new Error(`the supervisor ended (status ${code}, signal ${signal}) before the record of the sleep arrived; records so far:\n${text}`)));
@@ -391,8 +392,5 @@ describe("supervisor's record queue", () => {
       .map((line) => parseExecRecord(line)?.record)
       .filter((record) => record !== undefined && record.call !== "executed");
     assert.equal(calls.filter((record) => record?.path === "/bin/true").length, execs, text);
-    // The 40 execs took about 40 ms on a 2-core test machine and came in one read. Writing every
-    // 5 ms, as the supervisor did before, gave 5 to 11 reads.
-    assert.ok(chunks <= 4, `${calls.length} records came in ${chunks} reads`);
   });
 });
