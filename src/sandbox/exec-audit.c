@@ -620,18 +620,21 @@ static int supervise(int argc, char **argv) {
     _exit(125);
   }
   close(pair[1]);
-  // The checks of pending execs and the queue's writes are timer wake-ups, which preempted the
-  // box's threads at every exec. As SCHED_BATCH they wait for the running task's time slice.
-  struct sched_param no_priority = {0};
-  sched_setscheduler(0, SCHED_BATCH, &no_priority);
   // A stop that came before the fork found no child to kill.
   if (stopping) kill(child_pid, SIGKILL);
 
   int listener = receive_fd(pair[0]);
   close(pair[0]);
-  // Each notification then wakes the supervisor on the caller's CPU, which the blocked caller
-  // leaves free, so SCHED_BATCH does not delay it. Kernels before 6.6 lack the flag.
-  if (listener >= 0) ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+  // The checks of pending execs and the queue's writes are timer wake-ups, which preempted the
+  // box's threads at every exec. As SCHED_BATCH they wait for the running task's time slice.
+  // With the sync wake-up flag, an exec notification still wakes the supervisor at once, on the
+  // caller's CPU, which the blocked caller leaves free. Kernels before 6.6, such as the micro-VM
+  // guest's, reject the flag. There the supervisor keeps the normal policy, because as
+  // SCHED_BATCH it would let each exec go on only after a busy CPU's time slice.
+  if (listener >= 0 && ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0) {
+    struct sched_param no_priority = {0};
+    sched_setscheduler(0, SCHED_BATCH, &no_priority);
+  }
 
   struct seccomp_notif_sizes sizes;
   if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) {

@@ -12,7 +12,7 @@ import { boxEnvironment } from "./environment.js";
 import { isTrustedCacheFile, openCacheDir } from "./cache-trust.js";
 import { BOX_PROXY_PORT, cacheDir, prepareForwarder } from "./forwarder.js";
 import { AGENT_FD, BOX_SHELL_SCRIPT, BWRAP_ARGS_FD, BWRAP_ARGS_FILE, launchBox, type LaunchedBox } from "./box-launch.js";
-import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord } from "./exec-audit.js";
+import { BOX_EXEC_AUDIT, EXEC_AUDIT_FD, MAX_EXEC_RECORD_BYTES, parseExecRecord, prepareExecAudit, type ExecRecord, type ExecRecordLine } from "./exec-audit.js";
 import { diskView } from "./host-view.js";
 import { markPlaceholdersRemoved, markRemovedOnExit, removeStalePlaceholders, writePlaceholderRecord } from "./placeholder-record.js";
 import { MAX_NESTED_GIT_ENTRIES, nestedGitGlobs, newNestedGit, scanNestedGit } from "./nested-git.js";
@@ -558,6 +558,23 @@ function runChild(
     if (records !== null && records !== undefined && onExec !== null) {
       let pending = "";
       let malformed = 0;
+      let unrecorded = 0;
+      let firstFailure = "";
+      const recordExec = (parsed: ExecRecordLine): void => {
+        try {
+          if (parsed.timeMs === null) onExec(parsed.record);
+          else onExec(parsed.record, new Date(parsed.timeMs));
+        } catch (cause) {
+          // A throw from this 'data' handler would end ringfence before the box's clean-up. The
+          // supervisor writes its queue after a stop too, so records can arrive after the audit
+          // log failed, whose onFailure has then stopped the box already.
+          unrecorded += 1;
+          if (unrecorded === 1) firstFailure = cause instanceof Error ? cause.message : String(cause);
+          if (stoppedBy !== null) return;
+          stoppedBy = `an exec could not be recorded in the audit log: ${firstFailure}`;
+          child.kill(stopSignal);
+        }
+      };
       records.setEncoding("utf8");
       records.on("data", (chunk: string) => {
         pending += chunk;
@@ -565,8 +582,7 @@ function runChild(
         while (newline >= 0) {
           const parsed = parseExecRecord(pending.slice(0, newline));
           if (parsed === null) malformed += 1;
-          else if (parsed.timeMs === null) onExec(parsed.record);
-          else onExec(parsed.record, new Date(parsed.timeMs));
+          else recordExec(parsed);
           pending = pending.slice(newline + 1);
           newline = pending.indexOf("\n");
         }
@@ -577,6 +593,7 @@ function runChild(
       });
       records.on("end", () => {
         if (malformed > 0) warnings.push(`the exec audit supervisor wrote ${malformed} line(s) that are not records; the audit log may miss those execs`);
+        if (unrecorded > 0) warnings.push(`${unrecorded} exec record(s) could not be recorded in the audit log (first: ${firstFailure})`);
       });
     }
 

@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir, userInfo } from "node:os";
-import { join } from "node:path";
+import { release, tmpdir, userInfo } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Readable } from "node:stream";
 import { parseExecRecord, prepareExecAudit } from "../../src/sandbox/exec-audit.js";
 import { descendantsOf, killProcessTree, readParentTable } from "../../src/sandbox/process-tree.js";
@@ -280,7 +281,37 @@ describe("supervisor scheduling", () => {
     const [command, supervisor] = output.trim().split("\n");
     assert.ok(command !== undefined && supervisor !== undefined, output);
     assert.equal(policyOf(command), 0, `command: ${command}`);
-    assert.equal(policyOf(supervisor), 3, `supervisor: ${supervisor}`);
+    // Linux 6.6 added the listener's sync wake-up flag, without which the supervisor stays normal.
+    const [major = 0, minor = 0] = release().split(".").map(Number);
+    assert.equal(policyOf(supervisor), major > 6 || (major === 6 && minor >= 6) ? 3 : 0, `supervisor on Linux ${release()}: ${supervisor}`);
+  });
+
+  test("supervisor normal without sync wake-up", async () => {
+    // On a kernel without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, such as the micro-VM guest's 6.1,
+    // a SCHED_BATCH supervisor would let each exec go on only once the task running on a busy
+    // CPU ends its time slice. The wrapper makes the flag's ioctl fail as such a kernel does.
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const wrapper = join(mkdtempSync(join(tmpdir(), "ringfence-no-sync-")), "no-sync-wake-up");
+    const source = join(dirname(fileURLToPath(import.meta.url)), "no-sync-wake-up.c");
+    const compiled = spawnSync("cc", ["-O2", "-o", wrapper, source], { encoding: "utf8" });
+    assert.equal(compiled.status, 0, `compiling ${source} failed: ${compiled.stderr}`);
+
+    const child = spawn(wrapper, [helper.path, "supervise", String(process.pid), "--guard", "--queue", "--", "/bin/sh", "-c", 'cat "/proc/$PPID/stat"'], { stdio: ["ignore", "pipe", "pipe", "ignore", "pipe"] });
+    const records = child.stdio[4] as Readable;
+    records.setEncoding("utf8");
+    let text = "";
+    records.on("data", (chunk: string) => (text += chunk));
+    let output = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (chunk: string) => (output += chunk));
+    let stderr = "";
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (chunk: string) => (stderr += chunk));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 0, `${output}${stderr}`);
+    assert.equal(policyOf(output.trim()), 0, `supervisor: ${output}`);
+    assert.match(text, /"call":"execve","path":"[^"]*\/cat"/, "the exec of cat was not recorded");
   });
 });
 
@@ -329,9 +360,12 @@ describe("supervisor after its command exits", () => {
 });
 
 describe("supervisor's record queue", () => {
-  test("records batch until a pause", async () => {
-    // Execs a millisecond apart share a write. The final sleep runs until the test kills it, so
-    // the records arrive because the execs paused, not because the command ended.
+  test("records written at a pause", async () => {
+    // The final sleep runs until the test kills it, so the records arrive because the execs
+    // paused, not because the command ended. How many reads carry them depends on the machine's
+    // load, so this test does not count them. The 40 execs came in one read on an idle 2-core
+    // test machine (5 to 11 with the 5 ms writes of the supervisor before). With three busy
+    // loops beside the test, one of six runs took 5 reads.
     const helper = prepareExecAudit();
     if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
     const execs = 40;
@@ -340,11 +374,9 @@ describe("supervisor's record queue", () => {
     const records = child.stdio[4] as Readable;
     records.setEncoding("utf8");
     let text = "";
-    let chunks = 0;
     const sleeping = new Promise<void>((resolve, reject) => {
       records.on("data", (chunk: string) => {
         text += chunk;
-        chunks += 1;
         if (text.includes('"path":"/bin/sleep"')) resolve();
       });
       child.on("close", (code, signal) => reject(new Error(`the supervisor ended (status ${code}, signal ${signal}) before the record of the sleep arrived; records so far:\n${text}`)));
@@ -360,8 +392,5 @@ describe("supervisor's record queue", () => {
       .map((line) => parseExecRecord(line)?.record)
       .filter((record) => record !== undefined && record.call !== "executed");
     assert.equal(calls.filter((record) => record?.path === "/bin/true").length, execs, text);
-    // The 40 execs took about 40 ms on a 2-core test machine and came in one read. Writing every
-    // 5 ms, as the supervisor did before, gave 5 to 11 reads.
-    assert.ok(chunks <= 4, `${calls.length} records came in ${chunks} reads`);
   });
 });

@@ -181,6 +181,28 @@ test("failed audit log stops the box", { skip: current.uid === 0 ? false : "moun
   }
 });
 
+test("exec records after failed log", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
+  // The box fills the tmpfs with its audit log, as in the test above, and keeps exec'ing after
+  // the log failed. The supervisor writes its queued records when the box is stopped, so exec
+  // records reach ringfence after the failure, and the run must still end with status 125.
+  const disk = mkdtempSync(join(tmpdir(), "ringfence-full-"));
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", disk], { encoding: "utf8" });
+  assert.equal(mounted.status, 0, `mounting a tmpfs on ${disk} failed: ${mounted.stderr}`);
+  try {
+    const user: BoxUser = { ...me, home: join(disk, "home") };
+    const workspace = join(disk, "workspace");
+    mkdirSync(user.home);
+    mkdirSync(workspace);
+    const run = await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; exec sh -c "while :; do /bin/true; done" "$(printf %016384d 0)"`]);
+    assert.equal(run.status, 125, show(run));
+    assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
+    assert.doesNotMatch(run.stderr, /internal error|at AuditLog/, show(run));
+  } finally {
+    spawnSync("umount", [disk]);
+    rmdirSync(disk);
+  }
+});
+
 test("failure between prepare and start ends the box's processes", { timeout: 120_000 }, async () => {
   // prepare() already started the exec audit supervisor and the shell that waits for bwrap's
   // options. A failure before the box starts must end them; they used to wait for ever and
