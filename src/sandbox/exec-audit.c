@@ -658,7 +658,9 @@ static int supervise(int argc, char **argv) {
     struct pollfd fds[2] = {{.fd = child_fd, .events = POLLIN}, {.fd = listener, .events = POLLIN}};
     int timeout_ms = child_fd >= 0 ? -1 : 100;
     if (pending_count > 0) timeout_ms = pending[pending_count - 1].ticks < FAST_TICKS ? 1 : PENDING_TICK_MS;
-    if (queued_bytes > 0) {
+    // During a stop the queue waits for the end (see below), so it sets no timeout, which would
+    // otherwise be 0 once due and spin this loop until the box's processes are reaped.
+    if (queued_bytes > 0 && !stopping) {
       long idle_left = RECORD_IDLE_MS - elapsed_ms(&last_exec);
       long delay_left = RECORD_DELAY_MS - elapsed_ms(&queued_since);
       long flush_in = idle_left < delay_left ? idle_left : delay_left;
