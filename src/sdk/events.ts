@@ -4,8 +4,9 @@ export interface SandboxEvent {
   type: string;
   /**
    * ISO 8601 time of the record, as in audit.jsonl: when it was appended, or for an exec record
-   * the time of the exec, which the supervisor reports afterwards in a batch. Events come
-   * in the log's order, so their times can go backwards.
+   * the time of the exec, which the supervisor reports afterwards in a batch, up to 100 ms later.
+   * Events come in the log's order, so their times can go backwards, and a command's exec
+   * records can come after its "command.end".
    */
   time: string;
   runId: string;
