@@ -241,14 +241,17 @@ static char *append_escaped(char *out, const char *text, size_t length) {
 
 /*
  * Reads a NUL-terminated string of at most `max` bytes at `address` in the target. Returns its
- * length, or -1 when nothing could be read. Sets *cut when no NUL came within `max` bytes.
+ * length, or -1 when nothing could be read. Sets *cut when the string is longer than `max`
+ * bytes, or ends in memory that could not be read.
  */
 static ssize_t read_string(int mem_fd, uint64_t address, char *buffer, size_t max, int *cut) {
-  ssize_t got = pread(mem_fd, buffer, max, (off_t)address);
+  // One byte more than is kept, so that a string of exactly `max` bytes ends within the read.
+  ssize_t got = pread(mem_fd, buffer, max + 1, (off_t)address);
   if (got <= 0) return -1;
   char *end = memchr(buffer, '\0', (size_t)got);
   *cut = end == NULL;
-  return end == NULL ? got : end - buffer;
+  if (end != NULL) return end - buffer;
+  return got > (ssize_t)max ? (ssize_t)max : got;
 }
 
 static int write_all(int fd, const char *data, size_t length) {
@@ -644,7 +647,7 @@ static int supervise(int argc, char **argv) {
   struct seccomp_notif *request = calloc(1, sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif : sizeof(struct seccomp_notif));
   struct seccomp_notif_resp *response = calloc(1, sizes.seccomp_notif_resp > sizeof(struct seccomp_notif_resp) ? sizes.seccomp_notif_resp : sizeof(struct seccomp_notif_resp));
   char *line = malloc(MAX_LINE_BYTES);
-  char *scratch = malloc(MAX_PATH_BYTES > MAX_ARG_BYTES ? MAX_PATH_BYTES : MAX_ARG_BYTES);
+  char *scratch = malloc((MAX_PATH_BYTES > MAX_ARG_BYTES ? MAX_PATH_BYTES : MAX_ARG_BYTES) + 1);
   queued = malloc(RECORD_FLUSH_BYTES + MAX_LINE_BYTES);
   if (request == NULL || response == NULL || line == NULL || scratch == NULL || queued == NULL) {
     kill(child_pid, SIGKILL);

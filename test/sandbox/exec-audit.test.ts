@@ -260,6 +260,33 @@ describe("supervisor with a closed record pipe", () => {
   });
 });
 
+describe("supervisor's argument bounds", () => {
+  test("argument of exactly 1,024 bytes whole", async () => {
+    // Arguments are kept up to 1,024 bytes. One of exactly that length is whole, one byte more is cut.
+    const helper = prepareExecAudit();
+    if ("unavailable" in helper) assert.fail(`the exec audit helper is not available: ${helper.unavailable}`);
+    const whole = "a".repeat(1024);
+    const long = "b".repeat(1025);
+    const child = spawn(helper.path, ["supervise", String(process.pid), "--guard", "--queue", "--", "/bin/sh", "-c", '/bin/true "$1"; /bin/true "$2"', "sh", whole, long], { stdio: ["ignore", "ignore", "pipe", "ignore", "pipe"] });
+    const records = child.stdio[4] as Readable;
+    records.setEncoding("utf8");
+    let text = "";
+    records.on("data", (chunk: string) => (text += chunk));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 0, text);
+    const calls = text
+      .trim()
+      .split("\n")
+      .map((line) => parseExecRecord(line)?.record)
+      .filter((record) => record?.path === "/bin/true");
+    assert.equal(calls.length, 2, text);
+    assert.equal(calls[0]?.argv[1], whole);
+    assert.equal(calls[0]?.truncated, undefined);
+    assert.equal(calls[1]?.argv[1], "b".repeat(1024));
+    assert.equal(calls[1]?.truncated, true);
+  });
+});
+
 describe("supervisor scheduling", () => {
   /** Returns the scheduling policy (field 41) of a /proc/PID/stat line: 0 normal, 3 batch. */
   function policyOf(stat: string): number {
