@@ -628,12 +628,10 @@ static int supervise(int argc, char **argv) {
 
   int listener = receive_fd(pair[0]);
   close(pair[0]);
-  // The checks of pending execs and the queue's writes are timer wake-ups, which preempted the
-  // box's threads at every exec. As SCHED_BATCH they wait for the running task's time slice.
-  // With the sync wake-up flag, an exec notification still wakes the supervisor at once, on the
-  // caller's CPU, which the blocked caller leaves free. Kernels before 6.6, such as the micro-VM
-  // guest's, reject the flag. There the supervisor keeps the normal policy, because as
-  // SCHED_BATCH it would let each exec go on only after a busy CPU's time slice.
+  // As SCHED_BATCH, the timer wake-ups (checks, queue writes) wait for a busy CPU's time slice
+  // instead of preempting the box. That is safe only with the sync wake-up flag, which runs an
+  // exec notification at once on the caller's CPU. Kernels before 6.6, as in the micro-VM
+  // guest, reject the flag, so there the supervisor keeps the normal policy.
   if (listener >= 0 && ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0) {
     struct sched_param no_priority = {0};
     sched_setscheduler(0, SCHED_BATCH, &no_priority);

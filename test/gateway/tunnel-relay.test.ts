@@ -568,8 +568,8 @@ credentials:
 
       // The client reads only at the end, so the download waits on the path. It is more than the
       // client's socket holds, so bytes still wait in the relay or the upstream's socket when the
-      // write fails, and less than the two sockets hold, so the upstream's write completes. A Unix
-      // socket holds a little less than net.core.wmem_default (212992 bytes unless changed).
+      // write fails, and less than the two sockets take, so the upstream's write completes. A Unix
+      // socket takes a little less data than net.core.wmem_default (212992 bytes unless changed).
       const socketBuffer = Number(readFileSync("/proc/sys/net/core/wmem_default", "utf8").trim());
       const download = Math.floor(socketBuffer * 1.4);
       client.pause();

@@ -306,7 +306,8 @@ describe("supervisor scheduling", () => {
     const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
     assert.equal(code, 0, output);
     const [command, supervisor] = output.trim().split("\n");
-    assert.ok(command !== undefined && supervisor !== undefined, output);
+    assert.ok(command !== undefined, output);
+    assert.ok(supervisor !== undefined, output);
     assert.equal(policyOf(command), 0, `command: ${command}`);
     // Linux 6.6 added the listener's sync wake-up flag, without which the supervisor stays normal.
     const [major = 0, minor = 0] = release().split(".").map(Number);

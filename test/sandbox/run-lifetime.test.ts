@@ -157,11 +157,11 @@ test("timeout stop holds box execs", async () => {
   assert.match(run.stderr, /timeout/, show(run));
 });
 
-test("failed audit log stops the box", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
-  // One small tmpfs contains the home, with the runs directory and the audit key, and the workspace,
-  // so the box can fill the file system its audit log is written to. A record can still fit in
-  // the free end of the log's last page, so the box then execs a shell whose argv contains 16 KiB:
-  // its exec record needs new pages, and writing it fails.
+/**
+ * Runs a box whose home (with the runs directory) and workspace are on one 8 MiB tmpfs. The box
+ * fills it with `dd`, then runs `then` in sh.
+ */
+async function runOnFullDisk(then: string): Promise<Awaited<ReturnType<typeof runBox>>> {
   const disk = mkdtempSync(join(tmpdir(), "ringfence-full-"));
   const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", disk], { encoding: "utf8" });
   assert.equal(mounted.status, 0, `mounting a tmpfs on ${disk} failed: ${mounted.stderr}`);
@@ -170,37 +170,33 @@ test("failed audit log stops the box", { skip: current.uid === 0 ? false : "moun
     const workspace = join(disk, "workspace");
     mkdirSync(user.home);
     mkdirSync(workspace);
-    // Without the stop, sleep runs until the harness kills ringfence, and the status is null.
-    const run = await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; exec sh -c "exec sleep 3011" "$(printf %016384d 0)"`]);
-    assert.equal(run.status, 125, show(run));
-    assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
-    assert.doesNotMatch(run.stderr, /internal error/, show(run));
+    return await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; ${then}`]);
   } finally {
     spawnSync("umount", [disk]);
     rmdirSync(disk);
   }
+}
+
+test("failed audit log stops the box", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
+  // One small tmpfs contains the home, with the runs directory and the audit key, and the workspace,
+  // so the box can fill the file system its audit log is written to. A record can still fit in
+  // the free end of the log's last page, so the box then execs a shell whose argv contains 16 KiB:
+  // its exec record needs new pages, and writing it fails.
+  // Without the stop, sleep runs until the harness kills ringfence, and the status is null.
+  const run = await runOnFullDisk(`exec sh -c "exec sleep 3011" "$(printf %016384d 0)"`);
+  assert.equal(run.status, 125, show(run));
+  assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
+  assert.doesNotMatch(run.stderr, /internal error/, show(run));
 });
 
 test("exec records after failed log", { skip: current.uid === 0 ? false : "mounting the small tmpfs the box fills needs root" }, async () => {
   // The box fills the tmpfs with its audit log, as in the test above, and keeps exec'ing after
   // the log failed. The supervisor writes its queued records when the box is stopped, so exec
   // records reach ringfence after the failure, and the run must still end with status 125.
-  const disk = mkdtempSync(join(tmpdir(), "ringfence-full-"));
-  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", disk], { encoding: "utf8" });
-  assert.equal(mounted.status, 0, `mounting a tmpfs on ${disk} failed: ${mounted.stderr}`);
-  try {
-    const user: BoxUser = { ...me, home: join(disk, "home") };
-    const workspace = join(disk, "workspace");
-    mkdirSync(user.home);
-    mkdirSync(workspace);
-    const run = await runBox(user, workspace, [], ["sh", "-c", `dd if=/dev/zero of=fill bs=64k 2>/dev/null; exec sh -c "while :; do /bin/true; done" "$(printf %016384d 0)"`]);
-    assert.equal(run.status, 125, show(run));
-    assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
-    assert.doesNotMatch(run.stderr, /internal error|at AuditLog/, show(run));
-  } finally {
-    spawnSync("umount", [disk]);
-    rmdirSync(disk);
-  }
+  const run = await runOnFullDisk(`exec sh -c "while :; do /bin/true; done" "$(printf %016384d 0)"`);
+  assert.equal(run.status, 125, show(run));
+  assert.match(run.stderr, /^ringfence: audit log of run \S+ could not be written \(ENOSPC/m, show(run));
+  assert.doesNotMatch(run.stderr, /internal error|at AuditLog/, show(run));
 });
 
 test("failure between prepare and start ends the box's processes", { timeout: 120_000 }, async () => {
