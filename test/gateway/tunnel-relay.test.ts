@@ -146,6 +146,44 @@ function ended(socket: Socket): Promise<void> {
 
 const tunnelEvent = (gw: TestGateway) => gw.nextEvent((event: NetworkEvent) => event.protocol === "connect" && event.host === "raw.example.com");
 
+/**
+ * Sends `upload` bytes through a handed-off tunnel to a server that answers with `download` bytes
+ * only after the client's end of stream, which the relay must pass on. Checks both streams, the
+ * handoff and the tunnel event. `binary` replaces the relay, and `socketPath` makes the client
+ * connect over the gateway's Unix socket.
+ */
+async function checkReplyAfterEnd(upload: number, download: number, options: { binary?: string; socketPath?: string }): Promise<void> {
+  let received: Promise<{ bytes: number; sha256: string }> | null = null;
+  const target = await startTcpServer((socket) => {
+    received = hashUntilEnd(socket);
+    void received.then(() => writePattern(socket, download, () => socket.end()));
+  });
+  const { logger, records } = recordingLogger();
+  const tunnelRelay = options.binary === undefined ? { handoffBytes: HANDOFF_BYTES } : { handoffBytes: HANDOFF_BYTES, binary: options.binary };
+  const gw = await startTestGateway(tcpPolicy(target.port), options.socketPath === undefined ? { logger, tunnelRelay } : { logger, socketPath: options.socketPath, tunnelRelay });
+  try {
+    const { socket, rest } = await openTunnel(gw, target.port, options.socketPath);
+    const answer = hashUntilEnd(socket, rest);
+    writePattern(socket, upload, () => socket.end());
+
+    const seen = await (received as unknown as Promise<{ bytes: number; sha256: string }>);
+    assert.equal(seen.bytes, upload);
+    assert.equal(seen.sha256, patternSha256(upload));
+    const got = await answer;
+    assert.equal(got.bytes, download);
+    assert.equal(got.sha256, patternSha256(download));
+    assert.equal(handoffs(records).length, 1);
+
+    const event = await tunnelEvent(gw);
+    assert.equal(event.reason, null);
+    assert.equal(event.bytesUp, upload);
+    assert.equal(event.bytesDown, download);
+  } finally {
+    await gw.close();
+    await target.close();
+  }
+}
+
 describe("tunnel relay", () => {
   let ca: TestCa;
   let caFile: string;
@@ -206,37 +244,7 @@ network:
       assert.ok("path" in binary);
       const wrapper = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "relay");
       writeFileSync(wrapper, `#!/bin/sh\nexec '${binary.path}' "$@"${mode === "splice" ? " splice" : ""}\n`, { mode: 0o755 });
-      const upload = 5 * MiB + 7;
-      const download = 6 * MiB + 3;
-      let received: Promise<{ bytes: number; sha256: string }> | null = null;
-      const target = await startTcpServer((socket) => {
-        received = hashUntilEnd(socket);
-        // The server sends its data only after the client's end of stream, which the relay must pass on.
-        void received.then(() => writePattern(socket, download, () => socket.end()));
-      });
-      const { logger, records } = recordingLogger();
-      const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: wrapper } });
-      try {
-        const { socket, rest } = await openTunnel(gw, target.port);
-        const answer = hashUntilEnd(socket, rest);
-        writePattern(socket, upload, () => socket.end());
-
-        const seen = await (received as unknown as Promise<{ bytes: number; sha256: string }>);
-        assert.equal(seen.bytes, upload);
-        assert.equal(seen.sha256, patternSha256(upload));
-        const got = await answer;
-        assert.equal(got.bytes, download);
-        assert.equal(got.sha256, patternSha256(download));
-        assert.equal(handoffs(records).length, 1);
-
-        const event = await tunnelEvent(gw);
-        assert.equal(event.reason, null);
-        assert.equal(event.bytesUp, upload);
-        assert.equal(event.bytesDown, download);
-      } finally {
-        await gw.close();
-        await target.close();
-      }
+      await checkReplyAfterEnd(5 * MiB + 7, 6 * MiB + 3, { binary: wrapper });
     });
   }
 
@@ -464,37 +472,8 @@ network:
   });
 
   it("carries a tunnel from the Unix socket", async () => {
-    const upload = 3 * MiB + 1;
-    const download = 4 * MiB + 2;
-    let received: Promise<{ bytes: number; sha256: string }> | null = null;
-    const target = await startTcpServer((socket) => {
-      received = hashUntilEnd(socket);
-      void received.then(() => writePattern(socket, download, () => socket.end()));
-    });
-    const { logger, records } = recordingLogger();
     const socketPath = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "gateway.sock");
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, socketPath, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
-    try {
-      const { socket, rest } = await openTunnel(gw, target.port, socketPath);
-      const answer = hashUntilEnd(socket, rest);
-      writePattern(socket, upload, () => socket.end());
-
-      const seen = await (received as unknown as Promise<{ bytes: number; sha256: string }>);
-      assert.equal(seen.bytes, upload);
-      assert.equal(seen.sha256, patternSha256(upload));
-      const got = await answer;
-      assert.equal(got.bytes, download);
-      assert.equal(got.sha256, patternSha256(download));
-      assert.equal(handoffs(records).length, 1);
-
-      const event = await tunnelEvent(gw);
-      assert.equal(event.reason, null);
-      assert.equal(event.bytesUp, upload);
-      assert.equal(event.bytesDown, download);
-    } finally {
-      await gw.close();
-      await target.close();
-    }
+    await checkReplyAfterEnd(3 * MiB + 1, 4 * MiB + 2, { socketPath });
   });
 
   it("keeps scanning streams that are not TLS", async () => {
