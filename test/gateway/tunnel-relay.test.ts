@@ -147,7 +147,7 @@ function ended(socket: Socket): Promise<void> {
 const tunnelEvent = (gw: TestGateway) => gw.nextEvent((event: NetworkEvent) => event.protocol === "connect" && event.host === "raw.example.com");
 
 /**
- * Sends `upload` bytes through a handed-off tunnel to a server that answers with `download` bytes
+ * Sends `upload` bytes through a handed-off tunnel to a server that sends `download` bytes back
  * only after the client's end of stream, which the relay must pass on. Checks both streams, the
  * handoff and the tunnel event. `binary` replaces the relay, and `socketPath` makes the client
  * connect over the gateway's Unix socket.
