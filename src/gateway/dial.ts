@@ -42,6 +42,11 @@ export interface DialOptions {
    * bytes. Leave it unset for a socket that HTTP or TLS code reads itself.
    */
   relay?: boolean;
+  /**
+   * Opens a direct connection to one checked address in place of connectAddress, such as the
+   * upstream TLS thread's. It rejects with a ConnectTimeoutError when the connection timed out.
+   */
+  connector?: (address: string, port: number, timeoutMs: number) => Promise<Socket>;
 }
 
 /**
@@ -96,7 +101,7 @@ export async function dialTarget(options: DialOptions, checkedRoute?: DialRoute)
   let timedOut = false;
   for (const address of found.addresses) {
     try {
-      const socket = await connectAddress(address, target.port, options.connectTimeoutMs, options.relay === true ? new ReadRelay() : null);
+      const socket = options.connector !== undefined ? await options.connector(address, target.port, options.connectTimeoutMs) : await connectAddress(address, target.port, options.connectTimeoutMs, options.relay === true ? new ReadRelay() : null);
       return { ok: true, socket, address, parent: null };
     } catch (cause) {
       lastError = `${address}: ${describeError(cause)}`;
@@ -204,7 +209,7 @@ function failure(options: Pick<DialOptions, "decision">, reason: string): Extrac
   return { ok: false, decision: "allow", address: null, denial: { status: 502, reason, rule: options.decision.rule.label, hint: null } };
 }
 
-class ConnectTimeoutError extends Error {
+export class ConnectTimeoutError extends Error {
   constructor(timeoutMs: number) {
     super(`connection timed out after ${timeoutMs} ms`);
   }
