@@ -50,6 +50,10 @@ for (const name of ["forwarder.c", "exec-audit.c"]) {
 copyFileSync("src/gateway/tunnel-relay.c", "dist/tunnel-relay.c");
 copyFileSync("src/gateway/tunnel-relay.c", "dist/gateway/tunnel-relay.c");
 
+// The upstream TLS thread's module, beside the CLI and library bundles, which start it from
+// there (tsc has already written it beside the library's gateway modules).
+await build({ entryPoints: ["src/gateway/upstream-tls-worker.ts"], outfile: "dist/upstream-tls-worker.js", bundle: true, platform: "node", target: "node20", format: "esm", logLevel: "warning" });
+
 // CommonJS callers get one bundle of the library, beside the ESM modules tsc wrote.
 await build({ ...cjsBundleOptions, outfile: "dist/index.cjs" });
 
