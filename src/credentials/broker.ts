@@ -106,13 +106,15 @@ export async function createCredentialBroker(options: CredentialBrokerOptions): 
   writeFileSync(caCertPath, authority.certPem, { mode: 0o644 });
   writeFileSync(caBundlePath, `${systemPem.trimEnd()}\n${authority.certPem}`, { mode: 0o644 });
 
-  const upstreamTrust = createSecureContext({ ca: [systemPem, ...(options.upstreamCaPems ?? [])], ciphers: AES_128_FIRST_CIPHERS });
+  const upstreamTrustSetup = { ca: [systemPem, ...(options.upstreamCaPems ?? [])], ciphers: AES_128_FIRST_CIPHERS };
+  const upstreamTrust = createSecureContext(upstreamTrustSetup);
   const interceptHosts: HostPattern[] = [...policy.credentials.flatMap((credential) => credential.hosts), ...policy.audit.capture];
 
   const interceptor: Interceptor = {
     wants: (host: CanonicalHost) => interceptHosts.some((pattern) => hostPatternMatches(pattern, host)),
     secureContextFor: (host) => authority.secureContextFor(host),
     upstreamTrust,
+    upstreamTrustSetup,
     examine: (head) => examine(credentials, head),
     redact: (text) => redactText(text, redactions),
   };

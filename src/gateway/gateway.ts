@@ -70,6 +70,14 @@ export interface GatewayOptions {
    * (8 MiB), and copies it in Node when the relay cannot run.
    */
   tunnelRelay?: Partial<TunnelRelayOptions>;
+  /**
+   * Whether intercepted connections run their upstream TLS (reading, decryption, writing) on a
+   * worker thread. That lifts the main thread's limit on large intercepted downloads, and costs
+   * about 35 µs more CPU per small request (measured on 2 vCPUs). Default: true when the
+   * interceptor gives upstreamTrustSetup. Without it, or with false, upstream TLS runs on the
+   * main thread.
+   */
+  upstreamTlsThread?: boolean;
 }
 
 export interface Gateway {
@@ -122,7 +130,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     localServices: options.localServices ?? new Map(),
     tunnelRelays: new TunnelRelays({ mode: "auto", handoffBytes: DEFAULT_HANDOFF_BYTES, ...options.tunnelRelay }, logger),
   };
-  const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor);
+  const interception = options.interceptor === undefined ? null : new Interception(context, options.interceptor, options.upstreamTlsThread ?? true);
   context.interception = interception;
   const httpAgents = new UpstreamAgents(context, null);
   context.httpAgents = httpAgents;
@@ -165,11 +173,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         const allClosed = Promise.all(open.map((socket) => (socket.closed ? null : new Promise((resolve) => socket.once("close", resolve)))));
         for (const socket of open) socket.destroy();
         http.closeAllConnections();
-        interception?.close();
+        const threadStopped = interception?.close();
         httpAgents.close();
         // The relays' tunnel events come from their exit, so close() waits for it.
         const relaysStopped = context.tunnelRelays?.stopAll();
-        await Promise.all([closed, allClosed, relaysStopped]);
+        await Promise.all([closed, allClosed, relaysStopped, threadStopped]);
         logger.info("gateway stopped");
       })();
       return closing;

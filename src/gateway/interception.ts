@@ -2,6 +2,7 @@
 // marks for interception, with a leaf certificate from the interceptor. Each HTTP/1.1 request
 // inside it goes through intercepted-request.ts, which checks it and forwards it over a
 // verified upstream TLS connection.
+import { UpstreamTlsThread } from "./upstream-tls-thread.js";
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
@@ -54,12 +55,14 @@ export class Interception {
   readonly #interceptor: Interceptor;
   readonly #server: HttpServer;
   readonly #agents: UpstreamAgents;
+  readonly #tlsThread: UpstreamTlsThread | null;
   readonly #sessions = new WeakMap<Socket, InterceptSession>();
 
-  constructor(context: GatewayContext, interceptor: Interceptor) {
+  constructor(context: GatewayContext, interceptor: Interceptor, useTlsThread: boolean) {
     this.#context = context;
     this.#interceptor = interceptor;
-    this.#agents = new UpstreamAgents(context, interceptor.upstreamTrust);
+    this.#tlsThread = useTlsThread && interceptor.upstreamTrustSetup !== undefined ? new UpstreamTlsThread(interceptor.upstreamTrustSetup, context.logger) : null;
+    this.#agents = new UpstreamAgents(context, interceptor.upstreamTrust, this.#tlsThread);
 
     const { limits, logger } = context;
     this.#server = createHttpServer({
@@ -117,6 +120,7 @@ export class Interception {
    * before the server speaks is intercepted however long it waited.
    */
   accept(options: AcceptOptions): void {
+    this.#tlsThread?.start();
     const { client, target, record } = options;
     const { limits, logger } = this.#context;
     let held = options.head;
@@ -261,9 +265,10 @@ export class Interception {
     });
   }
 
-  /** Closes decrypted client connections and pooled upstream connections. */
-  close(): void {
+  /** Closes decrypted client connections and pooled upstream connections, and resolves once the upstream TLS thread has ended. */
+  close(): Promise<void> {
     this.#server.closeAllConnections();
     this.#agents.close();
+    return this.#tlsThread?.close() ?? Promise.resolve();
   }
 }

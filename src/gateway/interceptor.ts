@@ -1,6 +1,7 @@
 // The contract between the gateway and whatever decides what intercepted and plain HTTP requests
 // may carry (the credential broker). The gateway owns sockets, TLS and HTTP framing; the
 // interceptor owns certificates, request rewriting, leak checks and response scrubbing.
+import type { UpstreamTlsSetup } from "./upstream-tls-protocol.js";
 import type { Transform } from "node:stream";
 import type { SecureContext } from "node:tls";
 import type { CanonicalHost } from "../policy/host.js";
@@ -80,6 +81,8 @@ export interface Interceptor {
   secureContextFor(host: CanonicalHost): Promise<SecureContext>;
   /** Trust store for upstream TLS: the host's CA bundle plus any extra CAs. */
   upstreamTrust: SecureContext;
+  /** The options upstreamTrust was made from, for the upstream TLS thread to make its own; without them, upstream TLS runs on the main thread. */
+  upstreamTrustSetup?: UpstreamTlsSetup;
   /** Examines and rewrites one request head. */
   examine(head: InterceptedRequestHead): RequestExamination;
   /**

@@ -9,9 +9,10 @@ import type { Socket } from "node:net";
 import { connect as tlsConnect, type SecureContext } from "node:tls";
 import type { GatewayContext } from "./context.js";
 import type { Denial } from "./deny-response.js";
-import { dialTarget, type DialRoute } from "./dial.js";
+import { connectAddress, dialTarget, type DialRoute } from "./dial.js";
 import type { Target } from "./target.js";
 import { parentFor } from "./upstream-proxy.js";
+import { UpstreamTlsThread, WorkerTlsSocket } from "./upstream-tls-thread.js";
 import type { AllowDecision } from "./verdict.js";
 
 /** Idle upstream connections kept per agent and route, for reuse by later requests. */
@@ -78,13 +79,15 @@ class CheckedAgent extends Agent {
   readonly #target: Target;
   readonly #decision: AllowDecision;
   readonly #tls: SecureContext | null;
+  readonly #tlsThread: UpstreamTlsThread | null;
 
-  constructor(context: GatewayContext, target: Target, decision: AllowDecision, tls: SecureContext | null, options: AgentOptions) {
+  constructor(context: GatewayContext, target: Target, decision: AllowDecision, tls: SecureContext | null, tlsThread: UpstreamTlsThread | null, options: AgentOptions) {
     super(options);
     this.#context = context;
     this.#target = target;
     this.#decision = decision;
     this.#tls = tls;
+    this.#tlsThread = tlsThread;
   }
 
   // Node's Agent keeps idle sockets by this name. A request that carries a checked route may
@@ -114,14 +117,21 @@ class CheckedAgent extends Agent {
     const context = this.#context;
     const target = this.#target;
     const scheme = this.#tls === null ? "http" : "tunnel";
-    const options = { target, decision: this.#decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent: parentFor(context.parents, target, scheme), mode: scheme } as const;
+    const name = target.host.kind === "name" ? { servername: target.host.name, host: target.host.name } : { host: target.host.address };
+    const thread = this.#tls === null ? null : this.#tlsThread;
+    // WorkerTlsSocket has the parts of net.Socket that Node's HTTP client and Agent use, and
+    // the code below handles it apart from a plain socket.
+    const connector =
+      thread === null
+        ? undefined
+        : async (address: string, port: number, timeoutMs: number) => ((await thread.open({ address, port, servername: name.servername ?? null, host: name.host, connectTimeoutMs: timeoutMs })) as unknown as Socket | null) ?? connectAddress(address, port, timeoutMs);
+    const options = { target, decision: this.#decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent: parentFor(context.parents, target, scheme), mode: scheme, connector } as const;
     const dialed = await dialTarget(options, route);
     if (!dialed.ok) throw new UpstreamDialError(dialed.denial, dialed.decision, dialed.address);
     context.trackUpstream(dialed.socket);
 
     let socket: UpstreamSocket = dialed.socket;
-    if (this.#tls !== null) {
-      const name = target.host.kind === "name" ? { servername: target.host.name, host: target.host.name } : { host: target.host.address };
+    if (this.#tls !== null && !(socket instanceof WorkerTlsSocket)) {
       socket = tlsConnect({ socket: dialed.socket, ...name, secureContext: this.#tls, ALPNProtocols: ["http/1.1"], minVersion: "TLSv1.2" });
     }
     socket.upstreamAddress = dialed.address;
@@ -137,10 +147,12 @@ export class UpstreamAgents {
   readonly #context: GatewayContext;
   /** Trust store for upstream TLS, or null for agents that carry plain HTTP. */
   readonly #trust: SecureContext | null;
+  readonly #tlsThread: UpstreamTlsThread | null;
 
-  constructor(context: GatewayContext, trust: SecureContext | null) {
+  constructor(context: GatewayContext, trust: SecureContext | null, tlsThread: UpstreamTlsThread | null = null) {
     this.#context = context;
     this.#trust = trust;
+    this.#tlsThread = tlsThread;
   }
 
   /**
@@ -164,7 +176,7 @@ export class UpstreamAgents {
       this.#agents.delete(oldestKey);
       retire(oldest);
     }
-    const agent = new CheckedAgent(this.#context, target, decision, this.#trust, { keepAlive: true, maxFreeSockets: MAX_FREE_SOCKETS, timeout: this.#context.limits.idleTimeoutMs });
+    const agent = new CheckedAgent(this.#context, target, decision, this.#trust, this.#tlsThread, { keepAlive: true, maxFreeSockets: MAX_FREE_SOCKETS, timeout: this.#context.limits.idleTimeoutMs });
     this.#agents.set(key, agent);
     return agent;
   }

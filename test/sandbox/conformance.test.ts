@@ -584,6 +584,11 @@ for (const backend of BACKENDS) {
         assert.doesNotMatch(run.stdout, new RegExp(`placeholder=${TEST_TOKEN}`));
         assert.match(run.stdout, /^0$/m, "the secret is in the box's environment");
         assert.match(run.stdout, /upstream saw the real secret/, show(run));
+        // The run's gateway started the upstream TLS thread, so the upstream leg ran on it.
+        const runDir = /events in (.*)\/audit\.jsonl/.exec(run.stderr)?.[1] as string;
+        const diagnostics = readFileSync(join(runDir, "ringfence.log"), "utf8");
+        assert.match(diagnostics, /upstream TLS thread started/);
+        assert.doesNotMatch(diagnostics, /upstream TLS thread is unavailable/);
       });
 
       test("leak with on_leak end-run stops box", async () => {
