@@ -12,7 +12,12 @@ function testFiles(dir) {
   });
 }
 
+// A test or suite that runs longer than this fails, so a hung test ends the run with a failure
+// instead of stalling it. The slowest suite, the vm backend's conformance run as root, takes
+// about 160 s here.
+const TEST_TIMEOUT_MS = 600_000;
+
 const only = process.argv.slice(2);
 const files = only.length > 0 ? only : testFiles("test").sort();
-const result = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", ...files], { stdio: "inherit" });
+const result = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", `--test-timeout=${TEST_TIMEOUT_MS}`, ...files], { stdio: "inherit" });
 process.exit(result.status ?? 1);
