@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
+import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -15,8 +16,10 @@ import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { patternBytes } from "./support/upstream.js";
 
 const BODY_BYTES = 8 * 1024 * 1024;
+/** A body that fits in the thread's unacknowledged allowance, so the upstream closes before the reader reads it. */
+const SHORT_BYTES = 100 * 1024;
 
-/** Starts a TLS server for `names` that acts on the first line a client sends: "download" or "count". */
+/** Starts a TLS server for `names` that acts on the first line a client sends: "download", "short" or "count". */
 async function startServer(ca: TestCa, names: readonly string[]): Promise<{ server: Server; port: number }> {
   const leaf = await ca.issue(names);
   const server = createTlsServer({ cert: leaf.certPem, key: leaf.keyPem }, (socket: TLSSocket) => {
@@ -28,6 +31,7 @@ async function startServer(ca: TestCa, names: readonly string[]): Promise<{ serv
         command = chunk.toString("latin1").split("\n")[0] ?? "";
         received += chunk.length - command.length - 1;
         if (command === "download") socket.end(patternBytes(0, BODY_BYTES));
+        if (command === "short") socket.end(patternBytes(0, SHORT_BYTES));
         return;
       }
       received += chunk.length;
@@ -85,6 +89,23 @@ describe("upstream TLS thread", () => {
     assert.ok(body.equals(patternBytes(0, BODY_BYTES)), "the body differs from what the server sent");
     assert.equal(socket.bytesRead, BODY_BYTES);
     await closed;
+  });
+
+  test("keeps unread bytes after upstream close", async () => {
+    const socket = await open(api.port);
+    socket.pause();
+    socket.write("short\n");
+    // The server sends the body and closes, and the thread reports both well within this wait.
+    await sleep(300);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.resume();
+    const error = await finished(socket, { writable: false }).then(
+      () => null,
+      (cause: Error) => cause,
+    );
+    const body = Buffer.concat(chunks);
+    assert.ok(body.equals(patternBytes(0, SHORT_BYTES)), `${body.length} of ${SHORT_BYTES} bytes arrived${error === null ? "" : ` (${error.message})`}`);
   });
 
   test("sends past its write allowance, then half-closes", async () => {
