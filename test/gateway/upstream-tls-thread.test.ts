@@ -136,6 +136,26 @@ describe("upstream TLS thread", () => {
     assert.equal(error.code, "ERR_TLS_CERT_ALTNAME_INVALID");
   });
 
+  test("rejects a name as the address", async () => {
+    await assert.rejects(thread.open({ ...target(api.port), address: "localhost" }), (error: NodeJS.ErrnoException) => error.code === "ERR_INVALID_IP_ADDRESS");
+  });
+
+  test("survives an invalid port", async () => {
+    await assert.rejects(thread.open(target(70000)), (error: NodeJS.ErrnoException) => error.code === "ERR_SOCKET_BAD_PORT");
+    const socket = await open(api.port);
+    socket.destroy();
+  });
+
+  test("checks the certificate against host", async () => {
+    // The server's certificate is for api.test, and the target is other.test. A thread that
+    // checked the name it sent as SNI would accept the connection.
+    const socket = await thread.open({ ...target(api.port), host: "other.test" });
+    assert.ok(socket !== null);
+    socket.write("count\n");
+    const [error] = (await once(socket, "error")) as [NodeJS.ErrnoException];
+    assert.equal(error.code, "ERR_TLS_CERT_ALTNAME_INVALID");
+  });
+
   test("emits timeout when idle", async () => {
     const socket = await open(api.port);
     let fired = false;
