@@ -149,7 +149,7 @@ export class WorkerTlsSocket extends Duplex {
   #bytesWritten = 0;
   #unackedRead = 0;
   #unackedWrites = 0;
-  #writeWaiting: (() => void) | null = null;
+  #writeWaiting: ((error?: Error | null) => void) | null = null;
   #lastActivity = Date.now();
   #idleTimer: NodeJS.Timeout | null = null;
 
@@ -159,6 +159,8 @@ export class WorkerTlsSocket extends Duplex {
     this.remoteAddress = address;
     port.on("message", (message: ThreadMessage) => this.#onMessage(message));
     port.once("close", () => {
+      // A port that this side closed (#closePort) has already marked itself closed.
+      if (!this.#portOpen) return;
       this.#portOpen = false;
       if (!this.destroyed) this.destroy(new Error("the upstream TLS thread ended while the connection was open"));
     });
@@ -251,9 +253,13 @@ export class WorkerTlsSocket extends Duplex {
         return;
       }
       case "close":
+        // Destroying now would drop bytes that a paused reader has not read yet, so the stream
+        // ends and is destroyed after its "end" event, as net.Socket is. A waiting write fails.
         this.#closePort();
+        this.#failWaitingWrite();
         this.push(null);
-        this.destroy();
+        if (this.readableEnded) this.destroy();
+        else this.once("end", () => this.destroy());
         return;
       case "connect":
         return;
@@ -267,6 +273,10 @@ export class WorkerTlsSocket extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (!this.#portOpen) {
+      callback(closedError());
+      return;
+    }
     this.#bytesWritten += chunk.length;
     this.#unackedWrites += chunk.length;
     this.#lastActivity = Date.now();
@@ -285,9 +295,16 @@ export class WorkerTlsSocket extends Duplex {
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     if (this.#idleTimer !== null) clearTimeout(this.#idleTimer);
+    this.#failWaitingWrite();
     this.#post({ type: "destroy" });
     this.#closePort();
     callback(error);
+  }
+
+  #failWaitingWrite(): void {
+    const callback = this.#writeWaiting;
+    this.#writeWaiting = null;
+    callback?.(closedError());
   }
 
   #closePort(): void {
@@ -295,4 +312,8 @@ export class WorkerTlsSocket extends Duplex {
     this.#portOpen = false;
     this.#port.close();
   }
+}
+
+function closedError(): NodeJS.ErrnoException {
+  return Object.assign(new Error("the upstream TLS connection is closed"), { code: "EPIPE" });
 }

@@ -3,8 +3,8 @@
 // thread connects, verifies the server's certificate against the trust store it was started
 // with, and passes the plaintext to the main thread through the connection's MessagePort. The
 // address is an IP literal, so no name is looked up here.
-import type { OnReadOpts } from "node:net";
-import { connect as tlsConnect, createSecureContext, type ConnectionOptions, type TLSSocket } from "node:tls";
+import { isIP, type OnReadOpts } from "node:net";
+import { checkServerIdentity, connect as tlsConnect, createSecureContext, type ConnectionOptions, type TLSSocket } from "node:tls";
 import { parentPort, workerData } from "node:worker_threads";
 import { type MainMessage, type OpenRequest, type ThreadMessage, type UpstreamTlsSetup, ACK_BATCH_BYTES, CONNECT_TIMEOUT_CODE, WORKER_CHUNK_BYTES, WORKER_MAX_UNACKED_BYTES } from "./upstream-tls-protocol.js";
 
@@ -27,6 +27,25 @@ parentPort?.postMessage("ready");
 function openConnection(request: OpenRequest): void {
   const port = request.channel;
   const send = (message: ThreadMessage, transfer?: ArrayBuffer[]) => port.postMessage(message, transfer);
+  // A name here would be looked up by net.connect, past the main thread's address checks, and
+  // an exception here would end the thread with every connection it carries.
+  if (isIP(request.address) === 0) {
+    send({ type: "error", message: `invalid upstream address ${JSON.stringify(request.address)}: expected a checked IP address`, code: "ERR_INVALID_IP_ADDRESS" });
+    port.close();
+    return;
+  }
+  try {
+    connectChecked(request, send);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    send({ type: "error", message: error instanceof Error ? error.message : String(error), code: typeof code === "string" ? code : null });
+    port.close();
+  }
+}
+
+/** Connects to the checked address and relays the connection's plaintext over its port. */
+function connectChecked(request: OpenRequest, send: (message: ThreadMessage, transfer?: ArrayBuffer[]) => void): void {
+  const port = request.channel;
   let closed = false;
 
   // Node's TLS socket copies each decrypted record into the `onread` buffer and calls back at
@@ -89,13 +108,14 @@ function openConnection(request: OpenRequest): void {
   };
 
   // The address is an IP literal, so the socket connects without a name lookup. The certificate
-  // is checked against servername when there is one, else against the address.
+  // is checked against request.host, the target's name or IP literal, as on the main thread.
   // Node's typings omit `onread` from tls.connect's options, which Node 20 documents and honours.
   const options: ConnectionOptions & { onread: OnReadOpts } = {
     host: request.address,
     port: request.port,
     ...(request.servername === null ? {} : { servername: request.servername }),
     secureContext,
+    checkServerIdentity: (_hostname, cert) => checkServerIdentity(request.host, cert),
     ALPNProtocols: ["http/1.1"],
     minVersion: "TLSv1.2",
     onread,

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
+import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -15,8 +16,10 @@ import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { patternBytes } from "./support/upstream.js";
 
 const BODY_BYTES = 8 * 1024 * 1024;
+/** A body that fits in the thread's unacknowledged allowance, so the upstream closes before the reader reads it. */
+const SHORT_BYTES = 100 * 1024;
 
-/** Starts a TLS server for `names` that acts on the first line a client sends: "download" or "count". */
+/** Starts a TLS server for `names` that acts on the first line a client sends: "download", "short" or "count". */
 async function startServer(ca: TestCa, names: readonly string[]): Promise<{ server: Server; port: number }> {
   const leaf = await ca.issue(names);
   const server = createTlsServer({ cert: leaf.certPem, key: leaf.keyPem }, (socket: TLSSocket) => {
@@ -28,6 +31,7 @@ async function startServer(ca: TestCa, names: readonly string[]): Promise<{ serv
         command = chunk.toString("latin1").split("\n")[0] ?? "";
         received += chunk.length - command.length - 1;
         if (command === "download") socket.end(patternBytes(0, BODY_BYTES));
+        if (command === "short") socket.end(patternBytes(0, SHORT_BYTES));
         return;
       }
       received += chunk.length;
@@ -87,6 +91,23 @@ describe("upstream TLS thread", () => {
     await closed;
   });
 
+  test("keeps unread bytes after upstream close", async () => {
+    const socket = await open(api.port);
+    socket.pause();
+    socket.write("short\n");
+    // The server sends the body and closes, and the thread reports both well within this wait.
+    await sleep(300);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.resume();
+    const error = await finished(socket, { writable: false }).then(
+      () => null,
+      (cause: Error) => cause,
+    );
+    const body = Buffer.concat(chunks);
+    assert.ok(body.equals(patternBytes(0, SHORT_BYTES)), `${body.length} of ${SHORT_BYTES} bytes arrived${error === null ? "" : ` (${error.message})`}`);
+  });
+
   test("sends past its write allowance, then half-closes", async () => {
     const socket = await open(api.port);
     const sent = 3 * WORKER_MAX_UNACKED_BYTES;
@@ -110,6 +131,26 @@ describe("upstream TLS thread", () => {
 
   test("fails on another host's certificate", async () => {
     const socket = await open(other.port);
+    socket.write("count\n");
+    const [error] = (await once(socket, "error")) as [NodeJS.ErrnoException];
+    assert.equal(error.code, "ERR_TLS_CERT_ALTNAME_INVALID");
+  });
+
+  test("rejects a name as the address", async () => {
+    await assert.rejects(thread.open({ ...target(api.port), address: "localhost" }), (error: NodeJS.ErrnoException) => error.code === "ERR_INVALID_IP_ADDRESS");
+  });
+
+  test("survives an invalid port", async () => {
+    await assert.rejects(thread.open(target(70000)), (error: NodeJS.ErrnoException) => error.code === "ERR_SOCKET_BAD_PORT");
+    const socket = await open(api.port);
+    socket.destroy();
+  });
+
+  test("checks the certificate against host", async () => {
+    // The server's certificate is for api.test, and the target is other.test. A thread that
+    // checked the name it sent as SNI would accept the connection.
+    const socket = await thread.open({ ...target(api.port), host: "other.test" });
+    assert.ok(socket !== null);
     socket.write("count\n");
     const [error] = (await once(socket, "error")) as [NodeJS.ErrnoException];
     assert.equal(error.code, "ERR_TLS_CERT_ALTNAME_INVALID");
