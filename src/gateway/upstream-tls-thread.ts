@@ -204,6 +204,13 @@ export class WorkerTlsSocket extends Duplex {
     return this;
   }
 
+  // Records activity. As on a net.Socket, activity after a timeout has fired starts the idle
+  // timer again.
+  #touch(): void {
+    this.#lastActivity = Date.now();
+    if (this.#idleTimer === null && this.timeout > 0 && !this.destroyed) this.#armIdle(this.timeout);
+  }
+
   #armIdle(delay: number): void {
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = null;
@@ -227,7 +234,7 @@ export class WorkerTlsSocket extends Duplex {
       case "data": {
         const length = message.bytes.byteLength;
         this.#bytesRead += length;
-        this.#lastActivity = Date.now();
+        this.#touch();
         const chunk = Buffer.from(message.bytes.buffer, message.bytes.byteOffset, length);
         this.#unackedRead += length;
         if (this.push(chunk) && this.#unackedRead >= ACK_BATCH_BYTES) this._read();
@@ -235,7 +242,7 @@ export class WorkerTlsSocket extends Duplex {
       }
       case "written":
         this.#unackedWrites -= message.bytes;
-        this.#lastActivity = Date.now();
+        this.#touch();
         if (this.#unackedWrites < WORKER_MAX_UNACKED_BYTES && this.#writeWaiting !== null) {
           const callback = this.#writeWaiting;
           this.#writeWaiting = null;
@@ -279,7 +286,7 @@ export class WorkerTlsSocket extends Duplex {
     }
     this.#bytesWritten += chunk.length;
     this.#unackedWrites += chunk.length;
-    this.#lastActivity = Date.now();
+    this.#touch();
     // A copy of just these bytes, transferred. Posting the Buffer itself would clone its whole
     // ArrayBuffer, which for a pooled Buffer is 8 KiB whatever the chunk's size.
     const bytes = new Uint8Array(chunk);
