@@ -62,8 +62,8 @@ function connectChecked(request: OpenRequest, send: (message: ThreadMessage, tra
     flushQueued = false;
     if (pending === null || pendingLength === 0) return;
     // A mostly full buffer goes as it is. The bytes of a small response are copied into a
-    // buffer of their own size, and this one is kept for reuse, so that no message keeps
-    // 256 KiB of memory alive for a few bytes until the main thread's next garbage collection.
+    // buffer of their own size, and this one is kept for reuse. So no message keeps 256 KiB
+    // alive for a few bytes until the main thread's next garbage collection.
     let bytes: Uint8Array;
     if (pendingLength >= pending.length / 2) {
       bytes = new Uint8Array(pending.buffer, pending.byteOffset, pendingLength);
