@@ -290,7 +290,7 @@ export class WorkerTlsSocket extends Duplex {
     // A copy of just these bytes, transferred. Posting the Buffer itself would clone its whole
     // ArrayBuffer, which for a pooled Buffer is 8 KiB whatever the chunk's size.
     const bytes = new Uint8Array(chunk);
-    if (this.#portOpen) this.#port.postMessage({ type: "data", bytes } satisfies MainMessage, [bytes.buffer]);
+    this.#port.postMessage({ type: "data", bytes } satisfies MainMessage, [bytes.buffer]);
     if (this.#unackedWrites < WORKER_MAX_UNACKED_BYTES) callback();
     else this.#writeWaiting = callback;
   }

@@ -67,12 +67,11 @@ function connectChecked(request: OpenRequest, send: (message: ThreadMessage, tra
     let bytes: Uint8Array;
     if (pendingLength >= pending.length / 2) {
       bytes = new Uint8Array(pending.buffer, pending.byteOffset, pendingLength);
-      pending = null;
     } else {
       bytes = new Uint8Array(pending.subarray(0, pendingLength));
       if (spareBuffers.length < MAX_SPARE_BUFFERS) spareBuffers.push(pending);
-      pending = null;
     }
+    pending = null;
     unacked += pendingLength;
     pendingLength = 0;
     send({ type: "data", bytes }, [bytes.buffer as ArrayBuffer]);
