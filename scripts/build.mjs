@@ -46,9 +46,12 @@ for (const name of ["forwarder.c", "exec-audit.c"]) {
   copyFileSync(`src/sandbox/${name}`, `dist/${name}`);
   copyFileSync(`src/sandbox/${name}`, `dist/sandbox/${name}`);
 }
-// The tunnel relay likewise, beside the bundles and the library's gateway modules.
-copyFileSync("src/gateway/tunnel-relay.c", "dist/tunnel-relay.c");
-copyFileSync("src/gateway/tunnel-relay.c", "dist/gateway/tunnel-relay.c");
+// The tunnel relay and the gateway's front end likewise, beside the bundles and the library's
+// gateway modules.
+for (const name of ["tunnel-relay.c", "front-end.c"]) {
+  copyFileSync(`src/gateway/${name}`, `dist/${name}`);
+  copyFileSync(`src/gateway/${name}`, `dist/gateway/${name}`);
+}
 
 // The upstream TLS thread's module, beside the CLI and library bundles, which start it from
 // there (tsc has already written it beside the library's gateway modules).

@@ -27,6 +27,8 @@ network:
 
 const relayMode = process.env.BENCH_RELAY ?? "default";
 if (relayMode !== "default" && relayMode !== "splice") throw new Error(`BENCH_RELAY must be "splice" or unset, not "${relayMode}"`);
+// BENCH_FRONT=node lets Node accept and carry every connection, as without the front end.
+const frontEnd = process.env.BENCH_FRONT === "node" ? "node" : "auto";
 let relayBinary: string | undefined;
 if (relayMode === "splice") {
   const compiled = await prepareRelayBinary();
@@ -45,6 +47,7 @@ const gateway = await startGateway({
   },
   logger: pino({ level: "warn" }),
   ...(relayBinary === undefined ? {} : { tunnelRelay: { binary: relayBinary } }),
+  frontEnd: frontEnd,
 });
 process.stdout.write(`${gateway.tcpPort}\n`);
 process.on("SIGTERM", () => {

@@ -6,7 +6,7 @@
 // Needs curl and Squid (Debian package "squid") on PATH. Everything listens on 127.0.0.1.
 // BENCH_RELAY=splice runs the gateway's tunnel relay in its splice(2) mode (gateway-process.ts).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -185,20 +185,38 @@ async function oneConnection(mode: Mode, ports: Record<Mode, number>, serverPort
   return performance.now() - start;
 }
 
-// CPU time (user + system) of a process so far, with that of its children it has reaped (the
-// gateway's tunnel relays), in milliseconds, from /proc/PID/stat.
-function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
-  // utime, stime, cutime and cstime are fields 14 to 17 of stat; after the ") " split they are at 11 to 14.
-  return ((Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
+// A process and its live children (the gateway's front end), from /proc/PID/task/*/children.
+function processTree(pid: number): number[] {
+  const children: number[] = [];
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    const listed = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim();
+    if (listed !== "") children.push(...listed.split(" ").map(Number));
+  }
+  return [pid, ...children];
 }
 
-// System (kernel) CPU time of a process and its reaped children so far, in milliseconds.
+// CPU time (user + system) of a process and its live children so far, with that of the children
+// they have reaped (the gateway's tunnel relays), in milliseconds, from /proc/PID/stat.
+function cpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  let total = 0;
+  for (const member of processTree(pid)) {
+    const fields = readFileSync(`/proc/${member}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    // utime, stime, cutime and cstime are fields 14 to 17 of stat; after the ") " split they are at 11 to 14.
+    total += ((Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
+  }
+  return total;
+}
+
+// System (kernel) CPU time of a process, its live children and their reaped children so far, in milliseconds.
 function systemCpuMs(pid: number | undefined): number {
   if (pid === undefined) return 0;
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
-  return ((Number(fields[12]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
+  let total = 0;
+  for (const member of processTree(pid)) {
+    const fields = readFileSync(`/proc/${member}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    total += ((Number(fields[12]) + Number(fields[14])) * 1000) / CLOCK_TICKS_PER_SECOND;
+  }
+  return total;
 }
 
 function percentile(sorted: readonly number[], fraction: number): number {

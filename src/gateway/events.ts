@@ -118,12 +118,15 @@ export class EventRecord {
     this.finish();
   }
 
-  /** Emits the event; `reason` records why an allowed exchange failed, if it did. */
-  finish(reason: string | null = null): void {
+  /**
+   * Emits the event; `reason` records why an allowed exchange failed, if it did. `endedAt`, a
+   * performance.now() time, is when the exchange ended, for an end reported after it happened.
+   */
+  finish(reason: string | null = null, endedAt: number = performance.now()): void {
     if (this.#finished) return;
     this.#finished = true;
     if (reason !== null && this.#event.reason === null) this.#event.reason = reason;
-    this.#event.durationMs = Math.round((performance.now() - this.#startedAt) * 1000) / 1000;
+    this.#event.durationMs = Math.round((endedAt - this.#startedAt) * 1000) / 1000;
     this.#emit({ ...this.#event });
   }
 }

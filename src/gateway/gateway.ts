@@ -10,10 +10,13 @@ import { credentialEventEmitter, eventFactory, type GatewayContext } from "./con
 import { rawDenialResponse, type Denial } from "./deny-response.js";
 import type { Resolver } from "./dial.js";
 import type { CredentialEvent, NetworkEvent } from "./events.js";
+import { FrontConnects } from "./front-connect.js";
+import { FrontEnd } from "./front-end.js";
 import { Interception } from "./interception.js";
 import type { Interceptor } from "./interceptor.js";
 import { handleHttpRequest } from "./http-proxy.js";
 import { resolveLimits, type GatewayLimits } from "./limits.js";
+import { prepareFrontEndBinary } from "./relay-binary.js";
 import { DEFAULT_HANDOFF_BYTES, TunnelRelays, type TunnelRelayOptions } from "./relay-handoff.js";
 import type { LocalServices } from "./local-service.js";
 import { handleSocks5, SOCKS_VERSION } from "./socks5-session.js";
@@ -78,6 +81,14 @@ export interface GatewayOptions {
    * main thread.
    */
   upstreamTlsThread?: boolean;
+  /**
+   * Who accepts connections. "auto" (the default) starts the front end (front-end.c, compiled with
+   * cc on first use): it owns the listeners and carries the plain CONNECT tunnels that Node
+   * allows and whose ClientHello names the target, and it passes every other connection to Node.
+   * Where it cannot be compiled or started, Node listens itself. "node" always lets Node listen.
+   * `{ binary }` runs that front end binary in place of the compiled one (tests use this).
+   */
+  frontEnd?: "auto" | "node" | { binary: string };
 }
 
 export interface Gateway {
@@ -137,19 +148,31 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const http = createHttpDispatcher(context);
   const sockets = new Set<Socket>();
-  const accept = (socket: Socket) => acceptConnection(context, http, sockets, socket);
+  const clients: ClientSockets = { sockets, changed: () => undefined };
+  const accept = (socket: Socket) => acceptConnection(context, http, clients, socket);
 
   const servers: NetServer[] = [];
   let socketPath: string | null = null;
   let tcpPort: number | null = null;
+  const frontConnects = new FrontConnects(context, {
+    accept: (socket, firstBytes, frontOpen) => acceptConnection(context, http, clients, socket, { firstBytes, othersOpen: frontOpen }),
+    adoptClient: (socket, totalMsLeft) => trackClient(context, clients, socket, totalMsLeft),
+  });
+  const front = options.frontEnd === "node" ? null : await startFrontEnd(options, context, frontConnects);
+  if (front !== null) {
+    frontConnects.front = front;
+    clients.changed = () => front.setNodeConnections(sockets.size);
+    socketPath = front.socketPath;
+    tcpPort = front.tcpPort;
+  }
   try {
-    if (options.socketPath !== undefined) {
+    if (front === null && options.socketPath !== undefined) {
       const server = createNetServer({ allowHalfOpen: true, noDelay: true }, accept);
       servers.push(server);
       await listen(server, { path: options.socketPath });
       socketPath = options.socketPath;
     }
-    if (options.tcp !== undefined) {
+    if (front === null && options.tcp !== undefined) {
       const server = createNetServer({ allowHalfOpen: true, noDelay: true }, accept);
       servers.push(server);
       await listen(server, { host: "127.0.0.1", port: options.tcp.port });
@@ -160,7 +183,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     await Promise.all(servers.map((server) => closeServer(server)));
     throw error;
   }
-  logger.info({ socketPath, tcpPort }, "gateway listening");
+  logger.info({ socketPath, tcpPort, frontEnd: front !== null }, "gateway listening");
 
   let closing: Promise<void> | null = null;
   return {
@@ -169,6 +192,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     close() {
       closing ??= (async () => {
         const closed = Promise.all(servers.map((server) => closeServer(server)));
+        // The front end reports the end of each tunnel it carries before it exits.
+        const frontStopped = front?.stop().then(() => frontConnects.finishAll("the gateway closed"));
         const open = [...sockets, ...upstreams];
         const allClosed = Promise.all(open.map((socket) => (socket.closed ? null : new Promise((resolve) => socket.once("close", resolve)))));
         for (const socket of open) socket.destroy();
@@ -177,7 +202,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         httpAgents.close();
         // The relays' tunnel events come from their exit, so close() waits for it.
         const relaysStopped = context.tunnelRelays?.stopAll();
-        await Promise.all([closed, allClosed, relaysStopped, threadStopped]);
+        await Promise.all([closed, allClosed, relaysStopped, threadStopped, frontStopped]);
         logger.info("gateway stopped");
       })();
       return closing;
@@ -247,30 +272,50 @@ function rejectMalformed(context: GatewayContext, error: NodeJS.ErrnoException &
   else socket.destroy();
 }
 
-function acceptConnection(context: GatewayContext, http: HttpServer, sockets: Set<Socket>, socket: Socket): void {
+/** The client connections Node holds, and what to tell when their number changes. */
+interface ClientSockets {
+  sockets: Set<Socket>;
+  changed: () => void;
+}
+
+/** Counts a client socket against the gateway's limits until it closes, and closes it at the total time limit. */
+function trackClient(context: GatewayContext, clients: ClientSockets, socket: Socket, totalMs: number): void {
   const { limits, logger } = context;
-  const overLimit = sockets.size >= limits.maxConnections;
-  sockets.add(socket);
+  clients.sockets.add(socket);
+  clients.changed();
   socket.on("error", (error) => logger.debug({ err: error }, "client socket error"));
 
   let totalTimer: NodeJS.Timeout | undefined;
-  if (limits.totalTimeoutMs > 0) {
+  if (totalMs > 0) {
     totalTimer = setTimeout(() => {
       logger.warn({ limitMs: limits.totalTimeoutMs }, "client connection reached the total time limit; closing it");
       socket.destroy();
-    }, limits.totalTimeoutMs);
+    }, totalMs);
     totalTimer.unref();
   }
+  socket.once("close", () => {
+    clients.sockets.delete(socket);
+    clients.changed();
+    clearTimeout(totalTimer);
+  });
+}
+
+/**
+ * Serves one client connection: Node's listeners call this for each, and the front end for those
+ * it passes on from their start, with the bytes it read (`firstBytes`) and the number of
+ * connections it holds itself (`othersOpen`), which count against the same limit.
+ */
+function acceptConnection(context: GatewayContext, http: HttpServer, clients: ClientSockets, socket: Socket, handedOver?: { firstBytes: Buffer; othersOpen: number }): void {
+  const { limits, logger } = context;
+  const overLimit = clients.sockets.size + (handedOver?.othersOpen ?? 0) >= limits.maxConnections;
+  trackClient(context, clients, socket, limits.totalTimeoutMs);
+  if (handedOver !== undefined && handedOver.firstBytes.length > 0) socket.unshift(handedOver.firstBytes);
 
   const handshakeTimer = setTimeout(() => {
     context.startEvent({ protocol: "http", host: "", port: 0 }).deny(`client sent no request within ${limits.handshakeTimeoutMs} ms`);
     socket.destroy();
   }, limits.handshakeTimeoutMs);
-  socket.once("close", () => {
-    sockets.delete(socket);
-    clearTimeout(totalTimer);
-    clearTimeout(handshakeTimer);
-  });
+  socket.once("close", () => clearTimeout(handshakeTimer));
 
   // The first byte identifies the protocol: 0x05 starts a SOCKS5 greeting, anything else is HTTP.
   socket.once("data", (chunk: Buffer) => {
@@ -333,6 +378,26 @@ function rejectOverLimit(context: GatewayContext, socket: Socket, socks: boolean
     return;
   }
   socket.end(rawDenialResponse({ status: 503, reason, rule: null, hint: "close idle connections, or raise the gateway's maxConnections limit" }, "the connection"));
+}
+
+/**
+ * Starts the front end for the gateway's listeners, or returns null when it cannot run here, so
+ * that Node listens. A listener that cannot be opened is an error either way.
+ */
+async function startFrontEnd(options: GatewayOptions, context: GatewayContext, handlers: FrontConnects): Promise<FrontEnd | null> {
+  const binary = typeof options.frontEnd === "object" ? { path: options.frontEnd.binary } : await prepareFrontEndBinary();
+  if (!("path" in binary)) {
+    context.logger.warn({ reason: binary.unavailable }, "the gateway front end is unavailable; Node accepts connections");
+    return null;
+  }
+  const listeners = { ...(options.socketPath === undefined ? {} : { socketPath: options.socketPath }), ...(options.tcp === undefined ? {} : { tcpPort: options.tcp.port }) };
+  try {
+    return await FrontEnd.start(binary.path, listeners, context.limits, handlers, context.logger);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).syscall === "listen") throw error;
+    context.logger.warn({ err: error }, "the gateway front end did not start; Node accepts connections");
+    return null;
+  }
 }
 
 function listen(server: NetServer, address: { path: string } | { host: string; port: number }): Promise<void> {

@@ -9,13 +9,26 @@ import { cacheDir } from "../sandbox/forwarder.js";
 /** The compiled tunnel relay, or why there is none. */
 export type RelayBinary = { path: string } | { unavailable: string };
 
-/** Candidate locations of tunnel-relay.c: beside this module (tsx, tsc output) and in the source tree. */
-function sourceCandidates(): string[] {
+/** The gateway's C programs, each compiled from the source file of that name. */
+type GatewaySource = "tunnel-relay" | "front-end";
+
+/** Candidate locations of a C source: beside this module (tsx, tsc output) and in the source tree. */
+function sourceCandidates(name: GatewaySource): string[] {
   const here = fileURLToPath(new URL(".", import.meta.url));
-  return [join(here, "tunnel-relay.c"), join(here, "..", "..", "src", "gateway", "tunnel-relay.c"), join(here, "..", "src", "gateway", "tunnel-relay.c")];
+  const file = `${name}.c`;
+  return [join(here, file), join(here, "..", "..", "src", "gateway", file), join(here, "..", "src", "gateway", file)];
 }
 
-let prepared: Promise<RelayBinary> | null = null;
+const prepared = new Map<GatewaySource, Promise<RelayBinary>>();
+
+function prepare(name: GatewaySource): Promise<RelayBinary> {
+  let binary = prepared.get(name);
+  if (binary === undefined) {
+    binary = compileGatewayBinary(name, cacheDir()).catch((error: unknown) => ({ unavailable: `preparing the ${name} binary failed (${error instanceof Error ? error.message : String(error)})` }));
+    prepared.set(name, binary);
+  }
+  return binary;
+}
 
 /**
  * Returns the tunnel relay binary, compiled with `cc` on first use and cached under
@@ -23,22 +36,30 @@ let prepared: Promise<RelayBinary> | null = null;
  * block the event loop.
  */
 export function prepareRelayBinary(): Promise<RelayBinary> {
-  prepared ??= compileRelayBinary(cacheDir()).catch((error: unknown) => ({ unavailable: `preparing the relay binary failed (${error instanceof Error ? error.message : String(error)})` }));
-  return prepared;
+  return prepare("tunnel-relay");
+}
+
+/** Returns the gateway's front end binary (front-end.c), prepared as prepareRelayBinary does. */
+export function prepareFrontEndBinary(): Promise<RelayBinary> {
+  return prepare("front-end");
 }
 
 /**
  * Returns the relay binary cached in `cacheRoot`, compiling it when it is missing or not this
  * user's own (see cache-trust.ts). A cache directory that another user could change gives no binary.
  */
-export async function compileRelayBinary(cacheRoot: string): Promise<RelayBinary> {
-  const source = sourceCandidates().find((path) => existsSync(path));
-  if (source === undefined) return { unavailable: "tunnel-relay.c was not found beside ringfence" };
+export function compileRelayBinary(cacheRoot: string): Promise<RelayBinary> {
+  return compileGatewayBinary("tunnel-relay", cacheRoot);
+}
+
+async function compileGatewayBinary(name: GatewaySource, cacheRoot: string): Promise<RelayBinary> {
+  const source = sourceCandidates(name).find((path) => existsSync(path));
+  if (source === undefined) return { unavailable: `${name}.c was not found beside ringfence` };
 
   const opened = openCacheDir(cacheRoot);
   if ("unsafe" in opened) return { unavailable: opened.unsafe };
   const hash = createHash("sha256").update(readFileSync(source)).update(process.arch).digest("hex").slice(0, 16);
-  const binary = join(opened.dir, `tunnel-relay-${hash}`);
+  const binary = join(opened.dir, `${name}-${hash}`);
   // A file that fails the check is replaced by the rename below.
   if (isTrustedCacheFile(binary)) return { path: binary };
 

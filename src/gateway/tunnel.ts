@@ -22,6 +22,8 @@ export interface TunnelOptions {
   record: EventRecord;
   /** Label of the rule that allowed the tunnel, for the event of a refused SNI. */
   rule: string;
+  /** Time the client has for its first message. Default: the handshakeTimeoutMs limit. */
+  handshakeTimeoutMs?: number;
 }
 
 /**
@@ -95,6 +97,7 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
   else upstream.pipe(client);
 
   let firstBytes: Buffer = options.head;
+  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs;
   const handshakeTimer = setTimeout(() => {
     // A TLS server never speaks before the ClientHello, so a tunnel whose upstream has sent bytes
     // carries a server-first protocol (SSH, SMTP) whose client may stay silent for a while.
@@ -103,7 +106,7 @@ export function runTunnel(context: GatewayContext, options: TunnelOptions): void
       return;
     }
     destroyBoth(`client sent no complete TLS ClientHello or other data within ${limits.handshakeTimeoutMs} ms`);
-  }, limits.handshakeTimeoutMs);
+  }, handshakeTimeoutMs);
 
   // `isClientHello` is true when the held bytes parsed as a complete TLS ClientHello.
   const passThrough = (isClientHello: boolean) => {

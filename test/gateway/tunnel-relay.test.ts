@@ -15,6 +15,8 @@ import { curl, policyFromYaml, readResponseHead, startTestGateway, type TestGate
 import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { patternBytes, startHttpsUpstream, type Upstream } from "./support/upstream.js";
 
+// These tests check Node's handoff of its own tunnels to the relay, so the gateways here run
+// without the front end (frontEnd: "node"), which would otherwise carry the TLS tunnels itself.
 const HANDOFF_BYTES = 256 * 1024;
 /** A first client message that is not TLS, so the gateway's check of the stream start passes. */
 const HELLO = Buffer.from("hello\n");
@@ -160,7 +162,7 @@ async function checkReplyAfterEnd(upload: number, download: number, options: { b
   });
   const { logger, records } = recordingLogger();
   const tunnelRelay = options.binary === undefined ? { handoffBytes: HANDOFF_BYTES } : { handoffBytes: HANDOFF_BYTES, binary: options.binary };
-  const gw = await startTestGateway(tcpPolicy(target.port), options.socketPath === undefined ? { logger, tunnelRelay } : { logger, socketPath: options.socketPath, tunnelRelay });
+  const gw = await startTestGateway(tcpPolicy(target.port), options.socketPath === undefined ? { logger, frontEnd: "node", tunnelRelay } : { logger, socketPath: options.socketPath, frontEnd: "node", tunnelRelay });
   try {
     const { socket, rest } = await openTunnel(gw, target.port, options.socketPath);
     const answer = hashUntilEnd(socket, rest);
@@ -213,7 +215,7 @@ network:
       addresses: [127.0.0.1]
       action: allow
 `);
-    const gw = await startTestGateway(policy, { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(policy, { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const size = 24 * MiB;
       const output = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "body");
@@ -257,7 +259,7 @@ network:
       writePattern(socket, download, () => socket.end());
     });
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket, rest } = await openTunnel(gw, target.port);
       // A first message ends the gateway's inspection of the client stream, so the tunnel can be
@@ -287,7 +289,7 @@ network:
   it("ends an idle tunnel", async () => {
     const target = await startTcpServer((socket) => writePattern(socket, MiB, () => {}));
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, limits: { idleTimeoutMs: 1000 }, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, limits: { idleTimeoutMs: 1000 }, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       const closed = ended(socket);
@@ -308,7 +310,7 @@ network:
   it("ends at the total time limit", async () => {
     const target = await startTcpServer((socket) => writePattern(socket, MiB, () => {}));
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, limits: { totalTimeoutMs: 1500 }, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, limits: { totalTimeoutMs: 1500 }, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       const closed = ended(socket);
@@ -339,7 +341,7 @@ network:
       pump();
     });
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       const closed = ended(socket);
@@ -371,7 +373,7 @@ network:
       pump();
     });
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       socket.on("error", () => {});
@@ -397,7 +399,7 @@ network:
     const stubborn = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "stubborn-relay");
     writeFileSync(stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 600\n", { mode: 0o755 });
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: stubborn } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: stubborn } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       socket.on("error", () => {});
@@ -420,7 +422,7 @@ network:
     const download = 4 * MiB + 9;
     const target = await startTcpServer((socket) => writePattern(socket, download, () => socket.end()));
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: join(tmpdir(), "ringfence-no-such-relay") } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: join(tmpdir(), "ringfence-no-such-relay") } });
     try {
       for (let i = 0; i < 2; i++) {
         const { socket, rest } = await openTunnel(gw, target.port);
@@ -450,7 +452,7 @@ network:
     const failing = join(mkdtempSync(join(tmpdir(), "ringfence-relay-")), "failing-relay");
     writeFileSync(failing, "#!/bin/sh\necho 'ringfence-relay: test failure' >&2\nexit 2\n", { mode: 0o755 });
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: failing } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES, binary: failing } });
     try {
       const { socket, rest } = await openTunnel(gw, target.port);
       socket.write(HELLO);
@@ -501,7 +503,7 @@ credentials:
     const broker = await createCredentialBroker({ policy, runDir, env: { API_SECRET: "sk-relay-REAL-0123456789" }, runId: "test", upstreamCaPems: [ca.certPem] });
     const credentialEvents: CredentialEvent[] = [];
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(policy, { logger, interceptor: broker.interceptor, onCredentialEvent: (event) => credentialEvents.push(event), tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(policy, { logger, interceptor: broker.interceptor, onCredentialEvent: (event) => credentialEvents.push(event), frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket } = await openTunnel(gw, target.port);
       const closed = ended(socket);
@@ -584,7 +586,7 @@ credentials:
   it("leaves small tunnels in Node", async () => {
     const target = await startTcpServer((socket) => writePattern(socket, 64 * 1024, () => socket.end()));
     const { logger, records } = recordingLogger();
-    const gw = await startTestGateway(tcpPolicy(target.port), { logger, tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
+    const gw = await startTestGateway(tcpPolicy(target.port), { logger, frontEnd: "node", tunnelRelay: { handoffBytes: HANDOFF_BYTES } });
     try {
       const { socket, rest } = await openTunnel(gw, target.port);
       const got = await hashUntilEnd(socket, rest);

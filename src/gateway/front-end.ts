@@ -1,0 +1,218 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { Socket } from "node:net";
+import { createInterface } from "node:readline";
+import type { Logger } from "pino";
+import type { GatewayLimits } from "./limits.js";
+
+/** Milliseconds the front end has to exit after the stop command, before it gets SIGKILL. */
+const STOP_GRACE_MS = 2000;
+
+/** Handlers for the front end's messages, one call per message (front-end.c has the wire form). */
+export interface FrontEndHandlers {
+  /** A plain CONNECT head for `authority` arrived. The reply is allow, respond or handOff. */
+  decide(id: number, authority: string): void;
+  /** Connecting failed at every address; `code` is an errno name or "timeout". The reply is respond. */
+  connectFailed(id: number, address: string, code: string): void;
+  /** A tunnel the front end carried ended `elapsedMs` after its allow arrived there; `reason` is null for a normal end. */
+  tunnelEnded(id: number, address: string, bytes: { up: number; down: number }, elapsedMs: number, reason: string | null): void;
+  /** A client sent nothing within the handshake time limit and was closed. */
+  noRequest(): void;
+  /** A connection for Node from its start. `firstBytes` were read already; `frontOpen` counts the front end's other connections. */
+  accepted(socket: Socket, firstBytes: Buffer, frontOpen: number): void;
+  /** A tunnel for Node after its 200, with the client's bytes so far and the time limits left. */
+  tunnel(id: number, sockets: { client: Socket; upstream: Socket }, address: string, head: Buffer, handshakeMsLeft: number, totalMsLeft: number): void;
+  /** The front end exited without being asked to. */
+  exited(reason: string): void;
+}
+
+export interface FrontEndListeners {
+  socketPath?: string;
+  tcpPort?: number;
+}
+
+type Message =
+  | { t: "c"; id: number; u: string }
+  | { t: "f"; id: number; a: string; e: string }
+  | { t: "e"; id: number; a: string; up: number; down: number; us: number; r: string }
+  | { t: "n" }
+  | { t: "l"; unixError: string; tcpError: string; tcp: number }
+  | { t: "a"; k: number; b: string }
+  | { t: "hc"; id: number; a: string; w: number; z: number; b: string }
+  | { t: "hu"; id: number };
+
+/** A socket handle received from the front end, as Node's child_process module passes it. */
+type NativeHandle = object;
+
+/**
+ * The gateway's front end process (front-end.c): it owns the listeners, carries the tunnels Node
+ * allows, and passes every other connection to Node with its descriptor.
+ */
+export class FrontEnd {
+  readonly socketPath: string | null;
+  readonly tcpPort: number | null;
+  readonly #child: ChildProcess;
+  readonly #logger: Logger;
+  /** Client halves of tunnels handed over, waiting for their upstream halves. */
+  readonly #halfTunnels = new Map<number, { client: Socket; address: string; head: Buffer; handshakeMsLeft: number; totalMsLeft: number }>();
+  #stopping = false;
+  readonly #exited: Promise<void>;
+
+  private constructor(child: ChildProcess, listening: { socketPath: string | null; tcpPort: number | null }, logger: Logger, exited: Promise<void>) {
+    this.#child = child;
+    this.socketPath = listening.socketPath;
+    this.tcpPort = listening.tcpPort;
+    this.#logger = logger;
+    this.#exited = exited;
+  }
+
+  /**
+   * Starts the front end and resolves once its listeners are open. Rejects with an error like
+   * Node's `listen` error when a listener cannot be opened, or when the program cannot start.
+   */
+  static start(binary: string, listeners: FrontEndListeners, limits: GatewayLimits, handlers: FrontEndHandlers, logger: Logger): Promise<FrontEnd> {
+    const args = [
+      limits.handshakeTimeoutMs,
+      limits.idleTimeoutMs,
+      limits.totalTimeoutMs,
+      limits.connectTimeoutMs,
+      limits.maxHeaderBytes,
+      limits.maxConnections,
+      process.pid,
+      listeners.socketPath ?? "-",
+      listeners.tcpPort ?? "-",
+    ].map(String);
+    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe", "ipc"], env: {} });
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    createInterface({ input: child.stderr as NonNullable<ChildProcess["stderr"]> }).on("line", (line) => logger.warn({ line }, "gateway front end"));
+
+    return new Promise((resolve, reject) => {
+      let front: FrontEnd | null = null;
+      child.once("error", (error) => {
+        if (front === null) reject(error);
+        else logger.error({ err: error }, "gateway front end failed");
+      });
+      child.once("exit", (code, signal) => {
+        if (front === null) {
+          reject(new Error(`the gateway front end exited before opening its listeners (${signal ?? `status ${code}`})`));
+          return;
+        }
+        if (!front.#stopping) handlers.exited(signal === null ? `it exited with status ${code}` : `it was killed by ${signal}`);
+      });
+      child.on("message", (raw: unknown, handle?: NativeHandle) => {
+        const message = raw as Message;
+        if (message.t === "l") {
+          const failure = listenError(message, listeners);
+          if (failure !== null) {
+            reject(failure);
+            return;
+          }
+          front = new FrontEnd(child, { socketPath: listeners.socketPath ?? null, tcpPort: listeners.tcpPort === undefined ? null : message.tcp }, logger, exited);
+          resolve(front);
+          return;
+        }
+        if (front === null) return;
+        front.#dispatch(message, handle, handlers);
+      });
+    });
+  }
+
+  #dispatch(message: Message, handle: NativeHandle | undefined, handlers: FrontEndHandlers): void {
+    switch (message.t) {
+      case "c":
+        handlers.decide(message.id, message.u);
+        return;
+      case "f":
+        handlers.connectFailed(message.id, message.a, message.e);
+        return;
+      case "e":
+        handlers.tunnelEnded(message.id, message.a, { up: message.up, down: message.down }, message.us / 1000, message.r === "" ? null : message.r);
+        return;
+      case "n":
+        handlers.noRequest();
+        return;
+      case "a": {
+        const socket = adopt(handle);
+        if (socket === null) return;
+        handlers.accepted(socket, Buffer.from(message.b, "base64"), message.k);
+        return;
+      }
+      case "hc": {
+        const client = adopt(handle);
+        if (client === null) return;
+        this.#halfTunnels.set(message.id, { client, address: message.a, head: Buffer.from(message.b, "base64"), handshakeMsLeft: message.w, totalMsLeft: message.z });
+        return;
+      }
+      case "hu": {
+        const upstream = adopt(handle);
+        const half = this.#halfTunnels.get(message.id);
+        this.#halfTunnels.delete(message.id);
+        if (half === undefined || upstream === null) {
+          half?.client.destroy();
+          upstream?.destroy();
+          this.#logger.error({ id: message.id }, "the gateway front end passed half a tunnel; it was closed");
+          return;
+        }
+        handlers.tunnel(message.id, { client: half.client, upstream }, half.address, half.head, half.handshakeMsLeft, half.totalMsLeft);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  /** Lets a decided tunnel connect to the checked addresses, in order. `name` is the SNI name to require, or null (an IP literal). */
+  allow(id: number, port: number, name: string | null, addresses: readonly string[]): void {
+    this.#send(`a ${id} ${port} ${name ?? "-"} ${addresses.join(" ")}`);
+  }
+
+  /** Answers a connection with `bytes` and closes it. */
+  respond(id: number, bytes: Buffer): void {
+    this.#send(`d ${id} ${bytes.toString("base64")}`);
+  }
+
+  /** Asks for a connection, from its start, for Node's own handling. */
+  handOff(id: number): void {
+    this.#send(`h ${id}`);
+  }
+
+  /** Tells the front end how many connections Node holds, for the connection limit. */
+  setNodeConnections(count: number): void {
+    this.#send(`n ${count}`);
+  }
+
+  /** Closes the listeners and every connection the front end holds; resolves once it has exited and reported each tunnel's end. */
+  stop(): Promise<void> {
+    if (!this.#stopping) {
+      this.#stopping = true;
+      for (const half of this.#halfTunnels.values()) half.client.destroy();
+      this.#halfTunnels.clear();
+      this.#send("x");
+      const timer = setTimeout(() => this.#child.kill("SIGKILL"), STOP_GRACE_MS);
+      void this.#exited.then(() => clearTimeout(timer));
+    }
+    return this.#exited;
+  }
+
+  #send(command: string): void {
+    if (!this.#child.connected) return;
+    this.#child.send(command, (error: Error | null) => {
+      if (error !== null && !this.#stopping) this.#logger.error({ err: error }, "sending to the gateway front end failed");
+    });
+  }
+}
+
+// A received handle becomes a socket that, like the gateway's own accepted sockets, stays
+// writable after the peer's end of stream. It does not read until its user listens: a socket
+// that read at once could see the client's end of stream and emit "end" before anyone listened
+// (a tunnel's client socket waits for its upstream half in a later message).
+function adopt(handle: NativeHandle | undefined): Socket | null {
+  if (handle === undefined) return null;
+  return new Socket({ handle, allowHalfOpen: true, readable: true, writable: true, manualStart: true } as ConstructorParameters<typeof Socket>[0]);
+}
+
+function listenError(message: Extract<Message, { t: "l" }>, listeners: FrontEndListeners): Error | null {
+  const failed = message.unixError !== "" ? { code: message.unixError, address: listeners.socketPath ?? "" } : message.tcpError !== "" ? { code: message.tcpError, address: `127.0.0.1:${listeners.tcpPort ?? 0}` } : null;
+  if (failed === null) return null;
+  const explained = failed.code === "EADDRINUSE" ? "address already in use" : failed.code === "EACCES" ? "permission denied" : failed.code === "ENOENT" ? "no such file or directory" : "cannot listen";
+  return Object.assign(new Error(`listen ${failed.code}: ${explained} ${failed.address}`), { code: failed.code, syscall: "listen", address: failed.address });
+}

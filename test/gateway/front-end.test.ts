@@ -1,0 +1,477 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { pino } from "pino";
+import { startGateway } from "../../src/gateway/gateway.js";
+import { connectThrough, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
+import { createTestCa, type TestCa } from "./support/test-ca.js";
+import { startHttpsUpstream, type Upstream } from "./support/upstream.js";
+
+const NAME = "hello.example.com";
+
+// ---- ClientHello builders (the layouts of client-hello.test.ts) ----
+
+const u16 = (value: number) => [value >> 8, value & 0xff];
+const u24 = (value: number) => [(value >> 16) & 0xff, (value >> 8) & 0xff, value & 0xff];
+const extension = (type: number, data: number[]) => [...u16(type), ...u16(data.length), ...data];
+
+function serverName(...names: string[]): number[] {
+  const entries = names.flatMap((name) => {
+    const bytes = [...Buffer.from(name, "latin1")];
+    return [0, ...u16(bytes.length), ...bytes];
+  });
+  return extension(0, [...u16(entries.length), ...entries]);
+}
+
+function hello(extensions: number[] | null, options: { fragment?: number; sessionIdLength?: number; recordVersion?: number } = {}): Buffer {
+  const sessionIdLength = options.sessionIdLength ?? 32;
+  const body = [3, 3, ...new Array<number>(32).fill(7), sessionIdLength, ...new Array<number>(Math.min(sessionIdLength, 32)).fill(1), ...u16(4), 0x13, 0x01, 0x13, 0x02, 1, 0];
+  if (extensions !== null) body.push(...u16(extensions.length), ...extensions);
+  const message = [1, ...u24(body.length), ...body];
+  const fragment = options.fragment ?? 16384;
+  const out: number[] = [];
+  for (let offset = 0; offset < message.length; offset += fragment) {
+    const piece = message.slice(offset, offset + fragment);
+    out.push(22, options.recordVersion ?? 3, 1, ...u16(piece.length), ...piece);
+  }
+  return Buffer.from(out);
+}
+
+// A small seeded generator, so the mutated cases are the same in every run.
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function helloCases(): { name: string; bytes: Buffer }[] {
+  const good = hello([...extension(10, [0, 2, 0, 29]), ...serverName(NAME), ...extension(43, [2, 3, 4])]);
+  const cases: { name: string; bytes: Buffer }[] = [
+    { name: "matching server name", bytes: good },
+    { name: "server name in capitals", bytes: hello(serverName(NAME.toUpperCase())) },
+    { name: "server name with a trailing dot", bytes: hello(serverName(`${NAME}.`)) },
+    { name: "server name with two trailing dots", bytes: hello(serverName(`${NAME}..`)) },
+    { name: "another server name", bytes: hello(serverName("other.example.com")) },
+    { name: "server name with the target as a prefix", bytes: hello(serverName(`${NAME}.evil.org`)) },
+    { name: "server name shorter than the target", bytes: hello(serverName("example.com")) },
+    { name: "no server name", bytes: hello(extension(10, [0, 2, 0, 29])) },
+    { name: "no extensions", bytes: hello(null) },
+    { name: "two host names", bytes: hello(serverName(NAME, "other.example.com")) },
+    { name: "two server_name extensions", bytes: hello([...serverName(NAME), ...serverName("other.example.com")]) },
+    { name: "the matching name second of two extensions", bytes: hello([...serverName("other.example.com"), ...serverName(NAME)]) },
+    { name: "encrypted client hello", bytes: hello([...serverName(NAME), ...extension(0xfe0d, [0, 1, 2, 3])]) },
+    { name: "message split over records", bytes: hello(serverName(NAME), { fragment: 9 }) },
+    { name: "session id too long", bytes: hello(serverName(NAME), { sessionIdLength: 33 }) },
+    { name: "record version 2", bytes: hello(serverName(NAME), { recordVersion: 2 }) },
+    { name: "a space in the server name", bytes: hello(serverName("hello example.com")) },
+    { name: "a NUL byte after the server name", bytes: hello(serverName(`${NAME}\u0000`)) },
+    { name: "not TLS", bytes: Buffer.from("SSH-2.0-client\r\n") },
+    { name: "matching hello and more records after it", bytes: Buffer.concat([good, Buffer.from([23, 3, 3, 0, 2, 1, 2])]) },
+    { name: "half a record", bytes: good.subarray(0, 40) },
+  ];
+  // Every single-byte change of the matching hello's structure, then random changes of one to
+  // three bytes: each must end the same way with and without the front end.
+  for (let offset = 0; offset < 52; offset += 1) {
+    const bytes = Buffer.from(good);
+    bytes[offset] = (bytes[offset] as number) ^ 0xff;
+    cases.push({ name: `byte ${offset} inverted`, bytes });
+  }
+  const next = random(0x5eed);
+  for (let round = 0; round < 60; round += 1) {
+    const bytes = Buffer.from(good);
+    const changes = 1 + Math.floor(next() * 3);
+    for (let i = 0; i < changes; i += 1) bytes[Math.floor(next() * bytes.length)] = Math.floor(next() * 256);
+    cases.push({ name: `random change ${round}`, bytes });
+  }
+  return cases;
+}
+
+// ---- a raw upstream that records what each connection sends ----
+
+interface Sink {
+  port: number;
+  /** Resolves with the bytes of the next connection once it has closed. */
+  nextConnection(): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+async function startSink(onConnection?: (socket: Socket) => void): Promise<Sink> {
+  const finished: Promise<Buffer>[] = [];
+  const waiting: ((bytes: Promise<Buffer>) => void)[] = [];
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
+    const bytes = new Promise<Buffer>((resolve) => {
+      const chunks: Buffer[] = [];
+      socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+      socket.on("error", () => undefined);
+      socket.on("end", () => socket.end());
+      socket.on("close", () => resolve(Buffer.concat(chunks)));
+    });
+    const waiter = waiting.shift();
+    if (waiter === undefined) finished.push(bytes);
+    else waiter(bytes);
+    onConnection?.(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    nextConnection: () => {
+      const ready = finished.shift();
+      return ready ?? new Promise<Buffer>((resolve) => waiting.push((bytes) => void bytes.then(resolve)));
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+function sinkPolicy(port: number) {
+  return policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: ${NAME}
+      ports: [${port}]
+      addresses: [127.0.0.1]
+      action: allow
+`);
+}
+
+/** How one tunnel ended: the event's decision and reason, what each side received. */
+async function tunnelOutcome(gw: TestGateway, sink: Sink, bytes: Buffer, withHead: boolean): Promise<string> {
+  const socket = await openSocket(gw.port);
+  const connectHead = `CONNECT ${NAME}:${sink.port} HTTP/1.1\r\nHost: ${NAME}:${sink.port}\r\n\r\n`;
+  if (withHead) socket.write(Buffer.concat([Buffer.from(connectHead), bytes]));
+  else socket.write(connectHead);
+  const response = await readResponseHead(socket);
+  assert.equal(response.status, 200, response.head);
+  const received = readToEnd(socket);
+  socket.resume();
+  if (!withHead) socket.write(bytes);
+  socket.end();
+  const [clientGot, upstreamGot, event] = await Promise.all([received, sink.nextConnection(), gw.nextEvent((e) => e.protocol === "connect")]);
+  return JSON.stringify({
+    decision: event.decision,
+    reason: event.reason,
+    bytesUp: event.bytesUp,
+    address: event.address,
+    client: Buffer.concat([response.rest, clientGot]).toString("hex"),
+    upstream: upstreamGot.equals(bytes) ? "all" : upstreamGot.toString("hex"),
+  });
+}
+
+describe("gateway front end", () => {
+  describe("ends every ClientHello as Node alone does", () => {
+    let sink: Sink;
+    let front: TestGateway;
+    let node: TestGateway;
+    before(async () => {
+      sink = await startSink();
+      front = await startTestGateway(sinkPolicy(sink.port));
+      node = await startTestGateway(sinkPolicy(sink.port), { frontEnd: "node" });
+    });
+    after(async () => {
+      await front.close();
+      await node.close();
+      await sink.close();
+    });
+
+    for (const testCase of helloCases()) {
+      it(testCase.name, async () => {
+        for (const withHead of [false, true]) {
+          const alone = await tunnelOutcome(node, sink, testCase.bytes, withHead);
+          const withFront = await tunnelOutcome(front, sink, testCase.bytes, withHead);
+          assert.equal(withFront, alone, `${withHead ? "sent with the CONNECT head" : "sent after the 200"}`);
+        }
+      });
+    }
+
+    it("passes the matching hello on and records the tunnel", async () => {
+      const outcome = JSON.parse(await tunnelOutcome(front, sink, hello(serverName(NAME)), false)) as { decision: string; reason: string | null; upstream: string; bytesUp: number; address: string };
+      assert.equal(outcome.decision, "allow");
+      assert.equal(outcome.reason, null);
+      assert.equal(outcome.upstream, "all");
+      assert.equal(outcome.address, "127.0.0.1");
+      assert.ok(outcome.bytesUp > 0);
+    });
+  });
+
+  describe("carrying TLS tunnels", () => {
+    let ca: TestCa;
+    let https: Upstream;
+    let gw: TestGateway;
+    before(async () => {
+      ca = await createTestCa();
+      https = await startHttpsUpstream(await ca.issue([NAME]));
+      gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: ${NAME}
+      ports: [${https.port}]
+      addresses: [127.0.0.1]
+      action: allow
+`),
+      );
+    });
+    after(async () => {
+      await gw.close();
+      await https.close();
+    });
+
+    it("completes a TLS exchange and reports its bytes, address and duration", async () => {
+      const { response, socket } = await connectThrough(gw.port, `${NAME}:${https.port}`);
+      assert.equal(response.status, 200);
+      const { tls, error } = await tlsOverTunnel(socket, { servername: NAME, ca: ca.certPem });
+      assert.equal(error, null);
+      const text = await getOverTls(tls!, NAME, "/front");
+      assert.match(text, /^HTTP\/1\.1 200/);
+      const event = await gw.nextEvent((e) => e.protocol === "connect");
+      assert.equal(event.decision, "allow");
+      assert.equal(event.address, "127.0.0.1");
+      assert.ok(event.bytesUp > 100 && event.bytesDown > 100, JSON.stringify(event));
+      assert.ok(event.durationMs > 0);
+    });
+  });
+
+  describe("tunnel ends", () => {
+    it("passes an upstream's reset to the client as a reset", async () => {
+      const sink = await startSink((socket) => socket.once("data", () => socket.resetAndDestroy()));
+      const gw = await startTestGateway(sinkPolicy(sink.port));
+      try {
+        const { socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        const ended = new Promise<string>((resolve) => {
+          socket.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+          socket.on("close", () => resolve("closed"));
+        });
+        socket.resume();
+        socket.write(hello(serverName(NAME)));
+        assert.equal(await ended, "ECONNRESET");
+        const event = await gw.nextEvent((e) => e.protocol === "connect");
+        assert.equal(event.reason, "upstream connection failed (ECONNRESET)");
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("keeps the other direction open after a client's half-close", async () => {
+      const sink = await startSink((socket) => {
+        socket.removeAllListeners("end");
+        socket.on("end", () => socket.end("late reply"));
+      });
+      const gw = await startTestGateway(sinkPolicy(sink.port));
+      try {
+        const { socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        const received = readToEnd(socket);
+        socket.resume();
+        const first = hello(serverName(NAME));
+        socket.end(first);
+        assert.equal((await received).toString(), "late reply");
+        assert.ok((await sink.nextConnection()).equals(first));
+        const event = await gw.nextEvent((e) => e.protocol === "connect");
+        assert.equal(event.reason, null);
+        assert.equal(event.bytesDown, "late reply".length);
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("hands a server-first protocol to Node, which passes it through", async () => {
+      const sink = await startSink((socket) => socket.write("SSH-2.0-server\r\n"));
+      const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { handshakeTimeoutMs: 300 } });
+      try {
+        const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        assert.equal(response.status, 200);
+        const banner = await new Promise<string>((resolve) => {
+          let text = response.rest.toString();
+          if (text.includes("\n")) resolve(text);
+          socket.on("data", (chunk: Buffer) => {
+            text += chunk.toString();
+            if (text.includes("\n")) resolve(text);
+          });
+          socket.resume();
+        });
+        assert.equal(banner, "SSH-2.0-server\r\n");
+        // After the handshake time, a silent client of a server-first protocol is let through.
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        socket.end("SSH-2.0-client\r\n");
+        assert.equal((await sink.nextConnection()).toString(), "SSH-2.0-client\r\n");
+        const event = await gw.nextEvent((e) => e.protocol === "connect");
+        assert.equal(event.decision, "allow");
+        assert.equal(event.reason, null);
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("ends the events of open tunnels when the gateway closes", async () => {
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port));
+      const { socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+      const closed = readToEnd(socket);
+      socket.resume();
+      socket.write(hello(serverName(NAME)));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await gw.close();
+      await closed;
+      const event = gw.events.find((e) => e.protocol === "connect");
+      assert.equal(event?.decision, "allow");
+      assert.equal(event?.reason, "the gateway closed");
+      await sink.close();
+    });
+  });
+
+  describe("limits", () => {
+    it("counts the front end's tunnels and Node's connections against one limit", async () => {
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { maxConnections: 2 } });
+      try {
+        const open: Socket[] = [];
+        for (let i = 0; i < 2; i += 1) {
+          const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+          assert.equal(response.status, 200);
+          socket.write(hello(serverName(NAME)));
+          open.push(socket);
+        }
+        const { response } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        assert.equal(response.status, 503, response.head);
+        const denied = await gw.nextEvent((e) => e.decision === "deny");
+        assert.match(denied.reason ?? "", /already has 2 open connections/);
+        for (const socket of open) socket.destroy();
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("reports a client that sends nothing", async () => {
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { handshakeTimeoutMs: 200 } });
+      try {
+        const socket = await openSocket(gw.port);
+        await readToEnd(socket);
+        const event = await gw.nextEvent();
+        assert.equal(event.reason, "client sent no request within 200 ms");
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+  });
+
+  describe("its process", () => {
+    it("listens on a Unix socket and removes it when the gateway closes", async () => {
+      const sink = await startSink();
+      const socketPath = join(mkdtempSync(join(tmpdir(), "ringfence-front-")), "gateway.sock");
+      const gw = await startTestGateway(sinkPolicy(sink.port), { socketPath, tcp: undefined });
+      try {
+        const socket = connect(socketPath);
+        socket.write(`CONNECT ${NAME}:${sink.port} HTTP/1.1\r\n\r\n`);
+        const response = await readResponseHead(socket);
+        assert.equal(response.status, 200);
+        socket.destroy();
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+      assert.equal(existsSync(socketPath), false);
+    });
+
+    it("refuses a Unix socket path that exists, as Node's listen does", async () => {
+      const socketPath = join(mkdtempSync(join(tmpdir(), "ringfence-front-")), "taken");
+      writeFileSync(socketPath, "");
+      await assert.rejects(startGateway({ policy: sinkPolicy(1), runId: "r", socketPath, logger: pino({ level: "silent" }) }), (error: NodeJS.ErrnoException) => {
+        assert.equal(error.code, "EADDRINUSE");
+        assert.match(error.message, /^listen EADDRINUSE: address already in use /);
+        return true;
+      });
+      assert.equal(readFileSync(socketPath, "utf8"), "");
+    });
+
+    it("lets Node listen when the front end cannot start, and says so", async () => {
+      const sink = await startSink();
+      const lines: string[] = [];
+      const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+      const gw = await startTestGateway(sinkPolicy(sink.port), { logger, frontEnd: { binary: join(tmpdir(), "ringfence-no-such-front-end") } });
+      try {
+        const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        assert.equal(response.status, 200);
+        socket.destroy();
+        assert.ok(
+          lines.some((line) => line.includes("the gateway front end did not start; Node accepts connections")),
+          lines.join(""),
+        );
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("fails closed when the front end dies: no connection gets through, and the gateway says why", async () => {
+      const sink = await startSink();
+      const lines: string[] = [];
+      const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+      const gw = await startTestGateway(sinkPolicy(sink.port), { logger });
+      try {
+        const before = frontEndPids();
+        assert.equal(before.length >= 1, true, "a front end process runs");
+        for (const pid of before) process.kill(pid, "SIGKILL");
+        await waitFor(() => lines.some((line) => line.includes("the gateway front end stopped")));
+        const outcome = await new Promise<string>((resolve) => {
+          const socket = connect({ host: "127.0.0.1", port: gw.port });
+          socket.on("connect", () => resolve("connected"));
+          socket.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? "error"));
+        });
+        assert.equal(outcome, "ECONNREFUSED");
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+  });
+});
+
+// npm test builds dist/ first. Each built form of the library looks for front-end.c beside
+// itself, so each must start a gateway with its front end.
+describe("gateway front end in the build", () => {
+  for (const built of ["index.js", "index.cjs"]) {
+    it(`starts from dist/${built}`, async () => {
+      const url = new URL(`../../dist/${built}`, import.meta.url);
+      assert.ok(existsSync(url), `${url.pathname} is missing; run npm run build`);
+      const library = (await import(url.href)) as { startGateway: typeof startGateway };
+      const lines: string[] = [];
+      const logger = pino({ level: "info" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+      const gateway = await library.startGateway({ policy: sinkPolicy(1), runId: "r", tcp: { host: "127.0.0.1", port: 0 }, logger });
+      await gateway.close();
+      const listening = lines.map((line) => JSON.parse(line) as { msg: string; frontEnd?: boolean }).find((line) => line.msg === "gateway listening");
+      assert.equal(listening?.frontEnd, true, lines.join(""));
+    });
+  }
+});
+
+/** Process ids of this process's children that run a front end binary. */
+function frontEndPids(): number[] {
+  const pids: number[] = [];
+  for (const task of readdirSync(`/proc/${process.pid}/task`)) {
+    const listed = readFileSync(`/proc/${process.pid}/task/${task}/children`, "utf8").trim();
+    for (const pid of listed === "" ? [] : listed.split(" ").map(Number)) {
+      const command = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (/front-end-[0-9a-f]+\0/.test(command)) pids.push(pid);
+    }
+  }
+  return pids;
+}
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
+}
