@@ -62,26 +62,36 @@ type DialFailure = Extract<DialResult, { ok: false }>;
  * is resolved here once, and dialTarget connects only to an address from this result.
  */
 export async function routeTarget(options: Omit<DialOptions, "mode" | "relay">): Promise<DialRoute | DialFailure> {
-  const { target, decision } = options;
+  const fixed = routeWithoutLookup(options);
+  if (fixed !== null) return fixed;
 
-  // With a parent proxy, the parent resolves the name, so the host's DNS is not asked. Targets
-  // whose addresses the policy fixes and which are not public (a pinned loopback service, say)
-  // still go direct, because a parent proxy cannot reach the host's own networks.
-  const known = knownAddresses(options);
-  if (options.parent !== null && routesThroughParent(target, decision, options.parent)) {
-    if (known !== null) {
-      const rejection = checkAddresses(options, known);
-      if (rejection !== null) return rejection;
-    }
-    return { ok: true, parent: options.parent, addresses: known };
-  }
+  // With a parent proxy, the parent resolves the name, so the host's DNS is not asked.
+  if (options.parent !== null && routesThroughParent(options.target, options.decision, options.parent)) return { ok: true, parent: options.parent, addresses: null };
 
-  const found = known !== null ? { ok: true as const, addresses: known } : await resolveTarget(options);
+  const found = await resolveTarget(options);
   if (!found.ok) return found;
 
   const rejection = checkAddresses(options, found.addresses);
   if (rejection !== null) return rejection;
   return { ok: true, parent: null, addresses: found.addresses };
+}
+
+/**
+ * Returns routeTarget's result for a target whose addresses the policy fixes (an IP literal or
+ * a pinned name), which needs no lookup, or null for a name that routeTarget resolves. The
+ * result depends on nothing but the target and the decision.
+ */
+export function routeWithoutLookup(options: Omit<DialOptions, "mode" | "relay" | "resolve">): DialRoute | DialFailure | null {
+  const known = knownAddresses(options);
+  if (known === null) return null;
+  const rejection = checkAddresses(options, known);
+  if (rejection !== null) return rejection;
+
+  // Targets whose addresses the policy fixes and which are not public (a pinned loopback
+  // service, say) go direct even with a parent proxy, because it cannot reach the host's own
+  // networks.
+  if (options.parent !== null && routesThroughParent(options.target, options.decision, options.parent)) return { ok: true, parent: options.parent, addresses: known };
+  return { ok: true, parent: null, addresses: known };
 }
 
 /**

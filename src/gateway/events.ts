@@ -50,6 +50,8 @@ export interface EventStart {
   port: number;
   method?: string | null;
   path?: string | null;
+  /** When the request arrived, in milliseconds since the epoch, for a request reported after it arrived. Default: now. */
+  arrivedAt?: number;
 }
 
 /**
@@ -68,7 +70,7 @@ export class EventRecord {
     this.#event = {
       type: "network",
       version: 1,
-      time: new Date().toISOString(),
+      time: new Date(start.arrivedAt ?? Date.now()).toISOString(),
       runId: ids.runId,
       sandboxId: ids.sandboxId,
       protocol: start.protocol,

@@ -1,13 +1,15 @@
 import type { Socket } from "node:net";
 import type { GatewayContext } from "./context.js";
 import { rawDenialResponse, type Denial } from "./deny-response.js";
-import { routeTarget, routesThroughParent } from "./dial.js";
+import { routeTarget, routesThroughParent, routeWithoutLookup, type DialResult, type DialRoute } from "./dial.js";
 import type { EventRecord } from "./events.js";
 import type { FrontEnd, FrontEndHandlers } from "./front-end.js";
 import { parseConnectAuthority, type Target } from "./target.js";
 import { runTunnel } from "./tunnel.js";
-import { parentFor } from "./upstream-proxy.js";
-import { decideRequest } from "./verdict.js";
+import { parentFor, type ParentProxy } from "./upstream-proxy.js";
+import { decideRequest, type AllowDecision } from "./verdict.js";
+
+type DialFailure = Extract<DialResult, { ok: false }>;
 
 /** A tunnel Node allowed and the front end carries, until its end is reported. */
 interface Allowed {
@@ -18,6 +20,26 @@ interface Allowed {
   /** performance.now() when the allow went to the front end. */
   allowedAt: number;
 }
+
+/** A decided CONNECT whose route is still to be found. */
+interface Pending {
+  record: EventRecord;
+  target: Target;
+  decision: AllowDecision;
+  parent: ParentProxy | null;
+  description: string;
+}
+
+/**
+ * The reply to the front end: "repeatable" marks a verdict that depends on nothing but the
+ * authority, which the front end may apply again to later connections with the same authority.
+ */
+type Outcome =
+  | { kind: "handoff" }
+  | { kind: "lookup"; pending: Pending }
+  | { kind: "respond"; bytes: Buffer; repeatable: boolean }
+  | { kind: "allow"; port: number; name: string | null; addresses: string[]; repeatable: boolean };
+type Reply = Exclude<Outcome, { kind: "lookup" }>;
 
 /** Hooks for the connections that the front end passes on. */
 export interface FrontConnectHooks {
@@ -30,6 +52,8 @@ export interface FrontConnectHooks {
 /**
  * Node's side of the front end: the decision for each plain CONNECT, with the same checks and
  * events as handleConnect in connect.ts, and the events of the tunnels the front end carries.
+ * A verdict that needs no name lookup is marked repeatable, and the front end applies it again
+ * to later connections with the same authority, reporting each with "applied".
  * Tunnels that need more than a checked address and a ClientHello check (interception, a parent
  * proxy) go back to Node's own handling through handOff.
  */
@@ -46,60 +70,93 @@ export class FrontConnects implements FrontEndHandlers {
 
   decide(id: number, authority: string): void {
     this.#decide(id, authority).catch((error: unknown) => {
-      this.#context.logger.error({ err: error }, "CONNECT decision for the front end failed");
-      this.front?.respond(id, rawDenialResponse({ status: 502, reason: "the gateway failed to decide this request", rule: null, hint: null }, "CONNECT"));
+      this.#context.logger.error({ err: error, id }, "CONNECT decision for the front end failed");
+      this.front?.respond(id, rawDenialResponse({ status: 502, reason: "the gateway failed to decide this request", rule: null, hint: null }, "CONNECT"), false);
     });
   }
 
   async #decide(id: number, authority: string): Promise<void> {
-    const context = this.#context;
     const front = this.front;
     if (front === null) return;
+    const started = this.#start(id, authority);
+    const outcome = started.kind === "lookup" ? await this.#route(id, started.pending) : started;
 
+    if (outcome.kind === "handoff") front.handOff(id);
+    else if (outcome.kind === "respond") front.respond(id, outcome.bytes, outcome.repeatable);
+    else front.allow(id, outcome.port, outcome.name, outcome.addresses, outcome.repeatable);
+  }
+
+  applied(id: number, authority: string, arrivedAt: number): void {
+    // The front end has already acted on a verdict it remembered. Node records the connection
+    // as it would have decided it, and checks that the verdict still holds.
+    const outcome = this.#start(id, authority, arrivedAt);
+    if ((outcome.kind === "respond" || outcome.kind === "allow") && outcome.repeatable) return;
+
+    this.#context.logger.error({ id, authority }, "the front end repeated a verdict that no longer holds; the connection was closed");
+    if (outcome.kind === "lookup") outcome.pending.record.deny("the gateway's front end repeated a verdict that needs a name lookup");
+    this.#take(id)?.record.finish("the gateway's front end repeated a verdict that no longer holds");
+    this.front?.close(id);
+  }
+
+  /**
+   * Decides a CONNECT as handleConnect does, up to the name lookup: the event starts here, and a
+   * target whose addresses the policy fixes is routed at once. Nothing here awaits, so the front
+   * end's later messages about the connection find its state.
+   */
+  #start(id: number, authority: string, arrivedAt?: number): Outcome {
+    const context = this.#context;
     const parsed = parseConnectAuthority(authority);
     if (!parsed.ok) {
-      const record = context.startEvent({ protocol: "connect", host: parsed.rawHost, port: 0 });
+      const record = context.startEvent({ protocol: "connect", host: parsed.rawHost, port: 0, ...(arrivedAt === undefined ? {} : { arrivedAt }) });
       record.deny(`invalid CONNECT target: ${parsed.reason}`);
-      front.respond(id, rawDenialResponse({ status: 400, reason: `the CONNECT target is invalid: ${parsed.reason}`, rule: null, hint: null }, "CONNECT"));
-      return;
+      return { kind: "respond", bytes: rawDenialResponse({ status: 400, reason: `the CONNECT target is invalid: ${parsed.reason}`, rule: null, hint: null }, "CONNECT"), repeatable: true };
     }
     const target = parsed.target;
     const verdict = decideRequest(context.rules, target, { kind: "tunnel" }, context.intercept, context.interception != null);
     const parent = verdict.action === "deny" ? null : parentFor(context.parents, target, "tunnel");
-    if (verdict.action === "intercept" || (verdict.action === "allow" && parent !== null && routesThroughParent(target, verdict.decision, parent))) {
-      // Interception and parent proxies are Node's: it takes the connection and decides again.
-      front.handOff(id);
-      return;
-    }
+    // Interception and parent proxies are Node's: it takes the connection and decides again.
+    if (verdict.action === "intercept" || (verdict.action === "allow" && parent !== null && routesThroughParent(target, verdict.decision, parent))) return { kind: "handoff" };
 
     const description = `CONNECT to ${target.display}:${target.port}`;
-    const record = context.startEvent({ protocol: "connect", host: target.display, port: target.port });
+    const record = context.startEvent({ protocol: "connect", host: target.display, port: target.port, ...(arrivedAt === undefined ? {} : { arrivedAt }) });
     if (verdict.action === "deny") {
       record.deny(verdict.denial.reason, verdict.denial.rule);
-      front.respond(id, rawDenialResponse(verdict.denial, description));
-      return;
+      return { kind: "respond", bytes: rawDenialResponse(verdict.denial, description), repeatable: true };
     }
 
-    const route = await routeTarget({ target, decision: verdict.decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent });
+    const pending: Pending = { record, target, decision: verdict.decision, parent, description };
+    const route = routeWithoutLookup({ target, decision: verdict.decision, connectTimeoutMs: context.limits.connectTimeoutMs, parent });
+    return route === null ? { kind: "lookup", pending } : this.#finishRoute(id, pending, route, true);
+  }
+
+  async #route(id: number, pending: Pending): Promise<Reply> {
+    const context = this.#context;
+    const route = await routeTarget({ target: pending.target, decision: pending.decision, resolve: context.resolve, connectTimeoutMs: context.limits.connectTimeoutMs, parent: pending.parent });
+    return this.#finishRoute(id, pending, route, false);
+  }
+
+  /** Records a routing failure, or remembers an allowed tunnel until the front end reports its end. */
+  #finishRoute(id: number, pending: Pending, route: DialRoute | DialFailure, withoutLookup: boolean): Reply {
+    const { record, target, decision, description } = pending;
+    const rule = decision.rule.label;
     if (!route.ok) {
       record.update({ address: route.address });
       if (route.decision === "deny") record.deny(route.denial.reason, route.denial.rule);
       else {
-        record.allow(verdict.decision.rule.label);
+        record.allow(rule);
         record.finish(route.denial.reason);
       }
-      front.respond(id, rawDenialResponse(route.denial, description));
-      return;
+      // A refused address is as fixed as the target; a failed lookup is not.
+      return { kind: "respond", bytes: rawDenialResponse(route.denial, description), repeatable: withoutLookup && route.decision === "deny" };
     }
-    if (route.parent !== null || route.addresses.length === 0) {
-      record.allow(verdict.decision.rule.label);
+    if (route.parent !== null || route.addresses === null || route.addresses.length === 0) {
+      record.allow(rule);
       record.finish("no direct address to connect to");
-      front.respond(id, rawDenialResponse({ status: 502, reason: `no address to connect to for ${target.display}`, rule: verdict.decision.rule.label, hint: null }, description));
-      return;
+      return { kind: "respond", bytes: rawDenialResponse({ status: 502, reason: `no address to connect to for ${target.display}`, rule, hint: null }, description), repeatable: false };
     }
 
-    this.#allowed.set(id, { record, target, rule: verdict.decision.rule.label, description, allowedAt: performance.now() });
-    front.allow(id, target.port, target.host.kind === "name" ? target.host.name : null, route.addresses);
+    this.#allowed.set(id, { record, target, rule, description, allowedAt: performance.now() });
+    return { kind: "allow", port: target.port, name: target.host.kind === "name" ? target.host.name : null, addresses: route.addresses, repeatable: withoutLookup };
   }
 
   connectFailed(id: number, address: string, code: string): void {
@@ -112,7 +169,7 @@ export class FrontConnects implements FrontEndHandlers {
     record.update({ address });
     record.allow(rule);
     record.finish(denial.reason);
-    this.front?.respond(id, rawDenialResponse(denial, description));
+    this.front?.respond(id, rawDenialResponse(denial, description), false);
   }
 
   tunnelEnded(id: number, address: string, bytes: { up: number; down: number }, elapsedMs: number, reason: string | null): void {

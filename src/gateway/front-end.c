@@ -30,8 +30,13 @@
  *     M = {"t":"hc","id":N,"a":ADDRESS,"w":MS,"z":MS,"b":BASE64} then {"t":"hu","id":N}   a tunnel's
  *         client and upstream sockets after the 200; B is what the client sent, W the handshake
  *         time left, Z the connection's total time left (0 without that limit)
+ *   {"t":"k","id":N,"ms":TIME,"u":AUTHORITY}   a CONNECT that a remembered verdict decided (below),
+ *       which arrived at TIME (milliseconds since the epoch); it may wait like an end report
  * Messages from Node (strings): "a ID PORT NAME|- ADDRESS..." connect, "d ID BASE64" answer and
  *   close, "h ID" pass the connection to Node, "n COUNT" Node's own open connections, "x" stop.
+ *   "A" and "D" are "a" and "d" for a verdict that needs no name lookup: the front end remembers
+ *   it for the authority and applies it to later connections at once, telling Node with "k".
+ *   "z ID" ends such a connection and forgets every remembered verdict.
  *
  * The front end exits when the channel closes or the gateway process exits (PR_SET_PDEATHSIG).
  * ringfence compiles this file with the host's C compiler on first use and caches the binary.
@@ -68,6 +73,9 @@
 #define MAX_ADDRESSES 16
 #define MAX_NAME 255
 #define MAX_COMMAND_LINE (1024 * 1024)
+/* Verdicts Node marked as repeatable, one per slot, chosen by a hash of the authority. */
+#define VERDICT_SLOTS 256
+#define MAX_CACHED_AUTHORITY 300
 
 static const char ESTABLISHED[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
 
@@ -107,6 +115,8 @@ struct conn {
   int address_count, address_index;
   char *reply;
   size_t reply_len, reply_off;
+  /* The CONNECT authority, kept until Node's verdict arrives, or "" when too long to remember. */
+  char authority[MAX_CACHED_AUTHORITY + 1];
   int dead;
   struct conn *prev, *next;
 };
@@ -128,6 +138,24 @@ static struct conn *conns, *dead_conns;
 static int conn_count, node_count;
 static uint32_t next_id = 1;
 static struct message *out_head, *out_tail;
+
+/*
+ * A verdict that Node marked as repeatable: one that depends on nothing but the authority (the
+ * policy is fixed for the gateway's life), because no name is looked up for it. The front end
+ * applies it to later connections with the same authority at once and tells Node, which
+ * records each connection's event as before and checks that its verdict still holds.
+ */
+struct verdict {
+  char authority[MAX_CACHED_AUTHORITY + 1];
+  int allow;
+  int port;
+  char name[MAX_NAME + 1];
+  char addresses[MAX_ADDRESSES][INET6_ADDRSTRLEN];
+  int address_count;
+  char *reply;
+  size_t reply_len;
+};
+static struct verdict verdicts[VERDICT_SLOTS];
 static char *in_buf;
 /* Tunnel end reports wait up to REPORT_DELAY_MS to travel with the next message, so that Node
  * usually wakes once per tunnel rather than twice. */
@@ -638,7 +666,7 @@ static void update_relay_interest(struct conn *c) {
  * ended the tunnel. A reset or failure on one socket resets the other, so the peer sees the
  * failure instead of a clean end of stream.
  */
-static int pump(struct conn *c, struct direction *d, int from, int to, int from_is_client) {
+static int pump(struct conn *c, struct direction *d, const struct direction *reverse, int from, int to, int from_is_client) {
   /* A read that returned less than asked for emptied the socket, so the next would find nothing:
    * the next event says when there is more. */
   int emptied = 0;
@@ -683,15 +711,16 @@ static int pump(struct conn *c, struct direction *d, int from, int to, int from_
     return -1;
   }
   if (d->ended && d->len == 0 && !d->shut) {
-    shutdown(to, SHUT_WR);
+    /* Once the reverse direction has ended too, closing both sockets ends this one as well. */
+    if (!reverse->shut) shutdown(to, SHUT_WR);
     d->shut = 1;
   }
   return 0;
 }
 
 static void run_relay(struct conn *c) {
-  if (pump(c, &c->up, c->client.fd, c->upstream.fd, 1) < 0) return;
-  if (pump(c, &c->down, c->upstream.fd, c->client.fd, 0) < 0) return;
+  if (pump(c, &c->up, &c->down, c->client.fd, c->upstream.fd, 1) < 0) return;
+  if (pump(c, &c->down, &c->up, c->upstream.fd, c->client.fd, 0) < 0) return;
   if (c->up.shut && c->down.shut) {
     end_tunnel(c, "", 0);
     return;
@@ -767,8 +796,43 @@ static void on_connected(struct conn *c) {
   set_deadline(c, handshake_ms);
   watch(&c->upstream, EPOLLIN);
   watch(&c->client, EPOLLIN | EPOLLRDHUP);
-  /* The head's chunk may have carried the ClientHello already. */
-  on_hello(c, 0);
+  /* The head's chunk may have carried the ClientHello already; otherwise the client sends it
+   * only after reading the 200, so reading now would find nothing. */
+  if (c->up.len > 0) on_hello(c, 0);
+}
+
+static struct verdict *verdict_slot(const char *authority, size_t len) {
+  uint32_t hash = 2166136261u;
+  for (size_t i = 0; i < len; i++) hash = (hash ^ (unsigned char)authority[i]) * 16777619u;
+  return &verdicts[hash % VERDICT_SLOTS];
+}
+
+static struct verdict *find_verdict(const char *authority, size_t len) {
+  if (len > MAX_CACHED_AUTHORITY) return NULL;
+  struct verdict *v = verdict_slot(authority, len);
+  return strlen(v->authority) == len && memcmp(v->authority, authority, len) == 0 ? v : NULL;
+}
+
+/* Remembers the verdict just applied to `c`; a reply is copied (c keeps its own). */
+static void remember_verdict(const struct conn *c, int allow, const char *reply, size_t reply_len) {
+  size_t len = strlen(c->authority);
+  if (len == 0) return;
+  struct verdict *v = verdict_slot(c->authority, len);
+  free(v->reply);
+  memset(v, 0, sizeof *v);
+  if (!allow) {
+    v->reply = malloc(reply_len);
+    if (v->reply == NULL) return;
+    memcpy(v->reply, reply, reply_len);
+    v->reply_len = reply_len;
+  } else {
+    v->port = c->port;
+    memcpy(v->name, c->name, sizeof v->name);
+    memcpy(v->addresses, c->addresses, sizeof v->addresses);
+    v->address_count = c->address_count;
+  }
+  v->allow = allow;
+  memcpy(v->authority, c->authority, len + 1);
 }
 
 /* HEAD: the first read decides between the front end's own CONNECT handling and Node. */
@@ -794,14 +858,48 @@ static void on_head(struct conn *c) {
     hand_over_client(c);
     return;
   }
-  char line[MAX_DIRECT_HEAD_BYTES + 64];
-  int m = snprintf(line, sizeof line, "{\"t\":\"c\",\"id\":%u,\"u\":\"%.*s\"}", c->id, (int)authority_len, authority);
-  send_line(line, (size_t)m, -1);
-  c->state = DECIDING;
-  set_deadline(c, 0);
   /* What followed the head is the start of the tunnel's client stream. */
   c->up.off = head;
   c->up.len -= head;
+  struct verdict *known = find_verdict(authority, authority_len);
+  char line[MAX_DIRECT_HEAD_BYTES + 96];
+  if (known != NULL) {
+    /* Node only records this one, so the report can wait for company like an end report. */
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    int m = snprintf(line, sizeof line, "{\"t\":\"k\",\"id\":%u,\"ms\":%lld,\"u\":\"%.*s\"}", c->id, (long long)wall.tv_sec * 1000 + wall.tv_nsec / 1000000, (int)authority_len, authority);
+    defer_line(line, (size_t)m);
+  } else {
+    int m = snprintf(line, sizeof line, "{\"t\":\"c\",\"id\":%u,\"u\":\"%.*s\"}", c->id, (int)authority_len, authority);
+    send_line(line, (size_t)m, -1);
+  }
+  c->state = DECIDING;
+  set_deadline(c, 0);
+  if (known == NULL) {
+    if (authority_len <= MAX_CACHED_AUTHORITY) {
+      memcpy(c->authority, authority, authority_len);
+      c->authority[authority_len] = 0;
+    }
+    return;
+  }
+  if (!known->allow) {
+    char *reply = malloc(known->reply_len);
+    if (reply == NULL) {
+      destroy(c, 0);
+      return;
+    }
+    memcpy(reply, known->reply, known->reply_len);
+    start_reply(c, reply, known->reply_len);
+    pump_reply(c);
+    return;
+  }
+  c->port = known->port;
+  memcpy(c->name, known->name, sizeof c->name);
+  memcpy(c->addresses, known->addresses, sizeof c->addresses);
+  c->address_count = known->address_count;
+  c->address_index = 0;
+  c->allowed_us = clock_us();
+  try_connect(c);
 }
 
 /* Accepts one connection; the listener stays readable while more wait, so the next wait returns at once. */
@@ -813,8 +911,7 @@ static void on_accept(struct endpoint *listener) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) return;
       fatal("accept");
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Accepted TCP sockets inherit TCP_NODELAY from the listener (set in bind_tcp). */
     struct conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
       close(fd);
@@ -853,9 +950,20 @@ static void on_command(char *line) {
     node_count = atoi(line + 2);
     return;
   }
+  int repeatable = kind == 'A' || kind == 'D';
+  if (repeatable) kind = (char)(kind - 'A' + 'a');
   char *rest = NULL;
   unsigned long id = strtoul(line + 2, &rest, 10);
   struct conn *c = find((uint32_t)id);
+  if (c != NULL && kind == 'z') {
+    /* Node no longer stands by a verdict the front end repeated: the connection ends at once. */
+    for (int i = 0; i < VERDICT_SLOTS; i++) {
+      free(verdicts[i].reply);
+      memset(&verdicts[i], 0, sizeof verdicts[i]);
+    }
+    destroy(c, 1);
+    return;
+  }
   if (c == NULL || c->state != DECIDING || rest == NULL) return;
   if (*rest == ' ') rest++;
   if (kind == 'h') {
@@ -869,6 +977,7 @@ static void on_command(char *line) {
       destroy(c, 0);
       return;
     }
+    if (repeatable) remember_verdict(c, 0, (const char *)bytes, (size_t)n);
     start_reply(c, (char *)bytes, (size_t)n);
     pump_reply(c);
   } else if (kind == 'a') {
@@ -890,6 +999,7 @@ static void on_command(char *line) {
     }
     c->address_index = 0;
     c->allowed_us = clock_us();
+    if (repeatable) remember_verdict(c, 1, NULL, 0);
     try_connect(c);
   }
 }
@@ -1023,6 +1133,7 @@ static const char *bind_tcp(int port, int *bound) {
   if (fd < 0) return strerrorname_np(errno);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   socklen_t size = sizeof address;
   if (bind(fd, (struct sockaddr *)&address, sizeof address) < 0 || listen(fd, 511) < 0 || getsockname(fd, (struct sockaddr *)&address, &size) < 0) {
     const char *code = strerrorname_np(errno);

@@ -11,6 +11,11 @@ const STOP_GRACE_MS = 2000;
 export interface FrontEndHandlers {
   /** A plain CONNECT head for `authority` arrived. The reply is allow, respond or handOff. */
   decide(id: number, authority: string): void;
+  /**
+   * A plain CONNECT head for `authority` arrived at `arrivedAt` (milliseconds since the epoch),
+   * and the front end applied the repeatable verdict it remembered for it.
+   */
+  applied(id: number, authority: string, arrivedAt: number): void;
   /** Connecting failed at every address; `code` is an errno name or "timeout". The reply is respond. */
   connectFailed(id: number, address: string, code: string): void;
   /** A tunnel the front end carried ended `elapsedMs` after its allow arrived there; `reason` is null for a normal end. */
@@ -32,6 +37,7 @@ export interface FrontEndListeners {
 
 type Message =
   | { t: "c"; id: number; u: string }
+  | { t: "k"; id: number; ms: number; u: string }
   | { t: "f"; id: number; a: string; e: string }
   | { t: "e"; id: number; a: string; up: number; down: number; us: number; r: string }
   | { t: "n" }
@@ -121,6 +127,9 @@ export class FrontEnd {
       case "c":
         handlers.decide(message.id, message.u);
         return;
+      case "k":
+        handlers.applied(message.id, message.u, message.ms);
+        return;
       case "f":
         handlers.connectFailed(message.id, message.a, message.e);
         return;
@@ -160,14 +169,22 @@ export class FrontEnd {
     }
   }
 
-  /** Lets a decided tunnel connect to the checked addresses, in order. `name` is the SNI name to require, or null (an IP literal). */
-  allow(id: number, port: number, name: string | null, addresses: readonly string[]): void {
-    this.#send(`a ${id} ${port} ${name ?? "-"} ${addresses.join(" ")}`);
+  /**
+   * Lets a decided tunnel connect to the checked addresses, in order. `name` is the SNI name to
+   * require, or null (an IP literal). A repeatable verdict is remembered for the authority.
+   */
+  allow(id: number, port: number, name: string | null, addresses: readonly string[], repeatable: boolean): void {
+    this.#send(`${repeatable ? "A" : "a"} ${id} ${port} ${name ?? "-"} ${addresses.join(" ")}`);
   }
 
-  /** Answers a connection with `bytes` and closes it. */
-  respond(id: number, bytes: Buffer): void {
-    this.#send(`d ${id} ${bytes.toString("base64")}`);
+  /** Sends `bytes` on a connection and closes it. A repeatable verdict is remembered for the authority. */
+  respond(id: number, bytes: Buffer, repeatable: boolean): void {
+    this.#send(`${repeatable ? "D" : "d"} ${id} ${bytes.toString("base64")}`);
+  }
+
+  /** Ends a connection at once, and makes the front end forget every verdict it remembered. */
+  close(id: number): void {
+    this.#send(`z ${id}`);
   }
 
   /** Asks for a connection, from its start, for Node's own handling. */

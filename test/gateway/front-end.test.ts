@@ -331,6 +331,69 @@ network:
     });
   });
 
+  describe("remembered verdicts", () => {
+    it("records every connection to a target it decides without Node", async () => {
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port));
+      try {
+        for (let i = 0; i < 3; i += 1) {
+          const outcome = JSON.parse(await tunnelOutcome(gw, sink, hello(serverName(NAME)), i === 2)) as { decision: string; upstream: string };
+          assert.equal(outcome.decision, "allow");
+          assert.equal(outcome.upstream, "all");
+        }
+        for (let i = 0; i < 3; i += 1) {
+          const { response } = await connectThrough(gw.port, `denied.example.com:${sink.port}`);
+          assert.equal(response.status, 403);
+          const event = await gw.nextEvent((e) => e.host === "denied.example.com");
+          assert.equal(event.decision, "deny");
+        }
+        for (let i = 0; i < 2; i += 1) {
+          const { response } = await connectThrough(gw.port, `${NAME}:0`);
+          assert.equal(response.status, 400);
+          const event = await gw.nextEvent((e) => e.decision === "deny" && e.host === NAME);
+          assert.match(event.reason ?? "", /invalid CONNECT target/);
+        }
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("resolves a name that is not pinned on every connection", async () => {
+      const sink = await startSink();
+      let lookups = 0;
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: dns.example.com
+      ports: [${sink.port}]
+      action: allow
+`),
+        {
+          resolve: async () => {
+            lookups += 1;
+            // Loopback is refused for a name that is not pinned, so each lookup ends in a 403.
+            return ["127.0.0.1"];
+          },
+        },
+      );
+      try {
+        for (let i = 0; i < 3; i += 1) {
+          const { response } = await connectThrough(gw.port, `dns.example.com:${sink.port}`);
+          assert.equal(response.status, 403);
+          const event = await gw.nextEvent((e) => e.host === "dns.example.com");
+          assert.equal(event.address, "127.0.0.1");
+        }
+        assert.equal(lookups, 3);
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+  });
+
   describe("limits", () => {
     it("counts the front end's tunnels and Node's connections against one limit", async () => {
       const sink = await startSink();
