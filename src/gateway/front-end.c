@@ -70,9 +70,15 @@
 #define MAX_TLS_FRAGMENT 16384
 #define TLS_RECORD_HEADER 5
 #define MAX_CLIENT_HELLO_BYTES (64 * 1024)
-#define MAX_ADDRESSES 16
+/* Addresses tried in order; Node resolves few names to more, and those past this are not tried. */
+#define MAX_ADDRESSES 32
 #define MAX_NAME 255
 #define MAX_COMMAND_LINE (1024 * 1024)
+/* Tunnel end reports wait up to this long to travel with the next message, so that Node
+ * usually wakes once per tunnel rather than twice. */
+#define REPORT_DELAY_MS 10
+/* How long the listeners rest after accept failed for want of descriptors or memory. */
+#define ACCEPT_PAUSE_MS 100
 /* Verdicts Node marked as repeatable, one per slot, chosen by a hash of the authority. */
 #define VERDICT_SLOTS 256
 #define MAX_CACHED_AUTHORITY 300
@@ -157,10 +163,9 @@ struct verdict {
 };
 static struct verdict verdicts[VERDICT_SLOTS];
 static char *in_buf;
-/* Tunnel end reports wait up to REPORT_DELAY_MS to travel with the next message, so that Node
- * usually wakes once per tunnel rather than twice. */
-#define REPORT_DELAY_MS 10
 static char deferred[64 * 1024];
+/* When the listeners, paused after a failed accept, are watched again; 0 while they are watched. */
+static int64_t accept_paused_until;
 static size_t deferred_len;
 static int64_t deferred_since;
 static size_t in_len;
@@ -837,11 +842,9 @@ static void remember_verdict(const struct conn *c, int allow, const char *reply,
 
 /* HEAD: the first read decides between the front end's own CONNECT handling and Node. */
 static void on_head(struct conn *c) {
-  if (ensure_buffer(&c->up, FIRST_READ_BYTES) < 0) {
-    hand_over_client(c);
-    return;
-  }
-  ssize_t n = read(c->client.fd, c->up.buf, c->up.cap);
+  /* The first read goes to a shared buffer, so a client that stays silent costs no buffer. */
+  static char first[FIRST_READ_BYTES];
+  ssize_t n = read(c->client.fd, first, sizeof first);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
     watch(&c->client, EPOLLIN | EPOLLRDHUP);
     return;
@@ -850,6 +853,12 @@ static void on_head(struct conn *c) {
     destroy(c, 0);
     return;
   }
+  if (ensure_buffer(&c->up, FIRST_READ_BYTES) < 0) {
+    /* Out of memory: the connection closes, as Node's would. */
+    destroy(c, 0);
+    return;
+  }
+  memcpy(c->up.buf, first, (size_t)n);
   c->up.len = (size_t)n;
   const char *authority;
   size_t authority_len;
@@ -908,7 +917,13 @@ static void on_accept(struct endpoint *listener) {
     int fd = accept4(listener->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) return;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        /* The listener stays readable, so waiting on it now would spin: it rests a while. */
+        fprintf(stderr, "ringfence front end: accept failed (%s); new connections wait %d ms\n", strerrorname_np(errno), ACCEPT_PAUSE_MS);
+        for (int i = 0; i < 2; i++) watch(&listeners[i], 0);
+        accept_paused_until = now + ACCEPT_PAUSE_MS;
+        return;
+      }
       fatal("accept");
     }
     /* Accepted TCP sockets inherit TCP_NODELAY from the listener (set in bind_tcp). */
@@ -1105,6 +1120,7 @@ static int next_timeout(void) {
       if (at[i] > 0 && (soonest < 0 || at[i] < soonest)) soonest = at[i];
   }
   if (deferred_len > 0 && (soonest < 0 || deferred_since + REPORT_DELAY_MS < soonest)) soonest = deferred_since + REPORT_DELAY_MS;
+  if (accept_paused_until > 0 && (soonest < 0 || accept_paused_until < soonest)) soonest = accept_paused_until;
   if (soonest < 0) return -1;
   int64_t wait = soonest - clock_ms();
   return wait < 0 ? 0 : wait > 60000 ? 60000 : (int)wait + 1;
@@ -1211,6 +1227,10 @@ int main(int argc, char **argv) {
     }
     check_timers();
     if (deferred_len > 0 && now - deferred_since >= REPORT_DELAY_MS) flush_deferred();
+    if (accept_paused_until > 0 && now >= accept_paused_until) {
+      accept_paused_until = 0;
+      for (int i = 0; i < 2; i++) watch(&listeners[i], EPOLLIN);
+    }
     while (dead_conns != NULL) {
       struct conn *c = dead_conns;
       dead_conns = c->next;

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -480,6 +481,36 @@ network:
       }
     });
 
+    it("rests its listeners while it has no descriptors left, then accepts again", async () => {
+      const sink = await startSink();
+      const lines: string[] = [];
+      const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+      const gw = await startTestGateway(sinkPolicy(sink.port), { logger });
+      const open: Socket[] = [];
+      try {
+        const [pid] = frontEndPids();
+        assert.ok(pid !== undefined, "a front end process runs");
+        // The front end holds its listener, the channel, epoll and the standard descriptors.
+        const limit = readdirSync(`/proc/${pid}/fd`).length + 4;
+        execFileSync("prlimit", [`--pid=${pid}`, `--nofile=${limit}:${limit}`]);
+        for (let i = 0; i < 12; i += 1) open.push(await openSocket(gw.port));
+        await waitFor(() => lines.some((line) => line.includes("accept failed (EMFILE)")));
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        const failures = lines.filter((line) => line.includes("accept failed")).length;
+        // One line per rest of 100 ms; a listener watched while accept fails would log without end.
+        assert.ok(failures <= 10, `${failures} accept failures were logged in about half a second`);
+
+        for (const socket of open.splice(0)) socket.destroy();
+        const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        assert.equal(response.status, 200);
+        socket.destroy();
+      } finally {
+        for (const socket of open) socket.destroy();
+        await gw.close();
+        await sink.close();
+      }
+    });
+
     it("fails closed when the front end dies: no connection gets through, and the gateway says why", async () => {
       const sink = await startSink();
       const lines: string[] = [];
@@ -535,6 +566,11 @@ function frontEndPids(): number[] {
   return pids;
 }
 
+/** Waits until `condition` holds, and fails after 20 s without it. */
 async function waitFor(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
+  const deadline = Date.now() + 20_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("the awaited condition did not come true within 20 s");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
