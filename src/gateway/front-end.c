@@ -342,11 +342,13 @@ static char *with_bytes(const char *kind, const char *fields, const char *bytes,
 
 /* ---- connections ---- */
 
+/* Closes a descriptor of the front end's own; closing removes it from the epoll set, since no other copy exists. */
 static void unwatch_close(struct endpoint *e) {
   if (e->fd < 0) return;
-  watch(e, 0);
   close(e->fd);
   e->fd = -1;
+  e->registered = 0;
+  e->mask = 0;
 }
 
 /* Forgets a connection's descriptors without closing them (they went to Node) or after closing them. */
@@ -723,9 +725,10 @@ static int pump(struct conn *c, struct direction *d, const struct direction *rev
   return 0;
 }
 
-static void run_relay(struct conn *c) {
-  if (pump(c, &c->up, &c->down, c->client.fd, c->upstream.fd, 1) < 0) return;
-  if (pump(c, &c->down, &c->up, c->upstream.fd, c->client.fd, 0) < 0) return;
+/* Moves the directions an event concerns (both at the start); epoll reports the others when they are ready. */
+static void run_relay(struct conn *c, int move_up, int move_down) {
+  if (move_up && pump(c, &c->up, &c->down, c->client.fd, c->upstream.fd, 1) < 0) return;
+  if (move_down && pump(c, &c->down, &c->up, c->upstream.fd, c->client.fd, 0) < 0) return;
   if (c->up.shut && c->down.shut) {
     end_tunnel(c, "", 0);
     return;
@@ -737,7 +740,7 @@ static void start_relay(struct conn *c) {
   c->state = RELAY;
   c->last_active_ms = now;
   set_deadline(c, 0);
-  run_relay(c);
+  run_relay(c, 1, 1);
 }
 
 /* HELLO: reads the client's first bytes into the upward buffer and decides who carries the tunnel. */
@@ -788,6 +791,11 @@ static void on_connect_done(struct conn *c) {
     connect_failed(c, code);
     return;
   }
+  /* An event can be stale: it may concern a socket of an earlier address that failed in the
+   * same batch of events, whose descriptor number the new socket took over. */
+  struct sockaddr_storage peer;
+  socklen_t peer_size = sizeof peer;
+  if (getpeername(c->upstream.fd, (struct sockaddr *)&peer, &peer_size) < 0) return;
   on_connected(c);
 }
 
@@ -1071,9 +1079,15 @@ static void on_event(struct endpoint *e, uint32_t events) {
   case HELLO:
     on_hello(c, e->side == UPSTREAM && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)));
     break;
-  case RELAY:
-    run_relay(c);
+  case RELAY: {
+    /* Readable means the direction from that socket, writable the direction to it. */
+    int failed = (events & (EPOLLHUP | EPOLLERR)) != 0;
+    int readable = failed || (events & (EPOLLIN | EPOLLRDHUP)) != 0;
+    int writable = failed || (events & EPOLLOUT) != 0;
+    if (e->side == CLIENT) run_relay(c, readable, writable);
+    else run_relay(c, writable, readable);
     break;
+  }
   case RESPOND:
     pump_reply(c);
     break;
