@@ -33,7 +33,8 @@
  *   {"t":"k","id":N,"ms":TIME,"u":AUTHORITY}   a CONNECT that a remembered verdict decided (below),
  *       which arrived at TIME (milliseconds since the epoch); it may wait like an end report
  * Messages from Node (strings): "a ID PORT NAME|- ADDRESS..." connect, "d ID BASE64" answer and
- *   close, "h ID" pass the connection to Node, "n COUNT" Node's own open connections, "x" stop.
+ *   close, "h ID" pass the connection to Node, "n COUNT TAKEN" Node's own open connections and
+ *   how many connections passed with "a" or "hc" it has taken so far, "x" stop.
  *   "A" and "D" are "a" and "d" for a verdict that needs no name lookup: the front end remembers
  *   it for the authority and applies it to later connections at once, telling Node with "k".
  *   "z ID" ends such a connection and forgets every remembered verdict.
@@ -136,6 +137,9 @@ static const char *unix_path;
 static ino_t unix_inode;
 static struct conn *conns, *dead_conns;
 static int conn_count, node_count;
+/* Connections passed to Node, and how many of them Node had taken at its last count. The rest
+ * are in transit and count against the connection limit as well. */
+static uint32_t handed_count, taken_count;
 static uint32_t next_id = 1;
 static struct message *out_head, *out_tail;
 
@@ -395,6 +399,7 @@ static void hand_over_client(struct conn *c) {
   size_t len;
   /* The whole first chunk: a CONNECT head that Node sends back is read again by Node. */
   char *inner = with_bytes("a", fields, c->up.buf == NULL ? "" : c->up.buf, c->up.off + c->up.len, &len);
+  handed_count++;
   int fd = c->client.fd;
   detach(&c->client);
   send_handle(fd, inner, len);
@@ -412,6 +417,7 @@ static void hand_over_tunnel(struct conn *c) {
   snprintf(fields, sizeof fields, ",\"id\":%u,\"a\":\"%s\",\"w\":%lld,\"z\":%lld", c->id, connected_address(c), (long long)left, (long long)total_left);
   size_t len;
   char *inner = with_bytes("hc", fields, c->up.buf + c->up.off, c->up.len, &len);
+  handed_count++;
   int client_fd = c->client.fd, upstream_fd = c->upstream.fd;
   detach(&c->client);
   detach(&c->upstream);
@@ -853,7 +859,8 @@ static void on_head(struct conn *c) {
   c->up.len = (size_t)n;
   const char *authority;
   size_t authority_len;
-  size_t head = conn_count + node_count > max_connections ? 0 : plain_connect_head(c->up.buf, c->up.len, &authority, &authority_len);
+  int64_t open_count = (int64_t)conn_count + node_count + (uint32_t)(handed_count - taken_count);
+  size_t head = open_count > max_connections ? 0 : plain_connect_head(c->up.buf, c->up.len, &authority, &authority_len);
   if (head == 0) {
     hand_over_client(c);
     return;
@@ -947,7 +954,9 @@ static void on_command(char *line) {
     return;
   }
   if (kind == 'n') {
-    node_count = atoi(line + 2);
+    char *rest = NULL;
+    node_count = (int)strtol(line + 2, &rest, 10);
+    taken_count = (uint32_t)strtoul(rest, NULL, 10);
     return;
   }
   int repeatable = kind == 'A' || kind == 'D';

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -411,6 +412,52 @@ network:
         const denied = await gw.nextEvent((e) => e.decision === "deny");
         assert.match(denied.reason ?? "", /already has 2 open connections/);
         for (const socket of open) socket.destroy();
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("counts connections in transit to Node", async () => {
+      // Connections for Node and tunnels that the front end carries from a remembered verdict
+      // arrive while Node is busy: the front end passes the first ones on before Node counts them.
+      const limit = 8;
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { maxConnections: limit } });
+      try {
+        assert.equal((JSON.parse(await tunnelOutcome(gw, sink, hello(serverName(NAME)), true)) as { decision: string }).decision, "allow");
+        const tunnelStart = Buffer.concat([Buffer.from(`CONNECT ${NAME}:${sink.port} HTTP/1.1\r\n\r\n`), hello(serverName(NAME))]);
+        // The clients run in another process, as Node's event loop is blocked below.
+        const clients = `
+          const net = require("node:net");
+          const [port, limit, tunnelStart] = [${gw.port}, ${limit}, Buffer.from("${tunnelStart.toString("base64")}", "base64")];
+          const held = [];
+          const open = (first) => new Promise((resolve) => {
+            const socket = net.connect(port, "127.0.0.1", () => { socket.write(first); resolve(); });
+            let text = "";
+            socket.on("data", (chunk) => (text += chunk.toString("latin1")));
+            socket.on("error", () => undefined);
+            held.push(() => (text === "" ? !socket.destroyed : text.startsWith("HTTP/1.1 200")));
+          });
+          (async () => {
+            for (let i = 0; i < limit; i += 1) {
+              await open("GET http://x/ HTTP/1.1\\r\\n");
+              await open(tunnelStart);
+            }
+            setTimeout(() => { process.stdout.write(String(held.filter((isOpen) => isOpen()).length)); process.exit(0); }, 1500);
+          })();`;
+        const child = spawn(process.execPath, ["-e", clients], { stdio: ["ignore", "pipe", "inherit"] });
+        let output = "";
+        child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        const until = Date.now() + 800;
+        while (Date.now() < until) {
+          // While Node is busy, only the front end handles the new connections.
+        }
+        await exited;
+        const openCount = Number(output);
+        assert.ok(openCount > 0, `no connection is open: ${output}`);
+        assert.ok(openCount <= limit, `${output} connections are open; the limit is ${limit}`);
       } finally {
         await gw.close();
         await sink.close();
