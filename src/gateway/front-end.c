@@ -964,13 +964,14 @@ static void on_command(char *line) {
   char *rest = NULL;
   unsigned long id = strtoul(line + 2, &rest, 10);
   struct conn *c = find((uint32_t)id);
-  if (c != NULL && kind == 'z') {
-    /* Node no longer stands by a verdict the front end repeated: the connection ends at once. */
+  if (kind == 'z') {
+    /* A verdict the front end repeated is no longer Node's: the connection ends at once. The
+     * verdicts are cleared even after that end, because a deferred "k" often reaches Node later. */
     for (int i = 0; i < VERDICT_SLOTS; i++) {
       free(verdicts[i].reply);
       memset(&verdicts[i], 0, sizeof verdicts[i]);
     }
-    destroy(c, 1);
+    if (c != NULL) destroy(c, 1);
     return;
   }
   if (c == NULL || c->state != DECIDING || rest == NULL) return;

@@ -8,6 +8,7 @@ import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
 import { startGateway } from "../../src/gateway/gateway.js";
+import { prepareFrontEndBinary } from "../../src/gateway/relay-binary.js";
 import { connectThrough, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
 import { startHttpsUpstream, type Upstream } from "./support/upstream.js";
@@ -567,6 +568,45 @@ describe("gateway front end in the build", () => {
       assert.equal(listening?.frontEnd, true, lines.join(""));
     });
   }
+});
+
+describe("gateway front end commands", () => {
+  it("forgets verdicts on z for ended connections", async () => {
+    const binary = await prepareFrontEndBinary();
+    assert.ok("path" in binary, JSON.stringify(binary));
+    const child = spawn(binary.path, ["5000", "5000", "0", "1000", "16384", "100", String(process.pid), "-", "0"], { stdio: ["ignore", "ignore", "inherit", "ipc"], env: {} });
+    const messages: { t: string; id?: number; tcp?: number }[] = [];
+    child.on("message", (message: { t: string }) => messages.push(message));
+    const next = async (...kinds: string[]) => {
+      await waitFor(() => messages.some((message) => kinds.includes(message.t)));
+      return messages.splice(messages.findIndex((message) => kinds.includes(message.t)), 1)[0] as { t: string; id?: number; tcp?: number };
+    };
+    try {
+      const { tcp } = await next("l");
+      const denial = Buffer.from("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+      const request = async () => {
+        const socket = await openSocket(tcp as number);
+        const reply = readToEnd(socket);
+        socket.end("CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n");
+        return reply;
+      };
+
+      const first = request();
+      child.send(`D ${(await next("c")).id} ${denial.toString("base64")}`);
+      assert.ok((await first).equals(denial));
+      // The second connection ends from the remembered verdict before Node reads its "k".
+      assert.ok((await request()).equals(denial));
+      child.send(`z ${(await next("k")).id}`);
+
+      const third = request();
+      const reported = await next("c", "k");
+      assert.equal(reported.t, "c");
+      child.send(`d ${reported.id} ${denial.toString("base64")}`);
+      assert.ok((await third).equals(denial));
+    } finally {
+      child.kill();
+    }
+  });
 });
 
 /** Process ids of this process's children that run a front end binary. */
