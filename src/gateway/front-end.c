@@ -131,6 +131,9 @@ struct message {
 
 static int64_t handshake_ms, idle_ms, total_ms, connect_ms, max_head_bytes, max_connections;
 static int epoll_fd;
+/* A descriptor kept free to accept and close a connection that arrives at the descriptor limit.
+ * Without it the listener stays readable and the event loop spins. */
+static int reserve_fd = -1;
 static struct endpoint channel = {.side = CHANNEL, .fd = -1};
 static struct endpoint listeners[2] = {{.side = LISTENER, .fd = -1}, {.side = LISTENER, .fd = -1}};
 static const char *unix_path;
@@ -915,6 +918,13 @@ static void on_accept(struct endpoint *listener) {
     int fd = accept4(listener->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+      if ((errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+        close(reserve_fd);
+        int refused = accept4(listener->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (refused >= 0) close(refused);
+        reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return;
+      }
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) return;
       fatal("accept");
     }
@@ -1205,6 +1215,7 @@ int main(int argc, char **argv) {
     flush_channel();
     return 0;
   }
+  reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   for (int i = 0; i < 2; i++)
     if (listeners[i].fd >= 0) add(&listeners[i], EPOLLIN);
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -462,6 +462,34 @@ network:
       } finally {
         await gw.close();
         await sink.close();
+      }
+    });
+
+    it("waits idle at the descriptor limit", async () => {
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(sinkPolicy(1));
+      const sockets: Socket[] = [];
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined);
+        execFileSync("prlimit", ["--pid", String(pid), "--nofile=60:60"]);
+        for (let i = 0; i < 80; i += 1) {
+          const socket = connect(gw.port, "127.0.0.1");
+          socket.on("error", () => undefined);
+          sockets.push(socket);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const cpuTicks = () => {
+          const fields = readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]?.split(" ") ?? [];
+          return Number(fields[11]) + Number(fields[12]);
+        };
+        const start = cpuTicks();
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        // A front end that spins on the readable listener uses a whole core: 100 ticks a second at Linux's USER_HZ of 100.
+        assert.ok(cpuTicks() - start < 20, `the front end used ${cpuTicks() - start} CPU ticks in one second`);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+        await gw.close();
       }
     });
 
