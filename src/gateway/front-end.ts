@@ -127,6 +127,11 @@ export class FrontEnd {
   }
 
   #dispatch(message: Message, handle: NativeHandle | undefined, handlers: FrontEndHandlers): void {
+    if (this.#stopping && handle !== undefined) {
+      // A connection passed on while the gateway closes would outlive the close, so it ends here.
+      adopt(handle)?.destroy();
+      return;
+    }
     switch (message.t) {
       case "c":
         handlers.decide(message.id, message.u);

@@ -316,6 +316,40 @@ network:
       }
     });
 
+    it("closes connections passed on during close", async () => {
+      const gw = await startTestGateway(sinkPolicy(1));
+      // The clients run in another process, as Node's event loop is blocked below.
+      const clients = `
+        const net = require("node:net");
+        const sockets = [];
+        let connected = 0;
+        for (let i = 0; i < 10; i += 1) {
+          const socket = net.connect(${gw.port}, "127.0.0.1", () => {
+            socket.write("GET http://x/ HTTP/1.1\\r\\n");
+            connected += 1;
+            if (connected === 10) process.stdout.write("sent\\n");
+          });
+          socket.on("error", () => undefined);
+          sockets.push(socket);
+        }
+        setTimeout(() => { process.stdout.write(String(sockets.filter((socket) => !socket.destroyed && !socket.readableEnded).length)); process.exit(0); }, 2500);`;
+      const child = spawn(process.execPath, ["-e", clients], { stdio: ["ignore", "pipe", "inherit"] });
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      // The front end passes the connections on while Node is busy, then Node closes the gateway
+      // before it reads them.
+      const until = Date.now() + 800;
+      while (Date.now() < until) {
+        // Node is busy.
+      }
+      const closed = gw.close();
+      await closed;
+      await exited;
+      assert.match(output, /^sent\n/);
+      assert.equal(output.slice("sent\n".length), "0");
+    });
+
     it("ends the events of open tunnels when the gateway closes", async () => {
       const sink = await startSink();
       const gw = await startTestGateway(sinkPolicy(sink.port));
