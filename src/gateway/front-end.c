@@ -145,6 +145,9 @@ static int conn_count, node_count;
 static uint32_t handed_count, taken_count;
 static uint32_t next_id = 1;
 static struct message *out_head, *out_tail;
+/* Set from sending a descriptor until Node's NODE_HANDLE_ACK. Node gives the last descriptor it read
+ * to the next handle message it completes, so another descriptor sent before then would mismatch them. */
+static int handle_unacknowledged;
 
 /*
  * A verdict that Node marked as repeatable: one that depends on nothing but the authority (the
@@ -212,6 +215,7 @@ static void add(struct endpoint *e, uint32_t mask) { watch(e, mask); }
 static void flush_channel(void) {
   while (out_head != NULL) {
     struct message *m = out_head;
+    if (m->fd >= 0 && m->off == 0 && handle_unacknowledged) break;
     struct iovec iov = {.iov_base = m->data + m->off, .iov_len = m->len - m->off};
     struct msghdr header = {.msg_iov = &iov, .msg_iovlen = 1};
     char control[CMSG_SPACE(sizeof(int))];
@@ -235,6 +239,7 @@ static void flush_channel(void) {
       /* The descriptor now travels in the channel; Node owns that copy. */
       close(m->fd);
       m->fd = -1;
+      handle_unacknowledged = 1;
     }
     m->off += (size_t)n;
     if (m->off < m->len) continue;
@@ -1051,6 +1056,9 @@ static void on_channel(uint32_t events) {
       if (len >= 2 && line[0] == '"' && line[len - 1] == '"') {
         line[len - 1] = 0;
         on_command(line + 1);
+      } else if (strstr(line, "\"NODE_HANDLE_ACK\"") != NULL) {
+        handle_unacknowledged = 0;
+        flush_channel();
       }
       start = i + 1;
     }
@@ -1251,6 +1259,14 @@ int main(int argc, char **argv) {
     else destroy(c, 0);
   }
   if (stopping == 2) return 0;
+  /* Node closes the connections that arrive once it stops, so the messages go without them and
+   * need no acknowledgement. */
+  for (struct message *m = out_head; m != NULL; m = m->next)
+    if (m->fd >= 0 && m->off == 0) {
+      close(m->fd);
+      m->fd = -1;
+    }
+  handle_unacknowledged = 0;
   fcntl(channel.fd, F_SETFL, fcntl(channel.fd, F_GETFL) & ~O_NONBLOCK);
   flush_deferred();
   flush_channel();

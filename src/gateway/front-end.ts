@@ -127,8 +127,9 @@ export class FrontEnd {
   }
 
   #dispatch(message: Message, handle: NativeHandle | undefined, handlers: FrontEndHandlers): void {
-    if (this.#stopping && handle !== undefined) {
+    if (this.#stopping && (message.t === "a" || message.t === "hc" || message.t === "hu")) {
       // A connection passed on while the gateway closes would outlive the close, so it ends here.
+      // The front end sends such messages without their descriptors once it stops.
       adopt(handle)?.destroy();
       return;
     }

@@ -11,7 +11,7 @@ import { startGateway } from "../../src/gateway/gateway.js";
 import { prepareFrontEndBinary } from "../../src/gateway/relay-binary.js";
 import { connectThrough, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
-import { startHttpsUpstream, type Upstream } from "./support/upstream.js";
+import { startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
 
 const NAME = "hello.example.com";
 
@@ -364,6 +364,48 @@ network:
       assert.equal(event?.decision, "allow");
       assert.equal(event?.reason, "the gateway closed");
       await sink.close();
+    });
+  });
+
+  describe("passing connections to Node", () => {
+    it("gives each passed connection its own descriptor", async () => {
+      // A connection's message with 64 KiB of first bytes is longer than one read of Node's, and
+      // the tunnels handed over between such messages send descriptors of their own.
+      const upstream = await startHttpUpstream();
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: 127.0.0.1
+      ports: [${upstream.port}]
+      action: allow
+`),
+      );
+      try {
+        const size = 70_000;
+        const request = Buffer.concat([Buffer.from(`POST http://127.0.0.1:${upstream.port}/big HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: ${size}\r\nConnection: close\r\n\r\n`), Buffer.alloc(size, 0x61)]);
+        const statuses: Promise<string>[] = [];
+        for (let i = 0; i < 40; i += 1) {
+          const tunnel = connect(gw.port, "127.0.0.1", () => tunnel.end(`CONNECT 127.0.0.1:${upstream.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`));
+          tunnel.on("error", () => undefined);
+          tunnel.resume();
+          const socket = connect(gw.port, "127.0.0.1", () => socket.write(request));
+          statuses.push(
+            new Promise((resolve) => {
+              readToEnd(socket).then((bytes) => resolve(bytes.toString("latin1").split("\r\n")[0] ?? ""), () => resolve("failed"));
+              setTimeout(() => {
+                resolve("no response within 5 s");
+                socket.destroy();
+              }, 5000);
+            }),
+          );
+        }
+        for (const status of await Promise.all(statuses)) assert.equal(status, "HTTP/1.1 200 OK");
+      } finally {
+        await gw.close();
+        await upstream.close();
+      }
     });
   });
 
