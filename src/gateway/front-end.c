@@ -33,7 +33,8 @@
  *   {"t":"k","id":N,"ms":TIME,"u":AUTHORITY}   a CONNECT that a remembered verdict decided (below),
  *       which arrived at TIME (milliseconds since the epoch); it may wait like an end report
  * Messages from Node (strings): "a ID PORT NAME|- ADDRESS..." connect, "d ID BASE64" answer and
- *   close, "h ID" pass the connection to Node, "n COUNT" Node's own open connections, "x" stop.
+ *   close, "h ID" pass the connection to Node, "n COUNT TAKEN" Node's own open connections and
+ *   how many connections passed with "a" or "hc" it has taken so far, "x" stop.
  *   "A" and "D" are "a" and "d" for a verdict that needs no name lookup: the front end remembers
  *   it for the authority and applies it to later connections at once, telling Node with "k".
  *   "z ID" ends such a connection and forgets every remembered verdict.
@@ -136,14 +137,23 @@ struct message {
 
 static int64_t handshake_ms, idle_ms, total_ms, connect_ms, max_head_bytes, max_connections;
 static int epoll_fd;
+/* A descriptor kept free to accept and close a connection that arrives at the descriptor limit.
+ * Without it the listener stays readable and the event loop spins. */
+static int reserve_fd = -1;
 static struct endpoint channel = {.side = CHANNEL, .fd = -1};
 static struct endpoint listeners[2] = {{.side = LISTENER, .fd = -1}, {.side = LISTENER, .fd = -1}};
 static const char *unix_path;
 static ino_t unix_inode;
 static struct conn *conns, *dead_conns;
 static int conn_count, node_count;
+/* Connections passed to Node, and how many of them Node had taken at its last count. The rest
+ * are in transit and count against the connection limit as well. */
+static uint32_t handed_count, taken_count;
 static uint32_t next_id = 1;
 static struct message *out_head, *out_tail;
+/* Set from sending a descriptor until Node's NODE_HANDLE_ACK. Node gives the last descriptor it read
+ * to the next handle message it completes, so another descriptor sent before then would mismatch them. */
+static int handle_unacknowledged;
 
 /*
  * A verdict that Node marked as repeatable: one that depends on nothing but the authority (the
@@ -166,6 +176,8 @@ static char *in_buf;
 static char deferred[64 * 1024];
 /* When the listeners, paused after a failed accept, are watched again; 0 while they are watched. */
 static int64_t accept_paused_until;
+/* When the last failed accept was logged, so that failures log at most once a second. */
+static int64_t accept_failure_logged_ms = -1000000;
 static size_t deferred_len;
 static int64_t deferred_since;
 static size_t in_len;
@@ -210,6 +222,7 @@ static void add(struct endpoint *e, uint32_t mask) { watch(e, mask); }
 static void flush_channel(void) {
   while (out_head != NULL) {
     struct message *m = out_head;
+    if (m->fd >= 0 && m->off == 0 && handle_unacknowledged) break;
     struct iovec iov = {.iov_base = m->data + m->off, .iov_len = m->len - m->off};
     struct msghdr header = {.msg_iov = &iov, .msg_iovlen = 1};
     char control[CMSG_SPACE(sizeof(int))];
@@ -233,6 +246,7 @@ static void flush_channel(void) {
       /* The descriptor now travels in the channel; Node owns that copy. */
       close(m->fd);
       m->fd = -1;
+      handle_unacknowledged = 1;
     }
     m->off += (size_t)n;
     if (m->off < m->len) continue;
@@ -402,6 +416,7 @@ static void hand_over_client(struct conn *c) {
   size_t len;
   /* The whole first chunk: a CONNECT head that Node sends back is read again by Node. */
   char *inner = with_bytes("a", fields, c->up.buf == NULL ? "" : c->up.buf, c->up.off + c->up.len, &len);
+  handed_count++;
   int fd = c->client.fd;
   detach(&c->client);
   send_handle(fd, inner, len);
@@ -419,6 +434,7 @@ static void hand_over_tunnel(struct conn *c) {
   snprintf(fields, sizeof fields, ",\"id\":%u,\"a\":\"%s\",\"w\":%lld,\"z\":%lld", c->id, connected_address(c), (long long)left, (long long)total_left);
   size_t len;
   char *inner = with_bytes("hc", fields, c->up.buf + c->up.off, c->up.len, &len);
+  handed_count++;
   int client_fd = c->client.fd, upstream_fd = c->upstream.fd;
   detach(&c->client);
   detach(&c->upstream);
@@ -870,7 +886,8 @@ static void on_head(struct conn *c) {
   c->up.len = (size_t)n;
   const char *authority;
   size_t authority_len;
-  size_t head = conn_count + node_count > max_connections ? 0 : plain_connect_head(c->up.buf, c->up.len, &authority, &authority_len);
+  int64_t open_count = (int64_t)conn_count + node_count + (uint32_t)(handed_count - taken_count);
+  size_t head = open_count > max_connections ? 0 : plain_connect_head(c->up.buf, c->up.len, &authority, &authority_len);
   if (head == 0) {
     hand_over_client(c);
     return;
@@ -926,8 +943,21 @@ static void on_accept(struct endpoint *listener) {
     if (fd < 0) {
       if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        /* The listener stays readable, so waiting on it now would spin: it rests a while. */
-        fprintf(stderr, "ringfence front end: accept failed (%s); new connections wait %d ms\n", strerrorname_np(errno), ACCEPT_PAUSE_MS);
+        /* The connection stays in the backlog and the listener readable, so waiting on it again
+         * at once would spin. With the spare descriptor the connection is accepted and closed,
+         * as libuv does for Node's listeners; otherwise the listeners rest a while. */
+        int code = errno;
+        if (now - accept_failure_logged_ms >= 1000) {
+          accept_failure_logged_ms = now;
+          fprintf(stderr, "ringfence front end: accept failed (%s); connections are closed until descriptors are free\n", strerrorname_np(code));
+        }
+        if ((code == EMFILE || code == ENFILE) && reserve_fd >= 0) {
+          close(reserve_fd);
+          int refused = accept4(listener->fd, NULL, NULL, SOCK_CLOEXEC);
+          if (refused >= 0) close(refused);
+          reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+          return;
+        }
         for (int i = 0; i < 2; i++) watch(&listeners[i], 0);
         accept_paused_until = now + ACCEPT_PAUSE_MS;
         return;
@@ -970,7 +1000,9 @@ static void on_command(char *line) {
     return;
   }
   if (kind == 'n') {
-    node_count = atoi(line + 2);
+    char *rest = NULL;
+    node_count = (int)strtol(line + 2, &rest, 10);
+    taken_count = (uint32_t)strtoul(rest, NULL, 10);
     return;
   }
   int repeatable = kind == 'A' || kind == 'D';
@@ -978,13 +1010,14 @@ static void on_command(char *line) {
   char *rest = NULL;
   unsigned long id = strtoul(line + 2, &rest, 10);
   struct conn *c = find((uint32_t)id);
-  if (c != NULL && kind == 'z') {
-    /* Node no longer stands by a verdict the front end repeated: the connection ends at once. */
+  if (kind == 'z') {
+    /* A verdict the front end repeated is no longer Node's: the connection ends at once. The
+     * verdicts are cleared even after that end, because a deferred "k" often reaches Node later. */
     for (int i = 0; i < VERDICT_SLOTS; i++) {
       free(verdicts[i].reply);
       memset(&verdicts[i], 0, sizeof verdicts[i]);
     }
-    destroy(c, 1);
+    if (c != NULL) destroy(c, 1);
     return;
   }
   if (c == NULL || c->state != DECIDING || rest == NULL) return;
@@ -1054,6 +1087,9 @@ static void on_channel(uint32_t events) {
       if (len >= 2 && line[0] == '"' && line[len - 1] == '"') {
         line[len - 1] = 0;
         on_command(line + 1);
+      } else if (strstr(line, "\"NODE_HANDLE_ACK\"") != NULL) {
+        handle_unacknowledged = 0;
+        flush_channel();
       }
       start = i + 1;
     }
@@ -1225,6 +1261,7 @@ int main(int argc, char **argv) {
     flush_channel();
     return 0;
   }
+  reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   for (int i = 0; i < 2; i++)
     if (listeners[i].fd >= 0) add(&listeners[i], EPOLLIN);
 
@@ -1264,6 +1301,14 @@ int main(int argc, char **argv) {
     else destroy(c, 0);
   }
   if (stopping == 2) return 0;
+  /* Node closes the connections that arrive once it stops, so the messages go without them and
+   * need no acknowledgement. */
+  for (struct message *m = out_head; m != NULL; m = m->next)
+    if (m->fd >= 0 && m->off == 0) {
+      close(m->fd);
+      m->fd = -1;
+    }
+  handle_unacknowledged = 0;
   fcntl(channel.fd, F_SETFL, fcntl(channel.fd, F_GETFL) & ~O_NONBLOCK);
   flush_deferred();
   flush_channel();

@@ -61,6 +61,10 @@ export class FrontEnd {
   /** Client halves of tunnels handed over, waiting for their upstream halves. */
   readonly #halfTunnels = new Map<number, { client: Socket; address: string; head: Buffer; handshakeMsLeft: number; totalMsLeft: number }>();
   #stopping = false;
+  /** Connections taken from the front end (an "a" message, or an "hc" and "hu" pair), for the connection limit. */
+  #taken = 0;
+  #nodeConnections = 0;
+  #sentTaken = 0;
   readonly #exited: Promise<void>;
 
   private constructor(child: ChildProcess, listening: { socketPath: string | null; tcpPort: number | null }, logger: Logger, exited: Promise<void>) {
@@ -123,6 +127,12 @@ export class FrontEnd {
   }
 
   #dispatch(message: Message, handle: NativeHandle | undefined, handlers: FrontEndHandlers): void {
+    if (this.#stopping && (message.t === "a" || message.t === "hc" || message.t === "hu")) {
+      // A connection passed on while the gateway closes would outlive the close, so it ends here.
+      // The front end sends such messages without their descriptors once it stops.
+      adopt(handle)?.destroy();
+      return;
+    }
     switch (message.t) {
       case "c":
         handlers.decide(message.id, message.u);
@@ -140,6 +150,7 @@ export class FrontEnd {
         handlers.noRequest();
         return;
       case "a": {
+        this.#took();
         const socket = adopt(handle);
         if (socket === null) return;
         handlers.accepted(socket, Buffer.from(message.b, "base64"), message.k);
@@ -152,6 +163,7 @@ export class FrontEnd {
         return;
       }
       case "hu": {
+        this.#took();
         const upstream = adopt(handle);
         const half = this.#halfTunnels.get(message.id);
         this.#halfTunnels.delete(message.id);
@@ -194,7 +206,20 @@ export class FrontEnd {
 
   /** Tells the front end how many connections Node holds, for the connection limit. */
   setNodeConnections(count: number): void {
-    this.#send(`n ${count}`);
+    this.#nodeConnections = count;
+    this.#sentTaken = this.#taken;
+    this.#send(`n ${count} ${this.#taken}`);
+  }
+
+  /**
+   * Counts a connection taken from the front end, which counts it against the limit as in transit
+   * until an "n" message includes it. That message normally follows from the handler's own count.
+   */
+  #took(): void {
+    this.#taken += 1;
+    queueMicrotask(() => {
+      if (this.#sentTaken !== this.#taken) this.setNodeConnections(this.#nodeConnections);
+    });
   }
 
   /** Closes the listeners and every connection the front end holds; resolves once it has exited and reported each tunnel's end. */

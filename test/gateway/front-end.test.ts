@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -8,9 +8,10 @@ import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
 import { startGateway } from "../../src/gateway/gateway.js";
+import { prepareFrontEndBinary } from "../../src/gateway/relay-binary.js";
 import { connectThrough, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
-import { startHttpsUpstream, type Upstream } from "./support/upstream.js";
+import { startHttpsUpstream, startHttpUpstream, type Upstream } from "./support/upstream.js";
 
 const NAME = "hello.example.com";
 
@@ -315,6 +316,40 @@ network:
       }
     });
 
+    it("closes connections passed on during close", async () => {
+      const gw = await startTestGateway(sinkPolicy(1));
+      // The clients run in another process, as Node's event loop is blocked below.
+      const clients = `
+        const net = require("node:net");
+        const sockets = [];
+        let connected = 0;
+        for (let i = 0; i < 10; i += 1) {
+          const socket = net.connect(${gw.port}, "127.0.0.1", () => {
+            socket.write("GET http://x/ HTTP/1.1\\r\\n");
+            connected += 1;
+            if (connected === 10) process.stdout.write("sent\\n");
+          });
+          socket.on("error", () => undefined);
+          sockets.push(socket);
+        }
+        setTimeout(() => { process.stdout.write(String(sockets.filter((socket) => !socket.destroyed && !socket.readableEnded).length)); process.exit(0); }, 2500);`;
+      const child = spawn(process.execPath, ["-e", clients], { stdio: ["ignore", "pipe", "inherit"] });
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      // The front end passes the connections on while Node is busy, then Node closes the gateway
+      // before it reads them.
+      const until = Date.now() + 800;
+      while (Date.now() < until) {
+        // Node is busy.
+      }
+      const closed = gw.close();
+      await closed;
+      await exited;
+      assert.match(output, /^sent\n/);
+      assert.equal(output.slice("sent\n".length), "0");
+    });
+
     it("ends the events of open tunnels when the gateway closes", async () => {
       const sink = await startSink();
       const gw = await startTestGateway(sinkPolicy(sink.port));
@@ -329,6 +364,48 @@ network:
       assert.equal(event?.decision, "allow");
       assert.equal(event?.reason, "the gateway closed");
       await sink.close();
+    });
+  });
+
+  describe("passing connections to Node", () => {
+    it("gives each passed connection its own descriptor", async () => {
+      // A connection's message with 64 KiB of first bytes is longer than one read of Node's, and
+      // the tunnels handed over between such messages send descriptors of their own.
+      const upstream = await startHttpUpstream();
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: 127.0.0.1
+      ports: [${upstream.port}]
+      action: allow
+`),
+      );
+      try {
+        const size = 70_000;
+        const request = Buffer.concat([Buffer.from(`POST http://127.0.0.1:${upstream.port}/big HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: ${size}\r\nConnection: close\r\n\r\n`), Buffer.alloc(size, 0x61)]);
+        const statuses: Promise<string>[] = [];
+        for (let i = 0; i < 40; i += 1) {
+          const tunnel = connect(gw.port, "127.0.0.1", () => tunnel.end(`CONNECT 127.0.0.1:${upstream.port} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n`));
+          tunnel.on("error", () => undefined);
+          tunnel.resume();
+          const socket = connect(gw.port, "127.0.0.1", () => socket.write(request));
+          statuses.push(
+            new Promise((resolve) => {
+              readToEnd(socket).then((bytes) => resolve(bytes.toString("latin1").split("\r\n")[0] ?? ""), () => resolve("failed"));
+              setTimeout(() => {
+                resolve("no response within 5 s");
+                socket.destroy();
+              }, 5000);
+            }),
+          );
+        }
+        for (const status of await Promise.all(statuses)) assert.equal(status, "HTTP/1.1 200 OK");
+      } finally {
+        await gw.close();
+        await upstream.close();
+      }
     });
   });
 
@@ -418,6 +495,90 @@ network:
       }
     });
 
+    it("counts connections in transit to Node", async () => {
+      // Connections for Node and tunnels that the front end carries from a remembered verdict
+      // arrive while Node is busy: the front end passes the first ones on before Node counts them.
+      const limit = 8;
+      const sink = await startSink();
+      const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { maxConnections: limit } });
+      try {
+        assert.equal((JSON.parse(await tunnelOutcome(gw, sink, hello(serverName(NAME)), true)) as { decision: string }).decision, "allow");
+        const tunnelStart = Buffer.concat([Buffer.from(`CONNECT ${NAME}:${sink.port} HTTP/1.1\r\n\r\n`), hello(serverName(NAME))]);
+        // The clients run in another process, as Node's event loop is blocked below.
+        const clients = `
+          const net = require("node:net");
+          const [port, limit, tunnelStart] = [${gw.port}, ${limit}, Buffer.from("${tunnelStart.toString("base64")}", "base64")];
+          const held = [];
+          const open = (first) => new Promise((resolve) => {
+            const socket = net.connect(port, "127.0.0.1", () => { socket.write(first); resolve(); });
+            let text = "";
+            socket.on("data", (chunk) => (text += chunk.toString("latin1")));
+            socket.on("error", () => undefined);
+            held.push(() => (text === "" ? !socket.destroyed : text.startsWith("HTTP/1.1 200")));
+          });
+          (async () => {
+            for (let i = 0; i < limit; i += 1) {
+              await open("GET http://x/ HTTP/1.1\\r\\n");
+              await open(tunnelStart);
+            }
+            setTimeout(() => { process.stdout.write(String(held.filter((isOpen) => isOpen()).length)); process.exit(0); }, 1500);
+          })();`;
+        const child = spawn(process.execPath, ["-e", clients], { stdio: ["ignore", "pipe", "inherit"] });
+        let output = "";
+        child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        const until = Date.now() + 800;
+        while (Date.now() < until) {
+          // While Node is busy, only the front end handles the new connections.
+        }
+        await exited;
+        const openCount = Number(output);
+        assert.ok(openCount > 0, `no connection is open: ${output}`);
+        assert.ok(openCount <= limit, `${output} connections are open; the limit is ${limit}`);
+      } finally {
+        await gw.close();
+        await sink.close();
+      }
+    });
+
+    it("closes connections at the descriptor limit without spinning, then accepts again", async () => {
+      const sink = await startSink();
+      const lines: string[] = [];
+      const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(sinkPolicy(sink.port), { logger });
+      const sockets: Socket[] = [];
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined);
+        execFileSync("prlimit", ["--pid", String(pid), "--nofile=60:60"]);
+        for (let i = 0; i < 80; i += 1) {
+          const socket = connect(gw.port, "127.0.0.1");
+          socket.on("error", () => undefined);
+          sockets.push(socket);
+        }
+        await waitFor(() => lines.some((line) => line.includes("accept failed (EMFILE)")));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const cpuTicks = () => {
+          const fields = readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]?.split(" ") ?? [];
+          return Number(fields[11]) + Number(fields[12]);
+        };
+        const start = cpuTicks();
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        // A front end that spins on the readable listener uses a whole core: 100 ticks a second at Linux's USER_HZ of 100.
+        assert.ok(cpuTicks() - start < 20, `the front end used ${cpuTicks() - start} CPU ticks in one second`);
+
+        for (const socket of sockets.splice(0)) socket.destroy();
+        const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
+        assert.equal(response.status, 200);
+        socket.destroy();
+      } finally {
+        for (const socket of sockets) socket.destroy();
+        await gw.close();
+        await sink.close();
+      }
+    });
+
     it("reports a client that sends nothing", async () => {
       const sink = await startSink();
       const gw = await startTestGateway(sinkPolicy(sink.port), { limits: { handshakeTimeoutMs: 200 } });
@@ -481,36 +642,6 @@ network:
       }
     });
 
-    it("rests its listeners while it has no descriptors left, then accepts again", async () => {
-      const sink = await startSink();
-      const lines: string[] = [];
-      const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
-      const gw = await startTestGateway(sinkPolicy(sink.port), { logger });
-      const open: Socket[] = [];
-      try {
-        const [pid] = frontEndPids();
-        assert.ok(pid !== undefined, "a front end process runs");
-        // The front end holds its listener, the channel, epoll and the standard descriptors.
-        const limit = readdirSync(`/proc/${pid}/fd`).length + 4;
-        execFileSync("prlimit", [`--pid=${pid}`, `--nofile=${limit}:${limit}`]);
-        for (let i = 0; i < 12; i += 1) open.push(await openSocket(gw.port));
-        await waitFor(() => lines.some((line) => line.includes("accept failed (EMFILE)")));
-        await new Promise((resolve) => setTimeout(resolve, 500));
-        const failures = lines.filter((line) => line.includes("accept failed")).length;
-        // One line per rest of 100 ms; a listener watched while accept fails would log without end.
-        assert.ok(failures <= 10, `${failures} accept failures were logged in about half a second`);
-
-        for (const socket of open.splice(0)) socket.destroy();
-        const { response, socket } = await connectThrough(gw.port, `${NAME}:${sink.port}`);
-        assert.equal(response.status, 200);
-        socket.destroy();
-      } finally {
-        for (const socket of open) socket.destroy();
-        await gw.close();
-        await sink.close();
-      }
-    });
-
     it("fails closed when the front end dies: no connection gets through, and the gateway says why", async () => {
       const sink = await startSink();
       const lines: string[] = [];
@@ -551,6 +682,45 @@ describe("gateway front end in the build", () => {
       assert.equal(listening?.frontEnd, true, lines.join(""));
     });
   }
+});
+
+describe("gateway front end commands", () => {
+  it("forgets verdicts on z for ended connections", async () => {
+    const binary = await prepareFrontEndBinary();
+    assert.ok("path" in binary, JSON.stringify(binary));
+    const child = spawn(binary.path, ["5000", "5000", "0", "1000", "16384", "100", String(process.pid), "-", "0"], { stdio: ["ignore", "ignore", "inherit", "ipc"], env: {} });
+    const messages: { t: string; id?: number; tcp?: number }[] = [];
+    child.on("message", (message: { t: string }) => messages.push(message));
+    const next = async (...kinds: string[]) => {
+      await waitFor(() => messages.some((message) => kinds.includes(message.t)));
+      return messages.splice(messages.findIndex((message) => kinds.includes(message.t)), 1)[0] as { t: string; id?: number; tcp?: number };
+    };
+    try {
+      const { tcp } = await next("l");
+      const denial = Buffer.from("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+      const request = async () => {
+        const socket = await openSocket(tcp as number);
+        const reply = readToEnd(socket);
+        socket.end("CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n");
+        return reply;
+      };
+
+      const first = request();
+      child.send(`D ${(await next("c")).id} ${denial.toString("base64")}`);
+      assert.ok((await first).equals(denial));
+      // The second connection ends from the remembered verdict before Node reads its "k".
+      assert.ok((await request()).equals(denial));
+      child.send(`z ${(await next("k")).id}`);
+
+      const third = request();
+      const reported = await next("c", "k");
+      assert.equal(reported.t, "c");
+      child.send(`d ${reported.id} ${denial.toString("base64")}`);
+      assert.ok((await third).equals(denial));
+    } finally {
+      child.kill();
+    }
+  });
 });
 
 /** Process ids of this process's children that run a front end binary. */
