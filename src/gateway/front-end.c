@@ -150,7 +150,10 @@ static int conn_count, node_count;
  * are in transit and count against the connection limit as well. */
 static uint32_t handed_count, taken_count;
 static uint32_t next_id = 1;
-static struct message *out_head, *out_tail;
+/* Messages without a descriptor, messages with one, and the message being sent, which is
+ * finished before any other starts. Descriptors go one at a time (below), and the other messages
+ * do not wait behind them, because none of them concerns a connection that was handed over. */
+static struct message *out_head, *out_tail, *fd_head, *fd_tail, *sending;
 /* Set from sending a descriptor until Node's NODE_HANDLE_ACK. Node gives the last descriptor it read
  * to the next handle message it completes, so another descriptor sent before then would mismatch them. */
 static int handle_unacknowledged;
@@ -220,9 +223,19 @@ static void add(struct endpoint *e, uint32_t mask) { watch(e, mask); }
 /* ---- the channel to Node ---- */
 
 static void flush_channel(void) {
-  while (out_head != NULL) {
-    struct message *m = out_head;
-    if (m->fd >= 0 && m->off == 0 && handle_unacknowledged) break;
+  for (;;) {
+    struct message *m = sending;
+    if (m == NULL && out_head != NULL) {
+      m = out_head;
+      out_head = m->next;
+      if (out_head == NULL) out_tail = NULL;
+    } else if (m == NULL && fd_head != NULL && !handle_unacknowledged) {
+      m = fd_head;
+      fd_head = m->next;
+      if (fd_head == NULL) fd_tail = NULL;
+    }
+    if (m == NULL) break;
+    sending = m;
     struct iovec iov = {.iov_base = m->data + m->off, .iov_len = m->len - m->off};
     struct msghdr header = {.msg_iov = &iov, .msg_iovlen = 1};
     char control[CMSG_SPACE(sizeof(int))];
@@ -250,15 +263,19 @@ static void flush_channel(void) {
     }
     m->off += (size_t)n;
     if (m->off < m->len) continue;
-    out_head = m->next;
-    if (out_head == NULL) out_tail = NULL;
+    sending = NULL;
     free(m);
   }
-  watch(&channel, EPOLLIN | (out_head != NULL ? EPOLLOUT : 0));
+  /* A descriptor waiting only for Node's acknowledgement needs no writability event. */
+  watch(&channel, EPOLLIN | (sending != NULL || out_head != NULL ? EPOLLOUT : 0));
 }
 
 /* Queues one line for Node, after the deferred reports, with a descriptor that the channel takes over, or -1. */
+static void flush_deferred(void);
+
 static void send_line(const char *data, size_t len, int fd) {
+  /* Reports go ahead of a descriptor's message, which may wait for an acknowledgement. */
+  if (fd >= 0 && deferred_len > 0) flush_deferred();
   struct message *m = malloc(sizeof *m + deferred_len + len + 1);
   if (m == NULL) fatal("malloc");
   memcpy(m->data, deferred, deferred_len);
@@ -269,10 +286,12 @@ static void send_line(const char *data, size_t len, int fd) {
   m->off = 0;
   m->fd = fd;
   m->next = NULL;
-  if (out_tail != NULL) out_tail->next = m;
-  else out_head = m;
-  out_tail = m;
-  if (out_head == m) flush_channel();
+  struct message **head = fd >= 0 ? &fd_head : &out_head;
+  struct message **tail = fd >= 0 ? &fd_tail : &out_tail;
+  if (*tail != NULL) (*tail)->next = m;
+  else *head = m;
+  *tail = m;
+  flush_channel();
 }
 
 static void send_text(const char *text) { send_line(text, strlen(text), -1); }
@@ -1303,11 +1322,17 @@ int main(int argc, char **argv) {
   if (stopping == 2) return 0;
   /* Node closes the connections that arrive once it stops, so the messages go without them and
    * need no acknowledgement. */
-  for (struct message *m = out_head; m != NULL; m = m->next)
-    if (m->fd >= 0 && m->off == 0) {
-      close(m->fd);
-      m->fd = -1;
-    }
+  while (fd_head != NULL) {
+    struct message *m = fd_head;
+    fd_head = m->next;
+    close(m->fd);
+    m->fd = -1;
+    m->next = NULL;
+    if (out_tail != NULL) out_tail->next = m;
+    else out_head = m;
+    out_tail = m;
+  }
+  fd_tail = NULL;
   handle_unacknowledged = 0;
   fcntl(channel.fd, F_SETFL, fcntl(channel.fd, F_GETFL) & ~O_NONBLOCK);
   flush_deferred();
