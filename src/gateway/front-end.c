@@ -10,7 +10,7 @@
  * line. For each accepted connection it reads the first chunk. A CONNECT head that arrived whole
  * in the plain form (the rules of readConnectHead in connect.ts) goes to Node for a decision.
  * Node replies with checked addresses to connect to, bytes to send before closing, or a request
- * for the connection itself. After connecting and answering 200, the front end reads the client's
+ * for the connection itself. After connecting and sending the 200, the front end reads the client's
  * first bytes. When they are one TLS record holding a well-formed ClientHello whose only
  * server_name equals the target's name, the front end copies the tunnel both ways until it ends
  * and reports its byte counts. Anything else (another protocol, a first chunk that is not such a
@@ -71,7 +71,7 @@
 #define MAX_TLS_FRAGMENT 16384
 #define TLS_RECORD_HEADER 5
 #define MAX_CLIENT_HELLO_BYTES (64 * 1024)
-/* Addresses tried in order; Node resolves few names to more, and those past this are not tried. */
+/* Addresses tried in order. Names rarely resolve to more, and addresses past this are not tried. */
 #define MAX_ADDRESSES 32
 #define MAX_NAME 255
 #define MAX_COMMAND_LINE (1024 * 1024)
@@ -161,7 +161,7 @@ static int handle_unacknowledged;
 /*
  * A verdict that Node marked as repeatable: one that depends on nothing but the authority (the
  * policy is fixed for the gateway's life), because no name is looked up for it. The front end
- * applies it to later connections with the same authority at once and tells Node, which
+ * applies it to later connections with the same authority at once and reports each to Node, which
  * records each connection's event as before and checks that its verdict still holds.
  */
 struct verdict {
@@ -517,7 +517,7 @@ enum hello { HELLO_WAIT, HELLO_MATCH, HELLO_OTHER };
 static unsigned u16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
 
 /*
- * Checks the client's first bytes: HELLO_MATCH only for one TLS handshake record that holds a
+ * Checks the client's first bytes: HELLO_MATCH only for one TLS handshake record that contains a
  * whole ClientHello, valid by the rules of client-hello.ts, with no repeated extension, no
  * encrypted_client_hello, and one host_name equal to `name` (ASCII case aside, one trailing dot
  * allowed). HELLO_WAIT while that record is incomplete; HELLO_OTHER for everything else, which
@@ -705,12 +705,12 @@ static void update_relay_interest(struct conn *c) {
 
 /*
  * Moves one direction as far as it goes without blocking. Returns 0, or -1 after a failure that
- * ended the tunnel. A reset or failure on one socket resets the other, so the peer sees the
+ * ended the tunnel. A reset or failure on one socket resets the other, so the peer receives the
  * failure instead of a clean end of stream.
  */
 static int pump(struct conn *c, struct direction *d, const struct direction *reverse, int from, int to, int from_is_client) {
   /* A read that returned less than asked for emptied the socket, so the next would find nothing:
-   * the next event says when there is more. */
+   * the next event signals when there is more. */
   int emptied = 0;
   for (;;) {
     if (d->len > 0) {
