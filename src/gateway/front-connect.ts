@@ -47,6 +47,8 @@ export interface FrontConnectHooks {
   accept(socket: Socket, firstBytes: Buffer, frontOpen: number): void;
   /** The client socket of a tunnel that Node carries from now on, counted against the gateway's limits. */
   adoptClient(socket: Socket, totalMsLeft: number): void;
+  /** The front end stopped without being asked to, so its listeners are gone. */
+  stopped(): void;
 }
 
 /**
@@ -207,8 +209,9 @@ export class FrontConnects implements FrontEndHandlers {
   }
 
   exited(reason: string): void {
-    this.#context.logger.error({ reason }, "the gateway front end stopped; the gateway accepts no more connections");
+    this.#context.logger.error({ reason }, "the gateway front end stopped; Node takes over its listeners");
     this.finishAll("the gateway front end stopped");
+    this.#hooks.stopped();
   }
 
   /** Ends the events of tunnels whose end the front end can no longer report. */

@@ -1,5 +1,6 @@
 import { lookup } from "node:dns/promises";
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
+import { lstatSync, rmSync } from "node:fs";
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import { pino, type Logger } from "pino";
 import type { CanonicalHost } from "../policy/host.js";
@@ -157,7 +158,26 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const frontConnects = new FrontConnects(context, {
     accept: (socket, firstBytes, frontOpen) => acceptConnection(context, http, clients, socket, { firstBytes, othersOpen: frontOpen }),
     adoptClient: (socket, totalMsLeft) => trackClient(context, clients, socket, totalMsLeft),
+    stopped: () => {
+      takeOver().catch((error: unknown) => logger.error({ err: error }, "Node could not listen in the front end's place; the gateway accepts no more connections"));
+    },
   });
+  let closing: Promise<void> | null = null;
+  // After the front end dies, Node listens on its addresses, so the gateway goes on with Node's
+  // checks alone. The dead front end's socket file, this gateway's own, is replaced.
+  const takeOver = async () => {
+    const addresses: ({ path: string } | { host: string; port: number })[] = [];
+    if (socketPath !== null) addresses.push({ path: socketPath });
+    if (tcpPort !== null) addresses.push({ host: "127.0.0.1", port: tcpPort });
+    for (const address of addresses) {
+      if ("path" in address && lstatSync(address.path, { throwIfNoEntry: false })?.isSocket() === true) rmSync(address.path);
+      const server = createNetServer({ allowHalfOpen: true, noDelay: true }, accept);
+      await listen(server, address);
+      servers.push(server);
+      if (closing !== null) await closeServer(server);
+    }
+    logger.warn({ socketPath, tcpPort }, "Node accepts the gateway's connections from now on");
+  };
   const front = options.frontEnd === "node" ? null : await startFrontEnd(options, context, frontConnects);
   if (front !== null) {
     frontConnects.front = front;
@@ -185,7 +205,6 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   }
   logger.info({ socketPath, tcpPort, frontEnd: front !== null }, "gateway listening");
 
-  let closing: Promise<void> | null = null;
   return {
     socketPath,
     tcpPort,
