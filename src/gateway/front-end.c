@@ -11,13 +11,13 @@
  * in the plain form (the rules of readConnectHead in connect.ts) goes to Node for a decision.
  * Node replies with checked addresses to connect to, bytes to send before closing, or a request
  * for the connection itself. After connecting and sending the 200, the front end reads the client's
- * first bytes. When they are one TLS record holding a well-formed ClientHello whose only
+ * first bytes. When they are one TLS record containing a well-formed ClientHello whose only
  * server_name equals the target's name, the front end copies the tunnel both ways until it ends
- * and reports its byte counts. Anything else (another protocol, a first chunk that is not such a
- * head, a different or missing server name, an upstream that speaks first) passes to Node with the
- * descriptors, as a message of Node's own handle-passing form, and Node's checks run as if it had
- * accepted the connection. So the front end never refuses on its own judgement: it only carries
- * what Node allowed and what it can prove matches.
+ * and reports its byte counts. Anything else passes to Node with the descriptors, as a message of
+ * Node's own handle-passing form: another protocol, a first chunk that is not such a head, a
+ * different or missing server name, an upstream that speaks first. Node's checks then run as if
+ * Node had accepted the connection. So the front end never refuses on its own judgement: it only
+ * carries what Node allowed and what it can prove matches.
  *
  * Messages to Node (objects):   {"t":"c","id":N,"u":AUTHORITY}   decide a CONNECT
  *   {"t":"f","id":N,"a":ADDRESS,"e":CODE}   every address failed; CODE is an errno name or "timeout"
@@ -517,10 +517,10 @@ enum hello { HELLO_WAIT, HELLO_MATCH, HELLO_OTHER };
 static unsigned u16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
 
 /*
- * Checks the client's first bytes: HELLO_MATCH only for one TLS handshake record that contains a
- * whole ClientHello, valid by the rules of client-hello.ts, with no repeated extension, no
- * encrypted_client_hello, and one host_name equal to `name` (ASCII case aside, one trailing dot
- * allowed). HELLO_WAIT while that record is incomplete; HELLO_OTHER for everything else, which
+ * Checks the client's first bytes. HELLO_MATCH needs one TLS handshake record that contains a
+ * whole ClientHello, valid by the rules of client-hello.ts. It must have no repeated extension and
+ * no encrypted_client_hello, and one host_name equal to `name` (ASCII case aside, one trailing
+ * dot allowed). HELLO_WAIT while that record is incomplete; HELLO_OTHER for everything else, which
  * Node then judges.
  */
 static enum hello check_hello(const unsigned char *data, size_t len, const char *name) {
@@ -1192,7 +1192,9 @@ static int next_timeout(void) {
   if (accept_paused_until > 0 && (soonest < 0 || accept_paused_until < soonest)) soonest = accept_paused_until;
   if (soonest < 0) return -1;
   int64_t wait = soonest - clock_ms();
-  return wait < 0 ? 0 : wait > 60000 ? 60000 : (int)wait + 1;
+  if (wait < 0) return 0;
+  if (wait > 60000) return 60000;
+  return (int)wait + 1;
 }
 
 static const char *bind_unix(const char *path) {

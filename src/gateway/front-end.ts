@@ -252,9 +252,16 @@ function adopt(handle: NativeHandle | undefined): Socket | null {
   return new Socket({ handle, allowHalfOpen: true, readable: true, writable: true, manualStart: true } as ConstructorParameters<typeof Socket>[0]);
 }
 
+/** The wording of Node's own listen errors, for the codes a listener usually fails with. */
+const LISTEN_ERRORS: Record<string, string> = {
+  EADDRINUSE: "address already in use",
+  EACCES: "permission denied",
+  ENOENT: "no such file or directory",
+};
+
 function listenError(message: Extract<Message, { t: "l" }>, listeners: FrontEndListeners): Error | null {
   const failed = message.unixError !== "" ? { code: message.unixError, address: listeners.socketPath ?? "" } : message.tcpError !== "" ? { code: message.tcpError, address: `127.0.0.1:${listeners.tcpPort ?? 0}` } : null;
   if (failed === null) return null;
-  const explained = failed.code === "EADDRINUSE" ? "address already in use" : failed.code === "EACCES" ? "permission denied" : failed.code === "ENOENT" ? "no such file or directory" : "cannot listen";
+  const explained = LISTEN_ERRORS[failed.code] ?? "cannot listen";
   return Object.assign(new Error(`listen ${failed.code}: ${explained} ${failed.address}`), { code: failed.code, syscall: "listen", address: failed.address });
 }

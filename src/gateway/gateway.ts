@@ -83,10 +83,11 @@ export interface GatewayOptions {
    */
   upstreamTlsThread?: boolean;
   /**
-   * Who accepts connections. "auto" (the default) starts the front end, front-end.c, compiled
-   * with cc on first use. It owns the listeners and carries the plain CONNECT tunnels that Node
-   * allows and whose ClientHello names the target. Every other connection goes to Node. Where
-   * the front end cannot be compiled or started, Node listens itself. "node" always lets Node listen.
+   * The component that accepts connections. "auto" (the default) starts the front end,
+   * front-end.c, compiled with cc on first use. It owns the listeners and carries the plain
+   * CONNECT tunnels that Node allows and whose ClientHello names the target. Every other
+   * connection goes to Node. Where the front end cannot be compiled or started, Node listens
+   * itself, and if it dies, Node takes over its addresses. "node" always lets Node listen.
    * `{ binary }` runs that front end binary in place of the compiled one (tests use this).
    */
   frontEnd?: "auto" | "node" | { binary: string };
@@ -320,9 +321,9 @@ function trackClient(context: GatewayContext, clients: ClientSockets, socket: So
 }
 
 /**
- * Serves one client connection: Node's listeners call this for each, and the front end for those
- * it passes on from their start, with the bytes it read (`firstBytes`) and the number of
- * connections it keeps open itself (`othersOpen`), which count against the same limit.
+ * Serves one client connection. Node's listeners call this for each, and the front end for those
+ * it passes on from their start. It then gives the bytes it read (`firstBytes`) and the number
+ * of connections it keeps open itself (`othersOpen`), which count against the same limit.
  */
 function acceptConnection(context: GatewayContext, http: HttpServer, clients: ClientSockets, socket: Socket, handedOver?: { firstBytes: Buffer; othersOpen: number }): void {
   const { limits, logger } = context;

@@ -509,20 +509,20 @@ network:
         const clients = `
           const net = require("node:net");
           const [port, limit, tunnelStart] = [${gw.port}, ${limit}, Buffer.from("${tunnelStart.toString("base64")}", "base64")];
-          const held = [];
+          const stillOpen = [];
           const open = (first) => new Promise((resolve) => {
             const socket = net.connect(port, "127.0.0.1", () => { socket.write(first); resolve(); });
             let text = "";
             socket.on("data", (chunk) => (text += chunk.toString("latin1")));
             socket.on("error", () => undefined);
-            held.push(() => (text === "" ? !socket.destroyed : text.startsWith("HTTP/1.1 200")));
+            stillOpen.push(() => (text === "" ? !socket.destroyed : text.startsWith("HTTP/1.1 200")));
           });
           (async () => {
             for (let i = 0; i < limit; i += 1) {
               await open("GET http://x/ HTTP/1.1\\r\\n");
               await open(tunnelStart);
             }
-            setTimeout(() => { process.stdout.write(String(held.filter((isOpen) => isOpen()).length)); process.exit(0); }, 1500);
+            setTimeout(() => { process.stdout.write(String(stillOpen.filter((isOpen) => isOpen()).length)); process.exit(0); }, 1500);
           })();`;
         const child = spawn(process.execPath, ["-e", clients], { stdio: ["ignore", "pipe", "inherit"] });
         let output = "";
@@ -643,7 +643,7 @@ network:
       }
     });
 
-    it("lets Node take over the listeners when the front end dies, and says so", async () => {
+    it("hands its listeners to Node when killed", async () => {
       const sink = await startSink();
       const lines: string[] = [];
       const logger = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(chunk.toString()), done()) }));
