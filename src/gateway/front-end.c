@@ -37,7 +37,7 @@
  *   how many connections passed with "a" or "hc" it has taken so far, "x" stop.
  *   "A" and "D" are "a" and "d" for a verdict that needs no name lookup: the front end remembers
  *   it for the authority and applies it to later connections at once, telling Node with "k".
- *   "z ID" ends such a connection and forgets every remembered verdict.
+ *   "z ID" ends such a connection and clears every remembered verdict.
  *
  * The front end exits when the channel closes or the gateway process exits (PR_SET_PDEATHSIG).
  * ringfence compiles this file with the host's C compiler on first use and caches the binary.
@@ -666,6 +666,7 @@ static void try_connect(struct conn *c) {
     connect_failed(c, "EINVAL");
     return;
   }
+
   int fd = socket(storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     connect_failed(c, errno == EMFILE ? "EMFILE" : "ESOCKET");
@@ -676,6 +677,7 @@ static void try_connect(struct conn *c) {
   c->upstream.fd = fd;
   c->state = CONNECTING;
   set_deadline(c, connect_ms);
+
   /* On loopback the handshake has often finished by the time connect returns; asking again
    * saves a wait for writability. A second connect returns 0 once the first has succeeded. */
   int result = connect(fd, (struct sockaddr *)&storage, size);
@@ -903,6 +905,7 @@ static void on_head(struct conn *c) {
   }
   memcpy(c->up.buf, first, (size_t)n);
   c->up.len = (size_t)n;
+
   const char *authority;
   size_t authority_len;
   int64_t open_count = (int64_t)conn_count + node_count + (uint32_t)(handed_count - taken_count);
@@ -911,6 +914,7 @@ static void on_head(struct conn *c) {
     hand_over_client(c);
     return;
   }
+
   /* What followed the head is the start of the tunnel's client stream. */
   c->up.off = head;
   c->up.len -= head;
@@ -928,6 +932,7 @@ static void on_head(struct conn *c) {
   }
   c->state = DECIDING;
   set_deadline(c, 0);
+
   if (known == NULL) {
     if (authority_len <= MAX_CACHED_AUTHORITY) {
       memcpy(c->authority, authority, authority_len);
@@ -946,6 +951,7 @@ static void on_head(struct conn *c) {
     pump_reply(c);
     return;
   }
+
   c->port = known->port;
   memcpy(c->name, known->name, sizeof c->name);
   memcpy(c->addresses, known->addresses, sizeof c->addresses);
@@ -972,8 +978,8 @@ static void on_accept(struct endpoint *listener) {
         }
         if ((code == EMFILE || code == ENFILE) && reserve_fd >= 0) {
           close(reserve_fd);
-          int refused = accept4(listener->fd, NULL, NULL, SOCK_CLOEXEC);
-          if (refused >= 0) close(refused);
+          int dropped = accept4(listener->fd, NULL, NULL, SOCK_CLOEXEC);
+          if (dropped >= 0) close(dropped);
           reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
           return;
         }
@@ -1024,6 +1030,7 @@ static void on_command(char *line) {
     taken_count = (uint32_t)strtoul(rest, NULL, 10);
     return;
   }
+
   int repeatable = kind == 'A' || kind == 'D';
   if (repeatable) kind = (char)(kind - 'A' + 'a');
   char *rest = NULL;
@@ -1039,6 +1046,7 @@ static void on_command(char *line) {
     if (c != NULL) destroy(c, 1);
     return;
   }
+
   if (c == NULL || c->state != DECIDING || rest == NULL) return;
   if (*rest == ' ') rest++;
   if (kind == 'h') {
@@ -1048,6 +1056,7 @@ static void on_command(char *line) {
     unsigned char *bytes = malloc(len / 4 * 3 + 3);
     ssize_t n = bytes == NULL ? -1 : base64_decode(rest, len, bytes);
     if (n < 0) {
+      fprintf(stderr, "ringfence front end: the gateway's reply for connection %u is not base64; the connection was closed\n", c->id);
       free(bytes);
       destroy(c, 0);
       return;
@@ -1060,6 +1069,7 @@ static void on_command(char *line) {
     char *port = strtok_r(rest, " ", &save);
     char *name = strtok_r(NULL, " ", &save);
     if (port == NULL || name == NULL || strlen(name) > MAX_NAME) {
+      fprintf(stderr, "ringfence front end: the gateway's allow for connection %u has no port or a name that is too long; the connection was closed\n", c->id);
       destroy(c, 0);
       return;
     }
@@ -1069,6 +1079,7 @@ static void on_command(char *line) {
     for (char *a = strtok_r(NULL, " ", &save); a != NULL && c->address_count < MAX_ADDRESSES; a = strtok_r(NULL, " ", &save))
       snprintf(c->addresses[c->address_count++], INET6_ADDRSTRLEN, "%s", a);
     if (c->address_count == 0 || c->port < 1 || c->port > 65535) {
+      fprintf(stderr, "ringfence front end: the gateway's allow for connection %u has no address or an invalid port; the connection was closed\n", c->id);
       destroy(c, 0);
       return;
     }

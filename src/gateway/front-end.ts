@@ -194,7 +194,7 @@ export class FrontEnd {
     this.#send(`${repeatable ? "D" : "d"} ${id} ${bytes.toString("base64")}`);
   }
 
-  /** Ends a connection at once, and makes the front end forget every verdict it remembered. */
+  /** Ends a connection at once, and makes the front end clear every verdict it remembered. */
   close(id: number): void {
     this.#send(`z ${id}`);
   }
