@@ -1,8 +1,9 @@
 // Gateway benchmark: a large HTTPS download and many new HTTPS connections, each measured direct,
 // through a CONNECT tunnel of the ringfence gateway, and through Squid as an allowlisting CONNECT
-// proxy. Modes are interleaved within each repetition, so ratios come from the same run.
+// proxy. Modes take turns within each repetition (new connections in blocks of ten), so ratios
+// come from the same run.
 //
-// Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200] [--warmup 1]
+// Usage: node --import tsx bench/gateway/run.ts [--size-mib 256] [--repetitions 5] [--connections 200] [--warmup 100]
 // Needs curl and Squid (Debian package "squid") on PATH. Everything listens on 127.0.0.1.
 // BENCH_RELAY=splice runs the gateway's tunnel relay in its splice(2) mode (gateway-process.ts).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
@@ -27,9 +28,13 @@ function option(name: string, fallback: number): number {
 const sizeMiB = option("size-mib", 256);
 const repetitions = option("repetitions", 5);
 const connectionsPerRound = option("connections", 200);
-// New connections per mode before any measurement. The gateway's CPU time per tunnel falls over
-// its first few thousand tunnels, so a larger warm-up measures a long-running gateway.
-const warmupConnections = option("warmup", 1);
+// New connections per mode before any measurement. The benchmark's own client compiles code and
+// collects garbage most often in its first few hundred connections, which slowed whichever mode
+// came first. A longer warm-up also measures a long-running gateway.
+const warmupConnections = option("warmup", 100);
+// New connections run in blocks of this many per mode, the modes taking turns, so that a slow
+// spell of a shared host falls on every mode alike.
+const CONNECTION_BLOCK = 10;
 
 const benchDir = fileURLToPath(new URL(".", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "ringfence-bench-gateway-"));
@@ -270,15 +275,20 @@ async function main(): Promise<void> {
   const rates: Record<Mode, number[]> = { direct: [], gateway: [], squid: [] };
   for (let repetition = 0; repetition < repetitions; repetition++) {
     const order = MODES.map((_, i) => MODES[(i + repetition) % MODES.length] as Mode);
-    for (const mode of order) {
-      const cpuBefore = cpuMs(proxyPid[mode]);
-      const systemBefore = systemCpuMs(proxyPid[mode]);
-      const start = performance.now();
-      for (let i = 0; i < connectionsPerRound; i++) latencies[mode].push(await oneConnection(mode, ports, serverPort, ca.certPem));
-      rates[mode].push(connectionsPerRound / ((performance.now() - start) / 1000));
-      proxyCpuConnectionsMs[mode] += cpuMs(proxyPid[mode]) - cpuBefore;
-      proxySystemCpuConnectionsMs[mode] += systemCpuMs(proxyPid[mode]) - systemBefore;
+    const elapsedMs: Record<Mode, number> = { direct: 0, gateway: 0, squid: 0 };
+    for (let done = 0; done < connectionsPerRound; done += CONNECTION_BLOCK) {
+      const count = Math.min(CONNECTION_BLOCK, connectionsPerRound - done);
+      for (const mode of order) {
+        const cpuBefore = cpuMs(proxyPid[mode]);
+        const systemBefore = systemCpuMs(proxyPid[mode]);
+        const start = performance.now();
+        for (let i = 0; i < count; i++) latencies[mode].push(await oneConnection(mode, ports, serverPort, ca.certPem));
+        elapsedMs[mode] += performance.now() - start;
+        proxyCpuConnectionsMs[mode] += cpuMs(proxyPid[mode]) - cpuBefore;
+        proxySystemCpuConnectionsMs[mode] += systemCpuMs(proxyPid[mode]) - systemBefore;
+      }
     }
+    for (const mode of MODES) rates[mode].push(connectionsPerRound / (elapsedMs[mode] / 1000));
   }
 
   const mib = (bytesPerSecond: number) => bytesPerSecond / (1024 * 1024);
@@ -294,6 +304,7 @@ async function main(): Promise<void> {
       throughputRatio: median(throughput[mode]) / directThroughput,
       connectionsPerSecond: median(rates[mode]),
       connectionRatio: median(rates[mode]) / directRate,
+      latencyMeanMs: sorted.reduce((sum, value) => sum + value, 0) / sorted.length,
       latencyP50Ms: percentile(sorted, 0.5),
       latencyP99Ms: percentile(sorted, 0.99),
       addedP50Ms: percentile(sorted, 0.5) - percentile(directSorted, 0.5),
@@ -305,17 +316,17 @@ async function main(): Promise<void> {
   });
 
   const fixed = (value: number, digits: number) => value.toFixed(digits);
-  console.log(`gateway benchmark: ${sizeMiB} MiB download x ${repetitions}, ${connectionsPerRound} new connections x ${repetitions} per mode, after ${warmupConnections} warm-up connection${warmupConnections === 1 ? "" : "s"} per mode`);
+  console.log(`gateway benchmark: ${sizeMiB} MiB download x ${repetitions}, ${connectionsPerRound} new connections x ${repetitions} per mode in blocks of ${CONNECTION_BLOCK}, after ${warmupConnections} warm-up connection${warmupConnections === 1 ? "" : "s"} per mode`);
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? "unknown CPU"}, node ${process.version}`);
   console.log("");
   console.log(`load average before the run: ${loadBefore}`);
   console.log(`tunnel relay: ${process.env.BENCH_RELAY === "splice" ? "splice(2) mode (BENCH_RELAY=splice)" : "read and write (the default)"}`);
   console.log("");
-  console.log("| path | download MiB/s (median) | ratio to direct | new connections/s (median) | ratio to direct | latency p50 ms | latency p99 ms | added p50 ms | added p99 ms | proxy CPU ms per GiB | proxy CPU ms per connection | of which system |");
-  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
+  console.log("| path | download MiB/s (median) | ratio to direct | new connections/s (median) | ratio to direct | latency mean ms | latency p50 ms | latency p99 ms | added p50 ms | added p99 ms | proxy CPU ms per GiB | proxy CPU ms per connection | of which system |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const row of rows) {
     console.log(
-      `| ${row.mode} | ${fixed(row.throughputMiBs, 0)} | ${fixed(row.throughputRatio, 2)} | ${fixed(row.connectionsPerSecond, 0)} | ${fixed(row.connectionRatio, 2)} | ${fixed(row.latencyP50Ms, 2)} | ${fixed(row.latencyP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP50Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerGiB, 0)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerConnection, 3)} | ${row.mode === "direct" ? "—" : fixed(row.proxySystemCpuMsPerConnection, 3)} |`,
+      `| ${row.mode} | ${fixed(row.throughputMiBs, 0)} | ${fixed(row.throughputRatio, 2)} | ${fixed(row.connectionsPerSecond, 0)} | ${fixed(row.connectionRatio, 2)} | ${fixed(row.latencyMeanMs, 2)} | ${fixed(row.latencyP50Ms, 2)} | ${fixed(row.latencyP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP50Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.addedP99Ms, 2)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerGiB, 0)} | ${row.mode === "direct" ? "—" : fixed(row.proxyCpuMsPerConnection, 3)} | ${row.mode === "direct" ? "—" : fixed(row.proxySystemCpuMsPerConnection, 3)} |`,
     );
   }
   console.log("");
