@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -241,6 +242,101 @@ network:
       assert.ok(event.bytesUp > 100, JSON.stringify(event));
       assert.ok(event.bytesDown > 100, JSON.stringify(event));
       assert.ok(event.durationMs > 0);
+    });
+  });
+
+  describe("bulk tunnels", () => {
+    // front-end.c: a direction past 1 MiB reads in 4 MiB buffers, 64 MiB of them at most.
+    const TUNNEL_BYTES = 8 * 1024 * 1024;
+    const PAUSE_AFTER_BYTES = 3 * 1024 * 1024;
+    const payload = Buffer.alloc(TUNNEL_BYTES);
+    const next = random(0xb01c);
+    for (let i = 0; i < payload.length; i += 4) payload.writeUInt32LE(Math.floor(next() * 2 ** 32), i);
+    const expected = createHash("sha256").update(payload).digest("hex");
+
+    interface Bulk {
+      /** Resolves once the client has received PAUSE_AFTER_BYTES and stopped reading. */
+      paused: Promise<void>;
+      /** Resumes reading; resolves with the hash of everything received once the tunnel ends. */
+      finish(): Promise<string>;
+    }
+
+    // Opens a tunnel that the front end carries (its first bytes are a matching ClientHello) to
+    // an upstream that answers with the payload, and stops reading part of the way through.
+    async function openBulk(gwPort: number, upstreamPort: number): Promise<Bulk> {
+      const socket = await openSocket(gwPort);
+      socket.write(`CONNECT ${NAME}:${upstreamPort} HTTP/1.1\r\nHost: ${NAME}:${upstreamPort}\r\n\r\n`);
+      const response = await readResponseHead(socket);
+      assert.equal(response.status, 200, response.head);
+      socket.write(hello(serverName(NAME)));
+      const hash = createHash("sha256").update(response.rest);
+      let received = response.rest.length;
+      let onPaused: () => void = () => undefined;
+      const paused = new Promise<void>((resolve) => (onPaused = resolve));
+      const ended = new Promise<string>((resolve, reject) => {
+        socket.on("data", (chunk: Buffer) => {
+          hash.update(chunk);
+          received += chunk.length;
+          if (received >= PAUSE_AFTER_BYTES && !socket.isPaused() && received - chunk.length < PAUSE_AFTER_BYTES) {
+            socket.pause();
+            onPaused();
+          }
+        });
+        socket.once("error", reject);
+        socket.once("end", () => {
+          socket.destroy();
+          resolve(`${received} ${hash.digest("hex")}`);
+        });
+      });
+      socket.resume();
+      return {
+        paused,
+        finish: () => {
+          socket.resume();
+          return ended;
+        },
+      };
+    }
+
+    // The front end's data segment in bytes: its heap and anonymous mappings, which large
+    // buffers join when allocated, before anything is written into them.
+    const dataBytes = (pid: number) => Number(/^VmData:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) * 1024;
+
+    it("bounds and frees bulk buffers", async () => {
+      const upstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end(payload));
+      });
+      await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", () => resolve()));
+      const upstreamPort = (upstream.address() as AddressInfo).port;
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(sinkPolicy(upstreamPort));
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined, "a front end process runs");
+        const idle = dataBytes(pid);
+        const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+
+        // 40 bulk tunnels at once would take 160 MiB of large buffers without the budget.
+        const first = await Promise.all(Array.from({ length: 40 }, () => openBulk(gw.port, upstreamPort)));
+        await Promise.all(first.map((bulk) => bulk.paused));
+        const grown = dataBytes(pid) - idle;
+        assert.ok(grown >= 48 * 1024 * 1024, `large buffers in use: the data segment grew by only ${mib(grown)}`);
+        assert.ok(grown <= 90 * 1024 * 1024, `the data segment grew by ${mib(grown)}, past the 64 MiB budget and the small buffers`);
+        for (const result of await Promise.all(first.map((bulk) => bulk.finish()))) assert.equal(result, `${TUNNEL_BYTES} ${expected}`);
+        await waitFor(() => gw.events.filter((e) => e.protocol === "connect").length >= 40);
+
+        // Ended tunnels return their buffers to the budget, so new bulk tunnels get them again.
+        await waitFor(() => dataBytes(pid) - idle < 16 * 1024 * 1024);
+        const second = await Promise.all(Array.from({ length: 12 }, () => openBulk(gw.port, upstreamPort)));
+        await Promise.all(second.map((bulk) => bulk.paused));
+        const regrown = dataBytes(pid) - idle;
+        assert.ok(regrown >= 40 * 1024 * 1024, `the second round's large buffers: the data segment grew by only ${mib(regrown)}`);
+        for (const result of await Promise.all(second.map((bulk) => bulk.finish()))) assert.equal(result, `${TUNNEL_BYTES} ${expected}`);
+      } finally {
+        await gw.close();
+        await new Promise<void>((resolve) => upstream.close(() => resolve()));
+      }
     });
   });
 
