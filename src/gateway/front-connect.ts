@@ -64,6 +64,10 @@ export class FrontConnects implements FrontEndHandlers {
   readonly #context: GatewayContext;
   readonly #hooks: FrontConnectHooks;
   readonly #allowed = new Map<number, Allowed>();
+  /** Connections whose decision awaits a name lookup. */
+  readonly #deciding = new Set<number>();
+  /** End reasons of connections that the front end closed while their lookup ran. */
+  readonly #abandoned = new Map<number, string>();
 
   constructor(context: GatewayContext, hooks: FrontConnectHooks) {
     this.#context = context;
@@ -72,6 +76,8 @@ export class FrontConnects implements FrontEndHandlers {
 
   decide(id: number, authority: string): void {
     this.#decide(id, authority).catch((error: unknown) => {
+      this.#deciding.delete(id);
+      this.#abandoned.delete(id);
       this.#context.logger.error({ err: error, id }, "CONNECT decision for the front end failed");
       this.front?.respond(id, rawDenialResponse({ status: 502, reason: "the gateway failed to decide this request", rule: null, hint: null }, "CONNECT"), false);
     });
@@ -81,8 +87,23 @@ export class FrontConnects implements FrontEndHandlers {
     const front = this.front;
     if (front === null) return;
     const started = this.#start(id, authority);
-    const outcome = started.kind === "lookup" ? await this.#route(id, started.pending) : started;
+    let outcome: Reply;
+    if (started.kind === "lookup") {
+      this.#deciding.add(id);
+      outcome = await this.#route(id, started.pending);
+      this.#deciding.delete(id);
+    } else {
+      outcome = started;
+    }
 
+    const abandoned = this.#abandoned.get(id);
+    if (abandoned !== undefined) {
+      // The front end closed the connection during the lookup. A denial's event is already
+      // finished, and an allowed tunnel's ends here with the front end's reason.
+      this.#abandoned.delete(id);
+      if (outcome.kind === "allow") this.tunnelEnded(id, "", { up: 0, down: 0 }, 0, abandoned);
+      return;
+    }
     if (outcome.kind === "handoff") front.handOff(id);
     else if (outcome.kind === "respond") front.respond(id, outcome.bytes, outcome.repeatable);
     else front.allow(id, outcome.port, outcome.name, outcome.addresses, outcome.repeatable);
@@ -176,7 +197,10 @@ export class FrontConnects implements FrontEndHandlers {
 
   tunnelEnded(id: number, address: string, bytes: { up: number; down: number }, elapsedMs: number, reason: string | null): void {
     const allowed = this.#take(id);
-    if (allowed === undefined) return;
+    if (allowed === undefined) {
+      if (this.#deciding.has(id)) this.#abandoned.set(id, reason ?? "the client connection closed before the gateway decided");
+      return;
+    }
     const { record, rule } = allowed;
     if (address !== "") record.update({ address });
     record.allow(rule);

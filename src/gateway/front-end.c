@@ -22,7 +22,8 @@
  * Messages to Node (objects):   {"t":"c","id":N,"u":AUTHORITY}   decide a CONNECT
  *   {"t":"f","id":N,"a":ADDRESS,"e":CODE}   every address failed; CODE is an errno name or "timeout"
  *   {"t":"e","id":N,"a":ADDRESS,"up":U,"down":D,"us":T,"r":REASON}   a tunnel ended ("" for a normal
- *       end) T microseconds after its allow arrived; these wait up to REPORT_DELAY_MS for company
+ *       end) T microseconds after its allow arrived; these wait up to REPORT_DELAY_MS for company.
+ *       A connection that ends while Node decides, or whose allow is invalid, is reported so too.
  *   {"t":"n"}   a client sent nothing within HANDSHAKE_MS
  *   {"t":"l","unixError":CODE,"tcpError":CODE,"tcp":PORT}   the listeners' result, sent once at start
  *   handle messages, {"cmd":"NODE_HANDLE","type":"net.Native","msg":M} with one descriptor:
@@ -1042,6 +1043,14 @@ static struct conn *find(uint32_t id) {
   return NULL;
 }
 
+/* Closes a connection whose allow from Node could not be read, and reports the end so that Node
+ * finishes the connection's event. */
+static void reject_allow(struct conn *c) {
+  c->address_count = 0;
+  c->allowed_us = clock_us();
+  end_tunnel(c, "the gateway front end received an invalid allow from Node", 0);
+}
+
 /* One command from Node. Commands for a connection that has ended meanwhile are dropped. */
 static void on_command(char *line) {
   char kind = line[0];
@@ -1095,7 +1104,7 @@ static void on_command(char *line) {
     char *name = strtok_r(NULL, " ", &save);
     if (port == NULL || name == NULL || strlen(name) > MAX_NAME) {
       fprintf(stderr, "ringfence front end: the gateway's allow for connection %u has no port or a name that is too long; the connection was closed\n", c->id);
-      destroy(c, 0);
+      reject_allow(c);
       return;
     }
     c->port = atoi(port);
@@ -1105,7 +1114,7 @@ static void on_command(char *line) {
       snprintf(c->addresses[c->address_count++], INET6_ADDRSTRLEN, "%s", a);
     if (c->address_count == 0 || c->port < 1 || c->port > 65535) {
       fprintf(stderr, "ringfence front end: the gateway's allow for connection %u has no address or an invalid port; the connection was closed\n", c->id);
-      destroy(c, 0);
+      reject_allow(c);
       return;
     }
     c->address_index = 0;
@@ -1188,9 +1197,11 @@ static void on_event(struct endpoint *e, uint32_t events) {
 static void check_timers(void) {
   for (struct conn *c = conns, *next; c != NULL; c = next) {
     next = c->next;
-    if (total_ms > 0 && now - c->accepted_ms >= total_ms && c->state != DECIDING) {
+    if (total_ms > 0 && now - c->accepted_ms >= total_ms) {
       char reason[128];
       snprintf(reason, sizeof reason, "the connection reached the gateway's total time limit of %lld ms", (long long)total_ms);
+      /* While Node decides, the report makes Node drop its verdict and record this end. */
+      if (c->state == DECIDING) c->allowed_us = clock_us();
       if (c->state == HEAD || c->state == RESPOND) destroy(c, 0);
       else end_tunnel(c, reason, 0);
       continue;
@@ -1220,7 +1231,7 @@ static void check_timers(void) {
 static int next_timeout(void) {
   int64_t soonest = -1;
   for (struct conn *c = conns; c != NULL; c = c->next) {
-    int64_t at[3] = {c->state_deadline_ms, total_ms > 0 && c->state != DECIDING ? c->accepted_ms + total_ms : 0, c->state == RELAY && idle_ms > 0 ? c->last_active_ms + idle_ms : 0};
+    int64_t at[3] = {c->state_deadline_ms, total_ms > 0 ? c->accepted_ms + total_ms : 0, c->state == RELAY && idle_ms > 0 ? c->last_active_ms + idle_ms : 0};
     for (int i = 0; i < 3; i++)
       if (at[i] > 0 && (soonest < 0 || at[i] < soonest)) soonest = at[i];
   }

@@ -262,7 +262,7 @@ network:
     }
 
     // Opens a tunnel that the front end carries (its first bytes are a matching ClientHello) to
-    // an upstream that answers with the payload, and stops reading part of the way through.
+    // an upstream that sends the payload, and stops reading part of the way through.
     async function openBulk(gwPort: number, upstreamPort: number): Promise<Bulk> {
       const socket = await openSocket(gwPort);
       socket.write(`CONNECT ${NAME}:${upstreamPort} HTTP/1.1\r\nHost: ${NAME}:${upstreamPort}\r\n\r\n`);
@@ -592,6 +592,45 @@ network:
       }
     });
 
+    it("ends a connection at the total limit during a lookup", { timeout: 20_000 }, async () => {
+      // The lookup outlasts the total time limit, so the front end closes the client first. Node
+      // then finishes the event with the front end's reason instead of sending its verdict.
+      let lookupDone: () => void = () => undefined;
+      const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: slow.example.com
+      ports: [443]
+      action: allow
+`),
+        {
+          limits: { totalTimeoutMs: 300 },
+          resolve: async () => {
+            await new Promise((resolve) => setTimeout(resolve, 800));
+            lookupDone();
+            // A documentation address passes the address check; nothing connects to it.
+            return ["203.0.113.7"];
+          },
+        },
+      );
+      try {
+        const socket = await openSocket(gw.port);
+        const received = readToEnd(socket);
+        socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+        assert.equal((await received).length, 0, "the client received no response");
+        await lookedUp;
+        const event = await gw.nextEvent((e) => e.host === "slow.example.com");
+        assert.equal(event.decision, "allow");
+        assert.equal(event.reason, "the connection reached the gateway's total time limit of 300 ms");
+        assert.equal(event.bytesUp, 0);
+      } finally {
+        await gw.close();
+      }
+    });
+
     it("counts connections in transit to Node", async () => {
       // Connections for Node and tunnels that the front end carries from a remembered verdict
       // arrive while Node is busy: the front end passes the first ones on before Node counts them.
@@ -790,6 +829,60 @@ describe("gateway front end in the build", () => {
 });
 
 describe("gateway front end commands", () => {
+  // Starts the front end alone on a loopback port, with Node's side played by the test.
+  async function startFront(totalMs: number) {
+    const binary = await prepareFrontEndBinary();
+    assert.ok("path" in binary, JSON.stringify(binary));
+    const child = spawn(binary.path, ["5000", "5000", String(totalMs), "1000", "16384", "100", String(process.pid), "-", "0"], { stdio: ["ignore", "ignore", "pipe", "ipc"], env: {} });
+    const messages: { t: string; id?: number; tcp?: number; r?: string; a?: string }[] = [];
+    let stderr = "";
+    child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on("message", (message: { t: string }) => messages.push(message));
+    const next = async (...kinds: string[]) => {
+      await waitFor(() => messages.some((message) => kinds.includes(message.t)));
+      return messages.splice(messages.findIndex((message) => kinds.includes(message.t)), 1)[0] as (typeof messages)[number];
+    };
+    const { tcp } = await next("l");
+    return { child, next, port: tcp as number, stderr: () => stderr };
+  }
+
+  it("reports an invalid allow as an end", { timeout: 20_000 }, async () => {
+    const front = await startFront(0);
+    try {
+      for (const allow of ["a ID 0 - 127.0.0.1", "a ID 443 - ", "a ID", `a ID 443 ${"n".repeat(300)} 127.0.0.1`]) {
+        const socket = await openSocket(front.port);
+        const received = readToEnd(socket);
+        socket.write("CONNECT 127.0.0.1:443 HTTP/1.1\r\n\r\n");
+        const { id } = await front.next("c");
+        front.child.send(allow.replace("ID", String(id)));
+        assert.equal((await received).length, 0, `${allow}: the client received no response`);
+        const ended = await front.next("e");
+        assert.equal(ended.id, id, allow);
+        assert.equal(ended.r, "the gateway front end received an invalid allow from Node", allow);
+        assert.equal(ended.a, "", allow);
+      }
+      assert.match(front.stderr(), /the gateway's allow for connection \d+ has no address or an invalid port/);
+    } finally {
+      front.child.kill();
+    }
+  });
+
+  it("reports the total limit while Node decides", { timeout: 20_000 }, async () => {
+    const front = await startFront(200);
+    try {
+      const socket = await openSocket(front.port);
+      const received = readToEnd(socket);
+      socket.write("CONNECT 127.0.0.1:443 HTTP/1.1\r\n\r\n");
+      const { id } = await front.next("c");
+      assert.equal((await received).length, 0, "the client received no response");
+      const ended = await front.next("e");
+      assert.equal(ended.id, id);
+      assert.equal(ended.r, "the connection reached the gateway's total time limit of 200 ms");
+    } finally {
+      front.child.kill();
+    }
+  });
+
   it("forgets verdicts on z for ended connections", async () => {
     const binary = await prepareFrontEndBinary();
     assert.ok("path" in binary, JSON.stringify(binary));
