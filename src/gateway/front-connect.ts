@@ -43,8 +43,8 @@ type Reply = Exclude<Outcome, { kind: "lookup" }>;
 
 /** Hooks for the connections that the front end passes on. */
 export interface FrontConnectHooks {
-  /** A connection from its start, with the bytes the front end read. */
-  accept(socket: Socket, firstBytes: Buffer, frontOpen: number): void;
+  /** A connection from its start, with the bytes the front end read and its total time left (0 without that limit). */
+  accept(socket: Socket, firstBytes: Buffer, frontOpen: number, totalMsLeft: number): void;
   /** The client socket of a tunnel that Node carries from now on, counted against the gateway's limits. */
   adoptClient(socket: Socket, totalMsLeft: number): void;
   /** The front end stopped without being asked to, so its listeners are gone. */
@@ -214,8 +214,8 @@ export class FrontConnects implements FrontEndHandlers {
     this.#context.startEvent({ protocol: "http", host: "", port: 0 }).deny(`client sent no request within ${this.#context.limits.handshakeTimeoutMs} ms`);
   }
 
-  accepted(socket: Socket, firstBytes: Buffer, frontOpen: number): void {
-    this.#hooks.accept(socket, firstBytes, frontOpen);
+  accepted(socket: Socket, firstBytes: Buffer, frontOpen: number, totalMsLeft: number): void {
+    this.#hooks.accept(socket, firstBytes, frontOpen, totalMsLeft);
   }
 
   tunnel(id: number, sockets: { client: Socket; upstream: Socket }, address: string, head: Buffer, handshakeMsLeft: number, totalMsLeft: number): void {

@@ -27,7 +27,8 @@
  *   {"t":"n"}   a client sent nothing within HANDSHAKE_MS
  *   {"t":"l","unixError":CODE,"tcpError":CODE,"tcp":PORT}   the listeners' result, sent once at start
  *   handle messages, {"cmd":"NODE_HANDLE","type":"net.Native","msg":M} with one descriptor:
- *     M = {"t":"a","k":COUNT,"b":BASE64}   a connection Node takes from its start; B is what was read
+ *     M = {"t":"a","k":COUNT,"z":MS,"b":BASE64}   a connection Node takes from its start; B is what was read,
+ *         Z the connection's total time left (0 without that limit)
  *     M = {"t":"hc","id":N,"a":ADDRESS,"w":MS,"z":MS,"b":BASE64} then {"t":"hu","id":N}   a tunnel's
  *         client and upstream sockets after the 200; B is what the client sent, W the handshake
  *         time left, Z the connection's total time left (0 without that limit)
@@ -437,8 +438,10 @@ static void detach(struct endpoint *e) {
 
 /* Passes a connection to Node from its start, with the bytes read so far. */
 static void hand_over_client(struct conn *c) {
-  char fields[32];
-  snprintf(fields, sizeof fields, ",\"k\":%d", conn_count - 1);
+  int64_t total_left = total_ms > 0 ? c->accepted_ms + total_ms - now : 0;
+  if (total_left < 1 && total_ms > 0) total_left = 1;
+  char fields[64];
+  snprintf(fields, sizeof fields, ",\"k\":%d,\"z\":%lld", conn_count - 1, (long long)total_left);
   size_t len;
   /* The whole first chunk: a CONNECT head that Node sends back is read again by Node. */
   char *inner = with_bytes("a", fields, c->up.buf == NULL ? "" : c->up.buf, c->up.off + c->up.len, &len);

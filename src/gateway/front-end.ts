@@ -22,8 +22,11 @@ export interface FrontEndHandlers {
   tunnelEnded(id: number, address: string, bytes: { up: number; down: number }, elapsedMs: number, reason: string | null): void;
   /** A client sent nothing within the handshake time limit and was closed. */
   noRequest(): void;
-  /** A connection for Node from its start. `firstBytes` were read already; `frontOpen` counts the front end's other connections. */
-  accepted(socket: Socket, firstBytes: Buffer, frontOpen: number): void;
+  /**
+   * A connection for Node from its start. `firstBytes` were read already, `frontOpen` counts the
+   * front end's other connections, and `totalMsLeft` is its total time left (0 without that limit).
+   */
+  accepted(socket: Socket, firstBytes: Buffer, frontOpen: number, totalMsLeft: number): void;
   /** A tunnel for Node after its 200, with the client's bytes so far and the time limits left. */
   tunnel(id: number, sockets: { client: Socket; upstream: Socket }, address: string, head: Buffer, handshakeMsLeft: number, totalMsLeft: number): void;
   /** The front end exited without being asked to. */
@@ -42,7 +45,7 @@ type Message =
   | { t: "e"; id: number; a: string; up: number; down: number; us: number; r: string }
   | { t: "n" }
   | { t: "l"; unixError: string; tcpError: string; tcp: number }
-  | { t: "a"; k: number; b: string }
+  | { t: "a"; k: number; z: number; b: string }
   | { t: "hc"; id: number; a: string; w: number; z: number; b: string }
   | { t: "hu"; id: number };
 
@@ -153,7 +156,7 @@ export class FrontEnd {
         this.#took();
         const socket = adopt(handle);
         if (socket === null) return;
-        handlers.accepted(socket, Buffer.from(message.b, "base64"), message.k);
+        handlers.accepted(socket, Buffer.from(message.b, "base64"), message.k, message.z);
         return;
       }
       case "hc": {

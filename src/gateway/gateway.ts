@@ -157,7 +157,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   let socketPath: string | null = null;
   let tcpPort: number | null = null;
   const frontConnects = new FrontConnects(context, {
-    accept: (socket, firstBytes, frontOpen) => acceptConnection(context, http, clients, socket, { firstBytes, othersOpen: frontOpen }),
+    accept: (socket, firstBytes, frontOpen, totalMsLeft) => acceptConnection(context, http, clients, socket, { firstBytes, othersOpen: frontOpen, totalMsLeft }),
     adoptClient: (socket, totalMsLeft) => trackClient(context, clients, socket, totalMsLeft),
     stopped: () => {
       takeOver().catch((error: unknown) => logger.error({ err: error }, "Node could not listen in the front end's place; the gateway accepts no more connections"));
@@ -322,13 +322,14 @@ function trackClient(context: GatewayContext, clients: ClientSockets, socket: So
 
 /**
  * Serves one client connection. Node's listeners call this for each, and the front end for those
- * it passes on from their start. It then gives the bytes it read (`firstBytes`) and the number
- * of connections it keeps open itself (`othersOpen`), which count against the same limit.
+ * it passes on from their start. It then gives the bytes it read (`firstBytes`), the number
+ * of connections it keeps open itself (`othersOpen`), which count against the same limit, and
+ * the connection's total time left since the front end accepted it (`totalMsLeft`).
  */
-function acceptConnection(context: GatewayContext, http: HttpServer, clients: ClientSockets, socket: Socket, handedOver?: { firstBytes: Buffer; othersOpen: number }): void {
+function acceptConnection(context: GatewayContext, http: HttpServer, clients: ClientSockets, socket: Socket, handedOver?: { firstBytes: Buffer; othersOpen: number; totalMsLeft: number }): void {
   const { limits, logger } = context;
   const overLimit = clients.sockets.size + (handedOver?.othersOpen ?? 0) >= limits.maxConnections;
-  trackClient(context, clients, socket, limits.totalTimeoutMs);
+  trackClient(context, clients, socket, handedOver?.totalMsLeft ?? limits.totalTimeoutMs);
   if (handedOver !== undefined && handedOver.firstBytes.length > 0) socket.unshift(handedOver.firstBytes);
 
   const handshakeTimer = setTimeout(() => {

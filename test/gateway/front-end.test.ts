@@ -465,6 +465,26 @@ network:
   });
 
   describe("passing connections to Node", () => {
+    it("keeps the total limit from the accept", { timeout: 20_000 }, async () => {
+      // The client waits 1 s before its SOCKS5 greeting, which the front end passes to Node. With
+      // a total limit of 1.5 s, Node closes the connection about 0.5 s later, not 1.5 s later.
+      const gw = await startTestGateway(sinkPolicy(9), { limits: { totalTimeoutMs: 1500 } });
+      try {
+        const connected = performance.now();
+        const socket = await openSocket(gw.port);
+        const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(performance.now() - connected)));
+        socket.on("error", () => undefined);
+        socket.resume();
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        socket.write(Buffer.from([5, 1, 0]));
+        const lifetime = await closed;
+        assert.ok(lifetime >= 1400, `closed ${Math.round(lifetime)} ms after connecting, before the total limit`);
+        assert.ok(lifetime < 2000, `closed ${Math.round(lifetime)} ms after connecting: Node's total limit started at the handover`);
+      } finally {
+        await gw.close();
+      }
+    });
+
     it("gives each passed connection its own descriptor", async () => {
       // A connection's message with 64 KiB of first bytes is longer than one read of Node's, and
       // the tunnels handed over between such messages send descriptors of their own.
