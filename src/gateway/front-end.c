@@ -436,12 +436,17 @@ static void detach(struct endpoint *e) {
   e->fd = -1;
 }
 
+/* Returns the connection's total time left for Node's own timer: at least 1, or 0 without a limit. */
+static int64_t total_ms_left(const struct conn *c) {
+  if (total_ms <= 0) return 0;
+  int64_t left = c->accepted_ms + total_ms - now;
+  return left < 1 ? 1 : left;
+}
+
 /* Passes a connection to Node from its start, with the bytes read so far. */
 static void hand_over_client(struct conn *c) {
-  int64_t total_left = total_ms > 0 ? c->accepted_ms + total_ms - now : 0;
-  if (total_left < 1 && total_ms > 0) total_left = 1;
   char fields[64];
-  snprintf(fields, sizeof fields, ",\"k\":%d,\"z\":%lld", conn_count - 1, (long long)total_left);
+  snprintf(fields, sizeof fields, ",\"k\":%d,\"z\":%lld", conn_count - 1, (long long)total_ms_left(c));
   size_t len;
   /* The whole first chunk: a CONNECT head that Node sends back is read again by Node. */
   char *inner = with_bytes("a", fields, c->up.buf == NULL ? "" : c->up.buf, c->up.off + c->up.len, &len);
@@ -457,10 +462,8 @@ static void hand_over_client(struct conn *c) {
 static void hand_over_tunnel(struct conn *c) {
   int64_t left = handshake_ms > 0 ? c->state_deadline_ms - now : 0;
   if (left < 1 && handshake_ms > 0) left = 1;
-  int64_t total_left = total_ms > 0 ? c->accepted_ms + total_ms - now : 0;
-  if (total_left < 1 && total_ms > 0) total_left = 1;
   char fields[192];
-  snprintf(fields, sizeof fields, ",\"id\":%u,\"a\":\"%s\",\"w\":%lld,\"z\":%lld", c->id, connected_address(c), (long long)left, (long long)total_left);
+  snprintf(fields, sizeof fields, ",\"id\":%u,\"a\":\"%s\",\"w\":%lld,\"z\":%lld", c->id, connected_address(c), (long long)left, (long long)total_ms_left(c));
   size_t len;
   char *inner = with_bytes("hc", fields, c->up.buf + c->up.off, c->up.len, &len);
   handed_count++;
