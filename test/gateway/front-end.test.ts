@@ -462,6 +462,46 @@ network:
       assert.equal(event?.reason, "the gateway closed");
       await sink.close();
     });
+
+    it("ends a lookup's event after close", { timeout: 20_000 }, async () => {
+      // The gateway closes while the name lookup runs, so the front end drops the connection
+      // without a verdict. The event ends once the lookup returns, as in Node's own CONNECT path.
+      let lookupStarted: () => void = () => undefined;
+      const started = new Promise<void>((resolve) => (lookupStarted = resolve));
+      let lookupDone: () => void = () => undefined;
+      const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: slow.example.com
+      ports: [443]
+      action: allow
+`),
+        {
+          resolve: async () => {
+            lookupStarted();
+            await new Promise((resolve) => setTimeout(resolve, 500));
+            lookupDone();
+            // A documentation address passes the address check; nothing connects to it.
+            return ["203.0.113.7"];
+          },
+        },
+      );
+      const socket = await openSocket(gw.port);
+      const received = readToEnd(socket);
+      socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+      await started;
+      await gw.close();
+      assert.equal((await received).length, 0, "the client received no response");
+      await lookedUp;
+
+      const event = await Promise.race([gw.nextEvent((e) => e.host === "slow.example.com"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 2000))]);
+      assert.ok(event !== null, "the event ended within 2 s of the lookup");
+      assert.equal(event.decision, "allow");
+      assert.equal(event.reason, "the gateway closed");
+    });
   });
 
   describe("passing connections to Node", () => {
