@@ -338,6 +338,66 @@ network:
         await new Promise<void>((resolve) => upstream.close(() => resolve()));
       }
     });
+
+    it("returns bulk buffers to the system", async () => {
+      // Tunnels that stay open allocate after the large buffers, so memory freed below them can
+      // return to the system only if the large buffers are mappings of their own.
+      const bulkUpstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end(payload));
+      });
+      const quietUpstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.write("ready"));
+      });
+      await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()))));
+      const bulkPort = (bulkUpstream.address() as AddressInfo).port;
+      const quietPort = (quietUpstream.address() as AddressInfo).port;
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: ${NAME}
+      ports: [${bulkPort}, ${quietPort}]
+      addresses: [127.0.0.1]
+      action: allow
+`),
+      );
+      const quiet: Socket[] = [];
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined, "a front end process runs");
+        const idle = dataBytes(pid);
+
+        for (let round = 0; round < 2; round += 1) {
+          const bulks = await Promise.all(Array.from({ length: 16 }, () => openBulk(gw.port, bulkPort)));
+          await Promise.all(bulks.map((bulk) => bulk.paused));
+          for (let i = 0; i < 8; i += 1) {
+            const socket = await openSocket(gw.port);
+            socket.write(`CONNECT ${NAME}:${quietPort} HTTP/1.1\r\n\r\n`);
+            const response = await readResponseHead(socket);
+            assert.equal(response.status, 200, response.head);
+            const ready = new Promise((resolve) => socket.once("data", resolve));
+            socket.resume();
+            socket.write(hello(serverName(NAME)));
+            await ready;
+            quiet.push(socket);
+          }
+          for (const result of await Promise.all(bulks.map((bulk) => bulk.finish()))) assert.equal(result, `${TUNNEL_BYTES} ${expected}`);
+        }
+
+        const deadline = Date.now() + 3000;
+        while (dataBytes(pid) - idle >= 16 * 1024 * 1024 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+        const kept = dataBytes(pid) - idle;
+        assert.ok(kept < 16 * 1024 * 1024, `the data segment kept ${(kept / 1024 / 1024).toFixed(1)} MiB after the bulk tunnels ended`);
+      } finally {
+        for (const socket of quiet) socket.destroy();
+        await gw.close();
+        await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+      }
+    });
   });
 
   describe("tunnel ends", () => {
