@@ -238,13 +238,18 @@ export class FrontConnects implements FrontEndHandlers {
     this.#hooks.stopped();
   }
 
-  /** Ends the events of tunnels whose end the front end can no longer report. */
+  /**
+   * Ends the events of tunnels whose end the front end can no longer report. A connection whose
+   * lookup still runs was closed with the front end, so its event ends with `reason` once the
+   * lookup returns.
+   */
   finishAll(reason: string): void {
     for (const { record, rule } of this.#allowed.values()) {
       record.allow(rule);
       record.finish(reason);
     }
     this.#allowed.clear();
+    for (const id of this.#deciding) if (!this.#abandoned.has(id)) this.#abandoned.set(id, reason);
   }
 
   #take(id: number): Allowed | undefined {

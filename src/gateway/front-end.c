@@ -48,6 +48,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -1312,6 +1313,11 @@ int main(int argc, char **argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != parent) return 0;
   if (fcntl(channel.fd, F_SETFL, fcntl(channel.fd, F_GETFL) | O_NONBLOCK) < 0) fatal("channel");
+  /* Large buffers get mappings of their own, which free returns to the system at once. Without a
+   * fixed threshold, glibc raises it when the first such buffer is freed (mallopt(3), glibc 2.8 and
+   * later), so later ones come from the heap. The heap returns memory only from its top, which the
+   * small buffers of tunnels that stay open can hold. */
+  mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES);
   in_buf = malloc(MAX_COMMAND_LINE);
   if (in_buf == NULL) fatal("malloc");
 

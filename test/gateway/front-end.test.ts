@@ -338,6 +338,66 @@ network:
         await new Promise<void>((resolve) => upstream.close(() => resolve()));
       }
     });
+
+    it("returns bulk buffers to the system", async () => {
+      // Tunnels that stay open allocate after the large buffers, so memory freed below them can
+      // return to the system only if the large buffers are mappings of their own.
+      const bulkUpstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end(payload));
+      });
+      const quietUpstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.write("ready"));
+      });
+      await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()))));
+      const bulkPort = (bulkUpstream.address() as AddressInfo).port;
+      const quietPort = (quietUpstream.address() as AddressInfo).port;
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: ${NAME}
+      ports: [${bulkPort}, ${quietPort}]
+      addresses: [127.0.0.1]
+      action: allow
+`),
+      );
+      const quiet: Socket[] = [];
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined, "a front end process runs");
+        const idle = dataBytes(pid);
+
+        for (let round = 0; round < 2; round += 1) {
+          const bulks = await Promise.all(Array.from({ length: 16 }, () => openBulk(gw.port, bulkPort)));
+          await Promise.all(bulks.map((bulk) => bulk.paused));
+          for (let i = 0; i < 8; i += 1) {
+            const socket = await openSocket(gw.port);
+            socket.write(`CONNECT ${NAME}:${quietPort} HTTP/1.1\r\n\r\n`);
+            const response = await readResponseHead(socket);
+            assert.equal(response.status, 200, response.head);
+            const ready = new Promise((resolve) => socket.once("data", resolve));
+            socket.resume();
+            socket.write(hello(serverName(NAME)));
+            await ready;
+            quiet.push(socket);
+          }
+          for (const result of await Promise.all(bulks.map((bulk) => bulk.finish()))) assert.equal(result, `${TUNNEL_BYTES} ${expected}`);
+        }
+
+        const deadline = Date.now() + 3000;
+        while (dataBytes(pid) - idle >= 16 * 1024 * 1024 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+        const kept = dataBytes(pid) - idle;
+        assert.ok(kept < 16 * 1024 * 1024, `the data segment kept ${(kept / 1024 / 1024).toFixed(1)} MiB after the bulk tunnels ended`);
+      } finally {
+        for (const socket of quiet) socket.destroy();
+        await gw.close();
+        await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+      }
+    });
   });
 
   describe("tunnel ends", () => {
@@ -461,6 +521,46 @@ network:
       assert.equal(event?.decision, "allow");
       assert.equal(event?.reason, "the gateway closed");
       await sink.close();
+    });
+
+    it("ends a lookup's event after close", { timeout: 20_000 }, async () => {
+      // The gateway closes while the name lookup runs, so the front end drops the connection
+      // without a verdict. The event ends once the lookup returns, as in Node's own CONNECT path.
+      let lookupStarted: () => void = () => undefined;
+      const started = new Promise<void>((resolve) => (lookupStarted = resolve));
+      let lookupDone: () => void = () => undefined;
+      const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
+      const gw = await startTestGateway(
+        policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: slow.example.com
+      ports: [443]
+      action: allow
+`),
+        {
+          resolve: async () => {
+            lookupStarted();
+            await new Promise((resolve) => setTimeout(resolve, 500));
+            lookupDone();
+            // A documentation address passes the address check; nothing connects to it.
+            return ["203.0.113.7"];
+          },
+        },
+      );
+      const socket = await openSocket(gw.port);
+      const received = readToEnd(socket);
+      socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+      await started;
+      await gw.close();
+      assert.equal((await received).length, 0, "the client received no response");
+      await lookedUp;
+
+      const event = await Promise.race([gw.nextEvent((e) => e.host === "slow.example.com"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 2000))]);
+      assert.ok(event !== null, "the event ended within 2 s of the lookup");
+      assert.equal(event.decision, "allow");
+      assert.equal(event.reason, "the gateway closed");
     });
   });
 
