@@ -1317,7 +1317,9 @@ int main(int argc, char **argv) {
    * fixed threshold, glibc raises it when the first such buffer is freed (mallopt(3), glibc 2.8 and
    * later), so later ones come from the heap. The heap returns memory only from its top, which the
    * small buffers of tunnels that stay open can hold. */
+#ifdef M_MMAP_THRESHOLD
   mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES);
+#endif
   in_buf = malloc(MAX_COMMAND_LINE);
   if (in_buf == NULL) fatal("malloc");
 
