@@ -74,6 +74,9 @@
  * the front end without bound. A direction that finds the budget spent keeps its small buffer. */
 #define LARGE_BUFFER_BYTES (4 * 1024 * 1024)
 #define LARGE_BUFFER_BUDGET (64 * 1024 * 1024)
+/* Freed large buffers kept for the next bulk direction, so that a series of downloads does not
+ * map and fault in a new buffer for each. They count against the budget. */
+#define SPARE_LARGE_BUFFERS 2
 #define GROW_AFTER_BYTES (1024 * 1024)
 #define MAX_TLS_FRAGMENT 16384
 #define TLS_RECORD_HEADER 5
@@ -193,8 +196,10 @@ static int64_t deferred_since;
 static size_t in_len;
 static int stopping;
 static int64_t now;
-/* Total size of the large buffers allocated now. */
+/* Total size of the large buffers allocated now, spares included. */
 static size_t large_buffer_bytes;
+static char *spare_large_buffers[SPARE_LARGE_BUFFERS];
+static int spare_large_count;
 
 static int64_t clock_us(void) {
   struct timespec ts;
@@ -491,19 +496,29 @@ static int ensure_buffer(struct direction *d, size_t cap) {
 
 /* Gives a bulk direction a large buffer if the budget allows. Call it only while the buffer is empty. */
 static void grow_for_bulk(struct direction *d) {
-  if (d->written < GROW_AFTER_BYTES || d->cap >= LARGE_BUFFER_BYTES || large_buffer_bytes + LARGE_BUFFER_BYTES > LARGE_BUFFER_BUDGET) return;
-  char *buf = malloc(LARGE_BUFFER_BYTES);
-  if (buf == NULL) return;
+  if (d->written < GROW_AFTER_BYTES || d->cap >= LARGE_BUFFER_BYTES) return;
+  char *buf;
+  if (spare_large_count > 0) {
+    buf = spare_large_buffers[--spare_large_count];
+  } else {
+    if (large_buffer_bytes + LARGE_BUFFER_BYTES > LARGE_BUFFER_BUDGET) return;
+    buf = malloc(LARGE_BUFFER_BYTES);
+    if (buf == NULL) return;
+    large_buffer_bytes += LARGE_BUFFER_BYTES;
+  }
   free(d->buf);
   d->buf = buf;
   d->cap = LARGE_BUFFER_BYTES;
   d->off = 0;
-  large_buffer_bytes += LARGE_BUFFER_BYTES;
 }
 
 static void free_buffer(struct direction *d) {
-  if (d->cap >= LARGE_BUFFER_BYTES) large_buffer_bytes -= d->cap;
-  free(d->buf);
+  if (d->cap >= LARGE_BUFFER_BYTES && spare_large_count < SPARE_LARGE_BUFFERS) {
+    spare_large_buffers[spare_large_count++] = d->buf;
+  } else {
+    if (d->cap >= LARGE_BUFFER_BYTES) large_buffer_bytes -= d->cap;
+    free(d->buf);
+  }
   d->buf = NULL;
   d->cap = 0;
 }

@@ -339,6 +339,36 @@ network:
       }
     });
 
+    it("reuses a freed bulk buffer", { timeout: 20_000 }, async () => {
+      // The front end keeps up to two freed large buffers for the next bulk directions, so three
+      // bulk tunnels one after another leave one 4 MiB buffer, not none and not two.
+      const upstream = createServer((socket) => {
+        socket.on("error", () => undefined);
+        socket.once("data", () => socket.end(payload));
+      });
+      await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", () => resolve()));
+      const upstreamPort = (upstream.address() as AddressInfo).port;
+      const earlier = new Set(frontEndPids());
+      const gw = await startTestGateway(sinkPolicy(upstreamPort));
+      try {
+        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+        assert.ok(pid !== undefined, "a front end process runs");
+        const idle = dataBytes(pid);
+        for (let round = 0; round < 3; round += 1) {
+          const bulk = await openBulk(gw.port, upstreamPort);
+          await bulk.paused;
+          assert.equal(await bulk.finish(), `${TUNNEL_BYTES} ${expected}`);
+          await gw.nextEvent((e) => e.protocol === "connect");
+        }
+        const kept = (dataBytes(pid) - idle) / 1024 / 1024;
+        assert.ok(kept >= 3.5, `the data segment kept ${kept.toFixed(1)} MiB: no freed buffer was kept`);
+        assert.ok(kept < 6, `the data segment kept ${kept.toFixed(1)} MiB: a kept buffer was not reused`);
+      } finally {
+        await gw.close();
+        await new Promise<void>((resolve) => upstream.close(() => resolve()));
+      }
+    });
+
     it("returns bulk buffers to the system", async () => {
       // Tunnels that stay open allocate after the large buffers, so memory freed below them can
       // return to the system only if the large buffers are mappings of their own.
