@@ -246,7 +246,7 @@ network:
   });
 
   describe("bulk tunnels", () => {
-    // front-end.c: a direction past 1 MiB reads in 4 MiB buffers, 64 MiB of them at most.
+    // In front-end.c, a direction past 1 MiB reads into a 4 MiB buffer, within 64 MiB for all of them.
     const TUNNEL_BYTES = 8 * 1024 * 1024;
     const PAUSE_AFTER_BYTES = 3 * 1024 * 1024;
     const payload = Buffer.alloc(TUNNEL_BYTES);
@@ -302,18 +302,33 @@ network:
     // buffers join when allocated, before anything is written into them.
     const dataBytes = (pid: number) => Number(/^VmData:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) * 1024;
 
-    it("bounds and frees bulk buffers", async () => {
-      const upstream = createServer((socket) => {
+    // Starts a loopback server that calls `reply` on each connection's first bytes.
+    async function startReplyServer(reply: (socket: Socket) => void): Promise<{ port: number; close: () => Promise<void> }> {
+      const server = createServer((socket) => {
         socket.on("error", () => undefined);
-        socket.once("data", () => socket.end(payload));
+        socket.once("data", () => reply(socket));
       });
-      await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", () => resolve()));
-      const upstreamPort = (upstream.address() as AddressInfo).port;
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+      return { port: (server.address() as AddressInfo).port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+    }
+
+    // Starts a gateway and returns it with the process id of its own front end.
+    async function startWithFrontEnd(policy: ReturnType<typeof policyFromYaml>): Promise<{ gw: TestGateway; pid: number }> {
       const earlier = new Set(frontEndPids());
-      const gw = await startTestGateway(sinkPolicy(upstreamPort));
+      const gw = await startTestGateway(policy);
+      const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
+      if (pid === undefined) {
+        await gw.close();
+        assert.fail("no front end process runs");
+      }
+      return { gw, pid };
+    }
+
+    it("bounds and frees bulk buffers", async () => {
+      const upstream = await startReplyServer((socket) => socket.end(payload));
+      const upstreamPort = upstream.port;
+      const { gw, pid } = await startWithFrontEnd(sinkPolicy(upstreamPort));
       try {
-        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
-        assert.ok(pid !== undefined, "a front end process runs");
         const idle = dataBytes(pid);
         const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 
@@ -335,24 +350,17 @@ network:
         for (const result of await Promise.all(second.map((bulk) => bulk.finish()))) assert.equal(result, `${TUNNEL_BYTES} ${expected}`);
       } finally {
         await gw.close();
-        await new Promise<void>((resolve) => upstream.close(() => resolve()));
+        await upstream.close();
       }
     });
 
     it("reuses a freed bulk buffer", { timeout: 20_000 }, async () => {
       // The front end keeps up to two freed large buffers for the next bulk directions, so three
       // bulk tunnels one after another leave one 4 MiB buffer, not none and not two.
-      const upstream = createServer((socket) => {
-        socket.on("error", () => undefined);
-        socket.once("data", () => socket.end(payload));
-      });
-      await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", () => resolve()));
-      const upstreamPort = (upstream.address() as AddressInfo).port;
-      const earlier = new Set(frontEndPids());
-      const gw = await startTestGateway(sinkPolicy(upstreamPort));
+      const upstream = await startReplyServer((socket) => socket.end(payload));
+      const upstreamPort = upstream.port;
+      const { gw, pid } = await startWithFrontEnd(sinkPolicy(upstreamPort));
       try {
-        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
-        assert.ok(pid !== undefined, "a front end process runs");
         const idle = dataBytes(pid);
         for (let round = 0; round < 3; round += 1) {
           const bulk = await openBulk(gw.port, upstreamPort);
@@ -365,26 +373,18 @@ network:
         assert.ok(kept < 6, `the data segment kept ${kept.toFixed(1)} MiB: a kept buffer was not reused`);
       } finally {
         await gw.close();
-        await new Promise<void>((resolve) => upstream.close(() => resolve()));
+        await upstream.close();
       }
     });
 
     it("returns bulk buffers to the system", async () => {
       // Tunnels that stay open allocate after the large buffers, so memory freed below them can
       // return to the system only if the large buffers are mappings of their own.
-      const bulkUpstream = createServer((socket) => {
-        socket.on("error", () => undefined);
-        socket.once("data", () => socket.end(payload));
-      });
-      const quietUpstream = createServer((socket) => {
-        socket.on("error", () => undefined);
-        socket.once("data", () => socket.write("ready"));
-      });
-      await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()))));
-      const bulkPort = (bulkUpstream.address() as AddressInfo).port;
-      const quietPort = (quietUpstream.address() as AddressInfo).port;
-      const earlier = new Set(frontEndPids());
-      const gw = await startTestGateway(
+      const bulkUpstream = await startReplyServer((socket) => socket.end(payload));
+      const quietUpstream = await startReplyServer((socket) => socket.write("ready"));
+      const bulkPort = bulkUpstream.port;
+      const quietPort = quietUpstream.port;
+      const { gw, pid } = await startWithFrontEnd(
         policyFromYaml(`version: 1
 network:
   upstream_proxy: none
@@ -397,8 +397,6 @@ network:
       );
       const quiet: Socket[] = [];
       try {
-        const [pid] = frontEndPids().filter((candidate) => !earlier.has(candidate));
-        assert.ok(pid !== undefined, "a front end process runs");
         const idle = dataBytes(pid);
 
         for (let round = 0; round < 2; round += 1) {
@@ -425,7 +423,7 @@ network:
       } finally {
         for (const socket of quiet) socket.destroy();
         await gw.close();
-        await Promise.all([bulkUpstream, quietUpstream].map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+        await Promise.all([bulkUpstream.close(), quietUpstream.close()]);
       }
     });
   });
