@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
-import { startGateway } from "../../src/gateway/gateway.js";
+import { startGateway, type GatewayOptions } from "../../src/gateway/gateway.js";
 import { prepareFrontEndBinary } from "../../src/gateway/relay-binary.js";
 import { connectThrough, getOverTls, openSocket, policyFromYaml, readResponseHead, readToEnd, startTestGateway, tlsOverTunnel, type TestGateway } from "./support/harness.js";
 import { createTestCa, type TestCa } from "./support/test-ca.js";
@@ -144,6 +144,45 @@ network:
       addresses: [127.0.0.1]
       action: allow
 `);
+}
+
+/**
+ * Starts a gateway that allows slow.example.com:443, whose name lookup takes `lookupMs` and
+ * returns a documentation address that passes the address check. Nothing connects to it.
+ */
+async function startSlowLookupGateway(lookupMs: number, options: Partial<GatewayOptions> = {}) {
+  let lookupStarted: () => void = () => undefined;
+  const started = new Promise<void>((resolve) => (lookupStarted = resolve));
+  let lookupDone: () => void = () => undefined;
+  const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
+  const gw = await startTestGateway(
+    policyFromYaml(`version: 1
+network:
+  upstream_proxy: none
+  rules:
+    - host: slow.example.com
+      ports: [443]
+      action: allow
+`),
+    {
+      ...options,
+      resolve: async () => {
+        lookupStarted();
+        await new Promise((resolve) => setTimeout(resolve, lookupMs));
+        lookupDone();
+        return ["203.0.113.7"];
+      },
+    },
+  );
+  return { gw, started, lookedUp };
+}
+
+/** Sends a CONNECT to slow.example.com:443 and resolves with all the client receives. */
+async function connectSlow(gw: TestGateway): Promise<Buffer> {
+  const socket = await openSocket(gw.port);
+  const received = readToEnd(socket);
+  socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+  return received;
 }
 
 /** Returns how one tunnel ended: the event's decision and reason, and what each side received. */
@@ -368,9 +407,9 @@ network:
           assert.equal(await bulk.finish(), `${TUNNEL_BYTES} ${expected}`);
           await gw.nextEvent((e) => e.protocol === "connect");
         }
-        const kept = (dataBytes(pid) - idle) / 1024 / 1024;
-        assert.ok(kept >= 3.5, `the data segment kept ${kept.toFixed(1)} MiB: no freed buffer was kept`);
-        assert.ok(kept < 6, `the data segment kept ${kept.toFixed(1)} MiB: a kept buffer was not reused`);
+        const retainedMiB = (dataBytes(pid) - idle) / 1024 / 1024;
+        assert.ok(retainedMiB >= 3.5, `the data segment kept ${retainedMiB.toFixed(1)} MiB: no freed buffer was kept`);
+        assert.ok(retainedMiB < 6, `the data segment kept ${retainedMiB.toFixed(1)} MiB: a kept buffer was not reused`);
       } finally {
         await gw.close();
         await upstream.close();
@@ -418,8 +457,8 @@ network:
 
         const deadline = Date.now() + 3000;
         while (dataBytes(pid) - idle >= 16 * 1024 * 1024 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
-        const kept = dataBytes(pid) - idle;
-        assert.ok(kept < 16 * 1024 * 1024, `the data segment kept ${(kept / 1024 / 1024).toFixed(1)} MiB after the bulk tunnels ended`);
+        const retained = dataBytes(pid) - idle;
+        assert.ok(retained < 16 * 1024 * 1024, `the data segment kept ${(retained / 1024 / 1024).toFixed(1)} MiB after the bulk tunnels ended`);
       } finally {
         for (const socket of quiet) socket.destroy();
         await gw.close();
@@ -554,32 +593,8 @@ network:
     it("ends a lookup's event after close", { timeout: 20_000 }, async () => {
       // The gateway closes while the name lookup runs, so the front end drops the connection
       // without a verdict. The event ends once the lookup returns, as in Node's own CONNECT path.
-      let lookupStarted: () => void = () => undefined;
-      const started = new Promise<void>((resolve) => (lookupStarted = resolve));
-      let lookupDone: () => void = () => undefined;
-      const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
-      const gw = await startTestGateway(
-        policyFromYaml(`version: 1
-network:
-  upstream_proxy: none
-  rules:
-    - host: slow.example.com
-      ports: [443]
-      action: allow
-`),
-        {
-          resolve: async () => {
-            lookupStarted();
-            await new Promise((resolve) => setTimeout(resolve, 500));
-            lookupDone();
-            // A documentation address passes the address check; nothing connects to it.
-            return ["203.0.113.7"];
-          },
-        },
-      );
-      const socket = await openSocket(gw.port);
-      const received = readToEnd(socket);
-      socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+      const { gw, started, lookedUp } = await startSlowLookupGateway(500);
+      const received = connectSlow(gw);
       await started;
       await gw.close();
       assert.equal((await received).length, 0, "the client received no response");
@@ -743,31 +758,9 @@ network:
     it("ends a connection at the total limit during a lookup", { timeout: 20_000 }, async () => {
       // The lookup outlasts the total time limit, so the front end closes the client first. Node
       // then finishes the event with the front end's reason instead of sending its verdict.
-      let lookupDone: () => void = () => undefined;
-      const lookedUp = new Promise<void>((resolve) => (lookupDone = resolve));
-      const gw = await startTestGateway(
-        policyFromYaml(`version: 1
-network:
-  upstream_proxy: none
-  rules:
-    - host: slow.example.com
-      ports: [443]
-      action: allow
-`),
-        {
-          limits: { totalTimeoutMs: 300 },
-          resolve: async () => {
-            await new Promise((resolve) => setTimeout(resolve, 800));
-            lookupDone();
-            // A documentation address passes the address check; nothing connects to it.
-            return ["203.0.113.7"];
-          },
-        },
-      );
+      const { gw, lookedUp } = await startSlowLookupGateway(800, { limits: { totalTimeoutMs: 300 } });
       try {
-        const socket = await openSocket(gw.port);
-        const received = readToEnd(socket);
-        socket.write("CONNECT slow.example.com:443 HTTP/1.1\r\nHost: slow.example.com:443\r\n\r\n");
+        const received = connectSlow(gw);
         assert.equal((await received).length, 0, "the client received no response");
         await lookedUp;
         const event = await gw.nextEvent((e) => e.host === "slow.example.com");
